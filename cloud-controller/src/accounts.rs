@@ -1,0 +1,272 @@
+//! Accounts and their access keys: one identity for EC2 and S3.
+
+use common::{
+    ids,
+    store::{Record, Store, StoreError, Table},
+    time,
+};
+use serde::{Deserialize, Serialize};
+
+/// An account, keyed by its unique name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub name: String,
+    pub account_id: String,
+    pub created_ms: i64,
+}
+
+impl Record for Account {
+    const TABLE: &'static str = "accounts";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// An access key of a user of an account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub user_name: String,
+    pub created_ms: i64,
+}
+
+impl Record for AccessKey {
+    const TABLE: &'static str = "access_keys";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.access_key_id.clone()
+    }
+}
+
+/// Why an account operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("invalid account name {0:?}: use 3 to 63 lowercase letters, digits and hyphens, not starting or ending with a hyphen")]
+    InvalidName(String),
+    #[error("invalid user name {0:?}: use 1 to 64 letters, digits and +=,.@_-")]
+    InvalidUserName(String),
+    #[error("account {0} already exists")]
+    Exists(String),
+    #[error("no account {0}")]
+    NoSuchAccount(String),
+    #[error("account {0} is the system account and cannot be deleted")]
+    Protected(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The account store.
+#[derive(Clone, Debug)]
+pub struct Accounts {
+    accounts: Table<Account>,
+    keys: Table<AccessKey>,
+    admin_account: String,
+}
+
+/// Name of each account's first user.
+pub const ADMIN_USER: &str = "admin";
+
+fn valid_account_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn valid_user_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+impl Accounts {
+    /// Opens the tables; `admin_account` is the system account.
+    pub fn open(store: &Store, admin_account: &str) -> Result<Self, AccountError> {
+        if !valid_account_name(admin_account) {
+            return Err(AccountError::InvalidName(admin_account.into()));
+        }
+        Ok(Self {
+            accounts: store.table()?,
+            keys: store.table()?,
+            admin_account: admin_account.into(),
+        })
+    }
+
+    /// Creates the system account and its admin's access key if missing.
+    /// Safe to run on every start, also after a crash half-way through.
+    pub fn bootstrap(&self) -> Result<AccessKey, AccountError> {
+        let account = match self.create(&self.admin_account) {
+            Ok(a) => a,
+            Err(AccountError::Exists(_)) => self.find(&self.admin_account)?,
+            Err(e) => return Err(e),
+        };
+        if let Some(key) = self
+            .keys_of(&account.name)?
+            .into_iter()
+            .find(|k| k.user_name == ADMIN_USER)
+        {
+            return Ok(key);
+        }
+        tracing::info!(account = %account.name, account_id = %account.account_id, "created the system account");
+        self.create_key(&account.name, ADMIN_USER)
+    }
+
+    /// Creates an account; its id is new and unique.
+    pub fn create(&self, name: &str) -> Result<Account, AccountError> {
+        if !valid_account_name(name) {
+            return Err(AccountError::InvalidName(name.into()));
+        }
+        let existing = self.accounts.list()?;
+        let account_id = loop {
+            let id = ids::account_id();
+            if !existing.iter().any(|a| a.account_id == id) {
+                break id;
+            }
+        };
+        let account = Account {
+            name: name.into(),
+            account_id,
+            created_ms: time::unix_ms(),
+        };
+        if self.accounts.insert_new(&account)? {
+            Ok(account)
+        } else {
+            Err(AccountError::Exists(name.into()))
+        }
+    }
+
+    /// The account named `name_or_id` (a name or a 12-digit id).
+    pub fn find(&self, name_or_id: &str) -> Result<Account, AccountError> {
+        if let Some(a) = self.accounts.get(&name_or_id.to_string())? {
+            return Ok(a);
+        }
+        self.accounts
+            .list()?
+            .into_iter()
+            .find(|a| a.account_id == name_or_id)
+            .ok_or_else(|| AccountError::NoSuchAccount(name_or_id.into()))
+    }
+
+    /// Every account, by name.
+    pub fn list(&self) -> Result<Vec<Account>, AccountError> {
+        Ok(self.accounts.list()?)
+    }
+
+    /// Deletes an account and its access keys.
+    pub fn delete(&self, name_or_id: &str) -> Result<Account, AccountError> {
+        let account = self.find(name_or_id)?;
+        if account.name == self.admin_account {
+            return Err(AccountError::Protected(account.name));
+        }
+        // Keys first: a crash half-way leaves an account without keys, never
+        // keys that authenticate as an account that is gone.
+        for key in self.keys_of(&account.name)? {
+            self.keys.delete(&key.access_key_id)?;
+        }
+        self.accounts.delete(&account.name)?;
+        Ok(account)
+    }
+
+    /// A new access key for `user_name` of the account.
+    pub fn create_key(&self, account: &str, user_name: &str) -> Result<AccessKey, AccountError> {
+        if !valid_user_name(user_name) {
+            return Err(AccountError::InvalidUserName(user_name.into()));
+        }
+        let account = self.find(account)?;
+        loop {
+            let key = AccessKey {
+                access_key_id: ids::access_key_id(),
+                secret_access_key: ids::secret_access_key(),
+                account_id: account.account_id.clone(),
+                account_name: account.name.clone(),
+                user_name: user_name.into(),
+                created_ms: time::unix_ms(),
+            };
+            if self.keys.insert_new(&key)? {
+                return Ok(key);
+            }
+        }
+    }
+
+    /// The access keys of an account.
+    pub fn keys_of(&self, account: &str) -> Result<Vec<AccessKey>, AccountError> {
+        let account = self.find(account)?;
+        Ok(self
+            .keys
+            .list()?
+            .into_iter()
+            .filter(|k| k.account_id == account.account_id)
+            .collect())
+    }
+
+    /// The key with this id, for request authentication.
+    pub fn key(&self, access_key_id: &str) -> Result<Option<AccessKey>, AccountError> {
+        Ok(self.keys.get(&access_key_id.to_string())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounts() -> Accounts {
+        Accounts::open(&Store::temporary().expect("store"), "eucalyptus").expect("accounts")
+    }
+
+    #[test]
+    fn bootstrap_is_idempotent() {
+        let a = accounts();
+        let first = a.bootstrap().expect("bootstrap");
+        let again = a.bootstrap().expect("bootstrap again");
+        assert_eq!(first, again);
+        assert_eq!(a.list().expect("list").len(), 1);
+        assert_eq!(first.user_name, ADMIN_USER);
+        assert_eq!(a.key(&first.access_key_id).expect("key"), Some(first));
+    }
+
+    #[test]
+    fn names_are_unique_and_validated() {
+        let a = accounts();
+        let acct = a.create("lab-1").expect("create");
+        assert!(matches!(a.create("lab-1"), Err(AccountError::Exists(_))));
+        for bad in ["", "ab", "Lab", "-lab", "lab-", "lab_1", &"x".repeat(64)] {
+            assert!(
+                matches!(a.create(bad), Err(AccountError::InvalidName(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(a.find(&acct.account_id).expect("by id"), acct);
+    }
+
+    #[test]
+    fn delete_removes_keys_and_protects_the_system_account() {
+        let a = accounts();
+        a.bootstrap().expect("bootstrap");
+        assert!(matches!(
+            a.delete("eucalyptus"),
+            Err(AccountError::Protected(_))
+        ));
+        a.create("lab").expect("create");
+        let key = a.create_key("lab", "alice").expect("key");
+        assert!(matches!(
+            a.create_key("lab", "bad name"),
+            Err(AccountError::InvalidUserName(_))
+        ));
+        a.delete("lab").expect("delete");
+        assert_eq!(a.key(&key.access_key_id).expect("lookup"), None);
+        assert!(matches!(a.find("lab"), Err(AccountError::NoSuchAccount(_))));
+        assert!(matches!(
+            a.delete("lab"),
+            Err(AccountError::NoSuchAccount(_))
+        ));
+    }
+}

@@ -1,0 +1,380 @@
+//! `gumtree-admin`: the administrator's view of the cloud, from the CLC.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use common::{
+    auth::{ClusterSecret, SignCalls},
+    rpc, time,
+};
+use proto::{
+    admin_service_client::AdminServiceClient, CreateAccessKeyRequest, CreateAccountRequest,
+    DeleteAccountRequest, DescribeAccessKeysRequest, DescribeAccountsRequest, DescribeNodesRequest,
+    DescribeServicesRequest, ServiceState,
+};
+use serde::Serialize;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+/// Administer a Gumtree cloud through its cloud controller.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The cloud controller's gRPC address.
+    #[arg(long, env = "GUMTREE_CLC", default_value = "127.0.0.1:8780")]
+    clc: String,
+    /// File holding the cluster secret.
+    #[arg(
+        long,
+        env = "GUMTREE_SECRET_FILE",
+        default_value = "/var/lib/gumtree/cluster.secret"
+    )]
+    secret_file: PathBuf,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Every service (cloud, clusters, storage, Walrus) and its state.
+    DescribeServices,
+    /// Every node with its capacity and state.
+    DescribeNodes,
+    /// Create an account.
+    CreateAccount { name: String },
+    /// List accounts.
+    DescribeAccounts,
+    /// Delete an account and its access keys.
+    DeleteAccount { account: String },
+    /// Create an access key for a user of an account.
+    CreateAccessKey {
+        #[arg(long)]
+        account: String,
+        /// User name; the account's admin user by default.
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
+    /// List an account's access keys, with their secrets.
+    DescribeAccessKeys {
+        #[arg(long)]
+        account: String,
+    },
+}
+
+#[derive(Serialize)]
+struct ServiceOut {
+    service_type: String,
+    name: String,
+    partition: String,
+    state: &'static str,
+    endpoint: String,
+    public_endpoint: String,
+    last_report: String,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct NodeOut {
+    cluster: String,
+    zone: String,
+    name: String,
+    state: &'static str,
+    endpoint: String,
+    hypervisor: String,
+    cores_total: u32,
+    cores_free: u32,
+    memory_mib_total: u64,
+    memory_mib_free: u64,
+    disk_gib_total: u64,
+    disk_gib_free: u64,
+    instances: usize,
+    last_report: String,
+}
+
+#[derive(Serialize)]
+struct AccountOut {
+    name: String,
+    account_id: String,
+    created: String,
+}
+
+#[derive(Serialize)]
+struct KeyOut {
+    account_name: String,
+    account_id: String,
+    user_name: String,
+    access_key_id: String,
+    secret_access_key: String,
+    created: String,
+}
+
+fn state_name(state: i32) -> &'static str {
+    match ServiceState::try_from(state) {
+        Ok(ServiceState::Enabled) => "ENABLED",
+        _ => "NOTREADY",
+    }
+}
+
+fn when(ms: i64) -> String {
+    if ms <= 0 {
+        "never".into()
+    } else {
+        time::iso8601_ms(ms)
+    }
+}
+
+/// Prints rows as aligned columns under a header, or as JSON.
+fn print<T: Serialize>(
+    output: Output,
+    header: &[&str],
+    rows: &[T],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Output::Table => {
+            let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+            table.extend(rows.iter().map(cells));
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| {
+                    table
+                        .iter()
+                        .map(|r| r.get(i).map_or(0, |c| c.len()))
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            for row in table {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            }
+        }
+    }
+    Ok(())
+}
+
+type Client = AdminServiceClient<InterceptedService<Channel, SignCalls>>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("gumtree-admin: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let secret = ClusterSecret::from_file(&args.secret_file)?;
+    let channel = rpc::connect(&args.clc)
+        .await
+        .with_context(|| format!("cannot reach the cloud controller at {}", args.clc))?;
+    let mut client: Client =
+        AdminServiceClient::with_interceptor(channel, SignCalls::new(secret, "admin"));
+    let out = args.output;
+    match args.command {
+        Command::DescribeServices => {
+            let reply = client
+                .describe_services(DescribeServicesRequest {})
+                .await?
+                .into_inner();
+            let rows: Vec<ServiceOut> = reply
+                .services
+                .into_iter()
+                .map(|s| ServiceOut {
+                    state: state_name(s.state),
+                    last_report: when(s.last_report_unix_ms),
+                    service_type: s.service_type,
+                    name: s.name,
+                    partition: s.partition,
+                    endpoint: s.endpoint,
+                    public_endpoint: s.public_endpoint,
+                    detail: s.detail,
+                })
+                .collect();
+            print(
+                out,
+                &[
+                    "TYPE",
+                    "NAME",
+                    "PARTITION",
+                    "STATE",
+                    "ENDPOINT",
+                    "LAST-REPORT",
+                    "DETAIL",
+                ],
+                &rows,
+                |s| {
+                    vec![
+                        s.service_type.clone(),
+                        s.name.clone(),
+                        s.partition.clone(),
+                        s.state.into(),
+                        s.endpoint.clone(),
+                        s.last_report.clone(),
+                        s.detail.clone(),
+                    ]
+                },
+            )
+        }
+        Command::DescribeNodes => {
+            let reply = client
+                .describe_nodes(DescribeNodesRequest {})
+                .await?
+                .into_inner();
+            let rows: Vec<NodeOut> = reply
+                .nodes
+                .into_iter()
+                .map(|v| {
+                    let n = v.node.unwrap_or_default();
+                    let r = n.resources.unwrap_or_default();
+                    NodeOut {
+                        cluster: v.cluster_name,
+                        zone: v.zone,
+                        state: state_name(n.state),
+                        name: n.name,
+                        endpoint: n.endpoint,
+                        hypervisor: n.hypervisor,
+                        cores_total: r.cores_total,
+                        cores_free: r.cores_free,
+                        memory_mib_total: r.memory_mib_total,
+                        memory_mib_free: r.memory_mib_free,
+                        disk_gib_total: r.disk_gib_total,
+                        disk_gib_free: r.disk_gib_free,
+                        instances: n.instances.len(),
+                        last_report: when(n.last_report_unix_ms),
+                    }
+                })
+                .collect();
+            print(
+                out,
+                &[
+                    "CLUSTER",
+                    "ZONE",
+                    "NODE",
+                    "STATE",
+                    "CORES(FREE/TOTAL)",
+                    "MEMORY-MIB(FREE/TOTAL)",
+                    "DISK-GIB(FREE/TOTAL)",
+                    "INSTANCES",
+                    "LAST-REPORT",
+                    "ENDPOINT",
+                ],
+                &rows,
+                |n| {
+                    vec![
+                        n.cluster.clone(),
+                        n.zone.clone(),
+                        n.name.clone(),
+                        n.state.into(),
+                        format!("{}/{}", n.cores_free, n.cores_total),
+                        format!("{}/{}", n.memory_mib_free, n.memory_mib_total),
+                        format!("{}/{}", n.disk_gib_free, n.disk_gib_total),
+                        n.instances.to_string(),
+                        n.last_report.clone(),
+                        n.endpoint.clone(),
+                    ]
+                },
+            )
+        }
+        Command::CreateAccount { name } => {
+            let a = client
+                .create_account(CreateAccountRequest { name })
+                .await?
+                .into_inner();
+            print_accounts(out, vec![a])
+        }
+        Command::DescribeAccounts => {
+            let reply = client
+                .describe_accounts(DescribeAccountsRequest {})
+                .await?
+                .into_inner();
+            print_accounts(out, reply.accounts)
+        }
+        Command::DeleteAccount { account } => {
+            let a = client
+                .delete_account(DeleteAccountRequest { account })
+                .await?
+                .into_inner();
+            print_accounts(out, vec![a])
+        }
+        Command::CreateAccessKey { account, user } => {
+            let k = client
+                .create_access_key(CreateAccessKeyRequest {
+                    account,
+                    user_name: user,
+                })
+                .await?
+                .into_inner();
+            print_keys(out, vec![k])
+        }
+        Command::DescribeAccessKeys { account } => {
+            let reply = client
+                .describe_access_keys(DescribeAccessKeysRequest { account })
+                .await?
+                .into_inner();
+            print_keys(out, reply.keys)
+        }
+    }
+}
+
+fn print_accounts(out: Output, accounts: Vec<proto::Account>) -> anyhow::Result<()> {
+    let rows: Vec<AccountOut> = accounts
+        .into_iter()
+        .map(|a| AccountOut {
+            name: a.name,
+            account_id: a.account_id,
+            created: when(a.created_unix_ms),
+        })
+        .collect();
+    print(out, &["ACCOUNT", "ACCOUNT-ID", "CREATED"], &rows, |a| {
+        vec![a.name.clone(), a.account_id.clone(), a.created.clone()]
+    })
+}
+
+fn print_keys(out: Output, keys: Vec<proto::AccessKey>) -> anyhow::Result<()> {
+    let rows: Vec<KeyOut> = keys
+        .into_iter()
+        .map(|k| KeyOut {
+            account_name: k.account_name,
+            account_id: k.account_id,
+            user_name: k.user_name,
+            access_key_id: k.access_key_id,
+            secret_access_key: k.secret_access_key,
+            created: when(k.created_unix_ms),
+        })
+        .collect();
+    print(
+        out,
+        &[
+            "ACCOUNT",
+            "USER",
+            "ACCESS-KEY-ID",
+            "SECRET-ACCESS-KEY",
+            "CREATED",
+        ],
+        &rows,
+        |k| {
+            vec![
+                k.account_name.clone(),
+                k.user_name.clone(),
+                k.access_key_id.clone(),
+                k.secret_access_key.clone(),
+                k.created.clone(),
+            ]
+        },
+    )
+}

@@ -1,0 +1,41 @@
+//! The cloud controller's configuration file.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `cloud-controller --config clc.toml`. Every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// Name of this cloud controller in service listings. Default `clc`.
+    pub name: String,
+    /// gRPC address the other tiers and the admin CLI use. Port 0 picks a
+    /// free port, written to `<state_dir>/listen.addr`. Default `127.0.0.1:8780`.
+    pub listen: String,
+    /// Where the database lives. Default `/var/lib/gumtree/clc`.
+    pub state_dir: PathBuf,
+    /// File holding the cluster secret shared by all tiers (at least 16
+    /// characters). Default `/var/lib/gumtree/cluster.secret`.
+    pub cluster_secret_file: PathBuf,
+    /// Seconds without a report before a service or node shows NOTREADY. Default 6.
+    pub report_timeout_secs: u64,
+    /// System account created with an access key on first start. Default `eucalyptus`.
+    pub admin_account: String,
+    /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
+    pub log_filter: String,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        Self {
+            name: "clc".into(),
+            listen: "127.0.0.1:8780".into(),
+            state_dir: "/var/lib/gumtree/clc".into(),
+            cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            report_timeout_secs: 6,
+            admin_account: "eucalyptus".into(),
+            log_filter: "info".into(),
+        }
+    }
+}

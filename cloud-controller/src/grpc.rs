@@ -1,0 +1,186 @@
+//! The CLC's gRPC services: report streams from the tiers below, and admin calls.
+
+use std::{sync::Arc, time::Duration};
+
+use common::{report::accept_reports, time};
+use proto::{
+    admin_service_server::AdminService, cloud_service_server::CloudService, ClusterReport,
+    CreateAccessKeyRequest, CreateAccountRequest, DeleteAccountRequest, DescribeAccessKeysReply,
+    DescribeAccessKeysRequest, DescribeAccountsReply, DescribeAccountsRequest, DescribeNodesReply,
+    DescribeNodesRequest, DescribeServicesReply, DescribeServicesRequest, ReportAck, ServiceReport,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    accounts::{self, AccountError, Accounts},
+    registry::Registry,
+};
+
+/// Both services share the CLC's state.
+#[derive(Clone, Debug)]
+pub struct Cloud {
+    pub registry: Arc<Registry>,
+    pub accounts: Accounts,
+}
+
+impl Cloud {
+    /// Marks silent services NOTREADY, forever; run it in its own task.
+    pub async fn watch_liveness(self, timeout: Duration) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            self.registry
+                .expire(time::unix_ms(), timeout.as_millis() as i64);
+        }
+    }
+}
+
+fn account_status(e: AccountError) -> Status {
+    match e {
+        AccountError::InvalidName(_) | AccountError::InvalidUserName(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        AccountError::Exists(_) => Status::already_exists(e.to_string()),
+        AccountError::NoSuchAccount(_) => Status::not_found(e.to_string()),
+        AccountError::Protected(_) => Status::failed_precondition(e.to_string()),
+        AccountError::Store(_) => {
+            tracing::error!(error = %e, "account store failed");
+            Status::unavailable(e.to_string())
+        }
+    }
+}
+
+fn account_proto(a: accounts::Account) -> proto::Account {
+    proto::Account {
+        account_id: a.account_id,
+        name: a.name,
+        created_unix_ms: a.created_ms,
+    }
+}
+
+fn key_proto(k: accounts::AccessKey) -> proto::AccessKey {
+    proto::AccessKey {
+        account_id: k.account_id,
+        account_name: k.account_name,
+        user_name: k.user_name,
+        access_key_id: k.access_key_id,
+        secret_access_key: k.secret_access_key,
+        created_unix_ms: k.created_ms,
+    }
+}
+
+type AckStream = ReceiverStream<Result<ReportAck, Status>>;
+
+#[tonic::async_trait]
+impl CloudService for Cloud {
+    type ReportClusterStream = AckStream;
+    type ReportServiceStream = AckStream;
+
+    async fn report_cluster(
+        &self,
+        request: Request<Streaming<ClusterReport>>,
+    ) -> Result<Response<Self::ReportClusterStream>, Status> {
+        let (on_report, on_end) = (self.registry.clone(), self.registry.clone());
+        Ok(Response::new(accept_reports(
+            request.into_inner(),
+            move |id, report| on_report.cluster_report(id, report, time::unix_ms()),
+            move |id, why| on_end.stream_ended(id, why),
+        )))
+    }
+
+    async fn report_service(
+        &self,
+        request: Request<Streaming<ServiceReport>>,
+    ) -> Result<Response<Self::ReportServiceStream>, Status> {
+        let (on_report, on_end) = (self.registry.clone(), self.registry.clone());
+        Ok(Response::new(accept_reports(
+            request.into_inner(),
+            move |id, report| on_report.service_report(id, report, time::unix_ms()),
+            move |id, why| on_end.stream_ended(id, why),
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Cloud {
+    async fn describe_services(
+        &self,
+        _request: Request<DescribeServicesRequest>,
+    ) -> Result<Response<DescribeServicesReply>, Status> {
+        Ok(Response::new(DescribeServicesReply {
+            services: self.registry.services(time::unix_ms()),
+        }))
+    }
+
+    async fn describe_nodes(
+        &self,
+        _request: Request<DescribeNodesRequest>,
+    ) -> Result<Response<DescribeNodesReply>, Status> {
+        Ok(Response::new(DescribeNodesReply {
+            nodes: self.registry.nodes(),
+        }))
+    }
+
+    async fn create_account(
+        &self,
+        request: Request<CreateAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let name = request.into_inner().name;
+        let account = self.accounts.create(&name).map_err(account_status)?;
+        tracing::info!(account = %account.name, account_id = %account.account_id, "account created");
+        Ok(Response::new(account_proto(account)))
+    }
+
+    async fn describe_accounts(
+        &self,
+        _request: Request<DescribeAccountsRequest>,
+    ) -> Result<Response<DescribeAccountsReply>, Status> {
+        let accounts = self.accounts.list().map_err(account_status)?;
+        Ok(Response::new(DescribeAccountsReply {
+            accounts: accounts.into_iter().map(account_proto).collect(),
+        }))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let account = self
+            .accounts
+            .delete(&request.into_inner().account)
+            .map_err(account_status)?;
+        tracing::info!(account = %account.name, "account deleted");
+        Ok(Response::new(account_proto(account)))
+    }
+
+    async fn create_access_key(
+        &self,
+        request: Request<CreateAccessKeyRequest>,
+    ) -> Result<Response<proto::AccessKey>, Status> {
+        let req = request.into_inner();
+        let user = if req.user_name.is_empty() {
+            accounts::ADMIN_USER
+        } else {
+            &req.user_name
+        };
+        let key = self
+            .accounts
+            .create_key(&req.account, user)
+            .map_err(account_status)?;
+        Ok(Response::new(key_proto(key)))
+    }
+
+    async fn describe_access_keys(
+        &self,
+        request: Request<DescribeAccessKeysRequest>,
+    ) -> Result<Response<DescribeAccessKeysReply>, Status> {
+        let keys = self
+            .accounts
+            .keys_of(&request.into_inner().account)
+            .map_err(account_status)?;
+        Ok(Response::new(DescribeAccessKeysReply {
+            keys: keys.into_iter().map(key_proto).collect(),
+        }))
+    }
+}

@@ -1,0 +1,11 @@
+//! The cloud controller (CLC): the cloud's state of record and its front door.
+//!
+//! This crate holds the daemon's pieces (`cloud-controller`) and the admin
+//! CLI (`gumtree-admin`), which talks to the daemon's `AdminService`.
+
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod config;
+pub mod grpc;
+pub mod registry;

@@ -1,0 +1,92 @@
+//! `cloud-controller`: the CLC daemon.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use cloud_controller::{
+    accounts::Accounts,
+    config::CloudConfig,
+    grpc::Cloud,
+    registry::{self, Registry, ServiceRecord},
+};
+use common::{auth::VerifyCalls, rpc, store::Store, telemetry, time};
+use proto::{admin_service_server::AdminServiceServer, cloud_service_server::CloudServiceServer};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The Gumtree cloud controller.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: CloudConfig = common::config::load_or_default(args.config.as_deref())?;
+    telemetry::init(&config.log_filter);
+    if let Err(e) = run(config).await {
+        tracing::error!("cloud controller failed: {e:#}");
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn run(config: CloudConfig) -> anyhow::Result<()> {
+    let started = rpc::start(
+        &config.state_dir,
+        &config.cluster_secret_file,
+        &config.listen,
+        "",
+    )
+    .await?;
+    let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
+    let accounts = Accounts::open(&store, &config.admin_account)?;
+    let admin = accounts
+        .bootstrap()
+        .context("creating the system account")?;
+    let registry = Registry::open(
+        &store,
+        ServiceRecord {
+            service_type: registry::CLOUD.into(),
+            name: config.name.clone(),
+            partition: String::new(),
+            endpoint: started.advertise.clone(),
+            public_endpoint: String::new(),
+            first_seen_ms: time::unix_ms(),
+        },
+    )?;
+    let cloud = Cloud {
+        registry: Arc::new(registry),
+        accounts,
+    };
+    tokio::spawn(
+        cloud
+            .clone()
+            .watch_liveness(Duration::from_secs(config.report_timeout_secs.max(1))),
+    );
+    tracing::info!(
+        listen = %started.addr,
+        admin_account = %config.admin_account,
+        admin_access_key = %admin.access_key_id,
+        "cloud controller ready"
+    );
+    let verify = VerifyCalls::new(started.secret.clone());
+    let incoming = TcpListenerStream::new(started.listener);
+    rpc::serve_until_signal(|stop| {
+        rpc::server()
+            .add_service(CloudServiceServer::with_interceptor(
+                cloud.clone(),
+                verify.clone(),
+            ))
+            .add_service(AdminServiceServer::with_interceptor(cloud.clone(), verify))
+            .serve_with_incoming_shutdown(incoming, stop)
+    })
+    .await?;
+    store.flush()?;
+    tracing::info!("cloud controller stopped");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The cluster controller's configuration file.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How the CC picks nodes for new instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PlacementPolicy {
+    /// First node (in name order) with room.
+    Greedy,
+    /// Next node after the last one used, in turn.
+    RoundRobin,
+    /// Pack onto the busiest nodes that fit, so idle ones can be powered down.
+    PowerSave,
+    /// First node with room, nodes ordered as they joined.
+    FirstFit,
+    /// Like ROUNDROBIN, skipping nodes above a load or usage mark.
+    Threshold,
+}
+
+impl PlacementPolicy {
+    /// The name shown in admin views.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Greedy => "GREEDY",
+            Self::RoundRobin => "ROUNDROBIN",
+            Self::PowerSave => "POWERSAVE",
+            Self::FirstFit => "FIRSTFIT",
+            Self::Threshold => "THRESHOLD",
+        }
+    }
+}
+
+/// `cluster-controller --config cc.toml`. Every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Name of this cluster. Default `cluster-1`.
+    pub name: String,
+    /// Availability zone (Eucalyptus partition) it serves. Default `zone-1`.
+    pub zone: String,
+    /// gRPC address nodes and the CLC use. Port 0 picks a free port, written
+    /// to `<state_dir>/listen.addr`. Default `127.0.0.1:8774`.
+    pub listen: String,
+    /// Address the CLC and nodes are told to use, when `listen` is not
+    /// reachable as is (e.g. `0.0.0.0`). Default: the bound address.
+    pub advertise: String,
+    /// The cloud controller's gRPC address. Default `127.0.0.1:8780`.
+    pub clc: String,
+    /// Where the database lives. Default `/var/lib/gumtree/cc`.
+    pub state_dir: PathBuf,
+    /// File holding the cluster secret. Default `/var/lib/gumtree/cluster.secret`.
+    pub cluster_secret_file: PathBuf,
+    /// GREEDY, ROUNDROBIN, POWERSAVE, FIRSTFIT or THRESHOLD. Default `ROUNDROBIN`.
+    pub placement_policy: PlacementPolicy,
+    /// Seconds between reports to the CLC when nothing changes. Default 2.
+    pub heartbeat_secs: u64,
+    /// Seconds without a report before a node shows NOTREADY. Default 6.
+    pub node_timeout_secs: u64,
+    /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
+    pub log_filter: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "cluster-1".into(),
+            zone: "zone-1".into(),
+            listen: "127.0.0.1:8774".into(),
+            advertise: String::new(),
+            clc: "127.0.0.1:8780".into(),
+            state_dir: "/var/lib/gumtree/cc".into(),
+            cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            placement_policy: PlacementPolicy::RoundRobin,
+            heartbeat_secs: 2,
+            node_timeout_secs: 6,
+            log_filter: "info".into(),
+        }
+    }
+}

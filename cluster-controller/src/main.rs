@@ -1,0 +1,104 @@
+//! `cluster-controller`: the CC daemon.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use cluster_controller::{config::ClusterConfig, grpc::Cluster, nodes::Nodes};
+use common::{
+    auth::VerifyCalls,
+    report::{keep_reporting, ReportSettings},
+    rpc,
+    store::Store,
+    telemetry,
+};
+use proto::{
+    cloud_service_client::CloudServiceClient, cluster_service_server::ClusterServiceServer,
+    ClusterReport,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The Gumtree cluster controller.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: ClusterConfig = common::config::load_or_default(args.config.as_deref())?;
+    telemetry::init(&config.log_filter);
+    if let Err(e) = run(config).await {
+        tracing::error!("cluster controller failed: {e:#}");
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn run(config: ClusterConfig) -> anyhow::Result<()> {
+    let started = rpc::start(
+        &config.state_dir,
+        &config.cluster_secret_file,
+        &config.listen,
+        &config.advertise,
+    )
+    .await?;
+    let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
+    let nodes = Arc::new(Nodes::open(
+        &store,
+        ClusterReport {
+            cluster_name: config.name.clone(),
+            zone: config.zone.clone(),
+            endpoint: started.advertise.clone(),
+            placement_policy: config.placement_policy.as_str().into(),
+            version: common::VERSION.into(),
+            ..Default::default()
+        },
+    )?);
+    let cluster = Cluster {
+        nodes: nodes.clone(),
+    };
+    tokio::spawn(
+        cluster
+            .clone()
+            .watch_liveness(Duration::from_secs(config.node_timeout_secs.max(1))),
+    );
+    tokio::spawn(keep_reporting(
+        ReportSettings {
+            parent: config.clc.clone(),
+            parent_kind: "cloud controller",
+            secret: started.secret.clone(),
+            component: config.name.clone(),
+            heartbeat: Duration::from_secs(config.heartbeat_secs.max(1)),
+        },
+        nodes.subscribe(),
+        |channel, sign, reports| async move {
+            CloudServiceClient::with_interceptor(channel, sign)
+                .report_cluster(reports)
+                .await
+        },
+    ));
+    tracing::info!(
+        cluster = %config.name,
+        zone = %config.zone,
+        listen = %started.addr,
+        clc = %config.clc,
+        placement = config.placement_policy.as_str(),
+        "cluster controller ready"
+    );
+    let verify = VerifyCalls::new(started.secret.clone());
+    let incoming = TcpListenerStream::new(started.listener);
+    rpc::serve_until_signal(|stop| {
+        rpc::server()
+            .add_service(ClusterServiceServer::with_interceptor(cluster, verify))
+            .serve_with_incoming_shutdown(incoming, stop)
+    })
+    .await?;
+    store.flush()?;
+    tracing::info!("cluster controller stopped");
+    Ok(())
+}

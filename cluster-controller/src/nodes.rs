@@ -1,0 +1,313 @@
+//! The nodes of this cluster: who they are (durable) and how they are (live).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
+
+use common::{
+    report::StreamId,
+    store::{Record, Store, StoreError, Table},
+};
+use proto::{ClusterReport, NodeReport, NodeView, ServiceState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tonic::Status;
+
+/// A node as recorded durably.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub endpoint: String,
+    pub first_seen_ms: i64,
+}
+
+impl Record for NodeRecord {
+    const TABLE: &'static str = "nodes";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[derive(Debug)]
+struct NodeLive {
+    record: NodeRecord,
+    report: Option<NodeReport>,
+    stream: Option<StreamId>,
+    last_report_ms: i64,
+    ready: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: BTreeMap<String, NodeLive>,
+    streams: HashMap<StreamId, String>,
+}
+
+/// The cluster's nodes. Every change is published as a new [`ClusterReport`].
+pub struct Nodes {
+    table: Table<NodeRecord>,
+    inner: Mutex<Inner>,
+    identity: ClusterReport,
+    updates: watch::Sender<ClusterReport>,
+}
+
+impl std::fmt::Debug for Nodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nodes")
+            .field("cluster", &self.identity.cluster_name)
+            .finish()
+    }
+}
+
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The report with every report timestamp cleared, to tell real changes from heartbeats.
+fn without_times(report: &ClusterReport) -> ClusterReport {
+    let mut r = report.clone();
+    for n in &mut r.nodes {
+        n.last_report_unix_ms = 0;
+    }
+    r.seq = 0;
+    r
+}
+
+impl Nodes {
+    /// Loads the recorded nodes. `identity` is this cluster's report without nodes.
+    pub fn open(store: &Store, identity: ClusterReport) -> Result<Self, StoreError> {
+        let table = store.table::<NodeRecord>()?;
+        let mut inner = Inner::default();
+        for record in table.list()? {
+            inner.nodes.insert(
+                record.name.clone(),
+                NodeLive {
+                    record,
+                    report: None,
+                    stream: None,
+                    last_report_ms: 0,
+                    ready: false,
+                },
+            );
+        }
+        let (updates, _) = watch::channel(identity.clone());
+        let nodes = Self {
+            table,
+            inner: Mutex::new(inner),
+            identity,
+            updates,
+        };
+        nodes.publish(&nodes.lock());
+        Ok(nodes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reports to send up: changes now, the rest at heartbeats.
+    pub fn subscribe(&self) -> watch::Receiver<ClusterReport> {
+        self.updates.subscribe()
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let mut report = self.identity.clone();
+        report.nodes = inner
+            .nodes
+            .values()
+            .map(|n| {
+                let r = n.report.clone().unwrap_or_default();
+                NodeView {
+                    name: n.record.name.clone(),
+                    endpoint: n.record.endpoint.clone(),
+                    state: if n.ready {
+                        ServiceState::Enabled
+                    } else {
+                        ServiceState::Notready
+                    } as i32,
+                    resources: r.resources,
+                    hypervisor: r.hypervisor,
+                    last_report_unix_ms: n.last_report_ms,
+                    instances: r.instances,
+                }
+            })
+            .collect();
+        // Heartbeats only refresh timestamps: no need to wake the sender.
+        self.updates.send_if_modified(|current| {
+            let changed = without_times(current) != without_times(&report);
+            *current = report;
+            changed
+        });
+    }
+
+    /// A report from a node.
+    pub fn node_report(
+        &self,
+        stream: StreamId,
+        report: NodeReport,
+        now_ms: i64,
+    ) -> Result<(), Status> {
+        if !valid_node_name(&report.node_name) {
+            return Err(Status::invalid_argument(format!(
+                "invalid node name {:?}",
+                report.node_name
+            )));
+        }
+        let mut inner = self.lock();
+        let name = report.node_name.clone();
+        let known = inner.nodes.get(&name).map(|n| n.record.clone());
+        let record = match known {
+            Some(r) if r.endpoint == report.endpoint => r,
+            other => {
+                let record = NodeRecord {
+                    name: name.clone(),
+                    endpoint: report.endpoint.clone(),
+                    first_seen_ms: other.map_or(now_ms, |r| r.first_seen_ms),
+                };
+                self.table.put(&record).map_err(|e| {
+                    tracing::error!(error = %e, "store write failed");
+                    Status::unavailable(format!("cannot record node: {e}"))
+                })?;
+                record
+            }
+        };
+        let was_ready = inner.nodes.get(&name).is_some_and(|n| n.ready);
+        if !was_ready {
+            tracing::info!(node = %name, endpoint = %record.endpoint, "node ENABLED");
+        }
+        inner.streams.insert(stream, name.clone());
+        inner.nodes.insert(
+            name,
+            NodeLive {
+                record,
+                report: Some(report),
+                stream: Some(stream),
+                last_report_ms: now_ms,
+                ready: true,
+            },
+        );
+        self.publish(&inner);
+        Ok(())
+    }
+
+    /// A node's report stream ended: NOTREADY unless a newer stream replaced it.
+    pub fn stream_ended(&self, stream: StreamId, why: Option<Status>) {
+        let mut inner = self.lock();
+        let Some(name) = inner.streams.remove(&stream) else {
+            return;
+        };
+        if let Some(node) = inner.nodes.get_mut(&name) {
+            if node.stream == Some(stream) {
+                node.stream = None;
+                node.ready = false;
+                let why = why.map(|s| s.message().to_string()).unwrap_or_default();
+                tracing::warn!(node = %name, %why, "node NOTREADY: report stream ended");
+                self.publish(&inner);
+            }
+        }
+    }
+
+    /// Marks NOTREADY every node silent for longer than `timeout_ms`.
+    pub fn expire(&self, now_ms: i64, timeout_ms: i64) {
+        let mut inner = self.lock();
+        let mut changed = false;
+        for (name, node) in inner.nodes.iter_mut() {
+            if node.ready && now_ms - node.last_report_ms > timeout_ms {
+                node.ready = false;
+                changed = true;
+                tracing::warn!(node = %name, "node NOTREADY: no report for {} ms", now_ms - node.last_report_ms);
+            }
+        }
+        if changed {
+            self.publish(&inner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(store: &Store) -> Nodes {
+        Nodes::open(
+            store,
+            ClusterReport {
+                cluster_name: "cc".into(),
+                zone: "z".into(),
+                ..Default::default()
+            },
+        )
+        .expect("nodes")
+    }
+
+    fn report(name: &str, cores_free: u32) -> NodeReport {
+        NodeReport {
+            node_name: name.into(),
+            endpoint: "127.0.0.1:9".into(),
+            resources: Some(proto::Resources {
+                cores_total: 4,
+                cores_free,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn heartbeats_do_not_wake_the_reporter_but_changes_do() {
+        let store = Store::temporary().expect("store");
+        let n = nodes(&store);
+        let mut rx = n.subscribe();
+        rx.borrow_and_update();
+        n.node_report(StreamId(1), report("nc-1", 4), 1_000)
+            .expect("report");
+        assert!(rx.has_changed().expect("open"));
+        rx.borrow_and_update();
+        n.node_report(StreamId(1), report("nc-1", 4), 3_000)
+            .expect("heartbeat");
+        assert!(
+            !rx.has_changed().expect("open"),
+            "a heartbeat is not a change"
+        );
+        assert_eq!(rx.borrow().nodes[0].last_report_unix_ms, 3_000);
+        n.node_report(StreamId(1), report("nc-1", 2), 4_000)
+            .expect("change");
+        assert!(rx.has_changed().expect("open"));
+    }
+
+    #[test]
+    fn nodes_go_notready_on_stream_end_or_silence_and_are_remembered() {
+        let store = Store::temporary().expect("store");
+        {
+            let n = nodes(&store);
+            let rx = n.subscribe();
+            n.node_report(StreamId(1), report("nc-1", 4), 1_000)
+                .expect("report");
+            n.node_report(StreamId(2), report("nc-2", 4), 1_000)
+                .expect("report");
+            n.stream_ended(StreamId(1), None);
+            n.expire(8_000, 6_000);
+            let states: Vec<i32> = rx.borrow().nodes.iter().map(|v| v.state).collect();
+            assert_eq!(states, vec![ServiceState::Notready as i32; 2]);
+        }
+        let n = nodes(&store);
+        let names: Vec<String> = n
+            .subscribe()
+            .borrow()
+            .nodes
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
+        assert_eq!(names, vec!["nc-1", "nc-2"]);
+        assert!(n
+            .node_report(StreamId(3), report("bad name", 1), 1)
+            .is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! What several Gumtree tiers need: configuration loading, telemetry, the
+//! cluster-secret authentication of internal calls, resource ids, host
+//! resources, the durable store on sled and the report streams that carry
+//! state up the tiers.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod host;
+pub mod ids;
+pub mod report;
+pub mod rpc;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+
+/// Version string every daemon reports to the tier above it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

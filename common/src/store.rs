@@ -1,0 +1,389 @@
+//! The durable store every stateful tier uses: typed tables on sled.
+//!
+//! A [`Record`] names its table, its key and its schema version. Values are
+//! kept as a JSON envelope `{"schema": N, "record": ...}`; a record written by
+//! an older schema is migrated by [`Record::migrate`] when read, and one
+//! written by a newer schema is refused rather than misread.
+//!
+//! Every write is flushed to disk before it returns: a caller that
+//! acknowledges after a successful write never loses that write to a crash.
+
+use std::{marker::PhantomData, path::Path};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cannot encode a {table} record: {source}")]
+    Encode {
+        table: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("cannot decode {table} record {key}: {reason}")]
+    Decode {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("{table} record {key} has schema {found}, newer than this build's {supported}")]
+    TooNew {
+        table: &'static str,
+        key: String,
+        found: u32,
+        supported: u32,
+    },
+}
+
+/// A key that orders and round-trips as bytes.
+pub trait StoreKey: Sized {
+    /// The key's bytes; their order is the table's order.
+    fn to_bytes(&self) -> Vec<u8>;
+    /// The key back from its bytes.
+    fn from_bytes(bytes: &[u8]) -> Option<Self>;
+}
+
+impl StoreKey for String {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+impl StoreKey for u64 {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+}
+
+/// Two strings, ordered by the first then the second (`a\0b`).
+impl StoreKey for (String, String) {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut v = self.0.as_bytes().to_vec();
+        v.push(0);
+        v.extend_from_slice(self.1.as_bytes());
+        v
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let pos = bytes.iter().position(|b| *b == 0)?;
+        Some((
+            String::from_utf8(bytes[..pos].to_vec()).ok()?,
+            String::from_utf8(bytes[pos + 1..].to_vec()).ok()?,
+        ))
+    }
+}
+
+/// A type stored in a table.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The table's name; unique within a store.
+    const TABLE: &'static str;
+    /// Schema version this build writes. Bump it with a migration.
+    const SCHEMA: u32;
+    /// The key type.
+    type Key: StoreKey;
+    /// This record's key.
+    fn key(&self) -> Self::Key;
+    /// Turns a record of schema `from` (older than [`Record::SCHEMA`]) into
+    /// the next schema's form. The default knows no older schema.
+    fn migrate(from: u32, value: Value) -> Result<Value, String> {
+        let _ = value;
+        Err(format!("no migration from schema {from}"))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    schema: u32,
+    record: T,
+}
+
+/// One tier's database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in directory `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Ok(Self { db })
+    }
+
+    /// A throw-away database, for tests.
+    pub fn temporary() -> Result<Self, StoreError> {
+        Ok(Self {
+            db: sled::Config::new().temporary(true).open()?,
+        })
+    }
+
+    /// The table of `R`.
+    pub fn table<R: Record>(&self) -> Result<Table<R>, StoreError> {
+        Ok(Table {
+            tree: self.db.open_tree(R::TABLE)?,
+            db: self.db.clone(),
+            _record: PhantomData,
+        })
+    }
+
+    /// Flushes everything written so far.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// The records of one type.
+pub struct Table<R> {
+    tree: sled::Tree,
+    db: sled::Db,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for Table<R> {
+    fn clone(&self) -> Self {
+        Self {
+            tree: self.tree.clone(),
+            db: self.db.clone(),
+            _record: PhantomData,
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Table<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").finish_non_exhaustive()
+    }
+}
+
+impl<R: Record> Table<R> {
+    fn encode(record: &R) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(&Envelope {
+            schema: R::SCHEMA,
+            record,
+        })
+        .map_err(|source| StoreError::Encode {
+            table: R::TABLE,
+            source,
+        })
+    }
+
+    fn decode(key: &[u8], bytes: &[u8]) -> Result<R, StoreError> {
+        let key_text = || String::from_utf8_lossy(key).into_owned();
+        let fail = |reason: String| StoreError::Decode {
+            table: R::TABLE,
+            key: key_text(),
+            reason,
+        };
+        let envelope: Envelope<Value> =
+            serde_json::from_slice(bytes).map_err(|e| fail(e.to_string()))?;
+        let mut schema = envelope.schema;
+        if schema > R::SCHEMA {
+            return Err(StoreError::TooNew {
+                table: R::TABLE,
+                key: key_text(),
+                found: schema,
+                supported: R::SCHEMA,
+            });
+        }
+        let mut value = envelope.record;
+        while schema < R::SCHEMA {
+            value = R::migrate(schema, value).map_err(fail)?;
+            schema += 1;
+        }
+        serde_json::from_value(value).map_err(|e| fail(e.to_string()))
+    }
+
+    fn durable(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The record under `key`.
+    pub fn get(&self, key: &R::Key) -> Result<Option<R>, StoreError> {
+        let k = key.to_bytes();
+        self.tree.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
+    }
+
+    /// Writes `record` durably, replacing any under its key; returns the old one.
+    pub fn put(&self, record: &R) -> Result<Option<R>, StoreError> {
+        let k = record.key().to_bytes();
+        let old = self.tree.insert(&k, Self::encode(record)?)?;
+        self.durable()?;
+        old.map(|v| Self::decode(&k, &v)).transpose()
+    }
+
+    /// Writes `record` durably only if its key is free; false if it was taken.
+    pub fn insert_new(&self, record: &R) -> Result<bool, StoreError> {
+        let k = record.key().to_bytes();
+        let swapped = self
+            .tree
+            .compare_and_swap(&k, None::<&[u8]>, Some(Self::encode(record)?))?;
+        if swapped.is_ok() {
+            self.durable()?;
+        }
+        Ok(swapped.is_ok())
+    }
+
+    /// Deletes durably the record under `key`; returns it.
+    pub fn delete(&self, key: &R::Key) -> Result<Option<R>, StoreError> {
+        let k = key.to_bytes();
+        let old = self.tree.remove(&k)?;
+        self.durable()?;
+        old.map(|v| Self::decode(&k, &v)).transpose()
+    }
+
+    /// Every record, in key order.
+    pub fn list(&self) -> Result<Vec<R>, StoreError> {
+        self.tree
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Self::decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Records whose key bytes start with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                Self::decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// True when the table holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Thing {
+        name: String,
+        size: u64,
+    }
+
+    impl Record for Thing {
+        const TABLE: &'static str = "things";
+        const SCHEMA: u32 = 2;
+        type Key = String;
+        fn key(&self) -> String {
+            self.name.clone()
+        }
+        /// Schema 1 called the size `bytes`.
+        fn migrate(from: u32, mut value: Value) -> Result<Value, String> {
+            match from {
+                1 => {
+                    let obj = value.as_object_mut().ok_or("not an object")?;
+                    let bytes = obj.remove("bytes").ok_or("no bytes")?;
+                    obj.insert("size".into(), bytes);
+                    Ok(value)
+                }
+                _ => Err(format!("no migration from schema {from}")),
+            }
+        }
+    }
+
+    fn thing(name: &str, size: u64) -> Thing {
+        Thing {
+            name: name.into(),
+            size,
+        }
+    }
+
+    #[test]
+    fn put_get_delete_list() {
+        let store = Store::temporary().expect("store");
+        let t = store.table::<Thing>().expect("table");
+        assert!(t.is_empty());
+        assert_eq!(t.put(&thing("b", 2)).expect("put"), None);
+        assert_eq!(t.put(&thing("a", 1)).expect("put"), None);
+        assert_eq!(t.put(&thing("a", 3)).expect("put"), Some(thing("a", 1)));
+        assert_eq!(t.get(&"a".into()).expect("get"), Some(thing("a", 3)));
+        assert_eq!(t.list().expect("list"), vec![thing("a", 3), thing("b", 2)]);
+        assert!(!t.insert_new(&thing("a", 9)).expect("insert_new"));
+        assert!(t.insert_new(&thing("c", 9)).expect("insert_new"));
+        assert_eq!(t.delete(&"b".into()).expect("delete"), Some(thing("b", 2)));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.scan_prefix(b"c").expect("scan"), vec![thing("c", 9)]);
+    }
+
+    #[test]
+    fn old_schemas_migrate_and_newer_ones_are_refused() {
+        let store = Store::temporary().expect("store");
+        let tree = store.db.open_tree("things").expect("tree");
+        tree.insert(
+            "old",
+            br#"{"schema":1,"record":{"name":"old","bytes":7}}"#.to_vec(),
+        )
+        .expect("raw");
+        tree.insert(
+            "new",
+            br#"{"schema":3,"record":{"name":"new","size":7}}"#.to_vec(),
+        )
+        .expect("raw");
+        let t = store.table::<Thing>().expect("table");
+        assert_eq!(
+            t.get(&"old".into()).expect("migrated"),
+            Some(thing("old", 7))
+        );
+        assert!(matches!(
+            t.get(&"new".into()),
+            Err(StoreError::TooNew { found: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn writes_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let t = store.table::<Thing>().expect("table");
+            for i in 0..100 {
+                t.put(&thing(&format!("k{i:03}"), i)).expect("put");
+            }
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let t = store.table::<Thing>().expect("table");
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.get(&"k042".into()).expect("get"), Some(thing("k042", 42)));
+    }
+
+    #[test]
+    fn pair_keys_round_trip_in_order() {
+        let k = ("cluster".to_string(), "node-1".to_string());
+        assert_eq!(<(String, String)>::from_bytes(&k.to_bytes()), Some(k));
+        assert_eq!(u64::from_bytes(&7u64.to_bytes()), Some(7));
+        assert!(1u64.to_bytes() < 256u64.to_bytes());
+    }
+}

@@ -1,0 +1,79 @@
+//! The node controller's configuration file.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `node-controller --config nc.toml`. Every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of this node in its cluster. Default: the host name.
+    pub name: String,
+    /// gRPC address the CC uses. Port 0 picks a free port, written to
+    /// `<state_dir>/listen.addr`. Default `127.0.0.1:8775`.
+    pub listen: String,
+    /// Address the CC is told to use, when `listen` is not reachable as is
+    /// (e.g. `0.0.0.0`). Default: the bound address.
+    pub advertise: String,
+    /// The cluster controller's gRPC address. Default `127.0.0.1:8774`.
+    pub cc: String,
+    /// Where the node keeps its state. Default `/var/lib/gumtree/nc`.
+    pub state_dir: PathBuf,
+    /// Where instance disks live; its file system's size is the node's disk.
+    /// Default `<state_dir>/instances`.
+    pub instance_dir: Option<PathBuf>,
+    /// File holding the cluster secret. Default `/var/lib/gumtree/cluster.secret`.
+    pub cluster_secret_file: PathBuf,
+    /// Cores offered to instances; 0 means all of the host's. Default 0.
+    pub cores: u32,
+    /// Memory offered to instances in MiB; 0 means the host's total. Default 0.
+    pub memory_mib: u64,
+    /// Disk offered to instances in GiB; 0 means the size of `instance_dir`'s
+    /// file system. Default 0.
+    pub disk_gib: u64,
+    /// Seconds between reports to the CC when nothing changes. Default 2.
+    pub heartbeat_secs: u64,
+    /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
+    pub log_filter: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            listen: "127.0.0.1:8775".into(),
+            advertise: String::new(),
+            cc: "127.0.0.1:8774".into(),
+            state_dir: "/var/lib/gumtree/nc".into(),
+            instance_dir: None,
+            cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            cores: 0,
+            memory_mib: 0,
+            disk_gib: 0,
+            heartbeat_secs: 2,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The node's name: configured, or the host name.
+    pub fn node_name(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into())
+    }
+
+    /// Where instance disks live.
+    pub fn instance_dir(&self) -> PathBuf {
+        self.instance_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("instances"))
+    }
+}

@@ -1,0 +1,8 @@
+//! The node controller (NC): one per host; runs instances and reports the
+//! host's capacity and its instances' real state to its cluster controller.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod grpc;
+pub mod resources;

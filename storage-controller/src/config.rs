@@ -1,0 +1,47 @@
+//! The storage controller's configuration file.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `storage-controller --config sc.toml`. Every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Name of this storage controller. Default `sc-1`.
+    pub name: String,
+    /// Availability zone (partition) whose volumes it serves. Default `zone-1`.
+    pub partition: String,
+    /// gRPC address the CLC uses. Port 0 picks a free port, written to
+    /// `<state_dir>/listen.addr`. Default `127.0.0.1:8776`.
+    pub listen: String,
+    /// Address the CLC is told to use, when `listen` is not reachable as is.
+    /// Default: the bound address.
+    pub advertise: String,
+    /// The cloud controller's gRPC address. Default `127.0.0.1:8780`.
+    pub clc: String,
+    /// Where volumes and the database live. Default `/var/lib/gumtree/sc`.
+    pub state_dir: PathBuf,
+    /// File holding the cluster secret. Default `/var/lib/gumtree/cluster.secret`.
+    pub cluster_secret_file: PathBuf,
+    /// Seconds between reports to the CLC when nothing changes. Default 2.
+    pub heartbeat_secs: u64,
+    /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
+    pub log_filter: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            name: "sc-1".into(),
+            partition: "zone-1".into(),
+            listen: "127.0.0.1:8776".into(),
+            advertise: String::new(),
+            clc: "127.0.0.1:8780".into(),
+            state_dir: "/var/lib/gumtree/sc".into(),
+            cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            heartbeat_secs: 2,
+            log_filter: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The storage controller (SC): EBS-style volumes and snapshots.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod grpc;

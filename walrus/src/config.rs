@@ -1,0 +1,45 @@
+//! Walrus's configuration file.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `walrus --config walrus.toml`. Every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalrusConfig {
+    /// Name of this Walrus. Default `walrus`.
+    pub name: String,
+    /// Internal gRPC address (NCs fetch images, the SC stores snapshots).
+    /// Port 0 picks a free port, written to `<state_dir>/listen.addr`.
+    /// Default `127.0.0.1:8777`.
+    pub listen: String,
+    /// Address the other tiers are told to use, when `listen` is not
+    /// reachable as is. Default: the bound address.
+    pub advertise: String,
+    /// The cloud controller's gRPC address. Default `127.0.0.1:8780`.
+    pub clc: String,
+    /// Where objects and the database live. Default `/var/lib/gumtree/walrus`.
+    pub state_dir: PathBuf,
+    /// File holding the cluster secret. Default `/var/lib/gumtree/cluster.secret`.
+    pub cluster_secret_file: PathBuf,
+    /// Seconds between reports to the CLC when nothing changes. Default 2.
+    pub heartbeat_secs: u64,
+    /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
+    pub log_filter: String,
+}
+
+impl Default for WalrusConfig {
+    fn default() -> Self {
+        Self {
+            name: "walrus".into(),
+            listen: "127.0.0.1:8777".into(),
+            advertise: String::new(),
+            clc: "127.0.0.1:8780".into(),
+            state_dir: "/var/lib/gumtree/walrus".into(),
+            cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            heartbeat_secs: 2,
+            log_filter: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Walrus: the S3-compatible object store, which also keeps images,
+//! kernels, ramdisks and snapshots.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod grpc;

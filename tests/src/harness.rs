@@ -1,0 +1,423 @@
+//! Starts a whole cloud as real processes on ephemeral loopback ports, with
+//! all state in a temporary directory, and always tears it down: when the
+//! [`Cloud`] is dropped (also when a test fails or panics) every process is
+//! stopped, and a panicking test prints the tail of every log.
+//!
+//! The binaries come from the workspace's target directory (`cargo build
+//! --workspace --bins`, which `scripts/test` runs first), or from
+//! `GUMTREE_BIN_DIR`.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use tempfile::TempDir;
+
+/// The tiers, by their binaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Cloud,
+    Cluster,
+    Node,
+    Storage,
+    Walrus,
+}
+
+impl Tier {
+    /// The daemon's binary name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Tier::Cloud => "cloud-controller",
+            Tier::Cluster => "cluster-controller",
+            Tier::Node => "node-controller",
+            Tier::Storage => "storage-controller",
+            Tier::Walrus => "walrus",
+        }
+    }
+}
+
+struct Proc {
+    tier: Tier,
+    config: PathBuf,
+    state_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+}
+
+/// Directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GUMTREE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; panics with advice when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Options for [`Cloud::start_with`].
+#[derive(Clone, Debug)]
+pub struct CloudOptions {
+    /// Number of node controllers (`nc-1`, `nc-2`, ...).
+    pub nodes: usize,
+    /// Cores each node offers.
+    pub node_cores: u32,
+    /// Memory each node offers, MiB.
+    pub node_memory_mib: u64,
+}
+
+impl Default for CloudOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            node_cores: 4,
+            node_memory_mib: 4096,
+        }
+    }
+}
+
+/// A running cloud: CLC `clc`, Walrus `walrus`, SC `sc-1`, CC `cluster-1`
+/// and nodes `nc-1`...
+pub struct Cloud {
+    dir: TempDir,
+    secret_file: PathBuf,
+    procs: BTreeMap<String, Proc>,
+}
+
+impl Cloud {
+    /// A cloud with one node.
+    pub fn start() -> Self {
+        Self::start_with(CloudOptions::default())
+    }
+
+    /// A cloud as `options` say, once every tier listens.
+    pub fn start_with(options: CloudOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gumtree-test-")
+            .tempdir()
+            .expect("tempdir");
+        let secret_file = dir.path().join("cluster.secret");
+        fs::write(
+            &secret_file,
+            format!("{}\n", common::auth::ClusterSecret::generate()),
+        )
+        .expect("write secret");
+        let mut cloud = Self {
+            dir,
+            secret_file,
+            procs: BTreeMap::new(),
+        };
+        cloud.add("clc", Tier::Cloud, "report_timeout_secs = 6\n");
+        let clc = cloud.addr("clc");
+        cloud.add(
+            "walrus",
+            Tier::Walrus,
+            &format!("name = \"walrus\"\nclc = \"{clc}\"\n"),
+        );
+        cloud.add(
+            "sc-1",
+            Tier::Storage,
+            &format!("name = \"sc-1\"\npartition = \"zone-1\"\nclc = \"{clc}\"\n"),
+        );
+        cloud.add(
+            "cluster-1",
+            Tier::Cluster,
+            &format!(
+                "name = \"cluster-1\"\nzone = \"zone-1\"\nclc = \"{clc}\"\nnode_timeout_secs = 6\n"
+            ),
+        );
+        let cc = cloud.addr("cluster-1");
+        for i in 1..=options.nodes {
+            let name = format!("nc-{i}");
+            cloud.add(
+                &name,
+                Tier::Node,
+                &format!(
+                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\n",
+                    options.node_cores, options.node_memory_mib
+                ),
+            );
+        }
+        cloud
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The cluster secret file.
+    pub fn secret_file(&self) -> &Path {
+        &self.secret_file
+    }
+
+    /// Starts a daemon named `name` with `extra` config lines (listen, state
+    /// directory and secret are added unless `extra` sets them) and waits
+    /// until it listens.
+    pub fn add(&mut self, name: &str, tier: Tier, extra: &str) {
+        let state_dir = self.dir.path().join(name);
+        fs::create_dir_all(&state_dir).expect("state dir");
+        let mut text = String::new();
+        if !extra.contains("listen =") {
+            text.push_str("listen = \"127.0.0.1:0\"\n");
+        }
+        if !extra.contains("cluster_secret_file =") {
+            text.push_str(&format!("cluster_secret_file = {:?}\n", self.secret_file));
+        }
+        text.push_str(&format!(
+            "state_dir = {state_dir:?}\nlog_filter = \"info,h2=warn,tower=warn\"\n"
+        ));
+        text.push_str(extra);
+        let config = self.dir.path().join(format!("{name}.toml"));
+        fs::write(&config, text).expect("write config");
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.procs.insert(
+            name.to_string(),
+            Proc {
+                tier,
+                config,
+                state_dir,
+                log,
+                child: None,
+                addr: None,
+            },
+        );
+        self.spawn(name);
+    }
+
+    fn proc(&self, name: &str) -> &Proc {
+        self.procs
+            .get(name)
+            .unwrap_or_else(|| panic!("no process {name} in this cloud"))
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let p = self.procs.get_mut(name).expect("known process");
+        let addr_file = p.state_dir.join(common::rpc::ADDR_FILE);
+        let _ = fs::remove_file(&addr_file);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .expect("log file");
+        let mut cmd = Command::new(binary(p.tier.binary()));
+        cmd.arg("--config")
+            .arg(&p.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        p.child = Some(cmd.spawn().expect("spawn daemon"));
+        let (log_path, state_dir) = (p.log.clone(), p.state_dir.clone());
+        let addr: SocketAddr = wait_for(
+            &format!("{name} to listen"),
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = self
+                    .procs
+                    .get_mut(name)
+                    .and_then(|p| p.child.as_mut())
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "{name} exited with {status} while starting:\n{}",
+                        fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                }
+                fs::read_to_string(state_dir.join(common::rpc::ADDR_FILE))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            },
+        );
+        let p = self.procs.get_mut(name).expect("known process");
+        if p.addr.is_none() {
+            // Restarts must come back on the same port: the tiers below dial it.
+            let text = fs::read_to_string(&p.config).expect("config");
+            let text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+            fs::write(&p.config, text).expect("config");
+        }
+        p.addr = Some(addr);
+    }
+
+    /// Where `name` listens.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.proc(name).addr.expect("started")
+    }
+
+    /// The log of `name` so far.
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(&self.proc(name).log).unwrap_or_default()
+    }
+
+    /// The process id of `name`.
+    pub fn pid(&self, name: &str) -> Pid {
+        let child = self.proc(name).child.as_ref().expect("running");
+        Pid::from_raw(child.id() as i32)
+    }
+
+    /// Sends `signal` to `name`.
+    pub fn signal(&self, name: &str, signal: Signal) {
+        kill(self.pid(name), signal).expect("kill");
+    }
+
+    /// SIGKILLs `name` and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        self.signal(name, Signal::SIGKILL);
+        let p = self.procs.get_mut(name).expect("known process");
+        if let Some(mut child) = p.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs `name` and waits up to `timeout` for it to exit; returns its status.
+    pub fn terminate(&mut self, name: &str, timeout: Duration) -> std::process::ExitStatus {
+        self.signal(name, Signal::SIGTERM);
+        let p = self.procs.get_mut(name).expect("known process");
+        let mut child = p.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `name` again with its config, on the same port.
+    pub fn restart(&mut self, name: &str) {
+        assert!(self.proc(name).child.is_none(), "{name} is still running");
+        self.spawn(name);
+    }
+
+    /// Runs `gumtree-admin` against this cloud's CLC.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(binary("gumtree-admin"))
+            .env("GUMTREE_CLC", self.addr("clc").to_string())
+            .env("GUMTREE_SECRET_FILE", &self.secret_file)
+            .args(args)
+            .output()
+            .expect("run gumtree-admin")
+    }
+
+    /// Runs `gumtree-admin -o json ARGS`, which must succeed, and parses its output.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.admin(&all);
+        assert!(
+            out.status.success(),
+            "gumtree-admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("gumtree-admin prints JSON")
+    }
+
+    /// The state of node `name` as the CLC shows it (`ENABLED` / `NOTREADY`).
+    pub fn node_state(&self, name: &str) -> Option<String> {
+        let nodes = self.admin_json(&["describe-nodes"]);
+        nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == name)
+            .and_then(|n| n["state"].as_str().map(String::from))
+    }
+
+    /// The state of service `name` as the CLC shows it.
+    pub fn service_state(&self, name: &str) -> Option<String> {
+        let services = self.admin_json(&["describe-services"]);
+        services
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["state"].as_str().map(String::from))
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        // Children first, so parents do not log their departure as errors.
+        let order: Vec<String> = self.procs.keys().rev().cloned().collect();
+        for name in &order {
+            if let Some(child) = self.procs.get(name).and_then(|p| p.child.as_ref()) {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for name in &order {
+            let Some(p) = self.procs.get_mut(name) else {
+                continue;
+            };
+            if let Some(mut child) = p.child.take() {
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if panicking {
+                let log = fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                eprintln!("----- last lines of {name}.log -----");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// The daemon dies with the test if the test process is killed outright.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}

@@ -1,0 +1,85 @@
+# Shared by scripts/quickstart and scripts/test. Source it; do not run it.
+
+# System packages the cloud needs on every host (Debian 12).
+GUMTREE_SYSTEM_PACKAGES=(
+  gcc pkg-config libvirt-dev
+  libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+  dnsmasq-base iptables iproute2 busybox-static openssl procps
+)
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ensure_packages PKG...: installs the missing ones, quietly; does nothing when all are present.
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run as root to install them"
+  say "installing ${missing[*]}"
+  # No systemd here: keep package scripts from trying to start services.
+  local policy=/usr/sbin/policy-rc.d created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1
+  fi
+  local log; log=$(mktemp)
+  apt-get update -qq >"$log" 2>&1 || { cat "$log" >&2; die "apt-get update failed"; }
+  # Some images carry a newer qemu-utils (a backport) that breaks Debian's
+  # qemu-system: take qemu-utils at the same version as qemu-system-x86.
+  local extra=()
+  if printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86; then
+    local ver
+    ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    [ -n "$ver" ] && [ "$ver" != "(none)" ] && extra=("qemu-utils=$ver" --allow-downgrades)
+    local keep=() m
+    for m in "${missing[@]}"; do [ "$m" = qemu-utils ] || keep+=("$m"); done
+    missing=("${keep[@]}")
+  fi
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" "${extra[@]}" >"$log" 2>&1; then
+    [ $created_policy -eq 1 ] && rm -f "$policy"
+    cat "$log" >&2; rm -f "$log"
+    die "apt-get install failed"
+  fi
+  [ $created_policy -eq 1 ] && rm -f "$policy"
+  rm -f "$log"
+}
+
+# ensure_cargo: the Rust toolchain comes with the machine (rustup); say so clearly if not.
+ensure_cargo() {
+  command -v cargo >/dev/null 2>&1 || {
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  }
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (see README)"
+}
+
+# start_libvirt MARKER_DIR: starts virtlogd and libvirtd when they are not running
+# (there is no systemd to do it), noting in MARKER_DIR which ones we started.
+start_libvirt() {
+  local marks=$1
+  mkdir -p "$marks"
+  if ! pgrep -x virtlogd >/dev/null; then
+    virtlogd -d && touch "$marks/virtlogd.started"
+  fi
+  if ! pgrep -x libvirtd >/dev/null; then
+    libvirtd -d && touch "$marks/libvirtd.started"
+  fi
+  local i
+  for i in $(seq 1 100); do
+    [ -S /var/run/libvirt/libvirt-sock ] && return 0
+    sleep 0.2
+  done
+  die "libvirtd did not open its socket; see /var/log/libvirt/libvirtd.log"
+}
+
+# stop_libvirt MARKER_DIR: stops the libvirt daemons start_libvirt started.
+stop_libvirt() {
+  local marks=$1 d
+  for d in libvirtd virtlogd; do
+    if [ -e "$marks/$d.started" ]; then
+      pkill -TERM -x "$d" 2>/dev/null || true
+      rm -f "$marks/$d.started"
+    fi
+  done
+}

@@ -54,15 +54,20 @@ ensure_cargo() {
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (see README)"
 }
 
+# alive NAME: a process of that name runs (zombies do not count).
+alive() {
+  ps -eo stat=,comm= | awk -v n="$1" '$2 == n && $1 !~ /^Z/ {found = 1} END {exit !found}'
+}
+
 # start_libvirt MARKER_DIR: starts virtlogd and libvirtd when they are not running
 # (there is no systemd to do it), noting in MARKER_DIR which ones we started.
 start_libvirt() {
   local marks=$1
   mkdir -p "$marks"
-  if ! pgrep -x virtlogd >/dev/null; then
+  if ! alive virtlogd; then
     virtlogd -d && touch "$marks/virtlogd.started"
   fi
-  if ! pgrep -x libvirtd >/dev/null; then
+  if ! alive libvirtd; then
     libvirtd -d && touch "$marks/libvirtd.started"
   fi
   local i
@@ -79,6 +84,8 @@ stop_libvirt() {
   for d in libvirtd virtlogd; do
     if [ -e "$marks/$d.started" ]; then
       pkill -TERM -x "$d" 2>/dev/null || true
+      local i
+      for i in $(seq 1 50); do alive "$d" || break; sleep 0.1; done
       rm -f "$marks/$d.started"
     fi
   done

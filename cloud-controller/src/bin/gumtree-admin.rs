@@ -139,8 +139,9 @@ fn print<T: Serialize>(
     rows: &[T],
     cells: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
+    let mut text = String::new();
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Output::Json => text = serde_json::to_string_pretty(rows)? + "\n",
         Output::Table => {
             let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
             table.extend(rows.iter().map(cells));
@@ -159,11 +160,22 @@ fn print<T: Serialize>(
                     .zip(&widths)
                     .map(|(c, w)| format!("{c:<w$}"))
                     .collect();
-                println!("{}", line.join("  ").trim_end());
+                text.push_str(line.join("  ").trim_end());
+                text.push('\n');
             }
         }
     }
-    Ok(())
+    write_stdout(&text)
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 type Client = AdminServiceClient<InterceptedService<Channel, SignCalls>>;

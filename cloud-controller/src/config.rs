@@ -39,3 +39,9 @@ impl Default for CloudConfig {
         }
     }
 }
+
+impl common::daemon::DaemonConfig for CloudConfig {
+    fn log_filter(&self) -> &str {
+        &self.log_filter
+    }
+}

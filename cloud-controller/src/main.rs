@@ -1,38 +1,20 @@
 //! `cloud-controller`: the CLC daemon.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use clap::Parser;
 use cloud_controller::{
     accounts::Accounts,
     config::CloudConfig,
     grpc::Cloud,
     registry::{self, Registry, ServiceRecord},
 };
-use common::{auth::VerifyCalls, rpc, store::Store, telemetry, time};
+use common::{auth::VerifyCalls, rpc, store::Store, time};
 use proto::{admin_service_server::AdminServiceServer, cloud_service_server::CloudServiceServer};
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// The Gumtree cloud controller.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file (TOML); defaults apply without one.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config: CloudConfig = common::config::load_or_default(args.config.as_deref())?;
-    telemetry::init(&config.log_filter);
-    if let Err(e) = run(config).await {
-        tracing::error!("cloud controller failed: {e:#}");
-        return Err(e);
-    }
-    Ok(())
+fn main() -> std::process::ExitCode {
+    common::daemon::main("cloud-controller", "The Gumtree cloud controller.", run)
 }
 
 async fn run(config: CloudConfig) -> anyhow::Result<()> {

@@ -80,3 +80,9 @@ impl Default for ClusterConfig {
         }
     }
 }
+
+impl common::daemon::DaemonConfig for ClusterConfig {
+    fn log_filter(&self) -> &str {
+        &self.log_filter
+    }
+}

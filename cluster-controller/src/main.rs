@@ -1,16 +1,14 @@
 //! `cluster-controller`: the CC daemon.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use clap::Parser;
 use cluster_controller::{config::ClusterConfig, grpc::Cluster, nodes::Nodes};
 use common::{
     auth::VerifyCalls,
     report::{keep_reporting, ReportSettings},
     rpc,
     store::Store,
-    telemetry,
 };
 use proto::{
     cloud_service_client::CloudServiceClient, cluster_service_server::ClusterServiceServer,
@@ -18,25 +16,8 @@ use proto::{
 };
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// The Gumtree cluster controller.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file (TOML); defaults apply without one.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config: ClusterConfig = common::config::load_or_default(args.config.as_deref())?;
-    telemetry::init(&config.log_filter);
-    if let Err(e) = run(config).await {
-        tracing::error!("cluster controller failed: {e:#}");
-        return Err(e);
-    }
-    Ok(())
+fn main() -> std::process::ExitCode {
+    common::daemon::main("cluster-controller", "The Gumtree cluster controller.", run)
 }
 
 async fn run(config: ClusterConfig) -> anyhow::Result<()> {

@@ -7,11 +7,13 @@
 
 pub mod auth;
 pub mod config;
+pub mod daemon;
 pub mod host;
 pub mod ids;
 pub mod report;
 pub mod rpc;
 pub mod shutdown;
+pub mod sigv4;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -30,6 +30,85 @@ pub fn iso8601_ms(ms: i64) -> String {
     )
 }
 
+/// `20130524T000000Z` for Unix seconds, as SigV4 writes dates.
+pub fn amz_date(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Unix seconds of `20130524T000000Z`.
+pub fn parse_amz_date(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    from_civil(y, mo, d, h, mi, se)
+}
+
+/// Unix seconds of an HTTP date: `Fri, 24 May 2013 00:00:00 GMT` (RFC 1123),
+/// also without the weekday.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let s = s.split_once(", ").map_or(s, |(_, rest)| rest);
+    let mut parts = s.split_whitespace();
+    let d: i64 = parts.next()?.parse().ok()?;
+    let month = parts.next()?;
+    let mo = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m.eq_ignore_ascii_case(month))? as i64
+        + 1;
+    let y: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, se) = (hms.next()??, hms.next()??, hms.next()??);
+    match parts.next() {
+        Some("GMT") | Some("UTC") | Some("+0000") | None => from_civil(y, mo, d, h, mi, se),
+        _ => None,
+    }
+}
+
+/// `Fri, 24 May 2013 00:00:00 GMT` for Unix seconds (HTTP `Last-Modified`).
+pub fn http_date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let rem = secs.rem_euclid(86_400);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][m as usize - 1];
+    format!(
+        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn from_civil(y: i64, m: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
 /// Proleptic Gregorian date for days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -54,5 +133,21 @@ mod tests {
         // 2000-02-29T12:34:56.789Z: a leap day.
         assert_eq!(iso8601_ms(951_827_696_789), "2000-02-29T12:34:56.789Z");
         assert_eq!(iso8601_ms(1_795_392_000_000), "2026-11-23T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_and_formats_aws_and_http_dates() {
+        assert_eq!(parse_amz_date("20130524T000000Z"), Some(1_369_353_600));
+        assert_eq!(amz_date(1_369_353_600), "20130524T000000Z");
+        assert_eq!(parse_amz_date("20130524T000000"), None);
+        assert_eq!(parse_amz_date("2013052xT000000Z"), None);
+        assert_eq!(
+            parse_http_date("Fri, 24 May 2013 00:00:00 GMT"),
+            Some(1_369_353_600)
+        );
+        assert_eq!(http_date(1_369_353_600), "Fri, 24 May 2013 00:00:00 GMT");
+        assert_eq!(parse_http_date("Fri, 24 Mai 2013 00:00:00 GMT"), None);
+        assert_eq!(parse_http_date("Fri, 24 May 2013 00:00:00 CET"), None);
+        assert_eq!(http_date(951_827_696), "Tue, 29 Feb 2000 12:34:56 GMT");
     }
 }

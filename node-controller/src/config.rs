@@ -77,3 +77,9 @@ impl NodeConfig {
             .unwrap_or_else(|| self.state_dir.join("instances"))
     }
 }
+
+impl common::daemon::DaemonConfig for NodeConfig {
+    fn log_filter(&self) -> &str {
+        &self.log_filter
+    }
+}

@@ -1,13 +1,12 @@
 //! `node-controller`: the NC daemon.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use common::{
     auth::VerifyCalls,
     report::{keep_reporting, ReportSettings},
-    rpc, telemetry,
+    rpc,
 };
 use node_controller::{config::NodeConfig, grpc::Node, resources};
 use proto::{
@@ -17,25 +16,8 @@ use proto::{
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// The Gumtree node controller.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file (TOML); defaults apply without one.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config: NodeConfig = common::config::load_or_default(args.config.as_deref())?;
-    telemetry::init(&config.log_filter);
-    if let Err(e) = run(config).await {
-        tracing::error!("node controller failed: {e:#}");
-        return Err(e);
-    }
-    Ok(())
+fn main() -> std::process::ExitCode {
+    common::daemon::main("node-controller", "The Gumtree node controller.", run)
 }
 
 async fn run(config: NodeConfig) -> anyhow::Result<()> {

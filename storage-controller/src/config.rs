@@ -45,3 +45,9 @@ impl Default for StorageConfig {
         }
     }
 }
+
+impl common::daemon::DaemonConfig for StorageConfig {
+    fn log_filter(&self) -> &str {
+        &self.log_filter
+    }
+}

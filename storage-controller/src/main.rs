@@ -1,39 +1,20 @@
 //! `storage-controller`: the storage controller daemon.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use common::{
     auth::VerifyCalls,
     report::{report_service_to_clc, ReportSettings},
     rpc,
     store::Store,
-    telemetry,
 };
 use proto::{storage_service_server::StorageServiceServer, ServiceReport};
 use storage_controller::{config::StorageConfig, grpc::Storage};
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// The Gumtree storage controller.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file (TOML); defaults apply without one.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config: StorageConfig = common::config::load_or_default(args.config.as_deref())?;
-    telemetry::init(&config.log_filter);
-    if let Err(e) = run(config).await {
-        tracing::error!("storage controller failed: {e:#}");
-        return Err(e);
-    }
-    Ok(())
+fn main() -> std::process::ExitCode {
+    common::daemon::main("storage-controller", "The Gumtree storage controller.", run)
 }
 
 async fn run(config: StorageConfig) -> anyhow::Result<()> {

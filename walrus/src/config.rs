@@ -43,3 +43,9 @@ impl Default for WalrusConfig {
         }
     }
 }
+
+impl common::daemon::DaemonConfig for WalrusConfig {
+    fn log_filter(&self) -> &str {
+        &self.log_filter
+    }
+}

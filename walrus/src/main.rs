@@ -1,39 +1,20 @@
 //! `walrus`: the Walrus daemon.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use common::{
     auth::VerifyCalls,
     report::{report_service_to_clc, ReportSettings},
     rpc,
     store::Store,
-    telemetry,
 };
 use proto::{walrus_internal_server::WalrusInternalServer, ServiceReport};
 use tokio_stream::wrappers::TcpListenerStream;
 use walrus::{config::WalrusConfig, grpc::Internal};
 
-/// The Gumtree Walrus.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Configuration file (TOML); defaults apply without one.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config: WalrusConfig = common::config::load_or_default(args.config.as_deref())?;
-    telemetry::init(&config.log_filter);
-    if let Err(e) = run(config).await {
-        tracing::error!("Walrus failed: {e:#}");
-        return Err(e);
-    }
-    Ok(())
+fn main() -> std::process::ExitCode {
+    common::daemon::main("walrus", "The Gumtree Walrus (S3 store).", run)
 }
 
 async fn run(config: WalrusConfig) -> anyhow::Result<()> {

@@ -4,10 +4,12 @@ use std::{sync::Arc, time::Duration};
 
 use common::{report::accept_reports, time};
 use proto::{
-    admin_service_server::AdminService, cloud_service_server::CloudService, ClusterReport,
-    CreateAccessKeyRequest, CreateAccountRequest, DeleteAccountRequest, DescribeAccessKeysReply,
-    DescribeAccessKeysRequest, DescribeAccountsReply, DescribeAccountsRequest, DescribeNodesReply,
-    DescribeNodesRequest, DescribeServicesReply, DescribeServicesRequest, ReportAck, ServiceReport,
+    admin_service_server::AdminService, cloud_service_server::CloudService,
+    identity_service_server::IdentityService, ClusterReport, CreateAccessKeyRequest,
+    CreateAccountRequest, DeleteAccountRequest, DescribeAccessKeysReply, DescribeAccessKeysRequest,
+    DescribeAccountsReply, DescribeAccountsRequest, DescribeNodesReply, DescribeNodesRequest,
+    DescribeServicesReply, DescribeServicesRequest, LookupAccessKeyRequest, ReportAck,
+    ServiceReport,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -182,5 +184,19 @@ impl AdminService for Cloud {
         Ok(Response::new(DescribeAccessKeysReply {
             keys: keys.into_iter().map(key_proto).collect(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for Cloud {
+    async fn lookup_access_key(
+        &self,
+        request: Request<LookupAccessKeyRequest>,
+    ) -> Result<Response<proto::AccessKey>, Status> {
+        let id = request.into_inner().access_key_id;
+        match self.accounts.key(&id).map_err(account_status)? {
+            Some(key) => Ok(Response::new(key_proto(key))),
+            None => Err(Status::not_found(format!("no access key {id}"))),
+        }
     }
 }

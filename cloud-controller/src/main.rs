@@ -10,7 +10,10 @@ use cloud_controller::{
     registry::{self, Registry, ServiceRecord},
 };
 use common::{auth::VerifyCalls, rpc, store::Store, time};
-use proto::{admin_service_server::AdminServiceServer, cloud_service_server::CloudServiceServer};
+use proto::{
+    admin_service_server::AdminServiceServer, cloud_service_server::CloudServiceServer,
+    identity_service_server::IdentityServiceServer,
+};
 use tokio_stream::wrappers::TcpListenerStream;
 
 fn main() -> std::process::ExitCode {
@@ -64,7 +67,14 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
                 cloud.clone(),
                 verify.clone(),
             ))
-            .add_service(AdminServiceServer::with_interceptor(cloud.clone(), verify))
+            .add_service(AdminServiceServer::with_interceptor(
+                cloud.clone(),
+                verify.clone(),
+            ))
+            .add_service(IdentityServiceServer::with_interceptor(
+                cloud.clone(),
+                verify,
+            ))
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

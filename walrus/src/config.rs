@@ -17,6 +17,15 @@ pub struct WalrusConfig {
     /// Address the other tiers are told to use, when `listen` is not
     /// reachable as is. Default: the bound address.
     pub advertise: String,
+    /// The S3 API's address for clients. Port 0 picks a free port, written
+    /// to `<state_dir>/s3.addr`. Default `127.0.0.1:8779`.
+    pub s3_listen: String,
+    /// Virtual-host style buckets are addressed as `<bucket>.<s3_domain>`.
+    /// Default `localhost`.
+    pub s3_domain: String,
+    /// Region name reported for buckets created without a
+    /// LocationConstraint. Default `gumtree`.
+    pub region: String,
     /// The cloud controller's gRPC address. Default `127.0.0.1:8780`.
     pub clc: String,
     /// Where objects and the database live. Default `/var/lib/gumtree/walrus`.
@@ -35,6 +44,9 @@ impl Default for WalrusConfig {
             name: "walrus".into(),
             listen: "127.0.0.1:8777".into(),
             advertise: String::new(),
+            s3_listen: "127.0.0.1:8779".into(),
+            s3_domain: "localhost".into(),
+            region: "gumtree".into(),
             clc: "127.0.0.1:8780".into(),
             state_dir: "/var/lib/gumtree/walrus".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),

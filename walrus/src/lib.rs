@@ -5,3 +5,6 @@
 
 pub mod config;
 pub mod grpc;
+pub mod identity;
+pub mod objects;
+pub mod s3;

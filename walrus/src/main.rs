@@ -1,6 +1,6 @@
 //! `walrus`: the Walrus daemon.
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use common::{
@@ -11,7 +11,13 @@ use common::{
 };
 use proto::{walrus_internal_server::WalrusInternalServer, ServiceReport};
 use tokio_stream::wrappers::TcpListenerStream;
-use walrus::{config::WalrusConfig, grpc::Internal};
+use walrus::{
+    config::WalrusConfig,
+    grpc::Internal,
+    identity::Identity,
+    objects::ObjectStore,
+    s3::{self, Settings, S3},
+};
 
 fn main() -> std::process::ExitCode {
     common::daemon::main("walrus", "The Gumtree Walrus (S3 store).", run)
@@ -26,6 +32,21 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
     )
     .await?;
     let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
+    let objects = ObjectStore::open(&config.state_dir.join("objects"), &store)
+        .await
+        .context("opening the object store")?;
+    let identity = Identity::new(&config.clc, started.secret.clone(), &config.name)?;
+    let (s3_listener, s3_addr) = rpc::bind(&config.s3_listen).await?;
+    write_atomically(&config.state_dir.join("s3.addr"), &format!("{s3_addr}\n"))?;
+    let s3 = Arc::new(S3 {
+        objects,
+        identity,
+        settings: Settings {
+            domain: config.s3_domain.clone(),
+            region: config.region.clone(),
+        },
+    });
+    tokio::spawn(s3::serve(s3_listener, s3));
     tokio::spawn(report_service_to_clc(
         ReportSettings {
             parent: config.clc.clone(),
@@ -39,11 +60,12 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
             name: config.name.clone(),
             partition: String::new(),
             endpoint: started.advertise.clone(),
+            public_endpoint: format!("http://{s3_addr}"),
             version: common::VERSION.into(),
             ..Default::default()
         },
     ));
-    tracing::info!(name = %config.name, listen = %started.addr, clc = %config.clc, "Walrus ready");
+    tracing::info!(name = %config.name, listen = %started.addr, s3 = %s3_addr, clc = %config.clc, "Walrus ready");
     let incoming = TcpListenerStream::new(started.listener);
     rpc::serve_until_signal(|stop| {
         rpc::server()
@@ -57,4 +79,11 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
     store.flush()?;
     tracing::info!("Walrus stopped");
     Ok(())
+}
+
+/// Writes `text` to `path` by way of a temporary file and a rename.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
 }

@@ -1,0 +1,276 @@
+//! The S3 REST API on hyper.
+//!
+//! Each request is routed to a [`route::Target`], authenticated (SigV4 by
+//! header or presigned query; anonymous otherwise), then handled by an
+//! operation in [`ops`]. Every failure is an [`S3Error`] rendered as S3 does.
+
+pub mod checksum;
+pub mod chunked;
+pub mod error;
+pub mod ops;
+pub mod route;
+pub mod xml;
+
+use std::{convert::Infallible, io, sync::Arc};
+
+use bytes::Bytes;
+use common::sigv4::{self, PathStyle, SigError, VerifiedV4};
+use http::{header::HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub use error::S3Error;
+
+use crate::{
+    identity::{Caller, Identity},
+    objects::ObjectStore,
+};
+
+/// A response body: whole or streamed from a file.
+pub type Body = BoxBody<Bytes, io::Error>;
+
+/// A body of `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Settings of the S3 front end.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Virtual-host buckets are `<bucket>.<domain>`.
+    pub domain: String,
+    /// Region reported by GetBucketLocation and HeadBucket.
+    pub region: String,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Anonymous,
+    Account(Caller),
+}
+
+impl Principal {
+    /// The account id, if signed.
+    pub fn account_id(&self) -> Option<&str> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Account(c) => Some(&c.account_id),
+        }
+    }
+}
+
+/// The S3 service.
+#[derive(Debug)]
+pub struct S3 {
+    pub objects: ObjectStore,
+    pub identity: Identity,
+    pub settings: Settings,
+}
+
+/// A request after authentication, as the operations see it.
+#[derive(Debug)]
+pub struct Call {
+    pub target: route::Target,
+    pub principal: Principal,
+    /// Present for SigV4 requests (aws-chunked bodies need it).
+    pub v4: Option<VerifiedV4>,
+    /// Lowercase header names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Call {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn request_id() -> String {
+    let bytes: [u8; 8] = rand::random();
+    hex::encode_upper(bytes)
+}
+
+/// Serves S3 on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, s3: Arc<S3>) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let s3 = s3.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let s3 = s3.clone();
+                async move { Ok::<_, Infallible>(s3.handle(req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+impl S3 {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let id = request_id();
+        let method = req.method().clone();
+        let span = tracing::info_span!("s3", request_id = %id, %method, path = %req.uri().path());
+        let _enter = span.enter();
+        let mut response = match self.dispatch(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(code = e.code, status = e.status.as_u16(), "{}", e.message);
+                let body = if method == http::Method::HEAD || e.status == StatusCode::NOT_MODIFIED {
+                    empty()
+                } else {
+                    full(e.to_xml(&id))
+                };
+                let mut r = Response::new(body);
+                *r.status_mut() = e.status;
+                if e.status != StatusCode::NOT_MODIFIED {
+                    r.headers_mut()
+                        .insert("content-type", HeaderValue::from_static("application/xml"));
+                }
+                r
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-amz-request-id", v);
+        }
+        response
+            .headers_mut()
+            .insert("server", HeaderValue::from_static("Gumtree"));
+        response
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, S3Error> {
+        let (parts, body) = req.into_parts();
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let host = parts
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let raw_path = parts.uri.path();
+        let raw_query = parts.uri.query().unwrap_or("");
+        let target = route::route(host, raw_path, raw_query, &self.settings.domain)?;
+        let (principal, v4) = self
+            .authenticate(parts.method.as_str(), raw_path, raw_query, &headers)
+            .await
+            .map_err(|e| e.with_resource(target.resource()))?;
+        let call = Call {
+            target,
+            principal,
+            v4,
+            headers,
+        };
+        ops::run(self, &parts.method, call, body).await
+    }
+
+    async fn authenticate(
+        &self,
+        method: &str,
+        raw_path: &str,
+        raw_query: &str,
+        headers: &[(String, String)],
+    ) -> Result<(Principal, Option<VerifiedV4>), S3Error> {
+        let req = sigv4::Request {
+            method,
+            raw_path,
+            raw_query,
+            headers,
+            path_style: PathStyle::S3,
+        };
+        let authorization = req.header("authorization");
+        if let Some(auth) = authorization {
+            if auth.starts_with("AWS ") {
+                return Err(S3Error::not_implemented("Signature Version 2"));
+            }
+        }
+        if !sigv4::is_v4(&req) {
+            if authorization.is_some() {
+                return Err(S3Error::malformed_auth("Unsupported Authorization Type"));
+            }
+            return Ok((Principal::Anonymous, None));
+        }
+        let presigned = authorization.is_none();
+        let payload = match req.header("x-amz-content-sha256") {
+            Some(p) => p.to_string(),
+            None if presigned => "UNSIGNED-PAYLOAD".to_string(),
+            None => {
+                return Err(S3Error::invalid_request(
+                    "Missing required header for this request: x-amz-content-sha256",
+                ))
+            }
+        };
+        let pending = sigv4::parse(&req, &payload).map_err(|e| sig_error(e, presigned))?;
+        let caller = self
+            .identity
+            .lookup(&pending.scope.access_key)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "identity lookup failed");
+                S3Error::service_unavailable()
+            })?
+            .ok_or_else(|| {
+                S3Error::invalid_access_key_id()
+                    .with("AWSAccessKeyId", pending.scope.access_key.clone())
+            })?;
+        let verified = pending
+            .verify(&caller.secret_access_key, common::time::unix_secs())
+            .map_err(|e| {
+                sig_error(e, presigned).with("AWSAccessKeyId", caller.access_key_id.clone())
+            })?;
+        Ok((Principal::Account(caller), Some(verified)))
+    }
+}
+
+fn sig_error(e: SigError, presigned: bool) -> S3Error {
+    match e {
+        SigError::Mismatch {
+            string_to_sign,
+            canonical_request,
+        } => S3Error::signature_does_not_match()
+            .with("StringToSign", string_to_sign)
+            .with("CanonicalRequest", canonical_request),
+        SigError::Skewed => S3Error::request_time_too_skewed(),
+        SigError::Expired => S3Error::expired(),
+        other if presigned => S3Error::new(
+            "AuthorizationQueryParametersError",
+            StatusCode::BAD_REQUEST,
+            other.to_string(),
+        ),
+        other => S3Error::malformed_auth(other.to_string()),
+    }
+}

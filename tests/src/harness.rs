@@ -150,7 +150,7 @@ impl Cloud {
         cloud.add(
             "walrus",
             Tier::Walrus,
-            &format!("name = \"walrus\"\nclc = \"{clc}\"\n"),
+            &format!("name = \"walrus\"\nclc = \"{clc}\"\ns3_listen = \"127.0.0.1:0\"\n"),
         );
         cloud.add(
             "sc-1",
@@ -196,10 +196,15 @@ impl Cloud {
         let state_dir = self.dir.path().join(name);
         fs::create_dir_all(&state_dir).expect("state dir");
         let mut text = String::new();
-        if !extra.contains("listen =") {
+        let sets = |field: &str| {
+            extra
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{field} =")))
+        };
+        if !sets("listen") {
             text.push_str("listen = \"127.0.0.1:0\"\n");
         }
-        if !extra.contains("cluster_secret_file =") {
+        if !sets("cluster_secret_file") {
             text.push_str(&format!("cluster_secret_file = {:?}\n", self.secret_file));
         }
         text.push_str(&format!(
@@ -271,10 +276,42 @@ impl Cloud {
         if p.addr.is_none() {
             // Restarts must come back on the same port: the tiers below dial it.
             let text = fs::read_to_string(&p.config).expect("config");
-            let text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+            let mut text = pin_port(&text, "listen", addr);
+            if let Some(s3) = read_addr(&p.state_dir.join("s3.addr")) {
+                text = pin_port(&text, "s3_listen", s3);
+            }
             fs::write(&p.config, text).expect("config");
         }
         p.addr = Some(addr);
+    }
+
+    /// Walrus's S3 endpoint, `http://127.0.0.1:<port>`.
+    pub fn s3_endpoint(&self) -> String {
+        let addr = read_addr(&self.proc("walrus").state_dir.join("s3.addr"))
+            .expect("walrus writes s3.addr");
+        format!("http://{addr}")
+    }
+
+    /// The system account's admin access key: (id, secret).
+    pub fn admin_key(&self) -> (String, String) {
+        self.account_key("eucalyptus")
+    }
+
+    /// The first access key of `account`: (id, secret).
+    pub fn account_key(&self, account: &str) -> (String, String) {
+        let keys = self.admin_json(&["describe-access-keys", "--account", account]);
+        let k = &keys[0];
+        (
+            k["access_key_id"].as_str().expect("key id").to_string(),
+            k["secret_access_key"].as_str().expect("secret").to_string(),
+        )
+    }
+
+    /// Creates `account` with an access key for its admin: (id, secret).
+    pub fn new_account(&self, account: &str) -> (String, String) {
+        self.admin_json(&["create-account", account]);
+        self.admin_json(&["create-access-key", "--account", account]);
+        self.account_key(account)
     }
 
     /// Where `name` listens.
@@ -408,6 +445,26 @@ impl Drop for Cloud {
             }
         }
     }
+}
+
+fn read_addr(path: &Path) -> Option<SocketAddr> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Rewrites the line `field = "127.0.0.1:0"` to the port actually bound.
+fn pin_port(config: &str, field: &str, addr: SocketAddr) -> String {
+    config
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with(&format!("{field} =")) && line.contains(":0\"") {
+                format!("{field} = \"{addr}\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 /// The daemon dies with the test if the test process is killed outright.

@@ -242,6 +242,21 @@ impl<R: Record> Table<R> {
         Ok(swapped.is_ok())
     }
 
+    /// Replaces `current` by `new` (same key) durably, only if the stored
+    /// record is still exactly `current`; false if it changed meanwhile.
+    pub fn replace(&self, current: &R, new: &R) -> Result<bool, StoreError> {
+        let k = new.key().to_bytes();
+        let swapped = self.tree.compare_and_swap(
+            &k,
+            Some(Self::encode(current)?),
+            Some(Self::encode(new)?),
+        )?;
+        if swapped.is_ok() {
+            self.durable()?;
+        }
+        Ok(swapped.is_ok())
+    }
+
     /// Deletes durably the record under `key`; returns it.
     pub fn delete(&self, key: &R::Key) -> Result<Option<R>, StoreError> {
         let k = key.to_bytes();

@@ -1,3 +1,5 @@
-//! End-to-end test support: [`harness::Cloud`] starts the real daemons.
+//! End-to-end test support: [`harness::Cloud`] starts the real daemons and
+//! [`clients`] runs the real clients against them.
 
+pub mod clients;
 pub mod harness;

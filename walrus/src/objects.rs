@@ -74,6 +74,61 @@ impl Record for Object {
     }
 }
 
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultipartUpload {
+    pub bucket: String,
+    pub upload_id: String,
+    pub key: String,
+    pub initiated_ms: i64,
+    pub owner_id: String,
+    pub owner_name: String,
+    /// What the finished object will carry, as for [`Object`].
+    pub headers: BTreeMap<String, String>,
+    pub user_metadata: BTreeMap<String, String>,
+    pub acl: String,
+    /// `x-amz-checksum-algorithm` given at creation (CRC32, ...), if any.
+    pub checksum_algorithm: Option<String>,
+}
+
+impl Record for MultipartUpload {
+    const TABLE: &'static str = "uploads";
+    const SCHEMA: u32 = 1;
+    type Key = (String, String);
+    fn key(&self) -> Self::Key {
+        (self.bucket.clone(), self.upload_id.clone())
+    }
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    pub upload_id: String,
+    pub part_number: u32,
+    pub size: u64,
+    /// Hex MD5 of the part, unquoted.
+    pub etag: String,
+    pub last_modified_ms: i64,
+    /// Checksums by algorithm name, base64.
+    pub checksums: BTreeMap<String, String>,
+    /// Name of the data file under `data/`.
+    pub data: String,
+}
+
+impl Record for Part {
+    const TABLE: &'static str = "parts";
+    const SCHEMA: u32 = 1;
+    type Key = (String, String);
+    fn key(&self) -> Self::Key {
+        (self.upload_id.clone(), part_key(self.part_number))
+    }
+}
+
+/// Part numbers as keys that sort numerically.
+fn part_key(n: u32) -> String {
+    format!("{n:05}")
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -89,6 +144,8 @@ pub struct ObjectStore {
     root: PathBuf,
     buckets: Table<Bucket>,
     objects: Table<Object>,
+    uploads: Table<MultipartUpload>,
+    parts: Table<Part>,
 }
 
 fn random_id() -> String {
@@ -172,6 +229,8 @@ impl ObjectStore {
             root: root.to_path_buf(),
             buckets: store.table()?,
             objects: store.table()?,
+            uploads: store.table()?,
+            parts: store.table()?,
         };
         let tmp = this.root.join("tmp");
         let _ = fs::remove_dir_all(&tmp).await;
@@ -185,7 +244,8 @@ impl ObjectStore {
     }
 
     async fn collect_garbage(&self) -> Result<usize, ObjectError> {
-        let live: HashSet<String> = self.objects.list()?.into_iter().map(|o| o.data).collect();
+        let mut live: HashSet<String> = self.objects.list()?.into_iter().map(|o| o.data).collect();
+        live.extend(self.parts.list()?.into_iter().map(|p| p.data));
         let mut removed = 0;
         let mut dir = fs::read_dir(self.root.join("data")).await?;
         while let Some(entry) = dir.next_entry().await? {
@@ -231,9 +291,12 @@ impl ObjectStore {
             .map(|v| v.is_empty())?)
     }
 
-    /// Deletes a bucket record.
-    pub fn delete_bucket(&self, name: &str) -> Result<(), ObjectError> {
+    /// Deletes a bucket record and aborts its multipart uploads.
+    pub async fn delete_bucket(&self, name: &str) -> Result<(), ObjectError> {
         self.buckets.delete(&name.to_string())?;
+        for upload in self.uploads(name)? {
+            self.abort_upload(name, &upload.upload_id).await?;
+        }
         Ok(())
     }
 
@@ -264,13 +327,7 @@ impl ObjectStore {
         mut object: Object,
         written: Written,
     ) -> Result<Object, ObjectError> {
-        let target = self.data_path(&written.id);
-        fs::rename(&written.path, &target).await?;
-        fs::File::open(self.root.join("data"))
-            .await?
-            .sync_all()
-            .await?;
-        object.data = written.id;
+        object.data = self.publish(written).await?;
         let old = self.objects.put(&object)?;
         if let Some(old) = old {
             let _ = fs::remove_file(self.data_path(&old.data)).await;
@@ -281,6 +338,12 @@ impl ObjectStore {
     /// The object under `key`.
     pub fn object(&self, bucket: &str, key: &str) -> Result<Option<Object>, ObjectError> {
         Ok(self.objects.get(&(bucket.to_string(), key.to_string()))?)
+    }
+
+    /// Replaces an object's record `current` by `new` (its ACL, say), if
+    /// nobody changed it meanwhile; false if somebody did.
+    pub fn update_object(&self, current: &Object, new: &Object) -> Result<bool, ObjectError> {
+        Ok(self.objects.replace(current, new)?)
     }
 
     /// Opens an object's data for reading.
@@ -322,6 +385,140 @@ impl ObjectStore {
             out.push(object);
         }
         Ok((out, false))
+    }
+
+    /// Makes a verified upload visible under its data file name and fsyncs
+    /// the directory; returns that name.
+    async fn publish(&self, written: Written) -> Result<String, ObjectError> {
+        fs::rename(&written.path, self.data_path(&written.id)).await?;
+        fs::File::open(self.root.join("data"))
+            .await?
+            .sync_all()
+            .await?;
+        Ok(written.id)
+    }
+
+    /// Copies `len` bytes of `object` from `start` into `upload` (hashing them).
+    pub async fn copy_into(
+        &self,
+        object: &Object,
+        start: u64,
+        len: u64,
+        upload: &mut Upload,
+    ) -> Result<(), ObjectError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = self.open_data(object).await?;
+        file.seek(io::SeekFrom::Start(start)).await?;
+        let mut file = file.take(len);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            upload.write(&buf[..n]).await?;
+        }
+        if upload.size() < len {
+            return Err(ObjectError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "object data is shorter than its record",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a new multipart upload.
+    pub fn create_upload(&self, upload: &MultipartUpload) -> Result<(), ObjectError> {
+        self.uploads.put(upload)?;
+        Ok(())
+    }
+
+    /// The multipart upload `upload_id` of `bucket`.
+    pub fn upload(
+        &self,
+        bucket: &str,
+        upload_id: &str,
+    ) -> Result<Option<MultipartUpload>, ObjectError> {
+        Ok(self
+            .uploads
+            .get(&(bucket.to_string(), upload_id.to_string()))?)
+    }
+
+    /// Every multipart upload of `bucket` in progress, in no particular order.
+    pub fn uploads(&self, bucket: &str) -> Result<Vec<MultipartUpload>, ObjectError> {
+        Ok(self.uploads.scan_prefix(&prefix_key(bucket, ""))?)
+    }
+
+    /// Makes a verified part visible, replacing any part with its number.
+    pub async fn commit_part(&self, mut part: Part, written: Written) -> Result<Part, ObjectError> {
+        part.data = self.publish(written).await?;
+        if let Some(old) = self.parts.put(&part)? {
+            let _ = fs::remove_file(self.data_path(&old.data)).await;
+        }
+        Ok(part)
+    }
+
+    /// The parts of `upload_id`, by part number.
+    pub fn parts(&self, upload_id: &str) -> Result<Vec<Part>, ObjectError> {
+        Ok(self.parts.scan_prefix(&prefix_key(upload_id, ""))?)
+    }
+
+    /// Forgets an upload and deletes its parts.
+    pub async fn abort_upload(&self, bucket: &str, upload_id: &str) -> Result<(), ObjectError> {
+        // The upload first: once it is gone no part can be added to it.
+        self.uploads
+            .delete(&(bucket.to_string(), upload_id.to_string()))?;
+        for part in self.parts(upload_id)? {
+            self.parts.delete(&part.key())?;
+            let _ = fs::remove_file(self.data_path(&part.data)).await;
+        }
+        Ok(())
+    }
+
+    /// Joins `parts` (already checked against the request) into the object
+    /// `object`, makes it visible and forgets the upload. Durable when it returns.
+    pub async fn complete_upload(
+        &self,
+        upload: &MultipartUpload,
+        parts: &[Part],
+        mut object: Object,
+    ) -> Result<Object, ObjectError> {
+        let id = random_id();
+        let tmp = self.root.join("tmp").join(&id);
+        let sources: Vec<PathBuf> = parts.iter().map(|p| self.data_path(&p.data)).collect();
+        let joined = tmp.clone();
+        // std::io::copy between files uses copy_file_range: no bytes pass
+        // through this process.
+        let size = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let mut out = std::fs::File::create(&joined)?;
+            let mut size = 0;
+            for source in sources {
+                size += io::copy(&mut std::fs::File::open(source)?, &mut out)?;
+            }
+            out.sync_all()?;
+            Ok(size)
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let size = match size {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp).await;
+                return Err(e.into());
+            }
+        };
+        object.size = size;
+        let written = Written {
+            id,
+            path: tmp,
+            size,
+            md5_hex: String::new(),
+            sha256_hex: None,
+            checksums: BTreeMap::new(),
+        };
+        let object = self.commit(object, written).await?;
+        self.abort_upload(&upload.bucket, &upload.upload_id).await?;
+        Ok(object)
     }
 }
 

@@ -51,6 +51,10 @@ errors! {
     precondition_failed => "PreconditionFailed", PRECONDITION_FAILED, "At least one of the pre-conditions you specified did not hold";
     method_not_allowed => "MethodNotAllowed", METHOD_NOT_ALLOWED, "The specified method is not allowed against this resource.";
     key_too_long => "KeyTooLongError", BAD_REQUEST, "Your key is too long";
+    malformed_acl => "MalformedACLError", BAD_REQUEST, "The XML you provided was not well-formed or did not validate against our published schema.";
+    invalid_part => "InvalidPart", BAD_REQUEST, "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.";
+    invalid_part_order => "InvalidPartOrder", BAD_REQUEST, "The list of parts was not in ascending order. Parts must be ordered by part number.";
+    entity_too_small => "EntityTooSmall", BAD_REQUEST, "Your proposed upload is smaller than the minimum allowed object size.";
     internal => "InternalError", INTERNAL_SERVER_ERROR, "We encountered an internal error. Please try again.";
     service_unavailable => "ServiceUnavailable", SERVICE_UNAVAILABLE, "Please reduce your request rate.";
 }

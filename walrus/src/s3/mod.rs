@@ -4,9 +4,12 @@
 //! header or presigned query; anonymous otherwise), then handled by an
 //! operation in [`ops`]. Every failure is an [`S3Error`] rendered as S3 does.
 
+pub mod acl;
 pub mod checksum;
 pub mod chunked;
+pub mod copy;
 pub mod error;
+pub mod multipart;
 pub mod ops;
 pub mod route;
 pub mod xml;

@@ -12,23 +12,15 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::{
+    acl::{self, Permission},
     checksum::Algorithm,
     chunked::ChunkedDecoder,
-    empty, full,
+    copy, empty, full, multipart,
     route::{self, Target},
     xml, Body, Call, Principal, S3Error, S3,
 };
-use crate::objects::{Bucket, Object, ObjectError};
+use crate::objects::{Bucket, Object, ObjectError, Written};
 
-/// Canned ACLs S3 knows.
-const CANNED_ACLS: [&str; 6] = [
-    "private",
-    "public-read",
-    "public-read-write",
-    "aws-exec-read",
-    "authenticated-read",
-    "bucket-owner-read",
-];
 /// Headers kept with an object and returned on GET/HEAD.
 const KEPT_HEADERS: [&str; 6] = [
     "content-type",
@@ -39,9 +31,9 @@ const KEPT_HEADERS: [&str; 6] = [
     "expires",
 ];
 /// Largest request body parsed as XML.
-const MAX_XML_BODY: usize = 2 * 1024 * 1024;
+pub(super) const MAX_XML_BODY: usize = 2 * 1024 * 1024;
 
-fn storage(e: ObjectError) -> S3Error {
+pub(super) fn storage(e: ObjectError) -> S3Error {
     tracing::error!(error = %e, "storage failed");
     S3Error::internal()
 }
@@ -54,39 +46,46 @@ pub async fn run(
     body: Incoming,
 ) -> Result<Response<Body>, S3Error> {
     let t = &call.target;
+    let sub = subresources(t);
+    let plain = sub.is_empty();
+    let copy = call.header("x-amz-copy-source").is_some();
     match (method.clone(), t.bucket.is_some(), t.key.is_some()) {
         (Method::GET, false, _) => list_buckets(s3, &call),
         (_, false, _) => Err(S3Error::method_not_allowed()),
-        (Method::PUT, true, false) if t.has("acl") => Err(S3Error::not_implemented("PutBucketAcl")),
+        (Method::PUT, true, false) if t.has("acl") => put_bucket_acl(s3, &call, body).await,
+        (Method::GET, true, false) if t.has("acl") => get_bucket_acl(s3, &call),
+        (Method::GET, true, false) if t.has("uploads") => multipart::list_uploads(s3, &call),
         (Method::PUT, true, false) if t.query.is_empty() => create_bucket(s3, &call, body).await,
-        (Method::DELETE, true, false) if t.query.is_empty() => delete_bucket(s3, &call),
+        (Method::DELETE, true, false) if t.query.is_empty() => delete_bucket(s3, &call).await,
         (Method::HEAD, true, false) => head_bucket(s3, &call),
         (Method::GET, true, false) if t.has("location") => get_bucket_location(s3, &call),
         (Method::GET, true, false) if t.has("versioning") => get_bucket_versioning(s3, &call),
         (Method::GET, true, false) if t.param("list-type") == Some("2") => {
             list_objects(s3, &call, true)
         }
-        (Method::GET, true, false) if subresources(t).is_empty() => list_objects(s3, &call, false),
+        (Method::GET, true, false) if plain => list_objects(s3, &call, false),
         (Method::POST, true, false) if t.has("delete") => delete_objects(s3, &call, body).await,
-        (Method::PUT, true, true)
-            if subresources(t).is_empty() && call.header("x-amz-copy-source").is_none() =>
-        {
-            put_object(s3, &call, body).await
+        (Method::POST, true, true) if t.has("uploads") => multipart::create_upload(s3, &call),
+        (Method::POST, true, true) if t.has("uploadId") => {
+            multipart::complete_upload(s3, &call, body).await
         }
-        (Method::GET, true, true) if subresources(t).is_empty() => {
-            get_object(s3, &call, true).await
+        (Method::PUT, true, true) if t.has("uploadId") && t.has("partNumber") => {
+            multipart::upload_part(s3, &call, body, copy).await
         }
-        (Method::HEAD, true, true) if subresources(t).is_empty() => {
-            get_object(s3, &call, false).await
+        (Method::GET, true, true) if t.has("uploadId") => multipart::list_parts(s3, &call),
+        (Method::DELETE, true, true) if t.has("uploadId") => {
+            multipart::abort_upload(s3, &call).await
         }
-        (Method::DELETE, true, true) if subresources(t).is_empty() => {
-            delete_object(s3, &call).await
-        }
+        (Method::PUT, true, true) if t.has("acl") => put_object_acl(s3, &call, body).await,
+        (Method::GET, true, true) if t.has("acl") => get_object_acl(s3, &call),
+        (Method::PUT, true, true) if plain && copy => copy::copy_object(s3, &call).await,
+        (Method::PUT, true, true) if plain => put_object(s3, &call, body).await,
+        (Method::GET, true, true) if plain => get_object(s3, &call, true).await,
+        (Method::HEAD, true, true) if plain => get_object(s3, &call, false).await,
+        (Method::DELETE, true, true) if plain => delete_object(s3, &call).await,
         _ => Err(S3Error::not_implemented(&format!(
             "{method} with {}",
-            subresources(t)
-                .first()
-                .map_or("these parameters", |s| s.as_str())
+            sub.first().map_or("these parameters", |s| s.as_str())
         ))),
     }
 }
@@ -117,7 +116,7 @@ fn subresources(t: &Target) -> Vec<String> {
         .collect()
 }
 
-fn xml_response(status: StatusCode, body: String) -> Response<Body> {
+pub(super) fn xml_response(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
@@ -125,34 +124,115 @@ fn xml_response(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-fn set(r: &mut Response<Body>, name: &'static str, value: &str) {
+pub(super) fn set(r: &mut Response<Body>, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         r.headers_mut().insert(name, v);
     }
 }
 
-fn caller_of(call: &Call) -> Result<&crate::identity::Caller, S3Error> {
+pub(super) fn caller_of(call: &Call) -> Result<&crate::identity::Caller, S3Error> {
     match &call.principal {
         Principal::Account(c) => Ok(c),
         Principal::Anonymous => Err(S3Error::access_denied()),
     }
 }
 
-/// The bucket, if it exists and the caller may use it.
-fn owned_bucket(s3: &S3, call: &Call) -> Result<Bucket, S3Error> {
+/// The bucket the request names; `NoSuchBucket` when there is none.
+pub(super) fn bucket_of(s3: &S3, call: &Call) -> Result<Bucket, S3Error> {
     let name = call.target.bucket.as_deref().unwrap_or_default();
-    let bucket = s3.objects.bucket(name).map_err(storage)?.ok_or_else(|| {
+    s3.objects.bucket(name).map_err(storage)?.ok_or_else(|| {
         S3Error::no_such_bucket()
             .with_resource(name)
             .with("BucketName", name)
-    })?;
-    match call.principal.account_id() {
-        Some(id) if id == bucket.owner_id => Ok(bucket),
-        _ => Err(S3Error::access_denied().with_resource(name)),
+    })
+}
+
+/// A bucket's owner, for ACLs.
+pub(super) fn owner_of(bucket: &Bucket) -> acl::Owner<'_> {
+    acl::Owner {
+        id: &bucket.owner_id,
+        name: &bucket.owner_name,
     }
 }
 
-async fn read_small_body(body: Incoming, limit: usize) -> Result<Vec<u8>, S3Error> {
+/// True when the caller holds `wanted` on `bucket`.
+pub(super) fn bucket_allows(bucket: &Bucket, call: &Call, wanted: Permission) -> bool {
+    acl::allows(
+        &acl::grants(&bucket.acl, owner_of(bucket), None),
+        &call.principal,
+        wanted,
+    )
+}
+
+/// True when the caller holds `wanted` on `object` of `bucket`.
+pub(super) fn object_allows(
+    bucket: &Bucket,
+    object: &Object,
+    call: &Call,
+    wanted: Permission,
+) -> bool {
+    let owner = acl::Owner {
+        id: &object.owner_id,
+        name: &object.owner_name,
+    };
+    acl::allows(
+        &acl::grants(&object.acl, owner, Some(owner_of(bucket))),
+        &call.principal,
+        wanted,
+    )
+}
+
+/// The bucket, if the caller holds `wanted` on it.
+pub(super) fn bucket_with(s3: &S3, call: &Call, wanted: Permission) -> Result<Bucket, S3Error> {
+    let bucket = bucket_of(s3, call)?;
+    if bucket_allows(&bucket, call, wanted) {
+        Ok(bucket)
+    } else {
+        Err(S3Error::access_denied().with_resource(bucket.name))
+    }
+}
+
+/// The bucket, if the caller owns it.
+pub(super) fn owned_bucket(s3: &S3, call: &Call) -> Result<Bucket, S3Error> {
+    let bucket = bucket_of(s3, call)?;
+    match call.principal.account_id() {
+        Some(id) if id == bucket.owner_id => Ok(bucket),
+        _ => Err(S3Error::access_denied().with_resource(bucket.name)),
+    }
+}
+
+/// The bucket, if the caller may write objects into it.
+pub(super) fn writable_bucket(s3: &S3, call: &Call) -> Result<Bucket, S3Error> {
+    bucket_with(s3, call, Permission::Write)
+}
+
+/// The object the request names, if the caller holds `wanted` on it. A
+/// missing object is `NoSuchKey` to those who may list the bucket and
+/// `AccessDenied` to others, as S3 answers.
+pub(super) fn object_with(
+    s3: &S3,
+    call: &Call,
+    wanted: Permission,
+) -> Result<(Bucket, Object), S3Error> {
+    let bucket = bucket_of(s3, call)?;
+    let key = call.target.key.clone().unwrap_or_default();
+    let Some(object) = s3.objects.object(&bucket.name, &key).map_err(storage)? else {
+        return Err(if bucket_allows(&bucket, call, Permission::Read) {
+            S3Error::no_such_key()
+                .with_resource(call.target.resource())
+                .with("Key", &key)
+        } else {
+            S3Error::access_denied().with_resource(call.target.resource())
+        });
+    };
+    if object_allows(&bucket, &object, call, wanted) {
+        Ok((bucket, object))
+    } else {
+        Err(S3Error::access_denied().with_resource(call.target.resource()))
+    }
+}
+
+pub(super) async fn read_small_body(body: Incoming, limit: usize) -> Result<Vec<u8>, S3Error> {
     let mut body = body;
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -190,10 +270,10 @@ fn list_buckets(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     ))
 }
 
-fn canned_acl(call: &Call) -> Result<String, S3Error> {
+pub(super) fn canned_acl(call: &Call) -> Result<String, S3Error> {
     match call.header("x-amz-acl") {
         None => Ok("private".into()),
-        Some(acl) if CANNED_ACLS.contains(&acl) => Ok(acl.to_string()),
+        Some(acl) if acl::CANNED.contains(&acl) => Ok(acl.to_string()),
         Some(acl) => Err(S3Error::invalid_argument(
             "Invalid canned ACL",
             "x-amz-acl",
@@ -246,14 +326,17 @@ async fn create_bucket(s3: &S3, call: &Call, body: Incoming) -> Result<Response<
     Ok(r)
 }
 
-fn delete_bucket(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+async fn delete_bucket(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let bucket = owned_bucket(s3, call)?;
     if !s3.objects.bucket_is_empty(&bucket.name).map_err(storage)? {
         return Err(S3Error::bucket_not_empty()
             .with_resource(&bucket.name)
             .with("BucketName", &bucket.name));
     }
-    s3.objects.delete_bucket(&bucket.name).map_err(storage)?;
+    s3.objects
+        .delete_bucket(&bucket.name)
+        .await
+        .map_err(storage)?;
     tracing::info!(bucket = %bucket.name, "bucket deleted");
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
@@ -269,7 +352,7 @@ fn region_of(s3: &S3, bucket: &Bucket) -> String {
 }
 
 fn head_bucket(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
-    let bucket = owned_bucket(s3, call)?;
+    let bucket = bucket_with(s3, call, Permission::Read)?;
     let mut r = Response::new(empty());
     set(&mut r, "x-amz-bucket-region", &region_of(s3, &bucket));
     Ok(r)
@@ -375,11 +458,17 @@ fn content_md5(call: &Call) -> Result<Option<String>, S3Error> {
     }
 }
 
-async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
-    let bucket = owned_bucket(s3, call)?;
-    let caller = caller_of(call)?;
-    let key = call.target.key.clone().unwrap_or_default();
-    let acl = canned_acl(call)?;
+/// A request body streamed to disk and verified against everything its
+/// request declared (length, SHA-256, Content-MD5, checksums).
+pub(super) struct Received {
+    pub written: Written,
+    /// Verified checksums by algorithm name, base64.
+    pub checksums: BTreeMap<String, String>,
+}
+
+/// Streams the body of `call` into a temporary file and checks it. On any
+/// failure nothing is left behind.
+pub(super) async fn receive(s3: &S3, call: &Call, body: Incoming) -> Result<Received, S3Error> {
     let mut payload = payload_mode(call)?;
     let (header_sums, trailer_sums) = declared_checksums(call)?;
     let md5 = content_md5(call)?;
@@ -502,14 +591,17 @@ async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Bod
         }
         Ok(stored)
     };
-    let checksums = match check() {
-        Ok(c) => c,
+    match check() {
+        Ok(checksums) => Ok(Received { written, checksums }),
         Err(e) => {
             written.discard().await;
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
 
+/// The headers and user metadata a new object keeps from its request.
+pub(super) fn object_metadata(call: &Call) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let mut headers = BTreeMap::new();
     for name in KEPT_HEADERS {
         if let Some(v) = call.header(name) {
@@ -536,6 +628,25 @@ async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Bod
                 .map(|m| (m.to_string(), v.clone()))
         })
         .collect();
+    (headers, user_metadata)
+}
+
+/// Adds `x-amz-checksum-*` headers for `checksums` (by algorithm name).
+pub(super) fn set_checksums(r: &mut Response<Body>, checksums: &BTreeMap<String, String>) {
+    for (name, value) in checksums {
+        if let Some(a) = Algorithm::from_name(name) {
+            set(r, a.header(), value);
+        }
+    }
+}
+
+async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+    let bucket = writable_bucket(s3, call)?;
+    let caller = caller_of(call)?;
+    let key = call.target.key.clone().unwrap_or_default();
+    let acl = canned_acl(call)?;
+    let Received { written, checksums } = receive(s3, call, body).await?;
+    let (headers, user_metadata) = object_metadata(call);
     let etag = written.md5_hex.clone();
     let size = written.size;
     let object = Object {
@@ -556,16 +667,12 @@ async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Bod
     tracing::info!(bucket = %bucket.name, key = %key, size, "object stored");
     let mut r = Response::new(empty());
     set(&mut r, "etag", &format!("\"{etag}\""));
-    for (name, value) in &object.checksums {
-        if let Some(a) = Algorithm::from_name(name) {
-            set(&mut r, a.header(), value);
-        }
-    }
+    set_checksums(&mut r, &object.checksums);
     Ok(r)
 }
 
 /// A byte range `start..=end` of an object of `size` bytes.
-fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, S3Error> {
+pub(super) fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, S3Error> {
     let Some(spec) = header.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };
@@ -608,7 +715,7 @@ fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, S3Error> {
     Ok(Some(range))
 }
 
-fn etag_matches(list: &str, etag: &str) -> bool {
+pub(super) fn etag_matches(list: &str, etag: &str) -> bool {
     list.split(',')
         .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
         .any(|t| t == "*" || t == etag)
@@ -652,17 +759,7 @@ fn check_conditions(call: &Call, object: &Object) -> Result<(), S3Error> {
 }
 
 async fn get_object(s3: &S3, call: &Call, with_body: bool) -> Result<Response<Body>, S3Error> {
-    let bucket = owned_bucket(s3, call)?;
-    let key = call.target.key.clone().unwrap_or_default();
-    let object = s3
-        .objects
-        .object(&bucket.name, &key)
-        .map_err(storage)?
-        .ok_or_else(|| {
-            S3Error::no_such_key()
-                .with_resource(call.target.resource())
-                .with("Key", &key)
-        })?;
+    let (_, object) = object_with(s3, call, Permission::Read)?;
     check_conditions(call, &object)?;
     let range = match call.header("range") {
         Some(h) => parse_range(h, object.size)?,
@@ -747,7 +844,7 @@ async fn get_object(s3: &S3, call: &Call, with_body: bool) -> Result<Response<Bo
 }
 
 async fn delete_object(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
-    let bucket = owned_bucket(s3, call)?;
+    let bucket = writable_bucket(s3, call)?;
     let key = call.target.key.clone().unwrap_or_default();
     if s3
         .objects
@@ -763,7 +860,7 @@ async fn delete_object(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> 
 }
 
 async fn delete_objects(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
-    let bucket = owned_bucket(s3, call)?;
+    let bucket = writable_bucket(s3, call)?;
     let body = read_small_body(body, MAX_XML_BODY).await?;
     if let Some(expected) = content_md5(call)? {
         if expected != hex::encode(<md5::Md5 as md5::Digest>::digest(&body)) {
@@ -821,7 +918,7 @@ async fn delete_objects(s3: &S3, call: &Call, body: Incoming) -> Result<Response
 
 /// ListObjects (v1) and ListObjectsV2.
 fn list_objects(s3: &S3, call: &Call, v2: bool) -> Result<Response<Body>, S3Error> {
-    let bucket = owned_bucket(s3, call)?;
+    let bucket = bucket_with(s3, call, Permission::Read)?;
     let t = &call.target;
     let prefix = t.param("prefix").unwrap_or("");
     let delimiter = t.param("delimiter").unwrap_or("");
@@ -968,6 +1065,88 @@ fn list_objects(s3: &S3, call: &Call, v2: bool) -> Result<Response<Body>, S3Erro
             .close("CommonPrefixes");
     }
     Ok(xml_response(StatusCode::OK, w.finish(root)))
+}
+
+/// The canned ACL a PutAcl request asks for: `x-amz-acl`, or a policy body.
+async fn requested_acl(
+    call: &Call,
+    body: Incoming,
+    owner: acl::Owner<'_>,
+    bucket_owner: Option<acl::Owner<'_>>,
+) -> Result<String, S3Error> {
+    let body = read_small_body(body, 64 * 1024).await?;
+    match call.header("x-amz-acl") {
+        Some(_) if !body.iter().all(u8::is_ascii_whitespace) => Err(S3Error::new(
+            "UnexpectedContent",
+            StatusCode::BAD_REQUEST,
+            "This request does not support content",
+        )),
+        Some(_) => canned_acl(call),
+        None if body.iter().all(u8::is_ascii_whitespace) => Err(S3Error::new(
+            "MissingSecurityHeader",
+            StatusCode::BAD_REQUEST,
+            "Your request was missing a required header",
+        )
+        .with("MissingHeaderName", "x-amz-acl")),
+        None => acl::canned_from_policy(&body, owner, bucket_owner),
+    }
+}
+
+async fn put_bucket_acl(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+    let mut bucket = bucket_with(s3, call, Permission::WriteAcp)?;
+    bucket.acl = requested_acl(call, body, owner_of(&bucket), None).await?;
+    s3.objects.update_bucket(&bucket).map_err(storage)?;
+    tracing::info!(bucket = %bucket.name, acl = %bucket.acl, "bucket ACL set");
+    Ok(Response::new(empty()))
+}
+
+fn get_bucket_acl(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+    let bucket = bucket_with(s3, call, Permission::ReadAcp)?;
+    let owner = owner_of(&bucket);
+    Ok(xml_response(
+        StatusCode::OK,
+        acl::policy_xml(owner, &acl::grants(&bucket.acl, owner, None)),
+    ))
+}
+
+async fn put_object_acl(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+    let (bucket, object) = object_with(s3, call, Permission::WriteAcp)?;
+    let owner = acl::Owner {
+        id: &object.owner_id,
+        name: &object.owner_name,
+    };
+    let canned = requested_acl(call, body, owner, Some(owner_of(&bucket))).await?;
+    let updated = Object {
+        acl: canned,
+        ..object.clone()
+    };
+    if !s3
+        .objects
+        .update_object(&object, &updated)
+        .map_err(storage)?
+    {
+        return Err(S3Error::new(
+            "OperationAborted",
+            StatusCode::CONFLICT,
+            "A conflicting conditional operation is currently in progress against this resource. Please try again.",
+        ));
+    }
+    Ok(Response::new(empty()))
+}
+
+fn get_object_acl(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+    let (bucket, object) = object_with(s3, call, Permission::ReadAcp)?;
+    let owner = acl::Owner {
+        id: &object.owner_id,
+        name: &object.owner_name,
+    };
+    Ok(xml_response(
+        StatusCode::OK,
+        acl::policy_xml(
+            owner,
+            &acl::grants(&object.acl, owner, Some(owner_of(&bucket))),
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -130,6 +130,12 @@ impl Writer {
         self
     }
 
+    /// Text that is already XML.
+    pub fn raw(&mut self, xml: &str) -> &mut Self {
+        self.out.push_str(xml);
+        self
+    }
+
     /// `</name>`.
     pub fn close(&mut self, name: &str) -> &mut Self {
         self.out.push_str(&format!("</{name}>"));

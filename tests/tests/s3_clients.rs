@@ -1,0 +1,210 @@
+//! Walrus driven by the clients people use: AWS CLI v1 and v2, boto3 and
+//! s3cmd, against the real daemons.
+
+use std::{fs, path::Path};
+
+use tests::{
+    clients::{self, AwsCli, Credentials},
+    harness::Cloud,
+};
+
+/// `len` bytes no compressor or deduplicator would flatter.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn write(path: &Path, data: &[u8]) {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).expect("mkdir");
+    }
+    fs::write(path, data).expect("write");
+}
+
+fn same_file(a: &Path, b: &Path) {
+    let (x, y) = (fs::read(a).expect("read a"), fs::read(b).expect("read b"));
+    assert!(
+        x.len() == y.len() && x == y,
+        "{} ({} bytes) differs from {} ({} bytes)",
+        a.display(),
+        x.len(),
+        b.display(),
+        y.len()
+    );
+}
+
+/// The whole `aws s3` workflow a user goes through, with one CLI.
+fn aws_s3_workflow(which: AwsCli) {
+    let cloud = Cloud::start();
+    let endpoint = cloud.s3_endpoint();
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join(format!("home-{which:?}"));
+    fs::create_dir_all(&home).expect("home");
+    let aws = |args: &[&str]| clients::aws(which, &creds, &home, &endpoint, args);
+    let bucket = format!("bucket-{}", format!("{which:?}").to_lowercase());
+    let url = |key: &str| format!("s3://{bucket}/{key}");
+
+    aws(&["s3", "mb", &format!("s3://{bucket}")]).expect_ok();
+    aws(&["s3", "mb", &format!("s3://{bucket}")]).expect_err("BucketAlreadyOwnedByYou");
+    let listed = aws(&["s3", "ls"]).expect_ok();
+    assert!(listed.contains(&bucket), "ls shows the bucket: {listed}");
+
+    let files = home.join("files");
+    let small = files.join("small.txt");
+    write(&small, b"hello from the gumtree test suite\n");
+    // Above the CLI's 8 MiB threshold: a three-part multipart upload.
+    let big = files.join("big.bin");
+    write(&big, &noise(20 * 1024 * 1024 + 12345, 7));
+    aws(&[
+        "s3",
+        "cp",
+        small.to_str().unwrap_or_default(),
+        &url("small.txt"),
+    ])
+    .expect_ok();
+    aws(&[
+        "s3",
+        "cp",
+        big.to_str().unwrap_or_default(),
+        &url("big.bin"),
+    ])
+    .expect_ok();
+
+    let listing = aws(&["s3", "ls", &format!("s3://{bucket}/")]).expect_ok();
+    assert!(
+        listing.contains(" 34 small.txt") && listing.contains(" 20983865 big.bin"),
+        "ls shows both objects with their sizes: {listing}"
+    );
+    let head = aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        &bucket,
+        "--key",
+        "big.bin",
+    ])
+    .expect_ok();
+    assert!(
+        head.contains("-3\\\"") || head.contains("-3\""),
+        "a multipart ETag ends in -<parts>: {head}"
+    );
+
+    let down = home.join("down");
+    fs::create_dir_all(&down).expect("down");
+    aws(&[
+        "s3",
+        "cp",
+        &url("small.txt"),
+        down.join("small.txt").to_str().unwrap_or_default(),
+    ])
+    .expect_ok();
+    aws(&[
+        "s3",
+        "cp",
+        &url("big.bin"),
+        down.join("big.bin").to_str().unwrap_or_default(),
+    ])
+    .expect_ok();
+    same_file(&small, &down.join("small.txt"));
+    same_file(&big, &down.join("big.bin"));
+
+    // sync uploads what is missing, and only that.
+    let tree = home.join("tree");
+    write(&tree.join("a.txt"), b"a");
+    write(&tree.join("sub/b.txt"), b"bb");
+    write(&tree.join("sub/deeper/c.txt"), b"ccc");
+    let tree_arg = tree.to_str().unwrap_or_default();
+    let synced = aws(&["s3", "sync", tree_arg, &url("tree/")]).expect_ok();
+    assert_eq!(synced.matches("upload:").count(), 3, "{synced}");
+    let again = aws(&["s3", "sync", tree_arg, &url("tree/")]).expect_ok();
+    assert_eq!(
+        again.matches("upload:").count(),
+        0,
+        "nothing to sync: {again}"
+    );
+    let recursive = aws(&["s3", "ls", "--recursive", &url("tree/")]).expect_ok();
+    for key in ["tree/a.txt", "tree/sub/b.txt", "tree/sub/deeper/c.txt"] {
+        assert!(recursive.contains(key), "{key} in {recursive}");
+    }
+    let top = aws(&["s3", "ls", &url("tree/")]).expect_ok();
+    assert!(
+        top.contains("PRE sub/") && top.contains("a.txt") && !top.contains("b.txt"),
+        "a delimited listing shows common prefixes: {top}"
+    );
+    let back = home.join("back");
+    aws(&[
+        "s3",
+        "sync",
+        &url("tree/"),
+        back.to_str().unwrap_or_default(),
+    ])
+    .expect_ok();
+    same_file(
+        &tree.join("sub/deeper/c.txt"),
+        &back.join("sub/deeper/c.txt"),
+    );
+
+    // A presigned URL works for anyone holding it, and only as signed.
+    let presigned = aws(&["s3", "presign", &url("small.txt"), "--expires-in", "300"]).expect_ok();
+    let presigned = presigned.trim();
+    let fetched = http_get(presigned);
+    assert_eq!(fetched.0, 200, "presigned GET: {}", fetched.1);
+    assert_eq!(fetched.1, "hello from the gumtree test suite\n");
+    let tampered = presigned.replace("small.txt", "big.bin");
+    let refused = http_get(&tampered);
+    assert_eq!(refused.0, 403, "a tampered URL is refused: {}", refused.1);
+    assert!(
+        refused.1.contains("<Code>SignatureDoesNotMatch</Code>"),
+        "{}",
+        refused.1
+    );
+    let anonymous = http_get(&format!("{endpoint}/{bucket}/small.txt"));
+    assert_eq!(anonymous.0, 403, "private objects refuse anonymous reads");
+
+    aws(&["s3", "rm", &url("small.txt")]).expect_ok();
+    aws(&[
+        "s3",
+        "cp",
+        &url("small.txt"),
+        down.join("gone").to_str().unwrap_or_default(),
+    ])
+    .expect_err("404");
+    aws(&["s3", "rm", "--recursive", &url("tree/")]).expect_ok();
+    aws(&["s3", "rb", &format!("s3://{bucket}")]).expect_err("BucketNotEmpty");
+    aws(&["s3", "rb", "--force", &format!("s3://{bucket}")]).expect_ok();
+    let listed = aws(&["s3", "ls"]).expect_ok();
+    assert!(!listed.contains(&bucket), "the bucket is gone: {listed}");
+}
+
+/// A plain HTTP GET: (status, body).
+fn http_get(url: &str) -> (u16, String) {
+    let script = "import sys, urllib.request, urllib.error\n\
+try:\n    r = urllib.request.urlopen(sys.argv[1])\n    print(r.status)\n    sys.stdout.write(r.read().decode())\n\
+except urllib.error.HTTPError as e:\n    print(e.code)\n    sys.stdout.write(e.read().decode())\n";
+    let out = std::process::Command::new(clients::python())
+        .arg("-c")
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn aws_cli_v1_s3_workflow() {
+    aws_s3_workflow(AwsCli::V1);
+}
+
+#[test]
+fn aws_cli_v2_s3_workflow() {
+    aws_s3_workflow(AwsCli::V2);
+}

@@ -208,3 +208,116 @@ fn aws_cli_v1_s3_workflow() {
 fn aws_cli_v2_s3_workflow() {
     aws_s3_workflow(AwsCli::V2);
 }
+
+/// Runs tests/clients/s3_boto3.py against `endpoint`.
+fn boto3_checks(cloud: &Cloud, endpoint: &str, ca_bundle: Option<&Path>, bucket: &str) {
+    let creds = Credentials::new(cloud.admin_key());
+    let (other_key, other_secret) = cloud.new_account("other");
+    let home = cloud.dir().join(format!("home-{bucket}"));
+    fs::create_dir_all(&home).expect("home");
+    let ca = ca_bundle
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let run = clients::python_script(
+        &creds,
+        &home,
+        &clients::script("s3_boto3.py"),
+        &[
+            ("GUMTREE_S3_ENDPOINT", endpoint),
+            ("GUMTREE_CA_BUNDLE", &ca),
+            ("GUMTREE_BUCKET", bucket),
+            ("GUMTREE_OTHER_KEY", &other_key),
+            ("GUMTREE_OTHER_SECRET", &other_secret),
+        ],
+    );
+    let out = run.expect_ok();
+    eprintln!("{out}");
+    assert!(out.contains("boto3: all checks passed"), "{out}");
+}
+
+#[test]
+fn boto3_over_http() {
+    let cloud = Cloud::start();
+    boto3_checks(&cloud, &cloud.s3_endpoint(), None, "boto3-http");
+}
+
+#[test]
+fn s3cmd_put_get_ls_del() {
+    let cloud = Cloud::start();
+    let endpoint = cloud.s3_endpoint();
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-s3cmd");
+    fs::create_dir_all(&home).expect("home");
+    let config = clients::s3cmd_config(&creds, &home, &endpoint);
+    let s3cmd = |args: &[&str]| clients::s3cmd(&creds, &home, &config, args);
+    let file = home.join("note.txt");
+    write(&file, b"s3cmd was here\n");
+    // Over s3cmd's 15 MiB chunk size: a multipart upload.
+    let big = home.join("big.bin");
+    write(&big, &noise(17 * 1024 * 1024, 3));
+
+    s3cmd(&["mb", "s3://s3cmd-bucket"]).expect_ok();
+    s3cmd(&[
+        "put",
+        file.to_str().unwrap_or_default(),
+        "s3://s3cmd-bucket/notes/note.txt",
+    ])
+    .expect_ok();
+    s3cmd(&[
+        "put",
+        big.to_str().unwrap_or_default(),
+        "s3://s3cmd-bucket/big.bin",
+    ])
+    .expect_ok();
+    let ls = s3cmd(&["ls", "s3://s3cmd-bucket/"]).expect_ok();
+    assert!(
+        ls.contains("DIR") && ls.contains("s3://s3cmd-bucket/notes/") && ls.contains("big.bin"),
+        "{ls}"
+    );
+    let la = s3cmd(&["ls", "--recursive", "s3://s3cmd-bucket"]).expect_ok();
+    assert!(la.contains("s3://s3cmd-bucket/notes/note.txt"), "{la}");
+    let buckets = s3cmd(&["ls"]).expect_ok();
+    assert!(buckets.contains("s3://s3cmd-bucket"), "{buckets}");
+
+    let back = home.join("back.txt");
+    s3cmd(&[
+        "get",
+        "s3://s3cmd-bucket/notes/note.txt",
+        back.to_str().unwrap_or_default(),
+    ])
+    .expect_ok();
+    same_file(&file, &back);
+    let big_back = home.join("big.back");
+    s3cmd(&[
+        "get",
+        "s3://s3cmd-bucket/big.bin",
+        big_back.to_str().unwrap_or_default(),
+    ])
+    .expect_ok();
+    same_file(&big, &big_back);
+    let info = s3cmd(&["info", "s3://s3cmd-bucket/notes/note.txt"]).expect_ok();
+    assert!(info.contains("15"), "info shows the size: {info}");
+
+    // Public access as s3cmd toggles it: it PUTs an ACL document.
+    s3cmd(&["setacl", "--acl-public", "s3://s3cmd-bucket/notes/note.txt"]).expect_ok();
+    let public = http_get(&format!("{endpoint}/s3cmd-bucket/notes/note.txt"));
+    assert_eq!(public, (200, "s3cmd was here\n".to_string()));
+    s3cmd(&[
+        "setacl",
+        "--acl-private",
+        "s3://s3cmd-bucket/notes/note.txt",
+    ])
+    .expect_ok();
+    assert_eq!(
+        http_get(&format!("{endpoint}/s3cmd-bucket/notes/note.txt")).0,
+        403
+    );
+
+    s3cmd(&["del", "s3://s3cmd-bucket/notes/note.txt"]).expect_ok();
+    s3cmd(&["del", "s3://s3cmd-bucket/big.bin"]).expect_ok();
+    let empty = s3cmd(&["ls", "--recursive", "s3://s3cmd-bucket"]).expect_ok();
+    assert!(empty.trim().is_empty(), "{empty}");
+    s3cmd(&["rb", "s3://s3cmd-bucket"]).expect_ok();
+    let gone = s3cmd(&["ls", "s3://s3cmd-bucket"]);
+    gone.expect_err("NoSuchBucket");
+}

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod report;
 pub mod rpc;
 pub mod shutdown;
+pub mod sigv2;
 pub mod sigv4;
 pub mod store;
 pub mod telemetry;

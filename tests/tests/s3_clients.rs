@@ -321,3 +321,49 @@ fn s3cmd_put_get_ls_del() {
     let gone = s3cmd(&["ls", "s3://s3cmd-bucket"]);
     gone.expect_err("NoSuchBucket");
 }
+
+#[test]
+fn signature_v2_from_boto2_botocore_and_s3cmd() {
+    let cloud = Cloud::start();
+    let endpoint = cloud.s3_endpoint();
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-sigv2");
+    fs::create_dir_all(&home).expect("home");
+    let run = clients::python_script(
+        &creds,
+        &home,
+        &clients::script("s3_sigv2.py"),
+        &[("GUMTREE_S3_ENDPOINT", &endpoint)],
+    );
+    let out = run.expect_ok();
+    assert!(out.contains("sigv2: all checks passed"), "{out}");
+
+    // s3cmd signing V2, and its V2 presigned URLs.
+    let config = clients::s3cmd_config(&creds, &home, &endpoint);
+    let text = fs::read_to_string(&config).expect("read s3cfg");
+    fs::write(
+        &config,
+        text.replace("signature_v2 = False", "signature_v2 = True"),
+    )
+    .expect("write s3cfg");
+    let s3cmd = |args: &[&str]| clients::s3cmd(&creds, &home, &config, args);
+    let file = home.join("v2.txt");
+    write(&file, b"signed the old way\n");
+    s3cmd(&["mb", "s3://s3cmd-v2"]).expect_ok();
+    s3cmd(&[
+        "put",
+        file.to_str().unwrap_or_default(),
+        "s3://s3cmd-v2/v2.txt",
+    ])
+    .expect_ok();
+    let ls = s3cmd(&["ls", "s3://s3cmd-v2"]).expect_ok();
+    assert!(ls.contains("s3://s3cmd-v2/v2.txt"), "{ls}");
+    let url = s3cmd(&["signurl", "s3://s3cmd-v2/v2.txt", "+300"]).expect_ok();
+    assert!(url.contains("Signature="), "{url}");
+    assert_eq!(
+        http_get(url.trim()),
+        (200, "signed the old way\n".to_string())
+    );
+    s3cmd(&["del", "s3://s3cmd-v2/v2.txt"]).expect_ok();
+    s3cmd(&["rb", "s3://s3cmd-v2"]).expect_ok();
+}

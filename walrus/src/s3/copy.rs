@@ -45,6 +45,7 @@ pub async fn source_object(s3: &S3, call: &Call) -> Result<Object, S3Error> {
             bucket: Some(bucket_name.clone()),
             key: Some(key.clone()),
             query: Vec::new(),
+            virtual_host: false,
         },
         principal: call.principal.clone(),
         v4: None,

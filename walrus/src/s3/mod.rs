@@ -17,7 +17,10 @@ pub mod xml;
 use std::{convert::Infallible, io, sync::Arc};
 
 use bytes::Bytes;
-use common::sigv4::{self, PathStyle, SigError, VerifiedV4};
+use common::{
+    sigv2,
+    sigv4::{self, PathStyle, SigError, VerifiedV4},
+};
 use http::{header::HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -189,7 +192,13 @@ impl S3 {
         let raw_query = parts.uri.query().unwrap_or("");
         let target = route::route(host, raw_path, raw_query, &self.settings.domain)?;
         let (principal, v4) = self
-            .authenticate(parts.method.as_str(), raw_path, raw_query, &headers)
+            .authenticate(
+                parts.method.as_str(),
+                raw_path,
+                raw_query,
+                &headers,
+                &target,
+            )
             .await
             .map_err(|e| e.with_resource(target.resource()))?;
         let call = Call {
@@ -207,6 +216,7 @@ impl S3 {
         raw_path: &str,
         raw_query: &str,
         headers: &[(String, String)],
+        target: &route::Target,
     ) -> Result<(Principal, Option<VerifiedV4>), S3Error> {
         let req = sigv4::Request {
             method,
@@ -216,10 +226,58 @@ impl S3 {
             path_style: PathStyle::S3,
         };
         let authorization = req.header("authorization");
-        if let Some(auth) = authorization {
-            if auth.starts_with("AWS ") {
-                return Err(S3Error::not_implemented("Signature Version 2"));
+        if let Some(auth) = authorization.and_then(|a| a.strip_prefix("AWS ")) {
+            let (key, signature) = auth
+                .split_once(':')
+                .ok_or_else(|| S3Error::malformed_auth("Authorization header is invalid"))?;
+            let date = req
+                .header("x-amz-date")
+                .or_else(|| req.header("date"))
+                .and_then(common::time::parse_http_date)
+                .ok_or_else(|| {
+                    S3Error::new(
+                        "AccessDenied",
+                        StatusCode::FORBIDDEN,
+                        "AWS authentication requires a valid Date or x-amz-date header",
+                    )
+                })?;
+            if (common::time::unix_secs() - date).abs() > sigv4::MAX_SKEW_SECS {
+                return Err(S3Error::request_time_too_skewed());
             }
+            let caller = self
+                .verify_v2(
+                    method, raw_path, raw_query, headers, target, None, key, signature,
+                )
+                .await?;
+            return Ok((Principal::Account(caller), None));
+        }
+        if authorization.is_none() && target.has("AWSAccessKeyId") && target.has("Signature") {
+            let expires = target.param("Expires").unwrap_or_default().to_string();
+            let at: i64 = expires.parse().map_err(|_| {
+                S3Error::new(
+                    "AuthorizationQueryParametersError",
+                    StatusCode::BAD_REQUEST,
+                    "Expires must be a number of seconds since the epoch",
+                )
+            })?;
+            if common::time::unix_secs() > at {
+                return Err(S3Error::expired());
+            }
+            let key = target.param("AWSAccessKeyId").unwrap_or_default();
+            let signature = target.param("Signature").unwrap_or_default();
+            let caller = self
+                .verify_v2(
+                    method,
+                    raw_path,
+                    raw_query,
+                    headers,
+                    target,
+                    Some(&expires),
+                    key,
+                    signature,
+                )
+                .await?;
+            return Ok((Principal::Account(caller), None));
         }
         if !sigv4::is_v4(&req) {
             if authorization.is_some() {
@@ -256,6 +314,89 @@ impl S3 {
                 sig_error(e, presigned).with("AWSAccessKeyId", caller.access_key_id.clone())
             })?;
         Ok((Principal::Account(caller), Some(verified)))
+    }
+}
+
+impl S3 {
+    /// Checks a Signature Version 2 signature (header or query) by `key`.
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_v2(
+        &self,
+        method: &str,
+        raw_path: &str,
+        raw_query: &str,
+        headers: &[(String, String)],
+        target: &route::Target,
+        expires: Option<&str>,
+        key: &str,
+        signature: &str,
+    ) -> Result<Caller, S3Error> {
+        let caller = self.caller(key).await?;
+        // The path as signed: as sent, or (for clients that sign the S3 path
+        // only) without the Eucalyptus service prefix.
+        let mut paths = vec![raw_path.to_string()];
+        for prefix in route::PREFIXES {
+            if let Some(rest) = raw_path.strip_prefix(prefix) {
+                if rest.starts_with('/') {
+                    paths.push(rest.to_string());
+                }
+            }
+        }
+        // A bucket's resource is `/bucket/` (botocore signs it so), even
+        // when the path is sent without the slash.
+        if target.key.is_none() && !target.virtual_host {
+            for p in paths.clone() {
+                if !p.ends_with('/') {
+                    paths.push(format!("{p}/"));
+                }
+            }
+        }
+        let bucket = target.bucket.as_deref().filter(|_| target.virtual_host);
+        // A presigned URL carries the x-amz- headers it signed as parameters
+        // (boto 2 does this with metadata).
+        let mut headers = headers.to_vec();
+        if expires.is_some() {
+            for (k, v) in &target.query {
+                let k = k.to_ascii_lowercase();
+                if k.starts_with("x-amz-") && !headers.iter().any(|(n, _)| *n == k) {
+                    headers.push((k, v.clone()));
+                }
+            }
+        }
+        let headers = &headers[..];
+        let mut tried = Vec::new();
+        for path in &paths {
+            let req = sigv2::S3Request {
+                method,
+                raw_path: path,
+                raw_query,
+                headers,
+                virtual_bucket: bucket,
+                expires,
+            };
+            for sts in sigv2::s3_strings_to_sign(&req) {
+                let computed = sigv2::sign(sigv2::Mac2::HmacSha1, &caller.secret_access_key, &sts);
+                if sigv2::signature_matches(&computed, signature) {
+                    return Ok(caller);
+                }
+                tried.push(sts);
+            }
+        }
+        Err(S3Error::signature_does_not_match()
+            .with("AWSAccessKeyId", key)
+            .with("StringToSign", tried.into_iter().next().unwrap_or_default()))
+    }
+
+    /// The owner of access key `key`.
+    async fn caller(&self, key: &str) -> Result<Caller, S3Error> {
+        self.identity
+            .lookup(key)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "identity lookup failed");
+                S3Error::service_unavailable()
+            })?
+            .ok_or_else(|| S3Error::invalid_access_key_id().with("AWSAccessKeyId", key))
     }
 }
 

@@ -112,7 +112,14 @@ fn subresources(t: &Target) -> Vec<String> {
     t.query
         .iter()
         .map(|(k, _)| k.clone())
-        .filter(|k| !TUNING.contains(&k.as_str()) && !k.starts_with("X-Amz-") && k != "x-id")
+        .filter(|k| {
+            !TUNING.contains(&k.as_str())
+                && !k.to_ascii_lowercase().starts_with("x-amz-")
+                && !matches!(
+                    k.as_str(),
+                    "x-id" | "AWSAccessKeyId" | "Signature" | "Expires"
+                )
+        })
         .collect()
 }
 

@@ -7,7 +7,7 @@ use common::sigv4::{parse_query, percent_decode};
 use super::error::S3Error;
 
 /// Path prefixes Eucalyptus clients use.
-const PREFIXES: [&str; 2] = ["/services/objectstorage", "/services/Walrus"];
+pub const PREFIXES: [&str; 2] = ["/services/objectstorage", "/services/Walrus"];
 
 /// The target of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Target {
     pub key: Option<String>,
     /// Decoded query parameters, in order.
     pub query: Vec<(String, String)>,
+    /// True when the bucket came in the Host name.
+    pub virtual_host: bool,
 }
 
 impl Target {
@@ -81,6 +83,7 @@ pub fn route(
         let bucket = h.strip_suffix(domain)?.strip_suffix('.')?;
         (!bucket.is_empty()).then(|| bucket.to_string())
     });
+    let virtual_host = virtual_bucket.is_some();
     let (bucket, key) = match virtual_bucket {
         Some(bucket) => (
             Some(bucket),
@@ -98,7 +101,12 @@ pub fn route(
             return Err(S3Error::key_too_long());
         }
     }
-    Ok(Target { bucket, key, query })
+    Ok(Target {
+        bucket,
+        key,
+        query,
+        virtual_host,
+    })
 }
 
 /// S3's bucket naming rules: 3-63 characters of lowercase letters, digits,

@@ -18,6 +18,7 @@ pub mod sigv4;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 /// Version string every daemon reports to the tier above it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -102,6 +102,9 @@ pub struct CloudOptions {
     pub node_cores: u32,
     /// Memory each node offers, MiB.
     pub node_memory_mib: u64,
+    /// Walrus also serves S3 over HTTPS, with a self-signed certificate
+    /// for `127.0.0.1` and `localhost` ([`Cloud::ca_file`]).
+    pub s3_tls: bool,
 }
 
 impl Default for CloudOptions {
@@ -110,6 +113,7 @@ impl Default for CloudOptions {
             nodes: 1,
             node_cores: 4,
             node_memory_mib: 4096,
+            s3_tls: false,
         }
     }
 }
@@ -147,11 +151,15 @@ impl Cloud {
         };
         cloud.add("clc", Tier::Cloud, "report_timeout_secs = 6\n");
         let clc = cloud.addr("clc");
-        cloud.add(
-            "walrus",
-            Tier::Walrus,
-            &format!("name = \"walrus\"\nclc = \"{clc}\"\ns3_listen = \"127.0.0.1:0\"\n"),
-        );
+        let mut walrus =
+            format!("name = \"walrus\"\nclc = \"{clc}\"\ns3_listen = \"127.0.0.1:0\"\n");
+        if options.s3_tls {
+            let (cert, key) = self_signed_certificate(cloud.dir.path());
+            walrus.push_str(&format!(
+                "s3_tls_listen = \"127.0.0.1:0\"\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
+            ));
+        }
+        cloud.add("walrus", Tier::Walrus, &walrus);
         cloud.add(
             "sc-1",
             Tier::Storage,
@@ -280,6 +288,9 @@ impl Cloud {
             if let Some(s3) = read_addr(&p.state_dir.join("s3.addr")) {
                 text = pin_port(&text, "s3_listen", s3);
             }
+            if let Some(s3) = read_addr(&p.state_dir.join("s3tls.addr")) {
+                text = pin_port(&text, "s3_tls_listen", s3);
+            }
             fs::write(&p.config, text).expect("config");
         }
         p.addr = Some(addr);
@@ -290,6 +301,20 @@ impl Cloud {
         let addr = read_addr(&self.proc("walrus").state_dir.join("s3.addr"))
             .expect("walrus writes s3.addr");
         format!("http://{addr}")
+    }
+
+    /// Walrus's HTTPS S3 endpoint, `https://127.0.0.1:<port>` (with
+    /// [`CloudOptions::s3_tls`]).
+    pub fn s3_https_endpoint(&self) -> String {
+        let addr = read_addr(&self.proc("walrus").state_dir.join("s3tls.addr"))
+            .expect("walrus writes s3tls.addr when it serves HTTPS");
+        format!("https://{addr}")
+    }
+
+    /// The self-signed certificate HTTPS endpoints serve (with
+    /// [`CloudOptions::s3_tls`]), as a CA bundle for clients.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("tls.crt")
     }
 
     /// The system account's admin access key: (id, secret).
@@ -445,6 +470,29 @@ impl Drop for Cloud {
             }
         }
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost: (cert, key).
+fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "openssl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
 }
 
 fn read_addr(path: &Path) -> Option<SocketAddr> {

@@ -367,3 +367,51 @@ fn signature_v2_from_boto2_botocore_and_s3cmd() {
     s3cmd(&["del", "s3://s3cmd-v2/v2.txt"]).expect_ok();
     s3cmd(&["rb", "s3://s3cmd-v2"]).expect_ok();
 }
+
+#[test]
+fn boto3_over_https() {
+    let cloud = Cloud::start_with(tests::harness::CloudOptions {
+        s3_tls: true,
+        ..Default::default()
+    });
+    let endpoint = cloud.s3_https_endpoint();
+    boto3_checks(&cloud, &endpoint, Some(&cloud.ca_file()), "boto3-https");
+    // Over https boto3 sends its CRC32 as an aws-chunked trailer: check that
+    // the daemon took that path (and not a plain body).
+    let log = cloud.log("walrus");
+    let trailed = log
+        .lines()
+        .filter(|l| l.contains("object stored") && l.contains("body=\"aws-chunked+trailer\""))
+        .count();
+    assert!(
+        trailed > 0 && log.contains("checksums=[\"CRC32\"]"),
+        "boto3 over https sent CRC32 trailers:\n{log}"
+    );
+    // The AWS CLI over https, with the certificate as its CA bundle.
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-https-cli");
+    fs::create_dir_all(&home).expect("home");
+    let file = home.join("f.txt");
+    write(&file, b"over TLS\n");
+    let ca = cloud.ca_file();
+    let ca = ca.to_str().unwrap_or_default();
+    for which in [AwsCli::V1, AwsCli::V2] {
+        let aws = |args: &[&str]| {
+            let mut all = vec!["--ca-bundle", ca];
+            all.extend_from_slice(args);
+            clients::aws(which, &creds, &home, &endpoint, &all)
+        };
+        let bucket = format!("tls-{}", format!("{which:?}").to_lowercase());
+        aws(&["s3", "mb", &format!("s3://{bucket}")]).expect_ok();
+        aws(&[
+            "s3",
+            "cp",
+            file.to_str().unwrap_or_default(),
+            &format!("s3://{bucket}/f.txt"),
+        ])
+        .expect_ok();
+        let got = aws(&["s3", "cp", &format!("s3://{bucket}/f.txt"), "-"]).expect_ok();
+        assert_eq!(got, "over TLS\n");
+        aws(&["s3", "rb", "--force", &format!("s3://{bucket}")]).expect_ok();
+    }
+}

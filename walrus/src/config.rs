@@ -20,6 +20,14 @@ pub struct WalrusConfig {
     /// The S3 API's address for clients. Port 0 picks a free port, written
     /// to `<state_dir>/s3.addr`. Default `127.0.0.1:8779`.
     pub s3_listen: String,
+    /// A second S3 address serving HTTPS (empty: none). Port 0 picks a free
+    /// port, written to `<state_dir>/s3tls.addr`. Needs `tls_cert_file` and
+    /// `tls_key_file`. Default: none.
+    pub s3_tls_listen: String,
+    /// PEM certificate chain (leaf first) for HTTPS. Default: none.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for HTTPS. Default: none.
+    pub tls_key_file: Option<PathBuf>,
     /// Virtual-host style buckets are addressed as `<bucket>.<s3_domain>`.
     /// Default `localhost`.
     pub s3_domain: String,
@@ -45,6 +53,9 @@ impl Default for WalrusConfig {
             listen: "127.0.0.1:8777".into(),
             advertise: String::new(),
             s3_listen: "127.0.0.1:8779".into(),
+            s3_tls_listen: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
             s3_domain: "localhost".into(),
             region: "gumtree".into(),
             clc: "127.0.0.1:8780".into(),

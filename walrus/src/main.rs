@@ -46,7 +46,19 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
             region: config.region.clone(),
         },
     });
-    tokio::spawn(s3::serve(s3_listener, s3));
+    tokio::spawn(s3::serve(s3_listener, None, s3.clone()));
+    let tls_addr = if config.s3_tls_listen.is_empty() {
+        None
+    } else {
+        let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+            anyhow::bail!("s3_tls_listen needs tls_cert_file and tls_key_file");
+        };
+        let acceptor = common::tls::acceptor(cert, key).context("setting up HTTPS")?;
+        let (listener, addr) = rpc::bind(&config.s3_tls_listen).await?;
+        write_atomically(&config.state_dir.join("s3tls.addr"), &format!("{addr}\n"))?;
+        tokio::spawn(s3::serve(listener, Some(acceptor), s3));
+        Some(addr)
+    };
     tokio::spawn(report_service_to_clc(
         ReportSettings {
             parent: config.clc.clone(),
@@ -60,12 +72,15 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
             name: config.name.clone(),
             partition: String::new(),
             endpoint: started.advertise.clone(),
-            public_endpoint: format!("http://{s3_addr}"),
+            public_endpoint: match tls_addr {
+                Some(a) => format!("https://{a}"),
+                None => format!("http://{s3_addr}"),
+            },
             version: common::VERSION.into(),
             ..Default::default()
         },
     ));
-    tracing::info!(name = %config.name, listen = %started.addr, s3 = %s3_addr, clc = %config.clc, "Walrus ready");
+    tracing::info!(name = %config.name, listen = %started.addr, s3 = %s3_addr, s3_tls = ?tls_addr, clc = %config.clc, "Walrus ready");
     let incoming = TcpListenerStream::new(started.listener);
     rpc::serve_until_signal(|stop| {
         rpc::server()

@@ -26,6 +26,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 pub use error::S3Error;
 
@@ -109,8 +110,8 @@ fn request_id() -> String {
     hex::encode_upper(bytes)
 }
 
-/// Serves S3 on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, s3: Arc<S3>) {
+/// Serves S3 on `listener` (over TLS with `tls`) until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, s3: Arc<S3>) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -122,16 +123,43 @@ pub async fn serve(listener: TcpListener, s3: Arc<S3>) {
         };
         let _ = stream.set_nodelay(true);
         let s3 = s3.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let s3 = s3.clone();
                 async move { Ok::<_, Infallible>(s3.handle(req).await) }
             });
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let builder = http1::Builder::new();
+            let served = match tls {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
+                            builder
+                                .serve_connection(TokioIo::new(tls_stream), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -155,7 +155,9 @@ pub async fn upload_part(
             BTreeMap::new(),
         )
     } else {
-        let Received { written, checksums } = receive(s3, call, body).await?;
+        let Received {
+            written, checksums, ..
+        } = receive(s3, call, body).await?;
         (written, checksums)
     };
     let part = Part {

@@ -469,6 +469,8 @@ fn content_md5(call: &Call) -> Result<Option<String>, S3Error> {
 /// request declared (length, SHA-256, Content-MD5, checksums).
 pub(super) struct Received {
     pub written: Written,
+    /// How the body came: `plain`, `aws-chunked` or `aws-chunked+trailer`.
+    pub framing: &'static str,
     /// Verified checksums by algorithm name, base64.
     pub checksums: BTreeMap<String, String>,
 }
@@ -498,6 +500,11 @@ pub(super) async fn receive(s3: &S3, call: &Call, body: Incoming) -> Result<Rece
         .chain(trailer_sums.iter().copied())
         .collect();
     let wants_sha256 = matches!(payload, Payload::Raw { sha256: Some(_) });
+    let framing = match (&payload, trailer_sums.is_empty()) {
+        (Payload::Raw { .. }, _) => "plain",
+        (Payload::Chunked(_), true) => "aws-chunked",
+        (Payload::Chunked(_), false) => "aws-chunked+trailer",
+    };
     let mut upload = s3
         .objects
         .begin(wants_sha256, &algorithms)
@@ -599,7 +606,11 @@ pub(super) async fn receive(s3: &S3, call: &Call, body: Incoming) -> Result<Rece
         Ok(stored)
     };
     match check() {
-        Ok(checksums) => Ok(Received { written, checksums }),
+        Ok(checksums) => Ok(Received {
+            written,
+            framing,
+            checksums,
+        }),
         Err(e) => {
             written.discard().await;
             Err(e)
@@ -652,7 +663,11 @@ async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Bod
     let caller = caller_of(call)?;
     let key = call.target.key.clone().unwrap_or_default();
     let acl = canned_acl(call)?;
-    let Received { written, checksums } = receive(s3, call, body).await?;
+    let Received {
+        written,
+        framing,
+        checksums,
+    } = receive(s3, call, body).await?;
     let (headers, user_metadata) = object_metadata(call);
     let etag = written.md5_hex.clone();
     let size = written.size;
@@ -671,7 +686,7 @@ async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Bod
         data: String::new(),
     };
     let object = s3.objects.commit(object, written).await.map_err(storage)?;
-    tracing::info!(bucket = %bucket.name, key = %key, size, "object stored");
+    tracing::info!(bucket = %bucket.name, key = %key, size, body = framing, checksums = ?object.checksums.keys(), "object stored");
     let mut r = Response::new(empty());
     set(&mut r, "etag", &format!("\"{etag}\""));
     set_checksums(&mut r, &object.checksums);

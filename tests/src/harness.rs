@@ -246,6 +246,18 @@ impl Cloud {
         let p = self.procs.get_mut(name).expect("known process");
         let addr_file = p.state_dir.join(common::rpc::ADDR_FILE);
         let _ = fs::remove_file(&addr_file);
+        // Walrus's client endpoints are bound after its gRPC one.
+        let mut more_files = Vec::new();
+        if p.tier == Tier::Walrus {
+            let config = fs::read_to_string(&p.config).unwrap_or_default();
+            more_files.push(p.state_dir.join("s3.addr"));
+            if config.contains("s3_tls_listen") {
+                more_files.push(p.state_dir.join("s3tls.addr"));
+            }
+        }
+        for f in &more_files {
+            let _ = fs::remove_file(f);
+        }
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -274,6 +286,9 @@ impl Cloud {
                         "{name} exited with {status} while starting:\n{}",
                         fs::read_to_string(&log_path).unwrap_or_default()
                     );
+                }
+                if more_files.iter().any(|f| read_addr(f).is_none()) {
+                    return None;
                 }
                 fs::read_to_string(state_dir.join(common::rpc::ADDR_FILE))
                     .ok()

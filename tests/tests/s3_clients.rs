@@ -415,3 +415,67 @@ fn boto3_over_https() {
         aws(&["s3", "rb", "--force", &format!("s3://{bucket}")]).expect_ok();
     }
 }
+
+#[test]
+fn sigkill_during_uploads_loses_no_acknowledged_object() {
+    use std::io::{BufRead, BufReader};
+    let mut cloud = Cloud::start();
+    let endpoint = cloud.s3_endpoint();
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-durability");
+    fs::create_dir_all(&home).expect("home");
+    let script = clients::script("s3_durability.py");
+    let mut cmd = creds.command(&clients::python(), &home);
+    cmd.arg(&script)
+        .arg("upload")
+        .env("GUMTREE_S3_ENDPOINT", &endpoint)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("start the uploader");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut acked = Vec::new();
+    // Let it get going, then kill Walrus in the middle of whatever it does.
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        if line.starts_with("acked ") {
+            acked.push(line);
+            if acked.len() == 40 {
+                cloud.kill("walrus");
+                break;
+            }
+        }
+    }
+    for line in lines {
+        let line = line.expect("read");
+        if line.starts_with("acked ") {
+            acked.push(line);
+        }
+    }
+    let _ = child.wait();
+    let list = home.join("acked.txt");
+    fs::write(&list, acked.join("\n") + "\n").expect("write list");
+    cloud.restart("walrus");
+    let mut cmd = creds.command(&clients::python(), &home);
+    cmd.arg(&script)
+        .arg("verify")
+        .arg(&list)
+        .env("GUMTREE_S3_ENDPOINT", &endpoint);
+    let out = cmd.output().expect("verify");
+    assert!(
+        out.status.success(),
+        "acknowledged objects are all there after SIGKILL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And nothing half-written lingers: no temporary files, no data file
+    // that no object names.
+    let objects = cloud.dir().join("walrus").join("objects");
+    let tmp = fs::read_dir(objects.join("tmp")).expect("tmp").count();
+    assert_eq!(tmp, 0, "temporary files are cleared at start");
+    let data = fs::read_dir(objects.join("data")).expect("data").count();
+    assert!(
+        data >= acked.len() && data <= acked.len() + 1,
+        "{data} data files for {} acknowledged objects (one more may have been stored but not acknowledged)",
+        acked.len()
+    );
+}

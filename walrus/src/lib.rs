@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod fuzzing;
 pub mod grpc;
 pub mod identity;
 pub mod objects;

@@ -238,7 +238,7 @@ fn copy_range(range: &str, size: u64) -> Result<(u64, u64), S3Error> {
 }
 
 /// The parts a CompleteMultipartUpload body lists: (number, ETag).
-fn requested_parts(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
+pub(crate) fn requested_parts(body: &[u8]) -> Result<Vec<(u32, String)>, S3Error> {
     let root = xml::parse(body)?;
     if root.name != "CompleteMultipartUpload" {
         return Err(S3Error::malformed_xml());

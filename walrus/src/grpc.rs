@@ -1,15 +1,91 @@
-//! Walrus's internal gRPC service.
+//! Walrus's internal gRPC service: how NCs fetch images and the SC stores
+//! snapshots. Callers are tiers that hold the cluster secret (checked by
+//! the interceptor), so bucket ACLs do not apply here.
 
+use std::{collections::BTreeMap, io::Read};
+
+use common::time;
 use proto::{walrus_internal_server::WalrusInternal, ObjectChunk, ObjectInfo, ObjectRef};
+use sha2::{Digest, Sha256};
+use tokio::{io::AsyncReadExt, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Walrus's internal service.
-#[derive(Clone, Debug, Default)]
-pub struct Internal;
+use crate::objects::{Object, ObjectError, ObjectStore};
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release"))
+/// Bytes per streamed chunk.
+const CHUNK: usize = 1024 * 1024;
+
+/// Walrus's internal service.
+#[derive(Clone, Debug)]
+pub struct Internal {
+    objects: ObjectStore,
+}
+
+impl Internal {
+    /// The service over `objects`.
+    pub fn new(objects: ObjectStore) -> Self {
+        Self { objects }
+    }
+
+    fn object(&self, r: &ObjectRef) -> Result<Object, Status> {
+        self.objects
+            .object(&r.bucket, &r.key)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no object {}/{}", r.bucket, r.key)))
+    }
+
+    /// The object's SHA-256, computed once and kept in its record.
+    async fn sha256_of(&self, object: &Object) -> Result<String, Status> {
+        if let Some(s) = &object.sha256 {
+            return Ok(s.clone());
+        }
+        let file = self
+            .objects
+            .open_data(object)
+            .await
+            .map_err(internal)?
+            .into_std()
+            .await;
+        let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut file = file;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok(hex::encode(hasher.finalize()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| internal(e.into()))?;
+        let updated = Object {
+            sha256: Some(digest.clone()),
+            ..object.clone()
+        };
+        // If the object changed meanwhile, its new record keeps no digest.
+        let _ = self.objects.update_object(object, &updated);
+        Ok(digest)
+    }
+}
+
+fn internal(e: ObjectError) -> Status {
+    tracing::error!(error = %e, "internal object call failed");
+    Status::internal(e.to_string())
+}
+
+fn info(o: &Object, sha256: String) -> ObjectInfo {
+    ObjectInfo {
+        bucket: o.bucket.clone(),
+        key: o.key.clone(),
+        size: o.size,
+        etag: o.etag.clone(),
+        sha256,
+    }
 }
 
 #[tonic::async_trait]
@@ -18,22 +94,125 @@ impl WalrusInternal for Internal {
 
     async fn get_object(
         &self,
-        _request: Request<ObjectRef>,
+        request: Request<ObjectRef>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
-        Err(not_yet("GetObject"))
+        let object = self.object(request.get_ref())?;
+        let mut file = self.objects.open_data(&object).await.map_err(internal)?;
+        let (tx, rx) = mpsc::channel(4);
+        tracing::info!(bucket = %object.bucket, key = %object.key, size = object.size, "internal download");
+        tokio::spawn(async move {
+            let mut hasher = Sha256::new();
+            let mut sent = 0u64;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = match file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                hasher.update(&buf);
+                sent += n as u64;
+                let last = n == 0;
+                let chunk = ObjectChunk {
+                    object: None,
+                    data: buf,
+                    sha256: if last {
+                        hex::encode(hasher.clone().finalize())
+                    } else {
+                        String::new()
+                    },
+                };
+                if tx.send(Ok(chunk)).await.is_err() || last {
+                    if last && sent != object.size {
+                        tracing::error!(bucket = %object.bucket, key = %object.key, sent, size = object.size, "object data is not the size its record says");
+                    }
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn head_object(
         &self,
-        _request: Request<ObjectRef>,
+        request: Request<ObjectRef>,
     ) -> Result<Response<ObjectInfo>, Status> {
-        Err(not_yet("HeadObject"))
+        let object = self.object(request.get_ref())?;
+        let sha256 = self.sha256_of(&object).await?;
+        Ok(Response::new(info(&object, sha256)))
     }
 
     async fn put_object(
         &self,
-        _request: Request<Streaming<ObjectChunk>>,
+        request: Request<Streaming<ObjectChunk>>,
     ) -> Result<Response<ObjectInfo>, Status> {
-        Err(not_yet("PutObject"))
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty PutObject stream"))?;
+        let target = first
+            .object
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first chunk must name the object"))?;
+        let bucket = self
+            .objects
+            .bucket(&target.bucket)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no bucket {}", target.bucket)))?;
+        let mut upload = self.objects.begin(true, &[]).await.map_err(internal)?;
+        let mut declared = first.sha256.clone();
+        let mut chunk = Some(first);
+        let streamed: Result<(), Status> = async {
+            while let Some(c) = chunk.take() {
+                upload
+                    .write(&c.data)
+                    .await
+                    .map_err(|e| internal(e.into()))?;
+                if !c.sha256.is_empty() {
+                    declared = c.sha256.clone();
+                }
+                chunk = stream.message().await?;
+            }
+            Ok(())
+        }
+        .await;
+        let written = upload.finish().await.map_err(|e| internal(e.into()))?;
+        let actual = written.sha256_hex.clone().unwrap_or_default();
+        if let Err(e) = streamed {
+            written.discard().await;
+            return Err(e);
+        }
+        if !declared.is_empty() && !declared.eq_ignore_ascii_case(&actual) {
+            written.discard().await;
+            return Err(Status::data_loss(format!(
+                "sha256 {actual} of what arrived is not the declared {declared}"
+            )));
+        }
+        let object = Object {
+            bucket: bucket.name.clone(),
+            key: target.key.clone(),
+            size: written.size,
+            etag: written.md5_hex.clone(),
+            last_modified_ms: time::unix_ms(),
+            owner_id: bucket.owner_id.clone(),
+            owner_name: bucket.owner_name.clone(),
+            headers: BTreeMap::new(),
+            user_metadata: BTreeMap::new(),
+            checksums: BTreeMap::new(),
+            acl: "private".into(),
+            data: String::new(),
+            sha256: Some(actual.clone()),
+        };
+        let object = self
+            .objects
+            .commit(object, written)
+            .await
+            .map_err(internal)?;
+        tracing::info!(bucket = %object.bucket, key = %object.key, size = object.size, "internal upload stored");
+        Ok(Response::new(info(&object, actual)))
     }
 }

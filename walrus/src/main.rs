@@ -38,6 +38,7 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
     let identity = Identity::new(&config.clc, started.secret.clone(), &config.name)?;
     let (s3_listener, s3_addr) = rpc::bind(&config.s3_listen).await?;
     write_atomically(&config.state_dir.join("s3.addr"), &format!("{s3_addr}\n"))?;
+    let internal = Internal::new(objects.clone());
     let s3 = Arc::new(S3 {
         objects,
         identity,
@@ -85,7 +86,7 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
     rpc::serve_until_signal(|stop| {
         rpc::server()
             .add_service(WalrusInternalServer::with_interceptor(
-                Internal,
+                internal,
                 VerifyCalls::new(started.secret.clone()),
             ))
             .serve_with_incoming_shutdown(incoming, stop)

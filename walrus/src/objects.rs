@@ -63,6 +63,9 @@ pub struct Object {
     pub acl: String,
     /// Name of the data file under `data/`.
     pub data: String,
+    /// Hex SHA-256 of the data, once somebody asked for it (image fetches).
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 impl Record for Object {
@@ -547,6 +550,7 @@ mod tests {
             checksums: BTreeMap::new(),
             acl: "private".into(),
             data: String::new(),
+            sha256: None,
         }
     }
 

@@ -162,6 +162,7 @@ pub async fn copy_object(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error
         checksums: source.checksums.clone(),
         acl,
         data: String::new(),
+        sha256: source.sha256.clone(),
     };
     let object = s3.objects.commit(object, written).await.map_err(storage)?;
     tracing::info!(

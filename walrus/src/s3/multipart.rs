@@ -354,6 +354,7 @@ pub async fn complete_upload(
         checksums: BTreeMap::new(),
         acl: upload.acl.clone(),
         data: String::new(),
+        sha256: None,
     };
     let object = s3
         .objects

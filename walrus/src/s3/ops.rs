@@ -684,6 +684,7 @@ async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Bod
         checksums,
         acl,
         data: String::new(),
+        sha256: written.sha256_hex.clone(),
     };
     let object = s3.objects.commit(object, written).await.map_err(storage)?;
     tracing::info!(bucket = %bucket.name, key = %key, size, body = framing, checksums = ?object.checksums.keys(), "object stored");

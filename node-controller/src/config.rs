@@ -32,6 +32,11 @@ pub struct NodeConfig {
     /// Disk offered to instances in GiB; 0 means the size of `instance_dir`'s
     /// file system. Default 0.
     pub disk_gib: u64,
+    /// Where fetched images are cached. Default `<state_dir>/images`.
+    pub image_cache_dir: Option<PathBuf>,
+    /// Most MiB of images kept in the cache (images in use may exceed it).
+    /// Default 10240.
+    pub image_cache_mib: u64,
     /// Seconds between reports to the CC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
@@ -51,6 +56,8 @@ impl Default for NodeConfig {
             cores: 0,
             memory_mib: 0,
             disk_gib: 0,
+            image_cache_dir: None,
+            image_cache_mib: 10240,
             heartbeat_secs: 2,
             log_filter: "info".into(),
         }
@@ -68,6 +75,13 @@ impl NodeConfig {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "node".into())
+    }
+
+    /// Where fetched images are cached.
+    pub fn image_cache_dir(&self) -> PathBuf {
+        self.image_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("images"))
     }
 
     /// Where instance disks live.

@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod grpc;
+pub mod images;
 pub mod resources;

@@ -1,6 +1,6 @@
 //! `node-controller`: the NC daemon.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use common::{
@@ -8,7 +8,7 @@ use common::{
     report::{keep_reporting, ReportSettings},
     rpc,
 };
-use node_controller::{config::NodeConfig, grpc::Node, resources};
+use node_controller::{config::NodeConfig, grpc::Node, images::ImageCache, resources};
 use proto::{
     cluster_service_client::ClusterServiceClient, node_service_server::NodeServiceServer,
     NodeReport,
@@ -32,6 +32,10 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let instance_dir = config.instance_dir();
     std::fs::create_dir_all(&instance_dir)
         .with_context(|| format!("creating {}", instance_dir.display()))?;
+    let cache_dir = config.image_cache_dir();
+    let images = ImageCache::open(&cache_dir, config.image_cache_mib.saturating_mul(1 << 20))
+        .with_context(|| format!("opening the image cache {}", cache_dir.display()))?;
+    let node = Node::new(Arc::new(images), started.secret.clone(), &name);
     let heartbeat = Duration::from_secs(config.heartbeat_secs.max(1));
     let report = NodeReport {
         node_name: name.clone(),
@@ -82,7 +86,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     rpc::serve_until_signal(|stop| {
         rpc::server()
             .add_service(NodeServiceServer::with_interceptor(
-                Node,
+                node,
                 VerifyCalls::new(started.secret.clone()),
             ))
             .serve_with_incoming_shutdown(incoming, stop)

@@ -22,6 +22,19 @@ pub struct CloudConfig {
     pub report_timeout_secs: u64,
     /// System account created with an access key on first start. Default `eucalyptus`.
     pub admin_account: String,
+    /// The EC2 Query API's address for clients. Port 0 picks a free port,
+    /// written to `<state_dir>/ec2.addr`. Default `127.0.0.1:8773`.
+    pub ec2_listen: String,
+    /// A second EC2 address serving HTTPS (empty: none), written to
+    /// `<state_dir>/ec2tls.addr`. Needs `tls_cert_file` and `tls_key_file`.
+    /// Default: none.
+    pub ec2_tls_listen: String,
+    /// PEM certificate chain (leaf first) for HTTPS. Default: none.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for HTTPS. Default: none.
+    pub tls_key_file: Option<PathBuf>,
+    /// The region name clients use (DescribeRegions). Default `gumtree`.
+    pub region: String,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -35,6 +48,11 @@ impl Default for CloudConfig {
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
             report_timeout_secs: 6,
             admin_account: "eucalyptus".into(),
+            ec2_listen: "127.0.0.1:8773".into(),
+            ec2_tls_listen: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            region: "gumtree".into(),
             log_filter: "info".into(),
         }
     }

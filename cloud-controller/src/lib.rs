@@ -7,5 +7,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod ec2;
 pub mod grpc;
+pub mod images;
 pub mod registry;

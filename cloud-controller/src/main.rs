@@ -6,7 +6,9 @@ use anyhow::Context;
 use cloud_controller::{
     accounts::Accounts,
     config::CloudConfig,
+    ec2::{self, Ec2},
     grpc::Cloud,
+    images::Images,
     registry::{self, Registry, ServiceRecord},
 };
 use common::{auth::VerifyCalls, rpc, store::Store, time};
@@ -53,8 +55,41 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             .clone()
             .watch_liveness(Duration::from_secs(config.report_timeout_secs.max(1))),
     );
+    let images = Arc::new(Images::open(&store).context("opening the image registry")?);
+    let (ec2_listener, ec2_addr) = rpc::bind(&config.ec2_listen).await?;
+    let tls = if config.ec2_tls_listen.is_empty() {
+        None
+    } else {
+        let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+            anyhow::bail!("ec2_tls_listen needs tls_cert_file and tls_key_file");
+        };
+        let acceptor = common::tls::acceptor(cert, key).context("setting up HTTPS")?;
+        let (listener, addr) = rpc::bind(&config.ec2_tls_listen).await?;
+        Some((acceptor, listener, addr))
+    };
+    let ec2 = Arc::new(Ec2 {
+        cloud: cloud.clone(),
+        images,
+        secret: started.secret.clone(),
+        settings: ec2::Settings {
+            region: config.region.clone(),
+            endpoint: match &tls {
+                Some((_, _, a)) => format!("https://{a}/"),
+                None => format!("http://{ec2_addr}/"),
+            },
+            admin_account: config.admin_account.clone(),
+            component: config.name.clone(),
+        },
+    });
+    tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
+    rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
+    if let Some((acceptor, listener, addr)) = tls {
+        tokio::spawn(ec2::serve(listener, Some(acceptor), ec2));
+        rpc::write_named_addr_file(&config.state_dir, "ec2tls.addr", addr)?;
+    }
     tracing::info!(
         listen = %started.addr,
+        ec2 = %ec2_addr,
         admin_account = %config.admin_account,
         admin_access_key = %admin.access_key_id,
         "cloud controller ready"

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod http;
 pub mod ids;
 pub mod report;
 pub mod rpc;

@@ -26,8 +26,18 @@ pub async fn bind(listen: &str) -> io::Result<(TcpListener, SocketAddr)> {
 /// Records the bound address in `state_dir/listen.addr` (atomically), so
 /// tools and tests that asked for port 0 can find the daemon.
 pub fn write_addr_file(state_dir: &Path, addr: SocketAddr) -> io::Result<PathBuf> {
-    let path = state_dir.join(ADDR_FILE);
-    let tmp = state_dir.join(format!("{ADDR_FILE}.tmp"));
+    write_named_addr_file(state_dir, ADDR_FILE, addr)
+}
+
+/// Records another bound address (a client endpoint) in `state_dir/name`,
+/// atomically.
+pub fn write_named_addr_file(
+    state_dir: &Path,
+    name: &str,
+    addr: SocketAddr,
+) -> io::Result<PathBuf> {
+    let path = state_dir.join(name);
+    let tmp = state_dir.join(format!("{name}.tmp"));
     std::fs::write(&tmp, format!("{addr}\n"))?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)

@@ -94,6 +94,30 @@ pub fn http_date(secs: i64) -> String {
     )
 }
 
+/// Parses ISO 8601 as EC2 clients send it: `2011-10-03T15:19:30Z`, with or
+/// without fractional seconds, `Z` or a `+hh:mm` offset, or none (UTC).
+pub fn parse_iso8601(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
+    let (clock, offset) = if let Some(c) = rest.strip_suffix('Z') {
+        (c, 0)
+    } else if let Some(i) = rest.rfind(['+', '-']) {
+        let (c, off) = rest.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let mut hm = off[1..].split(':').map(|p| p.parse::<i64>().ok());
+        let (oh, om) = (hm.next()??, hm.next().flatten().unwrap_or(0));
+        (c, sign * (oh * 3600 + om * 60))
+    } else {
+        (rest, 0)
+    };
+    let clock = clock.split('.').next()?;
+    let mut t = clock.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
+    Some(from_civil(y, mo, day, h, mi, sec)? - offset)
+}
+
 fn from_civil(y: i64, m: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
@@ -133,6 +157,17 @@ mod tests {
         // 2000-02-29T12:34:56.789Z: a leap day.
         assert_eq!(iso8601_ms(951_827_696_789), "2000-02-29T12:34:56.789Z");
         assert_eq!(iso8601_ms(1_795_392_000_000), "2026-11-23T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_iso8601_as_ec2_clients_send_it() {
+        let t = 1_317_655_170; // 2011-10-03T15:19:30Z
+        assert_eq!(parse_iso8601("2011-10-03T15:19:30Z"), Some(t));
+        assert_eq!(parse_iso8601("2011-10-03T15:19:30.123Z"), Some(t));
+        assert_eq!(parse_iso8601("2011-10-03T15:19:30"), Some(t));
+        assert_eq!(parse_iso8601("2011-10-03T17:19:30+02:00"), Some(t));
+        assert_eq!(parse_iso8601("2011-10-03 15:19:30"), None);
+        assert_eq!(parse_iso8601("nope"), None);
     }
 
     #[test]

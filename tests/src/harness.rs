@@ -149,7 +149,11 @@ impl Cloud {
             secret_file,
             procs: BTreeMap::new(),
         };
-        cloud.add("clc", Tier::Cloud, "report_timeout_secs = 6\n");
+        cloud.add(
+            "clc",
+            Tier::Cloud,
+            "report_timeout_secs = 6\nec2_listen = \"127.0.0.1:0\"\n",
+        );
         let clc = cloud.addr("clc");
         let mut walrus =
             format!("name = \"walrus\"\nclc = \"{clc}\"\ns3_listen = \"127.0.0.1:0\"\n");
@@ -248,12 +252,15 @@ impl Cloud {
         let _ = fs::remove_file(&addr_file);
         // Walrus's client endpoints are bound after its gRPC one.
         let mut more_files = Vec::new();
+        let config = fs::read_to_string(&p.config).unwrap_or_default();
         if p.tier == Tier::Walrus {
-            let config = fs::read_to_string(&p.config).unwrap_or_default();
             more_files.push(p.state_dir.join("s3.addr"));
             if config.contains("s3_tls_listen") {
                 more_files.push(p.state_dir.join("s3tls.addr"));
             }
+        }
+        if p.tier == Tier::Cloud && config.contains("ec2_listen") {
+            more_files.push(p.state_dir.join("ec2.addr"));
         }
         for f in &more_files {
             let _ = fs::remove_file(f);
@@ -306,6 +313,9 @@ impl Cloud {
             if let Some(s3) = read_addr(&p.state_dir.join("s3tls.addr")) {
                 text = pin_port(&text, "s3_tls_listen", s3);
             }
+            if let Some(ec2) = read_addr(&p.state_dir.join("ec2.addr")) {
+                text = pin_port(&text, "ec2_listen", ec2);
+            }
             fs::write(&p.config, text).expect("config");
         }
         p.addr = Some(addr);
@@ -316,6 +326,13 @@ impl Cloud {
         let addr = read_addr(&self.proc("walrus").state_dir.join("s3.addr"))
             .expect("walrus writes s3.addr");
         format!("http://{addr}")
+    }
+
+    /// The CLC's EC2 endpoint, `http://127.0.0.1:<port>/`.
+    pub fn ec2_endpoint(&self) -> String {
+        let addr = read_addr(&self.proc("clc").state_dir.join("ec2.addr"))
+            .expect("the CLC writes ec2.addr");
+        format!("http://{addr}/")
     }
 
     /// Walrus's HTTPS S3 endpoint, `https://127.0.0.1:<port>` (with

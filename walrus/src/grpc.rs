@@ -85,6 +85,9 @@ fn info(o: &Object, sha256: String) -> ObjectInfo {
         size: o.size,
         etag: o.etag.clone(),
         sha256,
+        owner_id: o.owner_id.clone(),
+        acl: o.acl.clone(),
+        metadata: o.user_metadata.clone().into_iter().collect(),
     }
 }
 

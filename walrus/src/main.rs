@@ -1,6 +1,6 @@
 //! `walrus`: the Walrus daemon.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use common::{
@@ -37,7 +37,7 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
         .context("opening the object store")?;
     let identity = Identity::new(&config.clc, started.secret.clone(), &config.name)?;
     let (s3_listener, s3_addr) = rpc::bind(&config.s3_listen).await?;
-    write_atomically(&config.state_dir.join("s3.addr"), &format!("{s3_addr}\n"))?;
+    rpc::write_named_addr_file(&config.state_dir, "s3.addr", s3_addr)?;
     let internal = Internal::new(objects.clone());
     let s3 = Arc::new(S3 {
         objects,
@@ -56,7 +56,7 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
         };
         let acceptor = common::tls::acceptor(cert, key).context("setting up HTTPS")?;
         let (listener, addr) = rpc::bind(&config.s3_tls_listen).await?;
-        write_atomically(&config.state_dir.join("s3tls.addr"), &format!("{addr}\n"))?;
+        rpc::write_named_addr_file(&config.state_dir, "s3tls.addr", addr)?;
         tokio::spawn(s3::serve(listener, Some(acceptor), s3));
         Some(addr)
     };
@@ -95,11 +95,4 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
     store.flush()?;
     tracing::info!("Walrus stopped");
     Ok(())
-}
-
-/// Writes `text` to `path` by way of a temporary file and a rename.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
 }

@@ -14,7 +14,7 @@ pub mod ops;
 pub mod route;
 pub mod xml;
 
-use std::{convert::Infallible, io, sync::Arc};
+use std::{io, sync::Arc};
 
 use bytes::Bytes;
 use common::{
@@ -23,8 +23,7 @@ use common::{
 };
 use http::{header::HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -112,58 +111,11 @@ fn request_id() -> String {
 
 /// Serves S3 on `listener` (over TLS with `tls`) until the task is dropped.
 pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, s3: Arc<S3>) {
-    loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    common::http::serve(listener, tls, move |req| {
         let s3 = s3.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let s3 = s3.clone();
-                async move { Ok::<_, Infallible>(s3.handle(req).await) }
-            });
-            let builder = http1::Builder::new();
-            let served = match tls {
-                None => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    match handshake {
-                        Ok(Ok(tls_stream)) => {
-                            builder
-                                .serve_connection(TokioIo::new(tls_stream), service)
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
+        async move { s3.handle(req).await }
+    })
+    .await
 }
 
 impl S3 {

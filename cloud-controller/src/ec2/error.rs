@@ -1,0 +1,131 @@
+//! EC2 errors as EC2 sends them: `<Response><Errors><Error>` with an AWS
+//! code, and the HTTP status AWS uses for it.
+
+use http::StatusCode;
+
+/// One EC2 error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Ec2Error {
+    pub code: String,
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Ec2Error {
+    /// An error with any code, as a client error (400).
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// With another HTTP status.
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// `MissingParameter`.
+    pub fn missing(name: &str) -> Self {
+        Self::new(
+            "MissingParameter",
+            format!("The request must contain the parameter {name}"),
+        )
+    }
+
+    /// `InvalidParameterValue`.
+    pub fn invalid_value(name: &str, value: &str, why: &str) -> Self {
+        Self::new(
+            "InvalidParameterValue",
+            format!("Value ({value}) for parameter {name} is invalid. {why}"),
+        )
+    }
+
+    /// `AuthFailure` (401).
+    pub fn auth_failure() -> Self {
+        Self::new(
+            "AuthFailure",
+            "AWS was not able to validate the provided access credentials",
+        )
+        .status(StatusCode::UNAUTHORIZED)
+    }
+
+    /// `UnauthorizedOperation` (403).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new("UnauthorizedOperation", message).status(StatusCode::FORBIDDEN)
+    }
+
+    /// `DryRunOperation` (412): the request would have succeeded.
+    pub fn dry_run() -> Self {
+        Self::new(
+            "DryRunOperation",
+            "Request would have succeeded, but DryRun flag is set.",
+        )
+        .status(StatusCode::PRECONDITION_FAILED)
+    }
+
+    /// `InternalError` (500).
+    pub fn internal() -> Self {
+        Self::new(
+            "InternalError",
+            "An internal error has occurred. Please try again.",
+        )
+        .status(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// `Unavailable` (503): a tier we depend on does not answer.
+    pub fn unavailable(what: &str) -> Self {
+        Self::new(
+            "Unavailable",
+            format!("The service is unavailable: {what}. Please try again shortly."),
+        )
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    /// The XML body.
+    pub fn to_xml(&self, request_id: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>",
+            escape(&self.code),
+            escape(&self.message)
+        )
+    }
+}
+
+/// Escapes text for XML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_render_in_the_ec2_envelope() {
+        let e = Ec2Error::new(
+            "InvalidAMIID.NotFound",
+            "The image id '[ami-1]' does not exist",
+        );
+        assert_eq!(
+            e.to_xml("r-1"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>InvalidAMIID.NotFound</Code><Message>The image id &apos;[ami-1]&apos; does not exist</Message></Error></Errors><RequestID>r-1</RequestID></Response>"
+        );
+        assert_eq!(Ec2Error::auth_failure().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(Ec2Error::dry_run().status.as_u16(), 412);
+    }
+}

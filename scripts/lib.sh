@@ -54,6 +54,11 @@ ensure_cargo() {
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (see README)"
 }
 
+# aws_cli: the AWS CLI the project installs (Debian's), else whatever `aws` is.
+aws_cli() {
+  if [ -x /usr/bin/aws ]; then echo /usr/bin/aws; else command -v aws; fi
+}
+
 # alive NAME: a process of that name runs (zombies do not count).
 alive() {
   ps -eo stat=,comm= | awk -v n="$1" '$2 == n && $1 !~ /^Z/ {found = 1} END {exit !found}'

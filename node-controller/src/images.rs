@@ -193,7 +193,8 @@ impl ImageCache {
         }
     }
 
-    fn path_of(&self, sha256: &str) -> PathBuf {
+    /// Where the image with digest `sha256` is (or would be) kept.
+    pub fn path_of(&self, sha256: &str) -> PathBuf {
         self.dir.join(sha256)
     }
 

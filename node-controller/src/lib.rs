@@ -5,5 +5,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod hypervisor;
 pub mod images;
+pub mod instances;
 pub mod resources;

@@ -1,0 +1,493 @@
+//! The hypervisor under a node: libvirt (crate `virt`) in production, a
+//! fake for unit tests, behind one trait.
+//!
+//! Domains are named after their instance (`i-...`), boot the instance's
+//! kernel and ramdisk directly (or the disk's own boot loader), use a qcow2
+//! overlay as their disk, and log their serial console to a file. QEMU runs
+//! as root without relabelling (a static DAC label), so instance files may
+//! live anywhere the NC can write.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// What a domain is doing, as libvirt says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    Paused,
+    /// Powered off (by itself or by us).
+    Shutoff,
+    /// Shutting down.
+    ShuttingDown,
+    Crashed,
+    Other,
+}
+
+/// Why a hypervisor call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("no domain {0}")]
+    NoDomain(String),
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+}
+
+/// How a domain is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSpec {
+    pub name: String,
+    /// `kvm` or `qemu` (TCG).
+    pub virt_type: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub kernel: Option<PathBuf>,
+    pub ramdisk: Option<PathBuf>,
+    pub cmdline: String,
+    /// The qcow2 overlay.
+    pub disk: PathBuf,
+    pub console_log: PathBuf,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// The libvirt domain XML for `spec`.
+pub fn domain_xml(spec: &DomainSpec) -> String {
+    let path = |p: &Path| esc(&p.display().to_string());
+    let mut os = String::from("<type arch='x86_64' machine='pc'>hvm</type>");
+    if let Some(k) = &spec.kernel {
+        os.push_str(&format!("<kernel>{}</kernel>", path(k)));
+        if let Some(r) = &spec.ramdisk {
+            os.push_str(&format!("<initrd>{}</initrd>", path(r)));
+        }
+        os.push_str(&format!("<cmdline>{}</cmdline>", esc(&spec.cmdline)));
+    } else {
+        os.push_str("<boot dev='hd'/>");
+    }
+    let cpu = if spec.virt_type == "kvm" {
+        "<cpu mode='host-passthrough'/>"
+    } else {
+        ""
+    };
+    format!(
+        "<domain type='{virt}'>\
+<name>{name}</name>\
+<memory unit='MiB'>{mem}</memory>\
+<vcpu>{vcpus}</vcpu>\
+<os>{os}</os>\
+<features><acpi/></features>{cpu}\
+<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
+<devices>\
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk>\
+<serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>\
+<console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>\
+<memballoon model='none'/>\
+</devices>\
+<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>\
+</domain>",
+        virt = esc(&spec.virt_type),
+        name = esc(&spec.name),
+        mem = spec.memory_mib,
+        vcpus = spec.vcpus.max(1),
+        disk = path(&spec.disk),
+        console = path(&spec.console_log),
+    )
+}
+
+/// A hypervisor.
+pub trait Hypervisor: Send + Sync + std::fmt::Debug {
+    /// Defines the domain and starts it.
+    fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError>;
+    /// Starts a defined, shut-off domain.
+    fn start(&self, name: &str) -> Result<(), HypervisorError>;
+    /// Powers the domain off at once (it stays defined).
+    fn power_off(&self, name: &str) -> Result<(), HypervisorError>;
+    /// Reboots the domain.
+    fn reboot(&self, name: &str) -> Result<(), HypervisorError>;
+    /// Powers off and undefines the domain; fine if there is none.
+    fn remove(&self, name: &str) -> Result<(), HypervisorError>;
+    /// Every domain whose name starts with `prefix`, with its state.
+    fn domains(&self, prefix: &str) -> Result<Vec<(String, DomainState)>, HypervisorError>;
+}
+
+/// libvirt, through one connection.
+pub struct Libvirt {
+    conn: Mutex<virt::connect::Connect>,
+    uri: String,
+}
+
+impl std::fmt::Debug for Libvirt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Libvirt").field("uri", &self.uri).finish()
+    }
+}
+
+fn lv(e: virt::error::Error) -> HypervisorError {
+    if matches!(
+        e.code(),
+        virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain)
+    ) {
+        HypervisorError::NoDomain(e.message().to_string())
+    } else {
+        HypervisorError::Libvirt(e.to_string())
+    }
+}
+
+fn state_of(d: &virt::domain::Domain) -> DomainState {
+    use virt::{domain::DomainState as S, enumutil::Enum};
+    match d.state() {
+        Ok((Enum::Known(S::Running), _)) | Ok((Enum::Known(S::Blocked), _)) => DomainState::Running,
+        Ok((Enum::Known(S::Paused), _)) | Ok((Enum::Known(S::PMSuspended), _)) => {
+            DomainState::Paused
+        }
+        Ok((Enum::Known(S::Shutoff), _)) => DomainState::Shutoff,
+        Ok((Enum::Known(S::Shutdown), _)) => DomainState::ShuttingDown,
+        Ok((Enum::Known(S::Crashed), _)) => DomainState::Crashed,
+        _ => DomainState::Other,
+    }
+}
+
+impl Libvirt {
+    /// Connects to `uri` (`qemu:///system`, or `test:///default` in tests).
+    pub fn connect(uri: &str) -> Result<Self, HypervisorError> {
+        let conn = virt::connect::Connect::open(Some(uri)).map_err(lv)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            uri: uri.to_string(),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&virt::connect::Connect) -> Result<T, virt::error::Error>,
+    ) -> Result<T, HypervisorError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(lv)
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
+        let xml = domain_xml(spec);
+        self.with(|c| {
+            let d = c.define_domain_xml(&xml)?;
+            if let Err(e) = d.create() {
+                let _ = d.undefine();
+                return Err(e);
+            }
+            Ok(())
+        })
+    }
+
+    fn start(&self, name: &str) -> Result<(), HypervisorError> {
+        self.with(|c| c.lookup_domain_by_name(name)?.create())
+    }
+
+    fn power_off(&self, name: &str) -> Result<(), HypervisorError> {
+        self.with(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            if d.is_active()? {
+                d.destroy()?;
+            }
+            Ok(())
+        })
+    }
+
+    fn reboot(&self, name: &str) -> Result<(), HypervisorError> {
+        // A hard reset: the tiny guests have no ACPI daemon to ask.
+        self.with(|c| c.lookup_domain_by_name(name)?.reset())
+    }
+
+    fn remove(&self, name: &str) -> Result<(), HypervisorError> {
+        match self.with(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            if d.is_active()? {
+                d.destroy()?;
+            }
+            d.undefine()
+        }) {
+            Err(HypervisorError::NoDomain(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn domains(&self, prefix: &str) -> Result<Vec<(String, DomainState)>, HypervisorError> {
+        self.with(|c| {
+            let mut out = Vec::new();
+            for d in c.list_all_domains(0)? {
+                let name = d.name()?;
+                if name.starts_with(prefix) {
+                    out.push((name, state_of(&d)));
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// A hypervisor in memory, for unit tests and simulated fleets.
+#[derive(Debug, Default)]
+pub struct Fake {
+    domains: Mutex<HashMap<String, (DomainSpec, DomainState)>>,
+}
+
+impl Fake {
+    /// Sets a domain's state, as if the guest did something.
+    pub fn set_state(&self, name: &str, state: DomainState) {
+        if let Some(d) = self
+            .domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(name)
+        {
+            d.1 = state;
+        }
+    }
+
+    /// The spec a domain was launched with.
+    pub fn spec(&self, name: &str) -> Option<DomainSpec> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|d| d.0.clone())
+    }
+
+    fn change(&self, name: &str, f: impl FnOnce(&mut DomainState)) -> Result<(), HypervisorError> {
+        let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let d = domains
+            .get_mut(name)
+            .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
+        f(&mut d.1);
+        Ok(())
+    }
+}
+
+impl Hypervisor for Fake {
+    fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
+        let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        if domains.contains_key(&spec.name) {
+            return Err(HypervisorError::Libvirt(format!(
+                "domain {} already exists",
+                spec.name
+            )));
+        }
+        domains.insert(spec.name.clone(), (spec.clone(), DomainState::Running));
+        Ok(())
+    }
+
+    fn start(&self, name: &str) -> Result<(), HypervisorError> {
+        self.change(name, |s| *s = DomainState::Running)
+    }
+
+    fn power_off(&self, name: &str) -> Result<(), HypervisorError> {
+        self.change(name, |s| *s = DomainState::Shutoff)
+    }
+
+    fn reboot(&self, name: &str) -> Result<(), HypervisorError> {
+        self.change(name, |_| {})
+    }
+
+    fn remove(&self, name: &str) -> Result<(), HypervisorError> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        Ok(())
+    }
+
+    fn domains(&self, prefix: &str) -> Result<Vec<(String, DomainState)>, HypervisorError> {
+        Ok(self
+            .domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, (_, s))| (n.clone(), *s))
+            .collect())
+    }
+}
+
+/// A boot sector that writes `GUMTREE-KVM-OK` to the first serial port and
+/// halts: the smallest real guest there is.
+fn probe_boot_sector() -> Vec<u8> {
+    let mut code = vec![0xBA, 0xF8, 0x03]; // mov dx, 0x3f8
+    for c in b"GUMTREE-KVM-OK\n" {
+        code.extend_from_slice(&[0xB0, *c, 0xEE]); // mov al, c; out dx, al
+    }
+    code.extend_from_slice(&[0xFA, 0xF4, 0xEB, 0xFD]); // cli; hlt; jmp hlt
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xAA]);
+    code
+}
+
+/// Decides between `kvm` and `qemu` (TCG). `kvm` and `qemu` are taken as
+/// configured; `auto` proves KVM with a real boot under `-enable-kvm`
+/// (BIOS, boot sector, serial output) within `deadline`, because a
+/// `/dev/kvm` can exist and still not run guests (nested, paravirtual).
+/// Returns the type and why it was chosen.
+pub fn choose_virt_type(configured: &str, work_dir: &Path, deadline: Duration) -> (String, String) {
+    match configured {
+        "kvm" | "qemu" => return (configured.to_string(), "configured".into()),
+        _ => {}
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return (
+            "qemu".into(),
+            "/dev/kvm is missing or cannot be opened".into(),
+        );
+    }
+    match probe_kvm(work_dir, deadline) {
+        Ok(took) => (
+            "kvm".into(),
+            format!("a KVM test boot finished in {took:?}"),
+        ),
+        Err(why) => ("qemu".into(), format!("KVM does not work here: {why}")),
+    }
+}
+
+fn probe_kvm(work_dir: &Path, deadline: Duration) -> Result<Duration, String> {
+    let image = work_dir.join("kvm-probe.img");
+    let out = work_dir.join("kvm-probe.out");
+    std::fs::write(&image, probe_boot_sector()).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&out);
+    let started = Instant::now();
+    let mut child = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "pc,accel=kvm",
+            "-m",
+            "16",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", out.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=floppy", image.display()))
+        .args(["-boot", "a"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;
+    let result = loop {
+        if std::fs::read_to_string(&out).is_ok_and(|s| s.contains("GUMTREE-KVM-OK")) {
+            break Ok(started.elapsed());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!(
+                "the test guest exited with {status} before booting"
+            ));
+        }
+        if started.elapsed() > deadline {
+            break Err(format!("a test guest did not boot within {deadline:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_file(&out);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> DomainSpec {
+        DomainSpec {
+            name: name.into(),
+            virt_type: "qemu".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: Some("/cache/k".into()),
+            ramdisk: Some("/cache/r".into()),
+            cmdline: "console=ttyS0 a<b".into(),
+            disk: "/inst/i-1/disk.qcow2".into(),
+            console_log: "/inst/i-1/console.log".into(),
+        }
+    }
+
+    #[test]
+    fn domain_xml_boots_the_kernel_and_logs_the_console() {
+        let xml = domain_xml(&spec("i-1"));
+        assert!(xml.starts_with(
+            "<domain type='qemu'><name>i-1</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        ));
+        assert!(xml.contains("<kernel>/cache/k</kernel><initrd>/cache/r</initrd><cmdline>console=ttyS0 a&lt;b</cmdline>"));
+        assert!(xml.contains("<source file='/inst/i-1/disk.qcow2'/>"));
+        assert!(xml.contains("<serial type='file'><source path='/inst/i-1/console.log'"));
+        let mut disk_boot = spec("i-2");
+        disk_boot.kernel = None;
+        disk_boot.virt_type = "kvm".into();
+        let xml = domain_xml(&disk_boot);
+        assert!(xml.contains("<boot dev='hd'/>") && !xml.contains("<kernel>"));
+        assert!(xml.contains("host-passthrough"));
+    }
+
+    #[test]
+    fn the_fake_follows_the_trait() {
+        let hv = Fake::default();
+        hv.launch(&spec("i-1")).expect("launch");
+        assert!(hv.launch(&spec("i-1")).is_err(), "names are unique");
+        assert_eq!(
+            hv.domains("i-").expect("list"),
+            vec![("i-1".to_string(), DomainState::Running)]
+        );
+        hv.power_off("i-1").expect("off");
+        assert_eq!(hv.domains("i-").expect("list")[0].1, DomainState::Shutoff);
+        hv.start("i-1").expect("start");
+        hv.remove("i-1").expect("remove");
+        hv.remove("i-1").expect("remove twice is fine");
+        assert!(hv.domains("i-").expect("list").is_empty());
+        assert!(matches!(hv.start("i-1"), Err(HypervisorError::NoDomain(_))));
+    }
+
+    #[test]
+    fn libvirt_test_driver_runs_the_same_calls() {
+        // libvirt's built-in test driver: no daemon needed.
+        let hv = Libvirt::connect("test:///default").expect("test driver");
+        let before = hv.domains("i-").expect("list").len();
+        hv.launch(&spec("i-test1")).expect("launch");
+        assert!(hv
+            .domains("i-")
+            .expect("list")
+            .contains(&("i-test1".to_string(), DomainState::Running)));
+        hv.power_off("i-test1").expect("off");
+        hv.start("i-test1").expect("start");
+        hv.remove("i-test1").expect("remove");
+        assert_eq!(hv.domains("i-").expect("list").len(), before);
+        assert!(matches!(
+            hv.start("i-test1"),
+            Err(HypervisorError::NoDomain(_))
+        ));
+    }
+
+    #[test]
+    fn the_probe_boot_sector_is_a_boot_sector() {
+        let b = probe_boot_sector();
+        assert_eq!(b.len(), 512);
+        assert_eq!(&b[510..], &[0x55, 0xAA]);
+        assert_eq!(
+            choose_virt_type("qemu", Path::new("/tmp"), Duration::from_secs(1)).0,
+            "qemu"
+        );
+    }
+}

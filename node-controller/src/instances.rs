@@ -1,0 +1,555 @@
+//! The instances of this node: each a record in the node's store, a
+//! directory under `instance_dir` (qcow2 overlay, console log) and a
+//! libvirt domain named after it.
+//!
+//! The record is written before the domain is defined and removed after it
+//! is gone, so after any crash the node knows every domain it made. What an
+//! instance is doing is never remembered, only read from the hypervisor:
+//! [`Instances::statuses`] joins the records with libvirt's domains.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use common::{
+    store::{Record, Store, StoreError, Table},
+    time,
+};
+use proto::{InstanceState, InstanceStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    hypervisor::{DomainSpec, DomainState, Hypervisor, HypervisorError},
+    images::{ImageCache, ImageError, ImageRef, ImageSource},
+};
+
+/// Most bytes of console output returned.
+pub const CONSOLE_BYTES: u64 = 64 * 1024;
+
+/// An instance as this node records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    /// Digests of the cached images it uses (pinned while it exists).
+    pub image_sha256: String,
+    pub kernel_sha256: Option<String>,
+    pub ramdisk_sha256: Option<String>,
+    pub mac: String,
+    pub private_ip: String,
+    pub created_ms: i64,
+    /// True once the user asked it to stop (StopInstances).
+    pub stopped: bool,
+}
+
+impl Record for InstanceRecord {
+    const TABLE: &'static str = "instances";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.instance_id.clone()
+    }
+}
+
+/// Why an instance operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no instance {0} on this node")]
+    NotFound(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("instance disk: {0}")]
+    Disk(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("instance files: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a launch needs, in domain terms.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub image: ImageRef,
+    pub kernel: Option<ImageRef>,
+    pub ramdisk: Option<ImageRef>,
+    pub mac: String,
+    pub private_ip: String,
+}
+
+/// The node's instances.
+#[derive(Debug)]
+pub struct Instances {
+    hv: Arc<dyn Hypervisor>,
+    images: Arc<ImageCache>,
+    table: Table<InstanceRecord>,
+    dir: PathBuf,
+    node: String,
+    virt_type: String,
+    /// When each instance last changed state, for reports.
+    changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
+}
+
+fn valid_id(id: &str) -> bool {
+    id.strip_prefix("i-")
+        .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+impl Instances {
+    /// The instances of node `node`, pinning the images of those recorded.
+    pub fn open(
+        hv: Arc<dyn Hypervisor>,
+        images: Arc<ImageCache>,
+        store: &Store,
+        dir: &Path,
+        node: &str,
+        virt_type: &str,
+    ) -> Result<Self, InstanceError> {
+        std::fs::create_dir_all(dir)?;
+        let this = Self {
+            hv,
+            images,
+            table: store.table()?,
+            dir: dir.to_path_buf(),
+            node: node.to_string(),
+            virt_type: virt_type.to_string(),
+            changed: Mutex::new(BTreeMap::new()),
+        };
+        for r in this.table.list()? {
+            this.pin(&r, true);
+        }
+        Ok(this)
+    }
+
+    fn pin(&self, r: &InstanceRecord, pin: bool) {
+        let digests = std::iter::once(&r.image_sha256)
+            .chain(r.kernel_sha256.iter())
+            .chain(r.ramdisk_sha256.iter());
+        for d in digests {
+            if pin {
+                self.images.pin(d);
+            } else {
+                self.images.unpin(d);
+            }
+        }
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// The serial console log of `id`.
+    pub fn console_path(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("console.log")
+    }
+
+    fn record(&self, id: &str) -> Result<InstanceRecord, InstanceError> {
+        self.table
+            .get(&id.to_string())?
+            .ok_or_else(|| InstanceError::NotFound(id.to_string()))
+    }
+
+    fn spec(&self, r: &InstanceRecord) -> DomainSpec {
+        let cache = |sha: &Option<String>| sha.as_ref().map(|s| self.images.path_of(s));
+        DomainSpec {
+            name: r.instance_id.clone(),
+            virt_type: self.virt_type.clone(),
+            vcpus: r.cores,
+            memory_mib: r.memory_mib,
+            kernel: cache(&r.kernel_sha256),
+            ramdisk: cache(&r.ramdisk_sha256),
+            cmdline: "console=ttyS0 root=/dev/vda ro panic=1".into(),
+            disk: self.instance_dir(&r.instance_id).join("disk.qcow2"),
+            console_log: self.console_path(&r.instance_id),
+        }
+    }
+
+    /// Fetches the images, makes the disk and starts the domain.
+    pub async fn launch(
+        &self,
+        source: &dyn ImageSource,
+        l: Launch,
+    ) -> Result<InstanceStatus, InstanceError> {
+        if !valid_id(&l.instance_id) {
+            return Err(InstanceError::Invalid(format!(
+                "{} is not an instance id",
+                l.instance_id
+            )));
+        }
+        if l.cores == 0 || l.memory_mib < 16 {
+            return Err(InstanceError::Invalid(
+                "an instance needs a core and 16 MiB".into(),
+            ));
+        }
+        if self.table.get(&l.instance_id)?.is_some() {
+            // A retried launch: report what there is.
+            return self.status(&l.instance_id);
+        }
+        let image = self.images.get(source, &l.image).await?;
+        if let Some(k) = &l.kernel {
+            self.images.get(source, k).await?;
+        }
+        if let Some(r) = &l.ramdisk {
+            self.images.get(source, r).await?;
+        }
+        let record = InstanceRecord {
+            instance_id: l.instance_id.clone(),
+            instance_type: l.instance_type.clone(),
+            cores: l.cores,
+            memory_mib: l.memory_mib,
+            disk_gib: l.disk_gib,
+            image_sha256: l.image.sha256.clone(),
+            kernel_sha256: l.kernel.as_ref().map(|k| k.sha256.clone()),
+            ramdisk_sha256: l.ramdisk.as_ref().map(|r| r.sha256.clone()),
+            mac: l.mac.clone(),
+            private_ip: l.private_ip.clone(),
+            created_ms: time::unix_ms(),
+            stopped: false,
+        };
+        self.table.put(&record)?;
+        self.pin(&record, true);
+        let launched = async {
+            let dir = self.instance_dir(&l.instance_id);
+            tokio::fs::create_dir_all(&dir).await?;
+            make_overlay(&image.path, &dir.join("disk.qcow2"), l.disk_gib).await?;
+            let spec = self.spec(&record);
+            let hv = self.hv.clone();
+            tokio::task::spawn_blocking(move || hv.launch(&spec))
+                .await
+                .map_err(|e| InstanceError::Disk(e.to_string()))??;
+            Ok::<_, InstanceError>(())
+        }
+        .await;
+        if let Err(e) = launched {
+            tracing::warn!(instance_id = %l.instance_id, error = %e, "launch failed; cleaning up");
+            let _ = self.remove(&l.instance_id).await;
+            return Err(e);
+        }
+        tracing::info!(instance_id = %l.instance_id, virt = %self.virt_type, cores = l.cores, memory_mib = l.memory_mib, "instance started");
+        self.status(&l.instance_id)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, HypervisorError> + Send + 'static,
+    ) -> Result<T, InstanceError> {
+        let hv = self.hv.clone();
+        Ok(tokio::task::spawn_blocking(move || f(hv.as_ref()))
+            .await
+            .map_err(|e| InstanceError::Disk(e.to_string()))??)
+    }
+
+    /// Destroys the domain, deletes its files and forgets it.
+    pub async fn remove(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+        let record = self.table.get(&id.to_string())?;
+        let name = id.to_string();
+        self.blocking(move |hv| hv.remove(&name)).await?;
+        let dir = self.instance_dir(id);
+        if dir.exists() {
+            tokio::fs::remove_dir_all(&dir).await?;
+        }
+        if let Some(r) = record {
+            self.table.delete(&id.to_string())?;
+            self.pin(&r, false);
+            tracing::info!(instance_id = %id, "instance terminated");
+        }
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(InstanceStatus {
+            instance_id: id.to_string(),
+            state: InstanceState::Terminated as i32,
+            node: self.node.clone(),
+            changed_unix_ms: time::unix_ms(),
+            ..Default::default()
+        })
+    }
+
+    /// Powers the instance off and keeps it (StopInstances).
+    pub async fn stop(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+        let mut r = self.record(id)?;
+        r.stopped = true;
+        self.table.put(&r)?;
+        let name = id.to_string();
+        match self.blocking(move |hv| hv.power_off(&name)).await {
+            Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {}
+            Err(e) => return Err(e),
+        }
+        self.status(id)
+    }
+
+    /// Starts a stopped instance; redefines its domain if libvirt lost it.
+    pub async fn start(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+        let mut r = self.record(id)?;
+        r.stopped = false;
+        self.table.put(&r)?;
+        let name = id.to_string();
+        let spec = self.spec(&r);
+        self.blocking(move |hv| match hv.start(&name) {
+            Err(HypervisorError::NoDomain(_)) => hv.launch(&spec),
+            other => other,
+        })
+        .await?;
+        self.status(id)
+    }
+
+    /// Resets the instance.
+    pub async fn reboot(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+        self.record(id)?;
+        let name = id.to_string();
+        self.blocking(move |hv| hv.reboot(&name)).await?;
+        self.status(id)
+    }
+
+    /// Changes CPU and memory of a stopped instance.
+    pub async fn resize(
+        &self,
+        id: &str,
+        instance_type: &str,
+        cores: u32,
+        memory_mib: u64,
+    ) -> Result<InstanceStatus, InstanceError> {
+        let mut r = self.record(id)?;
+        if self.status(id)?.state != InstanceState::Stopped as i32 {
+            return Err(InstanceError::Invalid(format!("{id} is not stopped")));
+        }
+        r.instance_type = instance_type.to_string();
+        r.cores = cores;
+        r.memory_mib = memory_mib;
+        self.table.put(&r)?;
+        // The domain is defined again, with the new size, on the next start.
+        let name = id.to_string();
+        self.blocking(move |hv| hv.remove(&name)).await?;
+        self.status(id)
+    }
+
+    /// The last `CONSOLE_BYTES` of the serial console.
+    pub async fn console(&self, id: &str) -> Result<Vec<u8>, InstanceError> {
+        self.record(id)?;
+        let path = self.console_path(id);
+        let data = match tokio::fs::read(&path).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let start = data.len().saturating_sub(CONSOLE_BYTES as usize);
+        Ok(data[start..].to_vec())
+    }
+
+    /// The status of `id`.
+    pub fn status(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+        self.statuses()?
+            .into_iter()
+            .find(|s| s.instance_id == id)
+            .ok_or_else(|| InstanceError::NotFound(id.to_string()))
+    }
+
+    /// Every recorded instance with the state libvirt shows.
+    pub fn statuses(&self) -> Result<Vec<InstanceStatus>, InstanceError> {
+        let domains: BTreeMap<String, DomainState> = self.hv.domains("i-")?.into_iter().collect();
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for r in self.table.list()? {
+            let (state, reason) = match domains.get(&r.instance_id) {
+                Some(DomainState::Running) | Some(DomainState::Paused) => {
+                    (InstanceState::Running, "")
+                }
+                Some(DomainState::ShuttingDown) => (InstanceState::Stopping, ""),
+                Some(DomainState::Shutoff) if r.stopped => {
+                    (InstanceState::Stopped, "User initiated")
+                }
+                Some(DomainState::Shutoff) => (
+                    InstanceState::Stopped,
+                    "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                ),
+                Some(DomainState::Crashed) => (
+                    InstanceState::Stopped,
+                    "Server.InternalError: The guest crashed",
+                ),
+                Some(DomainState::Other) => (InstanceState::Pending, ""),
+                None if r.stopped => (InstanceState::Stopped, "User initiated"),
+                None => (InstanceState::Pending, ""),
+            };
+            let now = time::unix_ms();
+            let entry = changed.entry(r.instance_id.clone()).or_insert((state, now));
+            if entry.0 != state {
+                *entry = (state, now);
+            }
+            out.push(InstanceStatus {
+                instance_id: r.instance_id.clone(),
+                state: state as i32,
+                node: self.node.clone(),
+                private_ip: r.private_ip.clone(),
+                mac: r.mac.clone(),
+                reason: reason.to_string(),
+                changed_unix_ms: entry.1,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Cores and memory held by instances that are not stopped.
+    pub fn held(&self) -> Result<(u32, u64), InstanceError> {
+        let stopped: Vec<String> = self
+            .statuses()?
+            .into_iter()
+            .filter(|s| s.state == InstanceState::Stopped as i32)
+            .map(|s| s.instance_id)
+            .collect();
+        Ok(self
+            .table
+            .list()?
+            .into_iter()
+            .filter(|r| !stopped.contains(&r.instance_id))
+            .fold((0, 0), |(c, m), r| (c + r.cores, m + r.memory_mib)))
+    }
+}
+
+/// A qcow2 overlay of `base` (raw or qcow2) at `overlay`, `disk_gib` large
+/// (never smaller than the base).
+async fn make_overlay(base: &Path, overlay: &Path, disk_gib: u64) -> Result<(), InstanceError> {
+    let mut magic = [0u8; 4];
+    {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(base).await?;
+        let _ = f.read(&mut magic).await?;
+    }
+    let format = if &magic == b"QFI\xfb" { "qcow2" } else { "raw" };
+    let base_size = tokio::fs::metadata(base).await?.len();
+    let size = (disk_gib << 30).max(base_size);
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(base)
+        .arg(overlay)
+        .arg(size.to_string())
+        .output()
+        .await
+        .map_err(|e| InstanceError::Disk(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(InstanceError::Disk(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::Fake;
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+
+    struct Source;
+
+    #[tonic::async_trait]
+    impl ImageSource for Source {
+        async fn fetch(&self, image: &ImageRef, out: &mut tokio::fs::File) -> Result<(), String> {
+            out.write_all(image.key.as_bytes())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn image(key: &str) -> ImageRef {
+        ImageRef {
+            bucket: "b".into(),
+            key: key.into(),
+            sha256: hex::encode(Sha256::digest(key.as_bytes())),
+            size: key.len() as u64,
+        }
+    }
+
+    fn launch(id: &str) -> Launch {
+        Launch {
+            instance_id: id.into(),
+            instance_type: "m1.small".into(),
+            cores: 1,
+            memory_mib: 256,
+            disk_gib: 1,
+            image: image("disk image bytes"),
+            kernel: Some(image("kernel bytes")),
+            ramdisk: None,
+            mac: "d0:0d:00:00:00:01".into(),
+            private_ip: "10.0.0.2".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_follows_the_hypervisor_and_cleans_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::temporary().expect("store");
+        let cache = Arc::new(ImageCache::open(&dir.path().join("cache"), 1 << 20).expect("cache"));
+        let hv = Arc::new(Fake::default());
+        let instances = Instances::open(
+            hv.clone(),
+            cache.clone(),
+            &store,
+            &dir.path().join("instances"),
+            "nc-1",
+            "qemu",
+        )
+        .expect("open");
+        let id = "i-0123456789abcdef0";
+        let s = instances.launch(&Source, launch(id)).await.expect("launch");
+        assert_eq!(s.state, InstanceState::Running as i32);
+        let spec = hv.spec(id).expect("domain");
+        assert_eq!(
+            spec.kernel,
+            Some(cache.path_of(&image("kernel bytes").sha256))
+        );
+        assert!(spec.disk.exists(), "the overlay exists");
+        assert_eq!(instances.held().expect("held"), (1, 256));
+        // The guest powers itself off: EC2 shows it stopped, by the instance.
+        hv.set_state(id, DomainState::Shutoff);
+        let s = instances.status(id).expect("status");
+        assert_eq!(s.state, InstanceState::Stopped as i32);
+        assert!(
+            s.reason.contains("InstanceInitiatedShutdown"),
+            "{}",
+            s.reason
+        );
+        assert_eq!(instances.held().expect("held"), (0, 0));
+        instances.start(id).await.expect("start");
+        instances.stop(id).await.expect("stop");
+        instances
+            .resize(id, "m1.large", 2, 512)
+            .await
+            .expect("resize when stopped");
+        let s = instances.start(id).await.expect("start again");
+        assert_eq!(s.state, InstanceState::Running as i32);
+        assert_eq!(hv.spec(id).expect("domain").vcpus, 2, "the new size");
+        assert!(
+            instances.resize(id, "m1.small", 1, 256).await.is_err(),
+            "not while running"
+        );
+        // Terminate: domain, files and pins are gone.
+        instances.remove(id).await.expect("remove");
+        assert!(hv.spec(id).is_none());
+        assert!(!dir.path().join("instances").join(id).exists());
+        assert!(instances.statuses().expect("statuses").is_empty());
+        assert!(matches!(
+            instances.console(id).await,
+            Err(InstanceError::NotFound(_))
+        ));
+        assert!(matches!(
+            instances.launch(&Source, launch("i-nope")).await,
+            Err(InstanceError::Invalid(_))
+        ));
+    }
+}

@@ -37,6 +37,11 @@ pub struct NodeConfig {
     /// Most MiB of images kept in the cache (images in use may exceed it).
     /// Default 10240.
     pub image_cache_mib: u64,
+    /// libvirt connection URI. Default `qemu:///system`.
+    pub libvirt_uri: String,
+    /// Virtualization: `kvm`, `qemu` (TCG) or `auto`, which proves KVM
+    /// with a test boot and falls back to TCG. Default `auto`.
+    pub hypervisor: String,
     /// Seconds between reports to the CC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
@@ -58,6 +63,8 @@ impl Default for NodeConfig {
             disk_gib: 0,
             image_cache_dir: None,
             image_cache_mib: 10240,
+            libvirt_uri: "qemu:///system".into(),
+            hypervisor: "auto".into(),
             heartbeat_secs: 2,
             log_filter: "info".into(),
         }

@@ -1,82 +1,176 @@
 //! The NC's gRPC service, called by its cluster controller.
 
-use proto::{
-    node_service_server::NodeService, ConsoleOutput, InstanceRef, InstanceStatus,
-    ResizeInstanceRequest, RunInstanceRequest,
-};
 use std::sync::Arc;
 
 use common::auth::ClusterSecret;
-use proto::{PrepareImagesReply, PrepareImagesRequest, PreparedImage};
+use proto::{
+    node_service_server::NodeService, ConsoleOutput, InstanceRef, InstanceStatus,
+    PrepareImagesReply, PrepareImagesRequest, PreparedImage, ResizeInstanceRequest,
+    RunInstanceRequest,
+};
 use tonic::{Request, Response, Status};
 
-use crate::images::{ImageCache, ImageError, ImageRef, WalrusSource};
+use crate::{
+    images::{ImageCache, ImageError, ImageRef, WalrusSource},
+    instances::{InstanceError, Instances, Launch},
+};
 
 /// The node controller's service.
 #[derive(Clone, Debug)]
 pub struct Node {
     images: Arc<ImageCache>,
+    instances: Arc<Instances>,
     secret: ClusterSecret,
     name: String,
 }
 
 impl Node {
-    /// The service of node `name`, caching images in `images`.
-    pub fn new(images: Arc<ImageCache>, secret: ClusterSecret, name: &str) -> Self {
+    /// The service of node `name`.
+    pub fn new(
+        images: Arc<ImageCache>,
+        instances: Arc<Instances>,
+        secret: ClusterSecret,
+        name: &str,
+    ) -> Self {
         Self {
             images,
+            instances,
             secret,
             name: name.to_string(),
         }
     }
+
+    fn source(&self, walrus: &str) -> Result<WalrusSource, Status> {
+        WalrusSource::new(walrus, self.secret.clone(), &self.name)
+            .map_err(|e| Status::invalid_argument(format!("walrus address: {e}")))
+    }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release"))
+fn image_status(e: &ImageError) -> Status {
+    match e {
+        ImageError::Corrupt { .. } => Status::data_loss(e.to_string()),
+        ImageError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        ImageError::Fetch { .. } => Status::unavailable(e.to_string()),
+        ImageError::BadRef(_) => Status::invalid_argument(e.to_string()),
+        ImageError::Io(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn status(e: InstanceError) -> Status {
+    match &e {
+        InstanceError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        InstanceError::NotFound(_) => Status::not_found(e.to_string()),
+        InstanceError::Image(i) => image_status(i),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn image_ref(r: Option<proto::ImageRef>) -> Result<Option<ImageRef>, Status> {
+    match r {
+        Some(r) if !r.key.is_empty() => ImageRef::try_from(r)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(e.to_string())),
+        _ => Ok(None),
+    }
 }
 
 #[tonic::async_trait]
 impl NodeService for Node {
     async fn run_instance(
         &self,
-        _request: Request<RunInstanceRequest>,
+        request: Request<RunInstanceRequest>,
     ) -> Result<Response<InstanceStatus>, Status> {
-        Err(not_yet("RunInstance"))
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no instance spec"))?;
+        let source = self.source(&request.walrus)?;
+        let launch = Launch {
+            instance_id: spec.instance_id,
+            instance_type: spec.instance_type,
+            cores: spec.cores,
+            memory_mib: spec.memory_mib,
+            disk_gib: spec.disk_gib,
+            image: image_ref(spec.image)?.ok_or_else(|| Status::invalid_argument("no image"))?,
+            kernel: image_ref(spec.kernel)?,
+            ramdisk: image_ref(spec.ramdisk)?,
+            mac: spec.mac,
+            private_ip: spec.private_ip,
+        };
+        self.instances
+            .launch(&source, launch)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn terminate_instance(
         &self,
-        _request: Request<InstanceRef>,
+        request: Request<InstanceRef>,
     ) -> Result<Response<InstanceStatus>, Status> {
-        Err(not_yet("TerminateInstance"))
+        self.instances
+            .remove(&request.get_ref().instance_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn stop_instance(
         &self,
-        _request: Request<InstanceRef>,
+        request: Request<InstanceRef>,
     ) -> Result<Response<InstanceStatus>, Status> {
-        Err(not_yet("StopInstance"))
+        self.instances
+            .stop(&request.get_ref().instance_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn start_instance(
         &self,
-        _request: Request<InstanceRef>,
+        request: Request<InstanceRef>,
     ) -> Result<Response<InstanceStatus>, Status> {
-        Err(not_yet("StartInstance"))
+        self.instances
+            .start(&request.get_ref().instance_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn reboot_instance(
         &self,
-        _request: Request<InstanceRef>,
+        request: Request<InstanceRef>,
     ) -> Result<Response<InstanceStatus>, Status> {
-        Err(not_yet("RebootInstance"))
+        self.instances
+            .reboot(&request.get_ref().instance_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn get_console_output(
         &self,
-        _request: Request<InstanceRef>,
+        request: Request<InstanceRef>,
     ) -> Result<Response<ConsoleOutput>, Status> {
-        Err(not_yet("GetConsoleOutput"))
+        let id = request.into_inner().instance_id;
+        let output = self.instances.console(&id).await.map_err(status)?;
+        Ok(Response::new(ConsoleOutput {
+            instance_id: id,
+            output,
+            timestamp_unix_ms: common::time::unix_ms(),
+        }))
+    }
+
+    async fn resize_instance(
+        &self,
+        request: Request<ResizeInstanceRequest>,
+    ) -> Result<Response<InstanceStatus>, Status> {
+        let r = request.into_inner();
+        self.instances
+            .resize(&r.instance_id, &r.instance_type, r.cores, r.memory_mib)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn prepare_images(
@@ -90,29 +184,19 @@ impl NodeService for Node {
             .map(ImageRef::try_from)
             .collect::<Result<_, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let source = WalrusSource::new(&request.walrus, self.secret.clone(), &self.name)
-            .map_err(|e| Status::invalid_argument(format!("walrus address: {e}")))?;
+        let source = self.source(&request.walrus)?;
         let mut out = Vec::new();
         for image in &images {
-            let cached = self.images.get(&source, image).await.map_err(|e| match e {
-                ImageError::Corrupt { .. } => Status::data_loss(e.to_string()),
-                ImageError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
-                ImageError::Fetch { .. } => Status::unavailable(e.to_string()),
-                ImageError::BadRef(_) => Status::invalid_argument(e.to_string()),
-                ImageError::Io(_) => Status::internal(e.to_string()),
-            })?;
+            let cached = self
+                .images
+                .get(&source, image)
+                .await
+                .map_err(|e| image_status(&e))?;
             out.push(PreparedImage {
                 sha256: image.sha256.clone(),
                 cached: cached.hit,
             });
         }
         Ok(Response::new(PrepareImagesReply { images: out }))
-    }
-
-    async fn resize_instance(
-        &self,
-        _request: Request<ResizeInstanceRequest>,
-    ) -> Result<Response<InstanceStatus>, Status> {
-        Err(not_yet("ResizeInstance"))
     }
 }

@@ -3,12 +3,20 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use common::store::Store;
 use common::{
     auth::VerifyCalls,
     report::{keep_reporting, ReportSettings},
     rpc,
 };
-use node_controller::{config::NodeConfig, grpc::Node, images::ImageCache, resources};
+use node_controller::{
+    config::NodeConfig,
+    grpc::Node,
+    hypervisor::{choose_virt_type, Hypervisor, Libvirt},
+    images::ImageCache,
+    instances::Instances,
+    resources,
+};
 use proto::{
     cluster_service_client::ClusterServiceClient, node_service_server::NodeServiceServer,
     NodeReport,
@@ -35,35 +43,82 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let cache_dir = config.image_cache_dir();
     let images = ImageCache::open(&cache_dir, config.image_cache_mib.saturating_mul(1 << 20))
         .with_context(|| format!("opening the image cache {}", cache_dir.display()))?;
-    let node = Node::new(Arc::new(images), started.secret.clone(), &name);
+    let images = Arc::new(images);
+    let store = Store::open(&config.state_dir.join("db")).context("opening the node's database")?;
+    let (virt_type, why) = {
+        let configured = config.hypervisor.clone();
+        let dir = config.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            choose_virt_type(&configured, &dir, Duration::from_secs(8))
+        })
+        .await?
+    };
+    if virt_type == "kvm" {
+        tracing::info!(virt = %virt_type, %why, "virtualization chosen");
+    } else {
+        tracing::warn!(virt = %virt_type, %why, "no KVM acceleration: guests run under QEMU TCG (slower)");
+    }
+    let hv: Arc<dyn Hypervisor> = Arc::new(
+        Libvirt::connect(&config.libvirt_uri)
+            .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?,
+    );
+    let instances = Arc::new(
+        Instances::open(hv, images.clone(), &store, &instance_dir, &name, &virt_type)
+            .context("opening the instance records")?,
+    );
+    let node = Node::new(images, instances.clone(), started.secret.clone(), &name);
     let heartbeat = Duration::from_secs(config.heartbeat_secs.max(1));
     let report = NodeReport {
         node_name: name.clone(),
         endpoint: started.advertise.clone(),
         resources: Some(resources::measure(&config, &instance_dir).context("measuring the host")?),
-        hypervisor: "none".into(),
+        hypervisor: virt_type.clone(),
         version: common::VERSION.into(),
         ..Default::default()
     };
     let (updates, reports) = watch::channel(report);
 
-    // Capacity can change under us (disk fills up): re-measure now and then,
-    // and push only real changes.
+    // Instances change state under us (a guest powers off) and capacity
+    // too (a disk fills up): look every second, push only real changes.
     let measure_config = config.clone();
+    let watched = instances.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            match resources::measure(&measure_config, &instance_dir) {
-                Ok(now) => {
-                    updates.send_if_modified(|r| {
-                        let changed = r.resources.as_ref() != Some(&now);
-                        r.resources = Some(now);
-                        changed
-                    });
+            let w = watched.clone();
+            let seen = tokio::task::spawn_blocking(move || {
+                w.statuses().and_then(|s| w.held().map(|h| (s, h)))
+            })
+            .await;
+            let (statuses, (cores, memory)) = match seen {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read instance states");
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot measure host resources"),
-            }
+                Err(_) => continue,
+            };
+            let mut now = match resources::measure(&measure_config, &instance_dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot measure host resources");
+                    continue;
+                }
+            };
+            now.cores_free = now.cores_total.saturating_sub(cores);
+            now.memory_mib_free = now.memory_mib_total.saturating_sub(memory);
+            updates.send_if_modified(|r| {
+                let same_states = r.instances.len() == statuses.len()
+                    && r.instances
+                        .iter()
+                        .zip(&statuses)
+                        .all(|(a, b)| a.instance_id == b.instance_id && a.state == b.state);
+                let changed = r.resources.as_ref() != Some(&now) || !same_states;
+                r.resources = Some(now);
+                r.instances = statuses;
+                changed
+            });
         }
     });
     tokio::spawn(keep_reporting(

@@ -210,3 +210,23 @@ pub fn script(name: &str) -> PathBuf {
         .join("clients")
         .join(name)
 }
+
+/// The tiny guest (kernel `vmlinuz`, ramdisk `initrd.gz`, disk `disk.img`):
+/// `GUMTREE_TINY_GUEST`, which `scripts/test` builds, or built now into the
+/// cache with `scripts/build-tiny-guest`.
+pub fn tiny_guest() -> PathBuf {
+    let dir = std::env::var_os("GUMTREE_TINY_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| venv().with_file_name("tiny-guest"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-tiny-guest");
+    let out = Command::new(&script)
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "building the tiny guest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}

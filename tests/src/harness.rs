@@ -105,6 +105,9 @@ pub struct CloudOptions {
     /// Walrus also serves S3 over HTTPS, with a self-signed certificate
     /// for `127.0.0.1` and `localhost` ([`Cloud::ca_file`]).
     pub s3_tls: bool,
+    /// Nodes run real guests on the machine's libvirtd (`qemu:///system`,
+    /// TCG); otherwise they use libvirt's in-process test driver.
+    pub real_libvirt: bool,
 }
 
 impl Default for CloudOptions {
@@ -114,6 +117,7 @@ impl Default for CloudOptions {
             node_cores: 4,
             node_memory_mib: 4096,
             s3_tls: false,
+            real_libvirt: false,
         }
     }
 }
@@ -144,6 +148,12 @@ impl Cloud {
             format!("{}\n", common::auth::ClusterSecret::generate()),
         )
         .expect("write secret");
+        if options.real_libvirt {
+            assert!(
+                Path::new("/var/run/libvirt/libvirt-sock").exists(),
+                "libvirtd is not running: run the suite with scripts/test, which starts it"
+            );
+        }
         let mut cloud = Self {
             dir,
             secret_file,
@@ -183,8 +193,14 @@ impl Cloud {
                 &name,
                 Tier::Node,
                 &format!(
-                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\n",
-                    options.node_cores, options.node_memory_mib
+                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\nhypervisor = \"qemu\"\nlibvirt_uri = \"{}\"\n",
+                    options.node_cores,
+                    options.node_memory_mib,
+                    if options.real_libvirt {
+                        "qemu:///system"
+                    } else {
+                        "test:///default"
+                    }
                 ),
             );
         }

@@ -6,3 +6,4 @@
 pub mod config;
 pub mod grpc;
 pub mod nodes;
+pub mod placement;

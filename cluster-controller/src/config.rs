@@ -55,6 +55,13 @@ pub struct ClusterConfig {
     pub cluster_secret_file: PathBuf,
     /// GREEDY, ROUNDROBIN, POWERSAVE, FIRSTFIT or THRESHOLD. Default `ROUNDROBIN`.
     pub placement_policy: PlacementPolicy,
+    /// Virtual cores offered per core of a node. Default 1.0 (no overcommit).
+    pub cpu_overcommit: f64,
+    /// Memory offered per MiB of a node. Default 1.0 (no overcommit).
+    pub memory_overcommit: f64,
+    /// THRESHOLD policy: nodes whose core or memory usage is above this
+    /// share are skipped. Default 0.8.
+    pub placement_threshold: f64,
     /// Seconds between reports to the CLC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
     /// Seconds without a report before a node shows NOTREADY. Default 6.
@@ -74,6 +81,9 @@ impl Default for ClusterConfig {
             state_dir: "/var/lib/gumtree/cc".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
             placement_policy: PlacementPolicy::RoundRobin,
+            cpu_overcommit: 1.0,
+            memory_overcommit: 1.0,
+            placement_threshold: 0.8,
             heartbeat_secs: 2,
             node_timeout_secs: 6,
             log_filter: "info".into(),

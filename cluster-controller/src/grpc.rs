@@ -11,12 +11,13 @@ use proto::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::nodes::Nodes;
+use crate::{instances::ClusterInstances, nodes::Nodes};
 
 /// The cluster controller's service.
 #[derive(Clone, Debug)]
 pub struct Cluster {
     pub nodes: Arc<Nodes>,
+    pub instances: Arc<ClusterInstances>,
 }
 
 impl Cluster {
@@ -29,10 +30,6 @@ impl Cluster {
                 .expire(time::unix_ms(), timeout.as_millis() as i64);
         }
     }
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release"))
 }
 
 #[tonic::async_trait]
@@ -53,50 +50,105 @@ impl ClusterService for Cluster {
 
     async fn run_instances(
         &self,
-        _request: Request<RunInstancesRequest>,
+        request: Request<RunInstancesRequest>,
     ) -> Result<Response<RunInstancesReply>, Status> {
-        Err(not_yet("RunInstances"))
+        let r = request.into_inner();
+        if r.instances.is_empty() {
+            return Err(Status::invalid_argument("no instances to run"));
+        }
+        let instances = self.instances.run(r.instances, &r.walrus).await?;
+        Ok(Response::new(RunInstancesReply { instances }))
     }
 
     async fn terminate_instances(
         &self,
-        _request: Request<InstanceRefs>,
+        request: Request<InstanceRefs>,
     ) -> Result<Response<InstanceStatuses>, Status> {
-        Err(not_yet("TerminateInstances"))
+        let mut out = Vec::new();
+        for id in request.into_inner().instance_ids {
+            out.push(self.instances.terminate(&id).await?);
+        }
+        Ok(Response::new(InstanceStatuses { instances: out }))
     }
 
     async fn stop_instances(
         &self,
-        _request: Request<InstanceRefs>,
+        request: Request<InstanceRefs>,
     ) -> Result<Response<InstanceStatuses>, Status> {
-        Err(not_yet("StopInstances"))
+        let mut out = Vec::new();
+        for id in request.into_inner().instance_ids {
+            out.push(
+                self.instances
+                    .on_node(&id, |mut c, r| async move { c.stop_instance(r).await })
+                    .await?,
+            );
+        }
+        Ok(Response::new(InstanceStatuses { instances: out }))
     }
 
     async fn start_instances(
         &self,
-        _request: Request<InstanceRefs>,
+        request: Request<InstanceRefs>,
     ) -> Result<Response<InstanceStatuses>, Status> {
-        Err(not_yet("StartInstances"))
+        let mut out = Vec::new();
+        for id in request.into_inner().instance_ids {
+            out.push(
+                self.instances
+                    .on_node(&id, |mut c, r| async move { c.start_instance(r).await })
+                    .await?,
+            );
+        }
+        Ok(Response::new(InstanceStatuses { instances: out }))
     }
 
     async fn reboot_instances(
         &self,
-        _request: Request<InstanceRefs>,
+        request: Request<InstanceRefs>,
     ) -> Result<Response<InstanceStatuses>, Status> {
-        Err(not_yet("RebootInstances"))
+        let mut out = Vec::new();
+        for id in request.into_inner().instance_ids {
+            out.push(
+                self.instances
+                    .on_node(&id, |mut c, r| async move { c.reboot_instance(r).await })
+                    .await?,
+            );
+        }
+        Ok(Response::new(InstanceStatuses { instances: out }))
     }
 
     async fn get_console_output(
         &self,
-        _request: Request<InstanceRef>,
+        request: Request<InstanceRef>,
     ) -> Result<Response<ConsoleOutput>, Status> {
-        Err(not_yet("GetConsoleOutput"))
+        let id = request.into_inner().instance_id;
+        Ok(Response::new(
+            self.instances
+                .on_node(&id, |mut c, r| async move { c.get_console_output(r).await })
+                .await?,
+        ))
     }
 
     async fn resize_instance(
         &self,
-        _request: Request<ResizeInstanceRequest>,
+        request: Request<ResizeInstanceRequest>,
     ) -> Result<Response<InstanceStatus>, Status> {
-        Err(not_yet("ResizeInstance"))
+        let r = request.into_inner();
+        if !self
+            .instances
+            .fits_resize(&r.instance_id, r.cores, r.memory_mib)?
+        {
+            return Err(Status::resource_exhausted(format!(
+                "InsufficientInstanceCapacity: the node of {} has no room for {} core(s), {} MiB",
+                r.instance_id, r.cores, r.memory_mib
+            )));
+        }
+        let id = r.instance_id.clone();
+        let (cores, memory) = (r.cores, r.memory_mib);
+        let status = self
+            .instances
+            .on_node(&id, |mut c, _| async move { c.resize_instance(r).await })
+            .await?;
+        self.instances.resized(&id, cores, memory)?;
+        Ok(Response::new(status))
     }
 }

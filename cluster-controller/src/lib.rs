@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod grpc;
+pub mod instances;
 pub mod nodes;
 pub mod placement;

@@ -3,7 +3,9 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use cluster_controller::{config::ClusterConfig, grpc::Cluster, nodes::Nodes};
+use cluster_controller::{
+    config::ClusterConfig, grpc::Cluster, instances::ClusterInstances, nodes::Nodes, placement,
+};
 use common::{
     auth::VerifyCalls,
     report::{keep_reporting, ReportSettings},
@@ -40,8 +42,21 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?);
+    let instances = Arc::new(ClusterInstances::open(
+        nodes.clone(),
+        &store,
+        placement::Settings {
+            policy: config.placement_policy,
+            cpu_ratio: config.cpu_overcommit.max(0.1),
+            memory_ratio: config.memory_overcommit.max(0.1),
+            threshold: config.placement_threshold,
+        },
+        started.secret.clone(),
+        &config.name,
+    )?);
     let cluster = Cluster {
         nodes: nodes.clone(),
+        instances,
     };
     tokio::spawn(
         cluster

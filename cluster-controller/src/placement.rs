@@ -97,13 +97,11 @@ pub fn place(
             PlacementPolicy::RoundRobin => (0..n)
                 .map(|k| (cursor + k) % n.max(1))
                 .find(|&i| n > 0 && nodes[i].fits(&need, settings)),
-            PlacementPolicy::Threshold => (0..n)
-                .map(|k| (cursor + k) % n.max(1))
-                .find(|&i| {
-                    n > 0
-                        && nodes[i].usage(settings) < settings.threshold
-                        && nodes[i].fits(&need, settings)
-                }),
+            PlacementPolicy::Threshold => (0..n).map(|k| (cursor + k) % n.max(1)).find(|&i| {
+                n > 0
+                    && nodes[i].usage(settings) < settings.threshold
+                    && nodes[i].fits(&need, settings)
+            }),
             PlacementPolicy::PowerSave => (0..n)
                 .filter(|&i| nodes[i].fits(&need, settings))
                 .max_by(|&a, &b| {
@@ -161,7 +159,11 @@ mod tests {
 
     #[test]
     fn policies_spread_or_pack_as_named() {
-        let nodes = [node("nc-1", 2, 4, 0), node("nc-2", 1, 4, 1), node("nc-3", 0, 4, 0)];
+        let nodes = [
+            node("nc-1", 2, 4, 0),
+            node("nc-2", 1, 4, 1),
+            node("nc-3", 0, 4, 0),
+        ];
         assert_eq!(
             run(PlacementPolicy::RoundRobin, &nodes, 3).expect("fits"),
             ["nc-1", "nc-2", "nc-3"]

@@ -1,0 +1,333 @@
+//! The CC's side of instances: placing them (with a durable ledger of what
+//! it placed where), starting them on their nodes, and passing later calls
+//! to the node that hosts each one.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use common::{
+    auth::{ClusterSecret, SignCalls},
+    store::{Record, Store, StoreError, Table},
+    time,
+};
+use proto::{
+    node_service_client::NodeServiceClient, InstanceSpec, InstanceState, InstanceStatus, NodeView,
+    RunInstanceRequest, ServiceState,
+};
+use serde::{Deserialize, Serialize};
+use tonic::{service::interceptor::InterceptedService, transport::Channel, Status};
+
+use crate::{
+    nodes::Nodes,
+    placement::{self, Candidate, Need, Settings},
+};
+
+/// An instance this CC placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placed {
+    pub instance_id: String,
+    pub node: String,
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+impl Record for Placed {
+    const TABLE: &'static str = "placed";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.instance_id.clone()
+    }
+}
+
+type NodeClient = NodeServiceClient<InterceptedService<Channel, SignCalls>>;
+
+/// Placement and the calls down to nodes.
+#[derive(Debug)]
+pub struct ClusterInstances {
+    nodes: Arc<Nodes>,
+    ledger: Table<Placed>,
+    settings: Settings,
+    /// Serializes placement; holds the ROUNDROBIN cursor.
+    placing: Mutex<usize>,
+    secret: ClusterSecret,
+    name: String,
+    clients: Mutex<HashMap<String, NodeClient>>,
+}
+
+fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "ledger write failed");
+    Status::unavailable(format!("cannot record placement: {e}"))
+}
+
+/// A MAC in the locally administered range, from the instance id.
+fn mac_for(instance_id: &str) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(instance_id.as_bytes());
+    format!(
+        "d0:0d:{:02x}:{:02x}:{:02x}:{:02x}",
+        digest[0], digest[1], digest[2], digest[3]
+    )
+}
+
+impl ClusterInstances {
+    /// Over `nodes`, with the ledger in `store`.
+    pub fn open(
+        nodes: Arc<Nodes>,
+        store: &Store,
+        settings: Settings,
+        secret: ClusterSecret,
+        name: &str,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            nodes,
+            ledger: store.table()?,
+            settings,
+            placing: Mutex::new(0),
+            secret,
+            name: name.to_string(),
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn client(&self, endpoint: &str) -> Result<NodeClient, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let channel = common::rpc::channel(endpoint)
+            .map_err(|e| Status::unavailable(format!("node at {endpoint}: {e}")))?;
+        let client = NodeServiceClient::with_interceptor(
+            channel,
+            SignCalls::new(self.secret.clone(), &self.name),
+        );
+        clients.insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+
+    fn views(&self) -> Vec<NodeView> {
+        self.nodes.subscribe().borrow().nodes.clone()
+    }
+
+    /// Where instance `id` runs, and a client for that node.
+    fn node_of(&self, id: &str) -> Result<(String, NodeClient), Status> {
+        let placed = self
+            .ledger
+            .get(&id.to_string())
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no instance {id} in this cluster")))?;
+        let view = self
+            .views()
+            .into_iter()
+            .find(|v| v.name == placed.node)
+            .ok_or_else(|| Status::unavailable(format!("node {} is unknown", placed.node)))?;
+        Ok((placed.node, self.client(&view.endpoint)?))
+    }
+
+    /// Places every spec or none, records the placement, and starts each
+    /// instance on its node. Instances whose node fails to start them come
+    /// back terminated, with the reason, and hold nothing.
+    pub async fn run(
+        &self,
+        specs: Vec<InstanceSpec>,
+        walrus: &str,
+    ) -> Result<Vec<InstanceStatus>, Status> {
+        let placed: Vec<(InstanceSpec, String, String)> = {
+            let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+            let views = self.views();
+            let ledger = self.ledger.list().map_err(store_status)?;
+            let mut candidates: Vec<Candidate> = views
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.state == ServiceState::Enabled as i32)
+                .filter_map(|(i, v)| {
+                    let r = v.resources.as_ref()?;
+                    let mine = ledger.iter().filter(|p| p.node == v.name);
+                    Some(Candidate {
+                        name: v.name.clone(),
+                        joined: i,
+                        cores_total: r.cores_total,
+                        memory_mib_total: r.memory_mib_total,
+                        disk_gib_total: r.disk_gib_total,
+                        cores_used: mine.clone().map(|p| p.cores).sum(),
+                        memory_mib_used: mine.clone().map(|p| p.memory_mib).sum(),
+                        disk_gib_used: mine.map(|p| p.disk_gib).sum(),
+                    })
+                })
+                .collect();
+            let mut chosen = Vec::with_capacity(specs.len());
+            for spec in &specs {
+                let need = Need {
+                    cores: spec.cores,
+                    memory_mib: spec.memory_mib,
+                    disk_gib: spec.disk_gib,
+                };
+                let node = placement::place(&candidates, need, 1, &self.settings, &mut cursor)
+                    .and_then(|v| v.into_iter().next())
+                    .ok_or_else(|| {
+                        Status::resource_exhausted(format!(
+                            "InsufficientInstanceCapacity: no node has room for {} instance(s) of {} core(s), {} MiB",
+                            specs.len(),
+                            spec.cores,
+                            spec.memory_mib
+                        ))
+                    })?;
+                if let Some(c) = candidates.iter_mut().find(|c| c.name == node) {
+                    c.cores_used += need.cores;
+                    c.memory_mib_used += need.memory_mib;
+                    c.disk_gib_used += need.disk_gib;
+                }
+                chosen.push(node);
+            }
+            let mut out = Vec::new();
+            for (mut spec, node) in specs.into_iter().zip(chosen) {
+                let endpoint = views
+                    .iter()
+                    .find(|v| v.name == node)
+                    .map(|v| v.endpoint.clone())
+                    .unwrap_or_default();
+                if spec.mac.is_empty() {
+                    spec.mac = mac_for(&spec.instance_id);
+                }
+                self.ledger
+                    .put(&Placed {
+                        instance_id: spec.instance_id.clone(),
+                        node: node.clone(),
+                        cores: spec.cores,
+                        memory_mib: spec.memory_mib,
+                        disk_gib: spec.disk_gib,
+                    })
+                    .map_err(store_status)?;
+                out.push((spec, node, endpoint));
+            }
+            out
+        };
+        for (spec, node, _) in &placed {
+            tracing::info!(instance_id = %spec.instance_id, node = %node, policy = self.settings.policy.as_str(), "instance placed");
+        }
+        let launches = placed.into_iter().map(|(spec, node, endpoint)| async move {
+            let id = spec.instance_id.clone();
+            let result = async {
+                let mut client = self.client(&endpoint)?;
+                client
+                    .run_instance(RunInstanceRequest {
+                        spec: Some(spec),
+                        walrus: walrus.to_string(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+            .await;
+            match result {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!(instance_id = %id, node = %node, error = %e.message(), "node could not start the instance");
+                    let _ = self.ledger.delete(&id);
+                    InstanceStatus {
+                        instance_id: id,
+                        state: InstanceState::Terminated as i32,
+                        node,
+                        reason: format!("Server.InternalError: {}", e.message()),
+                        changed_unix_ms: time::unix_ms(),
+                        ..Default::default()
+                    }
+                }
+            }
+        });
+        Ok(futures_util::future::join_all(launches).await)
+    }
+
+    /// Terminates `id` on its node and releases what it held.
+    pub async fn terminate(&self, id: &str) -> Result<InstanceStatus, Status> {
+        let status = match self.node_of(id) {
+            Ok((_, mut client)) => client
+                .terminate_instance(proto::InstanceRef {
+                    instance_id: id.to_string(),
+                })
+                .await?
+                .into_inner(),
+            Err(e) if e.code() == tonic::Code::NotFound => InstanceStatus {
+                instance_id: id.to_string(),
+                state: InstanceState::Terminated as i32,
+                changed_unix_ms: time::unix_ms(),
+                ..Default::default()
+            },
+            Err(e) => return Err(e),
+        };
+        self.ledger.delete(&id.to_string()).map_err(store_status)?;
+        Ok(status)
+    }
+
+    /// Passes a call for `id` to its node.
+    pub async fn on_node<T, F, Fut>(&self, id: &str, call: F) -> Result<T, Status>
+    where
+        F: FnOnce(NodeClient, proto::InstanceRef) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let (_, client) = self.node_of(id)?;
+        Ok(call(
+            client,
+            proto::InstanceRef {
+                instance_id: id.to_string(),
+            },
+        )
+        .await?
+        .into_inner())
+    }
+
+    /// Records a resize in the ledger once the node accepted it.
+    pub fn resized(&self, id: &str, cores: u32, memory_mib: u64) -> Result<(), Status> {
+        if let Some(mut p) = self.ledger.get(&id.to_string()).map_err(store_status)? {
+            p.cores = cores;
+            p.memory_mib = memory_mib;
+            self.ledger.put(&p).map_err(store_status)?;
+        }
+        Ok(())
+    }
+
+    /// Room left for a resize of `id` to `cores`/`memory_mib` on its node.
+    pub fn fits_resize(&self, id: &str, cores: u32, memory_mib: u64) -> Result<bool, Status> {
+        let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+        let placed = self
+            .ledger
+            .get(&id.to_string())
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no instance {id} in this cluster")))?;
+        let Some(view) = self.views().into_iter().find(|v| v.name == placed.node) else {
+            return Ok(false);
+        };
+        let Some(r) = view.resources else {
+            return Ok(false);
+        };
+        let others: Vec<Placed> = self
+            .ledger
+            .list()
+            .map_err(store_status)?
+            .into_iter()
+            .filter(|p| p.node == placed.node && p.instance_id != id)
+            .collect();
+        let cores_used: u32 = others.iter().map(|p| p.cores).sum();
+        let memory_used: u64 = others.iter().map(|p| p.memory_mib).sum();
+        Ok(
+            cores_used + cores <= (r.cores_total as f64 * self.settings.cpu_ratio) as u32
+                && memory_used + memory_mib
+                    <= (r.memory_mib_total as f64 * self.settings.memory_ratio) as u64,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_locally_administered_and_stable() {
+        let a = mac_for("i-0123456789abcdef0");
+        assert_eq!(a, mac_for("i-0123456789abcdef0"));
+        assert!(a.starts_with("d0:0d:"));
+        assert_eq!(a.len(), 17);
+        assert_ne!(a, mac_for("i-0123456789abcdef1"));
+    }
+}

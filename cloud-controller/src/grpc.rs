@@ -24,6 +24,7 @@ use crate::{
 pub struct Cloud {
     pub registry: Arc<Registry>,
     pub accounts: Accounts,
+    pub instances: Arc<crate::instances::Instances>,
 }
 
 impl Cloud {
@@ -84,9 +85,15 @@ impl CloudService for Cloud {
         request: Request<Streaming<ClusterReport>>,
     ) -> Result<Response<Self::ReportClusterStream>, Status> {
         let (on_report, on_end) = (self.registry.clone(), self.registry.clone());
+        let instances = self.instances.clone();
         Ok(Response::new(accept_reports(
             request.into_inner(),
-            move |id, report| on_report.cluster_report(id, report, time::unix_ms()),
+            move |id, report| {
+                if let Err(e) = instances.observe(&report) {
+                    tracing::error!(error = %e, "cannot record instance states");
+                }
+                on_report.cluster_report(id, report, time::unix_ms())
+            },
             move |id, why| on_end.stream_ended(id, why),
         )))
     }

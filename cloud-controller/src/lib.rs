@@ -10,4 +10,5 @@ pub mod config;
 pub mod ec2;
 pub mod grpc;
 pub mod images;
+pub mod instances;
 pub mod registry;

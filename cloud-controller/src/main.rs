@@ -46,9 +46,14 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             first_seen_ms: time::unix_ms(),
         },
     )?;
+    let instances = Arc::new(
+        cloud_controller::instances::Instances::open(&store)
+            .context("opening the instance records")?,
+    );
     let cloud = Cloud {
         registry: Arc::new(registry),
         accounts,
+        instances: instances.clone(),
     };
     tokio::spawn(
         cloud
@@ -70,6 +75,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     let ec2 = Arc::new(Ec2 {
         cloud: cloud.clone(),
         images,
+        instances,
         secret: started.secret.clone(),
         settings: ec2::Settings {
             region: config.region.clone(),

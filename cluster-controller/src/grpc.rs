@@ -48,6 +48,30 @@ impl ClusterService for Cluster {
         )))
     }
 
+    async fn place_instances(
+        &self,
+        request: Request<RunInstancesRequest>,
+    ) -> Result<Response<RunInstancesReply>, Status> {
+        let r = request.into_inner();
+        if r.instances.is_empty() {
+            return Err(Status::invalid_argument("no instances to place"));
+        }
+        let placed = self.instances.place(r.instances)?;
+        let instances = placed
+            .into_iter()
+            .map(|(spec, node, _)| InstanceStatus {
+                instance_id: spec.instance_id,
+                state: proto::InstanceState::Pending as i32,
+                node,
+                mac: spec.mac,
+                private_ip: spec.private_ip,
+                changed_unix_ms: time::unix_ms(),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(RunInstancesReply { instances }))
+    }
+
     async fn run_instances(
         &self,
         request: Request<RunInstancesRequest>,

@@ -126,18 +126,40 @@ impl ClusterInstances {
         Ok((placed.node, self.client(&view.endpoint)?))
     }
 
-    /// Places every spec or none, records the placement, and starts each
-    /// instance on its node. Instances whose node fails to start them come
-    /// back terminated, with the reason, and hold nothing.
-    pub async fn run(
+    /// Places every spec not placed yet, or none, and records the placement
+    /// durably. Returns each spec (with its MAC) and its node's name and
+    /// endpoint.
+    pub fn place(
         &self,
         specs: Vec<InstanceSpec>,
-        walrus: &str,
-    ) -> Result<Vec<InstanceStatus>, Status> {
+    ) -> Result<Vec<(InstanceSpec, String, String)>, Status> {
+        let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+        let views = self.views();
+        let ledger = self.ledger.list().map_err(store_status)?;
+        let endpoint_of = |node: &str| {
+            views
+                .iter()
+                .find(|v| v.name == node)
+                .map(|v| v.endpoint.clone())
+                .unwrap_or_default()
+        };
+        let (mut done, specs): (Vec<_>, Vec<_>) = specs
+            .into_iter()
+            .partition(|s| ledger.iter().any(|p| p.instance_id == s.instance_id));
+        let mut already = Vec::new();
+        for mut spec in done.drain(..) {
+            let node = ledger
+                .iter()
+                .find(|p| p.instance_id == spec.instance_id)
+                .map(|p| p.node.clone())
+                .unwrap_or_default();
+            if spec.mac.is_empty() {
+                spec.mac = mac_for(&spec.instance_id);
+            }
+            let endpoint = endpoint_of(&node);
+            already.push((spec, node, endpoint));
+        }
         let placed: Vec<(InstanceSpec, String, String)> = {
-            let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
-            let views = self.views();
-            let ledger = self.ledger.list().map_err(store_status)?;
             let mut candidates: Vec<Candidate> = views
                 .iter()
                 .enumerate()
@@ -158,13 +180,14 @@ impl ClusterInstances {
                 })
                 .collect();
             let mut chosen = Vec::with_capacity(specs.len());
+            let cursor = &mut *cursor;
             for spec in &specs {
                 let need = Need {
                     cores: spec.cores,
                     memory_mib: spec.memory_mib,
                     disk_gib: spec.disk_gib,
                 };
-                let node = placement::place(&candidates, need, 1, &self.settings, &mut cursor)
+                let node = placement::place(&candidates, need, 1, &self.settings, cursor)
                     .and_then(|v| v.into_iter().next())
                     .ok_or_else(|| {
                         Status::resource_exhausted(format!(
@@ -183,11 +206,7 @@ impl ClusterInstances {
             }
             let mut out = Vec::new();
             for (mut spec, node) in specs.into_iter().zip(chosen) {
-                let endpoint = views
-                    .iter()
-                    .find(|v| v.name == node)
-                    .map(|v| v.endpoint.clone())
-                    .unwrap_or_default();
+                let endpoint = endpoint_of(&node);
                 if spec.mac.is_empty() {
                     spec.mac = mac_for(&spec.instance_id);
                 }
@@ -207,6 +226,19 @@ impl ClusterInstances {
         for (spec, node, _) in &placed {
             tracing::info!(instance_id = %spec.instance_id, node = %node, policy = self.settings.policy.as_str(), "instance placed");
         }
+        already.extend(placed);
+        Ok(already)
+    }
+
+    /// Places what is not placed yet (all or nothing) and starts each
+    /// instance on its node. Instances whose node fails to start them come
+    /// back terminated, with the reason, and hold nothing.
+    pub async fn run(
+        &self,
+        specs: Vec<InstanceSpec>,
+        walrus: &str,
+    ) -> Result<Vec<InstanceStatus>, Status> {
+        let placed = self.place(specs)?;
         let launches = placed.into_iter().map(|(spec, node, endpoint)| async move {
             let id = spec.instance_id.clone();
             let result = async {

@@ -56,6 +56,20 @@ impl Ec2 {
         }
     }
 
+    /// The image `id` of `kind` if the caller may launch it.
+    pub(super) fn launchable_image(
+        &self,
+        call: &Call,
+        id: &str,
+        kind: ImageKind,
+    ) -> Result<Image, Ec2Error> {
+        let image = self.visible_image(call, id)?;
+        if image.kind != kind {
+            return Err(not_found(&[id]));
+        }
+        Ok(image)
+    }
+
     /// The image `id` if the caller owns it.
     fn owned_image(&self, call: &Call, id: &str, what: &str) -> Result<Image, Ec2Error> {
         let image = self.visible_image(call, id)?;

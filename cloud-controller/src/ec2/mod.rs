@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod images;
+pub mod instances;
 pub mod params;
 pub mod regions;
 pub mod xml;
@@ -51,6 +52,7 @@ pub struct Settings {
 pub struct Ec2 {
     pub cloud: Cloud,
     pub images: Arc<Images>,
+    pub instances: Arc<crate::instances::Instances>,
     /// Signs the CLC's calls to the other tiers.
     pub secret: ClusterSecret,
     pub settings: Settings,
@@ -235,6 +237,14 @@ impl Ec2 {
             "DeregisterImage" => images::deregister_image(self, call),
             "DescribeImageAttribute" => images::describe_image_attribute(self, call),
             "ModifyImageAttribute" => images::modify_image_attribute(self, call),
+            "RunInstances" => instances::run_instances(self, call).await,
+            "DescribeInstances" => instances::describe_instances(self, call),
+            "TerminateInstances" => instances::terminate_instances(self, call).await,
+            "StopInstances" => instances::stop_or_start(self, call, true).await,
+            "StartInstances" => instances::stop_or_start(self, call, false).await,
+            "RebootInstances" => instances::reboot_instances(self, call).await,
+            "GetConsoleOutput" => instances::get_console_output(self, call).await,
+            "DescribeInstanceTypes" => instances::describe_instance_types(self, call),
             "DescribeRegions" => regions::describe_regions(self, call),
             "DescribeAvailabilityZones" => regions::describe_availability_zones(self, call),
             other => Err(Ec2Error::new(

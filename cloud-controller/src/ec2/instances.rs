@@ -1,0 +1,830 @@
+//! RunInstances, DescribeInstances, TerminateInstances, StopInstances,
+//! StartInstances, RebootInstances, GetConsoleOutput, DescribeInstanceTypes.
+//!
+//! RunInstances records the instances `pending`, has a cluster place them
+//! (all or nothing, MaxCount down to MinCount) and answers; the cluster
+//! starts them in the background and their states arrive with its reports.
+
+use base64::Engine;
+use common::{auth::SignCalls, time};
+use proto::{
+    cluster_service_client::ClusterServiceClient, ImageRef, InstanceRef, InstanceRefs,
+    InstanceSpec, InstanceState, RunInstancesRequest, ServiceState,
+};
+use tonic::{service::interceptor::InterceptedService, transport::Channel, Code};
+
+use super::{
+    params::{matches, Filter},
+    xml::Writer,
+    Call, Ec2, Ec2Error,
+};
+use crate::{
+    images::{Image, ImageKind},
+    instances::{state_code, InstanceRecord},
+    registry::{CLUSTER, WALRUS},
+};
+
+type ClusterClient = ClusterServiceClient<InterceptedService<Channel, SignCalls>>;
+
+fn store_error(e: impl std::fmt::Display) -> Ec2Error {
+    tracing::error!(error = %e, "instance store failed");
+    Ec2Error::internal()
+}
+
+fn well_formed(id: &str) -> bool {
+    id.strip_prefix("i-")
+        .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// An ENABLED cluster: (name, zone, endpoint).
+fn clusters(ec2: &Ec2) -> Vec<(String, String, String, bool)> {
+    let mut v: Vec<(String, String, String, bool)> = ec2
+        .cloud
+        .registry
+        .services(time::unix_ms())
+        .into_iter()
+        .filter(|s| s.service_type == CLUSTER)
+        .map(|s| {
+            (
+                s.name,
+                s.partition,
+                s.endpoint,
+                s.state == ServiceState::Enabled as i32,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+impl Ec2 {
+    fn cluster_client(&self, cluster: &str) -> Result<ClusterClient, Ec2Error> {
+        let (_, _, endpoint, up) = clusters(self)
+            .into_iter()
+            .find(|c| c.0 == cluster)
+            .ok_or_else(|| Ec2Error::unavailable(&format!("cluster {cluster} is unknown")))?;
+        if !up {
+            return Err(Ec2Error::unavailable(&format!(
+                "cluster {cluster} is not ENABLED"
+            )));
+        }
+        let channel = common::rpc::channel(&endpoint)
+            .map_err(|e| Ec2Error::unavailable(&format!("cluster {cluster}: {e}")))?;
+        Ok(ClusterServiceClient::with_interceptor(
+            channel,
+            SignCalls::new(self.secret.clone(), &self.settings.component),
+        ))
+    }
+
+    /// The caller's instances named by `InstanceId.N`; all must exist.
+    fn named_instances(&self, call: &Call) -> Result<Vec<InstanceRecord>, Ec2Error> {
+        let ids = call.params.list("InstanceId");
+        if ids.is_empty() {
+            return Err(Ec2Error::missing("InstanceId"));
+        }
+        self.own_instances(call, &ids)
+    }
+
+    fn own_instances(&self, call: &Call, ids: &[String]) -> Result<Vec<InstanceRecord>, Ec2Error> {
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            if !well_formed(id) {
+                return Err(Ec2Error::new(
+                    "InvalidInstanceID.Malformed",
+                    format!("Invalid id: \"{id}\""),
+                ));
+            }
+            match self.instances.get(id).map_err(store_error)? {
+                Some(r) if r.account_id == call.caller.account_id => out.push(r),
+                _ => missing.push(id.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Ec2Error::new(
+                "InvalidInstanceID.NotFound",
+                format!(
+                    "The instance ID{} '{}' do{} not exist",
+                    if missing.len() > 1 { "s" } else { "" },
+                    missing.join(", "),
+                    if missing.len() > 1 { "" } else { "es" }
+                ),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn image_ref(image: &Image) -> ImageRef {
+    ImageRef {
+        id: image.image_id.clone(),
+        bucket: image.bucket.clone(),
+        key: image.key.clone(),
+        sha256: image.sha256.clone(),
+        size: image.size,
+    }
+}
+
+fn capacity_error(status: &tonic::Status) -> bool {
+    status.code() == Code::ResourceExhausted
+}
+
+/// RunInstances.
+pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let me = &call.caller.account_id;
+    let image_id = p.required("ImageId")?;
+    let image = ec2.launchable_image(call, image_id, ImageKind::Machine)?;
+    let type_name = p.get("InstanceType").unwrap_or("m1.small");
+    let itype = ec2
+        .instances
+        .instance_type(type_name)
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            Ec2Error::invalid_value("InstanceType", type_name, "No such instance type.")
+        })?;
+    let min = p.int("MinCount", 1..=1000)?.unwrap_or(1) as usize;
+    let max = p.int("MaxCount", 1..=1000)?.unwrap_or(min as i64) as usize;
+    if min > max {
+        return Err(Ec2Error::invalid_value(
+            "MinCount",
+            &min.to_string(),
+            "MinCount must not be greater than MaxCount.",
+        ));
+    }
+    let kernel_id = p
+        .get("KernelId")
+        .map(str::to_string)
+        .or(image.kernel_id.clone());
+    let ramdisk_id = p
+        .get("RamdiskId")
+        .map(str::to_string)
+        .or(image.ramdisk_id.clone());
+    let kernel = match &kernel_id {
+        Some(k) => Some(
+            ec2.launchable_image(call, k, ImageKind::Kernel)
+                .map_err(|_| {
+                    Ec2Error::new(
+                        "InvalidAKIID.NotFound",
+                        format!("The kernel ID '{k}' does not exist"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let ramdisk = match &ramdisk_id {
+        Some(r) => Some(
+            ec2.launchable_image(call, r, ImageKind::Ramdisk)
+                .map_err(|_| {
+                    Ec2Error::new(
+                        "InvalidARIID.NotFound",
+                        format!("The ramdisk ID '{r}' does not exist"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let user_data = match p.get("UserData") {
+        None => None,
+        Some(u) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(u.trim())
+                .map_err(|_| {
+                    Ec2Error::invalid_value(
+                        "UserData",
+                        "(omitted)",
+                        "Invalid BASE64 encoding of user data.",
+                    )
+                })?;
+            if decoded.len() > 16 * 1024 {
+                return Err(Ec2Error::invalid_value(
+                    "UserData",
+                    "(omitted)",
+                    "User data is limited to 16384 bytes.",
+                ));
+            }
+            Some(u.trim().to_string())
+        }
+    };
+    let zone_wanted = p
+        .get("Placement.AvailabilityZone")
+        .filter(|z| !z.is_empty());
+    let all = clusters(ec2);
+    let cluster = match zone_wanted {
+        Some(z) => all.iter().find(|c| c.1 == z).ok_or_else(|| {
+            Ec2Error::invalid_value("AvailabilityZone", z, "Invalid availability zone.")
+        })?,
+        None => all.iter().find(|c| c.3).ok_or_else(|| {
+            Ec2Error::new(
+                "InsufficientInstanceCapacity",
+                "No availability zone is available.",
+            )
+            .status(http::StatusCode::SERVICE_UNAVAILABLE)
+        })?,
+    }
+    .clone();
+    let client_token = p
+        .get("ClientToken")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    if let Some(token) = &client_token {
+        if token.len() > 64 {
+            return Err(Ec2Error::invalid_value(
+                "ClientToken",
+                token,
+                "At most 64 characters.",
+            ));
+        }
+        let earlier: Vec<InstanceRecord> = ec2
+            .instances
+            .list()
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|r| r.account_id == *me && r.client_token.as_deref() == Some(token))
+            .collect();
+        if !earlier.is_empty() {
+            if earlier[0].image_id != image.image_id || earlier[0].instance_type != itype.name {
+                return Err(Ec2Error::new(
+                    "IdempotentParameterMismatch",
+                    "The client token was already used with different parameters",
+                ));
+            }
+            return Ok(reservation_response(call, &earlier));
+        }
+    }
+    call.dry_run_check()?;
+    let walrus = ec2
+        .cloud
+        .registry
+        .services(time::unix_ms())
+        .into_iter()
+        .find(|s| s.service_type == WALRUS && s.state == ServiceState::Enabled as i32)
+        .map(|s| s.endpoint)
+        .ok_or_else(|| Ec2Error::unavailable("no Walrus is ENABLED"))?;
+    let mut client = ec2.cluster_client(&cluster.0)?;
+    let reservation_id = common::ids::resource_id("r");
+    let now = time::unix_ms();
+    let mut last_error = None;
+    for count in (min..=max).rev() {
+        let records: Vec<InstanceRecord> = (0..count)
+            .map(|i| InstanceRecord {
+                instance_id: common::ids::resource_id("i"),
+                reservation_id: reservation_id.clone(),
+                account_id: me.clone(),
+                image_id: image.image_id.clone(),
+                kernel_id: kernel.as_ref().map(|k| k.image_id.clone()),
+                ramdisk_id: ramdisk.as_ref().map(|r| r.image_id.clone()),
+                instance_type: itype.name.clone(),
+                zone: cluster.1.clone(),
+                cluster: cluster.0.clone(),
+                node: String::new(),
+                state: "pending".into(),
+                state_reason: String::new(),
+                launch_ms: now,
+                changed_ms: now,
+                key_name: p.get("KeyName").map(str::to_string),
+                user_data: user_data.clone(),
+                client_token: client_token.clone(),
+                launch_index: i as u32,
+                private_ip: String::new(),
+                mac: String::new(),
+            })
+            .collect();
+        let specs: Vec<InstanceSpec> = records
+            .iter()
+            .map(|r| InstanceSpec {
+                instance_id: r.instance_id.clone(),
+                account_id: r.account_id.clone(),
+                instance_type: itype.name.clone(),
+                cores: itype.cores,
+                memory_mib: itype.memory_mib,
+                disk_gib: itype.disk_gib,
+                image: Some(image_ref(&image)),
+                kernel: kernel.as_ref().map(image_ref),
+                ramdisk: ramdisk.as_ref().map(image_ref),
+                user_data: r
+                    .user_data
+                    .as_ref()
+                    .and_then(|u| base64::engine::general_purpose::STANDARD.decode(u).ok())
+                    .unwrap_or_default(),
+                key_name: r.key_name.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        // Recorded before any tier below hears of them.
+        ec2.instances.create(&records).map_err(store_error)?;
+        let placed = client
+            .place_instances(RunInstancesRequest {
+                instances: specs.clone(),
+                walrus: walrus.clone(),
+            })
+            .await;
+        match placed {
+            Ok(reply) => {
+                let mut records = records;
+                for s in reply.into_inner().instances {
+                    if let Some(r) = records.iter_mut().find(|r| r.instance_id == s.instance_id) {
+                        r.node = s.node.clone();
+                        r.mac = s.mac.clone();
+                    }
+                    let _ = ec2
+                        .instances
+                        .set_state(&s.instance_id, "pending", "", Some(&s.node));
+                }
+                tracing::info!(reservation_id = %reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.1, "instances placed");
+                let instances = ec2.instances.clone();
+                let walrus = walrus.clone();
+                tokio::spawn(async move {
+                    match client
+                        .run_instances(RunInstancesRequest {
+                            instances: specs,
+                            walrus,
+                        })
+                        .await
+                    {
+                        Ok(reply) => {
+                            for s in reply.into_inner().instances {
+                                if s.state == InstanceState::Terminated as i32 {
+                                    let _ = instances.set_state(
+                                        &s.instance_id,
+                                        "terminated",
+                                        &s.reason,
+                                        None,
+                                    );
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e.message(), "the cluster could not start the instances");
+                        }
+                    }
+                });
+                return Ok(reservation_response(call, &records));
+            }
+            Err(status) => {
+                for r in &records {
+                    let _ = ec2.instances.remove(&r.instance_id);
+                }
+                if !capacity_error(&status) {
+                    return Err(Ec2Error::unavailable(&format!(
+                        "cluster {}: {}",
+                        cluster.0,
+                        status.message()
+                    )));
+                }
+                last_error = Some(status);
+            }
+        }
+    }
+    Err(Ec2Error::new(
+        "InsufficientInstanceCapacity",
+        format!(
+            "There is not enough capacity to fulfill your request for {min} instance(s) of {}. {}",
+            itype.name,
+            last_error
+                .map(|s| s.message().to_string())
+                .unwrap_or_default()
+        ),
+    ))
+}
+
+fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>) {
+    w.open("item")
+        .elem("instanceId", &r.instance_id)
+        .elem("imageId", &r.image_id)
+        .open("instanceState")
+        .elem("code", &r.state_code().to_string())
+        .elem("name", &r.state)
+        .close("instanceState")
+        .elem("privateDnsName", "")
+        .elem("dnsName", "")
+        .elem("reason", &r.state_reason)
+        .opt("keyName", r.key_name.as_deref())
+        .elem("amiLaunchIndex", &r.launch_index.to_string())
+        .open("productCodes")
+        .close("productCodes")
+        .elem("instanceType", &r.instance_type)
+        .elem("launchTime", &time::iso8601_ms(r.launch_ms))
+        .open("placement")
+        .elem("availabilityZone", &r.zone)
+        .elem("groupName", "")
+        .elem("tenancy", "default")
+        .close("placement")
+        .opt("kernelId", r.kernel_id.as_deref())
+        .opt("ramdiskId", r.ramdisk_id.as_deref())
+        .open("monitoring")
+        .elem("state", "disabled")
+        .close("monitoring")
+        .opt("privateIpAddress", Some(&r.private_ip))
+        .elem(
+            "architecture",
+            image.map_or("x86_64", |i| i.architecture.as_str()),
+        )
+        .elem("rootDeviceType", "instance-store")
+        .open("blockDeviceMapping")
+        .close("blockDeviceMapping")
+        .elem(
+            "virtualizationType",
+            image.map_or("paravirtual", |i| i.virtualization_type.as_str()),
+        )
+        .opt("clientToken", r.client_token.as_deref())
+        .elem("hypervisor", "xen");
+    if !r.state_reason.is_empty() {
+        let code = r.state_reason.split(':').next().unwrap_or("");
+        w.open("stateReason")
+            .elem("code", code)
+            .elem("message", &r.state_reason)
+            .close("stateReason");
+    }
+    w.close("item");
+}
+
+fn reservation_response(call: &Call, records: &[InstanceRecord]) -> String {
+    let mut w = call.writer();
+    w.elem("reservationId", &records[0].reservation_id)
+        .elem("ownerId", &call.caller.account_id)
+        .open("groupSet")
+        .close("groupSet")
+        .open("instancesSet");
+    for r in records {
+        write_instance(&mut w, r, None);
+    }
+    w.close("instancesSet");
+    w.finish()
+}
+
+fn filter_values(r: &InstanceRecord, name: &str) -> Result<Vec<String>, Ec2Error> {
+    let v = |s: &str| vec![s.to_string()];
+    Ok(match name {
+        "instance-id" => v(&r.instance_id),
+        "instance-state-name" => v(&r.state),
+        "instance-state-code" => v(&state_code(&r.state).to_string()),
+        "image-id" => v(&r.image_id),
+        "instance-type" => v(&r.instance_type),
+        "availability-zone" => v(&r.zone),
+        "private-ip-address" => v(&r.private_ip),
+        "key-name" => r.key_name.iter().cloned().collect(),
+        "reservation-id" => v(&r.reservation_id),
+        "kernel-id" => r.kernel_id.iter().cloned().collect(),
+        "ramdisk-id" => r.ramdisk_id.iter().cloned().collect(),
+        "client-token" => r.client_token.iter().cloned().collect(),
+        "owner-id" => v(&r.account_id),
+        other => {
+            return Err(Ec2Error::invalid_value(
+                "Filter",
+                other,
+                "The filter is invalid for DescribeInstances.",
+            ))
+        }
+    })
+}
+
+fn passes(r: &InstanceRecord, filters: &[Filter]) -> Result<bool, Ec2Error> {
+    for f in filters {
+        let have = filter_values(r, &f.name)?;
+        if !f
+            .values
+            .iter()
+            .any(|want| have.iter().any(|h| matches(want, h)))
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// DescribeInstances.
+pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let ids = p.list("InstanceId");
+    let filters = p.filters()?;
+    let max = p.int("MaxResults", 5..=1000)?;
+    if max.is_some() && !ids.is_empty() {
+        return Err(Ec2Error::new(
+            "InvalidParameterCombination",
+            "The parameter instancesSet cannot be used with the parameter maxResults",
+        ));
+    }
+    call.dry_run_check()?;
+    let mut records = if ids.is_empty() {
+        ec2.instances
+            .list()
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|r| r.account_id == call.caller.account_id)
+            .collect()
+    } else {
+        ec2.own_instances(call, &ids)?
+    };
+    let mut kept = Vec::new();
+    for r in records.drain(..) {
+        if passes(&r, &filters)? {
+            kept.push(r);
+        }
+    }
+    kept.sort_by(|a, b| {
+        (a.launch_ms, &a.reservation_id, a.launch_index).cmp(&(
+            b.launch_ms,
+            &b.reservation_id,
+            b.launch_index,
+        ))
+    });
+    let token = p.get("NextToken");
+    if let Some(t) = token {
+        let at = kept
+            .iter()
+            .position(|r| r.instance_id == t)
+            .ok_or_else(|| Ec2Error::invalid_value("NextToken", t, "The token is invalid."))?;
+        kept.drain(..at);
+    }
+    let mut next = None;
+    if let Some(max) = max {
+        if kept.len() > max as usize {
+            next = Some(kept[max as usize].instance_id.clone());
+            kept.truncate(max as usize);
+        }
+    }
+    let images: std::collections::HashMap<String, Image> = ec2
+        .images
+        .list()
+        .map_err(store_error)?
+        .into_iter()
+        .map(|i| (i.image_id.clone(), i))
+        .collect();
+    let mut w = call.writer();
+    w.open("reservationSet");
+    let mut i = 0;
+    while i < kept.len() {
+        let rid = kept[i].reservation_id.clone();
+        w.open("item")
+            .elem("reservationId", &rid)
+            .elem("ownerId", &kept[i].account_id)
+            .open("groupSet")
+            .close("groupSet")
+            .open("instancesSet");
+        while i < kept.len() && kept[i].reservation_id == rid {
+            write_instance(&mut w, &kept[i], images.get(&kept[i].image_id));
+            i += 1;
+        }
+        w.close("instancesSet").close("item");
+    }
+    w.close("reservationSet").opt("nextToken", next.as_deref());
+    Ok(w.finish())
+}
+
+fn state_change(w: &mut Writer, id: &str, previous: &str, current: &str) {
+    w.open("item")
+        .elem("instanceId", id)
+        .open("currentState")
+        .elem("code", &state_code(current).to_string())
+        .elem("name", current)
+        .close("currentState")
+        .open("previousState")
+        .elem("code", &state_code(previous).to_string())
+        .elem("name", previous)
+        .close("previousState")
+        .close("item");
+}
+
+fn incorrect_state(r: &InstanceRecord, what: &str) -> Ec2Error {
+    Ec2Error::new(
+        "IncorrectInstanceState",
+        format!(
+            "The instance '{}' is not in a state from which it can be {what}.",
+            r.instance_id
+        ),
+    )
+}
+
+/// TerminateInstances.
+pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let records = ec2.named_instances(call)?;
+    call.dry_run_check()?;
+    let mut w = call.writer();
+    w.open("instancesSet");
+    for r in &records {
+        if r.state == "terminated" {
+            state_change(&mut w, &r.instance_id, "terminated", "terminated");
+            continue;
+        }
+        ec2.instances
+            .set_state(
+                &r.instance_id,
+                "shutting-down",
+                "Client.UserInitiatedShutdown: User initiated shutdown",
+                None,
+            )
+            .map_err(store_error)?;
+        state_change(&mut w, &r.instance_id, &r.state, "shutting-down");
+        let instances = ec2.instances.clone();
+        let client = ec2.cluster_client(&r.cluster);
+        let id = r.instance_id.clone();
+        tokio::spawn(async move {
+            let done = match client {
+                Ok(mut c) => c
+                    .terminate_instances(InstanceRefs {
+                        instance_ids: vec![id.clone()],
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.message().to_string()),
+                Err(e) => Err(e.message),
+            };
+            match done {
+                Ok(()) => {
+                    let _ = instances.set_state(
+                        &id,
+                        "terminated",
+                        "Client.UserInitiatedShutdown: User initiated shutdown",
+                        None,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(instance_id = %id, error = %e, "terminate failed; it stays shutting-down")
+                }
+            }
+        });
+    }
+    w.close("instancesSet");
+    Ok(w.finish())
+}
+
+/// StopInstances and StartInstances.
+pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String, Ec2Error> {
+    let records = ec2.named_instances(call)?;
+    for r in &records {
+        let ok = if stop {
+            matches!(
+                r.state.as_str(),
+                "running" | "pending" | "stopping" | "stopped"
+            )
+        } else {
+            matches!(r.state.as_str(), "stopped" | "running" | "pending")
+        };
+        if !ok {
+            return Err(incorrect_state(r, if stop { "stopped" } else { "started" }));
+        }
+    }
+    call.dry_run_check()?;
+    let mut w = call.writer();
+    w.open("instancesSet");
+    for r in &records {
+        let noop = if stop {
+            matches!(r.state.as_str(), "stopping" | "stopped")
+        } else {
+            matches!(r.state.as_str(), "running" | "pending")
+        };
+        if noop {
+            state_change(&mut w, &r.instance_id, &r.state, &r.state);
+            continue;
+        }
+        let next = if stop { "stopping" } else { "pending" };
+        ec2.instances
+            .set_state(
+                &r.instance_id,
+                next,
+                if stop {
+                    "Client.UserInitiatedShutdown: User initiated shutdown"
+                } else {
+                    ""
+                },
+                None,
+            )
+            .map_err(store_error)?;
+        let mut client = ec2.cluster_client(&r.cluster)?;
+        let refs = InstanceRefs {
+            instance_ids: vec![r.instance_id.clone()],
+        };
+        let answer = if stop {
+            client.stop_instances(refs).await
+        } else {
+            client.start_instances(refs).await
+        };
+        if let Err(e) = answer {
+            ec2.instances
+                .set_state(&r.instance_id, &r.state, &r.state_reason, None)
+                .map_err(store_error)?;
+            return Err(Ec2Error::unavailable(&format!(
+                "cluster {}: {}",
+                r.cluster,
+                e.message()
+            )));
+        }
+        state_change(&mut w, &r.instance_id, &r.state, next);
+    }
+    w.close("instancesSet");
+    Ok(w.finish())
+}
+
+/// RebootInstances.
+pub async fn reboot_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let records = ec2.named_instances(call)?;
+    for r in &records {
+        if r.state != "running" {
+            return Err(incorrect_state(r, "rebooted"));
+        }
+    }
+    call.dry_run_check()?;
+    for r in &records {
+        ec2.cluster_client(&r.cluster)?
+            .reboot_instances(InstanceRefs {
+                instance_ids: vec![r.instance_id.clone()],
+            })
+            .await
+            .map_err(|e| {
+                Ec2Error::unavailable(&format!("cluster {}: {}", r.cluster, e.message()))
+            })?;
+    }
+    let mut w = call.writer();
+    w.bool("return", true);
+    Ok(w.finish())
+}
+
+/// GetConsoleOutput: the guest's serial log, base64.
+pub async fn get_console_output(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let id = call.params.required("InstanceId")?.to_string();
+    let r = ec2
+        .own_instances(call, std::slice::from_ref(&id))?
+        .remove(0);
+    call.dry_run_check()?;
+    let output = if r.state == "terminated" || r.node.is_empty() {
+        Vec::new()
+    } else {
+        match ec2
+            .cluster_client(&r.cluster)?
+            .get_console_output(InstanceRef {
+                instance_id: id.clone(),
+            })
+            .await
+        {
+            Ok(o) => o.into_inner().output,
+            Err(e) if e.code() == Code::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(Ec2Error::unavailable(&format!(
+                    "cluster {}: {}",
+                    r.cluster,
+                    e.message()
+                )))
+            }
+        }
+    };
+    let mut w = call.writer();
+    w.elem("instanceId", &id)
+        .elem("timestamp", &time::iso8601_ms(time::unix_ms()))
+        .elem(
+            "output",
+            &base64::engine::general_purpose::STANDARD.encode(output),
+        );
+    Ok(w.finish())
+}
+
+/// DescribeInstanceTypes, from the admin-editable table.
+pub fn describe_instance_types(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let wanted = call.params.list("InstanceType");
+    call.dry_run_check()?;
+    let types = ec2.instances.instance_types().map_err(store_error)?;
+    for t in &wanted {
+        if !types.iter().any(|x| &x.name == t) {
+            return Err(Ec2Error::invalid_value(
+                "InstanceType",
+                t,
+                "No such instance type.",
+            ));
+        }
+    }
+    let mut w = call.writer();
+    w.open("instanceTypeSet");
+    for t in types
+        .iter()
+        .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+    {
+        w.open("item")
+            .elem("instanceType", &t.name)
+            .bool("currentGeneration", true)
+            .bool("bareMetal", false)
+            .elem("hypervisor", "xen")
+            .open("processorInfo")
+            .open("supportedArchitectures")
+            .elem("item", "x86_64")
+            .close("supportedArchitectures")
+            .close("processorInfo")
+            .open("vCpuInfo")
+            .elem("defaultVCpus", &t.cores.to_string())
+            .elem("defaultCores", &t.cores.to_string())
+            .elem("defaultThreadsPerCore", "1")
+            .close("vCpuInfo")
+            .open("memoryInfo")
+            .elem("sizeInMiB", &t.memory_mib.to_string())
+            .close("memoryInfo")
+            .bool("instanceStorageSupported", true)
+            .open("instanceStorageInfo")
+            .elem("totalSizeInGB", &t.disk_gib.to_string())
+            .close("instanceStorageInfo")
+            .open("supportedRootDeviceTypes")
+            .elem("item", "instance-store")
+            .close("supportedRootDeviceTypes")
+            .close("item");
+    }
+    w.close("instanceTypeSet");
+    Ok(w.finish())
+}

@@ -1,0 +1,402 @@
+//! Instance records, the cloud's state of record for instances, and the
+//! instance types they are launched as.
+//!
+//! An instance is recorded `pending` before any tier below hears of it. From
+//! then on its state is what its node reports (through its cluster), except
+//! that the CLC remembers `terminated` instances for an hour, as EC2 shows
+//! them, and that a stop or terminate in progress shows as `stopping` /
+//! `shutting-down` until the node confirms.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use common::{
+    store::{Record, Store, StoreError, Table},
+    time,
+};
+use proto::{ClusterReport, InstanceState};
+use serde::{Deserialize, Serialize};
+
+/// How long terminated instances stay visible.
+pub const TERMINATED_VISIBLE_MS: i64 = 60 * 60 * 1000;
+
+/// An instance type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceType {
+    pub name: String,
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+impl Record for InstanceType {
+    const TABLE: &'static str = "instance_types";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Eucalyptus' 18 instance types: name, cores, memory MiB, disk GiB.
+pub const SEED_TYPES: [(&str, u32, u64, u64); 18] = [
+    ("t1.micro", 1, 256, 5),
+    ("m1.small", 1, 256, 5),
+    ("m1.medium", 1, 512, 10),
+    ("c1.medium", 2, 512, 10),
+    ("m1.large", 2, 512, 10),
+    ("m1.xlarge", 2, 1024, 10),
+    ("c1.xlarge", 2, 2048, 10),
+    ("m2.xlarge", 2, 2048, 10),
+    ("m3.xlarge", 4, 2048, 15),
+    ("m2.2xlarge", 2, 4096, 30),
+    ("m3.2xlarge", 4, 4096, 30),
+    ("cc1.4xlarge", 8, 3072, 60),
+    ("m2.4xlarge", 8, 4096, 60),
+    ("hi1.4xlarge", 8, 6144, 120),
+    ("cc2.8xlarge", 16, 6144, 120),
+    ("cg1.4xlarge", 16, 12288, 200),
+    ("cr1.8xlarge", 16, 16384, 240),
+    ("hs1.8xlarge", 48, 119808, 24000),
+];
+
+/// One instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub reservation_id: String,
+    pub account_id: String,
+    pub image_id: String,
+    pub kernel_id: Option<String>,
+    pub ramdisk_id: Option<String>,
+    pub instance_type: String,
+    pub zone: String,
+    pub cluster: String,
+    pub node: String,
+    /// EC2's name: pending, running, stopping, stopped, shutting-down, terminated.
+    pub state: String,
+    pub state_reason: String,
+    pub launch_ms: i64,
+    pub changed_ms: i64,
+    pub key_name: Option<String>,
+    /// Base64, as given.
+    pub user_data: Option<String>,
+    pub client_token: Option<String>,
+    pub launch_index: u32,
+    pub private_ip: String,
+    pub mac: String,
+}
+
+impl Record for InstanceRecord {
+    const TABLE: &'static str = "instances";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.instance_id.clone()
+    }
+}
+
+impl InstanceRecord {
+    /// EC2's state code.
+    pub fn state_code(&self) -> u32 {
+        state_code(&self.state)
+    }
+}
+
+/// EC2's numeric state codes.
+pub fn state_code(state: &str) -> u32 {
+    match state {
+        "pending" => 0,
+        "running" => 16,
+        "shutting-down" => 32,
+        "terminated" => 48,
+        "stopping" => 64,
+        "stopped" => 80,
+        _ => 0,
+    }
+}
+
+fn state_name(s: InstanceState) -> &'static str {
+    match s {
+        InstanceState::Running => "running",
+        InstanceState::ShuttingDown => "shutting-down",
+        InstanceState::Terminated => "terminated",
+        InstanceState::Stopping => "stopping",
+        InstanceState::Stopped => "stopped",
+        InstanceState::Pending | InstanceState::Unspecified => "pending",
+    }
+}
+
+/// The instance records.
+#[derive(Debug)]
+pub struct Instances {
+    table: Table<InstanceRecord>,
+    types: Table<InstanceType>,
+    /// Serializes read-modify-write of records (reports against calls).
+    writing: Mutex<()>,
+}
+
+impl Instances {
+    /// The records in `store`; seeds the instance types on first start.
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        let this = Self {
+            table: store.table()?,
+            types: store.table()?,
+            writing: Mutex::new(()),
+        };
+        if this.types.is_empty() {
+            for (name, cores, memory_mib, disk_gib) in SEED_TYPES {
+                this.types.put(&InstanceType {
+                    name: name.into(),
+                    cores,
+                    memory_mib,
+                    disk_gib,
+                })?;
+            }
+        }
+        Ok(this)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instance type `name`.
+    pub fn instance_type(&self, name: &str) -> Result<Option<InstanceType>, StoreError> {
+        self.types.get(&name.to_string())
+    }
+
+    /// Every instance type, by name.
+    pub fn instance_types(&self) -> Result<Vec<InstanceType>, StoreError> {
+        self.types.list()
+    }
+
+    /// Records new instances (durably, all of them).
+    pub fn create(&self, records: &[InstanceRecord]) -> Result<(), StoreError> {
+        let _w = self.lock();
+        for r in records {
+            self.table.put(r)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets instance `id` (a launch that never happened).
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let _w = self.lock();
+        self.table.delete(&id.to_string()).map(|_| ())
+    }
+
+    /// The instance `id`.
+    pub fn get(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        self.table.get(&id.to_string())
+    }
+
+    /// Every instance, terminated ones past their hour dropped.
+    pub fn list(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let now = time::unix_ms();
+        let (live, expired): (Vec<_>, Vec<_>) =
+            self.table.list()?.into_iter().partition(|r| {
+                r.state != "terminated" || now - r.changed_ms < TERMINATED_VISIBLE_MS
+            });
+        if !expired.is_empty() {
+            let _w = self.lock();
+            for r in expired {
+                self.table.delete(&r.instance_id)?;
+            }
+        }
+        Ok(live)
+    }
+
+    /// Sets the state of `id` (from a call's answer), unless it is already
+    /// terminated.
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: &str,
+        reason: &str,
+        node: Option<&str>,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        let _w = self.lock();
+        let Some(mut r) = self.table.get(&id.to_string())? else {
+            return Ok(None);
+        };
+        if r.state == "terminated" {
+            return Ok(Some(r));
+        }
+        if let Some(n) = node.filter(|n| !n.is_empty()) {
+            r.node = n.to_string();
+        }
+        if r.state != state {
+            r.state = state.to_string();
+            r.state_reason = reason.to_string();
+            r.changed_ms = time::unix_ms();
+        }
+        self.table.put(&r)?;
+        Ok(Some(r))
+    }
+
+    /// Changes the type (and so the size) of `id`.
+    pub fn set_type(&self, id: &str, instance_type: &str) -> Result<(), StoreError> {
+        let _w = self.lock();
+        if let Some(mut r) = self.table.get(&id.to_string())? {
+            r.instance_type = instance_type.to_string();
+            self.table.put(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the states a cluster reports for its instances. An instance a
+    /// call has put in `stopping` or `shutting-down` keeps that until the
+    /// node shows it stopped or gone.
+    pub fn observe(&self, report: &ClusterReport) -> Result<(), StoreError> {
+        let mut reported: BTreeMap<String, (&str, String, String, String, String)> =
+            BTreeMap::new();
+        for node in &report.nodes {
+            for s in &node.instances {
+                let state = InstanceState::try_from(s.state).unwrap_or(InstanceState::Pending);
+                reported.insert(
+                    s.instance_id.clone(),
+                    (
+                        state_name(state),
+                        s.reason.clone(),
+                        node.name.clone(),
+                        s.private_ip.clone(),
+                        s.mac.clone(),
+                    ),
+                );
+            }
+        }
+        let _w = self.lock();
+        for (id, (state, reason, node, ip, mac)) in reported {
+            let Some(mut r) = self.table.get(&id)? else {
+                continue;
+            };
+            if r.cluster != report.cluster_name || r.state == "terminated" {
+                continue;
+            }
+            let keep = matches!(
+                (r.state.as_str(), state),
+                ("stopping", "running") | ("shutting-down", _)
+            );
+            if keep || (r.state == state && r.node == node && r.private_ip == ip && r.mac == mac) {
+                continue;
+            }
+            if r.state != state {
+                tracing::info!(instance_id = %id, from = %r.state, to = state, "instance state");
+                r.state = state.to_string();
+                r.state_reason = reason;
+                r.changed_ms = time::unix_ms();
+            }
+            r.node = node;
+            if !ip.is_empty() {
+                r.private_ip = ip;
+            }
+            if !mac.is_empty() {
+                r.mac = mac;
+            }
+            self.table.put(&r)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{InstanceStatus, NodeView};
+
+    fn record(id: &str) -> InstanceRecord {
+        InstanceRecord {
+            instance_id: id.into(),
+            reservation_id: "r-1".into(),
+            account_id: "111".into(),
+            image_id: "ami-1".into(),
+            kernel_id: None,
+            ramdisk_id: None,
+            instance_type: "m1.small".into(),
+            zone: "zone-1".into(),
+            cluster: "cluster-1".into(),
+            node: String::new(),
+            state: "pending".into(),
+            state_reason: String::new(),
+            launch_ms: 0,
+            changed_ms: time::unix_ms(),
+            key_name: None,
+            user_data: None,
+            client_token: None,
+            launch_index: 0,
+            private_ip: String::new(),
+            mac: String::new(),
+        }
+    }
+
+    fn report(id: &str, state: InstanceState) -> ClusterReport {
+        ClusterReport {
+            cluster_name: "cluster-1".into(),
+            nodes: vec![NodeView {
+                name: "nc-1".into(),
+                instances: vec![InstanceStatus {
+                    instance_id: id.into(),
+                    state: state as i32,
+                    node: "nc-1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn types_are_seeded_and_reports_drive_states() {
+        let store = Store::temporary().expect("store");
+        let instances = Instances::open(&store).expect("open");
+        assert_eq!(instances.instance_types().expect("types").len(), 18);
+        let small = instances
+            .instance_type("m1.small")
+            .expect("get")
+            .expect("there");
+        assert_eq!((small.cores, small.memory_mib, small.disk_gib), (1, 256, 5));
+        instances.create(&[record("i-1")]).expect("create");
+        instances
+            .observe(&report("i-1", InstanceState::Running))
+            .expect("observe");
+        let r = instances.get("i-1").expect("get").expect("there");
+        assert_eq!(
+            (r.state.as_str(), r.node.as_str(), r.state_code()),
+            ("running", "nc-1", 16)
+        );
+        // A stop in progress is not undone by a report from before it.
+        instances
+            .set_state("i-1", "stopping", "", None)
+            .expect("stopping");
+        instances
+            .observe(&report("i-1", InstanceState::Running))
+            .expect("observe");
+        assert_eq!(
+            instances.get("i-1").expect("get").expect("there").state,
+            "stopping"
+        );
+        instances
+            .observe(&report("i-1", InstanceState::Stopped))
+            .expect("observe");
+        assert_eq!(
+            instances.get("i-1").expect("get").expect("there").state,
+            "stopped"
+        );
+        instances
+            .set_state("i-1", "terminated", "", None)
+            .expect("terminated");
+        instances
+            .observe(&report("i-1", InstanceState::Running))
+            .expect("observe");
+        assert_eq!(
+            instances.get("i-1").expect("get").expect("there").state,
+            "terminated"
+        );
+        assert_eq!(
+            instances.list().expect("list").len(),
+            1,
+            "visible for an hour"
+        );
+    }
+}

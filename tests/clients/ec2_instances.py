@@ -1,0 +1,164 @@
+"""Instances through the EC2 API with boto3: the tiny guest registered from
+Walrus, run, waited for, its console read, stopped, started, rebooted,
+terminated; MaxCount, capacity and account isolation.
+
+Environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (owner),
+GUMTREE_OTHER_KEY / GUMTREE_OTHER_SECRET (second account),
+GUMTREE_EC2_ENDPOINT, GUMTREE_S3_ENDPOINT, GUMTREE_TINY_GUEST (directory).
+"""
+
+import base64
+import os
+import time
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, WaiterError
+
+EC2 = os.environ["GUMTREE_EC2_ENDPOINT"]
+S3 = os.environ["GUMTREE_S3_ENDPOINT"]
+TINY = os.environ["GUMTREE_TINY_GUEST"]
+cfg = Config(retries={"max_attempts": 1})
+ec2 = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg)
+s3 = boto3.client("s3", endpoint_url=S3, region_name="gumtree", config=cfg)
+other = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg,
+                     aws_access_key_id=os.environ["GUMTREE_OTHER_KEY"],
+                     aws_secret_access_key=os.environ["GUMTREE_OTHER_SECRET"])
+MARKER = "GUMTREE-BOOT-OK"
+
+
+def code_of(fn, **kwargs):
+    try:
+        fn(**kwargs)
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"{fn.__name__} should have failed")
+
+
+def check(name):
+    print(f"ok: {name}", flush=True)
+
+
+def console(iid):
+    out = ec2.get_console_output(InstanceId=iid).get("Output", "")
+    return out
+
+
+def wait_console(iid, count=1, timeout=180):
+    start = time.time()
+    while time.time() - start < timeout:
+        text = console(iid)
+        if text.count(MARKER) >= count:
+            return time.time() - start
+        time.sleep(1)
+    raise AssertionError(f"{iid}: {count} boot marker(s) not seen in {timeout}s:\n{console(iid)}")
+
+
+def state(iid):
+    r = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return r["State"]["Name"]
+
+
+def waiter(name, ids):
+    ec2.get_waiter(name).wait(InstanceIds=ids, WaiterConfig={"Delay": 2, "MaxAttempts": 90})
+
+
+s3.create_bucket(Bucket="tiny", CreateBucketConfiguration={"LocationConstraint": "gumtree"})
+for name, kind in [("vmlinuz", "kernel"), ("initrd.gz", "ramdisk"), ("disk.img", None)]:
+    with open(os.path.join(TINY, name), "rb") as f:
+        extra = {"Metadata": {"image-type": kind}} if kind else {}
+        s3.put_object(Bucket="tiny", Key=name, Body=f.read(), **extra)
+aki = ec2.register_image(ImageLocation="tiny/vmlinuz", Name="tiny-kernel")["ImageId"]
+ari = ec2.register_image(ImageLocation="tiny/initrd.gz", Name="tiny-ramdisk")["ImageId"]
+ami = ec2.register_image(ImageLocation="tiny/disk.img", Name="tiny", KernelId=aki, RamdiskId=ari)["ImageId"]
+check("tiny guest registered")
+
+types = {t["InstanceType"]: t for t in ec2.describe_instance_types()["InstanceTypes"]}
+assert len(types) == 18 and types["m1.small"]["VCpuInfo"]["DefaultVCpus"] == 1, types.keys()
+assert types["m1.small"]["MemoryInfo"]["SizeInMiB"] == 256
+check("DescribeInstanceTypes: Eucalyptus' 18 types")
+
+# Errors first: nothing may be left behind by them.
+assert code_of(ec2.run_instances, ImageId="ami-00000000000000000", MinCount=1, MaxCount=1) == (
+    "InvalidAMIID.NotFound", 400)
+assert code_of(ec2.run_instances, ImageId=aki, MinCount=1, MaxCount=1) == ("InvalidAMIID.NotFound", 400)
+assert code_of(ec2.run_instances, ImageId=ami, InstanceType="m9.huge", MinCount=1, MaxCount=1) == (
+    "InvalidParameterValue", 400)
+assert code_of(ec2.run_instances, ImageId=ami, MinCount=2, MaxCount=1)[0] == "InvalidParameterValue"
+assert code_of(ec2.run_instances, ImageId=ami, MinCount=1, MaxCount=1, DryRun=True) == ("DryRunOperation", 412)
+assert code_of(ec2.run_instances, ImageId=ami, MinCount=5, MaxCount=5) == ("InsufficientInstanceCapacity", 400)
+assert code_of(ec2.run_instances, ImageId=ami, MinCount=1, MaxCount=1,
+               Placement={"AvailabilityZone": "nowhere"}) == ("InvalidParameterValue", 400)
+assert ec2.describe_instances()["Reservations"] == [], "failed launches recorded nothing"
+check("RunInstances errors: unknown image, kernel as image, unknown type, counts, DryRun, capacity, zone")
+
+user_data = "#!/bin/sh\necho hello\n"
+started = time.time()
+r = ec2.run_instances(ImageId=ami, InstanceType="m1.small", MinCount=1, MaxCount=1,
+                      UserData=user_data, ClientToken="token-1")
+iid = r["Instances"][0]["InstanceId"]
+assert r["Instances"][0]["State"]["Name"] == "pending", r["Instances"][0]["State"]
+assert r["Instances"][0]["KernelId"] == aki and r["Instances"][0]["RamdiskId"] == ari
+again = ec2.run_instances(ImageId=ami, InstanceType="m1.small", MinCount=1, MaxCount=1,
+                          UserData=user_data, ClientToken="token-1")
+assert again["ReservationId"] == r["ReservationId"] and again["Instances"][0]["InstanceId"] == iid
+waiter("instance_running", [iid])
+running_after = time.time() - started
+marker_wait = wait_console(iid)
+print(f"timing: running {running_after:.1f}s, boot marker {time.time() - started:.1f}s after RunInstances", flush=True)
+d = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["running"]}])
+assert [i["InstanceId"] for res in d["Reservations"] for i in res["Instances"]] == [iid], d
+inst = d["Reservations"][0]["Instances"][0]
+assert inst["Placement"]["AvailabilityZone"] == "zone-1" and inst["InstanceType"] == "m1.small", inst
+attr_ok = ec2.describe_instances(Filters=[{"Name": "image-id", "Values": [ami]},
+                                          {"Name": "instance-type", "Values": ["m1.*"]}])
+assert len(attr_ok["Reservations"]) == 1
+assert ec2.describe_instances(Filters=[{"Name": "instance-type", "Values": ["c1.medium"]}])["Reservations"] == []
+check("RunInstances (ClientToken idempotent), wait instance-running, console shows the boot marker, filters")
+
+# Another account neither sees nor touches it.
+assert other.describe_instances()["Reservations"] == []
+assert code_of(other.terminate_instances, InstanceIds=[iid]) == ("InvalidInstanceID.NotFound", 400)
+assert code_of(other.get_console_output, InstanceId=iid) == ("InvalidInstanceID.NotFound", 400)
+assert code_of(ec2.describe_instances, InstanceIds=["i-00000000000000000"]) == ("InvalidInstanceID.NotFound", 400)
+assert code_of(ec2.describe_instances, InstanceIds=["nope"]) == ("InvalidInstanceID.Malformed", 400)
+check("isolation: another account gets InvalidInstanceID.NotFound")
+
+# Stop, start, reboot: a new boot each time.
+assert code_of(ec2.start_instances, InstanceIds=[iid], DryRun=True) == ("DryRunOperation", 412)
+s = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
+assert s["PreviousState"]["Name"] == "running" and s["CurrentState"]["Name"] == "stopping", s
+waiter("instance_stopped", [iid])
+assert code_of(ec2.reboot_instances, InstanceIds=[iid]) == ("IncorrectInstanceState", 400)
+ec2.start_instances(InstanceIds=[iid])
+waiter("instance_running", [iid])
+wait_console(iid, 2)
+ec2.reboot_instances(InstanceIds=[iid])
+wait_console(iid, 3)
+check("stop (wait instance-stopped), start (second boot), reboot (third boot)")
+
+t = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+assert t["CurrentState"]["Name"] in ("shutting-down", "terminated"), t
+waiter("instance_terminated", [iid])
+assert state(iid) == "terminated", "terminated instances stay visible for a while"
+t = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+assert t["CurrentState"]["Name"] == "terminated"
+assert code_of(ec2.start_instances, InstanceIds=[iid]) == ("IncorrectInstanceState", 400)
+check("terminate (wait instance-terminated; terminating again is harmless)")
+
+# MaxCount=3 on nodes of 2 cores each: all three start, spread by the policy.
+r = ec2.run_instances(ImageId=ami, InstanceType="m1.small", MinCount=1, MaxCount=3)
+ids = [i["InstanceId"] for i in r["Instances"]]
+assert len(ids) == 3 and sorted(i["AmiLaunchIndex"] for i in r["Instances"]) == [0, 1, 2]
+waiter("instance_running", ids)
+for i in ids:
+    wait_console(i)
+# Only one core is left: MinCount=2 cannot be met, MaxCount=2 gives one.
+assert code_of(ec2.run_instances, ImageId=ami, MinCount=2, MaxCount=2) == ("InsufficientInstanceCapacity", 400)
+one = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=2)
+assert len(one["Instances"]) == 1, "AWS gives as many as fit between MinCount and MaxCount"
+ids.append(one["Instances"][0]["InstanceId"])
+ec2.terminate_instances(InstanceIds=ids)
+waiter("instance_terminated", ids)
+check("MaxCount=3 runs three guests; MinCount/MaxCount all-or-nothing against capacity")
+print(f"instances: all checks passed (marker wait {marker_wait:.1f}s)")

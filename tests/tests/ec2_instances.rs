@@ -1,0 +1,175 @@
+//! Instances from RunInstances to terminate, on real libvirt guests (QEMU
+//! TCG here), driven by boto3 and both AWS CLIs.
+
+use std::{fs, process::Command, time::Duration};
+
+use tests::{
+    clients::{self, AwsCli, Credentials},
+    harness::{wait_for, Cloud, CloudOptions},
+};
+
+fn our_domains(cloud: &Cloud) -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--all", "--name"])
+        .output()
+        .expect("virsh");
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| l.starts_with("i-"))
+        .collect();
+    // Only those this cloud's nodes made (other tests may run guests too).
+    names
+        .into_iter()
+        .filter(|n| {
+            (1..=2).any(|i| {
+                cloud
+                    .dir()
+                    .join(format!("nc-{i}/instances"))
+                    .join(n)
+                    .exists()
+            })
+        })
+        .collect()
+}
+
+/// Destroys whatever guests this cloud's nodes left, if the test failed.
+struct Sweep(std::path::PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for i in 1..=2 {
+            let dir = self.0.join(format!("nc-{i}/instances"));
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system", "destroy", &name])
+                    .output();
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system", "undefine", &name])
+                    .output();
+            }
+        }
+    }
+}
+
+#[test]
+fn instances_run_boot_stop_start_and_terminate() {
+    let tiny = clients::tiny_guest();
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes: 2,
+        node_cores: 2,
+        node_memory_mib: 2048,
+        real_libvirt: true,
+        ..Default::default()
+    });
+    let _sweep = Sweep(cloud.dir().to_path_buf());
+    wait_for(
+        "walrus, cluster and both nodes ENABLED",
+        Duration::from_secs(30),
+        || {
+            let nodes = cloud.admin_json(&["describe-nodes"]);
+            let ready = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["state"] == "ENABLED")
+                .count();
+            (ready == 2
+                && cloud.service_state("walrus").as_deref() == Some("ENABLED")
+                && cloud.service_state("cluster-1").as_deref() == Some("ENABLED"))
+            .then_some(())
+        },
+    );
+    let creds = Credentials::new(cloud.admin_key());
+    let (other_key, other_secret) = cloud.new_account("other");
+    let home = cloud.dir().join("home-instances");
+    fs::create_dir_all(&home).expect("home");
+    let ec2 = cloud.ec2_endpoint();
+    let tiny_dir = tiny.display().to_string();
+    let run = clients::python_script(
+        &creds,
+        &home,
+        &clients::script("ec2_instances.py"),
+        &[
+            ("GUMTREE_EC2_ENDPOINT", &ec2),
+            ("GUMTREE_S3_ENDPOINT", &cloud.s3_endpoint()),
+            ("GUMTREE_OTHER_KEY", &other_key),
+            ("GUMTREE_OTHER_SECRET", &other_secret),
+            ("GUMTREE_TINY_GUEST", &tiny_dir),
+        ],
+    );
+    let out = run.expect_ok();
+    eprintln!("{out}");
+    assert!(out.contains("instances: all checks passed"), "{out}");
+
+    // The AWS CLIs, as a user types them.
+    let ami = {
+        let listed = clients::aws(
+            AwsCli::V2,
+            &creds,
+            &home,
+            &ec2,
+            &[
+                "ec2",
+                "describe-images",
+                "--owners",
+                "self",
+                "--filters",
+                "Name=name,Values=tiny",
+                "--query",
+                "Images[0].ImageId",
+                "--output",
+                "text",
+            ],
+        )
+        .expect_ok();
+        listed.trim().to_string()
+    };
+    for which in [AwsCli::V1, AwsCli::V2] {
+        let aws = |args: &[&str]| clients::aws(which, &creds, &home, &ec2, args);
+        let id = aws(&[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--instance-type",
+            "m1.small",
+            "--query",
+            "Instances[0].InstanceId",
+            "--output",
+            "text",
+        ])
+        .expect_ok()
+        .trim()
+        .to_string();
+        assert!(id.starts_with("i-"), "{which:?}: {id}");
+        aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+        wait_for(
+            &format!("{which:?}: the boot marker"),
+            Duration::from_secs(180),
+            || {
+                let text = aws(&[
+                    "ec2",
+                    "get-console-output",
+                    "--instance-id",
+                    &id,
+                    "--output",
+                    "text",
+                ])
+                .expect_ok();
+                text.contains("GUMTREE-BOOT-OK").then_some(())
+            },
+        );
+        aws(&["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
+        aws(&["ec2", "wait", "instance-terminated", "--instance-ids", &id]).expect_ok();
+    }
+    // Nothing left: no domain, no instance directory.
+    wait_for("no guest left", Duration::from_secs(10), || {
+        our_domains(&cloud).is_empty().then_some(())
+    });
+    for i in 1..=2 {
+        let dir = cloud.dir().join(format!("nc-{i}/instances"));
+        let left: Vec<_> = fs::read_dir(&dir).into_iter().flatten().flatten().collect();
+        assert!(left.is_empty(), "nc-{i} left {left:?}");
+    }
+}

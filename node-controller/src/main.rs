@@ -49,7 +49,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let configured = config.hypervisor.clone();
         let dir = config.state_dir.clone();
         tokio::task::spawn_blocking(move || {
-            choose_virt_type(&configured, &dir, Duration::from_secs(8))
+            choose_virt_type(&configured, &dir, Duration::from_secs(3))
         })
         .await?
     };

@@ -130,12 +130,25 @@ s = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
 assert s["PreviousState"]["Name"] == "running" and s["CurrentState"]["Name"] == "stopping", s
 waiter("instance_stopped", [iid])
 assert code_of(ec2.reboot_instances, InstanceIds=[iid]) == ("IncorrectInstanceState", 400)
+# Resize while stopped: c1.medium has 2 cores and 512 MiB.
+ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "c1.medium"})
+attr = ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceType")
+assert attr["InstanceType"]["Value"] == "c1.medium", attr
+assert ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"] == \
+    base64.b64encode(user_data.encode()).decode()
+assert code_of(ec2.modify_instance_attribute, InstanceId=iid, InstanceType={"Value": "hs1.8xlarge"}) == (
+    "InsufficientInstanceCapacity", 400)
 ec2.start_instances(InstanceIds=[iid])
 waiter("instance_running", [iid])
 wait_console(iid, 2)
+assert "2 cpu(s)" in console(iid).split(MARKER)[1], "the second boot has two CPUs"
+assert code_of(ec2.modify_instance_attribute, InstanceId=iid, InstanceType={"Value": "m1.small"}) == (
+    "IncorrectInstanceState", 400)
+status = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"]
+assert status[0]["InstanceState"]["Name"] == "running" and status[0]["InstanceStatus"]["Status"] == "ok", status
 ec2.reboot_instances(InstanceIds=[iid])
 wait_console(iid, 3)
-check("stop (wait instance-stopped), start (second boot), reboot (third boot)")
+check("stop (wait instance-stopped), resize to c1.medium, start (second boot, 2 CPUs), reboot (third boot), instance status")
 
 t = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
 assert t["CurrentState"]["Name"] in ("shutting-down", "terminated"), t

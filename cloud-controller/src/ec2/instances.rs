@@ -828,3 +828,177 @@ pub fn describe_instance_types(ec2: &Ec2, call: &Call) -> Result<String, Ec2Erro
     w.close("instanceTypeSet");
     Ok(w.finish())
 }
+
+/// ModifyInstanceAttribute: the instance type of a stopped instance (CPU
+/// and memory change on its next start).
+pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let id = p.required("InstanceId")?.to_string();
+    let r = ec2
+        .own_instances(call, std::slice::from_ref(&id))?
+        .remove(0);
+    let wanted = match (
+        p.get("InstanceType.Value"),
+        p.get("Attribute"),
+        p.get("Value"),
+    ) {
+        (Some(v), _, _) => v.to_string(),
+        (None, Some("instanceType"), Some(v)) => v.to_string(),
+        (None, Some(other), _) if other != "instanceType" => {
+            return Err(Ec2Error::new(
+                "UnsupportedOperation",
+                format!("Changing the {other} attribute is not supported"),
+            ))
+        }
+        _ => return Err(Ec2Error::missing("InstanceType")),
+    };
+    let itype = ec2
+        .instances
+        .instance_type(&wanted)
+        .map_err(store_error)?
+        .ok_or_else(|| {
+            Ec2Error::invalid_value("InstanceType", &wanted, "No such instance type.")
+        })?;
+    if r.state != "stopped" {
+        return Err(Ec2Error::new(
+            "IncorrectInstanceState",
+            format!("The instance '{id}' is not in the 'stopped' state."),
+        ));
+    }
+    call.dry_run_check()?;
+    if itype.name != r.instance_type {
+        ec2.cluster_client(&r.cluster)?
+            .resize_instance(proto::ResizeInstanceRequest {
+                instance_id: id.clone(),
+                instance_type: itype.name.clone(),
+                cores: itype.cores,
+                memory_mib: itype.memory_mib,
+            })
+            .await
+            .map_err(|e| match e.code() {
+                Code::ResourceExhausted => Ec2Error::new(
+                    "InsufficientInstanceCapacity",
+                    format!(
+                        "There is not enough capacity on the instance's node for {}.",
+                        itype.name
+                    ),
+                ),
+                _ => Ec2Error::unavailable(&format!("cluster {}: {}", r.cluster, e.message())),
+            })?;
+        ec2.instances
+            .set_type(&id, &itype.name)
+            .map_err(store_error)?;
+        tracing::info!(instance_id = %id, from = %r.instance_type, to = %itype.name, "instance resized");
+    }
+    let mut w = call.writer();
+    w.bool("return", true);
+    Ok(w.finish())
+}
+
+/// DescribeInstanceAttribute.
+pub fn describe_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let id = call.params.required("InstanceId")?.to_string();
+    let attribute = call.params.required("Attribute")?.to_string();
+    let r = ec2
+        .own_instances(call, std::slice::from_ref(&id))?
+        .remove(0);
+    call.dry_run_check()?;
+    let mut w = call.writer();
+    w.elem("instanceId", &id);
+    let value = |w: &mut Writer, name: &str, v: Option<&str>| {
+        w.open(name).opt("value", v).close(name);
+    };
+    match attribute.as_str() {
+        "instanceType" => value(&mut w, "instanceType", Some(&r.instance_type)),
+        "kernel" => value(&mut w, "kernel", r.kernel_id.as_deref()),
+        "ramdisk" => value(&mut w, "ramdisk", r.ramdisk_id.as_deref()),
+        "userData" => value(&mut w, "userData", r.user_data.as_deref()),
+        "disableApiTermination" => value(&mut w, "disableApiTermination", Some("false")),
+        "instanceInitiatedShutdownBehavior" => {
+            value(&mut w, "instanceInitiatedShutdownBehavior", Some("stop"))
+        }
+        "rootDeviceName" => value(&mut w, "rootDeviceName", Some("/dev/vda")),
+        "blockDeviceMapping" => {
+            w.open("blockDeviceMapping").close("blockDeviceMapping");
+        }
+        other => {
+            return Err(Ec2Error::invalid_value(
+                "Attribute",
+                other,
+                "Use instanceType, kernel, ramdisk, userData, disableApiTermination, instanceInitiatedShutdownBehavior, rootDeviceName or blockDeviceMapping.",
+            ))
+        }
+    }
+    Ok(w.finish())
+}
+
+/// DescribeInstanceStatus: running instances (all with IncludeAllInstances).
+pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let ids = p.list("InstanceId");
+    let all = p.flag("IncludeAllInstances")?;
+    let filters = p.filters()?;
+    call.dry_run_check()?;
+    let records = if ids.is_empty() {
+        ec2.instances
+            .list()
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|r| r.account_id == call.caller.account_id)
+            .collect()
+    } else {
+        ec2.own_instances(call, &ids)?
+    };
+    let mut w = call.writer();
+    w.open("instanceStatusSet");
+    for r in records {
+        if !all && r.state != "running" {
+            continue;
+        }
+        let ok = if r.state == "running" {
+            "ok"
+        } else {
+            "not-applicable"
+        };
+        let mut keep = true;
+        for f in &filters {
+            let have = match f.name.as_str() {
+                "availability-zone" => r.zone.clone(),
+                "instance-state-name" => r.state.clone(),
+                "instance-state-code" => state_code(&r.state).to_string(),
+                "system-status.status" | "instance-status.status" => ok.to_string(),
+                other => {
+                    return Err(Ec2Error::invalid_value(
+                        "Filter",
+                        other,
+                        "The filter is invalid for DescribeInstanceStatus.",
+                    ))
+                }
+            };
+            keep &= f.values.iter().any(|v| matches(v, &have));
+        }
+        if !keep {
+            continue;
+        }
+        w.open("item")
+            .elem("instanceId", &r.instance_id)
+            .elem("availabilityZone", &r.zone)
+            .open("instanceState")
+            .elem("code", &r.state_code().to_string())
+            .elem("name", &r.state)
+            .close("instanceState");
+        for name in ["systemStatus", "instanceStatus"] {
+            w.open(name).elem("status", ok).open("details");
+            if ok == "ok" {
+                w.open("item")
+                    .elem("name", "reachability")
+                    .elem("status", "passed")
+                    .close("item");
+            }
+            w.close("details").close(name);
+        }
+        w.close("item");
+    }
+    w.close("instanceStatusSet");
+    Ok(w.finish())
+}

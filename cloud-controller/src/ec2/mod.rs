@@ -245,6 +245,9 @@ impl Ec2 {
             "RebootInstances" => instances::reboot_instances(self, call).await,
             "GetConsoleOutput" => instances::get_console_output(self, call).await,
             "DescribeInstanceTypes" => instances::describe_instance_types(self, call),
+            "DescribeInstanceStatus" => instances::describe_instance_status(self, call),
+            "DescribeInstanceAttribute" => instances::describe_instance_attribute(self, call),
+            "ModifyInstanceAttribute" => instances::modify_instance_attribute(self, call).await,
             "DescribeRegions" => regions::describe_regions(self, call),
             "DescribeAvailabilityZones" => regions::describe_availability_zones(self, call),
             other => Err(Ec2Error::new(

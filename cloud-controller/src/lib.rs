@@ -11,4 +11,6 @@ pub mod ec2;
 pub mod grpc;
 pub mod images;
 pub mod instances;
+pub mod keypairs;
 pub mod registry;
+pub mod tags;

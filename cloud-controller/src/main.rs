@@ -76,6 +76,10 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         cloud: cloud.clone(),
         images,
         instances,
+        tags: Arc::new(cloud_controller::tags::Tags::open(&store).context("opening the tags")?),
+        keypairs: Arc::new(
+            cloud_controller::keypairs::KeyPairs::open(&store).context("opening the key pairs")?,
+        ),
         secret: started.secret.clone(),
         settings: ec2::Settings {
             region: config.region.clone(),

@@ -13,12 +13,14 @@ use common::time;
 use proto::{walrus_internal_client::WalrusInternalClient, ObjectRef};
 use tonic::Code;
 
+use super::tags::{by_resource, tag_filter_values, write_tag_set};
 use super::{
     params::{matches, Filter},
     xml::Writer,
     Call, Ec2, Ec2Error,
 };
 use crate::images::{Image, ImageError, ImageKind};
+use crate::tags::Tag;
 
 /// A well-formed image id (also Eucalyptus' `emi-`, `eki-`, `eri-`).
 fn well_formed(id: &str) -> bool {
@@ -54,6 +56,11 @@ impl Ec2 {
             Some(i) if i.launchable_by(&call.caller.account_id) => Ok(i),
             _ => Err(not_found(&[id])),
         }
+    }
+
+    /// Checks that the caller may see image `id` (to tag it).
+    pub(super) fn visible_image_for_tags(&self, call: &Call, id: &str) -> Result<(), Ec2Error> {
+        self.visible_image(call, id).map(|_| ())
     }
 
     /// The image `id` of `kind` if the caller may launch it.
@@ -234,7 +241,10 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
     Ok(w.finish())
 }
 
-fn filter_value(image: &Image, name: &str) -> Result<Vec<String>, Ec2Error> {
+fn filter_value(image: &Image, tags: &[Tag], name: &str) -> Result<Vec<String>, Ec2Error> {
+    if let Some(values) = tag_filter_values(name, tags) {
+        return Ok(values);
+    }
     let v = |s: &str| vec![s.to_string()];
     Ok(match name {
         "image-id" => v(&image.image_id),
@@ -261,9 +271,9 @@ fn filter_value(image: &Image, name: &str) -> Result<Vec<String>, Ec2Error> {
     })
 }
 
-fn passes(image: &Image, filters: &[Filter]) -> Result<bool, Ec2Error> {
+fn passes(image: &Image, tags: &[Tag], filters: &[Filter]) -> Result<bool, Ec2Error> {
     for f in filters {
-        let have = filter_value(image, &f.name)?;
+        let have = filter_value(image, tags, &f.name)?;
         if !f
             .values
             .iter()
@@ -275,7 +285,7 @@ fn passes(image: &Image, filters: &[Filter]) -> Result<bool, Ec2Error> {
     Ok(true)
 }
 
-fn write_image(w: &mut Writer, i: &Image) {
+fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
     w.open("item")
         .elem("imageId", &i.image_id)
         .elem("imageLocation", &format!("{}/{}", i.bucket, i.key))
@@ -294,8 +304,9 @@ fn write_image(w: &mut Writer, i: &Image) {
         .open("blockDeviceMapping")
         .close("blockDeviceMapping")
         .elem("virtualizationType", &i.virtualization_type)
-        .elem("hypervisor", "xen")
-        .close("item");
+        .elem("hypervisor", "xen");
+    write_tag_set(w, tags);
+    w.close("item");
 }
 
 /// DescribeImages.
@@ -352,9 +363,11 @@ pub fn describe_images(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 }
             })
     });
+    let tags = by_resource(ec2, me)?;
+    let none = Vec::new();
     let mut kept = Vec::new();
     for i in images {
-        if passes(&i, &filters)? {
+        if passes(&i, tags.get(&i.image_id).unwrap_or(&none), &filters)? {
             kept.push(i);
         }
     }
@@ -373,7 +386,7 @@ pub fn describe_images(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let mut w = call.writer();
     w.open("imagesSet");
     for i in &kept {
-        write_image(&mut w, i);
+        write_image(&mut w, i, tags.get(&i.image_id).unwrap_or(&none));
     }
     w.close("imagesSet").opt("nextToken", next.as_deref());
     Ok(w.finish())
@@ -387,6 +400,7 @@ pub fn deregister_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     ec2.images
         .deregister(&image.image_id)
         .map_err(store_error)?;
+    ec2.tags.forget(&image.image_id).map_err(store_error)?;
     tracing::info!(image_id = %image.image_id, "image deregistered");
     let mut w = call.writer();
     w.bool("return", true);

@@ -15,6 +15,7 @@ use tonic::{service::interceptor::InterceptedService, transport::Channel, Code};
 
 use super::{
     params::{matches, Filter},
+    tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
     xml::Writer,
     Call, Ec2, Ec2Error,
 };
@@ -22,6 +23,7 @@ use crate::{
     images::{Image, ImageKind},
     instances::{state_code, InstanceRecord},
     registry::{CLUSTER, WALRUS},
+    tags::Tag,
 };
 
 type ClusterClient = ClusterServiceClient<InterceptedService<Channel, SignCalls>>;
@@ -83,6 +85,11 @@ impl Ec2 {
             return Err(Ec2Error::missing("InstanceId"));
         }
         self.own_instances(call, &ids)
+    }
+
+    /// Checks that instance `id` is the caller's (to tag it).
+    pub(super) fn own_instances_for_tags(&self, call: &Call, id: &str) -> Result<(), Ec2Error> {
+        self.own_instances(call, &[id.to_string()]).map(|_| ())
     }
 
     fn own_instances(&self, call: &Call, ids: &[String]) -> Result<Vec<InstanceRecord>, Ec2Error> {
@@ -206,6 +213,16 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             Some(u.trim().to_string())
         }
     };
+    let instance_tags = specified(p, "instance")?;
+    let key_pair = match p.get("KeyName") {
+        Some(name) => Some(
+            ec2.keypairs
+                .get(me, name)
+                .map_err(store_error)?
+                .ok_or_else(|| super::keypairs::not_found(name))?,
+        ),
+        None => None,
+    };
     let zone_wanted = p
         .get("Placement.AvailabilityZone")
         .filter(|z| !z.is_empty());
@@ -249,7 +266,8 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     "The client token was already used with different parameters",
                 ));
             }
-            return Ok(reservation_response(call, &earlier));
+            let tags = ec2.tags.all(me).map_err(store_error)?;
+            return Ok(reservation_response(call, &earlier, &tags));
         }
     }
     call.dry_run_check()?;
@@ -308,11 +326,26 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     .and_then(|u| base64::engine::general_purpose::STANDARD.decode(u).ok())
                     .unwrap_or_default(),
                 key_name: r.key_name.clone().unwrap_or_default(),
+                public_key: key_pair
+                    .as_ref()
+                    .map(|k| k.public_key.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .collect();
         // Recorded before any tier below hears of them.
         ec2.instances.create(&records).map_err(store_error)?;
+        let tagged: Vec<(String, &'static str)> = records
+            .iter()
+            .map(|r| (r.instance_id.clone(), "instance"))
+            .collect();
+        if let Err(e) = apply(ec2, call, &tagged, &instance_tags) {
+            for r in &records {
+                let _ = ec2.instances.remove(&r.instance_id);
+                let _ = ec2.tags.forget(&r.instance_id);
+            }
+            return Err(e);
+        }
         let placed = client
             .place_instances(RunInstancesRequest {
                 instances: specs.clone(),
@@ -359,11 +392,13 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                         }
                     }
                 });
-                return Ok(reservation_response(call, &records));
+                let tags = ec2.tags.all(me).map_err(store_error)?;
+                return Ok(reservation_response(call, &records, &tags));
             }
             Err(status) => {
                 for r in &records {
                     let _ = ec2.instances.remove(&r.instance_id);
+                    let _ = ec2.tags.forget(&r.instance_id);
                 }
                 if !capacity_error(&status) {
                     return Err(Ec2Error::unavailable(&format!(
@@ -388,7 +423,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     ))
 }
 
-fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>) {
+fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>, tags: &[Tag]) {
     w.open("item")
         .elem("instanceId", &r.instance_id)
         .elem("imageId", &r.image_id)
@@ -436,10 +471,11 @@ fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>) {
             .elem("message", &r.state_reason)
             .close("stateReason");
     }
+    write_tag_set(w, tags);
     w.close("item");
 }
 
-fn reservation_response(call: &Call, records: &[InstanceRecord]) -> String {
+fn reservation_response(call: &Call, records: &[InstanceRecord], tags: &[Tag]) -> String {
     let mut w = call.writer();
     w.elem("reservationId", &records[0].reservation_id)
         .elem("ownerId", &call.caller.account_id)
@@ -447,13 +483,21 @@ fn reservation_response(call: &Call, records: &[InstanceRecord]) -> String {
         .close("groupSet")
         .open("instancesSet");
     for r in records {
-        write_instance(&mut w, r, None);
+        let mine: Vec<Tag> = tags
+            .iter()
+            .filter(|t| t.resource_id == r.instance_id)
+            .cloned()
+            .collect();
+        write_instance(&mut w, r, None, &mine);
     }
     w.close("instancesSet");
     w.finish()
 }
 
-fn filter_values(r: &InstanceRecord, name: &str) -> Result<Vec<String>, Ec2Error> {
+fn filter_values(r: &InstanceRecord, tags: &[Tag], name: &str) -> Result<Vec<String>, Ec2Error> {
+    if let Some(values) = tag_filter_values(name, tags) {
+        return Ok(values);
+    }
     let v = |s: &str| vec![s.to_string()];
     Ok(match name {
         "instance-id" => v(&r.instance_id),
@@ -479,9 +523,9 @@ fn filter_values(r: &InstanceRecord, name: &str) -> Result<Vec<String>, Ec2Error
     })
 }
 
-fn passes(r: &InstanceRecord, filters: &[Filter]) -> Result<bool, Ec2Error> {
+fn passes(r: &InstanceRecord, tags: &[Tag], filters: &[Filter]) -> Result<bool, Ec2Error> {
     for f in filters {
-        let have = filter_values(r, &f.name)?;
+        let have = filter_values(r, tags, &f.name)?;
         if !f
             .values
             .iter()
@@ -516,9 +560,11 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     } else {
         ec2.own_instances(call, &ids)?
     };
+    let tags = by_resource(ec2, &call.caller.account_id)?;
+    let none = Vec::new();
     let mut kept = Vec::new();
     for r in records.drain(..) {
-        if passes(&r, &filters)? {
+        if passes(&r, tags.get(&r.instance_id).unwrap_or(&none), &filters)? {
             kept.push(r);
         }
     }
@@ -563,7 +609,12 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             .close("groupSet")
             .open("instancesSet");
         while i < kept.len() && kept[i].reservation_id == rid {
-            write_instance(&mut w, &kept[i], images.get(&kept[i].image_id));
+            write_instance(
+                &mut w,
+                &kept[i],
+                images.get(&kept[i].image_id),
+                tags.get(&kept[i].instance_id).unwrap_or(&none),
+            );
             i += 1;
         }
         w.close("instancesSet").close("item");

@@ -9,8 +9,10 @@
 pub mod error;
 pub mod images;
 pub mod instances;
+pub mod keypairs;
 pub mod params;
 pub mod regions;
+pub mod tags;
 pub mod xml;
 
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub struct Ec2 {
     pub cloud: Cloud,
     pub images: Arc<Images>,
     pub instances: Arc<crate::instances::Instances>,
+    pub tags: Arc<crate::tags::Tags>,
+    pub keypairs: Arc<crate::keypairs::KeyPairs>,
     /// Signs the CLC's calls to the other tiers.
     pub secret: ClusterSecret,
     pub settings: Settings,
@@ -248,6 +252,13 @@ impl Ec2 {
             "DescribeInstanceStatus" => instances::describe_instance_status(self, call),
             "DescribeInstanceAttribute" => instances::describe_instance_attribute(self, call),
             "ModifyInstanceAttribute" => instances::modify_instance_attribute(self, call).await,
+            "CreateKeyPair" => keypairs::create_key_pair(self, call),
+            "ImportKeyPair" => keypairs::import_key_pair(self, call),
+            "DescribeKeyPairs" => keypairs::describe_key_pairs(self, call),
+            "DeleteKeyPair" => keypairs::delete_key_pair(self, call),
+            "CreateTags" => tags::create_tags(self, call),
+            "DeleteTags" => tags::delete_tags(self, call),
+            "DescribeTags" => tags::describe_tags(self, call),
             "DescribeRegions" => regions::describe_regions(self, call),
             "DescribeAvailabilityZones" => regions::describe_availability_zones(self, call),
             other => Err(Ec2Error::new(

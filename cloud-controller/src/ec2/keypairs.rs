@@ -52,10 +52,9 @@ fn store(ec2: &Ec2, call: &Call, pair: &KeyPair) -> Result<Vec<crate::tags::Tag>
         return Err(duplicate(&pair.name));
     }
     apply(ec2, call, &[(pair.key_pair_id.clone(), "key-pair")], &tags)?;
-    Ok(ec2
-        .tags
+    ec2.tags
         .of(&call.caller.account_id, &pair.key_pair_id)
-        .map_err(store_error)?)
+        .map_err(store_error)
 }
 
 /// CreateKeyPair.

@@ -13,14 +13,37 @@ pub struct Account {
     pub name: String,
     pub account_id: String,
     pub created_ms: i64,
+    /// Limits on what the account may run at once.
+    pub quota: Quota,
+}
+
+/// Per-account limits, enforced on RunInstances; None is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Instances not yet terminated.
+    pub instances: Option<u32>,
+    /// Virtual cores of those instances.
+    pub cores: Option<u32>,
+    /// Memory of those instances, MiB.
+    pub memory_mib: Option<u64>,
 }
 
 impl Record for Account {
     const TABLE: &'static str = "accounts";
-    const SCHEMA: u32 = 1;
+    /// 2: `quota` added.
+    const SCHEMA: u32 = 2;
     type Key = String;
     fn key(&self) -> String {
         self.name.clone()
+    }
+    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+        match (from, value.as_object_mut()) {
+            (1, Some(o)) => {
+                o.insert("quota".into(), serde_json::json!({}));
+                Ok(value)
+            }
+            _ => Err(format!("no migration from schema {from}")),
+        }
     }
 }
 
@@ -136,6 +159,7 @@ impl Accounts {
             name: name.into(),
             account_id,
             created_ms: time::unix_ms(),
+            quota: Quota::default(),
         };
         if self.accounts.insert_new(&account)? {
             Ok(account)
@@ -154,6 +178,14 @@ impl Accounts {
             .into_iter()
             .find(|a| a.account_id == name_or_id)
             .ok_or_else(|| AccountError::NoSuchAccount(name_or_id.into()))
+    }
+
+    /// Sets an account's quota (replacing the old one whole).
+    pub fn set_quota(&self, name_or_id: &str, quota: Quota) -> Result<Account, AccountError> {
+        let mut account = self.find(name_or_id)?;
+        account.quota = quota;
+        self.accounts.put(&account)?;
+        Ok(account)
     }
 
     /// Every account, by name.
@@ -245,6 +277,24 @@ mod tests {
             );
         }
         assert_eq!(a.find(&acct.account_id).expect("by id"), acct);
+    }
+
+    #[test]
+    fn quotas_are_kept_and_old_records_migrate() {
+        let store = Store::temporary().expect("store");
+        let a = Accounts::open(&store, "eucalyptus").expect("accounts");
+        a.create("lab").expect("create");
+        let q = Quota {
+            instances: Some(2),
+            cores: None,
+            memory_mib: Some(512),
+        };
+        assert_eq!(a.set_quota("lab", q.clone()).expect("set").quota, q);
+        assert_eq!(a.find("lab").expect("find").quota, q);
+        let old = serde_json::json!({"name": "old", "account_id": "123456789012", "created_ms": 1});
+        let migrated = Account::migrate(1, old).expect("migrate");
+        let account: Account = serde_json::from_value(migrated).expect("parse");
+        assert_eq!(account.quota, Quota::default());
     }
 
     #[test]

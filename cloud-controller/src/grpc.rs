@@ -9,7 +9,7 @@ use proto::{
     CreateAccountRequest, DeleteAccountRequest, DescribeAccessKeysReply, DescribeAccessKeysRequest,
     DescribeAccountsReply, DescribeAccountsRequest, DescribeNodesReply, DescribeNodesRequest,
     DescribeServicesReply, DescribeServicesRequest, LookupAccessKeyRequest, ReportAck,
-    ServiceReport,
+    ServiceReport, SetAccountQuotaRequest,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -59,6 +59,11 @@ fn account_proto(a: accounts::Account) -> proto::Account {
         account_id: a.account_id,
         name: a.name,
         created_unix_ms: a.created_ms,
+        quota: Some(proto::Quota {
+            instances: a.quota.instances,
+            cores: a.quota.cores,
+            memory_mib: a.quota.memory_mib,
+        }),
     }
 }
 
@@ -138,6 +143,27 @@ impl AdminService for Cloud {
         let name = request.into_inner().name;
         let account = self.accounts.create(&name).map_err(account_status)?;
         tracing::info!(account = %account.name, account_id = %account.account_id, "account created");
+        Ok(Response::new(account_proto(account)))
+    }
+
+    async fn set_account_quota(
+        &self,
+        request: Request<SetAccountQuotaRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let r = request.into_inner();
+        let q = r.quota.unwrap_or_default();
+        let account = self
+            .accounts
+            .set_quota(
+                &r.account,
+                accounts::Quota {
+                    instances: q.instances,
+                    cores: q.cores,
+                    memory_mib: q.memory_mib,
+                },
+            )
+            .map_err(account_status)?;
+        tracing::info!(account = %account.name, quota = ?account.quota, "quota set");
         Ok(Response::new(account_proto(account)))
     }
 

@@ -80,6 +80,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         keypairs: Arc::new(
             cloud_controller::keypairs::KeyPairs::open(&store).context("opening the key pairs")?,
         ),
+        launches: Default::default(),
         secret: started.secret.clone(),
         settings: ec2::Settings {
             region: config.region.clone(),

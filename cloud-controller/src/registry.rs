@@ -330,7 +330,16 @@ impl Registry {
         }];
         for (record, live) in inner.services.values() {
             let (state, last, detail) = match live {
-                Some(l) if l.ready => (ServiceState::Enabled, l.last_report_ms, l.detail.clone()),
+                Some(l) if l.ready => {
+                    // A cluster's placement policy, as its last report gave it.
+                    let detail = match inner.clusters.get(&record.name) {
+                        Some(r) if record.service_type == CLUSTER => {
+                            format!("placement {}", r.placement_policy)
+                        }
+                        _ => l.detail.clone(),
+                    };
+                    (ServiceState::Enabled, l.last_report_ms, detail)
+                }
                 Some(l) => (ServiceState::Notready, l.last_report_ms, l.detail.clone()),
                 None => (
                     ServiceState::Notready,

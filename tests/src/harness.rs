@@ -108,6 +108,8 @@ pub struct CloudOptions {
     /// Nodes run real guests on the machine's libvirtd (`qemu:///system`,
     /// TCG); otherwise they use libvirt's in-process test driver.
     pub real_libvirt: bool,
+    /// The cluster's placement policy (its default when empty).
+    pub placement: &'static str,
 }
 
 impl Default for CloudOptions {
@@ -118,6 +120,7 @@ impl Default for CloudOptions {
             node_memory_mib: 4096,
             s3_tls: false,
             real_libvirt: false,
+            placement: "",
         }
     }
 }
@@ -179,13 +182,13 @@ impl Cloud {
             Tier::Storage,
             &format!("name = \"sc-1\"\npartition = \"zone-1\"\nclc = \"{clc}\"\n"),
         );
-        cloud.add(
-            "cluster-1",
-            Tier::Cluster,
-            &format!(
-                "name = \"cluster-1\"\nzone = \"zone-1\"\nclc = \"{clc}\"\nnode_timeout_secs = 6\n"
-            ),
+        let mut cc = format!(
+            "name = \"cluster-1\"\nzone = \"zone-1\"\nclc = \"{clc}\"\nnode_timeout_secs = 6\n"
         );
+        if !options.placement.is_empty() {
+            cc.push_str(&format!("placement_policy = {:?}\n", options.placement));
+        }
+        cloud.add("cluster-1", Tier::Cluster, &cc);
         let cc = cloud.addr("cluster-1");
         for i in 1..=options.nodes {
             let name = format!("nc-{i}");
@@ -193,7 +196,7 @@ impl Cloud {
                 &name,
                 Tier::Node,
                 &format!(
-                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\nhypervisor = \"qemu\"\nlibvirt_uri = \"{}\"\n",
+                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\ndisk_gib = 100\nhypervisor = \"qemu\"\nlibvirt_uri = \"{}\"\n",
                     options.node_cores,
                     options.node_memory_mib,
                     if options.real_libvirt {

@@ -11,7 +11,7 @@ use common::{
 use proto::{
     admin_service_client::AdminServiceClient, CreateAccessKeyRequest, CreateAccountRequest,
     DeleteAccountRequest, DescribeAccessKeysRequest, DescribeAccountsRequest, DescribeNodesRequest,
-    DescribeServicesRequest, ServiceState,
+    DescribeServicesRequest, Quota, ServiceState, SetAccountQuotaRequest,
 };
 use serde::Serialize;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
@@ -55,6 +55,19 @@ enum Command {
     DescribeAccounts,
     /// Delete an account and its access keys.
     DeleteAccount { account: String },
+    /// Set an account's quota, enforced on RunInstances (a limit left out is no limit).
+    SetQuota {
+        account: String,
+        /// Most instances not yet terminated.
+        #[arg(long)]
+        instances: Option<u32>,
+        /// Most virtual cores of those instances.
+        #[arg(long)]
+        cores: Option<u32>,
+        /// Most memory of those instances, MiB.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+    },
     /// Create an access key for a user of an account.
     CreateAccessKey {
         #[arg(long)]
@@ -105,6 +118,9 @@ struct AccountOut {
     name: String,
     account_id: String,
     created: String,
+    max_instances: Option<u32>,
+    max_cores: Option<u32>,
+    max_memory_mib: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -309,6 +325,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .into_inner();
             print_accounts(out, vec![a])
         }
+        Command::SetQuota {
+            account,
+            instances,
+            cores,
+            memory_mib,
+        } => {
+            let a = client
+                .set_account_quota(SetAccountQuotaRequest {
+                    account,
+                    quota: Some(Quota {
+                        instances,
+                        cores,
+                        memory_mib,
+                    }),
+                })
+                .await?
+                .into_inner();
+            print_accounts(out, vec![a])
+        }
         Command::DescribeAccounts => {
             let reply = client
                 .describe_accounts(DescribeAccountsRequest {})
@@ -346,15 +381,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn print_accounts(out: Output, accounts: Vec<proto::Account>) -> anyhow::Result<()> {
     let rows: Vec<AccountOut> = accounts
         .into_iter()
-        .map(|a| AccountOut {
-            name: a.name,
-            account_id: a.account_id,
-            created: when(a.created_unix_ms),
+        .map(|a| {
+            let q = a.quota.unwrap_or_default();
+            AccountOut {
+                name: a.name,
+                account_id: a.account_id,
+                created: when(a.created_unix_ms),
+                max_instances: q.instances,
+                max_cores: q.cores,
+                max_memory_mib: q.memory_mib,
+            }
         })
         .collect();
-    print(out, &["ACCOUNT", "ACCOUNT-ID", "CREATED"], &rows, |a| {
-        vec![a.name.clone(), a.account_id.clone(), a.created.clone()]
-    })
+    let limit = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    print(
+        out,
+        &[
+            "ACCOUNT",
+            "ACCOUNT-ID",
+            "CREATED",
+            "INSTANCES",
+            "CORES",
+            "MEMORY-MIB",
+        ],
+        &rows,
+        |a| {
+            vec![
+                a.name.clone(),
+                a.account_id.clone(),
+                a.created.clone(),
+                limit(a.max_instances.map(|v| v.to_string())),
+                limit(a.max_cores.map(|v| v.to_string())),
+                limit(a.max_memory_mib.map(|v| v.to_string())),
+            ]
+        },
+    )
 }
 
 fn print_keys(out: Output, keys: Vec<proto::AccessKey>) -> anyhow::Result<()> {

@@ -240,6 +240,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         })?,
     }
     .clone();
+    let _launching = ec2.launches.lock().await;
     let client_token = p
         .get("ClientToken")
         .filter(|t| !t.is_empty())
@@ -270,6 +271,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             return Ok(reservation_response(call, &earlier, &tags));
         }
     }
+    let max = max.min(quota_allows(ec2, me, &itype, min)?);
     call.dry_run_check()?;
     let walrus = ec2
         .cloud
@@ -421,6 +423,77 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 .unwrap_or_default()
         ),
     ))
+}
+
+/// How many more instances of `itype` the account's quota allows (an error
+/// when fewer than `min`).
+fn quota_allows(
+    ec2: &Ec2,
+    account_id: &str,
+    itype: &crate::instances::InstanceType,
+    min: usize,
+) -> Result<usize, Ec2Error> {
+    let quota = ec2
+        .cloud
+        .accounts
+        .find(account_id)
+        .map_err(store_error)?
+        .quota;
+    if quota == crate::accounts::Quota::default() {
+        return Ok(usize::MAX);
+    }
+    let types: std::collections::HashMap<String, crate::instances::InstanceType> = ec2
+        .instances
+        .instance_types()
+        .map_err(store_error)?
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let (mut count, mut cores, mut memory) = (0u64, 0u64, 0u64);
+    for r in ec2.instances.list().map_err(store_error)? {
+        if r.account_id == account_id && r.state != "terminated" {
+            count += 1;
+            if let Some(t) = types.get(&r.instance_type) {
+                cores += u64::from(t.cores);
+                memory += t.memory_mib;
+            }
+        }
+    }
+    let room = |limit: Option<u64>, used: u64, each: u64| match limit {
+        None => usize::MAX,
+        Some(l) => (l.saturating_sub(used) / each.max(1)) as usize,
+    };
+    let by_count = room(quota.instances.map(u64::from), count, 1);
+    let by_cores = room(quota.cores.map(u64::from), cores, u64::from(itype.cores));
+    let by_memory = room(quota.memory_mib, memory, itype.memory_mib);
+    if by_count < min {
+        return Err(Ec2Error::new(
+            "InstanceLimitExceeded",
+            format!(
+                "Your quota allows for {by_count} more running instance(s). You requested at least {min}."
+            ),
+        ));
+    }
+    if by_cores < min {
+        return Err(Ec2Error::new(
+            "VcpuLimitExceeded",
+            format!(
+                "You have requested more vCPU capacity than your current vCPU limit of {} allows ({cores} in use).",
+                quota.cores.unwrap_or_default()
+            ),
+        ));
+    }
+    if by_memory < min {
+        return Err(Ec2Error::new(
+            "InstanceLimitExceeded",
+            format!(
+                "Your memory quota of {} MiB allows for {by_memory} more {} instance(s) ({memory} MiB in use). You requested at least {min}.",
+                quota.memory_mib.unwrap_or_default(),
+                itype.name
+            ),
+        ));
+    }
+    Ok(by_count.min(by_cores).min(by_memory))
 }
 
 fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>, tags: &[Tag]) {

@@ -57,6 +57,9 @@ pub struct Ec2 {
     pub instances: Arc<crate::instances::Instances>,
     pub tags: Arc<crate::tags::Tags>,
     pub keypairs: Arc<crate::keypairs::KeyPairs>,
+    /// Held from an account's quota check to its instances being recorded,
+    /// so concurrent RunInstances cannot both pass the check.
+    pub launches: tokio::sync::Mutex<()>,
     /// Signs the CLC's calls to the other tiers.
     pub secret: ClusterSecret,
     pub settings: Settings,
@@ -259,6 +262,7 @@ impl Ec2 {
             "CreateTags" => tags::create_tags(self, call),
             "DeleteTags" => tags::delete_tags(self, call),
             "DescribeTags" => tags::describe_tags(self, call),
+            "DescribeAccountAttributes" => regions::describe_account_attributes(self, call),
             "DescribeRegions" => regions::describe_regions(self, call),
             "DescribeAvailabilityZones" => regions::describe_availability_zones(self, call),
             other => Err(Ec2Error::new(

@@ -177,6 +177,17 @@ pub fn describe_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     call.dry_run_check()?;
     let mut out = Vec::new();
     for t in ec2.tags.all(&call.caller.account_id).map_err(store_error)? {
+        // Terminated instances leave the records after a while; their tags go with them.
+        if t.resource_type == "instance"
+            && ec2
+                .instances
+                .get(&t.resource_id)
+                .map_err(store_error)?
+                .is_none()
+        {
+            ec2.tags.forget(&t.resource_id).map_err(store_error)?;
+            continue;
+        }
         let mut keep = true;
         for f in &filters {
             let have = match f.name.as_str() {

@@ -1,0 +1,210 @@
+"""Key pairs, tags, quotas and account attributes through the EC2 API with
+boto3, checked against ssh-keygen and openssl; the nodes run libvirt's test
+driver, so instances start at once (real guests are ec2_instances.py's job).
+
+Environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the cloud's admin),
+GUMTREE_OTHER_KEY / GUMTREE_OTHER_SECRET (an account with a quota of
+3 instances and 4 cores), GUMTREE_EC2_ENDPOINT, GUMTREE_S3_ENDPOINT.
+"""
+
+import base64
+import os
+import subprocess
+import tempfile
+import time
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+EC2 = os.environ["GUMTREE_EC2_ENDPOINT"]
+S3 = os.environ["GUMTREE_S3_ENDPOINT"]
+cfg = Config(retries={"max_attempts": 1})
+ec2 = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg)
+s3 = boto3.client("s3", endpoint_url=S3, region_name="gumtree", config=cfg)
+other = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg,
+                     aws_access_key_id=os.environ["GUMTREE_OTHER_KEY"],
+                     aws_secret_access_key=os.environ["GUMTREE_OTHER_SECRET"])
+work = tempfile.mkdtemp(prefix="ec2-api-")
+
+
+def code_of(fn, **kwargs):
+    try:
+        fn(**kwargs)
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"{fn.__name__} should have failed")
+
+
+def check(name):
+    print(f"ok: {name}", flush=True)
+
+
+def sh(cmd, data=None):
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, input=data).stdout.decode()
+
+
+def write(name, text, mode=0o600):
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def ids_of(reservation_or_list):
+    return sorted(i["InstanceId"] for i in reservation_or_list)
+
+
+def described(client, **kwargs):
+    return [i for r in client.describe_instances(**kwargs)["Reservations"] for i in r["Instances"]]
+
+
+def wait_state(client, ids, want, timeout=60):
+    start = time.time()
+    while time.time() - start < timeout:
+        states = {i["InstanceId"]: i["State"]["Name"] for i in described(client, InstanceIds=ids)}
+        if all(s == want for s in states.values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{ids} not {want}: {states}")
+
+
+# ---- Key pairs -------------------------------------------------------------
+rsa = ec2.create_key_pair(KeyName="lab-rsa")
+pem = write("lab-rsa.pem", rsa["KeyMaterial"] + "\n")
+assert rsa["KeyMaterial"].startswith("-----BEGIN RSA PRIVATE KEY-----"), rsa["KeyMaterial"][:40]
+assert rsa["KeyPairId"].startswith("key-"), rsa
+# EC2's fingerprint of a key it made: SHA-1 of the private key as DER PKCS#8.
+sha1 = sh(f"openssl pkcs8 -topk8 -nocrypt -in {pem} -outform DER | openssl sha1 -c").split("= ")[1].strip()
+assert rsa["KeyFingerprint"] == sha1, (rsa["KeyFingerprint"], sha1)
+ed = ec2.create_key_pair(KeyName="lab-ed", KeyType="ed25519",
+                         TagSpecifications=[{"ResourceType": "key-pair", "Tags": [{"Key": "team", "Value": "a"}]}])
+edkey = write("lab-ed", ed["KeyMaterial"] + "\n")
+assert ed["KeyMaterial"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+assert ed["Tags"] == [{"Key": "team", "Value": "a"}], ed
+# ssh-keygen reads both private keys and derives the public keys we keep.
+pairs = {k["KeyName"]: k for k in ec2.describe_key_pairs(IncludePublicKey=True)["KeyPairs"]}
+assert set(pairs) == {"lab-rsa", "lab-ed"}, pairs
+assert sh(f"ssh-keygen -y -f {pem}").split()[:2] == pairs["lab-rsa"]["PublicKey"].split()[:2]
+assert sh(f"ssh-keygen -y -f {edkey}").split()[:2] == pairs["lab-ed"]["PublicKey"].split()[:2]
+# ed25519: base64 SHA-256, as ssh-keygen -l prints it (with base64 padding).
+sha256 = sh(f"ssh-keygen -l -f {edkey}").split()[1].removeprefix("SHA256:")
+assert ed["KeyFingerprint"].rstrip("=") == sha256, (ed["KeyFingerprint"], sha256)
+assert pairs["lab-ed"]["KeyType"] == "ed25519" and pairs["lab-rsa"]["KeyType"] == "rsa"
+assert pairs["lab-ed"]["Tags"] == [{"Key": "team", "Value": "a"}]
+# Import: MD5 of the DER public key for RSA.
+sh(f"ssh-keygen -q -t rsa -b 2048 -N '' -C imported -f {work}/imp")
+pub = open(f"{work}/imp.pub").read()
+imp = ec2.import_key_pair(KeyName="imported", PublicKeyMaterial=pub.encode())
+md5 = sh(f"ssh-keygen -e -m pkcs8 -f {work}/imp.pub | openssl pkey -pubin -outform DER | openssl md5 -c"
+         ).split("= ")[1].strip()
+assert imp["KeyFingerprint"] == md5, (imp["KeyFingerprint"], md5)
+sh(f"ssh-keygen -q -t ed25519 -N '' -f {work}/imp2")
+imp2 = ec2.import_key_pair(KeyName="imported-ed", PublicKeyMaterial=open(f"{work}/imp2.pub", "rb").read())
+assert imp2["KeyFingerprint"].rstrip("=") == sh(f"ssh-keygen -l -f {work}/imp2.pub").split()[1][7:]
+assert code_of(ec2.create_key_pair, KeyName="lab-rsa") == ("InvalidKeyPair.Duplicate", 400)
+assert code_of(ec2.import_key_pair, KeyName="imported", PublicKeyMaterial=pub.encode()) == (
+    "InvalidKeyPair.Duplicate", 400)
+assert code_of(ec2.import_key_pair, KeyName="junk", PublicKeyMaterial=b"ssh-rsa not-a-key") == (
+    "InvalidKey.Format", 400)
+assert code_of(ec2.describe_key_pairs, KeyNames=["nope"]) == ("InvalidKeyPair.NotFound", 400)
+assert code_of(ec2.create_key_pair, KeyName="dry", DryRun=True) == ("DryRunOperation", 412)
+assert code_of(ec2.create_key_pair, KeyName="bad-type", KeyType="dsa")[0] == "InvalidParameterValue"
+by_filter = ec2.describe_key_pairs(Filters=[{"Name": "key-type", "Values": ["ed25519"]}])["KeyPairs"]
+assert sorted(k["KeyName"] for k in by_filter) == ["imported-ed", "lab-ed"], by_filter
+assert ec2.describe_key_pairs(Filters=[{"Name": "tag:team", "Values": ["a"]}])["KeyPairs"][0]["KeyName"] == "lab-ed"
+# Another account has its own namespace: it sees none of these and may reuse a name.
+assert other.describe_key_pairs()["KeyPairs"] == []
+assert code_of(other.describe_key_pairs, KeyNames=["lab-rsa"]) == ("InvalidKeyPair.NotFound", 400)
+other.create_key_pair(KeyName="lab-rsa", KeyType="ed25519")
+assert ec2.describe_key_pairs(KeyNames=["lab-rsa"])["KeyPairs"][0]["KeyType"] == "rsa"
+ec2.delete_key_pair(KeyName="imported-ed")
+ec2.delete_key_pair(KeyName="imported-ed")  # EC2: deleting a missing name succeeds
+assert "imported-ed" not in [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]]
+check("key pairs: RSA and ed25519 made and imported, fingerprints as openssl and ssh-keygen compute them, "
+      "duplicates, filters, tags, per-account names, delete")
+
+# ---- An image to run (the nodes' test driver boots nothing) ---------------
+s3.create_bucket(Bucket="img", CreateBucketConfiguration={"LocationConstraint": "gumtree"})
+s3.put_object(Bucket="img", Key="k", Body=os.urandom(4096), Metadata={"image-type": "kernel"})
+s3.put_object(Bucket="img", Key="r", Body=os.urandom(4096), Metadata={"image-type": "ramdisk"})
+s3.put_object(Bucket="img", Key="d", Body=os.urandom(65536))
+aki = ec2.register_image(ImageLocation="img/k", Name="api-kernel")["ImageId"]
+ari = ec2.register_image(ImageLocation="img/r", Name="api-ramdisk")["ImageId"]
+ami = ec2.register_image(ImageLocation="img/d", Name="api-disk", KernelId=aki, RamdiskId=ari)["ImageId"]
+ec2.modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"Group": "all"}]})
+for i in (aki, ari):
+    ec2.modify_image_attribute(ImageId=i, LaunchPermission={"Add": [{"Group": "all"}]})
+
+# ---- Tags --------------------------------------------------------------------
+assert code_of(ec2.run_instances, ImageId=ami, MinCount=1, MaxCount=1, KeyName="missing") == (
+    "InvalidKeyPair.NotFound", 400)
+r = ec2.run_instances(ImageId=ami, MinCount=2, MaxCount=2, KeyName="lab-ed",
+                      TagSpecifications=[{"ResourceType": "instance",
+                                          "Tags": [{"Key": "Name", "Value": "web"}, {"Key": "env", "Value": "lab"}]}])
+web = ids_of(r["Instances"])
+assert all(sorted((t["Key"], t["Value"]) for t in i["Tags"]) == [("Name", "web"), ("env", "lab")]
+           for i in r["Instances"]), r["Instances"]
+db = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+ec2.create_tags(Resources=[db], Tags=[{"Key": "Name", "Value": "db"}, {"Key": "empty", "Value": ""}])
+ec2.create_tags(Resources=[ami], Tags=[{"Key": "os", "Value": "tiny"}])
+assert ids_of(described(ec2, Filters=[{"Name": "tag:Name", "Values": ["web"]}])) == web
+assert ids_of(described(ec2, Filters=[{"Name": "tag:Name", "Values": ["w*", "db"]}])) == sorted(web + [db])
+assert ids_of(described(ec2, Filters=[{"Name": "tag-key", "Values": ["empty"]}])) == [db]
+assert ids_of(described(ec2, Filters=[{"Name": "key-name", "Values": ["lab-ed"]}])) == web
+assert ec2.describe_images(Filters=[{"Name": "tag:os", "Values": ["tiny"]}])["Images"][0]["ImageId"] == ami
+tags = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [db]}])["Tags"]
+assert [(t["Key"], t["Value"], t["ResourceType"]) for t in tags] == [
+    ("Name", "db", "instance"), ("empty", "", "instance")], tags
+ec2.delete_tags(Resources=[db], Tags=[{"Key": "Name", "Value": "other"}])  # value differs: kept
+ec2.delete_tags(Resources=[db], Tags=[{"Key": "empty"}])
+assert [t["Key"] for t in ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [db]}])["Tags"]] == ["Name"]
+assert code_of(ec2.create_tags, Resources=[db], Tags=[{"Key": "aws:x", "Value": "y"}])[0] == "InvalidParameterValue"
+assert code_of(ec2.create_tags, Resources=[db], Tags=[{"Key": f"k{n}", "Value": ""} for n in range(50)]) == (
+    "TagLimitExceeded", 400)
+assert code_of(ec2.create_tags, Resources=[db], Tags=[{"Key": "x", "Value": "y"}], DryRun=True) == (
+    "DryRunOperation", 412)
+# Another account can see the public image but neither sees nor tags the instances.
+assert code_of(other.create_tags, Resources=[db], Tags=[{"Key": "x", "Value": "y"}]) == (
+    "InvalidInstanceID.NotFound", 400)
+assert other.describe_tags()["Tags"] == []
+other.create_tags(Resources=[ami], Tags=[{"Key": "os", "Value": "mine"}])
+assert [t["Value"] for t in ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [ami]}])["Tags"]] == ["tiny"]
+check("tags: TagSpecifications on RunInstances and key pairs, Create/Delete/DescribeTags, tag:KEY, tag-key, "
+      "key-name filters, limits, per-account tags")
+
+# ---- Quotas (set by the admin: 3 instances, 4 cores) --------------------------
+attrs = {a["AttributeName"]: [v["AttributeValue"] for v in a["AttributeValues"]]
+         for a in other.describe_account_attributes()["AccountAttributes"]}
+assert attrs["supported-platforms"] == ["EC2"] and attrs["max-instances"] == ["3"], attrs
+mine = {a["AttributeName"]: a["AttributeValues"][0]["AttributeValue"]
+        for a in ec2.describe_account_attributes(AttributeNames=["max-instances"])["AccountAttributes"]}
+assert mine == {"max-instances": "12"}, mine  # no quota: what 3 nodes of 4 cores hold of m1.small
+two = other.run_instances(ImageId=ami, InstanceType="c1.medium", MinCount=1, MaxCount=5)["Instances"]
+assert len(two) == 2, "4 cores of quota hold two 2-core instances"
+assert code_of(other.run_instances, ImageId=ami, MinCount=1, MaxCount=1) == ("VcpuLimitExceeded", 400)
+other.terminate_instances(InstanceIds=[two[0]["InstanceId"]])
+wait_state(other, [two[0]["InstanceId"]], "terminated")
+ones = other.run_instances(ImageId=ami, MinCount=1, MaxCount=3)["Instances"]
+assert len(ones) == 2, "3 instances of quota, one is running: two more"
+assert code_of(other.run_instances, ImageId=ami, MinCount=1, MaxCount=1) == ("InstanceLimitExceeded", 400)
+assert len([i for i in described(other) if i["State"]["Name"] != "terminated"]) == 3
+check("quotas: MaxCount cut to what the quota allows, VcpuLimitExceeded, InstanceLimitExceeded, "
+      "terminated instances free their share; DescribeAccountAttributes")
+
+# ---- Eucalyptus' verbose zone listing, for the admin only ---------------------
+verbose = ec2.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+lines = {z["ZoneName"]: z["State"] for z in verbose}
+assert "zone-1" in lines and "|- m1.small" in lines and "|- vm types" in lines, lines
+free, _, most = lines["|- m1.small"].split()[:3]
+assert int(most) == 12, lines  # 3 nodes x 4 cores
+assert int(free) < int(most), "running instances take room"
+plain = other.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+assert [z["ZoneName"] for z in plain] == ["zone-1"], plain
+check("DescribeAvailabilityZones verbose: free/max per type for the admin, plain zones for others")
+
+all_ids = [i["InstanceId"] for c in (ec2, other) for i in described(c) if i["State"]["Name"] != "terminated"]
+ec2.terminate_instances(InstanceIds=[i for i in all_ids if i in web + [db]])
+other.terminate_instances(InstanceIds=[i for i in all_ids if i not in web + [db]])
+print("ec2 api: all checks passed")

@@ -113,7 +113,7 @@ pub fn describe_account_attributes(ec2: &Ec2, call: &Call) -> Result<String, Ec2
                     .filter_map(|n| n.node.as_ref())
                     .filter(|n| n.state == ServiceState::Enabled as i32)
                     .map(|n| {
-                        let r = n.resources.clone().unwrap_or_default();
+                        let r = n.resources.unwrap_or_default();
                         fits(
                             r.cores_total.into(),
                             r.memory_mib_total,
@@ -238,7 +238,7 @@ pub fn describe_availability_zones(ec2: &Ec2, call: &Call) -> Result<String, Ec2
                     if node.state != ServiceState::Enabled as i32 {
                         continue;
                     }
-                    let r = node.resources.clone().unwrap_or_default();
+                    let r = node.resources.unwrap_or_default();
                     free += fits(r.cores_free.into(), r.memory_mib_free, r.disk_gib_free, t);
                     max += fits(
                         r.cores_total.into(),

@@ -10,7 +10,9 @@ GUMTREE_EC2_ENDPOINT, GUMTREE_S3_ENDPOINT, GUMTREE_TINY_GUEST (directory).
 import base64
 import os
 import time
+import urllib.parse
 
+import boto
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, WaiterError
@@ -174,4 +176,27 @@ ids.append(one["Instances"][0]["InstanceId"])
 ec2.terminate_instances(InstanceIds=ids)
 waiter("instance_terminated", ids)
 check("MaxCount=3 runs three guests; MinCount/MaxCount all-or-nothing against capacity")
+# boto 2.49 as euca2ools-era scripts use it: SigV2 at /services/Eucalyptus,
+# with a key pair, run, wait for running, read the console, terminate.
+u = urllib.parse.urlparse(EC2)
+conn = boto.connect_euca(host=u.hostname, port=u.port, is_secure=False, path="/services/Eucalyptus",
+                         aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+kp = conn.create_key_pair("boto2-key")
+assert kp.material.startswith("-----BEGIN RSA PRIVATE KEY-----") and len(kp.fingerprint) == 59, vars(kp)
+res = conn.run_instances(ami, instance_type="m1.small", key_name="boto2-key")
+inst = res.instances[0]
+assert inst.image_id == ami and inst.key_name == "boto2-key", vars(inst)
+start = time.time()
+while inst.update() != "running":
+    assert time.time() - start < 120, f"boto2 instance stuck in {inst.state}"
+    time.sleep(1)
+wait_console(inst.id)
+assert MARKER in conn.get_console_output(inst.id).output.decode(errors="replace")
+conn.terminate_instances([inst.id])
+while inst.update() != "terminated":
+    assert time.time() - start < 240, f"boto2 instance stuck in {inst.state}"
+    time.sleep(1)
+conn.delete_key_pair("boto2-key")
+check("boto 2 connect_euca: create_key_pair, run_instances, running, console, terminate")
 print(f"instances: all checks passed (marker wait {marker_wait:.1f}s)")

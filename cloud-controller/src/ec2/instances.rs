@@ -866,7 +866,16 @@ pub async fn reboot_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error
 
 /// GetConsoleOutput: the guest's serial log, base64.
 pub async fn get_console_output(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
-    let id = call.params.required("InstanceId")?.to_string();
+    // boto 2 (as old EC2 versions did) sends the id as a list: InstanceId.1.
+    let id = match call.params.get("InstanceId") {
+        Some(id) => id.to_string(),
+        None => call
+            .params
+            .list("InstanceId")
+            .into_iter()
+            .next()
+            .ok_or_else(|| Ec2Error::missing("InstanceId"))?,
+    };
     let r = ec2
         .own_instances(call, std::slice::from_ref(&id))?
         .remove(0);

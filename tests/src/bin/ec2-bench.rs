@@ -1,0 +1,385 @@
+//! Compute benchmark, on loopback against whole clouds started by the test
+//! harness:
+//!
+//! 1. launch latency of the tiny guest on real libvirt (TCG here):
+//!    RunInstances to `running` in DescribeInstances, and to the boot
+//!    marker in GetConsoleOutput; median and max of `--launches N`;
+//! 2. DescribeInstances requests/s with 1,000 instances on record over a
+//!    simulated fleet of 100 nodes (node controllers on libvirt's test
+//!    driver), whole listings and pages of 100.
+//!
+//! Run it with `scripts/bench-ec2` (release build, libvirtd and the tiny
+//! guest made ready). The EC2 client here is a minimal keep-alive HTTP/1.1
+//! client signing with SigV4, so the figures are the server's.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use common::{sigv4, time};
+use tests::{
+    clients::{self, AwsCli, Credentials},
+    harness::{wait_for, Cloud, CloudOptions},
+};
+
+struct Ec2 {
+    addr: SocketAddr,
+    key: String,
+    secret: String,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Ec2 {
+    fn new(endpoint: &str, (key, secret): (String, String)) -> Self {
+        let addr = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("endpoint address");
+        Self {
+            addr,
+            key,
+            secret,
+            conn: None,
+        }
+    }
+
+    /// One signed POST; (status, body).
+    fn call(&mut self, action: &str, params: &[(&str, &str)]) -> (u16, String) {
+        let mut pairs: Vec<(String, String)> = vec![
+            ("Action".into(), action.into()),
+            ("Version".into(), "2016-11-15".into()),
+        ];
+        pairs.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let body = sigv4::canonical_query(&pairs);
+        let amz_date = time::amz_date(time::unix_secs());
+        let date = &amz_date[..8];
+        let ctype = "application/x-www-form-urlencoded; charset=utf-8";
+        let canonical = format!(
+            "POST\n/\n\ncontent-type:{ctype}\nhost:{}\nx-amz-date:{amz_date}\n\ncontent-type;host;x-amz-date\n{}",
+            self.addr,
+            sigv4::sha256_hex(body.as_bytes())
+        );
+        let scope = format!("{date}/gumtree/ec2/aws4_request");
+        let sts = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            sigv4::sha256_hex(canonical.as_bytes())
+        );
+        let signing = sigv4::signing_key(&self.secret, date, "gumtree", "ec2");
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders=content-type;host;x-amz-date, Signature={}",
+            self.key,
+            sigv4::sign(&signing, &sts)
+        );
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.addr).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            self.conn = Some(BufReader::with_capacity(1 << 16, s));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nX-Amz-Date: {amz_date}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        conn.get_mut().write_all(head.as_bytes()).expect("write");
+        let mut line = String::new();
+        conn.read_line(&mut line).expect("status line");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            conn.read_line(&mut line).expect("header");
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = l.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut buf = vec![0u8; length];
+        conn.read_exact(&mut buf).expect("body");
+        (status, String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    fn ok(&mut self, action: &str, params: &[(&str, &str)]) -> String {
+        let (status, body) = self.call(action, params);
+        assert_eq!(status, 200, "{action}: {body}");
+        body
+    }
+}
+
+/// Text of the first `<name>` element in `xml`.
+fn first<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(&xml[start..end])
+}
+
+fn state_of(c: &mut Ec2, id: &str) -> String {
+    let body = c.ok("DescribeInstances", &[("InstanceId.1", id)]);
+    let state = body.find("<instanceState>").map(|i| &body[i..]).unwrap_or("");
+    first(state, "name").unwrap_or("").to_string()
+}
+
+fn median_max(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    (median, *v.last().unwrap_or(&0.0))
+}
+
+fn ready(cloud: &Cloud, nodes: usize) {
+    wait_for("all nodes ENABLED", Duration::from_secs(120), || {
+        let up = cloud
+            .admin_json(&["describe-nodes"])
+            .as_array()?
+            .iter()
+            .filter(|n| n["state"] == "ENABLED")
+            .count();
+        (up == nodes
+            && cloud.service_state("walrus").as_deref() == Some("ENABLED")
+            && cloud.service_state("cluster-1").as_deref() == Some("ENABLED"))
+        .then_some(())
+    });
+}
+
+/// Uploads and registers an image (kernel and ramdisk when given).
+fn register(cloud: &Cloud, files: &[(PathBuf, &str)]) -> String {
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-bench");
+    std::fs::create_dir_all(&home).expect("home");
+    let s3 = cloud.s3_endpoint();
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
+    aws(&s3, &["s3", "mb", "s3://bench"]).expect_ok();
+    let mut ids: Vec<(String, String)> = Vec::new();
+    for (path, kind) in files {
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let mut cp = vec![
+            "s3".to_string(),
+            "cp".into(),
+            path.display().to_string(),
+            format!("s3://bench/{name}"),
+        ];
+        if !kind.is_empty() {
+            cp.extend(["--metadata".into(), format!("image-type={kind}")]);
+        }
+        let cp: Vec<&str> = cp.iter().map(String::as_str).collect();
+        aws(&s3, &cp).expect_ok();
+        let mut reg = vec![
+            "ec2".to_string(),
+            "register-image".into(),
+            "--image-location".into(),
+            format!("bench/{name}"),
+            "--name".into(),
+            format!("bench-{name}"),
+            "--query".into(),
+            "ImageId".into(),
+            "--output".into(),
+            "text".into(),
+        ];
+        for (k, id) in &ids {
+            reg.extend([format!("--{k}-id"), id.clone()]);
+        }
+        let reg: Vec<&str> = reg.iter().map(String::as_str).collect();
+        let id = aws(&ec2, &reg).expect_ok().trim().to_string();
+        ids.push((kind.to_string(), id));
+    }
+    ids.pop().expect("an image").1
+}
+
+fn launch_latency(launches: usize) {
+    let tiny = clients::tiny_guest();
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes: 1,
+        node_cores: 2,
+        node_memory_mib: 2048,
+        real_libvirt: true,
+        ..Default::default()
+    });
+    ready(&cloud, 1);
+    let ami = register(
+        &cloud,
+        &[
+            (tiny.join("vmlinuz"), "kernel"),
+            (tiny.join("initrd.gz"), "ramdisk"),
+            (tiny.join("disk.img"), ""),
+        ],
+    );
+    let mut c = Ec2::new(&cloud.ec2_endpoint(), cloud.admin_key());
+    let (mut to_running, mut to_marker) = (Vec::new(), Vec::new());
+    for n in 0..launches {
+        let start = Instant::now();
+        let body = c.ok(
+            "RunInstances",
+            &[
+                ("ImageId", &ami),
+                ("InstanceType", "m1.small"),
+                ("MinCount", "1"),
+                ("MaxCount", "1"),
+            ],
+        );
+        let id = first(&body, "instanceId").expect("instance id").to_string();
+        while state_of(&mut c, &id) != "running" {
+            assert!(start.elapsed() < Duration::from_secs(180), "{id} never ran");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let running = start.elapsed().as_secs_f64();
+        loop {
+            let body = c.ok("GetConsoleOutput", &[("InstanceId", &id)]);
+            let text = first(&body, "output")
+                .and_then(|o| base64::engine::general_purpose::STANDARD.decode(o).ok())
+                .unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains("GUMTREE-BOOT-OK") {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(300), "{id}: no boot marker");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let marker = start.elapsed().as_secs_f64();
+        println!("launch {}: running {running:.2} s, boot marker {marker:.2} s", n + 1);
+        to_running.push(running);
+        to_marker.push(marker);
+        c.ok("TerminateInstances", &[("InstanceId.1", &id)]);
+        while state_of(&mut c, &id) != "terminated" {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let (m, x) = median_max(to_running);
+    println!("RunInstances -> running:      median {m:.2} s, max {x:.2} s ({launches} launches)");
+    let (m, x) = median_max(to_marker);
+    println!("RunInstances -> boot marker:  median {m:.2} s, max {x:.2} s ({launches} launches)");
+}
+
+fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
+    let started = Instant::now();
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes,
+        node_cores: 16,
+        node_memory_mib: 16384,
+        ..Default::default()
+    });
+    ready(&cloud, nodes);
+    println!(
+        "fleet: {nodes} node controllers (libvirt test driver) up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let dir = cloud.dir().join("bench-image");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("image");
+    let ami = register(&cloud, &[(disk, "")]);
+    let mut c = Ec2::new(&cloud.ec2_endpoint(), cloud.admin_key());
+    let started = Instant::now();
+    let mut left = instances;
+    while left > 0 {
+        let n = left.min(100).to_string();
+        c.ok(
+            "RunInstances",
+            &[
+                ("ImageId", &ami),
+                ("InstanceType", "m1.small"),
+                ("MinCount", &n),
+                ("MaxCount", &n),
+            ],
+        );
+        left -= left.min(100);
+    }
+    wait_for(
+        "every instance running",
+        Duration::from_secs(600),
+        || {
+            let body = c.ok(
+                "DescribeInstances",
+                &[
+                    ("Filter.1.Name", "instance-state-name"),
+                    ("Filter.1.Value.1", "running"),
+                ],
+            );
+            (body.matches("<instanceId>").count() == instances).then_some(())
+        },
+    );
+    println!(
+        "{instances} instances running on {nodes} nodes {:.1} s after the first RunInstances",
+        started.elapsed().as_secs_f64()
+    );
+    let endpoint = cloud.ec2_endpoint();
+    for (label, params) in [
+        ("whole listing", vec![]),
+        ("pages of 100", vec![("MaxResults", "100")]),
+    ] {
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let counts: Vec<(usize, usize)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    let endpoint = endpoint.clone();
+                    let key = cloud.admin_key();
+                    let params = params.clone();
+                    s.spawn(move || {
+                        let mut c = Ec2::new(&endpoint, key);
+                        let (mut requests, mut bytes) = (0, 0);
+                        while Instant::now() < until {
+                            let body = c.ok("DescribeInstances", &params);
+                            if params.is_empty() {
+                                assert_eq!(body.matches("<instanceId>").count(), instances);
+                            }
+                            requests += 1;
+                            bytes += body.len();
+                        }
+                        (requests, bytes)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("client"))
+                .collect()
+        });
+        let requests: usize = counts.iter().map(|c| c.0).sum();
+        let bytes: usize = counts.iter().map(|c| c.1).sum();
+        println!(
+            "DescribeInstances, {label}: {:.1} requests/s ({clients} clients, {seconds} s, {:.0} KiB per response)",
+            requests as f64 / seconds as f64,
+            bytes as f64 / requests.max(1) as f64 / 1024.0
+        );
+    }
+}
+
+fn main() {
+    let mut launches = 5;
+    let mut skip_launch = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--launches" => {
+                launches = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--launches N")
+            }
+            "--no-launch" => skip_launch = true,
+            other => panic!("unknown argument {other}; use --launches N or --no-launch"),
+        }
+    }
+    if !skip_launch {
+        launch_latency(launches);
+    }
+    describe_rate(100, 1000, 10, 2);
+}

@@ -109,14 +109,26 @@ start_libvirt() {
       libvirtd -d && touch "$marks/libvirtd.started"
     else
       say "KVM is missing or does not work here: guests run under QEMU TCG"
-      # An empty file nobody may open stands in for /dev/kvm: libvirt then
-      # finds KVM unusable for QEMU's user, as its cached capabilities say,
-      # and keeps them (a readable stand-in such as /dev/null looks usable
-      # and makes it re-probe QEMU, ~16 s, on every definition).
-      local stand_in=/run/gumtree-no-kvm
-      [ -e "$stand_in" ] || install -m 000 /dev/null "$stand_in"
-      unshare --mount --propagation private sh -c \
-        "[ -e /dev/kvm ] && mount --bind $stand_in /dev/kvm; exec libvirtd -d" \
+      # libvirtd gets a /dev without kvm: a copy of /dev (device nodes,
+      # links, and the mounts below it bound in again) on a tmpfs, minus
+      # kvm. With no /dev/kvm libvirt keeps its cached QEMU capabilities;
+      # a stand-in file bound over /dev/kvm either looks usable (and makes
+      # it re-probe QEMU, ~16 s, on every definition) or breaks the private
+      # /dev it builds for each guest.
+      unshare --mount --propagation private sh -c '
+        set -e
+        d=/run/gumtree-dev
+        mkdir -p "$d"
+        mount -t tmpfs -o mode=0755,nosuid gumtree-dev "$d"
+        cp -ax /dev/. "$d"/
+        rm -f "$d/kvm"
+        for m in $(awk '"'"'$2 ~ "^/dev/" {print $2}'"'"' /proc/self/mounts); do
+          [ -d "$m" ] || continue
+          mkdir -p "$d${m#/dev}"
+          mount --rbind "$m" "$d${m#/dev}"
+        done
+        mount --move "$d" /dev
+        exec libvirtd -d' \
         && touch "$marks/libvirtd.started"
     fi
   fi

@@ -229,6 +229,12 @@ impl Accounts {
         }
     }
 
+    /// Deletes an access key.
+    pub fn delete_key(&self, access_key_id: &str) -> Result<(), AccountError> {
+        self.keys.delete(&access_key_id.to_string())?;
+        Ok(())
+    }
+
     /// The access keys of an account.
     pub fn keys_of(&self, account: &str) -> Result<Vec<AccessKey>, AccountError> {
         let account = self.find(account)?;

@@ -9,12 +9,19 @@ GUMTREE_OTHER_KEY / GUMTREE_OTHER_SECRET (an account with a quota of
 
 import base64
 import os
+import re
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 EC2 = os.environ["GUMTREE_EC2_ENDPOINT"]
@@ -207,4 +214,79 @@ check("DescribeAvailabilityZones verbose: free/max per type for the admin, plain
 all_ids = [i["InstanceId"] for c in (ec2, other) for i in described(c) if i["State"]["Name"] != "terminated"]
 ec2.terminate_instances(InstanceIds=[i for i in all_ids if i in web + [db]])
 other.terminate_instances(InstanceIds=[i for i in all_ids if i not in web + [db]])
+# ---- Accounts and access keys over the API (Eucalyptus' Euare, IAM's format) --
+EUARE = EC2.rstrip("/") + "/services/Euare"
+admin_creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+
+
+def euare(creds, action, **params):
+    """A signed IAM-style Query call: (HTTP status, body)."""
+    body = urllib.parse.urlencode({"Action": action, "Version": "2010-05-08", **params})
+    req = AWSRequest(method="POST", url=EUARE, data=body,
+                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    SigV4Auth(creds, "iam", "us-east-1").add_auth(req)
+    p = req.prepare()
+    r = urllib.request.Request(p.url, data=body.encode(), headers=dict(p.headers), method="POST")
+    try:
+        with urllib.request.urlopen(r) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def tag(xml, name):
+    return re.findall(f"<{name}>([^<]*)</{name}>", xml)
+
+
+status, body = euare(admin_creds, "CreateAccount", AccountName="euare-lab")
+assert status == 200 and tag(body, "AccountName") == ["euare-lab"], body
+assert len(tag(body, "AccountId")[0]) == 12, body
+status, body = euare(admin_creds, "CreateAccount", AccountName="euare-lab")
+assert status == 409 and tag(body, "Code") == ["EntityAlreadyExists"] and "<ErrorResponse" in body, body
+status, body = euare(admin_creds, "CreateAccount", AccountName="Bad_Name")
+assert status == 400 and tag(body, "Code") == ["ValidationError"], body
+status, body = euare(admin_creds, "ListAccounts")
+assert status == 200 and "euare-lab" in tag(body, "AccountName"), body
+status, body = euare(admin_creds, "CreateAccessKey", DelegateAccount="euare-lab", UserName="alice")
+assert status == 200 and tag(body, "UserName") == ["alice"] and tag(body, "Status") == ["Active"], body
+alice = Credentials(tag(body, "AccessKeyId")[0], tag(body, "SecretAccessKey")[0])
+alice_ec2 = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg,
+                         aws_access_key_id=alice.access_key, aws_secret_access_key=alice.secret_key)
+assert described(alice_ec2) == [], "a new account starts empty"
+# The account's own user manages its keys with boto3's IAM client.
+alice_iam = boto3.client("iam", endpoint_url=EUARE, region_name="gumtree", config=cfg,
+                         aws_access_key_id=alice.access_key, aws_secret_access_key=alice.secret_key)
+bob = alice_iam.create_access_key(UserName="bob")["AccessKey"]
+assert bob["UserName"] == "bob" and bob["Status"] == "Active" and bob["SecretAccessKey"], bob
+listed = alice_iam.list_access_keys()["AccessKeyMetadata"]
+assert sorted(k["UserName"] for k in listed) == ["alice", "bob"], listed
+alice_iam.delete_access_key(AccessKeyId=bob["AccessKeyId"])
+assert [k["UserName"] for k in alice_iam.list_access_keys()["AccessKeyMetadata"]] == ["alice"]
+try:
+    alice_iam.delete_access_key(AccessKeyId=bob["AccessKeyId"])
+    raise AssertionError("deleting a deleted key must fail")
+except ClientError as e:
+    assert e.response["Error"]["Code"] == "NoSuchEntity", e.response
+status, body = euare(alice, "ListAccounts")
+assert status == 403 and tag(body, "Code") == ["AccessDenied"], body
+status, body = euare(alice, "CreateAccessKey", DelegateAccount="eucalyptus")
+assert status == 403 and tag(body, "Code") == ["AccessDenied"], body
+wrong = boto3.client("iam", endpoint_url=EUARE, region_name="gumtree", config=cfg,
+                     aws_access_key_id=alice.access_key, aws_secret_access_key="wrong")
+try:
+    wrong.list_access_keys()
+    raise AssertionError("a wrong secret must fail")
+except ClientError as e:
+    assert e.response["Error"]["Code"] == "AuthFailure", e.response
+# An account with instances cannot be deleted; once they are gone it can, and its keys stop working.
+lab_iid = alice_ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+status, body = euare(admin_creds, "DeleteAccount", AccountName="euare-lab")
+assert status == 409 and tag(body, "Code") == ["DeleteConflict"], body
+alice_ec2.terminate_instances(InstanceIds=[lab_iid])
+wait_state(alice_ec2, [lab_iid], "terminated")
+status, body = euare(admin_creds, "DeleteAccount", AccountName="euare-lab")
+assert status == 200, body
+assert code_of(alice_ec2.describe_instances) == ("AuthFailure", 401)
+check("Euare API: CreateAccount/ListAccounts/DeleteAccount by the admin, access keys for an account's users "
+      "(boto3's IAM client), AccessDenied for others, DeleteConflict while instances live")
 print("ec2 api: all checks passed")

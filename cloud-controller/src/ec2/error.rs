@@ -10,6 +10,8 @@ pub struct Ec2Error {
     pub code: String,
     pub status: StatusCode,
     pub message: String,
+    /// Rendered in IAM's `<ErrorResponse>` envelope (the Euare API).
+    pub iam: bool,
 }
 
 impl Ec2Error {
@@ -19,7 +21,14 @@ impl Ec2Error {
             code: code.to_string(),
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
+            iam: false,
         }
+    }
+
+    /// The same error, for an IAM (Euare) client.
+    pub fn for_iam(mut self) -> Self {
+        self.iam = true;
+        self
     }
 
     /// With another HTTP status.
@@ -87,6 +96,18 @@ impl Ec2Error {
 
     /// The XML body.
     pub fn to_xml(&self, request_id: &str) -> String {
+        if self.iam {
+            let kind = if self.status.is_server_error() {
+                "Receiver"
+            } else {
+                "Sender"
+            };
+            return format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error><Type>{kind}</Type><Code>{}</Code><Message>{}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>",
+                escape(&self.code),
+                escape(&self.message)
+            );
+        }
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>",
             escape(&self.code),

@@ -7,6 +7,7 @@
 //! which parameters) and return a body written with [`xml::Writer`].
 
 pub mod error;
+pub mod euare;
 pub mod images;
 pub mod instances;
 pub mod keypairs;
@@ -32,7 +33,12 @@ use common::auth::ClusterSecret;
 /// Largest request body accepted (user data is at most 16 KiB base64).
 const MAX_BODY: usize = 1024 * 1024;
 /// Paths the API answers at.
-const PATHS: [&str; 3] = ["/", "/services/compute", "/services/Eucalyptus"];
+const PATHS: [&str; 4] = [
+    "/",
+    "/services/compute",
+    "/services/Eucalyptus",
+    "/services/Euare",
+];
 /// The API version used when a request names none.
 pub const DEFAULT_VERSION: &str = "2016-11-15";
 
@@ -134,17 +140,23 @@ impl Ec2 {
         let id = request_id();
         let span = tracing::info_span!("ec2", request_id = %id);
         let _enter = span.enter();
-        let (status, body) = match self.dispatch(req, &id).await {
-            Ok(body) => (StatusCode::OK, body),
-            Err(e) => {
-                if e.status.is_server_error() {
-                    tracing::error!(code = %e.code, "{}", e.message);
-                } else {
-                    tracing::info!(code = %e.code, status = e.status.as_u16(), "{}", e.message);
+        let iam = req.uri().path().trim_end_matches('/') == "/services/Euare";
+        let (status, body) =
+            match self
+                .dispatch(req, &id)
+                .await
+                .map_err(|e| if iam { e.for_iam() } else { e })
+            {
+                Ok(body) => (StatusCode::OK, body),
+                Err(e) => {
+                    if e.status.is_server_error() {
+                        tracing::error!(code = %e.code, "{}", e.message);
+                    } else {
+                        tracing::info!(code = %e.code, status = e.status.as_u16(), "{}", e.message);
+                    }
+                    (e.status, e.to_xml(&id))
                 }
-                (e.status, e.to_xml(&id))
-            }
-        };
+            };
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
         r.headers_mut().insert(
@@ -238,6 +250,9 @@ impl Ec2 {
     }
 
     async fn run(&self, call: &Call) -> Result<String, Ec2Error> {
+        if euare::ACTIONS.contains(&call.action.as_str()) {
+            return euare::run(self, call).map_err(Ec2Error::for_iam);
+        }
         match call.action.as_str() {
             "RegisterImage" => images::register_image(self, call).await,
             "DescribeImages" => images::describe_images(self, call),

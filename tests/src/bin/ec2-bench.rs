@@ -130,7 +130,10 @@ fn first<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
 
 fn state_of(c: &mut Ec2, id: &str) -> String {
     let body = c.ok("DescribeInstances", &[("InstanceId.1", id)]);
-    let state = body.find("<instanceState>").map(|i| &body[i..]).unwrap_or("");
+    let state = body
+        .find("<instanceState>")
+        .map(|i| &body[i..])
+        .unwrap_or("");
     first(state, "name").unwrap_or("").to_string()
 }
 
@@ -167,11 +170,16 @@ fn register(cloud: &Cloud, files: &[(PathBuf, &str)]) -> String {
     std::fs::create_dir_all(&home).expect("home");
     let s3 = cloud.s3_endpoint();
     let ec2 = cloud.ec2_endpoint();
-    let aws = |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
+    let aws =
+        |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
     aws(&s3, &["s3", "mb", "s3://bench"]).expect_ok();
     let mut ids: Vec<(String, String)> = Vec::new();
     for (path, kind) in files {
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         let mut cp = vec![
             "s3".to_string(),
             "cp".into(),
@@ -250,11 +258,17 @@ fn launch_latency(launches: usize) {
             if String::from_utf8_lossy(&text).contains("GUMTREE-BOOT-OK") {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(300), "{id}: no boot marker");
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "{id}: no boot marker"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let marker = start.elapsed().as_secs_f64();
-        println!("launch {}: running {running:.2} s, boot marker {marker:.2} s", n + 1);
+        println!(
+            "launch {}: running {running:.2} s, boot marker {marker:.2} s",
+            n + 1
+        );
         to_running.push(running);
         to_marker.push(marker);
         c.ok("TerminateInstances", &[("InstanceId.1", &id)]);
@@ -302,20 +316,16 @@ fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
         );
         left -= left.min(100);
     }
-    wait_for(
-        "every instance running",
-        Duration::from_secs(600),
-        || {
-            let body = c.ok(
-                "DescribeInstances",
-                &[
-                    ("Filter.1.Name", "instance-state-name"),
-                    ("Filter.1.Value.1", "running"),
-                ],
-            );
-            (body.matches("<instanceId>").count() == instances).then_some(())
-        },
-    );
+    wait_for("every instance running", Duration::from_secs(600), || {
+        let body = c.ok(
+            "DescribeInstances",
+            &[
+                ("Filter.1.Name", "instance-state-name"),
+                ("Filter.1.Value.1", "running"),
+            ],
+        );
+        (body.matches("<instanceId>").count() == instances).then_some(())
+    });
     println!(
         "{instances} instances running on {nodes} nodes {:.1} s after the first RunInstances",
         started.elapsed().as_secs_f64()

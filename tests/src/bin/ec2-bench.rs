@@ -203,8 +203,10 @@ fn register(cloud: &Cloud, files: &[(PathBuf, &str)]) -> String {
             "--output".into(),
             "text".into(),
         ];
-        for (k, id) in &ids {
-            reg.extend([format!("--{k}-id"), id.clone()]);
+        if kind.is_empty() {
+            for (k, id) in &ids {
+                reg.extend([format!("--{k}-id"), id.clone()]);
+            }
         }
         let reg: Vec<&str> = reg.iter().map(String::as_str).collect();
         let id = aws(&ec2, &reg).expect_ok().trim().to_string();

@@ -234,6 +234,17 @@ impl Instances {
         Ok(Some(r))
     }
 
+    /// Records the address and MAC the cluster gave `id`.
+    pub fn set_network(&self, id: &str, private_ip: &str, mac: &str) -> Result<(), StoreError> {
+        let _w = self.lock();
+        if let Some(mut r) = self.table.get(&id.to_string())? {
+            r.private_ip = private_ip.to_string();
+            r.mac = mac.to_string();
+            self.table.put(&r)?;
+        }
+        Ok(())
+    }
+
     /// Changes the type (and so the size) of `id`.
     pub fn set_type(&self, id: &str, instance_type: &str) -> Result<(), StoreError> {
         let _w = self.lock();

@@ -66,6 +66,13 @@ pub struct ClusterConfig {
     pub heartbeat_secs: u64,
     /// Seconds without a report before a node shows NOTREADY. Default 6.
     pub node_timeout_secs: u64,
+    /// `MANAGED-NOVLAN` (a private address per instance from
+    /// `private_subnet`) or `NONE`. Default `MANAGED-NOVLAN`.
+    pub network_mode: crate::network::NetworkMode,
+    /// The cluster's private network, CIDR, /16 to /29: its first address
+    /// is the nodes' bridge, the rest but the broadcast go to instances.
+    /// Default `172.31.0.0/20`.
+    pub private_subnet: String,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -86,6 +93,8 @@ impl Default for ClusterConfig {
             placement_threshold: 0.8,
             heartbeat_secs: 2,
             node_timeout_secs: 6,
+            network_mode: crate::network::NetworkMode::ManagedNoVlan,
+            private_subnet: "172.31.0.0/20".into(),
             log_filter: "info".into(),
         }
     }

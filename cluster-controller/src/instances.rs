@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{service::interceptor::InterceptedService, transport::Channel, Status};
 
 use crate::{
+    network::Subnet,
     nodes::Nodes,
     placement::{self, Candidate, Need, Settings},
 };
@@ -32,14 +33,26 @@ pub struct Placed {
     pub cores: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    /// Its private address; empty without a private network.
+    pub private_ip: String,
 }
 
 impl Record for Placed {
     const TABLE: &'static str = "placed";
-    const SCHEMA: u32 = 1;
+    /// 2: `private_ip` added.
+    const SCHEMA: u32 = 2;
     type Key = String;
     fn key(&self) -> String {
         self.instance_id.clone()
+    }
+    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+        match (from, value.as_object_mut()) {
+            (1, Some(o)) => {
+                o.insert("private_ip".into(), "".into());
+                Ok(value)
+            }
+            _ => Err(format!("no migration from schema {from}")),
+        }
     }
 }
 
@@ -56,6 +69,8 @@ pub struct ClusterInstances {
     secret: ClusterSecret,
     name: String,
     clients: Mutex<HashMap<String, NodeClient>>,
+    /// The private network, when instances get addresses.
+    subnet: Option<Subnet>,
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -80,6 +95,7 @@ impl ClusterInstances {
         settings: Settings,
         secret: ClusterSecret,
         name: &str,
+        subnet: Option<Subnet>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
             nodes,
@@ -89,6 +105,7 @@ impl ClusterInstances {
             secret,
             name: name.to_string(),
             clients: Mutex::new(HashMap::new()),
+            subnet,
         })
     }
 
@@ -148,11 +165,12 @@ impl ClusterInstances {
             .partition(|s| ledger.iter().any(|p| p.instance_id == s.instance_id));
         let mut already = Vec::new();
         for mut spec in done.drain(..) {
-            let node = ledger
+            let (node, ip) = ledger
                 .iter()
                 .find(|p| p.instance_id == spec.instance_id)
-                .map(|p| p.node.clone())
+                .map(|p| (p.node.clone(), p.private_ip.clone()))
                 .unwrap_or_default();
+            spec.private_ip = ip;
             if spec.mac.is_empty() {
                 spec.mac = mac_for(&spec.instance_id);
             }
@@ -204,8 +222,29 @@ impl ClusterInstances {
                 }
                 chosen.push(node);
             }
+            let addresses: Vec<String> = match &self.subnet {
+                None => vec![String::new(); specs.len()],
+                Some(subnet) => {
+                    let used: std::collections::BTreeSet<std::net::Ipv4Addr> = ledger
+                        .iter()
+                        .filter_map(|p| p.private_ip.parse().ok())
+                        .collect();
+                    subnet
+                        .allocate(&used, specs.len())
+                        .ok_or_else(|| {
+                            Status::resource_exhausted(format!(
+                                "InsufficientInstanceCapacity: the private network {subnet} has no room for {} more instance(s)",
+                                specs.len()
+                            ))
+                        })?
+                        .into_iter()
+                        .map(|ip| ip.to_string())
+                        .collect()
+                }
+            };
             let mut out = Vec::new();
-            for (mut spec, node) in specs.into_iter().zip(chosen) {
+            for ((mut spec, node), ip) in specs.into_iter().zip(chosen).zip(addresses) {
+                spec.private_ip = ip;
                 let endpoint = endpoint_of(&node);
                 if spec.mac.is_empty() {
                     spec.mac = mac_for(&spec.instance_id);
@@ -217,6 +256,7 @@ impl ClusterInstances {
                         cores: spec.cores,
                         memory_mib: spec.memory_mib,
                         disk_gib: spec.disk_gib,
+                        private_ip: spec.private_ip.clone(),
                     })
                     .map_err(store_status)?;
                 out.push((spec, node, endpoint));
@@ -224,7 +264,7 @@ impl ClusterInstances {
             out
         };
         for (spec, node, _) in &placed {
-            tracing::info!(instance_id = %spec.instance_id, node = %node, policy = self.settings.policy.as_str(), "instance placed");
+            tracing::info!(instance_id = %spec.instance_id, node = %node, private_ip = %spec.private_ip, policy = self.settings.policy.as_str(), "instance placed");
         }
         already.extend(placed);
         Ok(already)

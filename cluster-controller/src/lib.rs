@@ -6,5 +6,6 @@
 pub mod config;
 pub mod grpc;
 pub mod instances;
+pub mod network;
 pub mod nodes;
 pub mod placement;

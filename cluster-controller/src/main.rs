@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use cluster_controller::network::{NetworkMode, Subnet};
 use cluster_controller::{
     config::ClusterConfig, grpc::Cluster, instances::ClusterInstances, nodes::Nodes, placement,
 };
@@ -53,6 +54,10 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
         },
         started.secret.clone(),
         &config.name,
+        match config.network_mode {
+            NetworkMode::ManagedNoVlan => Some(config.private_subnet.parse::<Subnet>()?),
+            NetworkMode::None => None,
+        },
     )?);
     let cluster = Cluster {
         nodes: nodes.clone(),

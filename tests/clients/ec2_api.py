@@ -178,6 +178,13 @@ assert code_of(other.create_tags, Resources=[db], Tags=[{"Key": "x", "Value": "y
 assert other.describe_tags()["Tags"] == []
 other.create_tags(Resources=[ami], Tags=[{"Key": "os", "Value": "mine"}])
 assert [t["Value"] for t in ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [ami]}])["Tags"]] == ["tiny"]
+# Private addresses from the cluster's subnet (172.31.0.0/20 by default), lowest free first.
+running = described(ec2, InstanceIds=web + [db])
+ips = {i["InstanceId"]: i["PrivateIpAddress"] for i in running}
+assert sorted(ips.values()) == ["172.31.0.2", "172.31.0.3", "172.31.0.4"], ips
+assert all(i["PrivateDnsName"] == "ip-" + i["PrivateIpAddress"].replace(".", "-") + ".gumtree.compute.internal"
+           for i in running), running
+assert ids_of(described(ec2, Filters=[{"Name": "private-ip-address", "Values": [ips[db]]}])) == [db]
 check("tags: TagSpecifications on RunInstances and key pairs, Create/Delete/DescribeTags, tag:KEY, tag-key, "
       "key-name filters, limits, per-account tags")
 
@@ -195,10 +202,13 @@ other.terminate_instances(InstanceIds=[two[0]["InstanceId"]])
 wait_state(other, [two[0]["InstanceId"]], "terminated")
 ones = other.run_instances(ImageId=ami, MinCount=1, MaxCount=3)["Instances"]
 assert len(ones) == 2, "3 instances of quota, one is running: two more"
+# The terminated instance's address is free again; the one still in use is not handed out.
+assert two[0]["PrivateIpAddress"] == "172.31.0.5" and two[1]["PrivateIpAddress"] == "172.31.0.6", two
+assert sorted(i["PrivateIpAddress"] for i in ones) == ["172.31.0.5", "172.31.0.7"], ones
 assert code_of(other.run_instances, ImageId=ami, MinCount=1, MaxCount=1) == ("InstanceLimitExceeded", 400)
 assert len([i for i in described(other) if i["State"]["Name"] != "terminated"]) == 3
 check("quotas: MaxCount cut to what the quota allows, VcpuLimitExceeded, InstanceLimitExceeded, "
-      "terminated instances free their share; DescribeAccountAttributes")
+      "terminated instances free their share (and their private address); DescribeAccountAttributes")
 
 # ---- Eucalyptus' verbose zone listing, for the admin only ---------------------
 verbose = ec2.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]

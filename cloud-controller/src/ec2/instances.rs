@@ -268,7 +268,12 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 ));
             }
             let tags = ec2.tags.all(me).map_err(store_error)?;
-            return Ok(reservation_response(call, &earlier, &tags));
+            return Ok(reservation_response(
+                call,
+                &earlier,
+                &tags,
+                &ec2.settings.region,
+            ));
         }
     }
     let max = max.min(quota_allows(ec2, me, &itype, min)?);
@@ -361,7 +366,11 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     if let Some(r) = records.iter_mut().find(|r| r.instance_id == s.instance_id) {
                         r.node = s.node.clone();
                         r.mac = s.mac.clone();
+                        r.private_ip = s.private_ip.clone();
                     }
+                    let _ = ec2
+                        .instances
+                        .set_network(&s.instance_id, &s.private_ip, &s.mac);
                     let _ = ec2
                         .instances
                         .set_state(&s.instance_id, "pending", "", Some(&s.node));
@@ -395,7 +404,12 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     }
                 });
                 let tags = ec2.tags.all(me).map_err(store_error)?;
-                return Ok(reservation_response(call, &records, &tags));
+                return Ok(reservation_response(
+                    call,
+                    &records,
+                    &tags,
+                    &ec2.settings.region,
+                ));
             }
             Err(status) => {
                 for r in &records {
@@ -496,7 +510,21 @@ fn quota_allows(
     Ok(by_count.min(by_cores).min(by_memory))
 }
 
-fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>, tags: &[Tag]) {
+/// EC2's private DNS name of an address: `ip-10-0-0-2.<region>.compute.internal`.
+pub fn private_dns(ip: &str, region: &str) -> String {
+    if ip.is_empty() {
+        return String::new();
+    }
+    format!("ip-{}.{region}.compute.internal", ip.replace('.', "-"))
+}
+
+fn write_instance(
+    w: &mut Writer,
+    r: &InstanceRecord,
+    image: Option<&Image>,
+    tags: &[Tag],
+    region: &str,
+) {
     w.open("item")
         .elem("instanceId", &r.instance_id)
         .elem("imageId", &r.image_id)
@@ -504,7 +532,7 @@ fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>, tag
         .elem("code", &r.state_code().to_string())
         .elem("name", &r.state)
         .close("instanceState")
-        .elem("privateDnsName", "")
+        .elem("privateDnsName", &private_dns(&r.private_ip, region))
         .elem("dnsName", "")
         .elem("reason", &r.state_reason)
         .opt("keyName", r.key_name.as_deref())
@@ -548,7 +576,12 @@ fn write_instance(w: &mut Writer, r: &InstanceRecord, image: Option<&Image>, tag
     w.close("item");
 }
 
-fn reservation_response(call: &Call, records: &[InstanceRecord], tags: &[Tag]) -> String {
+fn reservation_response(
+    call: &Call,
+    records: &[InstanceRecord],
+    tags: &[Tag],
+    region: &str,
+) -> String {
     let mut w = call.writer();
     w.elem("reservationId", &records[0].reservation_id)
         .elem("ownerId", &call.caller.account_id)
@@ -561,13 +594,18 @@ fn reservation_response(call: &Call, records: &[InstanceRecord], tags: &[Tag]) -
             .filter(|t| t.resource_id == r.instance_id)
             .cloned()
             .collect();
-        write_instance(&mut w, r, None, &mine);
+        write_instance(&mut w, r, None, &mine, region);
     }
     w.close("instancesSet");
     w.finish()
 }
 
-fn filter_values(r: &InstanceRecord, tags: &[Tag], name: &str) -> Result<Vec<String>, Ec2Error> {
+fn filter_values(
+    r: &InstanceRecord,
+    tags: &[Tag],
+    name: &str,
+    region: &str,
+) -> Result<Vec<String>, Ec2Error> {
     if let Some(values) = tag_filter_values(name, tags) {
         return Ok(values);
     }
@@ -580,6 +618,7 @@ fn filter_values(r: &InstanceRecord, tags: &[Tag], name: &str) -> Result<Vec<Str
         "instance-type" => v(&r.instance_type),
         "availability-zone" => v(&r.zone),
         "private-ip-address" => v(&r.private_ip),
+        "private-dns-name" => v(&private_dns(&r.private_ip, region)),
         "key-name" => r.key_name.iter().cloned().collect(),
         "reservation-id" => v(&r.reservation_id),
         "kernel-id" => r.kernel_id.iter().cloned().collect(),
@@ -596,9 +635,14 @@ fn filter_values(r: &InstanceRecord, tags: &[Tag], name: &str) -> Result<Vec<Str
     })
 }
 
-fn passes(r: &InstanceRecord, tags: &[Tag], filters: &[Filter]) -> Result<bool, Ec2Error> {
+fn passes(
+    r: &InstanceRecord,
+    tags: &[Tag],
+    filters: &[Filter],
+    region: &str,
+) -> Result<bool, Ec2Error> {
     for f in filters {
-        let have = filter_values(r, tags, &f.name)?;
+        let have = filter_values(r, tags, &f.name, region)?;
         if !f
             .values
             .iter()
@@ -637,7 +681,12 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let none = Vec::new();
     let mut kept = Vec::new();
     for r in records.drain(..) {
-        if passes(&r, tags.get(&r.instance_id).unwrap_or(&none), &filters)? {
+        if passes(
+            &r,
+            tags.get(&r.instance_id).unwrap_or(&none),
+            &filters,
+            &ec2.settings.region,
+        )? {
             kept.push(r);
         }
     }
@@ -687,6 +736,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 &kept[i],
                 images.get(&kept[i].image_id),
                 tags.get(&kept[i].instance_id).unwrap_or(&none),
+                &ec2.settings.region,
             );
             i += 1;
         }

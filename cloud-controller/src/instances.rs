@@ -84,14 +84,26 @@ pub struct InstanceRecord {
     pub launch_index: u32,
     pub private_ip: String,
     pub mac: String,
+    /// Ids of its security groups.
+    pub security_groups: Vec<String>,
 }
 
 impl Record for InstanceRecord {
     const TABLE: &'static str = "instances";
-    const SCHEMA: u32 = 1;
+    /// 2: `security_groups` added.
+    const SCHEMA: u32 = 2;
     type Key = String;
     fn key(&self) -> String {
         self.instance_id.clone()
+    }
+    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+        match (from, value.as_object_mut()) {
+            (1, Some(o)) => {
+                o.insert("security_groups".into(), serde_json::json!([]));
+                Ok(value)
+            }
+            _ => Err(format!("no migration from schema {from}")),
+        }
     }
 }
 
@@ -337,6 +349,7 @@ mod tests {
             launch_index: 0,
             private_ip: String::new(),
             mac: String::new(),
+            security_groups: Vec::new(),
         }
     }
 

@@ -13,4 +13,5 @@ pub mod images;
 pub mod instances;
 pub mod keypairs;
 pub mod registry;
+pub mod security_groups;
 pub mod tags;

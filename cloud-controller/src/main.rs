@@ -80,6 +80,10 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         keypairs: Arc::new(
             cloud_controller::keypairs::KeyPairs::open(&store).context("opening the key pairs")?,
         ),
+        security_groups: Arc::new(
+            cloud_controller::security_groups::SecurityGroups::open(&store)
+                .context("opening the security groups")?,
+        ),
         launches: Default::default(),
         secret: started.secret.clone(),
         settings: ec2::Settings {

@@ -5,6 +5,8 @@
 //! (all or nothing, MaxCount down to MinCount) and answers; the cluster
 //! starts them in the background and their states arrive with its reports.
 
+use std::collections::HashMap;
+
 use base64::Engine;
 use common::{auth::SignCalls, time};
 use proto::{
@@ -214,6 +216,11 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         }
     };
     let instance_tags = specified(p, "instance")?;
+    let groups = ec2.launch_groups(call)?;
+    let group_names: HashMap<String, String> = groups
+        .iter()
+        .map(|g| (g.group_id.clone(), g.name.clone()))
+        .collect();
     let key_pair = match p.get("KeyName") {
         Some(name) => Some(
             ec2.keypairs
@@ -273,6 +280,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 &earlier,
                 &tags,
                 &ec2.settings.region,
+                &group_names,
             ));
         }
     }
@@ -313,6 +321,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 launch_index: i as u32,
                 private_ip: String::new(),
                 mac: String::new(),
+                security_groups: groups.iter().map(|g| g.group_id.clone()).collect(),
             })
             .collect();
         let specs: Vec<InstanceSpec> = records
@@ -333,6 +342,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     .and_then(|u| base64::engine::general_purpose::STANDARD.decode(u).ok())
                     .unwrap_or_default(),
                 key_name: r.key_name.clone().unwrap_or_default(),
+                security_groups: r.security_groups.clone(),
                 public_key: key_pair
                     .as_ref()
                     .map(|k| k.public_key.clone())
@@ -409,6 +419,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     &records,
                     &tags,
                     &ec2.settings.region,
+                    &group_names,
                 ));
             }
             Err(status) => {
@@ -518,12 +529,25 @@ pub fn private_dns(ip: &str, region: &str) -> String {
     format!("ip-{}.{region}.compute.internal", ip.replace('.', "-"))
 }
 
+/// `<groupSet>` of an instance or reservation.
+fn write_groups(w: &mut Writer, ids: &[String], names: &HashMap<String, String>) {
+    w.open("groupSet");
+    for id in ids {
+        w.open("item")
+            .elem("groupId", id)
+            .opt("groupName", names.get(id).map(String::as_str))
+            .close("item");
+    }
+    w.close("groupSet");
+}
+
 fn write_instance(
     w: &mut Writer,
     r: &InstanceRecord,
     image: Option<&Image>,
     tags: &[Tag],
     region: &str,
+    groups: &HashMap<String, String>,
 ) {
     w.open("item")
         .elem("instanceId", &r.instance_id)
@@ -572,6 +596,7 @@ fn write_instance(
             .elem("message", &r.state_reason)
             .close("stateReason");
     }
+    write_groups(w, &r.security_groups, groups);
     write_tag_set(w, tags);
     w.close("item");
 }
@@ -581,20 +606,20 @@ fn reservation_response(
     records: &[InstanceRecord],
     tags: &[Tag],
     region: &str,
+    groups: &HashMap<String, String>,
 ) -> String {
     let mut w = call.writer();
     w.elem("reservationId", &records[0].reservation_id)
-        .elem("ownerId", &call.caller.account_id)
-        .open("groupSet")
-        .close("groupSet")
-        .open("instancesSet");
+        .elem("ownerId", &call.caller.account_id);
+    write_groups(&mut w, &records[0].security_groups, groups);
+    w.open("instancesSet");
     for r in records {
         let mine: Vec<Tag> = tags
             .iter()
             .filter(|t| t.resource_id == r.instance_id)
             .cloned()
             .collect();
-        write_instance(&mut w, r, None, &mine, region);
+        write_instance(&mut w, r, None, &mine, region, groups);
     }
     w.close("instancesSet");
     w.finish()
@@ -605,6 +630,7 @@ fn filter_values(
     tags: &[Tag],
     name: &str,
     region: &str,
+    groups: &HashMap<String, String>,
 ) -> Result<Vec<String>, Ec2Error> {
     if let Some(values) = tag_filter_values(name, tags) {
         return Ok(values);
@@ -619,6 +645,12 @@ fn filter_values(
         "availability-zone" => v(&r.zone),
         "private-ip-address" => v(&r.private_ip),
         "private-dns-name" => v(&private_dns(&r.private_ip, region)),
+        "group-id" | "instance.group-id" => r.security_groups.clone(),
+        "group-name" | "instance.group-name" => r
+            .security_groups
+            .iter()
+            .filter_map(|id| groups.get(id).cloned())
+            .collect(),
         "key-name" => r.key_name.iter().cloned().collect(),
         "reservation-id" => v(&r.reservation_id),
         "kernel-id" => r.kernel_id.iter().cloned().collect(),
@@ -640,9 +672,10 @@ fn passes(
     tags: &[Tag],
     filters: &[Filter],
     region: &str,
+    groups: &HashMap<String, String>,
 ) -> Result<bool, Ec2Error> {
     for f in filters {
-        let have = filter_values(r, tags, &f.name, region)?;
+        let have = filter_values(r, tags, &f.name, region, groups)?;
         if !f
             .values
             .iter()
@@ -678,6 +711,11 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         ec2.own_instances(call, &ids)?
     };
     let tags = by_resource(ec2, &call.caller.account_id)?;
+    let group_names: HashMap<String, String> = ec2
+        .own_groups(call)?
+        .into_iter()
+        .map(|g| (g.group_id, g.name))
+        .collect();
     let none = Vec::new();
     let mut kept = Vec::new();
     for r in records.drain(..) {
@@ -686,6 +724,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             tags.get(&r.instance_id).unwrap_or(&none),
             &filters,
             &ec2.settings.region,
+            &group_names,
         )? {
             kept.push(r);
         }
@@ -726,10 +765,9 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         let rid = kept[i].reservation_id.clone();
         w.open("item")
             .elem("reservationId", &rid)
-            .elem("ownerId", &kept[i].account_id)
-            .open("groupSet")
-            .close("groupSet")
-            .open("instancesSet");
+            .elem("ownerId", &kept[i].account_id);
+        write_groups(&mut w, &kept[i].security_groups, &group_names);
+        w.open("instancesSet");
         while i < kept.len() && kept[i].reservation_id == rid {
             write_instance(
                 &mut w,
@@ -737,6 +775,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 images.get(&kept[i].image_id),
                 tags.get(&kept[i].instance_id).unwrap_or(&none),
                 &ec2.settings.region,
+                &group_names,
             );
             i += 1;
         }

@@ -13,6 +13,7 @@ pub mod instances;
 pub mod keypairs;
 pub mod params;
 pub mod regions;
+pub mod security_groups;
 pub mod tags;
 pub mod xml;
 
@@ -63,6 +64,7 @@ pub struct Ec2 {
     pub instances: Arc<crate::instances::Instances>,
     pub tags: Arc<crate::tags::Tags>,
     pub keypairs: Arc<crate::keypairs::KeyPairs>,
+    pub security_groups: Arc<crate::security_groups::SecurityGroups>,
     /// Held from an account's quota check to its instances being recorded,
     /// so concurrent RunInstances cannot both pass the check.
     pub launches: tokio::sync::Mutex<()>,
@@ -274,6 +276,15 @@ impl Ec2 {
             "ImportKeyPair" => keypairs::import_key_pair(self, call),
             "DescribeKeyPairs" => keypairs::describe_key_pairs(self, call),
             "DeleteKeyPair" => keypairs::delete_key_pair(self, call),
+            "CreateSecurityGroup" => security_groups::create_security_group(self, call),
+            "DeleteSecurityGroup" => security_groups::delete_security_group(self, call),
+            "DescribeSecurityGroups" => security_groups::describe_security_groups(self, call),
+            "AuthorizeSecurityGroupIngress" => {
+                security_groups::change_rules(self, call, false, true)
+            }
+            "RevokeSecurityGroupIngress" => security_groups::change_rules(self, call, false, false),
+            "AuthorizeSecurityGroupEgress" => security_groups::change_rules(self, call, true, true),
+            "RevokeSecurityGroupEgress" => security_groups::change_rules(self, call, true, false),
             "CreateTags" => tags::create_tags(self, call),
             "DeleteTags" => tags::delete_tags(self, call),
             "DescribeTags" => tags::describe_tags(self, call),

@@ -64,6 +64,10 @@ fn resource_type(ec2: &Ec2, call: &Call, id: &str) -> Result<&'static str, Ec2Er
             ec2.own_instances_for_tags(call, id)?;
             Ok("instance")
         }
+        "sg" => {
+            ec2.own_group(call, Some(id), None)?;
+            Ok("security-group")
+        }
         "key" => {
             let mine = ec2
                 .keypairs
@@ -284,7 +288,7 @@ pub fn specified(
             out.extend(tags);
         } else if !matches!(
             kind,
-            "instance" | "volume" | "network-interface" | "image" | "key-pair"
+            "instance" | "volume" | "network-interface" | "image" | "key-pair" | "security-group"
         ) {
             return Err(Ec2Error::invalid_value(
                 "ResourceType",

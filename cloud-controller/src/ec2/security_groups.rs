@@ -1,0 +1,566 @@
+//! CreateSecurityGroup, DeleteSecurityGroup, DescribeSecurityGroups,
+//! Authorize/RevokeSecurityGroupIngress and Egress, and the groups of
+//! RunInstances.
+
+use std::collections::HashMap;
+
+use common::time;
+
+use super::{
+    params::{matches, Params},
+    tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
+    xml::Writer,
+    Call, Ec2, Ec2Error,
+};
+use crate::security_groups::{authorize, revoke, Change, GroupRef, Rule, SecurityGroup};
+
+fn store_error(e: impl std::fmt::Display) -> Ec2Error {
+    tracing::error!(error = %e, "security group store failed");
+    Ec2Error::internal()
+}
+
+fn not_found(what: &str) -> Ec2Error {
+    Ec2Error::new(
+        "InvalidGroup.NotFound",
+        format!("The security group '{what}' does not exist"),
+    )
+}
+
+impl Ec2 {
+    /// The caller's groups (its `default` made if missing).
+    pub(super) fn own_groups(&self, call: &Call) -> Result<Vec<SecurityGroup>, Ec2Error> {
+        self.security_groups
+            .of(&call.caller.account_id)
+            .map_err(store_error)
+    }
+
+    /// The caller's group with this id or name.
+    pub(super) fn own_group(
+        &self,
+        call: &Call,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<SecurityGroup, Ec2Error> {
+        let groups = self.own_groups(call)?;
+        match (id, name) {
+            (Some(id), _) => groups
+                .into_iter()
+                .find(|g| g.group_id == id)
+                .ok_or_else(|| not_found(id)),
+            (None, Some(name)) => groups
+                .into_iter()
+                .find(|g| g.name == name)
+                .ok_or_else(|| not_found(name)),
+            (None, None) => Err(Ec2Error::missing("GroupId")),
+        }
+    }
+
+    /// The groups RunInstances names (by name and by id), or the default.
+    pub(super) fn launch_groups(&self, call: &Call) -> Result<Vec<SecurityGroup>, Ec2Error> {
+        let p = &call.params;
+        let mut out: Vec<SecurityGroup> = Vec::new();
+        for name in p.list("SecurityGroup") {
+            out.push(self.own_group(call, None, Some(&name))?);
+        }
+        for id in p.list("SecurityGroupId") {
+            out.push(self.own_group(call, Some(&id), None)?);
+        }
+        if out.is_empty() {
+            out.push(self.own_group(call, None, Some("default"))?);
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        out.dedup_by(|a, b| a.group_id == b.group_id);
+        Ok(out)
+    }
+}
+
+fn protocol(raw: &str) -> Result<String, Ec2Error> {
+    Ok(match raw.to_ascii_lowercase().as_str() {
+        "tcp" | "6" => "tcp",
+        "udp" | "17" => "udp",
+        "icmp" | "1" => "icmp",
+        "-1" | "all" => "-1",
+        _ => {
+            return Err(Ec2Error::invalid_value(
+                "IpProtocol",
+                raw,
+                "Use tcp, udp, icmp or -1.",
+            ))
+        }
+    }
+    .into())
+}
+
+fn valid_cidr(c: &str) -> bool {
+    let Some((addr, len)) = c.split_once('/') else {
+        return false;
+    };
+    addr.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+}
+
+/// Ports of a permission, checked as EC2 checks them.
+fn ports(proto: &str, from: Option<i64>, to: Option<i64>) -> Result<(i32, i32), Ec2Error> {
+    match proto {
+        "-1" => Ok((-1, -1)),
+        "icmp" => {
+            let (f, t) = (from.unwrap_or(-1), to.unwrap_or(-1));
+            if !(-1..=255).contains(&f) || !(-1..=255).contains(&t) {
+                return Err(Ec2Error::invalid_value(
+                    "IcmpTypeCode",
+                    &format!("{f}/{t}"),
+                    "ICMP type and code are -1 to 255.",
+                ));
+            }
+            Ok((f as i32, t as i32))
+        }
+        _ => {
+            let (Some(f), Some(t)) = (from, to) else {
+                return Err(Ec2Error::missing("FromPort"));
+            };
+            if !(0..=65535).contains(&f) || !(0..=65535).contains(&t) || f > t {
+                return Err(Ec2Error::new(
+                    "InvalidParameterValue",
+                    format!("Invalid value '{f}-{t}' for portRange. Ports are 0 to 65535, from no greater than to."),
+                ));
+            }
+            Ok((f as i32, t as i32))
+        }
+    }
+}
+
+fn int(p: &Params, name: &str) -> Result<Option<i64>, Ec2Error> {
+    match p.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Ec2Error::invalid_value(name, v, "Expected an integer.")),
+    }
+}
+
+/// The source group a permission names, resolved to an id.
+fn source_group(
+    ec2: &Ec2,
+    call: &Call,
+    id: Option<&str>,
+    name: Option<&str>,
+    owner: Option<&str>,
+) -> Result<GroupRef, Ec2Error> {
+    let owner = owner
+        .filter(|o| !o.is_empty())
+        .unwrap_or(&call.caller.account_id);
+    let groups = if owner == call.caller.account_id {
+        ec2.own_groups(call)?
+    } else {
+        ec2.security_groups
+            .all()
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|g| g.account_id == owner)
+            .collect()
+    };
+    let found = match (id, name) {
+        (Some(id), _) => groups.into_iter().find(|g| g.group_id == id),
+        (None, Some(name)) => groups.into_iter().find(|g| g.name == name),
+        (None, None) => return Err(Ec2Error::missing("GroupId")),
+    };
+    found
+        .map(|g| GroupRef {
+            account_id: g.account_id,
+            group_id: g.group_id,
+        })
+        .ok_or_else(|| not_found(id.or(name).unwrap_or_default()))
+}
+
+/// The permissions of an Authorize/Revoke call: `IpPermissions.N.*`, or the
+/// older flat parameters.
+fn permissions(ec2: &Ec2, call: &Call) -> Result<Vec<Rule>, Ec2Error> {
+    let p = &call.params;
+    let mut out = Vec::new();
+    for n in 1..=100 {
+        let pre = format!("IpPermissions.{n}");
+        let Some(proto) = p.get(&format!("{pre}.IpProtocol")) else {
+            break;
+        };
+        let proto = protocol(proto)?;
+        let (from, to) = ports(
+            &proto,
+            int(p, &format!("{pre}.FromPort"))?,
+            int(p, &format!("{pre}.ToPort"))?,
+        )?;
+        let mut cidrs = Vec::new();
+        for m in 1..=100 {
+            let Some(c) = p.get(&format!("{pre}.IpRanges.{m}.CidrIp")) else {
+                break;
+            };
+            if !valid_cidr(c) {
+                return Err(Ec2Error::invalid_value(
+                    "CidrIp",
+                    c,
+                    "The CIDR block is malformed.",
+                ));
+            }
+            cidrs.push(c.to_string());
+        }
+        let mut groups = Vec::new();
+        for m in 1..=100 {
+            let g = format!("{pre}.Groups.{m}");
+            let (id, name) = (
+                p.get(&format!("{g}.GroupId")),
+                p.get(&format!("{g}.GroupName")),
+            );
+            if id.is_none() && name.is_none() {
+                break;
+            }
+            groups.push(source_group(
+                ec2,
+                call,
+                id,
+                name,
+                p.get(&format!("{g}.UserId")),
+            )?);
+        }
+        if cidrs.is_empty() && groups.is_empty() {
+            return Err(Ec2Error::new(
+                "MissingParameter",
+                "A permission needs IpRanges or Groups.",
+            ));
+        }
+        out.push(Rule {
+            protocol: proto,
+            from_port: from,
+            to_port: to,
+            cidrs,
+            groups,
+        });
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    // The flat form: one protocol and range from a CIDR, or all from a group.
+    let source = p.get("SourceSecurityGroupName");
+    let cidr = p.get("CidrIp");
+    if source.is_none() && cidr.is_none() {
+        return Err(Ec2Error::missing("IpPermissions"));
+    }
+    let proto = protocol(p.get("IpProtocol").unwrap_or("-1"))?;
+    let (from, to) = ports(&proto, int(p, "FromPort")?, int(p, "ToPort")?)?;
+    let mut rule = Rule {
+        protocol: proto,
+        from_port: from,
+        to_port: to,
+        cidrs: Vec::new(),
+        groups: Vec::new(),
+    };
+    if let Some(c) = cidr {
+        if !valid_cidr(c) {
+            return Err(Ec2Error::invalid_value(
+                "CidrIp",
+                c,
+                "The CIDR block is malformed.",
+            ));
+        }
+        rule.cidrs.push(c.to_string());
+    }
+    if let Some(name) = source {
+        rule.groups.push(source_group(
+            ec2,
+            call,
+            None,
+            Some(name),
+            p.get("SourceSecurityGroupOwnerId"),
+        )?);
+    }
+    Ok(vec![rule])
+}
+
+/// CreateSecurityGroup.
+pub fn create_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let name = p.required("GroupName")?;
+    let description = p.required("GroupDescription")?;
+    for (what, v) in [("GroupName", name), ("GroupDescription", description)] {
+        if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(Ec2Error::invalid_value(
+                what,
+                v,
+                "Use 1 to 255 ASCII characters.",
+            ));
+        }
+    }
+    if name.starts_with("sg-") {
+        return Err(Ec2Error::invalid_value(
+            "GroupName",
+            name,
+            "Group names may not start with sg-.",
+        ));
+    }
+    let tags = specified(p, "security-group")?;
+    call.dry_run_check()?;
+    let group = SecurityGroup {
+        account_id: call.caller.account_id.clone(),
+        group_id: common::ids::resource_id("sg"),
+        name: name.to_string(),
+        description: description.to_string(),
+        ingress: Vec::new(),
+        egress: vec![Rule::all_out()],
+        created_ms: time::unix_ms(),
+    };
+    if !ec2.security_groups.create(&group).map_err(store_error)? {
+        return Err(Ec2Error::new(
+            "InvalidGroup.Duplicate",
+            format!("The security group '{name}' already exists"),
+        ));
+    }
+    apply(
+        ec2,
+        call,
+        &[(group.group_id.clone(), "security-group")],
+        &tags,
+    )?;
+    tracing::info!(group_id = %group.group_id, name, "security group created");
+    let mut w = call.writer();
+    w.bool("return", true).elem("groupId", &group.group_id);
+    let tags = ec2
+        .tags
+        .of(&call.caller.account_id, &group.group_id)
+        .map_err(store_error)?;
+    write_tag_set(&mut w, &tags);
+    Ok(w.finish())
+}
+
+/// DeleteSecurityGroup.
+pub fn delete_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let group = ec2.own_group(call, p.get("GroupId"), p.get("GroupName"))?;
+    if group.name == "default" {
+        return Err(Ec2Error::new(
+            "CannotDelete",
+            "The default security group cannot be deleted",
+        ));
+    }
+    let in_use = ec2
+        .instances
+        .list()
+        .map_err(store_error)?
+        .into_iter()
+        .any(|r| r.state != "terminated" && r.security_groups.contains(&group.group_id));
+    let referenced = ec2
+        .security_groups
+        .all()
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|g| g.group_id != group.group_id)
+        .any(|g| {
+            g.ingress
+                .iter()
+                .chain(g.egress.iter())
+                .any(|r| r.groups.iter().any(|s| s.group_id == group.group_id))
+        });
+    if in_use || referenced {
+        return Err(Ec2Error::new(
+            "DependencyViolation",
+            format!("resource {} has a dependent object", group.group_id),
+        ));
+    }
+    call.dry_run_check()?;
+    ec2.security_groups
+        .delete(&group.account_id, &group.group_id)
+        .map_err(store_error)?;
+    ec2.tags.forget(&group.group_id).map_err(store_error)?;
+    tracing::info!(group_id = %group.group_id, "security group deleted");
+    let mut w = call.writer();
+    w.bool("return", true).elem("groupId", &group.group_id);
+    Ok(w.finish())
+}
+
+/// Authorize/RevokeSecurityGroupIngress/Egress.
+pub fn change_rules(ec2: &Ec2, call: &Call, egress: bool, add: bool) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let group = if egress {
+        ec2.own_group(call, Some(p.required("GroupId")?), None)?
+    } else {
+        ec2.own_group(call, p.get("GroupId"), p.get("GroupName"))?
+    };
+    let rules = permissions(ec2, call)?;
+    call.dry_run_check()?;
+    let outcome = ec2
+        .security_groups
+        .update(&group.account_id, &group.group_id, |g| {
+            let list = if egress {
+                &mut g.egress
+            } else {
+                &mut g.ingress
+            };
+            let before = list.clone();
+            for r in &rules {
+                let change = if add {
+                    authorize(list, r)
+                } else {
+                    revoke(list, r)
+                };
+                if change != Change::Done {
+                    *list = before;
+                    return change;
+                }
+            }
+            Change::Done
+        })
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(&group.group_id))?;
+    match outcome {
+        Change::Done => {}
+        Change::Duplicate => {
+            return Err(Ec2Error::new(
+                "InvalidPermission.Duplicate",
+                format!(
+                    "the specified rule already exists in security group {}",
+                    group.group_id
+                ),
+            ))
+        }
+        Change::Missing => {
+            return Err(Ec2Error::new(
+                "InvalidPermission.NotFound",
+                format!(
+                    "The specified rule does not exist in security group {}",
+                    group.group_id
+                ),
+            ))
+        }
+    }
+    tracing::info!(group_id = %group.group_id, egress, add, rules = rules.len(), "security group rules changed");
+    let mut w = call.writer();
+    w.bool("return", true);
+    Ok(w.finish())
+}
+
+fn write_rules(w: &mut Writer, tag: &str, rules: &[Rule], names: &HashMap<String, String>) {
+    w.open(tag);
+    for r in rules {
+        w.open("item").elem("ipProtocol", &r.protocol);
+        if r.protocol != "-1" {
+            w.elem("fromPort", &r.from_port.to_string())
+                .elem("toPort", &r.to_port.to_string());
+        }
+        w.open("groups");
+        for g in &r.groups {
+            w.open("item")
+                .elem("userId", &g.account_id)
+                .elem("groupId", &g.group_id)
+                .opt("groupName", names.get(&g.group_id).map(String::as_str))
+                .close("item");
+        }
+        w.close("groups").open("ipRanges");
+        for c in &r.cidrs {
+            w.open("item").elem("cidrIp", c).close("item");
+        }
+        w.close("ipRanges")
+            .open("ipv6Ranges")
+            .close("ipv6Ranges")
+            .open("prefixListIds")
+            .close("prefixListIds")
+            .close("item");
+    }
+    w.close(tag);
+}
+
+fn rule_values(rules: &[Rule], what: &str) -> Vec<String> {
+    rules
+        .iter()
+        .flat_map(|r| -> Vec<String> {
+            match what {
+                "protocol" => vec![r.protocol.clone()],
+                "from-port" => vec![r.from_port.to_string()],
+                "to-port" => vec![r.to_port.to_string()],
+                "cidr" => r.cidrs.clone(),
+                "group-id" => r.groups.iter().map(|g| g.group_id.clone()).collect(),
+                _ => Vec::new(),
+            }
+        })
+        .collect()
+}
+
+/// DescribeSecurityGroups.
+pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let names = p.list("GroupName");
+    let ids = p.list("GroupId");
+    let filters = p.filters()?;
+    call.dry_run_check()?;
+    let me = &call.caller.account_id;
+    let groups = ec2.own_groups(call)?;
+    for n in &names {
+        if !groups.iter().any(|g| &g.name == n) {
+            return Err(not_found(n));
+        }
+    }
+    for id in &ids {
+        if !groups.iter().any(|g| &g.group_id == id) {
+            return Err(not_found(id));
+        }
+    }
+    let names_by_id: HashMap<String, String> = ec2
+        .security_groups
+        .all()
+        .map_err(store_error)?
+        .into_iter()
+        .map(|g| (g.group_id, g.name))
+        .collect();
+    let tags = by_resource(ec2, me)?;
+    let none = Vec::new();
+    let mut kept: Vec<&SecurityGroup> = Vec::new();
+    for g in &groups {
+        if (!names.is_empty() && !names.contains(&g.name))
+            || (!ids.is_empty() && !ids.contains(&g.group_id))
+        {
+            continue;
+        }
+        let mine = tags.get(&g.group_id).unwrap_or(&none);
+        let mut keep = true;
+        for f in &filters {
+            let have: Vec<String> = match tag_filter_values(&f.name, mine) {
+                Some(v) => v,
+                None => match f.name.as_str() {
+                    "group-name" => vec![g.name.clone()],
+                    "group-id" => vec![g.group_id.clone()],
+                    "description" => vec![g.description.clone()],
+                    "owner-id" => vec![g.account_id.clone()],
+                    other => {
+                        if let Some(what) = other.strip_prefix("ip-permission.") {
+                            rule_values(&g.ingress, what)
+                        } else if let Some(what) = other.strip_prefix("egress.ip-permission.") {
+                            rule_values(&g.egress, what)
+                        } else {
+                            return Err(Ec2Error::invalid_value(
+                                "Filter",
+                                other,
+                                "The filter is invalid for DescribeSecurityGroups.",
+                            ));
+                        }
+                    }
+                },
+            };
+            keep &= f.values.iter().any(|v| have.iter().any(|h| matches(v, h)));
+        }
+        if keep {
+            kept.push(g);
+        }
+    }
+    kept.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut w = call.writer();
+    w.open("securityGroupInfo");
+    for g in kept {
+        w.open("item")
+            .elem("ownerId", &g.account_id)
+            .elem("groupId", &g.group_id)
+            .elem("groupName", &g.name)
+            .elem("groupDescription", &g.description);
+        write_rules(&mut w, "ipPermissions", &g.ingress, &names_by_id);
+        write_rules(&mut w, "ipPermissionsEgress", &g.egress, &names_by_id);
+        write_tag_set(&mut w, tags.get(&g.group_id).unwrap_or(&none));
+        w.close("item");
+    }
+    w.close("securityGroupInfo");
+    Ok(w.finish())
+}

@@ -35,6 +35,10 @@ pub struct CloudConfig {
     pub tls_key_file: Option<PathBuf>,
     /// The region name clients use (DescribeRegions). Default `gumtree`.
     pub region: String,
+    /// The public addresses handed out as elastic IPs: single addresses,
+    /// ranges (`192.0.2.10-192.0.2.20`) or CIDR blocks (/20 or smaller).
+    /// Default: none.
+    pub public_ips: Vec<String>,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -53,6 +57,7 @@ impl Default for CloudConfig {
             tls_cert_file: None,
             tls_key_file: None,
             region: "gumtree".into(),
+            public_ips: Vec::new(),
             log_filter: "info".into(),
         }
     }

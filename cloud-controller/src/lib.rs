@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod addresses;
 pub mod config;
 pub mod ec2;
 pub mod grpc;

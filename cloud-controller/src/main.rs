@@ -84,6 +84,13 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             cloud_controller::security_groups::SecurityGroups::open(&store)
                 .context("opening the security groups")?,
         ),
+        addresses: Arc::new(
+            cloud_controller::addresses::Addresses::open(
+                &store,
+                cloud_controller::addresses::parse_pool(&config.public_ips)?,
+            )
+            .context("opening the addresses")?,
+        ),
         launches: Default::default(),
         secret: started.secret.clone(),
         settings: ec2::Settings {

@@ -89,6 +89,15 @@ impl Ec2 {
         self.own_instances(call, &ids)
     }
 
+    /// The caller's instance `id`.
+    pub(super) fn own_instances_checked(
+        &self,
+        call: &Call,
+        id: &str,
+    ) -> Result<InstanceRecord, Ec2Error> {
+        Ok(self.own_instances(call, &[id.to_string()])?.remove(0))
+    }
+
     /// Checks that instance `id` is the caller's (to tag it).
     pub(super) fn own_instances_for_tags(&self, call: &Call, id: &str) -> Result<(), Ec2Error> {
         self.own_instances(call, &[id.to_string()]).map(|_| ())
@@ -217,10 +226,13 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     };
     let instance_tags = specified(p, "instance")?;
     let groups = ec2.launch_groups(call)?;
-    let group_names: HashMap<String, String> = groups
-        .iter()
-        .map(|g| (g.group_id.clone(), g.name.clone()))
-        .collect();
+    let group_names = Names {
+        groups: groups
+            .iter()
+            .map(|g| (g.group_id.clone(), g.name.clone()))
+            .collect(),
+        public_ips: HashMap::new(),
+    };
     let key_pair = match p.get("KeyName") {
         Some(name) => Some(
             ec2.keypairs
@@ -529,6 +541,15 @@ pub fn private_dns(ip: &str, region: &str) -> String {
     format!("ip-{}.{region}.compute.internal", ip.replace('.', "-"))
 }
 
+/// Names shown with instances: their groups' names, their public addresses.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// Group id to name.
+    pub groups: HashMap<String, String>,
+    /// Instance id to elastic IP.
+    pub public_ips: HashMap<String, String>,
+}
+
 /// `<groupSet>` of an instance or reservation.
 fn write_groups(w: &mut Writer, ids: &[String], names: &HashMap<String, String>) {
     w.open("groupSet");
@@ -547,7 +568,7 @@ fn write_instance(
     image: Option<&Image>,
     tags: &[Tag],
     region: &str,
-    groups: &HashMap<String, String>,
+    groups: &Names,
 ) {
     w.open("item")
         .elem("instanceId", &r.instance_id)
@@ -557,7 +578,14 @@ fn write_instance(
         .elem("name", &r.state)
         .close("instanceState")
         .elem("privateDnsName", &private_dns(&r.private_ip, region))
-        .elem("dnsName", "")
+        // No DNS is served: like Eucalyptus without DNS, the name is the address.
+        .elem(
+            "dnsName",
+            groups
+                .public_ips
+                .get(&r.instance_id)
+                .map_or("", String::as_str),
+        )
         .elem("reason", &r.state_reason)
         .opt("keyName", r.key_name.as_deref())
         .elem("amiLaunchIndex", &r.launch_index.to_string())
@@ -576,6 +604,10 @@ fn write_instance(
         .elem("state", "disabled")
         .close("monitoring")
         .opt("privateIpAddress", Some(&r.private_ip))
+        .opt(
+            "ipAddress",
+            groups.public_ips.get(&r.instance_id).map(String::as_str),
+        )
         .elem(
             "architecture",
             image.map_or("x86_64", |i| i.architecture.as_str()),
@@ -596,7 +628,7 @@ fn write_instance(
             .elem("message", &r.state_reason)
             .close("stateReason");
     }
-    write_groups(w, &r.security_groups, groups);
+    write_groups(w, &r.security_groups, &groups.groups);
     write_tag_set(w, tags);
     w.close("item");
 }
@@ -606,12 +638,12 @@ fn reservation_response(
     records: &[InstanceRecord],
     tags: &[Tag],
     region: &str,
-    groups: &HashMap<String, String>,
+    groups: &Names,
 ) -> String {
     let mut w = call.writer();
     w.elem("reservationId", &records[0].reservation_id)
         .elem("ownerId", &call.caller.account_id);
-    write_groups(&mut w, &records[0].security_groups, groups);
+    write_groups(&mut w, &records[0].security_groups, &groups.groups);
     w.open("instancesSet");
     for r in records {
         let mine: Vec<Tag> = tags
@@ -630,7 +662,7 @@ fn filter_values(
     tags: &[Tag],
     name: &str,
     region: &str,
-    groups: &HashMap<String, String>,
+    groups: &Names,
 ) -> Result<Vec<String>, Ec2Error> {
     if let Some(values) = tag_filter_values(name, tags) {
         return Ok(values);
@@ -646,10 +678,16 @@ fn filter_values(
         "private-ip-address" => v(&r.private_ip),
         "private-dns-name" => v(&private_dns(&r.private_ip, region)),
         "group-id" | "instance.group-id" => r.security_groups.clone(),
+        "ip-address" => groups
+            .public_ips
+            .get(&r.instance_id)
+            .cloned()
+            .into_iter()
+            .collect(),
         "group-name" | "instance.group-name" => r
             .security_groups
             .iter()
-            .filter_map(|id| groups.get(id).cloned())
+            .filter_map(|id| groups.groups.get(id).cloned())
             .collect(),
         "key-name" => r.key_name.iter().cloned().collect(),
         "reservation-id" => v(&r.reservation_id),
@@ -672,7 +710,7 @@ fn passes(
     tags: &[Tag],
     filters: &[Filter],
     region: &str,
-    groups: &HashMap<String, String>,
+    groups: &Names,
 ) -> Result<bool, Ec2Error> {
     for f in filters {
         let have = filter_values(r, tags, &f.name, region, groups)?;
@@ -711,11 +749,20 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         ec2.own_instances(call, &ids)?
     };
     let tags = by_resource(ec2, &call.caller.account_id)?;
-    let group_names: HashMap<String, String> = ec2
-        .own_groups(call)?
-        .into_iter()
-        .map(|g| (g.group_id, g.name))
-        .collect();
+    let group_names = Names {
+        groups: ec2
+            .own_groups(call)?
+            .into_iter()
+            .map(|g| (g.group_id, g.name))
+            .collect(),
+        public_ips: ec2
+            .addresses
+            .of(&call.caller.account_id)
+            .map_err(store_error)?
+            .into_iter()
+            .filter_map(|a| Some((a.instance_id?, a.public_ip)))
+            .collect(),
+    };
     let none = Vec::new();
     let mut kept = Vec::new();
     for r in records.drain(..) {
@@ -766,7 +813,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         w.open("item")
             .elem("reservationId", &rid)
             .elem("ownerId", &kept[i].account_id);
-        write_groups(&mut w, &kept[i].security_groups, &group_names);
+        write_groups(&mut w, &kept[i].security_groups, &group_names.groups);
         w.open("instancesSet");
         while i < kept.len() && kept[i].reservation_id == rid {
             write_instance(
@@ -829,6 +876,9 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
             )
             .map_err(store_error)?;
         state_change(&mut w, &r.instance_id, &r.state, "shutting-down");
+        ec2.addresses
+            .instance_gone(&r.instance_id)
+            .map_err(store_error)?;
         let instances = ec2.instances.clone();
         let client = ec2.cluster_client(&r.cluster);
         let id = r.instance_id.clone();

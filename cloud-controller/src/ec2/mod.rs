@@ -6,6 +6,7 @@
 //! The wire layer ends here: actions get a [`Call`] (who, which version,
 //! which parameters) and return a body written with [`xml::Writer`].
 
+pub mod addresses;
 pub mod error;
 pub mod euare;
 pub mod images;
@@ -64,6 +65,7 @@ pub struct Ec2 {
     pub instances: Arc<crate::instances::Instances>,
     pub tags: Arc<crate::tags::Tags>,
     pub keypairs: Arc<crate::keypairs::KeyPairs>,
+    pub addresses: Arc<crate::addresses::Addresses>,
     pub security_groups: Arc<crate::security_groups::SecurityGroups>,
     /// Held from an account's quota check to its instances being recorded,
     /// so concurrent RunInstances cannot both pass the check.
@@ -285,6 +287,11 @@ impl Ec2 {
             "RevokeSecurityGroupIngress" => security_groups::change_rules(self, call, false, false),
             "AuthorizeSecurityGroupEgress" => security_groups::change_rules(self, call, true, true),
             "RevokeSecurityGroupEgress" => security_groups::change_rules(self, call, true, false),
+            "AllocateAddress" => addresses::allocate_address(self, call),
+            "AssociateAddress" => addresses::associate_address(self, call),
+            "DisassociateAddress" => addresses::disassociate_address(self, call),
+            "ReleaseAddress" => addresses::release_address(self, call),
+            "DescribeAddresses" => addresses::describe_addresses(self, call),
             "CreateTags" => tags::create_tags(self, call),
             "DeleteTags" => tags::delete_tags(self, call),
             "DescribeTags" => tags::describe_tags(self, call),

@@ -132,7 +132,9 @@ pub fn describe_account_attributes(ec2: &Ec2, call: &Call) -> Result<String, Ec2
             "supported-platforms" => vec!["EC2".into()],
             "default-vpc" => vec!["none".into()],
             "max-instances" => vec![max_instances.to_string()],
-            "max-elastic-ips" | "vpc-max-elastic-ips" => vec!["5".into()],
+            "max-elastic-ips" | "vpc-max-elastic-ips" => {
+                vec![ec2.addresses.pool_size().to_string()]
+            }
             _ => vec!["5".into()],
         };
         w.open("item")

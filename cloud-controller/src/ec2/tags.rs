@@ -64,6 +64,19 @@ fn resource_type(ec2: &Ec2, call: &Call, id: &str) -> Result<&'static str, Ec2Er
             ec2.own_instances_for_tags(call, id)?;
             Ok("instance")
         }
+        "eipalloc" => {
+            let mine = ec2
+                .addresses
+                .of(&call.caller.account_id)
+                .map_err(store_error)?;
+            if !mine.iter().any(|a| a.allocation_id == id) {
+                return Err(Ec2Error::new(
+                    "InvalidAllocationID.NotFound",
+                    format!("The allocation ID '{id}' does not exist"),
+                ));
+            }
+            Ok("elastic-ip")
+        }
         "sg" => {
             ec2.own_group(call, Some(id), None)?;
             Ok("security-group")

@@ -39,6 +39,9 @@ pub struct CloudConfig {
     /// ranges (`192.0.2.10-192.0.2.20`) or CIDR blocks (/20 or smaller).
     /// Default: none.
     pub public_ips: Vec<String>,
+    /// The metadata service refuses reads without an IMDSv2 session token.
+    /// Default false (IMDSv1 and IMDSv2 both work).
+    pub metadata_tokens_required: bool,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -58,6 +61,7 @@ impl Default for CloudConfig {
             tls_key_file: None,
             region: "gumtree".into(),
             public_ips: Vec::new(),
+            metadata_tokens_required: false,
             log_filter: "info".into(),
         }
     }

@@ -14,7 +14,7 @@ use cloud_controller::{
 use common::{auth::VerifyCalls, rpc, store::Store, time};
 use proto::{
     admin_service_server::AdminServiceServer, cloud_service_server::CloudServiceServer,
-    identity_service_server::IdentityServiceServer,
+    identity_service_server::IdentityServiceServer, metadata_service_server::MetadataServiceServer,
 };
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -103,6 +103,11 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             component: config.name.clone(),
         },
     });
+    let imds = cloud_controller::imds::Imds::new(
+        ec2.clone(),
+        &started.secret.derive("instance metadata tokens"),
+        config.metadata_tokens_required,
+    );
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
     if let Some((acceptor, listener, addr)) = tls {
@@ -130,6 +135,10 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             ))
             .add_service(IdentityServiceServer::with_interceptor(
                 cloud.clone(),
+                verify.clone(),
+            ))
+            .add_service(MetadataServiceServer::with_interceptor(
+                imds.clone(),
                 verify,
             ))
             .serve_with_incoming_shutdown(incoming, stop)

@@ -76,6 +76,14 @@ impl ClusterSecret {
         Self(Arc::new(bytes.to_vec()))
     }
 
+    /// A key for another purpose, derived from the secret: HMAC-SHA256(secret, label).
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// A new random secret, hex-encoded, for a new cloud.
     pub fn generate() -> String {
         let mut bytes = [0u8; 32];

@@ -75,24 +75,20 @@ fn key_pairs_tags_quotas_and_account_attributes() {
     assert_eq!(other["max_cores"], 4, "{other}");
 }
 
-/// Instances per node after a MaxCount=3 launch with the AWS CLI.
-fn launch_three(cloud: &Cloud) -> Vec<u64> {
-    let creds = Credentials::new(cloud.admin_key());
-    let home = cloud.dir().join("home-cli");
-    fs::create_dir_all(&home).expect("home");
+/// Uploads a small disk image and registers it with the AWS CLI: its id.
+fn register_disk(cloud: &Cloud, creds: &Credentials, home: &std::path::Path) -> String {
     let ec2 = cloud.ec2_endpoint();
     let s3 = cloud.s3_endpoint();
     let file = home.join("disk.img");
     fs::write(&file, vec![7u8; 65536]).expect("image file");
-    let aws =
-        |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
+    let aws = |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, creds, home, endpoint, args);
     aws(&s3, &["s3", "mb", "s3://img"]).expect_ok();
     aws(
         &s3,
         &["s3", "cp", &file.display().to_string(), "s3://img/disk.img"],
     )
     .expect_ok();
-    let ami = aws(
+    aws(
         &ec2,
         &[
             "ec2",
@@ -109,7 +105,18 @@ fn launch_three(cloud: &Cloud) -> Vec<u64> {
     )
     .expect_ok()
     .trim()
-    .to_string();
+    .to_string()
+}
+
+/// Instances per node after a MaxCount=3 launch with the AWS CLI.
+fn launch_three(cloud: &Cloud) -> Vec<u64> {
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-cli");
+    fs::create_dir_all(&home).expect("home");
+    let ec2 = cloud.ec2_endpoint();
+    let ami = register_disk(cloud, &creds, &home);
+    let aws =
+        |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
     let ids = aws(
         &ec2,
         &[
@@ -171,4 +178,221 @@ fn power_save_packs_a_reservation_onto_one_node() {
     let mut per_node = launch_three(&cloud);
     per_node.sort();
     assert_eq!(per_node, vec![0, 0, 3]);
+}
+
+mod metadata {
+    use super::*;
+    use common::auth::{ClusterSecret, SignCalls};
+    use proto::{metadata_service_client::MetadataServiceClient, MetadataRequest};
+    use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+    type Client = MetadataServiceClient<InterceptedService<Channel, SignCalls>>;
+
+    /// A client that relays as node `node` would.
+    async fn relay(cloud: &Cloud, node: &str) -> Client {
+        let secret = ClusterSecret::from_file(cloud.secret_file()).expect("secret");
+        let channel = common::rpc::connect(&cloud.addr("clc").to_string())
+            .await
+            .expect("connect");
+        MetadataServiceClient::with_interceptor(channel, SignCalls::new(secret, node))
+    }
+
+    async fn get(
+        c: &mut Client,
+        ip: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u32, String) {
+        let reply = c
+            .get(MetadataRequest {
+                source_ip: ip.into(),
+                method: method.into(),
+                path: path.into(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })
+            .await
+            .expect("metadata call")
+            .into_inner();
+        (
+            reply.status,
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        )
+    }
+
+    /// Which of the two nodes hosts the guest at `ip`.
+    async fn host_of(ip: &str, nodes: &mut [Client; 2]) -> usize {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if get(n, ip, "GET", "/latest/meta-data/", &[]).await.0 == 200 {
+                return i;
+            }
+        }
+        panic!("no node hosts {ip}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn each_guest_reads_its_own_metadata_through_its_node() {
+        let mut cloud = tokio::task::block_in_place(|| cloud_of(2, "ROUNDROBIN"));
+        let (ids, ips) = tokio::task::block_in_place(|| {
+            let creds = Credentials::new(cloud.admin_key());
+            let home = cloud.dir().join("home-imds");
+            fs::create_dir_all(&home).expect("home");
+            let ami = register_disk(&cloud, &creds, &home);
+            let ec2 = cloud.ec2_endpoint();
+            let aws = |args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, &ec2, args);
+            aws(&["ec2", "create-key-pair", "--key-name", "imds-key"]).expect_ok();
+            let out = aws(&[
+                "ec2",
+                "run-instances",
+                "--image-id",
+                &ami,
+                "--count",
+                "2",
+                "--key-name",
+                "imds-key",
+                "--user-data",
+                "hello from user-data",
+                "--query",
+                "Instances[].[InstanceId,PrivateIpAddress]",
+                "--output",
+                "text",
+            ])
+            .expect_ok();
+            let rows: Vec<(String, String)> = out
+                .lines()
+                .map(|l| {
+                    let mut f = l.split_whitespace();
+                    (
+                        f.next().expect("id").to_string(),
+                        f.next().expect("ip").to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(rows.len(), 2, "{out}");
+            let mut wait = vec!["ec2", "wait", "instance-running", "--instance-ids"];
+            wait.extend(rows.iter().map(|r| r.0.as_str()));
+            aws(&wait).expect_ok();
+            (
+                rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+                rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+            )
+        });
+        let mut nodes = [relay(&cloud, "nc-1").await, relay(&cloud, "nc-2").await];
+        for (id, ip) in ids.iter().zip(&ips) {
+            // Exactly one node hosts it; through the other it is not there.
+            let mut answers = Vec::new();
+            for n in nodes.iter_mut() {
+                answers.push(get(n, ip, "GET", "/latest/meta-data/instance-id", &[]).await);
+            }
+            let host = answers
+                .iter()
+                .position(|a| a.0 == 200)
+                .unwrap_or_else(|| panic!("{id} at {ip}: {answers:?}"));
+            assert_eq!(answers[host].1, *id);
+            assert_eq!(answers[1 - host].0, 404, "{answers:?}");
+            let n = &mut nodes[host];
+            assert_eq!(
+                get(n, ip, "GET", "/latest/user-data", &[]).await,
+                (200, "hello from user-data".into())
+            );
+            assert_eq!(
+                get(n, ip, "GET", "/latest/meta-data/local-ipv4", &[]).await,
+                (200, ip.clone())
+            );
+            let key = get(
+                n,
+                ip,
+                "GET",
+                "/latest/meta-data/public-keys/0/openssh-key",
+                &[],
+            )
+            .await;
+            assert!(key.0 == 200 && key.1.starts_with("ssh-rsa "), "{key:?}");
+            let doc = get(
+                n,
+                ip,
+                "GET",
+                "/latest/dynamic/instance-identity/document",
+                &[],
+            )
+            .await;
+            let doc: serde_json::Value = serde_json::from_str(&doc.1).expect("identity document");
+            assert_eq!(doc["instanceId"], id.as_str());
+            // IMDSv2: a token for this guest works here and nowhere else.
+            let (status, token) = get(
+                n,
+                ip,
+                "PUT",
+                "/latest/api/token",
+                &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+            )
+            .await;
+            assert_eq!(status, 200);
+            let with = [("X-aws-ec2-metadata-token", token.as_str())];
+            assert_eq!(
+                get(n, ip, "GET", "/latest/meta-data/instance-id", &with).await,
+                (200, id.clone())
+            );
+        }
+        // A token of one guest is refused for the other.
+        let first = host_of(&ips[0], &mut nodes).await;
+        let (_, token) = get(
+            &mut nodes[first],
+            &ips[0],
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+        )
+        .await;
+        let second = host_of(&ips[1], &mut nodes).await;
+        assert_eq!(
+            get(
+                &mut nodes[second],
+                &ips[1],
+                "GET",
+                "/latest/meta-data/instance-id",
+                &[("X-aws-ec2-metadata-token", token.as_str())]
+            )
+            .await
+            .0,
+            401
+        );
+        // "Tokens required": IMDSv1 reads are refused, IMDSv2 still works.
+        let config = cloud.dir().join("clc.toml");
+        let text = fs::read_to_string(&config).expect("config");
+        fs::write(&config, format!("{text}metadata_tokens_required = true\n")).expect("config");
+        tokio::task::block_in_place(|| {
+            cloud.terminate("clc", Duration::from_secs(10));
+            cloud.restart("clc");
+        });
+        let mut n = relay(&cloud, &format!("nc-{}", first + 1)).await;
+        assert_eq!(
+            get(&mut n, &ips[0], "GET", "/latest/meta-data/instance-id", &[])
+                .await
+                .0,
+            401
+        );
+        let (_, token) = get(
+            &mut n,
+            &ips[0],
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+        )
+        .await;
+        assert_eq!(
+            get(
+                &mut n,
+                &ips[0],
+                "GET",
+                "/latest/meta-data/instance-id",
+                &[("X-aws-ec2-metadata-token", token.as_str())]
+            )
+            .await,
+            (200, ids[0].clone())
+        );
+    }
 }

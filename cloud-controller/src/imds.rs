@@ -1,0 +1,130 @@
+//! The CLC's side of the instance metadata service: nodes relay their
+//! guests' requests here (gRPC `MetadataService`), and the answer comes
+//! from [`crate::metadata`]. The instance is the one whose private address
+//! sent the request, on the node that relays it: a guest cannot read
+//! another's metadata, nor a node ask for another node's guests.
+
+use std::sync::Arc;
+
+use common::{auth::HEADER_COMPONENT, time};
+use proto::{metadata_service_server::MetadataService, MetadataReply, MetadataRequest};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    ec2::Ec2,
+    metadata::{answer, InstanceView, Tokens},
+};
+
+/// The metadata service.
+#[derive(Debug, Clone)]
+pub struct Imds {
+    ec2: Arc<Ec2>,
+    tokens: Tokens,
+    tokens_required: bool,
+}
+
+impl Imds {
+    /// Over the EC2 state in `ec2`; tokens keyed by `secret`; with
+    /// `tokens_required`, IMDSv1 reads are refused.
+    pub fn new(ec2: Arc<Ec2>, secret: &[u8], tokens_required: bool) -> Self {
+        Self {
+            ec2,
+            tokens: Tokens::new(secret),
+            tokens_required,
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "metadata lookup failed");
+    Status::internal("metadata lookup failed")
+}
+
+#[tonic::async_trait]
+impl MetadataService for Imds {
+    async fn get(
+        &self,
+        request: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataReply>, Status> {
+        let node = request
+            .metadata()
+            .get(HEADER_COMPONENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let req = request.into_inner();
+        let ec2 = &self.ec2;
+        let record = ec2
+            .instances
+            .list()
+            .map_err(internal)?
+            .into_iter()
+            .find(|r| {
+                r.node == node
+                    && r.private_ip == req.source_ip
+                    && !matches!(r.state.as_str(), "terminated" | "shutting-down")
+            });
+        let Some(record) = record else {
+            tracing::info!(%node, source_ip = %req.source_ip, "metadata request from no known instance");
+            return Ok(Response::new(MetadataReply {
+                status: 404,
+                content_type: "text/plain".into(),
+                body: b"Not Found".to_vec(),
+            }));
+        };
+        let image = ec2.images.get(&record.image_id).map_err(internal)?;
+        let public_key = match &record.key_name {
+            Some(name) => ec2
+                .keypairs
+                .get(&record.account_id, name)
+                .map_err(internal)?
+                .map(|k| (k.name, k.public_key)),
+            None => None,
+        };
+        let groups = ec2
+            .security_groups
+            .of(&record.account_id)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|g| record.security_groups.contains(&g.group_id))
+            .map(|g| (g.group_id, g.name))
+            .collect();
+        let public_ip = ec2
+            .addresses
+            .of(&record.account_id)
+            .map_err(internal)?
+            .into_iter()
+            .find(|a| a.instance_id.as_deref() == Some(record.instance_id.as_str()))
+            .map(|a| a.public_ip);
+        let view = InstanceView {
+            record: &record,
+            image_location: image
+                .as_ref()
+                .map(|i| format!("{}/{}", i.bucket, i.key))
+                .unwrap_or_default(),
+            architecture: image
+                .as_ref()
+                .map_or_else(|| "x86_64".to_string(), |i| i.architecture.clone()),
+            public_key,
+            security_groups: groups,
+            public_ip,
+            region: ec2.settings.region.clone(),
+        };
+        let headers: Vec<(String, String)> = req.headers.into_iter().collect();
+        let reply = answer(
+            &view,
+            &req.method,
+            &req.path,
+            &headers,
+            &self.tokens,
+            self.tokens_required,
+            time::unix_secs(),
+        );
+        tracing::debug!(instance_id = %record.instance_id, method = %req.method, path = %req.path, status = reply.status, "metadata");
+        Ok(Response::new(MetadataReply {
+            status: u32::from(reply.status),
+            content_type: reply.content_type.to_string(),
+            body: reply.body,
+        }))
+    }
+}

@@ -98,15 +98,30 @@ kvm_usable() {
 # Where KVM does not work, libvirtd gets its own mount namespace in which
 # /dev/kvm is hidden: it then runs guests under TCG and does not re-probe
 # QEMU (about 40 s) on every domain definition.
+#
+# With GUMTREE_LIBVIRT_NETNS set (scripts/test does), a libvirtd started here
+# lives in that network namespace (made if missing, deleted again by
+# stop_libvirt): guests' taps, bridges, dnsmasq and NAT rules stay out of
+# the host's network.
 start_libvirt() {
-  local marks=$1
+  local marks=$1 ns=${GUMTREE_LIBVIRT_NETNS:-}
   mkdir -p "$marks"
   if ! alive virtlogd; then
     virtlogd -d && touch "$marks/virtlogd.started"
   fi
   if ! alive libvirtd; then
+    local in_ns=()
+    if [ -n "$ns" ]; then
+      if [ ! -e "/run/netns/$ns" ]; then
+        ip netns add "$ns" && touch "$marks/netns.created"
+      fi
+      ip netns exec "$ns" ip link set lo up
+      # nsenter changes only the network namespace (ip netns exec would
+      # also remount /sys, hiding the cgroup mounts from libvirtd).
+      in_ns=(nsenter "--net=/run/netns/$ns")
+    fi
     if kvm_usable; then
-      libvirtd -d && touch "$marks/libvirtd.started"
+      "${in_ns[@]}" libvirtd -d && touch "$marks/libvirtd.started"
     else
       say "KVM is missing or does not work here: guests run under QEMU TCG"
       # libvirtd gets a /dev without kvm: a copy of /dev (device nodes,
@@ -115,7 +130,7 @@ start_libvirt() {
       # a stand-in file bound over /dev/kvm either looks usable (and makes
       # it re-probe QEMU, ~16 s, on every definition) or breaks the private
       # /dev it builds for each guest.
-      unshare --mount --propagation private sh -c '
+      "${in_ns[@]}" unshare --mount --propagation private sh -c '
         set -e
         d=/run/gumtree-dev
         mkdir -p "$d"
@@ -151,4 +166,8 @@ stop_libvirt() {
       rm -f "$marks/$d.started"
     fi
   done
+  if [ -e "$marks/netns.created" ] && [ -n "${GUMTREE_LIBVIRT_NETNS:-}" ]; then
+    ip netns del "$GUMTREE_LIBVIRT_NETNS" 2>/dev/null || true
+    rm -f "$marks/netns.created"
+  fi
 }

@@ -1,8 +1,10 @@
 //! The CLC's side of the instance metadata service: nodes relay their
 //! guests' requests here (gRPC `MetadataService`), and the answer comes
 //! from [`crate::metadata`]. The instance is the one whose private address
-//! sent the request, on the node that relays it: a guest cannot read
-//! another's metadata, nor a node ask for another node's guests.
+//! sent the request, in the cluster of the node that relays it (addresses
+//! are unique in a cluster; a host's relay may serve the guests of every
+//! node controller on that host): a guest cannot read another's metadata,
+//! nor a node ask for another cluster's guests.
 
 use std::sync::Arc;
 
@@ -54,13 +56,24 @@ impl MetadataService for Imds {
             .to_string();
         let req = request.into_inner();
         let ec2 = &self.ec2;
+        let cluster = ec2
+            .cloud
+            .registry
+            .nodes()
+            .into_iter()
+            .find(|n| n.node.as_ref().is_some_and(|v| v.name == node))
+            .map(|n| n.cluster_name);
         let record = ec2
             .instances
             .list()
             .map_err(internal)?
             .into_iter()
             .find(|r| {
-                r.node == node
+                let here = match &cluster {
+                    Some(c) => &r.cluster == c,
+                    None => r.node == node,
+                };
+                here && !req.source_ip.is_empty()
                     && r.private_ip == req.source_ip
                     && !matches!(r.state.as_str(), "terminated" | "shutting-down")
             });
@@ -120,7 +133,7 @@ impl MetadataService for Imds {
             self.tokens_required,
             time::unix_secs(),
         );
-        tracing::debug!(instance_id = %record.instance_id, method = %req.method, path = %req.path, status = reply.status, "metadata");
+        tracing::info!(instance_id = %record.instance_id, method = %req.method, path = %req.path, status = reply.status, bytes = reply.body.len(), "metadata");
         Ok(Response::new(MetadataReply {
             status: u32::from(reply.status),
             content_type: reply.content_type.to_string(),

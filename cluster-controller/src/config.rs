@@ -73,6 +73,9 @@ pub struct ClusterConfig {
     /// is the nodes' bridge, the rest but the broadcast go to instances.
     /// Default `172.31.0.0/20`.
     pub private_subnet: String,
+    /// Name of the bridge nodes make for the private network (at most 15
+    /// characters). Default `gtbr0`.
+    pub bridge: String,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -95,6 +98,7 @@ impl Default for ClusterConfig {
             node_timeout_secs: 6,
             network_mode: crate::network::NetworkMode::ManagedNoVlan,
             private_subnet: "172.31.0.0/20".into(),
+            bridge: "gtbr0".into(),
             log_filter: "info".into(),
         }
     }

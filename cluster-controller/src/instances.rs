@@ -69,8 +69,8 @@ pub struct ClusterInstances {
     secret: ClusterSecret,
     name: String,
     clients: Mutex<HashMap<String, NodeClient>>,
-    /// The private network, when instances get addresses.
-    subnet: Option<Subnet>,
+    /// The private network (subnet and bridge name), when instances get addresses.
+    network: Option<(Subnet, String)>,
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -95,7 +95,7 @@ impl ClusterInstances {
         settings: Settings,
         secret: ClusterSecret,
         name: &str,
-        subnet: Option<Subnet>,
+        network: Option<(Subnet, String)>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
             nodes,
@@ -105,7 +105,7 @@ impl ClusterInstances {
             secret,
             name: name.to_string(),
             clients: Mutex::new(HashMap::new()),
-            subnet,
+            network,
         })
     }
 
@@ -122,6 +122,16 @@ impl ClusterInstances {
         );
         clients.insert(endpoint.to_string(), client.clone());
         Ok(client)
+    }
+
+    fn network_spec(&self) -> Option<proto::NetworkSpec> {
+        self.network
+            .as_ref()
+            .map(|(subnet, bridge)| proto::NetworkSpec {
+                bridge: bridge.clone(),
+                gateway: subnet.gateway().to_string(),
+                prefix: u32::from(subnet.prefix()),
+            })
     }
 
     fn views(&self) -> Vec<NodeView> {
@@ -171,6 +181,7 @@ impl ClusterInstances {
                 .map(|p| (p.node.clone(), p.private_ip.clone()))
                 .unwrap_or_default();
             spec.private_ip = ip;
+            spec.network = self.network_spec();
             if spec.mac.is_empty() {
                 spec.mac = mac_for(&spec.instance_id);
             }
@@ -222,9 +233,9 @@ impl ClusterInstances {
                 }
                 chosen.push(node);
             }
-            let addresses: Vec<String> = match &self.subnet {
+            let addresses: Vec<String> = match &self.network {
                 None => vec![String::new(); specs.len()],
-                Some(subnet) => {
+                Some((subnet, _)) => {
                     let used: std::collections::BTreeSet<std::net::Ipv4Addr> = ledger
                         .iter()
                         .filter_map(|p| p.private_ip.parse().ok())
@@ -245,6 +256,7 @@ impl ClusterInstances {
             let mut out = Vec::new();
             for ((mut spec, node), ip) in specs.into_iter().zip(chosen).zip(addresses) {
                 spec.private_ip = ip;
+                spec.network = self.network_spec();
                 let endpoint = endpoint_of(&node);
                 if spec.mac.is_empty() {
                     spec.mac = mac_for(&spec.instance_id);

@@ -55,7 +55,10 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
         started.secret.clone(),
         &config.name,
         match config.network_mode {
-            NetworkMode::ManagedNoVlan => Some(config.private_subnet.parse::<Subnet>()?),
+            NetworkMode::ManagedNoVlan => Some((
+                config.private_subnet.parse::<Subnet>()?,
+                config.bridge.clone(),
+            )),
             NetworkMode::None => None,
         },
     )?);

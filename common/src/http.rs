@@ -1,7 +1,7 @@
 //! The HTTP/1.1 accept loop the client-facing endpoints share (Walrus's S3,
 //! the CLC's EC2 Query API): plain or TLS, one task per connection.
 
-use std::{convert::Infallible, future::Future, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 
 use hyper::{
     body::{Body, Incoming},
@@ -12,6 +12,10 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+/// The client's address, in each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +31,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -39,11 +43,15 @@ where
         let handler = handler.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
                 let response = handler(req);
                 async move { Ok::<_, Infallible>(response.await) }
             });
-            let builder = http1::Builder::new();
+            let mut builder = http1::Builder::new();
+            // A client may shut its write side once its request is sent
+            // (busybox nc does): still answer it.
+            builder.half_close(true);
             let served = match tls {
                 None => {
                     builder

@@ -44,6 +44,20 @@ pub struct NodeConfig {
     pub hypervisor: String,
     /// Seconds between reports to the CC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
+    /// Build the cluster's private network for guests (bridge, DHCP,
+    /// metadata relay). Default true.
+    pub manage_network: bool,
+    /// Named network namespace (under /run/netns) that libvirtd, and so
+    /// the guests' taps, live in; empty: the node's own. Default empty.
+    pub netns: String,
+    /// Host-wide state of the private networks (shared by every node
+    /// controller on the host). Default `/run/gumtree/net`.
+    pub network_dir: PathBuf,
+    /// The CLC's gRPC address, for the metadata relay. Default `127.0.0.1:8780`.
+    pub clc: String,
+    /// Port of the metadata relay on each bridge's gateway address (guests'
+    /// requests to 169.254.169.254:80 are forwarded to it). Default 8781.
+    pub metadata_port: u16,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -66,6 +80,11 @@ impl Default for NodeConfig {
             libvirt_uri: "qemu:///system".into(),
             hypervisor: "auto".into(),
             heartbeat_secs: 2,
+            manage_network: true,
+            netns: String::new(),
+            network_dir: "/run/gumtree/net".into(),
+            clc: "127.0.0.1:8780".into(),
+            metadata_port: 8781,
             log_filter: "info".into(),
         }
     }

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     images::{ImageCache, ImageError, ImageRef, WalrusSource},
     instances::{InstanceError, Instances, Launch},
+    network::NetSpec,
 };
 
 /// The node controller's service.
@@ -94,6 +95,13 @@ impl NodeService for Node {
             image: image_ref(spec.image)?.ok_or_else(|| Status::invalid_argument("no image"))?,
             kernel: image_ref(spec.kernel)?,
             ramdisk: image_ref(spec.ramdisk)?,
+            network: match &spec.network {
+                Some(n) if !spec.private_ip.is_empty() && !spec.mac.is_empty() => Some(
+                    NetSpec::new(&n.bridge, &n.gateway, n.prefix)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                ),
+                _ => None,
+            },
             mac: spec.mac,
             private_ip: spec.private_ip,
         };

@@ -50,6 +50,8 @@ pub struct DomainSpec {
     /// The qcow2 overlay.
     pub disk: PathBuf,
     pub console_log: PathBuf,
+    /// A virtio NIC on this bridge with this MAC.
+    pub nic: Option<(String, String)>,
 }
 
 fn esc(s: &str) -> String {
@@ -78,6 +80,17 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
     } else {
         ""
     };
+    let nic = spec
+        .nic
+        .as_ref()
+        .map(|(bridge, mac)| {
+            format!(
+                "<interface type='bridge'><source bridge='{}'/><mac address='{}'/><model type='virtio'/></interface>",
+                esc(bridge),
+                esc(mac)
+            )
+        })
+        .unwrap_or_default();
     format!(
         "<domain type='{virt}'>\
 <name>{name}</name>\
@@ -89,7 +102,7 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
 <devices>\
 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk>\
 <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>\
-<console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>\
+<console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>{nic}\
 <memballoon model='none'/>\
 </devices>\
 <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>\
@@ -422,6 +435,7 @@ mod tests {
             cmdline: "console=ttyS0 a<b".into(),
             disk: "/inst/i-1/disk.qcow2".into(),
             console_log: "/inst/i-1/console.log".into(),
+            nic: None,
         }
     }
 

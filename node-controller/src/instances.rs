@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     hypervisor::{DomainSpec, DomainState, Hypervisor, HypervisorError},
     images::{ImageCache, ImageError, ImageRef, ImageSource},
+    network::{HostNetwork, NetSpec},
 };
 
 /// Most bytes of console output returned.
@@ -45,14 +46,33 @@ pub struct InstanceRecord {
     pub created_ms: i64,
     /// True once the user asked it to stop (StopInstances).
     pub stopped: bool,
+    /// The private network it is on: (bridge, gateway, prefix).
+    pub network: Option<(String, String, u32)>,
 }
 
 impl Record for InstanceRecord {
     const TABLE: &'static str = "instances";
-    const SCHEMA: u32 = 1;
+    /// 2: `network` added.
+    const SCHEMA: u32 = 2;
     type Key = String;
     fn key(&self) -> String {
         self.instance_id.clone()
+    }
+    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+        match (from, value.as_object_mut()) {
+            (1, Some(o)) => {
+                o.insert("network".into(), serde_json::Value::Null);
+                Ok(value)
+            }
+            _ => Err(format!("no migration from schema {from}")),
+        }
+    }
+}
+
+impl InstanceRecord {
+    fn net(&self) -> Option<NetSpec> {
+        let (bridge, gateway, prefix) = self.network.as_ref()?;
+        NetSpec::new(bridge, gateway, *prefix).ok()
     }
 }
 
@@ -73,6 +93,8 @@ pub enum InstanceError {
     Store(#[from] StoreError),
     #[error("instance files: {0}")]
     Io(#[from] std::io::Error),
+    #[error("instance network: {0}")]
+    Network(String),
 }
 
 /// What a launch needs, in domain terms.
@@ -88,6 +110,7 @@ pub struct Launch {
     pub ramdisk: Option<ImageRef>,
     pub mac: String,
     pub private_ip: String,
+    pub network: Option<NetSpec>,
 }
 
 /// The node's instances.
@@ -101,6 +124,8 @@ pub struct Instances {
     virt_type: String,
     /// When each instance last changed state, for reports.
     changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
+    /// The private network plumbing, when the node builds it.
+    network: Option<Arc<HostNetwork>>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -117,6 +142,7 @@ impl Instances {
         dir: &Path,
         node: &str,
         virt_type: &str,
+        network: Option<Arc<HostNetwork>>,
     ) -> Result<Self, InstanceError> {
         std::fs::create_dir_all(dir)?;
         let this = Self {
@@ -127,6 +153,7 @@ impl Instances {
             node: node.to_string(),
             virt_type: virt_type.to_string(),
             changed: Mutex::new(BTreeMap::new()),
+            network,
         };
         for r in this.table.list()? {
             this.pin(&r, true);
@@ -174,6 +201,27 @@ impl Instances {
             cmdline: "console=ttyS0 root=/dev/vda ro panic=1".into(),
             disk: self.instance_dir(&r.instance_id).join("disk.qcow2"),
             console_log: self.console_path(&r.instance_id),
+            nic: r
+                .network
+                .as_ref()
+                .filter(|_| self.network.is_some() && !r.mac.is_empty())
+                .map(|(bridge, _, _)| (bridge.clone(), r.mac.clone())),
+        }
+    }
+
+    /// Rebuilds the network of every recorded instance (after a restart:
+    /// the relay lives in this process; the rest is checked and kept).
+    pub async fn reattach(&self) {
+        let Some(hn) = &self.network else { return };
+        let Ok(records) = self.table.list() else {
+            return;
+        };
+        for r in records {
+            if let Some(net) = r.net() {
+                if let Err(e) = hn.attach(&net, &r.mac, &r.private_ip).await {
+                    tracing::warn!(instance_id = %r.instance_id, error = %e, "network not restored");
+                }
+            }
         }
     }
 
@@ -218,6 +266,10 @@ impl Instances {
             private_ip: l.private_ip.clone(),
             created_ms: time::unix_ms(),
             stopped: false,
+            network: l
+                .network
+                .as_ref()
+                .map(|n| (n.bridge.clone(), n.gateway.to_string(), u32::from(n.prefix))),
         };
         self.table.put(&record)?;
         self.pin(&record, true);
@@ -225,6 +277,11 @@ impl Instances {
             let dir = self.instance_dir(&l.instance_id);
             tokio::fs::create_dir_all(&dir).await?;
             make_overlay(&image.path, &dir.join("disk.qcow2"), l.disk_gib).await?;
+            if let (Some(hn), Some(net)) = (&self.network, &l.network) {
+                hn.attach(net, &l.mac, &l.private_ip)
+                    .await
+                    .map_err(|e| InstanceError::Network(e.to_string()))?;
+            }
             let spec = self.spec(&record);
             let hv = self.hv.clone();
             tokio::task::spawn_blocking(move || hv.launch(&spec))
@@ -264,6 +321,11 @@ impl Instances {
         if let Some(r) = record {
             self.table.delete(&id.to_string())?;
             self.pin(&r, false);
+            if let (Some(hn), Some(net)) = (&self.network, r.net()) {
+                if let Err(e) = hn.detach(&net, &r.mac).await {
+                    tracing::warn!(instance_id = %id, error = %e, "network cleanup failed");
+                }
+            }
             tracing::info!(instance_id = %id, "instance terminated");
         }
         self.changed
@@ -487,6 +549,7 @@ mod tests {
             ramdisk: None,
             mac: "d0:0d:00:00:00:01".into(),
             private_ip: "10.0.0.2".into(),
+            network: None,
         }
     }
 
@@ -503,6 +566,7 @@ mod tests {
             &dir.path().join("instances"),
             "nc-1",
             "qemu",
+            None,
         )
         .expect("open");
         let id = "i-0123456789abcdef0";

@@ -8,4 +8,5 @@ pub mod grpc;
 pub mod hypervisor;
 pub mod images;
 pub mod instances;
+pub mod network;
 pub mod resources;

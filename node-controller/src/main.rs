@@ -9,6 +9,7 @@ use common::{
     report::{keep_reporting, ReportSettings},
     rpc,
 };
+use node_controller::network::{HostNetwork, Relay};
 use node_controller::{
     config::NodeConfig,
     grpc::Node,
@@ -62,10 +63,31 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         Libvirt::connect(&config.libvirt_uri)
             .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?,
     );
+    let network = config.manage_network.then(|| {
+        Arc::new(HostNetwork::new(
+            (!config.netns.is_empty()).then(|| config.netns.clone()),
+            &config.network_dir,
+            config.metadata_port,
+            Relay {
+                clc: config.clc.clone(),
+                secret: started.secret.clone(),
+                node: name.clone(),
+            },
+        ))
+    });
     let instances = Arc::new(
-        Instances::open(hv, images.clone(), &store, &instance_dir, &name, &virt_type)
-            .context("opening the instance records")?,
+        Instances::open(
+            hv,
+            images.clone(),
+            &store,
+            &instance_dir,
+            &name,
+            &virt_type,
+            network,
+        )
+        .context("opening the instance records")?,
     );
+    instances.reattach().await;
     let node = Node::new(images, instances.clone(), started.secret.clone(), &name);
     let heartbeat = Duration::from_secs(config.heartbeat_secs.max(1));
     let report = NodeReport {

@@ -9,6 +9,8 @@ GUMTREE_EC2_ENDPOINT, GUMTREE_S3_ENDPOINT, GUMTREE_TINY_GUEST (directory).
 
 import base64
 import os
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -117,6 +119,30 @@ attr_ok = ec2.describe_instances(Filters=[{"Name": "image-id", "Values": [ami]},
 assert len(attr_ok["Reservations"]) == 1
 assert ec2.describe_instances(Filters=[{"Name": "instance-type", "Values": ["c1.medium"]}])["Reservations"] == []
 check("RunInstances (ClientToken idempotent), wait instance-running, console shows the boot marker, filters")
+
+# The guest's private network: its DHCP lease, the metadata service and its user-data.
+NETNS = os.environ.get("GUMTREE_NETNS")
+if NETNS:
+    start = time.time()
+    while "GUMTREE-NET-OK" not in console(iid):
+        assert time.time() - start < 120, f"no network marker:\n{console(iid)}"
+        time.sleep(1)
+    text = console(iid).replace("\r", "")
+    print(f"timing: user-data on the console {time.time() - started:.1f}s after RunInstances", flush=True)
+    inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    ip = inst["PrivateIpAddress"]
+    assert f"GUMTREE-TINY-GUEST: network eth0 {ip}/24" in text, (ip, text)
+    assert "GUMTREE-TINY-GUEST: metadata IMDSv2" in text, text
+    assert f"GUMTREE-TINY-GUEST: instance-id {iid}" in text, text
+    shown = text.split("GUMTREE-USER-DATA-BEGIN\n", 1)[1].split("\nGUMTREE-USER-DATA-END", 1)[0]
+    assert shown + "\n" == user_data, (shown, user_data)
+    # The guest answers on port 80 (from the namespace the nodes' network lives in).
+    got = subprocess.run(["ip", "netns", "exec", NETNS, sys.executable, "-c",
+                          f"import urllib.request; print(urllib.request.urlopen('http://{ip}/', timeout=10).read().decode())"],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0 and got.stdout.strip() == iid, got
+    check("guest network: DHCP lease of its private address, IMDSv2 instance id, user-data verbatim on the console, "
+          "HTTP on port 80")
 
 # Another account neither sees nor touches it.
 assert other.describe_instances()["Reservations"] == []

@@ -93,6 +93,24 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// The network namespace scripts/test runs libvirtd in
+/// (`GUMTREE_LIBVIRT_NETNS`), when it exists: real guests are networked
+/// there.
+pub fn guest_netns() -> Option<String> {
+    std::env::var("GUMTREE_LIBVIRT_NETNS")
+        .ok()
+        .filter(|ns| !ns.is_empty() && Path::new("/run/netns").join(ns).exists())
+}
+
+fn rand_bytes() -> [u8; 3] {
+    let mut b = [0u8; 3];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    b
+}
+
 /// Options for [`Cloud::start_with`].
 #[derive(Clone, Debug)]
 pub struct CloudOptions {
@@ -188,6 +206,18 @@ impl Cloud {
         if !options.placement.is_empty() {
             cc.push_str(&format!("placement_policy = {:?}\n", options.placement));
         }
+        // Real guests get a real private network, in the namespace
+        // scripts/test runs libvirtd in; each cloud its own bridge and subnet.
+        let netns = guest_netns().filter(|_| options.real_libvirt);
+        if netns.is_some() {
+            let r: [u8; 3] = rand_bytes();
+            cc.push_str(&format!(
+                "bridge = \"gt{}\"\nprivate_subnet = \"10.{}.{}.0/24\"\n",
+                hex::encode(r),
+                64 + r[0] % 64,
+                r[1]
+            ));
+        }
         cloud.add("cluster-1", Tier::Cluster, &cc);
         let cc = cloud.addr("cluster-1");
         for i in 1..=options.nodes {
@@ -196,13 +226,20 @@ impl Cloud {
                 &name,
                 Tier::Node,
                 &format!(
-                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\ndisk_gib = 100\nhypervisor = \"qemu\"\nlibvirt_uri = \"{}\"\n",
+                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\ndisk_gib = 100\nhypervisor = \"qemu\"\nlibvirt_uri = \"{}\"\nclc = \"{clc}\"\n{}",
                     options.node_cores,
                     options.node_memory_mib,
                     if options.real_libvirt {
                         "qemu:///system"
                     } else {
                         "test:///default"
+                    },
+                    match &netns {
+                        Some(ns) => format!(
+                            "netns = {ns:?}\nnetwork_dir = {:?}\n",
+                            cloud.dir.path().join("net")
+                        ),
+                        None => "manage_network = false\n".into(),
                     }
                 ),
             );

@@ -86,6 +86,8 @@ fn instances_run_boot_stop_start_and_terminate() {
     fs::create_dir_all(&home).expect("home");
     let ec2 = cloud.ec2_endpoint();
     let tiny_dir = tiny.display().to_string();
+    let netns = tests::harness::guest_netns()
+        .expect("guests are networked in the namespace scripts/test runs libvirtd in: run the suite with scripts/test");
     let run = clients::python_script(
         &creds,
         &home,
@@ -96,6 +98,7 @@ fn instances_run_boot_stop_start_and_terminate() {
             ("GUMTREE_OTHER_KEY", &other_key),
             ("GUMTREE_OTHER_SECRET", &other_secret),
             ("GUMTREE_TINY_GUEST", &tiny_dir),
+            ("GUMTREE_NETNS", &netns),
         ],
     );
     let out = run.expect_ok();
@@ -172,4 +175,32 @@ fn instances_run_boot_stop_start_and_terminate() {
         let left: Vec<_> = fs::read_dir(&dir).into_iter().flatten().flatten().collect();
         assert!(left.is_empty(), "nc-{i} left {left:?}");
     }
+    // Nor any of the network: bridge, dnsmasq, NAT rule.
+    let cc = fs::read_to_string(cloud.dir().join("cluster-1.toml")).expect("cc config");
+    let bridge = cc
+        .lines()
+        .find_map(|l| l.strip_prefix("bridge = "))
+        .expect("bridge")
+        .trim_matches('"')
+        .to_string();
+    let in_ns = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the network torn down", Duration::from_secs(10), || {
+        let links = in_ns(&["ip", "-o", "link", "show"]);
+        let nat = in_ns(&["iptables", "-w", "-t", "nat", "-S"]);
+        let dnsmasq = Command::new("pgrep")
+            .args(["-f", &format!("dnsmasq.*{}", cloud.dir().display())])
+            .output()
+            .expect("pgrep");
+        (!links.contains(&format!(" {bridge}:"))
+            && !nat.contains(&bridge)
+            && dnsmasq.stdout.is_empty())
+        .then_some(())
+    });
 }

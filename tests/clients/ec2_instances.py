@@ -141,8 +141,19 @@ if NETNS:
                           f"import urllib.request; print(urllib.request.urlopen('http://{ip}/', timeout=10).read().decode())"],
                          capture_output=True, text=True, timeout=60)
     assert got.returncode == 0 and got.stdout.strip() == iid, got
-    check("guest network: DHCP lease of its private address, IMDSv2 instance id, user-data verbatim on the console, "
-          "HTTP on port 80")
+    # The guest runs a user-data script; this one reaches the first guest over the private network.
+    assert "hello" in text.split("GUMTREE-NET-OK", 1)[1], text
+    peer = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1,
+                             UserData=f"#!/bin/sh\necho PEER-ANSWER $(wget -q -O - http://{ip}/)\n")
+    peer = peer["Instances"][0]["InstanceId"]
+    start = time.time()
+    while f"PEER-ANSWER {iid}" not in console(peer):
+        assert time.time() - start < 120, f"the second guest did not reach the first:\n{console(peer)}"
+        time.sleep(1)
+    ec2.terminate_instances(InstanceIds=[peer])
+    waiter("instance_terminated", [peer])
+    check("guest network: DHCP lease of its private address, IMDSv2 instance id, user-data verbatim on the console "
+          "and run as a script, HTTP on port 80, a second guest reaches the first")
 
 # Another account neither sees nor touches it.
 assert other.describe_instances()["Reservations"] == []

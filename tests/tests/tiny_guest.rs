@@ -1,8 +1,9 @@
 //! The default tiny guest on its own, under plain QEMU (TCG) with QEMU's
 //! user-mode network, and a stand-in metadata service at 169.254.169.254
 //! (tests/clients/imds_responder.py): it takes a DHCP lease, asks for an
-//! IMDSv2 token (falling back to IMDSv1), and prints its instance id and
-//! its user-data, verbatim, on the serial console.
+//! IMDSv2 token (falling back to IMDSv1), prints its instance id and its
+//! user-data, verbatim, on the serial console, and runs the user-data when
+//! it is a script.
 
 use std::{
     fs,
@@ -69,7 +70,7 @@ fn boot(mode: &str) -> String {
         Duration::from_secs(90),
         || {
             let text = fs::read_to_string(&console).unwrap_or_default();
-            text.contains("GUMTREE-NET-OK")
+            text.contains("GUMTREE-USER-DATA-RAN")
                 .then_some(text.replace('\r', ""))
         },
     )
@@ -102,6 +103,9 @@ fn the_guest_reads_its_metadata_with_imdsv2() {
         "{console}"
     );
     assert_eq!(user_data_of(&console), USER_DATA);
+    // A user-data script is run, as cloud-init runs it.
+    let after = console.split("GUMTREE-NET-OK").nth(1).unwrap_or_default();
+    assert!(after.contains("hello from user-data"), "{console}");
 }
 
 #[test]

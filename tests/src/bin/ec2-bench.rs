@@ -2,8 +2,10 @@
 //! harness:
 //!
 //! 1. launch latency of the tiny guest on real libvirt (TCG here):
-//!    RunInstances to `running` in DescribeInstances, and to the boot
-//!    marker in GetConsoleOutput; median and max of `--launches N`;
+//!    RunInstances to `running` in DescribeInstances, to the boot marker
+//!    in GetConsoleOutput, and (when guests are networked, as in
+//!    scripts/bench-ec2) to its user-data, read from the metadata service,
+//!    on the console; median and max of `--launches N`;
 //! 2. DescribeInstances requests/s with 1,000 instances on record over a
 //!    simulated fleet of 100 nodes (node controllers on libvirt's test
 //!    driver), whole listings and pages of 100.
@@ -234,7 +236,9 @@ fn launch_latency(launches: usize) {
         ],
     );
     let mut c = Ec2::new(&cloud.ec2_endpoint(), cloud.admin_key());
-    let (mut to_running, mut to_marker) = (Vec::new(), Vec::new());
+    let networked = tests::harness::guest_netns().is_some();
+    let user_data = base64::engine::general_purpose::STANDARD.encode("bench user-data line\n");
+    let (mut to_running, mut to_marker, mut to_user_data) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..launches {
         let start = Instant::now();
         let body = c.ok(
@@ -244,6 +248,7 @@ fn launch_latency(launches: usize) {
                 ("InstanceType", "m1.small"),
                 ("MinCount", "1"),
                 ("MaxCount", "1"),
+                ("UserData", &user_data),
             ],
         );
         let id = first(&body, "instanceId").expect("instance id").to_string();
@@ -252,14 +257,14 @@ fn launch_latency(launches: usize) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let running = start.elapsed().as_secs_f64();
-        loop {
+        let console = |c: &mut Ec2| {
             let body = c.ok("GetConsoleOutput", &[("InstanceId", &id)]);
             let text = first(&body, "output")
                 .and_then(|o| base64::engine::general_purpose::STANDARD.decode(o).ok())
                 .unwrap_or_default();
-            if String::from_utf8_lossy(&text).contains("GUMTREE-BOOT-OK") {
-                break;
-            }
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        while !console(&mut c).contains("GUMTREE-BOOT-OK") {
             assert!(
                 start.elapsed() < Duration::from_secs(300),
                 "{id}: no boot marker"
@@ -267,10 +272,23 @@ fn launch_latency(launches: usize) {
             std::thread::sleep(Duration::from_millis(100));
         }
         let marker = start.elapsed().as_secs_f64();
-        println!(
+        let mut line = format!(
             "launch {}: running {running:.2} s, boot marker {marker:.2} s",
             n + 1
         );
+        if networked {
+            while !console(&mut c).contains("bench user-data line") {
+                assert!(
+                    start.elapsed() < Duration::from_secs(300),
+                    "{id}: no user-data"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let shown = start.elapsed().as_secs_f64();
+            line.push_str(&format!(", user-data on the console {shown:.2} s"));
+            to_user_data.push(shown);
+        }
+        println!("{line}");
         to_running.push(running);
         to_marker.push(marker);
         c.ok("TerminateInstances", &[("InstanceId.1", &id)]);
@@ -282,6 +300,16 @@ fn launch_latency(launches: usize) {
     println!("RunInstances -> running:      median {m:.2} s, max {x:.2} s ({launches} launches)");
     let (m, x) = median_max(to_marker);
     println!("RunInstances -> boot marker:  median {m:.2} s, max {x:.2} s ({launches} launches)");
+    if to_user_data.is_empty() {
+        println!(
+            "(guests not networked: run it through scripts/bench-ec2 for the user-data figure)"
+        );
+    } else {
+        let (m, x) = median_max(to_user_data);
+        println!(
+            "RunInstances -> user-data on the console: median {m:.2} s, max {x:.2} s ({launches} launches)"
+        );
+    }
 }
 
 fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {

@@ -167,6 +167,9 @@ stop_libvirt() {
     fi
   done
   if [ -e "$marks/netns.created" ] && [ -n "${GUMTREE_LIBVIRT_NETNS:-}" ]; then
+    # Whatever still runs in it (a dnsmasq a failed test left) goes too.
+    local pid
+    for pid in $(ip netns pids "$GUMTREE_LIBVIRT_NETNS" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
     ip netns del "$GUMTREE_LIBVIRT_NETNS" 2>/dev/null || true
     rm -f "$marks/netns.created"
   fi

@@ -557,6 +557,50 @@ impl Drop for Cloud {
                 }
             }
         }
+        sweep_networks(&self.dir.path().join("net"));
+    }
+}
+
+/// Removes what the nodes' networks left (when a test failed before its
+/// guests were terminated): dnsmasq, the bridge and its NAT rule.
+fn sweep_networks(dir: &Path) {
+    let Some(ns) = guest_netns() else { return };
+    let in_ns = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+    };
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let bridge = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = fs::read_to_string(entry.path().join("dnsmasq.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        if let Ok(out) = in_ns(&[
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-L",
+            "PREROUTING",
+            "-n",
+            "--line-numbers",
+        ]) {
+            let mut numbers: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(&format!("gumtree metadata {bridge} ")))
+                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                .collect();
+            numbers.sort_unstable_by(|a, b| b.cmp(a));
+            for n in numbers {
+                let n = n.to_string();
+                let _ = in_ns(&["iptables", "-w", "-t", "nat", "-D", "PREROUTING", &n]);
+            }
+        }
+        let _ = in_ns(&["ip", "link", "del", &bridge]);
     }
 }
 

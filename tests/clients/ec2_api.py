@@ -24,6 +24,8 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from checks import check, code_of
+
 EC2 = os.environ["GUMTREE_EC2_ENDPOINT"]
 S3 = os.environ["GUMTREE_S3_ENDPOINT"]
 cfg = Config(retries={"max_attempts": 1})
@@ -35,16 +37,6 @@ other = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg,
 work = tempfile.mkdtemp(prefix="ec2-api-")
 
 
-def code_of(fn, **kwargs):
-    try:
-        fn(**kwargs)
-    except ClientError as e:
-        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
-    raise AssertionError(f"{fn.__name__} should have failed")
-
-
-def check(name):
-    print(f"ok: {name}", flush=True)
 
 
 def sh(cmd, data=None):

@@ -14,6 +14,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from checks import check, code_of
+
 EC2 = os.environ["GUMTREE_EC2_ENDPOINT"]
 S3 = os.environ["GUMTREE_S3_ENDPOINT"]
 cfg = Config(retries={"max_attempts": 1})
@@ -25,16 +27,6 @@ other = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg,
 other_id = os.environ["GUMTREE_OTHER_ID"]
 
 
-def code_of(fn, **kwargs):
-    try:
-        fn(**kwargs)
-    except ClientError as e:
-        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
-    raise AssertionError(f"{fn.__name__} should have failed")
-
-
-def check(name):
-    print(f"ok: {name}", flush=True)
 
 
 s3.create_bucket(Bucket="images", CreateBucketConfiguration={"LocationConstraint": "gumtree"})

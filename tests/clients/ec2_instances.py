@@ -19,6 +19,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, WaiterError
 
+from checks import check, code_of
+
 EC2 = os.environ["GUMTREE_EC2_ENDPOINT"]
 S3 = os.environ["GUMTREE_S3_ENDPOINT"]
 TINY = os.environ["GUMTREE_TINY_GUEST"]
@@ -31,16 +33,6 @@ other = boto3.client("ec2", endpoint_url=EC2, region_name="gumtree", config=cfg,
 MARKER = "GUMTREE-BOOT-OK"
 
 
-def code_of(fn, **kwargs):
-    try:
-        fn(**kwargs)
-    except ClientError as e:
-        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
-    raise AssertionError(f"{fn.__name__} should have failed")
-
-
-def check(name):
-    print(f"ok: {name}", flush=True)
 
 
 def console(iid):

@@ -15,7 +15,7 @@
 //! client signing with SigV4, so the figures are the server's.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     time::{Duration, Instant},
@@ -89,27 +89,8 @@ impl Ec2 {
             body.len()
         );
         conn.get_mut().write_all(head.as_bytes()).expect("write");
-        let mut line = String::new();
-        conn.read_line(&mut line).expect("status line");
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            conn.read_line(&mut line).expect("header");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = l.split_once(':') {
-                if n.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
+        let (status, length) = tests::rawhttp::read_head(conn);
+        let length = length as usize;
         let mut buf = vec![0u8; length];
         conn.read_exact(&mut buf).expect("body");
         (status, String::from_utf8_lossy(&buf).into_owned())

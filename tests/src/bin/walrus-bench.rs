@@ -9,7 +9,7 @@
 //! much the peak RSS grew.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
@@ -76,27 +76,7 @@ impl Client {
             stream.write_all(&fill[..n]).expect("write body");
             left -= n as u64;
         }
-        let mut line = String::new();
-        conn.read_line(&mut line).expect("status line");
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
-        let mut length = 0u64;
-        loop {
-            line.clear();
-            conn.read_line(&mut line).expect("header");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = l.split_once(':') {
-                if n.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
+        let (status, length) = tests::rawhttp::read_head(conn);
         let mut buf = vec![0u8; 1 << 20];
         let cap = buf.len() as u64;
         let mut left = length;

@@ -1,0 +1,17 @@
+"""What the client scripts share: an expected error's code and status, and
+the progress line of a passed check."""
+
+from botocore.exceptions import ClientError
+
+
+def code_of(fn, **kwargs):
+    """(error code, HTTP status) of a call that must fail."""
+    try:
+        fn(**kwargs)
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"{fn.__name__} should have failed")
+
+
+def check(name):
+    print(f"ok: {name}", flush=True)

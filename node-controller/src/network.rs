@@ -157,6 +157,16 @@ impl HostNetwork {
         {
             return Ok(());
         }
+        // Never put the cluster's subnet over a network this host already
+        // routes: that would cut the host off from it.
+        let routes = self.run("ip", &["-4", "-o", "route", "show"]).await?;
+        if let Some(clash) = overlapping_route(&routes, net) {
+            return Err(NetError::Invalid(format!(
+                "the private subnet {}/{} overlaps this host's route {clash}; choose another private_subnet for the cluster",
+                net.network(),
+                net.prefix
+            )));
+        }
         let addr = format!("{}/{}", net.gateway, net.prefix);
         self.run("ip", &["link", "add", &net.bridge, "type", "bridge"])
             .await?;
@@ -370,6 +380,30 @@ impl HostNetwork {
     }
 }
 
+/// The first route of `ip -4 -o route show` output (not on `net`'s own
+/// bridge) whose destination overlaps `net`'s subnet.
+fn overlapping_route(routes: &str, net: &NetSpec) -> Option<String> {
+    let ours = (u32::from(net.network()), u32::from(net.mask()));
+    routes.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let dest = words.next()?;
+        let dev = line
+            .split_whitespace()
+            .skip_while(|w| *w != "dev")
+            .nth(1)
+            .unwrap_or_default();
+        if dest == "default" || dev == net.bridge {
+            return None;
+        }
+        let (addr, len) = dest.split_once('/').unwrap_or((dest, "32"));
+        let addr: Ipv4Addr = addr.parse().ok()?;
+        let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let common = mask & ours.1;
+        (u32::from(addr) & common == ours.0 & common).then(|| line.trim().to_string())
+    })
+}
+
 /// A listener on `addr` in network namespace `netns` (a named one under
 /// /run/netns), or in this process's.
 fn bind_in(netns: Option<&str>, addr: SocketAddr) -> Result<tokio::net::TcpListener, NetError> {
@@ -459,5 +493,25 @@ mod tests {
         assert!(NetSpec::new("averyveryverylongname", "172.31.0.1", 20).is_err());
         assert!(NetSpec::new("gtbr0", "x", 20).is_err());
         assert!(NetSpec::new("gtbr0", "172.31.0.1", 8).is_err());
+    }
+
+    #[test]
+    fn subnets_over_the_hosts_networks_are_refused() {
+        let routes = "default via 192.0.2.1 dev eth0 \n192.0.2.0/24 dev eth0 proto kernel scope link src 192.0.2.2 \n172.31.0.0/20 dev gtbr0 proto kernel scope link src 172.31.0.1\n";
+        let ours = NetSpec::new("gtbr0", "172.31.0.1", 20).expect("spec");
+        assert_eq!(
+            overlapping_route(routes, &ours),
+            None,
+            "its own bridge's route is fine"
+        );
+        let clash = NetSpec::new("gtbr1", "192.0.2.129", 25).expect("spec");
+        assert!(overlapping_route(routes, &clash).is_some_and(|r| r.starts_with("192.0.2.0/24")));
+        let wide = NetSpec::new("gtbr1", "192.0.0.1", 16).expect("spec");
+        assert!(
+            overlapping_route(routes, &wide).is_some(),
+            "a wider subnet covering a route"
+        );
+        let apart = NetSpec::new("gtbr1", "10.9.0.1", 24).expect("spec");
+        assert_eq!(overlapping_route(routes, &apart), None);
     }
 }

@@ -253,40 +253,40 @@ assert code_of(ec2.describe_security_groups, GroupNames=["web"]) == ("InvalidGro
 check("security groups: default group, create, authorize/revoke ingress and egress (structured and flat), "
       "duplicates, filters, RunInstances by id, groupSet, DependencyViolation, per-account groups, tags, delete")
 
-# ---- Elastic IPs (the harness's pool: 192.0.2.10 to 192.0.2.12) -------------
+# ---- Elastic IPs (the harness's pool: 203.0.113.10 to 203.0.113.12) -------------
 a1 = ec2.allocate_address()
-assert a1["PublicIp"] == "192.0.2.10" and a1["AllocationId"].startswith("eipalloc-"), a1
-assert ec2.allocate_address(Domain="vpc")["PublicIp"] == "192.0.2.11"
-assert other.allocate_address()["PublicIp"] == "192.0.2.12"
+assert a1["PublicIp"] == "203.0.113.10" and a1["AllocationId"].startswith("eipalloc-"), a1
+assert ec2.allocate_address(Domain="vpc")["PublicIp"] == "203.0.113.11"
+assert other.allocate_address()["PublicIp"] == "203.0.113.12"
 assert code_of(other.allocate_address) == ("AddressLimitExceeded", 400)
-assoc = ec2.associate_address(InstanceId=db, PublicIp="192.0.2.10")["AssociationId"]
+assoc = ec2.associate_address(InstanceId=db, PublicIp="203.0.113.10")["AssociationId"]
 assert assoc.startswith("eipassoc-"), assoc
-assert described(ec2, InstanceIds=[db])[0]["PublicIpAddress"] == "192.0.2.10"
+assert described(ec2, InstanceIds=[db])[0]["PublicIpAddress"] == "203.0.113.10"
 addrs = {a["PublicIp"]: a for a in ec2.describe_addresses()["Addresses"]}
-assert set(addrs) == {"192.0.2.10", "192.0.2.11"}, addrs
-assert addrs["192.0.2.10"]["InstanceId"] == db and addrs["192.0.2.10"]["AssociationId"] == assoc
-assert addrs["192.0.2.10"]["PrivateIpAddress"] == ips[db], addrs
-assert "InstanceId" not in addrs["192.0.2.11"]
+assert set(addrs) == {"203.0.113.10", "203.0.113.11"}, addrs
+assert addrs["203.0.113.10"]["InstanceId"] == db and addrs["203.0.113.10"]["AssociationId"] == assoc
+assert addrs["203.0.113.10"]["PrivateIpAddress"] == ips[db], addrs
+assert "InstanceId" not in addrs["203.0.113.11"]
 # Re-association moves the address.
 ec2.associate_address(InstanceId=web[0], AllocationId=a1["AllocationId"])
 assert "PublicIpAddress" not in described(ec2, InstanceIds=[db])[0]
-assert ids_of(described(ec2, Filters=[{"Name": "ip-address", "Values": ["192.0.2.10"]}])) == [web[0]]
+assert ids_of(described(ec2, Filters=[{"Name": "ip-address", "Values": ["203.0.113.10"]}])) == [web[0]]
 # Other accounts cannot touch ours.
-assert code_of(other.associate_address, InstanceId=db, PublicIp="192.0.2.12") == ("InvalidInstanceID.NotFound", 400)
-assert code_of(other.describe_addresses, PublicIps=["192.0.2.10"]) == ("InvalidAddress.NotFound", 400)
-assert code_of(other.release_address, PublicIp="192.0.2.10") == ("InvalidAddress.NotFound", 400)
+assert code_of(other.associate_address, InstanceId=db, PublicIp="203.0.113.12") == ("InvalidInstanceID.NotFound", 400)
+assert code_of(other.describe_addresses, PublicIps=["203.0.113.10"]) == ("InvalidAddress.NotFound", 400)
+assert code_of(other.release_address, PublicIp="203.0.113.10") == ("InvalidAddress.NotFound", 400)
 # Terminating an instance disassociates its address; the address stays allocated.
 tmp = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-ec2.associate_address(InstanceId=tmp, PublicIp="192.0.2.11")
+ec2.associate_address(InstanceId=tmp, PublicIp="203.0.113.11")
 ec2.terminate_instances(InstanceIds=[tmp])
 wait_state(ec2, [tmp], "terminated")  # and its private address is free again
-assert "InstanceId" not in ec2.describe_addresses(PublicIps=["192.0.2.11"])["Addresses"][0]
-ec2.disassociate_address(PublicIp="192.0.2.10")
+assert "InstanceId" not in ec2.describe_addresses(PublicIps=["203.0.113.11"])["Addresses"][0]
+ec2.disassociate_address(PublicIp="203.0.113.10")
 assert "PublicIpAddress" not in described(ec2, InstanceIds=[web[0]])[0]
 ec2.release_address(AllocationId=a1["AllocationId"])
-ec2.release_address(PublicIp="192.0.2.11")
+ec2.release_address(PublicIp="203.0.113.11")
 assert ec2.describe_addresses()["Addresses"] == []
-assert other.allocate_address()["PublicIp"] == "192.0.2.10", "released addresses go back to the pool"
+assert other.allocate_address()["PublicIp"] == "203.0.113.10", "released addresses go back to the pool"
 check("elastic IPs: allocate from the pool, associate, re-associate, describe with filters, isolation, "
       "terminate disassociates, disassociate, release")
 

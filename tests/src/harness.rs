@@ -183,7 +183,7 @@ impl Cloud {
         cloud.add(
             "clc",
             Tier::Cloud,
-            "report_timeout_secs = 6\nec2_listen = \"127.0.0.1:0\"\npublic_ips = [\"192.0.2.10-192.0.2.12\"]\n",
+            "report_timeout_secs = 6\nec2_listen = \"127.0.0.1:0\"\npublic_ips = [\"203.0.113.10-203.0.113.12\"]\n",
         );
         let clc = cloud.addr("clc");
         let mut walrus =

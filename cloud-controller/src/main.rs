@@ -92,6 +92,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             .context("opening the addresses")?,
         ),
         launches: Default::default(),
+        firewall_changed: Default::default(),
         secret: started.secret.clone(),
         settings: ec2::Settings {
             region: config.region.clone(),
@@ -109,6 +110,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         config.metadata_tokens_required,
     );
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
+    tokio::spawn(ec2::security_groups::sync_firewalls(ec2.clone()));
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
     if let Some((acceptor, listener, addr)) = tls {
         tokio::spawn(ec2::serve(listener, Some(acceptor), ec2));

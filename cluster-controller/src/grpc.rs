@@ -175,4 +175,15 @@ impl ClusterService for Cluster {
         self.instances.resized(&id, cores, memory)?;
         Ok(Response::new(status))
     }
+
+    async fn set_firewalls(
+        &self,
+        request: Request<proto::Firewalls>,
+    ) -> Result<Response<proto::FirewallsApplied>, Status> {
+        let applied = self
+            .instances
+            .set_firewalls(request.into_inner().firewalls)
+            .await?;
+        Ok(Response::new(proto::FirewallsApplied { applied }))
+    }
 }

@@ -361,6 +361,35 @@ impl ClusterInstances {
         .into_inner())
     }
 
+    /// Passes each instance's firewall to the node that hosts it.
+    pub async fn set_firewalls(
+        &self,
+        firewalls: Vec<proto::InstanceFirewall>,
+    ) -> Result<u32, Status> {
+        let ledger = self.ledger.list().map_err(store_status)?;
+        let mut by_node: HashMap<String, Vec<proto::InstanceFirewall>> = HashMap::new();
+        for f in firewalls {
+            if let Some(p) = ledger.iter().find(|p| p.instance_id == f.instance_id) {
+                by_node.entry(p.node.clone()).or_default().push(f);
+            }
+        }
+        let views = self.views();
+        let mut applied = 0;
+        for (node, firewalls) in by_node {
+            let Some(view) = views.iter().find(|v| v.name == node) else {
+                continue;
+            };
+            let mut client = self.client(&view.endpoint)?;
+            match client.set_firewalls(proto::Firewalls { firewalls }).await {
+                Ok(r) => applied += r.into_inner().applied,
+                Err(e) => {
+                    tracing::warn!(%node, error = %e.message(), "node could not apply firewalls");
+                }
+            }
+        }
+        Ok(applied)
+    }
+
     /// Records a resize in the ledger once the node accepted it.
     pub fn resized(&self, id: &str, cores: u32, memory_mib: u64) -> Result<(), Status> {
         if let Some(mut p) = self.ledger.get(&id.to_string()).map_err(store_status)? {

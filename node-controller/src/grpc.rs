@@ -102,6 +102,10 @@ impl NodeService for Node {
                 ),
                 _ => None,
             },
+            firewall: spec
+                .firewall
+                .as_ref()
+                .map(|f| (Instances::flows(&f.ingress), Instances::flows(&f.egress))),
             mac: spec.mac,
             private_ip: spec.private_ip,
         };
@@ -110,6 +114,18 @@ impl NodeService for Node {
             .await
             .map(Response::new)
             .map_err(status)
+    }
+
+    async fn set_firewalls(
+        &self,
+        request: Request<proto::Firewalls>,
+    ) -> Result<Response<proto::FirewallsApplied>, Status> {
+        let applied = self
+            .instances
+            .set_firewalls(&request.into_inner().firewalls)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::FirewallsApplied { applied }))
     }
 
     async fn terminate_instance(

@@ -50,8 +50,8 @@ pub struct DomainSpec {
     /// The qcow2 overlay.
     pub disk: PathBuf,
     pub console_log: PathBuf,
-    /// A virtio NIC on this bridge with this MAC.
-    pub nic: Option<(String, String)>,
+    /// A virtio NIC on this bridge, with this MAC and tap device name.
+    pub nic: Option<(String, String, String)>,
 }
 
 fn esc(s: &str) -> String {
@@ -83,11 +83,12 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
     let nic = spec
         .nic
         .as_ref()
-        .map(|(bridge, mac)| {
+        .map(|(bridge, mac, tap)| {
             format!(
-                "<interface type='bridge'><source bridge='{}'/><mac address='{}'/><model type='virtio'/></interface>",
+                "<interface type='bridge'><source bridge='{}'/><mac address='{}'/><target dev='{}'/><model type='virtio'/></interface>",
                 esc(bridge),
-                esc(mac)
+                esc(mac),
+                esc(tap)
             )
         })
         .unwrap_or_default();

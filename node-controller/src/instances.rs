@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     hypervisor::{DomainSpec, DomainState, Hypervisor, HypervisorError},
     images::{ImageCache, ImageError, ImageRef, ImageSource},
-    network::{HostNetwork, NetSpec},
+    network::{tap_name, FlowRule, HostNetwork, NetSpec},
 };
 
 /// Most bytes of console output returned.
@@ -111,6 +111,8 @@ pub struct Launch {
     pub mac: String,
     pub private_ip: String,
     pub network: Option<NetSpec>,
+    /// Security group rules at launch: (ingress, egress).
+    pub firewall: Option<(Vec<FlowRule>, Vec<FlowRule>)>,
 }
 
 /// The node's instances.
@@ -205,8 +207,47 @@ impl Instances {
                 .network
                 .as_ref()
                 .filter(|_| self.network.is_some() && !r.mac.is_empty())
-                .map(|(bridge, _, _)| (bridge.clone(), r.mac.clone())),
+                .map(|(bridge, _, _)| (bridge.clone(), r.mac.clone(), tap_name(&r.instance_id))),
         }
+    }
+
+    /// Flow rules from the wire form.
+    pub fn flows(rules: &[proto::FirewallRule]) -> Vec<FlowRule> {
+        rules
+            .iter()
+            .map(|r| FlowRule {
+                protocol: r.protocol.clone(),
+                from_port: r.from_port,
+                to_port: r.to_port,
+                cidrs: r.cidrs.clone(),
+            })
+            .collect()
+    }
+
+    /// Enforces security group rules on this node's instances among
+    /// `firewalls`; returns how many were applied.
+    pub async fn set_firewalls(
+        &self,
+        firewalls: &[proto::InstanceFirewall],
+    ) -> Result<u32, InstanceError> {
+        let Some(hn) = &self.network else {
+            return Ok(0);
+        };
+        let flows = Self::flows;
+        let mut applied = 0;
+        for f in firewalls {
+            let Some(r) = self.table.get(&f.instance_id)? else {
+                continue;
+            };
+            if r.net().is_none() {
+                continue;
+            }
+            hn.apply_firewall(&f.instance_id, &flows(&f.ingress), &flows(&f.egress))
+                .await
+                .map_err(|e| InstanceError::Network(e.to_string()))?;
+            applied += 1;
+        }
+        Ok(applied)
     }
 
     /// Rebuilds the network of every recorded instance (after a restart:
@@ -281,6 +322,20 @@ impl Instances {
                 hn.attach(net, &l.mac, &l.private_ip)
                     .await
                     .map_err(|e| InstanceError::Network(e.to_string()))?;
+                // Its groups' rules, or (without them) nothing in, all out.
+                let all_out = FlowRule {
+                    protocol: "-1".into(),
+                    from_port: -1,
+                    to_port: -1,
+                    cidrs: vec!["0.0.0.0/0".into()],
+                };
+                let (ingress, egress) = l
+                    .firewall
+                    .clone()
+                    .unwrap_or_else(|| (Vec::new(), vec![all_out]));
+                hn.apply_firewall(&l.instance_id, &ingress, &egress)
+                    .await
+                    .map_err(|e| InstanceError::Network(e.to_string()))?;
             }
             let spec = self.spec(&record);
             let hv = self.hv.clone();
@@ -322,6 +377,7 @@ impl Instances {
             self.table.delete(&id.to_string())?;
             self.pin(&r, false);
             if let (Some(hn), Some(net)) = (&self.network, r.net()) {
+                hn.remove_firewall(id).await;
                 if let Err(e) = hn.detach(&net, &r.mac).await {
                     tracing::warn!(instance_id = %id, error = %e, "network cleanup failed");
                 }
@@ -550,6 +606,7 @@ mod tests {
             mac: "d0:0d:00:00:00:01".into(),
             private_ip: "10.0.0.2".into(),
             network: None,
+            firewall: None,
         }
     }
 

@@ -348,9 +348,166 @@ impl HostNetwork {
         })?;
         if left == 0 {
             self.teardown(net).await;
+        } else {
+            // dnsmasq keeps the gone guest's lease and would refuse its
+            // address to the next guest the CC gives it to: restart it
+            // without that lease.
+            self.stop_dnsmasq(&net.bridge).await;
+            let leases = self.bridge_dir(&net.bridge).join("leases");
+            if let Ok(text) = std::fs::read_to_string(&leases) {
+                let kept: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().contains(&mac.to_ascii_lowercase()))
+                    .collect();
+                std::fs::write(&leases, kept.join("\n") + "\n")?;
+            }
+            self.ensure_dnsmasq(net).await?;
         }
         drop(host);
         Ok(())
+    }
+
+    /// Stops the bridge's dnsmasq and waits (up to 2 s) until it is gone.
+    async fn stop_dnsmasq(&self, bridge: &str) {
+        let Some(pid) = self.dnsmasq_pid(bridge) else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..100 {
+            if self.dnsmasq_pid(bridge).is_none() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn restore(&self, lines: &[String]) -> Result<(), NetError> {
+        use tokio::io::AsyncWriteExt;
+        let mut text = String::from("*filter\n");
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n");
+        let mut child = self
+            .command("iptables-restore", &["-w", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| NetError::Command {
+                command: "iptables-restore".into(),
+                detail: e.to_string(),
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(text.as_bytes()).await?;
+        }
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            return Err(NetError::Command {
+                command: "iptables-restore".into(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes sure FORWARD sends bridged traffic through our dispatch chains:
+    /// every guest's egress rules (GT-OUT), then every guest's ingress (GT-IN).
+    async fn ensure_dispatch(&self) -> Result<(), NetError> {
+        for chain in ["GT-OUT", "GT-IN"] {
+            if self
+                .run("iptables", &["-w", "-n", "-L", chain])
+                .await
+                .is_err()
+            {
+                let _ = self.run("iptables", &["-w", "-N", chain]).await;
+            }
+        }
+        for (pos, chain) in [("1", "GT-OUT"), ("2", "GT-IN")] {
+            if self
+                .run("iptables", &["-w", "-C", "FORWARD", "-j", chain])
+                .await
+                .is_err()
+            {
+                self.run("iptables", &["-w", "-I", "FORWARD", pos, "-j", chain])
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enforces an instance's security group rules on its tap: ingress
+    /// denied unless a rule allows it, egress as its rules say. The chains
+    /// are replaced in one transaction.
+    pub async fn apply_firewall(
+        &self,
+        instance_id: &str,
+        ingress: &[FlowRule],
+        egress: &[FlowRule],
+    ) -> Result<(), NetError> {
+        let tap = tap_name(instance_id);
+        let _changing = self.changing.lock().await;
+        self.ensure_dispatch().await?;
+        let (cin, cout) = (format!("GTI-{tap}"), format!("GTO-{tap}"));
+        let mut lines = chain_lines(&cin, ingress, true, "ACCEPT");
+        lines.extend(chain_lines(&cout, egress, false, "RETURN"));
+        self.restore(&lines).await?;
+        let jump_in = [
+            "GT-IN",
+            "-m",
+            "physdev",
+            "--physdev-out",
+            &tap,
+            "--physdev-is-bridged",
+            "-j",
+            &cin,
+        ];
+        let jump_out = ["GT-OUT", "-m", "physdev", "--physdev-in", &tap, "-j", &cout];
+        for jump in [&jump_in[..], &jump_out[..]] {
+            let mut check = vec!["-w", "-C"];
+            check.extend(jump);
+            if self.run("iptables", &check).await.is_err() {
+                let mut add = vec!["-w", "-A"];
+                add.extend(jump);
+                self.run("iptables", &add).await?;
+            }
+        }
+        tracing::debug!(
+            instance_id,
+            ingress = ingress.len(),
+            egress = egress.len(),
+            "firewall applied"
+        );
+        Ok(())
+    }
+
+    /// Removes an instance's chains and jumps.
+    pub async fn remove_firewall(&self, instance_id: &str) {
+        let tap = tap_name(instance_id);
+        let (cin, cout) = (format!("GTI-{tap}"), format!("GTO-{tap}"));
+        let jump_in = [
+            "GT-IN",
+            "-m",
+            "physdev",
+            "--physdev-out",
+            &tap,
+            "--physdev-is-bridged",
+            "-j",
+            &cin,
+        ];
+        let jump_out = ["GT-OUT", "-m", "physdev", "--physdev-in", &tap, "-j", &cout];
+        for jump in [&jump_in[..], &jump_out[..]] {
+            let mut del = vec!["-w", "-D"];
+            del.extend(jump);
+            while self.run("iptables", &del).await.is_ok() {}
+        }
+        for chain in [&cin, &cout] {
+            let _ = self.run("iptables", &["-w", "-F", chain]).await;
+            let _ = self.run("iptables", &["-w", "-X", chain]).await;
+        }
     }
 
     /// Removes the bridge, dnsmasq, the NAT rule and the relay of `net`.
@@ -363,15 +520,25 @@ impl HostNetwork {
         {
             h.abort();
         }
-        if let Some(pid) = self.dnsmasq_pid(&net.bridge) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        self.stop_dnsmasq(&net.bridge).await;
         let rule = self.nat_rule(net);
         while self.iptables("-D", &rule).await.is_ok() {}
         let _ = self.run("ip", &["link", "del", &net.bridge]).await;
+        // The dispatch chains go when no guest's chains are left in them.
+        for chain in ["GT-OUT", "GT-IN"] {
+            let listed = self
+                .run("iptables", &["-w", "-S", chain])
+                .await
+                .unwrap_or_default();
+            if listed.lines().count() <= 1 {
+                while self
+                    .run("iptables", &["-w", "-D", "FORWARD", "-j", chain])
+                    .await
+                    .is_ok()
+                {}
+                let _ = self.run("iptables", &["-w", "-X", chain]).await;
+            }
+        }
         let dir = self.bridge_dir(&net.bridge);
         for f in ["hosts", "leases", "dnsmasq.pid", "dnsmasq.log", "hosts.tmp"] {
             let _ = std::fs::remove_file(dir.join(f));
@@ -402,6 +569,72 @@ fn overlapping_route(routes: &str, net: &NetSpec) -> Option<String> {
         let common = mask & ours.1;
         (u32::from(addr) & common == ours.0 & common).then(|| line.trim().to_string())
     })
+}
+
+/// The tap device of an instance's NIC (named by us, so rules can name it).
+pub fn tap_name(instance_id: &str) -> String {
+    let hex: String = instance_id
+        .trim_start_matches("i-")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(13)
+        .collect();
+    format!("gi{hex}")
+}
+
+/// One allowed flow of a firewall, rendered for iptables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRule {
+    pub protocol: String,
+    pub from_port: i32,
+    pub to_port: i32,
+    pub cidrs: Vec<String>,
+}
+
+fn valid_cidr(c: &str) -> bool {
+    let (addr, len) = c.split_once('/').unwrap_or((c, "32"));
+    addr.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+}
+
+/// `iptables-restore` lines that fill `chain` with `rules`, ending in
+/// `otherwise` (DROP); allowed packets go to `allow` (ACCEPT or RETURN).
+fn chain_lines(chain: &str, rules: &[FlowRule], ingress: bool, allow: &str) -> Vec<String> {
+    // DHCP always passes: a guest that cannot get its address is no use.
+    let dhcp = if ingress {
+        "--sport 67 --dport 68"
+    } else {
+        "--sport 68 --dport 67"
+    };
+    let mut out = vec![
+        format!(":{chain} - [0:0]"),
+        format!("-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j {allow}"),
+        format!("-A {chain} -p udp {dhcp} -j {allow}"),
+    ];
+    let peer = if ingress { "-s" } else { "-d" };
+    for r in rules {
+        let proto = match r.protocol.as_str() {
+            "tcp" | "udp" => {
+                let ports = if r.from_port == r.to_port {
+                    r.from_port.to_string()
+                } else {
+                    format!("{}:{}", r.from_port, r.to_port)
+                };
+                format!("-p {} --dport {ports}", r.protocol)
+            }
+            "icmp" if r.from_port >= 0 && r.to_port >= 0 => {
+                format!("-p icmp --icmp-type {}/{}", r.from_port, r.to_port)
+            }
+            "icmp" if r.from_port >= 0 => format!("-p icmp --icmp-type {}", r.from_port),
+            "icmp" => "-p icmp".into(),
+            "-1" => String::new(),
+            _ => continue,
+        };
+        for c in r.cidrs.iter().filter(|c| valid_cidr(c)) {
+            out.push(format!("-A {chain} {peer} {c} {proto} -j {allow}").replace("  ", " "));
+        }
+    }
+    out.push(format!("-A {chain} -j DROP"));
+    out
 }
 
 /// A listener on `addr` in network namespace `netns` (a named one under
@@ -493,6 +726,43 @@ mod tests {
         assert!(NetSpec::new("averyveryverylongname", "172.31.0.1", 20).is_err());
         assert!(NetSpec::new("gtbr0", "x", 20).is_err());
         assert!(NetSpec::new("gtbr0", "172.31.0.1", 8).is_err());
+    }
+
+    #[test]
+    fn firewall_chains_allow_what_the_rules_say_and_drop_the_rest() {
+        assert_eq!(tap_name("i-0123456789abcdef0"), "gi0123456789abc");
+        let rules = vec![
+            FlowRule {
+                protocol: "tcp".into(),
+                from_port: 80,
+                to_port: 80,
+                cidrs: vec!["0.0.0.0/0".into(), "bogus".into()],
+            },
+            FlowRule {
+                protocol: "udp".into(),
+                from_port: 1000,
+                to_port: 2000,
+                cidrs: vec!["10.0.0.5/32".into()],
+            },
+            FlowRule {
+                protocol: "-1".into(),
+                from_port: -1,
+                to_port: -1,
+                cidrs: vec!["10.0.0.6".into()],
+            },
+        ];
+        assert_eq!(
+            chain_lines("GTI-x", &rules, true, "ACCEPT"),
+            [
+                ":GTI-x - [0:0]",
+                "-A GTI-x -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "-A GTI-x -p udp --sport 67 --dport 68 -j ACCEPT",
+                "-A GTI-x -s 0.0.0.0/0 -p tcp --dport 80 -j ACCEPT",
+                "-A GTI-x -s 10.0.0.5/32 -p udp --dport 1000:2000 -j ACCEPT",
+                "-A GTI-x -s 10.0.0.6 -j ACCEPT",
+                "-A GTI-x -j DROP",
+            ]
+        );
     }
 
     #[test]

@@ -144,8 +144,54 @@ if NETNS:
         time.sleep(1)
     ec2.terminate_instances(InstanceIds=[peer])
     waiter("instance_terminated", [peer])
+
+    # Security groups filter for real: a guest in a group without rules takes nothing in;
+    # authorizing port 80 opens it, revoking closes it again.
+    closed = ec2.create_security_group(GroupName="closed", Description="nothing in")["GroupId"]
+    target = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, SecurityGroupIds=[closed])["Instances"][0]
+    tid, tip = target["InstanceId"], target["PrivateIpAddress"]
+    probe = ("#!/bin/sh\nwhile true; do\n"
+             f"  if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {tip} 80 2>/dev/null | grep -q {tid}; then echo PROBE open; else echo PROBE closed; fi\n"
+             "  sleep 0.2\ndone\n")
+    prober = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, UserData=probe)["Instances"][0]["InstanceId"]
+
+    def probes():
+        return [l.strip() for l in console(prober).replace("\r", "").splitlines() if l.startswith("PROBE ")]
+
+    def wait_probe(want, timeout):
+        start = time.time()
+        while True:
+            seen = probes()
+            # Two in a row, so one probe that straddled the change does not count.
+            if len(seen) >= 2 and seen[-1] == seen[-2] == f"PROBE {want}":
+                return time.time() - start
+            assert time.time() - start < timeout, f"probe never {want}: {seen[-5:]}"
+            time.sleep(0.2)
+
+    start = time.time()
+    while "GUMTREE-NET-OK" not in console(tid) or len(probes()) < 3:
+        if time.time() - start > 120:
+            import glob
+            dump = subprocess.run(["ip", "netns", "exec", NETNS, "iptables", "-w", "-S"], capture_output=True, text=True).stdout
+            for f in glob.glob("/tmp/gumtree-test-*/net/*/*"):
+                dump += f"\n== {f}\n" + open(f, errors="replace").read()[-3000:]
+            raise AssertionError(f"target or prober not up:\n{console(tid)}\n----\n{dump}")
+        time.sleep(1)
+    wait_probe("closed", 10)
+    ec2.authorize_security_group_ingress(GroupId=closed, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    opened = wait_probe("open", 10)
+    ec2.revoke_security_group_ingress(GroupId=closed, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    shut = wait_probe("closed", 10)
+    print(f"timing: port seen open {opened:.1f}s after authorize, closed {shut:.1f}s after revoke "
+          "(as the guest's probe sees it: 0.2 s cadence, 1 s timeout, console polled through the API)", flush=True)
+    ec2.terminate_instances(InstanceIds=[tid, prober])
+    waiter("instance_terminated", [tid, prober])
+    ec2.delete_security_group(GroupId=closed)
     check("guest network: DHCP lease of its private address, IMDSv2 instance id, user-data verbatim on the console "
-          "and run as a script, HTTP on port 80, a second guest reaches the first")
+          "and run as a script, HTTP on port 80, a second guest reaches the first; a security group with no "
+          "rules keeps a guest closed, authorize opens port 80, revoke closes it again")
 
 # Another account neither sees nor touches it.
 assert other.describe_instances()["Reservations"] == []

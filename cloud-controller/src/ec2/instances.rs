@@ -62,7 +62,7 @@ fn clusters(ec2: &Ec2) -> Vec<(String, String, String, bool)> {
 }
 
 impl Ec2 {
-    fn cluster_client(&self, cluster: &str) -> Result<ClusterClient, Ec2Error> {
+    pub(super) fn cluster_client(&self, cluster: &str) -> Result<ClusterClient, Ec2Error> {
         let (_, _, endpoint, up) = clusters(self)
             .into_iter()
             .find(|c| c.0 == cluster)
@@ -398,6 +398,18 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                         .set_state(&s.instance_id, "pending", "", Some(&s.node));
                 }
                 tracing::info!(reservation_id = %reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.1, "instances placed");
+                ec2.firewall_changed.notify_one();
+                // Each new instance starts with its groups' rules in place.
+                let mut specs = specs;
+                if let Ok(all) = super::security_groups::firewalls(ec2) {
+                    let mine = all.get(&cluster.0).cloned().unwrap_or_default();
+                    for spec in &mut specs {
+                        spec.firewall = mine
+                            .iter()
+                            .find(|f| f.instance_id == spec.instance_id)
+                            .cloned();
+                    }
+                }
                 let instances = ec2.instances.clone();
                 let walrus = walrus.clone();
                 tokio::spawn(async move {
@@ -879,6 +891,7 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
         ec2.addresses
             .instance_gone(&r.instance_id)
             .map_err(store_error)?;
+        ec2.firewall_changed.notify_one();
         let instances = ec2.instances.clone();
         let client = ec2.cluster_client(&r.cluster);
         let id = r.instance_id.clone();

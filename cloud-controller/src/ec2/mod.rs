@@ -70,6 +70,8 @@ pub struct Ec2 {
     /// Held from an account's quota check to its instances being recorded,
     /// so concurrent RunInstances cannot both pass the check.
     pub launches: tokio::sync::Mutex<()>,
+    /// Wakes the task that pushes security group rules to the nodes.
+    pub firewall_changed: tokio::sync::Notify,
     /// Signs the CLC's calls to the other tiers.
     pub secret: ClusterSecret,
     pub settings: Settings,

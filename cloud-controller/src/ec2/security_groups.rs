@@ -430,6 +430,7 @@ pub fn change_rules(ec2: &Ec2, call: &Call, egress: bool, add: bool) -> Result<S
         }
     }
     tracing::info!(group_id = %group.group_id, egress, add, rules = rules.len(), "security group rules changed");
+    ec2.firewall_changed.notify_one();
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -563,4 +564,111 @@ pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
     }
     w.close("securityGroupInfo");
     Ok(w.finish())
+}
+
+/// Every live instance's firewall, by cluster: its groups' rules, with
+/// source groups turned into their members' private addresses.
+pub fn firewalls(ec2: &Ec2) -> Result<HashMap<String, Vec<proto::InstanceFirewall>>, Ec2Error> {
+    let live: Vec<crate::instances::InstanceRecord> = ec2
+        .instances
+        .list()
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|r| {
+            !r.private_ip.is_empty() && !matches!(r.state.as_str(), "terminated" | "shutting-down")
+        })
+        .collect();
+    let groups: HashMap<String, SecurityGroup> = ec2
+        .security_groups
+        .all()
+        .map_err(store_error)?
+        .into_iter()
+        .map(|g| (g.group_id.clone(), g))
+        .collect();
+    let mut members: HashMap<&str, Vec<String>> = HashMap::new();
+    for r in &live {
+        for g in &r.security_groups {
+            members
+                .entry(g.as_str())
+                .or_default()
+                .push(format!("{}/32", r.private_ip));
+        }
+    }
+    let render = |rules: &[Rule]| -> Vec<proto::FirewallRule> {
+        rules
+            .iter()
+            .filter_map(|rule| {
+                let mut cidrs = rule.cidrs.clone();
+                for g in &rule.groups {
+                    cidrs.extend(
+                        members
+                            .get(g.group_id.as_str())
+                            .into_iter()
+                            .flatten()
+                            .cloned(),
+                    );
+                }
+                (!cidrs.is_empty()).then(|| proto::FirewallRule {
+                    protocol: rule.protocol.clone(),
+                    from_port: rule.from_port,
+                    to_port: rule.to_port,
+                    cidrs,
+                })
+            })
+            .collect()
+    };
+    let mut out: HashMap<String, Vec<proto::InstanceFirewall>> = HashMap::new();
+    for r in &live {
+        let mut ingress = Vec::new();
+        let mut egress = Vec::new();
+        for g in r.security_groups.iter().filter_map(|id| groups.get(id)) {
+            ingress.extend(render(&g.ingress));
+            egress.extend(render(&g.egress));
+        }
+        out.entry(r.cluster.clone())
+            .or_default()
+            .push(proto::InstanceFirewall {
+                instance_id: r.instance_id.clone(),
+                ingress,
+                egress,
+            });
+    }
+    Ok(out)
+}
+
+/// Keeps the nodes' firewalls in step with the security groups: pushes
+/// every live instance's rules to its cluster whenever something changed
+/// (`Ec2::firewall_changed`), and every 10 s regardless (a node that
+/// restarted, a cluster that was away).
+pub async fn sync_firewalls(ec2: std::sync::Arc<Ec2>) {
+    loop {
+        tokio::select! {
+            _ = ec2.firewall_changed.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+        let started = std::time::Instant::now();
+        let all = match firewalls(&ec2) {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "firewalls not computed");
+                continue;
+            }
+        };
+        for (cluster, firewalls) in all {
+            let count = firewalls.len();
+            match ec2.cluster_client(&cluster) {
+                Ok(mut c) => match c.set_firewalls(proto::Firewalls { firewalls }).await {
+                    Ok(r) => {
+                        tracing::debug!(%cluster, count, applied = r.into_inner().applied, elapsed_ms = started.elapsed().as_millis() as u64, "firewalls pushed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%cluster, error = %e.message(), "firewalls not pushed")
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(%cluster, error = %e.message, "cluster unavailable for firewalls")
+                }
+            }
+        }
+    }
 }

@@ -448,30 +448,18 @@ impl HostNetwork {
         ingress: &[FlowRule],
         egress: &[FlowRule],
     ) -> Result<(), NetError> {
-        let tap = tap_name(instance_id);
+        let (cin, cout, jumps) = guest_chains(instance_id);
         let _changing = self.changing.lock().await;
         self.ensure_dispatch().await?;
-        let (cin, cout) = (format!("GTI-{tap}"), format!("GTO-{tap}"));
         let mut lines = chain_lines(&cin, ingress, true, "ACCEPT");
         lines.extend(chain_lines(&cout, egress, false, "RETURN"));
         self.restore(&lines).await?;
-        let jump_in = [
-            "GT-IN",
-            "-m",
-            "physdev",
-            "--physdev-out",
-            &tap,
-            "--physdev-is-bridged",
-            "-j",
-            &cin,
-        ];
-        let jump_out = ["GT-OUT", "-m", "physdev", "--physdev-in", &tap, "-j", &cout];
-        for jump in [&jump_in[..], &jump_out[..]] {
+        for jump in &jumps {
             let mut check = vec!["-w", "-C"];
-            check.extend(jump);
+            check.extend(jump.iter().map(String::as_str));
             if self.run("iptables", &check).await.is_err() {
                 let mut add = vec!["-w", "-A"];
-                add.extend(jump);
+                add.extend(jump.iter().map(String::as_str));
                 self.run("iptables", &add).await?;
             }
         }
@@ -486,22 +474,10 @@ impl HostNetwork {
 
     /// Removes an instance's chains and jumps.
     pub async fn remove_firewall(&self, instance_id: &str) {
-        let tap = tap_name(instance_id);
-        let (cin, cout) = (format!("GTI-{tap}"), format!("GTO-{tap}"));
-        let jump_in = [
-            "GT-IN",
-            "-m",
-            "physdev",
-            "--physdev-out",
-            &tap,
-            "--physdev-is-bridged",
-            "-j",
-            &cin,
-        ];
-        let jump_out = ["GT-OUT", "-m", "physdev", "--physdev-in", &tap, "-j", &cout];
-        for jump in [&jump_in[..], &jump_out[..]] {
+        let (cin, cout, jumps) = guest_chains(instance_id);
+        for jump in &jumps {
             let mut del = vec!["-w", "-D"];
-            del.extend(jump);
+            del.extend(jump.iter().map(String::as_str));
             while self.run("iptables", &del).await.is_ok() {}
         }
         for chain in [&cin, &cout] {
@@ -580,6 +556,26 @@ pub fn tap_name(instance_id: &str) -> String {
         .take(13)
         .collect();
     format!("gi{hex}")
+}
+
+/// A guest's ingress and egress chains, and the rules that jump to them
+/// from the dispatch chains (without the `-A`/`-C`/`-D` verb).
+fn guest_chains(instance_id: &str) -> (String, String, [Vec<String>; 2]) {
+    let tap = tap_name(instance_id);
+    let (cin, cout) = (format!("GTI-{tap}"), format!("GTO-{tap}"));
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let jump_in = words(&[
+        "GT-IN",
+        "-m",
+        "physdev",
+        "--physdev-out",
+        &tap,
+        "--physdev-is-bridged",
+        "-j",
+        &cin,
+    ]);
+    let jump_out = words(&["GT-OUT", "-m", "physdev", "--physdev-in", &tap, "-j", &cout]);
+    (cin, cout, [jump_in, jump_out])
 }
 
 /// One allowed flow of a firewall, rendered for iptables.

@@ -2,7 +2,6 @@
 //! DescribeAddresses: elastic IPs from the cloud's public pool.
 
 use super::{
-    params::matches,
     tags::{by_resource, tag_filter_values, write_tag_set},
     Call, Ec2, Ec2Error,
 };
@@ -197,7 +196,7 @@ pub fn describe_addresses(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     }
                 },
             };
-            keep &= f.values.iter().any(|v| have.iter().any(|h| matches(v, h)));
+            keep &= f.admits(&have);
         }
         if !keep {
             continue;

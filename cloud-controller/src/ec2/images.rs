@@ -14,11 +14,7 @@ use proto::{walrus_internal_client::WalrusInternalClient, ObjectRef};
 use tonic::Code;
 
 use super::tags::{by_resource, tag_filter_values, write_tag_set};
-use super::{
-    params::{matches, Filter},
-    xml::Writer,
-    Call, Ec2, Ec2Error,
-};
+use super::{params::Filter, xml::Writer, Call, Ec2, Ec2Error};
 use crate::images::{Image, ImageError, ImageKind};
 use crate::tags::Tag;
 
@@ -274,11 +270,7 @@ fn filter_value(image: &Image, tags: &[Tag], name: &str) -> Result<Vec<String>, 
 fn passes(image: &Image, tags: &[Tag], filters: &[Filter]) -> Result<bool, Ec2Error> {
     for f in filters {
         let have = filter_value(image, tags, &f.name)?;
-        if !f
-            .values
-            .iter()
-            .any(|want| have.iter().any(|h| matches(want, h)))
-        {
+        if !f.admits(&have) {
             return Ok(false);
         }
     }

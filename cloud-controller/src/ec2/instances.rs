@@ -16,7 +16,7 @@ use proto::{
 use tonic::{service::interceptor::InterceptedService, transport::Channel, Code};
 
 use super::{
-    params::{matches, Filter},
+    params::Filter,
     tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
     xml::Writer,
     Call, Ec2, Ec2Error,
@@ -726,11 +726,7 @@ fn passes(
 ) -> Result<bool, Ec2Error> {
     for f in filters {
         let have = filter_values(r, tags, &f.name, region, groups)?;
-        if !f
-            .values
-            .iter()
-            .any(|want| have.iter().any(|h| matches(want, h)))
-        {
+        if !f.admits(&have) {
             return Ok(false);
         }
     }
@@ -1260,7 +1256,7 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
                     ))
                 }
             };
-            keep &= f.values.iter().any(|v| matches(v, &have));
+            keep &= f.admits(&[&have]);
         }
         if !keep {
             continue;

@@ -4,7 +4,6 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use common::time;
 
 use super::{
-    params::matches,
     tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
     Call, Ec2, Ec2Error,
 };
@@ -201,7 +200,7 @@ pub fn describe_key_pairs(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     }
                 }],
             };
-            keep &= f.values.iter().any(|v| have.iter().any(|h| matches(v, h)));
+            keep &= f.admits(&have);
         }
         if !keep {
             continue;

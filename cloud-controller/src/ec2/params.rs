@@ -18,6 +18,16 @@ pub struct Filter {
     pub values: Vec<String>,
 }
 
+impl Filter {
+    /// Whether any of the filter's values (with `*` and `?` wildcards)
+    /// matches any of what a resource has for the filter's name.
+    pub fn admits<S: AsRef<str>>(&self, have: &[S]) -> bool {
+        self.values
+            .iter()
+            .any(|want| have.iter().any(|h| matches(want, h.as_ref())))
+    }
+}
+
 impl Params {
     /// From decoded pairs; a repeated name keeps its first value.
     pub fn new(pairs: Vec<(String, String)>) -> Self {

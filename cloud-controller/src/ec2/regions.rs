@@ -4,7 +4,7 @@
 use common::time;
 use proto::ServiceState;
 
-use super::{params::matches, Call, Ec2, Ec2Error};
+use super::{Call, Ec2, Ec2Error};
 use crate::{instances::InstanceType, registry::CLUSTER};
 
 /// DescribeRegions.
@@ -31,7 +31,7 @@ pub fn describe_regions(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 ))
             }
         };
-        if !f.values.iter().any(|v| matches(v, &have)) {
+        if !f.admits(&[&have]) {
             let mut w = call.writer();
             w.open("regionInfo").close("regionInfo");
             return Ok(w.finish());
@@ -216,7 +216,7 @@ pub fn describe_availability_zones(ec2: &Ec2, call: &Call) -> Result<String, Ec2
                     ))
                 }
             };
-            if !f.values.iter().any(|v| matches(v, have)) {
+            if !f.admits(&[have]) {
                 continue 'zones;
             }
         }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use common::time;
 
 use super::{
-    params::{matches, Params},
+    params::Params,
     tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
     xml::Writer,
     Call, Ec2, Ec2Error,
@@ -542,7 +542,7 @@ pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
                     }
                 },
             };
-            keep &= f.values.iter().any(|v| have.iter().any(|h| matches(v, h)));
+            keep &= f.admits(&have);
         }
         if keep {
             kept.push(g);

@@ -2,7 +2,7 @@
 //! `tagSet` in descriptions, `tag:KEY` / `tag-key` / `tag-value` filters and
 //! `TagSpecification` at creation.
 
-use super::{params::matches, xml::Writer, Call, Ec2, Ec2Error, Params};
+use super::{xml::Writer, Call, Ec2, Ec2Error, Params};
 use crate::tags::{Tag, MAX_TAGS};
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
@@ -220,7 +220,7 @@ pub fn describe_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                     ))
                 }
             };
-            keep &= f.values.iter().any(|v| matches(v, have));
+            keep &= f.admits(&[have]);
         }
         if keep {
             out.push(t);

@@ -4,7 +4,7 @@
 GUMTREE_SYSTEM_PACKAGES=(
   gcc pkg-config libvirt-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-  dnsmasq-base iptables iproute2 busybox-static openssl procps
+  dnsmasq-base iptables iproute2 conntrack busybox-static openssl procps
 )
 
 say() { printf '==> %s\n' "$*" >&2; }

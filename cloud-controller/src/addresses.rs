@@ -1,5 +1,8 @@
 //! Elastic IPs: the cloud's public address pool, and which account holds
-//! each address and which instance it is associated with.
+//! each address and which instance it is associated with. Addresses the
+//! cloud gives instances at launch (`auto`) come from the same pool; they
+//! are not the account's elastic IPs and go back to the pool when the
+//! instance goes or gets an elastic IP.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, sync::Mutex};
 
@@ -21,14 +24,26 @@ pub struct Address {
     /// `eipassoc-` and 17 hex digits, while associated.
     pub association_id: Option<String>,
     pub allocated_ms: i64,
+    /// Given by the cloud at launch, not allocated by the account.
+    pub auto: bool,
 }
 
 impl Record for Address {
     const TABLE: &'static str = "addresses";
-    const SCHEMA: u32 = 1;
+    /// 2: `auto` added.
+    const SCHEMA: u32 = 2;
     type Key = String;
     fn key(&self) -> String {
         self.public_ip.clone()
+    }
+    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+        match (from, value.as_object_mut()) {
+            (1, Some(o)) => {
+                o.insert("auto".into(), serde_json::Value::Bool(false));
+                Ok(value)
+            }
+            _ => Err(format!("no migration from schema {from}")),
+        }
     }
 }
 
@@ -97,16 +112,25 @@ impl Addresses {
         self.pool.len()
     }
 
-    /// Allocates the lowest free address of the pool to `account_id`.
-    pub fn allocate(&self, account_id: &str) -> Result<Option<Address>, StoreError> {
-        let _w = self.lock();
+    /// The lowest address of the pool nobody holds.
+    fn free_address(&self) -> Result<Option<Ipv4Addr>, StoreError> {
         let taken: BTreeSet<String> = self
             .table
             .list()?
             .into_iter()
             .map(|a| a.public_ip)
             .collect();
-        let Some(ip) = self.pool.iter().find(|ip| !taken.contains(&ip.to_string())) else {
+        Ok(self
+            .pool
+            .iter()
+            .find(|ip| !taken.contains(&ip.to_string()))
+            .copied())
+    }
+
+    /// Allocates the lowest free address of the pool to `account_id`.
+    pub fn allocate(&self, account_id: &str) -> Result<Option<Address>, StoreError> {
+        let _w = self.lock();
+        let Some(ip) = self.free_address()? else {
             return Ok(None);
         };
         let a = Address {
@@ -116,6 +140,39 @@ impl Addresses {
             instance_id: None,
             association_id: None,
             allocated_ms: time::unix_ms(),
+            auto: false,
+        };
+        self.table.put(&a)?;
+        Ok(Some(a))
+    }
+
+    /// Gives `instance_id` (of `account_id`) the lowest free address, unless
+    /// it has one; None when the pool is exhausted.
+    pub fn assign(
+        &self,
+        account_id: &str,
+        instance_id: &str,
+    ) -> Result<Option<Address>, StoreError> {
+        let _w = self.lock();
+        if let Some(a) = self
+            .table
+            .list()?
+            .into_iter()
+            .find(|a| a.instance_id.as_deref() == Some(instance_id))
+        {
+            return Ok(Some(a));
+        }
+        let Some(ip) = self.free_address()? else {
+            return Ok(None);
+        };
+        let a = Address {
+            public_ip: ip.to_string(),
+            account_id: account_id.to_string(),
+            allocation_id: String::new(),
+            instance_id: Some(instance_id.to_string()),
+            association_id: None,
+            allocated_ms: time::unix_ms(),
+            auto: true,
         };
         self.table.put(&a)?;
         Ok(Some(a))
@@ -126,14 +183,28 @@ impl Addresses {
         self.table.list()
     }
 
-    /// The account's addresses.
+    /// The account's elastic IPs.
     pub fn of(&self, account_id: &str) -> Result<Vec<Address>, StoreError> {
         Ok(self
             .table
             .list()?
             .into_iter()
-            .filter(|a| a.account_id == account_id)
+            .filter(|a| a.account_id == account_id && !a.auto)
             .collect())
+    }
+
+    /// Frees `a`, associated with an instance that no longer has it: an
+    /// address given at launch goes back to the pool, an elastic IP stays
+    /// with its account.
+    fn let_go(&self, mut a: Address) -> Result<(), StoreError> {
+        if a.auto {
+            self.table.delete(&a.public_ip)?;
+        } else {
+            a.instance_id = None;
+            a.association_id = None;
+            self.table.put(&a)?;
+        }
+        Ok(())
     }
 
     /// Associates `public_ip` with `instance_id`, moving it from any other
@@ -141,11 +212,9 @@ impl Addresses {
     /// new association id.
     pub fn associate(&self, public_ip: &str, instance_id: &str) -> Result<String, StoreError> {
         let _w = self.lock();
-        for mut other in self.table.list()? {
+        for other in self.table.list()? {
             if other.public_ip != public_ip && other.instance_id.as_deref() == Some(instance_id) {
-                other.instance_id = None;
-                other.association_id = None;
-                self.table.put(&other)?;
+                self.let_go(other)?;
             }
         }
         let association = ids::resource_id("eipassoc");
@@ -168,17 +237,25 @@ impl Addresses {
         Ok(())
     }
 
-    /// Disassociates whatever address `instance_id` has (it was terminated).
+    /// Frees whatever address `instance_id` has (it was terminated).
     pub fn instance_gone(&self, instance_id: &str) -> Result<(), StoreError> {
         let _w = self.lock();
-        for mut a in self.table.list()? {
+        for a in self.table.list()? {
             if a.instance_id.as_deref() == Some(instance_id) {
-                a.instance_id = None;
-                a.association_id = None;
-                self.table.put(&a)?;
+                self.let_go(a)?;
             }
         }
         Ok(())
+    }
+
+    /// The public address of each instance that has one.
+    pub fn by_instance(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        Ok(self
+            .table
+            .list()?
+            .into_iter()
+            .filter_map(|a| Some((a.instance_id?, a.public_ip)))
+            .collect())
     }
 
     /// Returns `public_ip` to the pool.
@@ -235,5 +312,34 @@ mod tests {
             a.allocate("333").expect("alloc").expect("free").public_ip,
             "192.0.2.1"
         );
+    }
+
+    #[test]
+    fn launch_addresses_go_back_to_the_pool() {
+        let store = Store::temporary().expect("store");
+        let pool = parse_pool(&["192.0.2.1-192.0.2.2".into()]).expect("pool");
+        let a = Addresses::open(&store, pool).expect("open");
+        let given = a.assign("111", "i-1").expect("assign").expect("free");
+        assert!(given.auto && given.public_ip == "192.0.2.1");
+        assert_eq!(
+            a.assign("111", "i-1").expect("again").map(|g| g.public_ip),
+            Some("192.0.2.1".into()),
+            "one address per instance"
+        );
+        assert!(a.of("111").expect("of").is_empty(), "not an elastic IP");
+        // An elastic IP replaces it; the launch address is free again.
+        let eip = a.allocate("111").expect("alloc").expect("free");
+        a.associate(&eip.public_ip, "i-1").expect("assoc");
+        assert_eq!(
+            a.by_instance().expect("map").get("i-1"),
+            Some(&eip.public_ip)
+        );
+        assert_eq!(a.list().expect("list").len(), 1);
+        let again = a.assign("111", "i-2").expect("assign").expect("free");
+        assert_eq!(again.public_ip, "192.0.2.1");
+        a.instance_gone("i-2").expect("gone");
+        a.instance_gone("i-1").expect("gone");
+        assert_eq!(a.list().expect("list").len(), 1, "the elastic IP stays");
+        assert_eq!(a.of("111").expect("of")[0].instance_id, None);
     }
 }

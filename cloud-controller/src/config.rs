@@ -39,6 +39,10 @@ pub struct CloudConfig {
     /// ranges (`192.0.2.10-192.0.2.20`) or CIDR blocks (/20 or smaller).
     /// Default: none.
     pub public_ips: Vec<String>,
+    /// Every new instance gets a public address from `public_ips` (while
+    /// free ones last), returned to the pool when the instance goes or
+    /// gets an elastic IP: Eucalyptus' default. Default true.
+    pub assign_public_ips: bool,
     /// The metadata service refuses reads without an IMDSv2 session token.
     /// Default false (IMDSv1 and IMDSv2 both work).
     pub metadata_tokens_required: bool,
@@ -61,6 +65,7 @@ impl Default for CloudConfig {
             tls_key_file: None,
             region: "gumtree".into(),
             public_ips: Vec::new(),
+            assign_public_ips: true,
             metadata_tokens_required: false,
             log_filter: "info".into(),
         }

@@ -104,11 +104,9 @@ impl MetadataService for Imds {
             .collect();
         let public_ip = ec2
             .addresses
-            .of(&record.account_id)
+            .by_instance()
             .map_err(internal)?
-            .into_iter()
-            .find(|a| a.instance_id.as_deref() == Some(record.instance_id.as_str()))
-            .map(|a| a.public_ip);
+            .remove(&record.instance_id);
         let view = InstanceView {
             record: &record,
             image_location: image

@@ -102,6 +102,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             },
             admin_account: config.admin_account.clone(),
             component: config.name.clone(),
+            assign_public_ips: config.assign_public_ips,
         },
     });
     let imds = cloud_controller::imds::Imds::new(

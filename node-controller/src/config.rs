@@ -58,6 +58,10 @@ pub struct NodeConfig {
     /// Port of the metadata relay on each bridge's gateway address (guests'
     /// requests to 169.254.169.254:80 are forwarded to it). Default 8781.
     pub metadata_port: u16,
+    /// Interface (in `netns`) the instances' public addresses are put on,
+    /// so the node answers for them; empty: the network routes them to
+    /// the node. Default empty.
+    pub public_interface: String,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -85,6 +89,7 @@ impl Default for NodeConfig {
             network_dir: "/run/gumtree/net".into(),
             clc: "127.0.0.1:8780".into(),
             metadata_port: 8781,
+            public_interface: String::new(),
             log_filter: "info".into(),
         }
     }

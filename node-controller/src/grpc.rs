@@ -106,6 +106,11 @@ impl NodeService for Node {
                 .firewall
                 .as_ref()
                 .map(|f| (Instances::flows(&f.ingress), Instances::flows(&f.egress))),
+            public_ip: spec
+                .firewall
+                .as_ref()
+                .map(|f| f.public_ip.clone())
+                .unwrap_or_default(),
             mac: spec.mac,
             private_ip: spec.private_ip,
         };

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     hypervisor::{DomainSpec, DomainState, Hypervisor, HypervisorError},
     images::{ImageCache, ImageError, ImageRef, ImageSource},
-    network::{tap_name, FlowRule, HostNetwork, NetSpec},
+    network::{tap_name, FlowRule, Guest, HostNetwork, NetSpec},
 };
 
 /// Most bytes of console output returned.
@@ -74,6 +74,22 @@ impl InstanceRecord {
         let (bridge, gateway, prefix) = self.network.as_ref()?;
         NetSpec::new(bridge, gateway, *prefix).ok()
     }
+
+    /// It as its firewall sees it, with `public_ip` (empty: none).
+    fn guest(&self, public_ip: &str) -> Result<Option<Guest>, InstanceError> {
+        let Some(net) = self.net() else {
+            return Ok(None);
+        };
+        Guest::new(
+            &self.instance_id,
+            &self.mac,
+            &self.private_ip,
+            net,
+            public_ip,
+        )
+        .map(Some)
+        .map_err(|e| InstanceError::Network(e.to_string()))
+    }
 }
 
 /// Why an instance operation failed.
@@ -113,6 +129,8 @@ pub struct Launch {
     pub network: Option<NetSpec>,
     /// Security group rules at launch: (ingress, egress).
     pub firewall: Option<(Vec<FlowRule>, Vec<FlowRule>)>,
+    /// Its public address at launch (empty: none).
+    pub public_ip: String,
 }
 
 /// The node's instances.
@@ -224,8 +242,9 @@ impl Instances {
             .collect()
     }
 
-    /// Enforces security group rules on this node's instances among
-    /// `firewalls`; returns how many were applied.
+    /// Enforces security group rules and public addresses on this node's
+    /// instances among `firewalls`; returns how many were applied (one
+    /// that fails is logged and the rest still applied).
     pub async fn set_firewalls(
         &self,
         firewalls: &[proto::InstanceFirewall],
@@ -239,13 +258,22 @@ impl Instances {
             let Some(r) = self.table.get(&f.instance_id)? else {
                 continue;
             };
-            if r.net().is_none() {
-                continue;
+            let applying = async {
+                let Some(guest) = r.guest(&f.public_ip)? else {
+                    return Ok(false);
+                };
+                hn.apply_firewall(&guest, &flows(&f.ingress), &flows(&f.egress))
+                    .await
+                    .map_err(|e| InstanceError::Network(e.to_string()))?;
+                Ok::<_, InstanceError>(true)
+            };
+            match applying.await {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(instance_id = %f.instance_id, error = %e, "firewall not applied")
+                }
             }
-            hn.apply_firewall(&f.instance_id, &flows(&f.ingress), &flows(&f.egress))
-                .await
-                .map_err(|e| InstanceError::Network(e.to_string()))?;
-            applied += 1;
         }
         Ok(applied)
     }
@@ -333,9 +361,11 @@ impl Instances {
                     .firewall
                     .clone()
                     .unwrap_or_else(|| (Vec::new(), vec![all_out]));
-                hn.apply_firewall(&l.instance_id, &ingress, &egress)
-                    .await
-                    .map_err(|e| InstanceError::Network(e.to_string()))?;
+                if let Some(guest) = record.guest(&l.public_ip)? {
+                    hn.apply_firewall(&guest, &ingress, &egress)
+                        .await
+                        .map_err(|e| InstanceError::Network(e.to_string()))?;
+                }
             }
             let spec = self.spec(&record);
             let hv = self.hv.clone();
@@ -377,7 +407,9 @@ impl Instances {
             self.table.delete(&id.to_string())?;
             self.pin(&r, false);
             if let (Some(hn), Some(net)) = (&self.network, r.net()) {
-                hn.remove_firewall(id).await;
+                if let Ok(Some(guest)) = r.guest("") {
+                    hn.remove_firewall(&guest).await;
+                }
                 if let Err(e) = hn.detach(&net, &r.mac).await {
                     tracing::warn!(instance_id = %id, error = %e, "network cleanup failed");
                 }
@@ -607,6 +639,7 @@ mod tests {
             private_ip: "10.0.0.2".into(),
             network: None,
             firewall: None,
+            public_ip: String::new(),
         }
     }
 

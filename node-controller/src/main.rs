@@ -64,16 +64,21 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?,
     );
     let network = config.manage_network.then(|| {
-        Arc::new(HostNetwork::new(
-            (!config.netns.is_empty()).then(|| config.netns.clone()),
-            &config.network_dir,
-            config.metadata_port,
-            Relay {
-                clc: config.clc.clone(),
-                secret: started.secret.clone(),
-                node: name.clone(),
-            },
-        ))
+        Arc::new(
+            HostNetwork::new(
+                (!config.netns.is_empty()).then(|| config.netns.clone()),
+                &config.network_dir,
+                config.metadata_port,
+                Relay {
+                    clc: config.clc.clone(),
+                    secret: started.secret.clone(),
+                    node: name.clone(),
+                },
+            )
+            .with_public_interface(
+                (!config.public_interface.is_empty()).then(|| config.public_interface.clone()),
+            ),
+        )
     });
     let instances = Arc::new(
         Instances::open(

@@ -60,11 +60,11 @@ impl NetSpec {
         })
     }
 
-    fn mask(&self) -> Ipv4Addr {
+    pub fn mask(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::MAX << (32 - self.prefix))
     }
 
-    fn network(&self) -> Ipv4Addr {
+    pub fn network(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.gateway) & u32::from(self.mask()))
     }
 }
@@ -97,7 +97,15 @@ pub struct HostNetwork {
     relay: Relay,
     proxies: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     changing: tokio::sync::Mutex<()>,
+    /// Interface public addresses are put on (None: routed to the host).
+    public_interface: Option<String>,
+    /// The policy last applied to each guest by this process.
+    applied: Mutex<HashMap<String, AppliedPolicy>>,
+    /// IPv4 forwarding was turned on.
+    forwarding: std::sync::atomic::AtomicBool,
 }
+
+type AppliedPolicy = (Guest, Vec<FlowRule>, Vec<FlowRule>);
 
 impl HostNetwork {
     /// Plumbing in `netns` (None: the node's own namespace), state in `dir`.
@@ -109,7 +117,16 @@ impl HostNetwork {
             relay,
             proxies: Mutex::new(HashMap::new()),
             changing: tokio::sync::Mutex::new(()),
+            public_interface: None,
+            applied: Mutex::new(HashMap::new()),
+            forwarding: Default::default(),
         }
+    }
+
+    /// Public addresses go on `iface` (in the plumbing's namespace).
+    pub fn with_public_interface(mut self, iface: Option<String>) -> Self {
+        self.public_interface = iface;
+        self
     }
 
     fn command(&self, program: &str, args: &[&str]) -> tokio::process::Command {
@@ -302,13 +319,25 @@ impl HostNetwork {
 
     /// The host-wide lock of `bridge`'s plumbing.
     async fn host_lock(&self, bridge: &str) -> Result<Flock<std::fs::File>, NetError> {
-        let dir = self.bridge_dir(bridge);
-        std::fs::create_dir_all(&dir)?;
+        self.lock_file(&self.bridge_dir(bridge).join("lock")).await
+    }
+
+    /// The host-wide lock of the firewall: node controllers on one host
+    /// take turns (ebtables, unlike iptables, does not wait for another
+    /// one's change and fails instead).
+    async fn firewall_lock(&self) -> Result<Flock<std::fs::File>, NetError> {
+        self.lock_file(&self.dir.join("firewall.lock")).await
+    }
+
+    async fn lock_file(&self, path: &Path) -> Result<Flock<std::fs::File>, NetError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join("lock"))?;
+            .open(path)?;
         tokio::task::spawn_blocking(move || {
             Flock::lock(file, FlockArg::LockExclusive)
                 .map_err(|(_, e)| NetError::Io(std::io::Error::from(e)))
@@ -384,14 +413,20 @@ impl HostNetwork {
         }
     }
 
-    async fn restore(&self, lines: &[String]) -> Result<(), NetError> {
+    /// Feeds `tables` (table name, lines) to iptables-restore without
+    /// flushing anything else: chains it declares are replaced, in one
+    /// transaction per table.
+    async fn restore(&self, tables: &[(&str, Vec<String>)]) -> Result<(), NetError> {
         use tokio::io::AsyncWriteExt;
-        let mut text = String::from("*filter\n");
-        for l in lines {
-            text.push_str(l);
-            text.push('\n');
+        let mut text = String::new();
+        for (table, lines) in tables {
+            text.push_str(&format!("*{table}\n"));
+            for l in lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+            text.push_str("COMMIT\n");
         }
-        text.push_str("COMMIT\n");
         let mut child = self
             .command("iptables-restore", &["-w", "--noflush"])
             .stdin(std::process::Stdio::piped())
@@ -414,76 +449,298 @@ impl HostNetwork {
         Ok(())
     }
 
-    /// Makes sure FORWARD sends bridged traffic through our dispatch chains:
-    /// every guest's egress rules (GT-OUT), then every guest's ingress (GT-IN).
+    /// Makes sure each dispatch chain exists and is jumped to: FORWARD sends
+    /// bridged traffic through every guest's egress rules (GT-OUT), then
+    /// every guest's ingress (GT-IN); the nat table's PREROUTING and OUTPUT
+    /// go through GT-DNAT, POSTROUTING through GT-SNAT.
     async fn ensure_dispatch(&self) -> Result<(), NetError> {
-        for chain in ["GT-OUT", "GT-IN"] {
+        for (table, chain, hooks) in DISPATCH {
             if self
-                .run("iptables", &["-w", "-n", "-L", chain])
+                .run("iptables", &["-w", "-t", table, "-n", "-L", chain])
                 .await
                 .is_err()
             {
-                let _ = self.run("iptables", &["-w", "-N", chain]).await;
+                let _ = self
+                    .run("iptables", &["-w", "-t", table, "-N", chain])
+                    .await;
             }
-        }
-        for (pos, chain) in [("1", "GT-OUT"), ("2", "GT-IN")] {
-            if self
-                .run("iptables", &["-w", "-C", "FORWARD", "-j", chain])
-                .await
-                .is_err()
-            {
-                self.run("iptables", &["-w", "-I", "FORWARD", pos, "-j", chain])
+            for (hook, pos) in *hooks {
+                if self
+                    .run("iptables", &["-w", "-t", table, "-C", hook, "-j", chain])
+                    .await
+                    .is_err()
+                {
+                    self.run(
+                        "iptables",
+                        &["-w", "-t", table, "-I", hook, pos, "-j", chain],
+                    )
                     .await?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Enforces an instance's security group rules on its tap: ingress
-    /// denied unless a rule allows it, egress as its rules say. The chains
-    /// are replaced in one transaction.
-    pub async fn apply_firewall(
-        &self,
-        instance_id: &str,
-        ingress: &[FlowRule],
-        egress: &[FlowRule],
-    ) -> Result<(), NetError> {
-        let (cin, cout, jumps) = guest_chains(instance_id);
-        let _changing = self.changing.lock().await;
-        self.ensure_dispatch().await?;
-        let mut lines = chain_lines(&cin, ingress, true, "ACCEPT");
-        lines.extend(chain_lines(&cout, egress, false, "RETURN"));
-        self.restore(&lines).await?;
-        for jump in &jumps {
-            let mut check = vec!["-w", "-C"];
+    /// Adds each jump of `jumps` (table, rule) that is not there yet.
+    async fn ensure_jumps(&self, jumps: &[(&str, Vec<String>)]) -> Result<(), NetError> {
+        for (table, jump) in jumps {
+            let mut check = vec!["-w", "-t", table, "-C"];
             check.extend(jump.iter().map(String::as_str));
             if self.run("iptables", &check).await.is_err() {
-                let mut add = vec!["-w", "-A"];
+                let mut add = vec!["-w", "-t", table, "-A"];
                 add.extend(jump.iter().map(String::as_str));
                 self.run("iptables", &add).await?;
             }
         }
-        tracing::debug!(
-            instance_id,
-            ingress = ingress.len(),
-            egress = egress.len(),
-            "firewall applied"
-        );
         Ok(())
     }
 
-    /// Removes an instance's chains and jumps.
-    pub async fn remove_firewall(&self, instance_id: &str) {
-        let (cin, cout, jumps) = guest_chains(instance_id);
-        for jump in &jumps {
-            let mut del = vec!["-w", "-D"];
+    /// The public address the guest's DNAT chain holds now, if any.
+    async fn current_public(&self, dnat_chain: &str) -> Option<Ipv4Addr> {
+        let listed = self
+            .run("iptables", &["-w", "-t", "nat", "-S", dnat_chain])
+            .await
+            .ok()?;
+        listed.lines().find_map(|l| {
+            let d = l.split_whitespace().skip_while(|w| *w != "-d").nth(1)?;
+            d.trim_end_matches("/32").parse().ok()
+        })
+    }
+
+    /// Whether any guest's DNAT chain (other than `except`) holds `ip`.
+    async fn public_in_use(&self, ip: Ipv4Addr, except: &str) -> bool {
+        let listed = self
+            .run("iptables", &["-w", "-t", "nat", "-S"])
+            .await
+            .unwrap_or_default();
+        let needle = format!(" -d {ip}/32 ");
+        listed
+            .lines()
+            .any(|l| l.starts_with("-A GTD-") && !l.contains(except) && l.contains(&needle))
+    }
+
+    /// Puts (or takes) `ip` on the public interface, so this host answers
+    /// for it; without a public interface the network must route the
+    /// public addresses to this host.
+    async fn public_address(&self, ip: Ipv4Addr, add: bool) -> Result<(), NetError> {
+        let Some(iface) = &self.public_interface else {
+            return Ok(());
+        };
+        let addr = format!("{ip}/32");
+        if add {
+            self.run("ip", &["addr", "replace", &addr, "dev", iface])
+                .await?;
+        } else {
+            let _ = self.run("ip", &["addr", "del", &addr, "dev", iface]).await;
+        }
+        Ok(())
+    }
+
+    /// Drops the connection tracking of the flows a guest started, and of
+    /// those to its former and new public addresses, when its public
+    /// address changed: a tracked flow keeps the translation it started
+    /// with (or none), so a connection the guest was retrying would never
+    /// leave as its new address, nor one to the old address move on.
+    async fn forget_flows(&self, private: Ipv4Addr, publics: [Option<Ipv4Addr>; 2]) {
+        let selectors = std::iter::once(("-s", private))
+            .chain(publics.into_iter().flatten().map(|p| ("-d", p)));
+        for (flag, ip) in selectors {
+            let ip = ip.to_string();
+            // Exit status 1 means no flow matched.
+            if let Err(NetError::Command { detail, .. }) =
+                self.run("conntrack", &["-D", flag, &ip]).await
+            {
+                if !detail.contains("0 flow entries") && !detail.is_empty() {
+                    tracing::warn!(%detail, "connection tracking not cleared (is the conntrack tool installed?)");
+                }
+            }
+        }
+    }
+
+    /// Keeps bridged frames from a guest's tap honest: only its own MAC,
+    /// and only its own IPv4 address (or 0.0.0.0 asking DHCP) in IPv4 and
+    /// ARP; everything else it sends is dropped, to other guests and to
+    /// this host (whose metadata relay knows guests by address).
+    async fn guard(&self, g: &Guest) -> Result<(), NetError> {
+        let (tap, chain) = (tap_name(&g.instance_id), guard_chain(&g.instance_id));
+        let mac = g.mac.as_str();
+        let ip = g.private_ip.to_string();
+        let _ = self.run("ebtables", &["-N", &chain, "-P", "DROP"]).await;
+        self.run("ebtables", &["-F", &chain]).await?;
+        let rules: [&[&str]; 4] = [
+            &["-p", "IPv4", "-s", mac, "--ip-src", &ip, "-j", "RETURN"],
+            &[
+                "-p",
+                "IPv4",
+                "-s",
+                mac,
+                "--ip-src",
+                "0.0.0.0",
+                "--ip-proto",
+                "udp",
+                "--ip-sport",
+                "68",
+                "--ip-dport",
+                "67",
+                "-j",
+                "RETURN",
+            ],
+            &[
+                "-p",
+                "ARP",
+                "-s",
+                mac,
+                "--arp-mac-src",
+                mac,
+                "--arp-ip-src",
+                &ip,
+                "-j",
+                "RETURN",
+            ],
+            // Address conflict probes (RFC 5227).
+            &[
+                "-p",
+                "ARP",
+                "-s",
+                mac,
+                "--arp-mac-src",
+                mac,
+                "--arp-ip-src",
+                "0.0.0.0",
+                "-j",
+                "RETURN",
+            ],
+        ];
+        for rule in rules {
+            let mut args = vec!["-A", chain.as_str()];
+            args.extend_from_slice(rule);
+            self.run("ebtables", &args).await?;
+        }
+        for hook in ["FORWARD", "INPUT"] {
+            let jump = ["-i", tap.as_str(), "-j", chain.as_str()];
+            while self
+                .run("ebtables", &[&["-D", hook][..], &jump].concat())
+                .await
+                .is_ok()
+            {}
+            self.run("ebtables", &[&["-A", hook][..], &jump].concat())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn unguard(&self, instance_id: &str) {
+        let (tap, chain) = (tap_name(instance_id), guard_chain(instance_id));
+        for hook in ["FORWARD", "INPUT"] {
+            while self
+                .run("ebtables", &["-D", hook, "-i", &tap, "-j", &chain])
+                .await
+                .is_ok()
+            {}
+        }
+        let _ = self.run("ebtables", &["-F", &chain]).await;
+        let _ = self.run("ebtables", &["-X", &chain]).await;
+    }
+
+    /// Enforces a guest's security group rules on its tap (ingress denied
+    /// unless a rule allows it, egress as its rules say), its public
+    /// address (DNAT in, SNAT out) and its anti-spoofing guard. Chains are
+    /// replaced in one transaction; a policy already applied by this
+    /// process is not applied again.
+    pub async fn apply_firewall(
+        &self,
+        g: &Guest,
+        ingress: &[FlowRule],
+        egress: &[FlowRule],
+    ) -> Result<(), NetError> {
+        let wanted = (g.clone(), ingress.to_vec(), egress.to_vec());
+        let _changing = self.changing.lock().await;
+        if self
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&g.instance_id)
+            == Some(&wanted)
+        {
+            return Ok(());
+        }
+        let _host = self.firewall_lock().await?;
+        let c = guest_chains(g);
+        self.ensure_dispatch().await?;
+        let old_public = self.current_public(&c.dnat).await;
+        let mut filter = chain_lines(&c.ingress, ingress, true, "ACCEPT");
+        filter.extend(chain_lines(&c.egress, egress, false, "RETURN"));
+        let nat = nat_lines(g, &c.dnat, &c.snat);
+        self.restore(&[("filter", filter), ("nat", nat)]).await?;
+        self.ensure_jumps(&c.jumps).await?;
+        if let Some(old) = old_public.filter(|old| Some(*old) != g.public_ip) {
+            if !self.public_in_use(old, &c.dnat).await {
+                self.public_address(old, false).await?;
+            }
+        }
+        if old_public != g.public_ip {
+            self.forget_flows(g.private_ip, [old_public, g.public_ip])
+                .await;
+        }
+        if let Some(public) = g.public_ip {
+            self.public_address(public, true).await?;
+            if !self
+                .forwarding
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                self.run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])
+                    .await?;
+            }
+        }
+        self.guard(g).await?;
+        tracing::debug!(
+            instance_id = %g.instance_id,
+            ingress = ingress.len(),
+            egress = egress.len(),
+            public_ip = ?g.public_ip,
+            "firewall applied"
+        );
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(g.instance_id.clone(), wanted);
+        Ok(())
+    }
+
+    /// Removes a guest's chains, jumps, public address and guard.
+    pub async fn remove_firewall(&self, g: &Guest) {
+        let _changing = self.changing.lock().await;
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&g.instance_id);
+        let _host = self.firewall_lock().await;
+        let c = guest_chains(g);
+        let old_public = self.current_public(&c.dnat).await;
+        for (table, jump) in &c.jumps {
+            let mut del = vec!["-w", "-t", table, "-D"];
             del.extend(jump.iter().map(String::as_str));
             while self.run("iptables", &del).await.is_ok() {}
         }
-        for chain in [&cin, &cout] {
-            let _ = self.run("iptables", &["-w", "-F", chain]).await;
-            let _ = self.run("iptables", &["-w", "-X", chain]).await;
+        for (table, chain) in [
+            ("filter", &c.ingress),
+            ("filter", &c.egress),
+            ("nat", &c.dnat),
+            ("nat", &c.snat),
+        ] {
+            let _ = self
+                .run("iptables", &["-w", "-t", table, "-F", chain])
+                .await;
+            let _ = self
+                .run("iptables", &["-w", "-t", table, "-X", chain])
+                .await;
         }
+        if let Some(old) = old_public {
+            if !self.public_in_use(old, &c.dnat).await {
+                let _ = self.public_address(old, false).await;
+            }
+        }
+        self.unguard(&g.instance_id).await;
     }
 
     /// Removes the bridge, dnsmasq, the NAT rule and the relay of `net`.
@@ -501,18 +758,23 @@ impl HostNetwork {
         while self.iptables("-D", &rule).await.is_ok() {}
         let _ = self.run("ip", &["link", "del", &net.bridge]).await;
         // The dispatch chains go when no guest's chains are left in them.
-        for chain in ["GT-OUT", "GT-IN"] {
+        let _host = self.firewall_lock().await;
+        for (table, chain, hooks) in DISPATCH {
             let listed = self
-                .run("iptables", &["-w", "-S", chain])
+                .run("iptables", &["-w", "-t", table, "-S", chain])
                 .await
                 .unwrap_or_default();
             if listed.lines().count() <= 1 {
-                while self
-                    .run("iptables", &["-w", "-D", "FORWARD", "-j", chain])
-                    .await
-                    .is_ok()
-                {}
-                let _ = self.run("iptables", &["-w", "-X", chain]).await;
+                for (hook, _) in *hooks {
+                    while self
+                        .run("iptables", &["-w", "-t", table, "-D", hook, "-j", chain])
+                        .await
+                        .is_ok()
+                    {}
+                }
+                let _ = self
+                    .run("iptables", &["-w", "-t", table, "-X", chain])
+                    .await;
             }
         }
         let dir = self.bridge_dir(&net.bridge);
@@ -558,24 +820,142 @@ pub fn tap_name(instance_id: &str) -> String {
     format!("gi{hex}")
 }
 
-/// A guest's ingress and egress chains, and the rules that jump to them
-/// from the dispatch chains (without the `-A`/`-C`/`-D` verb).
-fn guest_chains(instance_id: &str) -> (String, String, [Vec<String>; 2]) {
-    let tap = tap_name(instance_id);
-    let (cin, cout) = (format!("GTI-{tap}"), format!("GTO-{tap}"));
+/// Built-in chains a dispatch chain is jumped to from: (hook, position).
+type Hooks = &'static [(&'static str, &'static str)];
+
+/// Our dispatch chains: (table, chain, hooks).
+const DISPATCH: &[(&str, &str, Hooks)] = &[
+    ("filter", "GT-OUT", &[("FORWARD", "1")]),
+    ("filter", "GT-IN", &[("FORWARD", "2")]),
+    ("nat", "GT-DNAT", &[("PREROUTING", "1"), ("OUTPUT", "1")]),
+    ("nat", "GT-SNAT", &[("POSTROUTING", "1")]),
+];
+
+/// A guest as its firewall, NAT and guard see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guest {
+    pub instance_id: String,
+    pub mac: String,
+    pub private_ip: Ipv4Addr,
+    pub net: NetSpec,
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+impl Guest {
+    /// Checks what the node's record and the CLC say (they end up in
+    /// iptables and ebtables arguments).
+    pub fn new(
+        instance_id: &str,
+        mac: &str,
+        private_ip: &str,
+        net: NetSpec,
+        public_ip: &str,
+    ) -> Result<Self, NetError> {
+        let ok_mac = mac.len() == 17
+            && mac.split(':').count() == 6
+            && mac
+                .split(':')
+                .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+        if !ok_mac {
+            return Err(NetError::Invalid(format!("MAC {mac:?}")));
+        }
+        let ip = |what: &str, v: &str| {
+            v.parse::<Ipv4Addr>()
+                .map_err(|_| NetError::Invalid(format!("{what} {v:?}")))
+        };
+        Ok(Self {
+            instance_id: instance_id.to_string(),
+            mac: mac.to_ascii_lowercase(),
+            private_ip: ip("private address", private_ip)?,
+            net,
+            public_ip: match public_ip {
+                "" => None,
+                p => Some(ip("public address", p)?),
+            },
+        })
+    }
+}
+
+/// The chains of one guest and the jumps to them from the dispatch chains
+/// (table, rule without the `-A`/`-C`/`-D` verb).
+struct GuestChains {
+    ingress: String,
+    egress: String,
+    dnat: String,
+    snat: String,
+    jumps: Vec<(&'static str, Vec<String>)>,
+}
+
+fn guard_chain(instance_id: &str) -> String {
+    format!("GTS-{}", tap_name(instance_id))
+}
+
+fn guest_chains(g: &Guest) -> GuestChains {
+    let tap = tap_name(&g.instance_id);
+    let [ingress, egress, dnat, snat] = ["GTI", "GTO", "GTD", "GTN"].map(|p| format!("{p}-{tap}"));
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let jump_in = words(&[
-        "GT-IN",
-        "-m",
-        "physdev",
-        "--physdev-out",
-        &tap,
-        "--physdev-is-bridged",
-        "-j",
-        &cin,
-    ]);
-    let jump_out = words(&["GT-OUT", "-m", "physdev", "--physdev-in", &tap, "-j", &cout]);
-    (cin, cout, [jump_in, jump_out])
+    let private = format!("{}/32", g.private_ip);
+    let jumps = vec![
+        // Bridged from another guest.
+        (
+            "filter",
+            words(&[
+                "GT-IN",
+                "-m",
+                "physdev",
+                "--physdev-out",
+                &tap,
+                "--physdev-is-bridged",
+                "-j",
+                &ingress,
+            ]),
+        ),
+        // Routed in (through its public address).
+        (
+            "filter",
+            words(&["GT-IN", "-o", &g.net.bridge, "-d", &private, "-j", &ingress]),
+        ),
+        (
+            "filter",
+            words(&[
+                "GT-OUT",
+                "-m",
+                "physdev",
+                "--physdev-in",
+                &tap,
+                "-j",
+                &egress,
+            ]),
+        ),
+        ("nat", words(&["GT-DNAT", "-j", &dnat])),
+        ("nat", words(&["GT-SNAT", "-j", &snat])),
+    ];
+    GuestChains {
+        ingress,
+        egress,
+        dnat,
+        snat,
+        jumps,
+    }
+}
+
+/// `iptables-restore` lines of a guest's NAT chains: its public address
+/// DNAT to its private one, and what it sends beyond its subnet SNAT to
+/// the public one. Empty chains without a public address.
+fn nat_lines(g: &Guest, dnat: &str, snat: &str) -> Vec<String> {
+    let mut out = vec![format!(":{dnat} - [0:0]"), format!(":{snat} - [0:0]")];
+    if let Some(public) = g.public_ip {
+        let subnet = format!("{}/{}", g.net.network(), g.net.prefix);
+        out.push(format!(
+            "-A {dnat} -d {public}/32 -j DNAT --to-destination {}",
+            g.private_ip
+        ));
+        out.push(format!(
+            "-A {snat} -s {}/32 ! -d {subnet} -j SNAT --to-source {public}",
+            g.private_ip
+        ));
+    }
+    out
 }
 
 /// One allowed flow of a firewall, rendered for iptables.
@@ -759,6 +1139,52 @@ mod tests {
                 "-A GTI-x -j DROP",
             ]
         );
+    }
+
+    #[test]
+    fn public_addresses_nat_both_ways_and_guests_are_checked() {
+        let net = NetSpec::new("gtbr0", "10.9.0.1", 24).expect("spec");
+        let g = Guest::new(
+            "i-0123456789abcdef0",
+            "D0:0D:12:34:56:78",
+            "10.9.0.5",
+            net.clone(),
+            "203.0.113.10",
+        )
+        .expect("guest");
+        assert_eq!(g.mac, "d0:0d:12:34:56:78");
+        assert_eq!(
+            nat_lines(&g, "GTD-x", "GTN-x"),
+            [
+                ":GTD-x - [0:0]",
+                ":GTN-x - [0:0]",
+                "-A GTD-x -d 203.0.113.10/32 -j DNAT --to-destination 10.9.0.5",
+                "-A GTN-x -s 10.9.0.5/32 ! -d 10.9.0.0/24 -j SNAT --to-source 203.0.113.10",
+            ]
+        );
+        let private =
+            Guest::new("i-1", "d0:0d:12:34:56:78", "10.9.0.5", net.clone(), "").expect("guest");
+        assert_eq!(
+            nat_lines(&private, "GTD-x", "GTN-x").len(),
+            2,
+            "chains emptied"
+        );
+        let c = guest_chains(&g);
+        assert_eq!(c.dnat, "GTD-gi0123456789abc");
+        assert!(c.jumps.iter().any(|(t, j)| *t == "filter"
+            && j.join(" ") == "GT-IN -o gtbr0 -d 10.9.0.5/32 -j GTI-gi0123456789abc"));
+        for (mac, ip, public) in [
+            ("d0:0d:12:34:56", "10.9.0.5", ""),
+            ("d0:0d:12:34:56:7g", "10.9.0.5", ""),
+            ("d0:0d:12:34:56:78 -j ACCEPT", "10.9.0.5", ""),
+            ("d0:0d:12:34:56:78", "10.9.0.5 -j ACCEPT", ""),
+            ("d0:0d:12:34:56:78", "10.9.0.5", "203.0.113.10/0"),
+        ] {
+            assert!(
+                Guest::new("i-1", mac, ip, net.clone(), public).is_err(),
+                "{mac} {ip} {public}"
+            );
+        }
     }
 
     #[test]

@@ -193,6 +193,114 @@ if NETNS:
           "and run as a script, HTTP on port 80, a second guest reaches the first; a security group with no "
           "rules keeps a guest closed, authorize opens port 80, revoke closes it again")
 
+# Elastic IPs, from an "outside world" namespace joined to the nodes' one: a port opened by the
+# guest's group answers through the address and a closed one does not, what the guest sends out
+# leaves as the address, re-association moves it; and a guest posing as another is cut off.
+OUTSIDE = os.environ.get("GUMTREE_OUTSIDE_NETNS")
+if NETNS and OUTSIDE:
+    OUT_IP = os.environ["GUMTREE_OUTSIDE_IP"]
+    calls_log = os.path.join(os.environ["HOME"], "outside-calls.log")
+    open(calls_log, "w").close()
+    # A web server out there noting who called: "<client address> <path>".
+    server_code = ("import http.server, sys\n"
+                   "class H(http.server.BaseHTTPRequestHandler):\n"
+                   "    def do_GET(self):\n"
+                   "        with open(sys.argv[1], 'a') as f:\n"
+                   "            f.write(f'{self.client_address[0]} {self.path}\\n')\n"
+                   "        self.send_response(200); self.end_headers(); self.wfile.write(b'outside')\n"
+                   "    def log_message(self, *a):\n"
+                   "        pass\n"
+                   "http.server.ThreadingHTTPServer((sys.argv[2], 8000), H).serve_forever()\n")
+    server = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, sys.executable, "-c", server_code, calls_log, OUT_IP])
+    fetch_code = ("import sys, urllib.request\n"
+                  "try:\n"
+                  "    print(urllib.request.urlopen(sys.argv[1], timeout=1.5).read().decode().strip())\n"
+                  "except Exception as e:\n"
+                  "    print('FAILED', e)\n")
+
+    def fetch(ns, url):
+        got = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", fetch_code, url],
+                             capture_output=True, text=True, timeout=30)
+        return got.stdout.strip()
+
+    def calls():
+        return open(calls_log).read().splitlines()
+
+    def wait_for(what, cond, timeout=20):
+        start = time.time()
+        while True:
+            got = cond()
+            if got:
+                return time.time() - start
+            assert time.time() - start < timeout, f"{what} not seen in {timeout}s"
+            time.sleep(0.1)
+
+    try:
+        web = ec2.create_security_group(GroupName="web", Description="port 80 from anywhere")["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=web, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        caller = ("#!/bin/sh\nhttpd -p 8080 -h /www\n"
+                  f"while true; do wget -q -O /dev/null http://{OUT_IP}:8000/from/$(cat /www/index.html); sleep 0.3; done\n")
+        pair = ec2.run_instances(ImageId=ami, MinCount=2, MaxCount=2, SecurityGroupIds=[web], UserData=caller)
+        a, b = [(i["InstanceId"], i["PrivateIpAddress"]) for i in pair["Instances"]]
+        for g in (a, b):
+            start = time.time()
+            while "GUMTREE-NET-OK" not in console(g[0]):
+                assert time.time() - start < 120, f"{g[0]} not up:\n{console(g[0])}"
+                time.sleep(1)
+        assert fetch(NETNS, f"http://{a[1]}:8080/") == a[0], "the guest serves port 8080 too"
+        time.sleep(1)
+        assert calls() == [], f"without a public address nothing it sends gets an answer: {calls()}"
+        eip = ec2.allocate_address(Domain="vpc")
+        public = eip["PublicIp"]
+        assert fetch(OUTSIDE, f"http://{public}/").startswith("FAILED"), "nothing answers an unassociated address"
+        t0 = time.time()
+        ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=a[0])
+        wait_for("the guest through its elastic IP", lambda: fetch(OUTSIDE, f"http://{public}/") == a[0])
+        reached = time.time() - t0
+        assert fetch(OUTSIDE, f"http://{public}:8080/").startswith("FAILED"), "port 8080 is not in its group"
+        wait_for("the guest's calls from its elastic IP", lambda: f"{public} /from/{a[0]}" in calls())
+        assert all(l.split()[0] == public for l in calls()), calls()
+        assert not any(b[0] in l for l in calls()), "the guest without a public address reached out"
+        desc = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=[a[0], b[0]])["Reservations"]
+                for i in r["Instances"]}
+        assert desc[a[0]].get("PublicIpAddress") == public and "PublicIpAddress" not in desc[b[0]], desc
+        # Re-association moves the address, and its traffic, to the other guest.
+        t0 = time.time()
+        ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=b[0], AllowReassociation=True)
+        wait_for("the address moved", lambda: fetch(OUTSIDE, f"http://{public}/") == b[0])
+        moved = time.time() - t0
+        wait_for("the second guest's calls from the address", lambda: f"{public} /from/{b[0]}" in calls())
+        ec2.disassociate_address(PublicIp=public)
+        wait_for("the address gone", lambda: fetch(OUTSIDE, f"http://{public}/").startswith("FAILED"))
+        wait_for("the address off the node", lambda: f" {public}/32 " not in subprocess.run(
+            ["ip", "netns", "exec", NETNS, "ip", "-o", "addr", "show"], capture_output=True, text=True).stdout,
+            timeout=5)
+        print(f"timing: elastic IP answered from outside {reached:.2f}s after AssociateAddress, "
+              f"moved {moved:.2f}s after re-association", flush=True)
+
+        # A guest that takes another's address is cut off: it cannot read that guest's metadata.
+        spoof = ("#!/bin/sh\ngw=$(ip route | awk '/default/ {print $3}')\n"
+                 f"ip addr flush dev eth0\nip addr add {a[1]}/24 dev eth0\nip route add default via $gw\n"
+                 "if got=$(wget -q -T 3 -O - http://169.254.169.254/latest/meta-data/instance-id); "
+                 "then echo SPOOF-READ $got; else echo SPOOF-BLOCKED; fi\n")
+        liar = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, UserData=spoof)["Instances"][0]["InstanceId"]
+        start = time.time()
+        while "SPOOF-" not in console(liar).split("GUMTREE-NET-OK", 1)[-1]:
+            assert time.time() - start < 120, f"spoofing guest did not report:\n{console(liar)}"
+            time.sleep(1)
+        assert "SPOOF-BLOCKED" in console(liar) and a[0] not in console(liar).split("GUMTREE-NET-OK", 1)[1], \
+            console(liar)
+        ec2.terminate_instances(InstanceIds=[a[0], b[0], liar])
+        waiter("instance_terminated", [a[0], b[0], liar])
+        ec2.release_address(AllocationId=eip["AllocationId"])
+        ec2.delete_security_group(GroupId=web)
+    finally:
+        server.kill()
+    check("elastic IP: port 80 (in the group) reached from outside through it, 8080 (not in it) not; the guest's "
+          "calls leave as the address; re-association moves it; a guest posing as another cannot reach the "
+          "metadata service")
+
 # Another account neither sees nor touches it.
 assert other.describe_instances()["Reservations"] == []
 assert code_of(other.terminate_instances, InstanceIds=[iid]) == ("InvalidInstanceID.NotFound", 400)

@@ -128,6 +128,10 @@ pub struct CloudOptions {
     pub real_libvirt: bool,
     /// The cluster's placement policy (its default when empty).
     pub placement: &'static str,
+    /// Every new instance gets a public address from the pool (the CLC's
+    /// `assign_public_ips`; off by default here, so tests count the pool
+    /// as elastic IPs).
+    pub assign_public_ips: bool,
 }
 
 impl Default for CloudOptions {
@@ -139,6 +143,7 @@ impl Default for CloudOptions {
             s3_tls: false,
             real_libvirt: false,
             placement: "",
+            assign_public_ips: false,
         }
     }
 }
@@ -149,6 +154,96 @@ pub struct Cloud {
     dir: TempDir,
     secret_file: PathBuf,
     procs: BTreeMap<String, Proc>,
+    outside: Option<Outside>,
+}
+
+/// The "outside world" of a cloud with real guests: a network namespace
+/// joined by a veth pair to the one libvirtd (and so the nodes' networks)
+/// lives in. The nodes put public addresses on the inner end; the outside
+/// routes the public pool to it.
+#[derive(Debug, Clone)]
+pub struct Outside {
+    /// The outside namespace.
+    pub netns: String,
+    /// Its address.
+    pub ip: String,
+    /// The inner end's name (the nodes' `public_interface`).
+    pub interface: String,
+    /// The public pool (`a.b.c.d-a.b.c.e`).
+    pub pool: String,
+}
+
+impl Outside {
+    /// Builds one next to libvirtd's namespace `inner`.
+    fn make(inner: &str) -> Self {
+        let r = rand_bytes();
+        let tag = hex::encode(r);
+        let net = format!("100.{}.{}", 64 + r[0] % 64, r[1]);
+        let o = Outside {
+            netns: format!("gtout-{tag}"),
+            ip: format!("{net}.2"),
+            interface: format!("gp{tag}"),
+            pool: format!("{net}.10-{net}.15"),
+        };
+        let peer = format!("gq{tag}");
+        let steps: [&[&str]; 9] = [
+            &["ip", "netns", "add", &o.netns],
+            &[
+                "ip",
+                "link",
+                "add",
+                &o.interface,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
+            &["ip", "link", "set", &o.interface, "netns", inner],
+            &["ip", "link", "set", &peer, "netns", &o.netns],
+            &[
+                "ip",
+                "-n",
+                inner,
+                "addr",
+                "add",
+                &format!("{net}.1/30"),
+                "dev",
+                &o.interface,
+            ],
+            &["ip", "-n", inner, "link", "set", &o.interface, "up"],
+            &[
+                "ip",
+                "-n",
+                &o.netns,
+                "addr",
+                "add",
+                &format!("{}/30", o.ip),
+                "dev",
+                &peer,
+            ],
+            &["ip", "-n", &o.netns, "link", "set", &peer, "up"],
+            &[
+                "ip",
+                "-n",
+                &o.netns,
+                "route",
+                "add",
+                &format!("{net}.8/29"),
+                "dev",
+                &peer,
+            ],
+        ];
+        for step in steps {
+            let out = Command::new(step[0]).args(&step[1..]).output().expect("ip");
+            assert!(
+                out.status.success(),
+                "{step:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        o
+    }
 }
 
 impl Cloud {
@@ -175,15 +270,27 @@ impl Cloud {
                 "libvirtd is not running: run the suite with scripts/test, which starts it"
             );
         }
+        // Real guests get a real private network, in the namespace
+        // scripts/test runs libvirtd in, and an outside world to be reached
+        // from through their public addresses.
+        let netns = guest_netns().filter(|_| options.real_libvirt);
+        let outside = netns.as_deref().map(Outside::make);
         let mut cloud = Self {
             dir,
             secret_file,
             procs: BTreeMap::new(),
+            outside: outside.clone(),
         };
+        let pool = outside
+            .as_ref()
+            .map_or("203.0.113.10-203.0.113.12", |o| o.pool.as_str());
         cloud.add(
             "clc",
             Tier::Cloud,
-            "report_timeout_secs = 6\nec2_listen = \"127.0.0.1:0\"\npublic_ips = [\"203.0.113.10-203.0.113.12\"]\n",
+            &format!(
+                "report_timeout_secs = 6\nec2_listen = \"127.0.0.1:0\"\npublic_ips = [{pool:?}]\nassign_public_ips = {}\n",
+                options.assign_public_ips
+            ),
         );
         let clc = cloud.addr("clc");
         let mut walrus =
@@ -206,9 +313,7 @@ impl Cloud {
         if !options.placement.is_empty() {
             cc.push_str(&format!("placement_policy = {:?}\n", options.placement));
         }
-        // Real guests get a real private network, in the namespace
-        // scripts/test runs libvirtd in; each cloud its own bridge and subnet.
-        let netns = guest_netns().filter(|_| options.real_libvirt);
+        // Each cloud its own bridge and subnet.
         if netns.is_some() {
             let r: [u8; 3] = rand_bytes();
             cc.push_str(&format!(
@@ -234,17 +339,23 @@ impl Cloud {
                     } else {
                         "test:///default"
                     },
-                    match &netns {
-                        Some(ns) => format!(
-                            "netns = {ns:?}\nnetwork_dir = {:?}\n",
-                            cloud.dir.path().join("net")
+                    match (&netns, &outside) {
+                        (Some(ns), Some(o)) => format!(
+                            "netns = {ns:?}\nnetwork_dir = {:?}\npublic_interface = {:?}\n",
+                            cloud.dir.path().join("net"),
+                            o.interface
                         ),
-                        None => "manage_network = false\n".into(),
+                        _ => "manage_network = false\n".into(),
                     }
                 ),
             );
         }
         cloud
+    }
+
+    /// The outside world of a cloud with real guests.
+    pub fn outside(&self) -> Option<&Outside> {
+        self.outside.as_ref()
     }
 
     /// The temporary directory everything lives in.
@@ -558,6 +669,10 @@ impl Drop for Cloud {
             }
         }
         sweep_networks(&self.dir.path().join("net"));
+        if let Some(o) = &self.outside {
+            // The veth pair goes with the namespace.
+            let _ = Command::new("ip").args(["netns", "del", &o.netns]).output();
+        }
     }
 }
 

@@ -56,7 +56,7 @@ impl Drop for Sweep {
 #[test]
 fn instances_run_boot_stop_start_and_terminate() {
     let tiny = clients::tiny_guest();
-    let cloud = Cloud::start_with(CloudOptions {
+    let mut cloud = Cloud::start_with(CloudOptions {
         nodes: 2,
         node_cores: 2,
         node_memory_mib: 2048,
@@ -88,6 +88,10 @@ fn instances_run_boot_stop_start_and_terminate() {
     let tiny_dir = tiny.display().to_string();
     let netns = tests::harness::guest_netns()
         .expect("guests are networked in the namespace scripts/test runs libvirtd in: run the suite with scripts/test");
+    let outside = cloud
+        .outside()
+        .expect("real guests have an outside world")
+        .clone();
     let run = clients::python_script(
         &creds,
         &home,
@@ -99,11 +103,23 @@ fn instances_run_boot_stop_start_and_terminate() {
             ("GUMTREE_OTHER_SECRET", &other_secret),
             ("GUMTREE_TINY_GUEST", &tiny_dir),
             ("GUMTREE_NETNS", &netns),
+            ("GUMTREE_OUTSIDE_NETNS", &outside.netns),
+            ("GUMTREE_OUTSIDE_IP", &outside.ip),
         ],
     );
     let out = run.expect_ok();
     eprintln!("{out}");
     assert!(out.contains("instances: all checks passed"), "{out}");
+
+    // From here the metadata service requires IMDSv2 tokens: the guests'
+    // own client (IMDSv2) still reads its instance id; a tokenless read
+    // from the guest's user-data script is refused.
+    let config = cloud.dir().join("clc.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    fs::write(&config, format!("{text}metadata_tokens_required = true\n")).expect("config");
+    cloud.terminate("clc", Duration::from_secs(10));
+    cloud.restart("clc");
+    let tokenless = "#!/bin/sh\nif wget -q -T 3 -O - http://169.254.169.254/latest/meta-data/instance-id; then echo; echo TOKENLESS-READ-ALLOWED; else echo TOKENLESS-READ-REFUSED; fi\n";
 
     // The AWS CLIs, as a user types them.
     let ami = {
@@ -137,6 +153,8 @@ fn instances_run_boot_stop_start_and_terminate() {
             &ami,
             "--instance-type",
             "m1.small",
+            "--user-data",
+            tokenless,
             "--query",
             "Instances[0].InstanceId",
             "--output",
@@ -147,8 +165,8 @@ fn instances_run_boot_stop_start_and_terminate() {
         .to_string();
         assert!(id.starts_with("i-"), "{which:?}: {id}");
         aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
-        wait_for(
-            &format!("{which:?}: the boot marker"),
+        let console = wait_for(
+            &format!("{which:?}: the tokenless read's outcome"),
             Duration::from_secs(180),
             || {
                 let text = aws(&[
@@ -160,8 +178,19 @@ fn instances_run_boot_stop_start_and_terminate() {
                     "text",
                 ])
                 .expect_ok();
-                text.contains("GUMTREE-BOOT-OK").then_some(())
+                let ran = text.split("GUMTREE-NET-OK").nth(1)?.to_string();
+                ran.contains("TOKENLESS-READ-").then_some((text, ran))
             },
+        );
+        let (text, ran) = console;
+        assert!(text.contains("GUMTREE-BOOT-OK"), "{which:?}: {text}");
+        assert!(
+            text.contains("metadata IMDSv2") && text.contains(&format!("instance-id {id}")),
+            "{which:?}: the guest's own IMDSv2 client reads its id: {text}"
+        );
+        assert!(
+            ran.contains("TOKENLESS-READ-REFUSED") && !ran.contains(&id),
+            "{which:?}: a tokenless read is refused: {ran}"
         );
         aws(&["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
         aws(&["ec2", "wait", "instance-terminated", "--instance-ids", &id]).expect_ok();
@@ -175,7 +204,8 @@ fn instances_run_boot_stop_start_and_terminate() {
         let left: Vec<_> = fs::read_dir(&dir).into_iter().flatten().flatten().collect();
         assert!(left.is_empty(), "nc-{i} left {left:?}");
     }
-    // Nor any of the network: bridge, dnsmasq, NAT rule.
+    // Nor any of the network: bridge, dnsmasq, NAT, firewall and guard
+    // rules, public addresses.
     let cc = fs::read_to_string(cloud.dir().join("cluster-1.toml")).expect("cc config");
     let bridge = cc
         .lines()
@@ -194,12 +224,19 @@ fn instances_run_boot_stop_start_and_terminate() {
     wait_for("the network torn down", Duration::from_secs(10), || {
         let links = in_ns(&["ip", "-o", "link", "show"]);
         let nat = in_ns(&["iptables", "-w", "-t", "nat", "-S"]);
+        let filter = in_ns(&["iptables", "-w", "-S"]);
+        let bridged = in_ns(&["ebtables", "-L"]);
+        let public = in_ns(&["ip", "-o", "addr", "show", "dev", &outside.interface]);
         let dnsmasq = Command::new("pgrep")
             .args(["-f", &format!("dnsmasq.*{}", cloud.dir().display())])
             .output()
             .expect("pgrep");
         (!links.contains(&format!(" {bridge}:"))
             && !nat.contains(&bridge)
+            && !nat.contains("GT-")
+            && !filter.contains("GT-")
+            && !bridged.contains("GTS-")
+            && !public.contains("/32")
             && dnsmasq.stdout.is_empty())
         .then_some(())
     });

@@ -39,6 +39,27 @@ fn own_address(ec2: &Ec2, call: &Call) -> Result<Address, Ec2Error> {
     }
 }
 
+/// After an instance lost its elastic IP: a new public address from the
+/// pool, when the cloud gives every instance one and it is still alive.
+fn reassign(ec2: &Ec2, instance_id: &str) {
+    if !ec2.settings.assign_public_ips {
+        return;
+    }
+    let Ok(Some(r)) = ec2.instances.get(instance_id) else {
+        return;
+    };
+    if matches!(r.state.as_str(), "terminated" | "shutting-down") {
+        return;
+    }
+    match ec2.addresses.assign(&r.account_id, instance_id) {
+        Ok(Some(a)) => {
+            tracing::info!(instance_id, public_ip = %a.public_ip, "public address given")
+        }
+        Ok(None) => tracing::warn!(instance_id, "the public address pool is exhausted"),
+        Err(e) => tracing::error!(instance_id, error = %e, "no public address given"),
+    }
+}
+
 /// AllocateAddress.
 pub fn allocate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let domain = call.params.get("Domain").unwrap_or("standard");
@@ -85,6 +106,10 @@ pub fn associate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         .associate(&address.public_ip, &id)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, instance_id = %id, "address associated");
+    if let Some(from) = address.instance_id.as_deref().filter(|from| *from != id) {
+        reassign(ec2, from);
+    }
+    ec2.firewall_changed.notify_one();
     let mut w = call.writer();
     w.bool("return", true).elem("associationId", &association);
     Ok(w.finish())
@@ -113,6 +138,10 @@ pub fn disassociate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
         .disassociate(&address.public_ip)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, "address disassociated");
+    if let Some(from) = &address.instance_id {
+        reassign(ec2, from);
+    }
+    ec2.firewall_changed.notify_one();
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -129,6 +158,10 @@ pub fn release_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         .forget(&address.allocation_id)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, "address released");
+    if let Some(from) = &address.instance_id {
+        reassign(ec2, from);
+    }
+    ec2.firewall_changed.notify_one();
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())

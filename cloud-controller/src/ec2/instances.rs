@@ -226,7 +226,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     };
     let instance_tags = specified(p, "instance")?;
     let groups = ec2.launch_groups(call)?;
-    let group_names = Names {
+    let mut group_names = Names {
         groups: groups
             .iter()
             .map(|g| (g.group_id.clone(), g.name.clone()))
@@ -398,6 +398,23 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                         .set_state(&s.instance_id, "pending", "", Some(&s.node));
                 }
                 tracing::info!(reservation_id = %reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.1, "instances placed");
+                if ec2.settings.assign_public_ips {
+                    for r in &records {
+                        match ec2.addresses.assign(me, &r.instance_id) {
+                            Ok(Some(a)) => {
+                                group_names
+                                    .public_ips
+                                    .insert(r.instance_id.clone(), a.public_ip);
+                            }
+                            Ok(None) => {
+                                tracing::warn!(instance_id = %r.instance_id, "the public address pool is exhausted: the instance has a private address only")
+                            }
+                            Err(e) => {
+                                tracing::error!(instance_id = %r.instance_id, error = %e, "no public address given")
+                            }
+                        }
+                    }
+                }
                 ec2.firewall_changed.notify_one();
                 // Each new instance starts with its groups' rules in place.
                 let mut specs = specs;
@@ -763,13 +780,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             .into_iter()
             .map(|g| (g.group_id, g.name))
             .collect(),
-        public_ips: ec2
-            .addresses
-            .of(&call.caller.account_id)
-            .map_err(store_error)?
-            .into_iter()
-            .filter_map(|a| Some((a.instance_id?, a.public_ip)))
-            .collect(),
+        public_ips: ec2.addresses.by_instance().map_err(store_error)?,
     };
     let none = Vec::new();
     let mut kept = Vec::new();

@@ -55,6 +55,9 @@ pub struct Settings {
     pub admin_account: String,
     /// This CLC's name, for signing internal calls.
     pub component: String,
+    /// Every new instance gets a public address from the pool (while it
+    /// lasts), as in Eucalyptus.
+    pub assign_public_ips: bool,
 }
 
 /// The EC2 service.

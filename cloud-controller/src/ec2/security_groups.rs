@@ -567,7 +567,8 @@ pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
 }
 
 /// Every live instance's firewall, by cluster: its groups' rules, with
-/// source groups turned into their members' private addresses.
+/// source groups turned into their members' private addresses, and its
+/// public address.
 pub fn firewalls(ec2: &Ec2) -> Result<HashMap<String, Vec<proto::InstanceFirewall>>, Ec2Error> {
     let live: Vec<crate::instances::InstanceRecord> = ec2
         .instances
@@ -617,6 +618,7 @@ pub fn firewalls(ec2: &Ec2) -> Result<HashMap<String, Vec<proto::InstanceFirewal
             })
             .collect()
     };
+    let mut public = ec2.addresses.by_instance().map_err(store_error)?;
     let mut out: HashMap<String, Vec<proto::InstanceFirewall>> = HashMap::new();
     for r in &live {
         let mut ingress = Vec::new();
@@ -631,6 +633,7 @@ pub fn firewalls(ec2: &Ec2) -> Result<HashMap<String, Vec<proto::InstanceFirewal
                 instance_id: r.instance_id.clone(),
                 ingress,
                 egress,
+                public_ip: public.remove(&r.instance_id).unwrap_or_default(),
             });
     }
     Ok(out)

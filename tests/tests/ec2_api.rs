@@ -10,13 +10,18 @@ use tests::{
 };
 
 fn cloud_of(nodes: usize, placement: &'static str) -> Cloud {
-    let cloud = Cloud::start_with(CloudOptions {
+    cloud_with(CloudOptions {
         nodes,
         node_cores: 4,
         node_memory_mib: 4096,
         placement,
         ..Default::default()
-    });
+    })
+}
+
+fn cloud_with(options: CloudOptions) -> Cloud {
+    let nodes = options.nodes;
+    let cloud = Cloud::start_with(options);
     wait_for(
         "walrus, cluster and nodes ENABLED",
         Duration::from_secs(30),
@@ -73,6 +78,108 @@ fn key_pairs_tags_quotas_and_account_attributes() {
         .find(|a| a["name"] == "other")
         .expect("other");
     assert_eq!(other["max_cores"], 4, "{other}");
+}
+
+#[test]
+fn every_new_instance_gets_a_public_address_from_the_pool() {
+    let cloud = cloud_with(CloudOptions {
+        assign_public_ips: true,
+        ..Default::default()
+    });
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-public");
+    fs::create_dir_all(&home).expect("home");
+    let ami = register_disk(&cloud, &creds, &home);
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |args: &[&str]| -> serde_json::Value {
+        let out = clients::aws(AwsCli::V2, &creds, &home, &ec2, args).expect_ok();
+        if out.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&out).expect("json")
+        }
+    };
+    let public_of = |id: &str| -> Option<String> {
+        let d = aws(&["ec2", "describe-instances", "--instance-ids", id]);
+        d["Reservations"][0]["Instances"][0]["PublicIpAddress"]
+            .as_str()
+            .map(str::to_string)
+    };
+    // The harness's pool: 203.0.113.10 to .12.
+    let run = aws(&["ec2", "run-instances", "--image-id", &ami, "--count", "2"]);
+    let ids: Vec<String> = run["Instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["InstanceId"].as_str().expect("id").to_string())
+        .collect();
+    let given: Vec<Option<String>> = ids.iter().map(|id| public_of(id)).collect();
+    assert_eq!(
+        given,
+        [Some("203.0.113.10".into()), Some("203.0.113.11".into())],
+        "each instance has one, from the pool"
+    );
+    assert_eq!(
+        run["Instances"][0]["PublicIpAddress"], "203.0.113.10",
+        "RunInstances already shows it"
+    );
+    let listed = aws(&["ec2", "describe-addresses"]);
+    assert_eq!(
+        listed["Addresses"],
+        serde_json::json!([]),
+        "not elastic IPs"
+    );
+    // An elastic IP takes its place; the address it had goes back.
+    let eip = aws(&["ec2", "allocate-address"]);
+    assert_eq!(eip["PublicIp"], "203.0.113.12");
+    let eip_id = eip["AllocationId"]
+        .as_str()
+        .expect("allocation")
+        .to_string();
+    aws(&[
+        "ec2",
+        "associate-address",
+        "--instance-id",
+        &ids[0],
+        "--allocation-id",
+        &eip_id,
+    ]);
+    assert_eq!(public_of(&ids[0]).as_deref(), Some("203.0.113.12"));
+    let second = aws(&["ec2", "allocate-address"]);
+    assert_eq!(
+        second["PublicIp"], "203.0.113.10",
+        "the launch address was freed"
+    );
+    // Disassociated with the pool exhausted: no public address at all.
+    aws(&["ec2", "disassociate-address", "--public-ip", "203.0.113.12"]);
+    assert_eq!(public_of(&ids[0]), None);
+    // With one free again, the next disassociation gives it a new one.
+    aws(&[
+        "ec2",
+        "release-address",
+        "--allocation-id",
+        second["AllocationId"].as_str().expect("allocation"),
+    ]);
+    aws(&[
+        "ec2",
+        "associate-address",
+        "--instance-id",
+        &ids[0],
+        "--allocation-id",
+        &eip_id,
+    ]);
+    aws(&["ec2", "disassociate-address", "--public-ip", "203.0.113.12"]);
+    assert_eq!(public_of(&ids[0]).as_deref(), Some("203.0.113.10"));
+    // Terminated, an instance gives its address back.
+    aws(&["ec2", "terminate-instances", "--instance-ids", &ids[1]]);
+    wait_for("the instance gone", Duration::from_secs(20), || {
+        let d = aws(&["ec2", "describe-instances", "--instance-ids", &ids[1]]);
+        (d["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated").then_some(())
+    });
+    assert_eq!(
+        aws(&["ec2", "allocate-address"])["PublicIp"],
+        "203.0.113.11"
+    );
 }
 
 /// Uploads a small disk image and registers it with the AWS CLI: its id.

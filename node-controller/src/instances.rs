@@ -8,7 +8,7 @@
 //! [`Instances::statuses`] joins the records with libvirt's domains.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -146,6 +146,37 @@ pub struct Instances {
     changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
     /// The private network plumbing, when the node builds it.
     network: Option<Arc<HostNetwork>>,
+    /// The last firewall the CLC sent for each instance, kept while it is
+    /// stopped (its rules come off with it and go back on at start).
+    policies: Mutex<HashMap<String, Policy>>,
+    /// Held while a guest's rules go on or come off together with the
+    /// record change that decides it, so a push racing a terminate or stop
+    /// cannot put back the rules just taken off.
+    firewall_turn: tokio::sync::Mutex<()>,
+}
+
+/// A guest's firewall as the CLC sends it: ingress, egress, public address.
+#[derive(Debug, Clone)]
+struct Policy {
+    ingress: Vec<FlowRule>,
+    egress: Vec<FlowRule>,
+    public_ip: String,
+}
+
+impl Policy {
+    /// Before the CLC said anything: nothing in, everything out.
+    fn closed() -> Self {
+        Self {
+            ingress: Vec::new(),
+            egress: vec![FlowRule {
+                protocol: "-1".into(),
+                from_port: -1,
+                to_port: -1,
+                cidrs: vec!["0.0.0.0/0".into()],
+            }],
+            public_ip: String::new(),
+        }
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -174,6 +205,8 @@ impl Instances {
             virt_type: virt_type.to_string(),
             changed: Mutex::new(BTreeMap::new()),
             network,
+            policies: Mutex::new(HashMap::new()),
+            firewall_turn: tokio::sync::Mutex::new(()),
         };
         for r in this.table.list()? {
             this.pin(&r, true);
@@ -255,19 +288,23 @@ impl Instances {
         let flows = Self::flows;
         let mut applied = 0;
         for f in firewalls {
+            let _turn = self.firewall_turn.lock().await;
             let Some(r) = self.table.get(&f.instance_id)? else {
                 continue;
             };
-            let applying = async {
-                let Some(guest) = r.guest(&f.public_ip)? else {
-                    return Ok(false);
-                };
-                hn.apply_firewall(&guest, &flows(&f.ingress), &flows(&f.egress))
-                    .await
-                    .map_err(|e| InstanceError::Network(e.to_string()))?;
-                Ok::<_, InstanceError>(true)
+            let policy = Policy {
+                ingress: flows(&f.ingress),
+                egress: flows(&f.egress),
+                public_ip: f.public_ip.clone(),
             };
-            match applying.await {
+            self.policies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(r.instance_id.clone(), policy.clone());
+            if r.stopped {
+                continue;
+            }
+            match self.apply_policy(hn, &r, &policy).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -276,6 +313,32 @@ impl Instances {
             }
         }
         Ok(applied)
+    }
+
+    /// Puts `policy` on `r`'s tap; false when it is on no private network.
+    async fn apply_policy(
+        &self,
+        hn: &HostNetwork,
+        r: &InstanceRecord,
+        policy: &Policy,
+    ) -> Result<bool, InstanceError> {
+        let Some(guest) = r.guest(&policy.public_ip)? else {
+            return Ok(false);
+        };
+        hn.apply_firewall(&guest, &policy.ingress, &policy.egress)
+            .await
+            .map_err(|e| InstanceError::Network(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// The last policy the CLC sent for `id`, or a closed one.
+    fn policy_of(&self, id: &str) -> Policy {
+        self.policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_else(Policy::closed)
     }
 
     /// Rebuilds the network of every recorded instance (after a restart:
@@ -351,21 +414,24 @@ impl Instances {
                     .await
                     .map_err(|e| InstanceError::Network(e.to_string()))?;
                 // Its groups' rules, or (without them) nothing in, all out.
-                let all_out = FlowRule {
-                    protocol: "-1".into(),
-                    from_port: -1,
-                    to_port: -1,
-                    cidrs: vec!["0.0.0.0/0".into()],
+                let policy = match l.firewall.clone() {
+                    Some((ingress, egress)) => Policy {
+                        ingress,
+                        egress,
+                        public_ip: l.public_ip.clone(),
+                    },
+                    None => Policy::closed(),
                 };
-                let (ingress, egress) = l
-                    .firewall
-                    .clone()
-                    .unwrap_or_else(|| (Vec::new(), vec![all_out]));
-                if let Some(guest) = record.guest(&l.public_ip)? {
-                    hn.apply_firewall(&guest, &ingress, &egress)
-                        .await
-                        .map_err(|e| InstanceError::Network(e.to_string()))?;
+                self.policies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(l.instance_id.clone(), policy.clone());
+                let _turn = self.firewall_turn.lock().await;
+                if self.table.get(&l.instance_id)?.is_none() {
+                    // Terminated while launching.
+                    return Err(InstanceError::NotFound(l.instance_id.clone()));
                 }
+                self.apply_policy(hn, &record, &policy).await?;
             }
             let spec = self.spec(&record);
             let hv = self.hv.clone();
@@ -404,6 +470,7 @@ impl Instances {
             tokio::fs::remove_dir_all(&dir).await?;
         }
         if let Some(r) = record {
+            let _turn = self.firewall_turn.lock().await;
             self.table.delete(&id.to_string())?;
             self.pin(&r, false);
             if let (Some(hn), Some(net)) = (&self.network, r.net()) {
@@ -420,6 +487,10 @@ impl Instances {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(InstanceStatus {
             instance_id: id.to_string(),
             state: InstanceState::Terminated as i32,
@@ -431,9 +502,16 @@ impl Instances {
 
     /// Powers the instance off and keeps it (StopInstances).
     pub async fn stop(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+        let turn = self.firewall_turn.lock().await;
         let mut r = self.record(id)?;
         r.stopped = true;
         self.table.put(&r)?;
+        // Its firewall, public address and guard come off while it is
+        // stopped (its private address and lease stay).
+        if let (Some(hn), Ok(Some(guest))) = (&self.network, r.guest("")) {
+            hn.remove_firewall(&guest).await;
+        }
+        drop(turn);
         let name = id.to_string();
         match self.blocking(move |hv| hv.power_off(&name)).await {
             Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {}
@@ -444,9 +522,14 @@ impl Instances {
 
     /// Starts a stopped instance; redefines its domain if libvirt lost it.
     pub async fn start(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+        let turn = self.firewall_turn.lock().await;
         let mut r = self.record(id)?;
         r.stopped = false;
         self.table.put(&r)?;
+        if let Some(hn) = &self.network {
+            self.apply_policy(hn, &r, &self.policy_of(id)).await?;
+        }
+        drop(turn);
         let name = id.to_string();
         let spec = self.spec(&r);
         self.blocking(move |hv| match hv.start(&name) {

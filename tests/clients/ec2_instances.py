@@ -271,6 +271,36 @@ if NETNS and OUTSIDE:
         wait_for("the address moved", lambda: fetch(OUTSIDE, f"http://{public}/") == b[0])
         moved = time.time() - t0
         wait_for("the second guest's calls from the address", lambda: f"{public} /from/{b[0]}" in calls())
+        # Revoking port 80 cuts new connections through the address within a second; authorizing
+        # it again opens them (a prober outside notes each change with the host's clock).
+        prober_code = ("import socket, sys, time\n"
+                       "last, end = None, time.time() + float(sys.argv[2])\n"
+                       "while time.time() < end:\n"
+                       "    s = socket.socket(); s.settimeout(0.2)\n"
+                       "    try:\n"
+                       "        s.connect((sys.argv[1], 80)); state = 'open'\n"
+                       "    except OSError:\n"
+                       "        state = 'closed'\n"
+                       "    s.close()\n"
+                       "    if state != last:\n"
+                       "        print(f'{time.time():.3f} {state}', flush=True); last = state\n"
+                       "    time.sleep(0.05)\n")
+        outside_prober = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, sys.executable, "-c", prober_code, public, "6"],
+                                          stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        port80 = [{"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+        revoked_at = time.time()
+        ec2.revoke_security_group_ingress(GroupId=web, IpPermissions=port80)
+        time.sleep(2)
+        authorized_at = time.time()
+        ec2.authorize_security_group_ingress(GroupId=web, IpPermissions=port80)
+        changes = [(float(t), st) for t, st in (l.split() for l in outside_prober.communicate(timeout=30)[0].splitlines())]
+        assert changes and changes[0][1] == "open", changes
+        cut = next(t for t, st in changes if st == "closed" and t > revoked_at) - revoked_at
+        reopened = next(t for t, st in changes if st == "open" and t > authorized_at) - authorized_at
+        assert cut < 1.0, f"revoke took {cut:.2f}s to cut traffic: {changes}"
+        print(f"timing: seen from outside, revoke cut port 80 after {cut:.2f}s, authorize opened it after "
+              f"{reopened:.2f}s (0.2 s probe timeout, 0.05 s cadence)", flush=True)
         ec2.disassociate_address(PublicIp=public)
         wait_for("the address gone", lambda: fetch(OUTSIDE, f"http://{public}/").startswith("FAILED"))
         wait_for("the address off the node", lambda: f" {public}/32 " not in subprocess.run(
@@ -320,6 +350,19 @@ assert code_of(ec2.start_instances, InstanceIds=[iid], DryRun=True) == ("DryRunO
 s = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
 assert s["PreviousState"]["Name"] == "running" and s["CurrentState"]["Name"] == "stopping", s
 waiter("instance_stopped", [iid])
+if NETNS:
+    # A stopped instance's rules and guard come off the node, and go back on when it starts.
+    tap = "gi" + iid[2:15]
+
+    def ours_on_node():
+        rules = subprocess.run(["ip", "netns", "exec", NETNS, "iptables-save"], capture_output=True, text=True).stdout
+        guard = subprocess.run(["ip", "netns", "exec", NETNS, "ebtables-save"], capture_output=True, text=True).stdout
+        return tap in rules or tap in guard
+
+    start = time.time()
+    while ours_on_node():
+        assert time.time() - start < 10, "a stopped instance's rules stay on its node"
+        time.sleep(0.2)
 assert code_of(ec2.reboot_instances, InstanceIds=[iid]) == ("IncorrectInstanceState", 400)
 # Resize while stopped: c1.medium has 2 cores and 512 MiB.
 ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "c1.medium"})
@@ -331,6 +374,8 @@ assert code_of(ec2.modify_instance_attribute, InstanceId=iid, InstanceType={"Val
     "InsufficientInstanceCapacity", 400)
 ec2.start_instances(InstanceIds=[iid])
 waiter("instance_running", [iid])
+if NETNS:
+    assert ours_on_node(), "a started instance's rules are back"
 wait_console(iid, 2)
 assert "2 cpu(s)" in console(iid).split(MARKER)[1], "the second boot has two CPUs"
 assert code_of(ec2.modify_instance_attribute, InstanceId=iid, InstanceType={"Value": "m1.small"}) == (

@@ -222,7 +222,7 @@ fn instances_run_boot_stop_start_and_terminate() {
             .expect("ip netns exec");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    wait_for("the network torn down", Duration::from_secs(10), || {
+    let leftovers = || {
         let links = in_ns(&["ip", "-o", "link", "show"]);
         let nat = in_ns(&["iptables", "-w", "-t", "nat", "-S"]);
         let filter = in_ns(&["iptables", "-w", "-S"]);
@@ -232,13 +232,46 @@ fn instances_run_boot_stop_start_and_terminate() {
             .args(["-f", &format!("dnsmasq.*{}", cloud.dir().display())])
             .output()
             .expect("pgrep");
-        (!links.contains(&format!(" {bridge}:"))
-            && !nat.contains(&bridge)
-            && !nat.contains("GT-")
-            && !filter.contains("GT-")
-            && !bridged.contains("GTS-")
-            && !public.contains("/32")
-            && dnsmasq.stdout.is_empty())
-        .then_some(())
-    });
+        let mut left: Vec<String> = Vec::new();
+        left.extend(
+            links
+                .lines()
+                .filter(|l| l.contains(&format!(" {bridge}:")))
+                .map(|l| format!("link: {l}")),
+        );
+        left.extend(
+            nat.lines()
+                .chain(filter.lines())
+                .filter(|l| l.contains(&bridge) || l.contains("-j GT") || l.starts_with("-N GT"))
+                .map(|l| format!("iptables: {l}")),
+        );
+        left.extend(
+            bridged
+                .lines()
+                .filter(|l| l.contains("GTS-"))
+                .map(|l| format!("ebtables: {l}")),
+        );
+        left.extend(
+            public
+                .lines()
+                .filter(|l| l.contains("/32"))
+                .map(|l| format!("address: {l}")),
+        );
+        if !dnsmasq.stdout.is_empty() {
+            left.push(format!(
+                "dnsmasq: {}",
+                String::from_utf8_lossy(&dnsmasq.stdout).trim()
+            ));
+        }
+        left
+    };
+    let mut left = leftovers();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        left = leftovers();
+    }
+    assert!(left.is_empty(), "the network was not torn down: {left:#?}");
 }

@@ -994,6 +994,11 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
             )));
         }
         state_change(&mut w, &r.instance_id, &r.state, next);
+        if !stop {
+            // A node that restarted while it was stopped knows its rules
+            // from the next push.
+            ec2.firewall_changed.notify_one();
+        }
     }
     w.close("instancesSet");
     Ok(w.finish())

@@ -567,53 +567,17 @@ impl HostNetwork {
         let ip = g.private_ip.to_string();
         let _ = self.run("ebtables", &["-N", &chain, "-P", "DROP"]).await;
         self.run("ebtables", &["-F", &chain]).await?;
-        let rules: [&[&str]; 4] = [
-            &["-p", "IPv4", "-s", mac, "--ip-src", &ip, "-j", "RETURN"],
-            &[
-                "-p",
-                "IPv4",
-                "-s",
-                mac,
-                "--ip-src",
-                "0.0.0.0",
-                "--ip-proto",
-                "udp",
-                "--ip-sport",
-                "68",
-                "--ip-dport",
-                "67",
-                "-j",
-                "RETURN",
-            ],
-            &[
-                "-p",
-                "ARP",
-                "-s",
-                mac,
-                "--arp-mac-src",
-                mac,
-                "--arp-ip-src",
-                &ip,
-                "-j",
-                "RETURN",
-            ],
+        // (MAC and address were checked by Guest::new: no spaces in them.)
+        let rules = [
+            format!("-p IPv4 -s {mac} --ip-src {ip} -j RETURN"),
+            format!("-p IPv4 -s {mac} --ip-src 0.0.0.0 --ip-proto udp --ip-sport 68 --ip-dport 67 -j RETURN"),
+            format!("-p ARP -s {mac} --arp-mac-src {mac} --arp-ip-src {ip} -j RETURN"),
             // Address conflict probes (RFC 5227).
-            &[
-                "-p",
-                "ARP",
-                "-s",
-                mac,
-                "--arp-mac-src",
-                mac,
-                "--arp-ip-src",
-                "0.0.0.0",
-                "-j",
-                "RETURN",
-            ],
+            format!("-p ARP -s {mac} --arp-mac-src {mac} --arp-ip-src 0.0.0.0 -j RETURN"),
         ];
-        for rule in rules {
+        for rule in &rules {
             let mut args = vec!["-A", chain.as_str()];
-            args.extend_from_slice(rule);
+            args.extend(rule.split_whitespace());
             self.run("ebtables", &args).await?;
         }
         for hook in ["FORWARD", "INPUT"] {
@@ -655,15 +619,18 @@ impl HostNetwork {
     ) -> Result<(), NetError> {
         let wanted = (g.clone(), ingress.to_vec(), egress.to_vec());
         let _changing = self.changing.lock().await;
-        if self
+        let previous = self
             .applied
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&g.instance_id)
-            == Some(&wanted)
-        {
+            .cloned();
+        if previous.as_ref() == Some(&wanted) {
             return Ok(());
         }
+        // The guard depends on the MAC and address only.
+        let guarded =
+            previous.is_some_and(|(p, _, _)| p.mac == g.mac && p.private_ip == g.private_ip);
         let _host = self.firewall_lock().await?;
         let c = guest_chains(g);
         self.ensure_dispatch().await?;
@@ -692,7 +659,9 @@ impl HostNetwork {
                     .await?;
             }
         }
-        self.guard(g).await?;
+        if !guarded {
+            self.guard(g).await?;
+        }
         tracing::debug!(
             instance_id = %g.instance_id,
             ingress = ingress.len(),

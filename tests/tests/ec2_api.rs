@@ -136,14 +136,17 @@ fn every_new_instance_gets_a_public_address_from_the_pool() {
         .as_str()
         .expect("allocation")
         .to_string();
-    aws(&[
-        "ec2",
-        "associate-address",
-        "--instance-id",
-        &ids[0],
-        "--allocation-id",
-        &eip_id,
-    ]);
+    let associate = || {
+        aws(&[
+            "ec2",
+            "associate-address",
+            "--instance-id",
+            &ids[0],
+            "--allocation-id",
+            &eip_id,
+        ])
+    };
+    associate();
     assert_eq!(public_of(&ids[0]).as_deref(), Some("203.0.113.12"));
     let second = aws(&["ec2", "allocate-address"]);
     assert_eq!(
@@ -160,14 +163,7 @@ fn every_new_instance_gets_a_public_address_from_the_pool() {
         "--allocation-id",
         second["AllocationId"].as_str().expect("allocation"),
     ]);
-    aws(&[
-        "ec2",
-        "associate-address",
-        "--instance-id",
-        &ids[0],
-        "--allocation-id",
-        &eip_id,
-    ]);
+    associate();
     aws(&["ec2", "disassociate-address", "--public-ip", "203.0.113.12"]);
     assert_eq!(public_of(&ids[0]).as_deref(), Some("203.0.113.10"));
     // Terminated, an instance gives its address back.

@@ -5,7 +5,9 @@
 //!    RunInstances to `running` in DescribeInstances, to the boot marker
 //!    in GetConsoleOutput, and (when guests are networked, as in
 //!    scripts/bench-ec2) to its user-data, read from the metadata service,
-//!    on the console; median and max of `--launches N`;
+//!    on the console; median and max of `--launches N`; then, from an
+//!    outside namespace, AssociateAddress until the guest's port 80
+//!    answers through the elastic IP, and a revoke until it stops (N rounds);
 //! 2. DescribeInstances requests/s with 1,000 instances on record over a
 //!    simulated fleet of 100 nodes (node controllers on libvirt's test
 //!    driver), whole listings and pages of 100.
@@ -277,6 +279,9 @@ fn launch_latency(launches: usize) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    if let Some(outside) = cloud.outside() {
+        elastic_ip_latency(&mut c, &ami, &outside.netns, launches);
+    }
     let (m, x) = median_max(to_running);
     println!("RunInstances -> running:      median {m:.2} s, max {x:.2} s ({launches} launches)");
     let (m, x) = median_max(to_marker);
@@ -291,6 +296,111 @@ fn launch_latency(launches: usize) {
             "RunInstances -> user-data on the console: median {m:.2} s, max {x:.2} s ({launches} launches)"
         );
     }
+}
+
+/// Waits until a TCP connection to `addr` from network namespace `netns`
+/// succeeds (`open`) or fails (not `open`); the seconds it took. Each try
+/// gives up after 0.1 s.
+fn until_reachable(netns: &str, addr: std::net::SocketAddr, open: bool) -> f64 {
+    let path = format!("/run/netns/{netns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(&path).expect("outside namespace");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let start = Instant::now();
+            loop {
+                let ok =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
+                if ok == open {
+                    return start.elapsed().as_secs_f64();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{addr} never {}",
+                    if open {
+                        "answered"
+                    } else {
+                        "stopped answering"
+                    }
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .join()
+        .expect("probe thread")
+    })
+}
+
+/// From the outside world: how long after AssociateAddress a guest's port
+/// 80 answers through the address, and how long after a revoke it stops.
+fn elastic_ip_latency(c: &mut Ec2, ami: &str, outside: &str, rounds: usize) {
+    let body = c.ok(
+        "CreateSecurityGroup",
+        &[("GroupName", "bench-web"), ("GroupDescription", "port 80")],
+    );
+    let group = first(&body, "groupId").expect("group id").to_string();
+    let port80 = [
+        ("GroupId", group.as_str()),
+        ("IpPermissions.1.IpProtocol", "tcp"),
+        ("IpPermissions.1.FromPort", "80"),
+        ("IpPermissions.1.ToPort", "80"),
+        ("IpPermissions.1.IpRanges.1.CidrIp", "0.0.0.0/0"),
+    ];
+    c.ok("AuthorizeSecurityGroupIngress", &port80);
+    let body = c.ok(
+        "RunInstances",
+        &[
+            ("ImageId", ami),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("SecurityGroupId.1", &group),
+        ],
+    );
+    let id = first(&body, "instanceId").expect("instance id").to_string();
+    let start = Instant::now();
+    loop {
+        let body = c.ok("GetConsoleOutput", &[("InstanceId", &id)]);
+        let text = first(&body, "output")
+            .and_then(|o| base64::engine::general_purpose::STANDARD.decode(o).ok())
+            .unwrap_or_default();
+        if String::from_utf8_lossy(&text).contains("GUMTREE-NET-OK") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "{id}: no network"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = c.ok("AllocateAddress", &[]);
+    let public = first(&body, "publicIp").expect("address").to_string();
+    let addr: std::net::SocketAddr = format!("{public}:80").parse().expect("address");
+    let (mut associated, mut revoked) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        c.ok(
+            "AssociateAddress",
+            &[("PublicIp", &public), ("InstanceId", &id)],
+        );
+        let called = t.elapsed().as_secs_f64();
+        associated.push(called + until_reachable(outside, addr, true));
+        let t = Instant::now();
+        c.ok("RevokeSecurityGroupIngress", &port80);
+        let called = t.elapsed().as_secs_f64();
+        revoked.push(called + until_reachable(outside, addr, false));
+        c.ok("AuthorizeSecurityGroupIngress", &port80);
+        c.ok("DisassociateAddress", &[("PublicIp", &public)]);
+        until_reachable(outside, addr, false);
+    }
+    let (m, x) = median_max(associated);
+    println!("AssociateAddress -> port 80 answers from outside: median {m:.2} s, max {x:.2} s ({rounds} rounds)");
+    let (m, x) = median_max(revoked);
+    println!("RevokeSecurityGroupIngress -> port 80 closed from outside: median {m:.2} s, max {x:.2} s ({rounds} rounds)");
+    c.ok("TerminateInstances", &[("InstanceId.1", &id)]);
+    while state_of(c, &id) != "terminated" {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.ok("ReleaseAddress", &[("PublicIp", &public)]);
 }
 
 fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {

@@ -520,9 +520,14 @@ impl HostNetwork {
     }
 
     /// Puts (or takes) `ip` on the public interface, so this host answers
-    /// for it; without a public interface the network must route the
-    /// public addresses to this host.
-    async fn public_address(&self, ip: Ipv4Addr, add: bool) -> Result<(), NetError> {
+    /// for it (announcing it when it is new here); without a public
+    /// interface the network must route the public addresses to this host.
+    async fn public_address(
+        &self,
+        ip: Ipv4Addr,
+        add: bool,
+        announce: bool,
+    ) -> Result<(), NetError> {
         let Some(iface) = &self.public_interface else {
             return Ok(());
         };
@@ -530,6 +535,27 @@ impl HostNetwork {
         if add {
             self.run("ip", &["addr", "replace", &addr, "dev", iface])
                 .await?;
+            if announce {
+                // Gratuitous ARP, so the network's neighbour caches (the
+                // router's) follow an address that moved from another node
+                // at once; in the background, it takes a second.
+                let ip = ip.to_string();
+                let mut arping = self.command(
+                    "busybox",
+                    &["arping", "-q", "-U", "-c", "2", "-I", iface, "-s", &ip, &ip],
+                );
+                arping
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+                match arping.spawn() {
+                    Ok(mut child) => {
+                        tokio::spawn(async move {
+                            let _ = child.wait().await;
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "gratuitous ARP not sent"),
+                }
+            }
         } else {
             let _ = self.run("ip", &["addr", "del", &addr, "dev", iface]).await;
         }
@@ -642,7 +668,7 @@ impl HostNetwork {
         self.ensure_jumps(&c.jumps).await?;
         if let Some(old) = old_public.filter(|old| Some(*old) != g.public_ip) {
             if !self.public_in_use(old, &c.dnat).await {
-                self.public_address(old, false).await?;
+                self.public_address(old, false, false).await?;
             }
         }
         if old_public != g.public_ip {
@@ -650,7 +676,8 @@ impl HostNetwork {
                 .await;
         }
         if let Some(public) = g.public_ip {
-            self.public_address(public, true).await?;
+            self.public_address(public, true, old_public != Some(public))
+                .await?;
             if !self
                 .forwarding
                 .swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -706,7 +733,7 @@ impl HostNetwork {
         }
         if let Some(old) = old_public {
             if !self.public_in_use(old, &c.dnat).await {
-                let _ = self.public_address(old, false).await;
+                let _ = self.public_address(old, false, false).await;
             }
         }
         self.unguard(&g.instance_id).await;

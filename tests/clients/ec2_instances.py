@@ -254,8 +254,25 @@ if NETNS and OUTSIDE:
         eip = ec2.allocate_address(Domain="vpc")
         public = eip["PublicIp"]
         assert fetch(OUTSIDE, f"http://{public}/").startswith("FAILED"), "nothing answers an unassociated address"
+        # The node announces the address: a gratuitous ARP (sender and target both the address)
+        # reaches the outside, as it would the router of a network the address moved in.
+        garp_code = ("import socket, struct, sys, time\n"
+                     "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))\n"
+                     "s.settimeout(0.5); want = socket.inet_aton(sys.argv[1]); end = time.time() + 8\n"
+                     "print('listening', flush=True)\n"
+                     "while time.time() < end:\n"
+                     "    try:\n"
+                     "        f = s.recv(128)\n"
+                     "    except socket.timeout:\n"
+                     "        continue\n"
+                     "    if f[28:32] == want and f[38:42] == want:\n"
+                     "        print('GARP', flush=True); break\n")
+        garp = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, sys.executable, "-c", garp_code, public],
+                                stdout=subprocess.PIPE, text=True)
+        assert garp.stdout.readline().strip() == "listening"
         t0 = time.time()
         ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=a[0])
+        assert "GARP" in garp.communicate(timeout=30)[0], "no gratuitous ARP for the address"
         wait_for("the guest through its elastic IP", lambda: fetch(OUTSIDE, f"http://{public}/") == a[0])
         reached = time.time() - t0
         assert fetch(OUTSIDE, f"http://{public}:8080/").startswith("FAILED"), "port 8080 is not in its group"

@@ -186,20 +186,8 @@ impl Outside {
             pool: format!("{net}.10-{net}.15"),
         };
         let peer = format!("gq{tag}");
-        let steps: [&[&str]; 10] = [
+        let steps: [&[&str]; 9] = [
             &["ip", "netns", "add", &o.netns],
-            // Gratuitous ARP makes neighbour entries there, as on a router
-            // that tracks moving addresses.
-            &[
-                "ip",
-                "netns",
-                "exec",
-                &o.netns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.conf.all.arp_accept=1",
-            ],
             &[
                 "ip",
                 "link",

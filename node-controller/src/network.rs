@@ -105,7 +105,11 @@ pub struct HostNetwork {
     forwarding: std::sync::atomic::AtomicBool,
 }
 
-type AppliedPolicy = (Guest, Vec<FlowRule>, Vec<FlowRule>);
+/// A guest's firewall as applied, and when.
+type AppliedPolicy = (std::time::Instant, (Guest, Vec<FlowRule>, Vec<FlowRule>));
+
+/// How long an applied policy is trusted to still be in place.
+const REAPPLY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl HostNetwork {
     /// Plumbing in `netns` (None: the node's own namespace), state in `dir`.
@@ -651,12 +655,28 @@ impl HostNetwork {
             .unwrap_or_else(|p| p.into_inner())
             .get(&g.instance_id)
             .cloned();
-        if previous.as_ref() == Some(&wanted) {
+        // Unchanged and recent: nothing to do. A policy is applied again
+        // after a while regardless, so rules someone else removed (a
+        // firewall reload) come back.
+        if previous
+            .as_ref()
+            .is_some_and(|(at, p)| *p == wanted && at.elapsed() < REAPPLY_AFTER)
+        {
             return Ok(());
         }
-        // The guard depends on the MAC and address only.
-        let guarded =
-            previous.is_some_and(|(p, _, _)| p.mac == g.mac && p.private_ip == g.private_ip);
+        // The guard depends on the MAC and address only; rebuilding it
+        // drops the guest's frames for a moment, so an old one is only
+        // checked for.
+        let guarded = match previous {
+            Some((at, (p, _, _))) if p.mac == g.mac && p.private_ip == g.private_ip => {
+                at.elapsed() < REAPPLY_AFTER
+                    || self
+                        .run("ebtables", &["-L", &guard_chain(&g.instance_id)])
+                        .await
+                        .is_ok()
+            }
+            _ => false,
+        };
         let _host = self.firewall_lock().await?;
         let c = guest_chains(g);
         self.ensure_dispatch().await?;
@@ -678,12 +698,11 @@ impl HostNetwork {
         if let Some(public) = g.public_ip {
             self.public_address(public, true, old_public != Some(public))
                 .await?;
-            if !self
-                .forwarding
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
+            if !self.forwarding.load(std::sync::atomic::Ordering::SeqCst) {
                 self.run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])
                     .await?;
+                self.forwarding
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
         if !guarded {
@@ -699,7 +718,7 @@ impl HostNetwork {
         self.applied
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(g.instance_id.clone(), wanted);
+            .insert(g.instance_id.clone(), (std::time::Instant::now(), wanted));
         Ok(())
     }
 

@@ -112,25 +112,19 @@ impl Addresses {
         self.pool.len()
     }
 
-    /// The lowest address of the pool nobody holds.
-    fn free_address(&self) -> Result<Option<Ipv4Addr>, StoreError> {
-        let taken: BTreeSet<String> = self
-            .table
-            .list()?
-            .into_iter()
-            .map(|a| a.public_ip)
-            .collect();
-        Ok(self
-            .pool
+    /// The lowest address of the pool that none of `held` is.
+    fn free_address(&self, held: &[Address]) -> Option<Ipv4Addr> {
+        let taken: BTreeSet<&str> = held.iter().map(|a| a.public_ip.as_str()).collect();
+        self.pool
             .iter()
-            .find(|ip| !taken.contains(&ip.to_string()))
-            .copied())
+            .find(|ip| !taken.contains(ip.to_string().as_str()))
+            .copied()
     }
 
     /// Allocates the lowest free address of the pool to `account_id`.
     pub fn allocate(&self, account_id: &str) -> Result<Option<Address>, StoreError> {
         let _w = self.lock();
-        let Some(ip) = self.free_address()? else {
+        let Some(ip) = self.free_address(&self.table.list()?) else {
             return Ok(None);
         };
         let a = Address {
@@ -154,15 +148,14 @@ impl Addresses {
         instance_id: &str,
     ) -> Result<Option<Address>, StoreError> {
         let _w = self.lock();
-        if let Some(a) = self
-            .table
-            .list()?
-            .into_iter()
+        let held = self.table.list()?;
+        if let Some(a) = held
+            .iter()
             .find(|a| a.instance_id.as_deref() == Some(instance_id))
         {
-            return Ok(Some(a));
+            return Ok(Some(a.clone()));
         }
-        let Some(ip) = self.free_address()? else {
+        let Some(ip) = self.free_address(&held) else {
             return Ok(None);
         };
         let a = Address {

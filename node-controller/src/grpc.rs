@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     images::{ImageCache, ImageError, ImageRef, WalrusSource},
-    instances::{InstanceError, Instances, Launch},
+    instances::{InstanceError, Instances, Launch, Policy},
     network::NetSpec,
 };
 
@@ -102,15 +102,7 @@ impl NodeService for Node {
                 ),
                 _ => None,
             },
-            firewall: spec
-                .firewall
-                .as_ref()
-                .map(|f| (Instances::flows(&f.ingress), Instances::flows(&f.egress))),
-            public_ip: spec
-                .firewall
-                .as_ref()
-                .map(|f| f.public_ip.clone())
-                .unwrap_or_default(),
+            firewall: spec.firewall.as_ref().map(Policy::from),
             mac: spec.mac,
             private_ip: spec.private_ip,
         };

@@ -127,10 +127,8 @@ pub struct Launch {
     pub mac: String,
     pub private_ip: String,
     pub network: Option<NetSpec>,
-    /// Security group rules at launch: (ingress, egress).
-    pub firewall: Option<(Vec<FlowRule>, Vec<FlowRule>)>,
-    /// Its public address at launch (empty: none).
-    pub public_ip: String,
+    /// Its security group rules and public address at launch.
+    pub firewall: Option<Policy>,
 }
 
 /// The node's instances.
@@ -157,10 +155,31 @@ pub struct Instances {
 
 /// A guest's firewall as the CLC sends it: ingress, egress, public address.
 #[derive(Debug, Clone)]
-struct Policy {
+pub struct Policy {
     ingress: Vec<FlowRule>,
     egress: Vec<FlowRule>,
     public_ip: String,
+}
+
+impl From<&proto::InstanceFirewall> for Policy {
+    fn from(f: &proto::InstanceFirewall) -> Self {
+        let flows = |rules: &[proto::FirewallRule]| {
+            rules
+                .iter()
+                .map(|r| FlowRule {
+                    protocol: r.protocol.clone(),
+                    from_port: r.from_port,
+                    to_port: r.to_port,
+                    cidrs: r.cidrs.clone(),
+                })
+                .collect()
+        };
+        Self {
+            ingress: flows(&f.ingress),
+            egress: flows(&f.egress),
+            public_ip: f.public_ip.clone(),
+        }
+    }
 }
 
 impl Policy {
@@ -262,19 +281,6 @@ impl Instances {
         }
     }
 
-    /// Flow rules from the wire form.
-    pub fn flows(rules: &[proto::FirewallRule]) -> Vec<FlowRule> {
-        rules
-            .iter()
-            .map(|r| FlowRule {
-                protocol: r.protocol.clone(),
-                from_port: r.from_port,
-                to_port: r.to_port,
-                cidrs: r.cidrs.clone(),
-            })
-            .collect()
-    }
-
     /// Enforces security group rules and public addresses on this node's
     /// instances among `firewalls`; returns how many were applied (one
     /// that fails is logged and the rest still applied).
@@ -285,18 +291,13 @@ impl Instances {
         let Some(hn) = &self.network else {
             return Ok(0);
         };
-        let flows = Self::flows;
         let mut applied = 0;
         for f in firewalls {
             let _turn = self.firewall_turn.lock().await;
             let Some(r) = self.table.get(&f.instance_id)? else {
                 continue;
             };
-            let policy = Policy {
-                ingress: flows(&f.ingress),
-                egress: flows(&f.egress),
-                public_ip: f.public_ip.clone(),
-            };
+            let policy = Policy::from(f);
             self.policies
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -414,14 +415,7 @@ impl Instances {
                     .await
                     .map_err(|e| InstanceError::Network(e.to_string()))?;
                 // Its groups' rules, or (without them) nothing in, all out.
-                let policy = match l.firewall.clone() {
-                    Some((ingress, egress)) => Policy {
-                        ingress,
-                        egress,
-                        public_ip: l.public_ip.clone(),
-                    },
-                    None => Policy::closed(),
-                };
+                let policy = l.firewall.clone().unwrap_or_else(Policy::closed);
                 self.policies
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -722,7 +716,6 @@ mod tests {
             private_ip: "10.0.0.2".into(),
             network: None,
             firewall: None,
-            public_ip: String::new(),
         }
     }
 

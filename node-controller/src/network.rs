@@ -511,57 +511,54 @@ impl HostNetwork {
         })
     }
 
-    /// Whether any guest's DNAT chain (other than `except`) holds `ip`.
-    async fn public_in_use(&self, ip: Ipv4Addr, except: &str) -> bool {
+    /// Takes `ip`, which the guest with DNAT chain `dnat` no longer has,
+    /// off the public interface, unless another guest's DNAT chain on this
+    /// host holds it (it moved there first).
+    async fn release_public(&self, ip: Ipv4Addr, dnat: &str) {
         let listed = self
             .run("iptables", &["-w", "-t", "nat", "-S"])
             .await
             .unwrap_or_default();
         let needle = format!(" -d {ip}/32 ");
-        listed
+        let in_use = listed
             .lines()
-            .any(|l| l.starts_with("-A GTD-") && !l.contains(except) && l.contains(&needle))
+            .any(|l| l.starts_with("-A GTD-") && !l.contains(dnat) && l.contains(&needle));
+        if let (false, Some(iface)) = (in_use, &self.public_interface) {
+            let addr = format!("{ip}/32");
+            let _ = self.run("ip", &["addr", "del", &addr, "dev", iface]).await;
+        }
     }
 
-    /// Puts (or takes) `ip` on the public interface, so this host answers
-    /// for it (announcing it when it is new here); without a public
-    /// interface the network must route the public addresses to this host.
-    async fn public_address(
-        &self,
-        ip: Ipv4Addr,
-        add: bool,
-        announce: bool,
-    ) -> Result<(), NetError> {
+    /// Puts `ip` on the public interface, so this host answers for it
+    /// (announcing it when it is new here); without a public interface the
+    /// network must route the public addresses to this host.
+    async fn public_address(&self, ip: Ipv4Addr, announce: bool) -> Result<(), NetError> {
         let Some(iface) = &self.public_interface else {
             return Ok(());
         };
         let addr = format!("{ip}/32");
-        if add {
-            self.run("ip", &["addr", "replace", &addr, "dev", iface])
-                .await?;
-            if announce {
-                // Gratuitous ARP, so the network's neighbour caches (the
-                // router's) follow an address that moved from another node
-                // at once; in the background, it takes a second.
-                let ip = ip.to_string();
-                let mut arping = self.command(
-                    "busybox",
-                    &["arping", "-q", "-U", "-c", "2", "-I", iface, "-s", &ip, &ip],
-                );
-                arping
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-                match arping.spawn() {
-                    Ok(mut child) => {
-                        tokio::spawn(async move {
-                            let _ = child.wait().await;
-                        });
-                    }
-                    Err(e) => tracing::warn!(error = %e, "gratuitous ARP not sent"),
+        self.run("ip", &["addr", "replace", &addr, "dev", iface])
+            .await?;
+        if announce {
+            // Gratuitous ARP, so the network's neighbour caches (the
+            // router's) follow an address that moved from another node at
+            // once; in the background, it takes a second.
+            let ip = ip.to_string();
+            let mut arping = self.command(
+                "busybox",
+                &["arping", "-q", "-U", "-c", "2", "-I", iface, "-s", &ip, &ip],
+            );
+            arping
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            match arping.spawn() {
+                Ok(mut child) => {
+                    tokio::spawn(async move {
+                        let _ = child.wait().await;
+                    });
                 }
+                Err(e) => tracing::warn!(error = %e, "gratuitous ARP not sent"),
             }
-        } else {
-            let _ = self.run("ip", &["addr", "del", &addr, "dev", iface]).await;
         }
         Ok(())
     }
@@ -687,16 +684,14 @@ impl HostNetwork {
         self.restore(&[("filter", filter), ("nat", nat)]).await?;
         self.ensure_jumps(&c.jumps).await?;
         if let Some(old) = old_public.filter(|old| Some(*old) != g.public_ip) {
-            if !self.public_in_use(old, &c.dnat).await {
-                self.public_address(old, false, false).await?;
-            }
+            self.release_public(old, &c.dnat).await;
         }
         if old_public != g.public_ip {
             self.forget_flows(g.private_ip, [old_public, g.public_ip])
                 .await;
         }
         if let Some(public) = g.public_ip {
-            self.public_address(public, true, old_public != Some(public))
+            self.public_address(public, old_public != Some(public))
                 .await?;
             if !self.forwarding.load(std::sync::atomic::Ordering::SeqCst) {
                 self.run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])
@@ -751,9 +746,7 @@ impl HostNetwork {
                 .await;
         }
         if let Some(old) = old_public {
-            if !self.public_in_use(old, &c.dnat).await {
-                let _ = self.public_address(old, false, false).await;
-            }
+            self.release_public(old, &c.dnat).await;
         }
         self.unguard(&g.instance_id).await;
     }

@@ -59,6 +59,30 @@ def waiter(name, ids):
     ec2.get_waiter(name).wait(InstanceIds=ids, WaiterConfig={"Delay": 2, "MaxAttempts": 90})
 
 
+FETCH_CODE = ("import sys, urllib.request\n"
+              "try:\n"
+              "    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode().strip())\n"
+              "except Exception as e:\n"
+              "    print('FAILED', e)\n")
+
+
+def fetch(ns, url, timeout=1.5):
+    """GET url from network namespace ns: the body, or 'FAILED <why>'."""
+    got = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", FETCH_CODE, url, str(timeout)],
+                         capture_output=True, text=True, timeout=timeout + 50)
+    return got.stdout.strip()
+
+
+def wait_for(what, cond, timeout=20):
+    start = time.time()
+    while True:
+        got = cond()
+        if got:
+            return time.time() - start
+        assert time.time() - start < timeout, f"{what} not seen in {timeout}s"
+        time.sleep(0.1)
+
+
 s3.create_bucket(Bucket="tiny", CreateBucketConfiguration={"LocationConstraint": "gumtree"})
 for name, kind in [("vmlinuz", "kernel"), ("initrd.gz", "ramdisk"), ("disk.img", None)]:
     with open(os.path.join(TINY, name), "rb") as f:
@@ -129,10 +153,8 @@ if NETNS:
     shown = text.split("GUMTREE-USER-DATA-BEGIN\n", 1)[1].split("\nGUMTREE-USER-DATA-END", 1)[0]
     assert shown + "\n" == user_data, (shown, user_data)
     # The guest answers on port 80 (from the namespace the nodes' network lives in).
-    got = subprocess.run(["ip", "netns", "exec", NETNS, sys.executable, "-c",
-                          f"import urllib.request; print(urllib.request.urlopen('http://{ip}/', timeout=10).read().decode())"],
-                         capture_output=True, text=True, timeout=60)
-    assert got.returncode == 0 and got.stdout.strip() == iid, got
+    got = fetch(NETNS, f"http://{ip}/", timeout=10)
+    assert got == iid, got
     # The guest runs a user-data script; this one reaches the first guest over the private network.
     assert "hello" in text.split("GUMTREE-NET-OK", 1)[1], text
     peer = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1,
@@ -212,28 +234,8 @@ if NETNS and OUTSIDE:
                    "        pass\n"
                    "http.server.ThreadingHTTPServer((sys.argv[2], 8000), H).serve_forever()\n")
     server = subprocess.Popen(["ip", "netns", "exec", OUTSIDE, sys.executable, "-c", server_code, calls_log, OUT_IP])
-    fetch_code = ("import sys, urllib.request\n"
-                  "try:\n"
-                  "    print(urllib.request.urlopen(sys.argv[1], timeout=1.5).read().decode().strip())\n"
-                  "except Exception as e:\n"
-                  "    print('FAILED', e)\n")
-
-    def fetch(ns, url):
-        got = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", fetch_code, url],
-                             capture_output=True, text=True, timeout=30)
-        return got.stdout.strip()
-
     def calls():
         return open(calls_log).read().splitlines()
-
-    def wait_for(what, cond, timeout=20):
-        start = time.time()
-        while True:
-            got = cond()
-            if got:
-                return time.time() - start
-            assert time.time() - start < timeout, f"{what} not seen in {timeout}s"
-            time.sleep(0.1)
 
     try:
         web = ec2.create_security_group(GroupName="web", Description="port 80 from anywhere")["GroupId"]

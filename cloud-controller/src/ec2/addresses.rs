@@ -39,25 +39,42 @@ fn own_address(ec2: &Ec2, call: &Call) -> Result<Address, Ec2Error> {
     }
 }
 
-/// After an instance lost its elastic IP: a new public address from the
-/// pool, when the cloud gives every instance one and it is still alive.
-fn reassign(ec2: &Ec2, instance_id: &str) {
+/// Gives `instance_id` (of `account_id`) a public address from the pool
+/// (when the cloud gives every instance one): the address, or None when
+/// the pool is exhausted (logged; the instance stays private).
+pub(super) fn give_public_ip(ec2: &Ec2, account_id: &str, instance_id: &str) -> Option<String> {
     if !ec2.settings.assign_public_ips {
-        return;
+        return None;
     }
-    let Ok(Some(r)) = ec2.instances.get(instance_id) else {
-        return;
-    };
-    if matches!(r.state.as_str(), "terminated" | "shutting-down") {
-        return;
-    }
-    match ec2.addresses.assign(&r.account_id, instance_id) {
+    match ec2.addresses.assign(account_id, instance_id) {
         Ok(Some(a)) => {
-            tracing::info!(instance_id, public_ip = %a.public_ip, "public address given")
+            tracing::info!(instance_id, public_ip = %a.public_ip, "public address given");
+            Some(a.public_ip)
         }
-        Ok(None) => tracing::warn!(instance_id, "the public address pool is exhausted"),
-        Err(e) => tracing::error!(instance_id, error = %e, "no public address given"),
+        Ok(None) => {
+            tracing::warn!(
+                instance_id,
+                "the public address pool is exhausted: the instance has a private address only"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(instance_id, error = %e, "no public address given");
+            None
+        }
     }
+}
+
+/// After an address changed hands: the instance it left (if any, and
+/// still alive) gets a new public address from the pool, and the nodes
+/// hear of it.
+fn address_moved(ec2: &Ec2, from: Option<&str>) {
+    if let Some(Ok(Some(r))) = from.map(|id| ec2.instances.get(id)) {
+        if !matches!(r.state.as_str(), "terminated" | "shutting-down") {
+            give_public_ip(ec2, &r.account_id, &r.instance_id);
+        }
+    }
+    ec2.firewall_changed.notify_one();
 }
 
 /// AllocateAddress.
@@ -106,10 +123,10 @@ pub fn associate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         .associate(&address.public_ip, &id)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, instance_id = %id, "address associated");
-    if let Some(from) = address.instance_id.as_deref().filter(|from| *from != id) {
-        reassign(ec2, from);
-    }
-    ec2.firewall_changed.notify_one();
+    address_moved(
+        ec2,
+        address.instance_id.as_deref().filter(|from| *from != id),
+    );
     let mut w = call.writer();
     w.bool("return", true).elem("associationId", &association);
     Ok(w.finish())
@@ -138,10 +155,7 @@ pub fn disassociate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
         .disassociate(&address.public_ip)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, "address disassociated");
-    if let Some(from) = &address.instance_id {
-        reassign(ec2, from);
-    }
-    ec2.firewall_changed.notify_one();
+    address_moved(ec2, address.instance_id.as_deref());
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -158,10 +172,7 @@ pub fn release_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         .forget(&address.allocation_id)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, "address released");
-    if let Some(from) = &address.instance_id {
-        reassign(ec2, from);
-    }
-    ec2.firewall_changed.notify_one();
+    address_moved(ec2, address.instance_id.as_deref());
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())

@@ -398,21 +398,9 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                         .set_state(&s.instance_id, "pending", "", Some(&s.node));
                 }
                 tracing::info!(reservation_id = %reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.1, "instances placed");
-                if ec2.settings.assign_public_ips {
-                    for r in &records {
-                        match ec2.addresses.assign(me, &r.instance_id) {
-                            Ok(Some(a)) => {
-                                group_names
-                                    .public_ips
-                                    .insert(r.instance_id.clone(), a.public_ip);
-                            }
-                            Ok(None) => {
-                                tracing::warn!(instance_id = %r.instance_id, "the public address pool is exhausted: the instance has a private address only")
-                            }
-                            Err(e) => {
-                                tracing::error!(instance_id = %r.instance_id, error = %e, "no public address given")
-                            }
-                        }
+                for r in &records {
+                    if let Some(ip) = super::addresses::give_public_ip(ec2, me, &r.instance_id) {
+                        group_names.public_ips.insert(r.instance_id.clone(), ip);
                     }
                 }
                 ec2.firewall_changed.notify_one();

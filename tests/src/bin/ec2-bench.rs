@@ -122,6 +122,25 @@ fn state_of(c: &mut Ec2, id: &str) -> String {
     first(state, "name").unwrap_or("").to_string()
 }
 
+/// Polls `id`'s console until it shows `needle`, at most `limit` after
+/// `since`.
+fn wait_console(c: &mut Ec2, id: &str, needle: &str, since: Instant, limit: Duration) {
+    loop {
+        let body = c.ok("GetConsoleOutput", &[("InstanceId", id)]);
+        let text = first(&body, "output")
+            .and_then(|o| base64::engine::general_purpose::STANDARD.decode(o).ok())
+            .unwrap_or_default();
+        if String::from_utf8_lossy(&text).contains(needle) {
+            return;
+        }
+        assert!(
+            since.elapsed() < limit,
+            "{id}: no {needle:?} on the console"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn median_max(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let mid = v.len() / 2;
@@ -240,33 +259,15 @@ fn launch_latency(launches: usize) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let running = start.elapsed().as_secs_f64();
-        let console = |c: &mut Ec2| {
-            let body = c.ok("GetConsoleOutput", &[("InstanceId", &id)]);
-            let text = first(&body, "output")
-                .and_then(|o| base64::engine::general_purpose::STANDARD.decode(o).ok())
-                .unwrap_or_default();
-            String::from_utf8_lossy(&text).into_owned()
-        };
-        while !console(&mut c).contains("GUMTREE-BOOT-OK") {
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "{id}: no boot marker"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let limit = Duration::from_secs(300);
+        wait_console(&mut c, &id, "GUMTREE-BOOT-OK", start, limit);
         let marker = start.elapsed().as_secs_f64();
         let mut line = format!(
             "launch {}: running {running:.2} s, boot marker {marker:.2} s",
             n + 1
         );
         if networked {
-            while !console(&mut c).contains("bench user-data line") {
-                assert!(
-                    start.elapsed() < Duration::from_secs(300),
-                    "{id}: no user-data"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_console(&mut c, &id, "bench user-data line", start, limit);
             let shown = start.elapsed().as_secs_f64();
             line.push_str(&format!(", user-data on the console {shown:.2} s"));
             to_user_data.push(shown);
@@ -357,21 +358,8 @@ fn elastic_ip_latency(c: &mut Ec2, ami: &str, outside: &str, rounds: usize) {
         ],
     );
     let id = first(&body, "instanceId").expect("instance id").to_string();
-    let start = Instant::now();
-    loop {
-        let body = c.ok("GetConsoleOutput", &[("InstanceId", &id)]);
-        let text = first(&body, "output")
-            .and_then(|o| base64::engine::general_purpose::STANDARD.decode(o).ok())
-            .unwrap_or_default();
-        if String::from_utf8_lossy(&text).contains("GUMTREE-NET-OK") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "{id}: no network"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let limit = Duration::from_secs(180);
+    wait_console(c, &id, "GUMTREE-NET-OK", Instant::now(), limit);
     let body = c.ok("AllocateAddress", &[]);
     let public = first(&body, "publicIp").expect("address").to_string();
     let addr: std::net::SocketAddr = format!("{public}:80").parse().expect("address");

@@ -134,6 +134,7 @@ impl Nodes {
                     } as i32,
                     resources: r.resources,
                     hypervisor: r.hypervisor,
+                    virt_reason: r.virt_reason,
                     last_report_unix_ms: n.last_report_ms,
                     instances: r.instances,
                 }

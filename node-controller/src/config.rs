@@ -42,6 +42,19 @@ pub struct NodeConfig {
     /// Virtualization: `kvm`, `qemu` (TCG) or `auto`, which proves KVM
     /// with a test boot and falls back to TCG. Default `auto`.
     pub hypervisor: String,
+    /// Kernel of the test guest `auto` boots to prove KVM (the tiny
+    /// guest's `vmlinuz`; it must print `GUMTREE-BOOT-OK` on ttyS0).
+    /// Default none: `auto` then uses TCG.
+    pub probe_kernel: Option<PathBuf>,
+    /// Initramfs of that test guest (the tiny guest's `initrd.gz`).
+    pub probe_ramdisk: Option<PathBuf>,
+    /// Seconds a guest started under KVM may keep its serial console
+    /// silent before the node takes KVM for broken, restarts the guest
+    /// under TCG and keeps to TCG; 0 turns the watchdog off. Default 30.
+    pub kvm_watchdog_secs: u64,
+    /// The QEMU binary (or a wrapper around it) guests run; default:
+    /// libvirt's own.
+    pub emulator: Option<PathBuf>,
     /// Seconds between reports to the CC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
     /// Build the cluster's private network for guests (bridge, DHCP,
@@ -83,6 +96,10 @@ impl Default for NodeConfig {
             image_cache_mib: 10240,
             libvirt_uri: "qemu:///system".into(),
             hypervisor: "auto".into(),
+            probe_kernel: None,
+            probe_ramdisk: None,
+            kvm_watchdog_secs: 30,
+            emulator: None,
             heartbeat_secs: 2,
             manage_network: true,
             netns: String::new(),

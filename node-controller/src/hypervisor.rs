@@ -11,8 +11,9 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{Duration, Instant},
 };
+
+use crate::virt::Virt;
 
 /// What a domain is doing, as libvirt says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,15 +41,16 @@ pub enum HypervisorError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainSpec {
     pub name: String,
-    /// `kvm` or `qemu` (TCG).
-    pub virt_type: String,
+    pub virt: Virt,
+    /// The QEMU binary (or a wrapper) to run; libvirt's default when none.
+    pub emulator: Option<PathBuf>,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub kernel: Option<PathBuf>,
     pub ramdisk: Option<PathBuf>,
     pub cmdline: String,
-    /// The qcow2 overlay.
-    pub disk: PathBuf,
+    /// The qcow2 overlay (none: a diskless guest, such as the KVM probe).
+    pub disk: Option<PathBuf>,
     pub console_log: PathBuf,
     /// A virtio NIC on this bridge, with this MAC and tap device name.
     pub nic: Option<(String, String, String)>,
@@ -75,7 +77,7 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
     } else {
         os.push_str("<boot dev='hd'/>");
     }
-    let cpu = if spec.virt_type == "kvm" {
+    let cpu = if spec.virt == Virt::Kvm {
         "<cpu mode='host-passthrough'/>"
     } else {
         ""
@@ -92,6 +94,16 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
             )
         })
         .unwrap_or_default();
+    let emulator = spec
+        .emulator
+        .as_ref()
+        .map(|e| format!("<emulator>{}</emulator>", path(e)))
+        .unwrap_or_default();
+    let disk = spec
+        .disk
+        .as_ref()
+        .map(|d| format!("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>", path(d)))
+        .unwrap_or_default();
     format!(
         "<domain type='{virt}'>\
 <name>{name}</name>\
@@ -100,19 +112,17 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
 <os>{os}</os>\
 <features><acpi/></features>{cpu}\
 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
-<devices>\
-<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk>\
+<devices>{emulator}{disk}\
 <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>\
 <console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>{nic}\
 <memballoon model='none'/>\
 </devices>\
 <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>\
 </domain>",
-        virt = esc(&spec.virt_type),
+        virt = spec.virt.as_str(),
         name = esc(&spec.name),
         mem = spec.memory_mib,
         vcpus = spec.vcpus.max(1),
-        disk = path(&spec.disk),
         console = path(&spec.console_log),
     )
 }
@@ -252,9 +262,17 @@ impl Hypervisor for Libvirt {
 #[derive(Debug, Default)]
 pub struct Fake {
     domains: Mutex<HashMap<String, (DomainSpec, DomainState)>>,
+    /// Launches of this type fail, as libvirt fails a KVM guest on a host
+    /// where KVM does not work.
+    refused: Mutex<Option<Virt>>,
 }
 
 impl Fake {
+    /// Makes launches of domains of type `virt` fail from now on.
+    pub fn refuse(&self, virt: Virt) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(virt);
+    }
+
     /// Sets a domain's state, as if the guest did something.
     pub fn set_state(&self, name: &str, state: DomainState) {
         if let Some(d) = self
@@ -288,6 +306,12 @@ impl Fake {
 
 impl Hypervisor for Fake {
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
+        if *self.refused.lock().unwrap_or_else(|p| p.into_inner()) == Some(spec.virt) {
+            return Err(HypervisorError::Libvirt(format!(
+                "{} guests do not start here",
+                spec.virt
+            )));
+        }
         let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
         if domains.contains_key(&spec.name) {
             return Err(HypervisorError::Libvirt(format!(
@@ -331,96 +355,6 @@ impl Hypervisor for Fake {
     }
 }
 
-/// A boot sector that writes `GUMTREE-KVM-OK` to the first serial port and
-/// halts: the smallest real guest there is.
-fn probe_boot_sector() -> Vec<u8> {
-    let mut code = vec![0xBA, 0xF8, 0x03]; // mov dx, 0x3f8
-    for c in b"GUMTREE-KVM-OK\n" {
-        code.extend_from_slice(&[0xB0, *c, 0xEE]); // mov al, c; out dx, al
-    }
-    code.extend_from_slice(&[0xFA, 0xF4, 0xEB, 0xFD]); // cli; hlt; jmp hlt
-    code.resize(510, 0);
-    code.extend_from_slice(&[0x55, 0xAA]);
-    code
-}
-
-/// Decides between `kvm` and `qemu` (TCG). `kvm` and `qemu` are taken as
-/// configured; `auto` proves KVM with a real boot under `-enable-kvm`
-/// (BIOS, boot sector, serial output) within `deadline`, because a
-/// `/dev/kvm` can exist and still not run guests (nested, paravirtual).
-/// Returns the type and why it was chosen.
-pub fn choose_virt_type(configured: &str, work_dir: &Path, deadline: Duration) -> (String, String) {
-    match configured {
-        "kvm" | "qemu" => return (configured.to_string(), "configured".into()),
-        _ => {}
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return (
-            "qemu".into(),
-            "/dev/kvm is missing or cannot be opened".into(),
-        );
-    }
-    match probe_kvm(work_dir, deadline) {
-        Ok(took) => (
-            "kvm".into(),
-            format!("a KVM test boot finished in {took:?}"),
-        ),
-        Err(why) => ("qemu".into(), format!("KVM does not work here: {why}")),
-    }
-}
-
-fn probe_kvm(work_dir: &Path, deadline: Duration) -> Result<Duration, String> {
-    let image = work_dir.join("kvm-probe.img");
-    let out = work_dir.join("kvm-probe.out");
-    std::fs::write(&image, probe_boot_sector()).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(&out);
-    let started = Instant::now();
-    let mut child = std::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "pc,accel=kvm",
-            "-m",
-            "16",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", out.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=floppy", image.display()))
-        .args(["-boot", "a"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;
-    let result = loop {
-        if std::fs::read_to_string(&out).is_ok_and(|s| s.contains("GUMTREE-KVM-OK")) {
-            break Ok(started.elapsed());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            break Err(format!(
-                "the test guest exited with {status} before booting"
-            ));
-        }
-        if started.elapsed() > deadline {
-            break Err(format!("a test guest did not boot within {deadline:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&image);
-    let _ = std::fs::remove_file(&out);
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,13 +362,14 @@ mod tests {
     fn spec(name: &str) -> DomainSpec {
         DomainSpec {
             name: name.into(),
-            virt_type: "qemu".into(),
+            virt: Virt::Qemu,
+            emulator: None,
             vcpus: 1,
             memory_mib: 256,
             kernel: Some("/cache/k".into()),
             ramdisk: Some("/cache/r".into()),
             cmdline: "console=ttyS0 a<b".into(),
-            disk: "/inst/i-1/disk.qcow2".into(),
+            disk: Some("/inst/i-1/disk.qcow2".into()),
             console_log: "/inst/i-1/console.log".into(),
             nic: None,
         }
@@ -451,10 +386,15 @@ mod tests {
         assert!(xml.contains("<serial type='file'><source path='/inst/i-1/console.log'"));
         let mut disk_boot = spec("i-2");
         disk_boot.kernel = None;
-        disk_boot.virt_type = "kvm".into();
+        disk_boot.virt = Virt::Kvm;
+        disk_boot.emulator = Some("/usr/local/bin/qemu-wrapper".into());
         let xml = domain_xml(&disk_boot);
         assert!(xml.contains("<boot dev='hd'/>") && !xml.contains("<kernel>"));
         assert!(xml.contains("host-passthrough"));
+        assert!(xml.contains("<emulator>/usr/local/bin/qemu-wrapper</emulator>"));
+        let mut diskless = spec("i-3");
+        diskless.disk = None;
+        assert!(!domain_xml(&diskless).contains("<disk"));
     }
 
     #[test]
@@ -493,16 +433,5 @@ mod tests {
             hv.start("i-test1"),
             Err(HypervisorError::NoDomain(_))
         ));
-    }
-
-    #[test]
-    fn the_probe_boot_sector_is_a_boot_sector() {
-        let b = probe_boot_sector();
-        assert_eq!(b.len(), 512);
-        assert_eq!(&b[510..], &[0x55, 0xAA]);
-        assert_eq!(
-            choose_virt_type("qemu", Path::new("/tmp"), Duration::from_secs(1)).0,
-            "qemu"
-        );
     }
 }

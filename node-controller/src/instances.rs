@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use common::{
@@ -24,6 +25,7 @@ use crate::{
     hypervisor::{DomainSpec, DomainState, Hypervisor, HypervisorError},
     images::{ImageCache, ImageError, ImageRef, ImageSource},
     network::{tap_name, FlowRule, Guest, HostNetwork, NetSpec},
+    virt::{Virt, Virtualization},
 };
 
 /// Most bytes of console output returned.
@@ -139,7 +141,10 @@ pub struct Instances {
     table: Table<InstanceRecord>,
     dir: PathBuf,
     node: String,
-    virt_type: String,
+    virt: Arc<Virtualization>,
+    /// Guests started under KVM that have not yet printed anything: when
+    /// they started and how long their console log was then.
+    kvm_unproven: Mutex<HashMap<String, (Instant, u64)>>,
     /// When each instance last changed state, for reports.
     changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
     /// The private network plumbing, when the node builds it.
@@ -211,7 +216,7 @@ impl Instances {
         store: &Store,
         dir: &Path,
         node: &str,
-        virt_type: &str,
+        virt: Arc<Virtualization>,
         network: Option<Arc<HostNetwork>>,
     ) -> Result<Self, InstanceError> {
         std::fs::create_dir_all(dir)?;
@@ -221,7 +226,8 @@ impl Instances {
             table: store.table()?,
             dir: dir.to_path_buf(),
             node: node.to_string(),
-            virt_type: virt_type.to_string(),
+            virt,
+            kvm_unproven: Mutex::new(HashMap::new()),
             changed: Mutex::new(BTreeMap::new()),
             network,
             policies: Mutex::new(HashMap::new()),
@@ -265,13 +271,14 @@ impl Instances {
         let cache = |sha: &Option<String>| sha.as_ref().map(|s| self.images.path_of(s));
         DomainSpec {
             name: r.instance_id.clone(),
-            virt_type: self.virt_type.clone(),
+            virt: self.virt.current().0,
+            emulator: self.virt.emulator().map(Path::to_path_buf),
             vcpus: r.cores,
             memory_mib: r.memory_mib,
             kernel: cache(&r.kernel_sha256),
             ramdisk: cache(&r.ramdisk_sha256),
             cmdline: "console=ttyS0 root=/dev/vda ro panic=1".into(),
-            disk: self.instance_dir(&r.instance_id).join("disk.qcow2"),
+            disk: Some(self.instance_dir(&r.instance_id).join("disk.qcow2")),
             console_log: self.console_path(&r.instance_id),
             nic: r
                 .network
@@ -427,12 +434,7 @@ impl Instances {
                 }
                 self.apply_policy(hn, &record, &policy).await?;
             }
-            let spec = self.spec(&record);
-            let hv = self.hv.clone();
-            tokio::task::spawn_blocking(move || hv.launch(&spec))
-                .await
-                .map_err(|e| InstanceError::Disk(e.to_string()))??;
-            Ok::<_, InstanceError>(())
+            self.boot(&record).await
         }
         .await;
         if let Err(e) = launched {
@@ -440,7 +442,7 @@ impl Instances {
             let _ = self.remove(&l.instance_id).await;
             return Err(e);
         }
-        tracing::info!(instance_id = %l.instance_id, virt = %self.virt_type, cores = l.cores, memory_mib = l.memory_mib, "instance started");
+        tracing::info!(instance_id = %l.instance_id, virt = %self.virt.current().0, cores = l.cores, memory_mib = l.memory_mib, "instance started");
         self.status(&l.instance_id)
     }
 
@@ -524,14 +526,148 @@ impl Instances {
             self.apply_policy(hn, &r, &self.policy_of(id)).await?;
         }
         drop(turn);
-        let name = id.to_string();
-        let spec = self.spec(&r);
-        self.blocking(move |hv| match hv.start(&name) {
-            Err(HypervisorError::NoDomain(_)) => hv.launch(&spec),
-            other => other,
+        self.boot(&r).await?;
+        self.status(id)
+    }
+
+    /// Defines `r`'s domain afresh (the node's virtualization may have
+    /// changed since it was last defined) and starts it. A guest that KVM
+    /// cannot start makes the node fall back to TCG and starts it so; one
+    /// started under KVM is watched until its console shows it runs.
+    async fn boot(&self, r: &InstanceRecord) -> Result<(), InstanceError> {
+        let id = r.instance_id.clone();
+        let spec = self.spec(r);
+        let virt = spec.virt;
+        let console = self.console_len(&id);
+        let name = id.clone();
+        let started = self
+            .blocking(move |hv| {
+                hv.remove(&name)?;
+                hv.launch(&spec)
+            })
+            .await;
+        match started {
+            Ok(()) => {
+                if virt == Virt::Kvm && !self.virt.watchdog().is_zero() {
+                    self.kvm_unproven
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, (Instant::now(), console));
+                }
+                Ok(())
+            }
+            Err(e) if virt == Virt::Kvm => {
+                self.fall_back(r, &format!("{id} could not start under KVM: {e}"))
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn console_len(&self, id: &str) -> u64 {
+        std::fs::metadata(self.console_path(id)).map_or(0, |m| m.len())
+    }
+
+    /// KVM let `r` down (`why`): the node takes TCG from now on, notes it
+    /// on the guest's console and starts the guest again under TCG, with
+    /// the same disk, addresses and firewall.
+    async fn fall_back(&self, r: &InstanceRecord, why: &str) -> Result<(), InstanceError> {
+        let id = r.instance_id.clone();
+        self.kvm_unproven
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.virt.kvm_failed(why);
+        let note = format!(
+            "\r\n[gumtree node {}] {}: {why}; KVM is not used on this node any more: the guest starts again under QEMU TCG\r\n",
+            self.node,
+            time::iso8601_ms(time::unix_ms())
+        );
+        let path = self.console_path(&id);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(note.as_bytes()))
+        })
+        .await
+        .map_err(|e| InstanceError::Disk(e.to_string()))??;
+        let spec = self.spec(r);
+        let name = id.clone();
+        self.blocking(move |hv| {
+            hv.remove(&name)?;
+            hv.launch(&spec)
         })
         .await?;
-        self.status(id)
+        tracing::warn!(instance_id = %id, "instance restarted under QEMU TCG");
+        Ok(())
+    }
+
+    /// Checks the guests started under KVM that have not shown they run:
+    /// one libvirt shows crashed or paused (QEMU pauses a guest on a KVM
+    /// internal error), or whose console stays silent past the deadline,
+    /// is restarted under TCG and the node keeps to TCG. Called every
+    /// second.
+    pub async fn kvm_watchdog(&self) {
+        let watched: Vec<(String, Instant, u64)> = self
+            .kvm_unproven
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, (at, len))| (id.clone(), *at, *len))
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        let Ok(domains) = self.blocking(|hv| hv.domains("i-")).await else {
+            return;
+        };
+        let domains: HashMap<String, DomainState> = domains.into_iter().collect();
+        for (id, since, len) in watched {
+            let why = match domains.get(&id) {
+                _ if self.console_len(&id) > len => None,
+                Some(DomainState::Crashed) => Some("libvirt shows the guest crashed".to_string()),
+                Some(DomainState::Paused) => Some("libvirt shows the guest paused".to_string()),
+                Some(DomainState::Running) if since.elapsed() > self.virt.watchdog() => {
+                    Some(format!(
+                        "its console stayed silent for {}s",
+                        self.virt.watchdog().as_secs()
+                    ))
+                }
+                Some(DomainState::Running) => continue,
+                // Stopped, being stopped or gone: nothing to judge.
+                _ => None,
+            };
+            let Some(why) = why else {
+                self.kvm_unproven
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                continue;
+            };
+            // Not while a terminate or stop of it is under way.
+            let _turn = self.firewall_turn.lock().await;
+            match self.table.get(&id) {
+                Ok(Some(r)) if !r.stopped => {
+                    if let Err(e) = self.fall_back(&r, &format!("{id}: {why}")).await {
+                        tracing::warn!(instance_id = %id, error = %e, "could not restart the guest under TCG");
+                    }
+                }
+                _ => {
+                    self.kvm_unproven
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                }
+            }
+        }
+    }
+
+    /// What guests run under now, and why.
+    pub fn virtualization(&self) -> (Virt, String) {
+        self.virt.current()
     }
 
     /// Resets the instance.
@@ -680,6 +816,7 @@ mod tests {
     use super::*;
     use crate::hypervisor::Fake;
     use sha2::{Digest, Sha256};
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
     struct Source;
@@ -731,7 +868,7 @@ mod tests {
             &store,
             &dir.path().join("instances"),
             "nc-1",
-            "qemu",
+            Arc::new(Virtualization::fixed(Virt::Qemu, "test")),
             None,
         )
         .expect("open");
@@ -743,7 +880,7 @@ mod tests {
             spec.kernel,
             Some(cache.path_of(&image("kernel bytes").sha256))
         );
-        assert!(spec.disk.exists(), "the overlay exists");
+        assert!(spec.disk.is_some_and(|d| d.exists()), "the overlay exists");
         assert_eq!(instances.held().expect("held"), (1, 256));
         // The guest powers itself off: EC2 shows it stopped, by the instance.
         hv.set_state(id, DomainState::Shutoff);
@@ -781,5 +918,119 @@ mod tests {
             instances.launch(&Source, launch("i-nope")).await,
             Err(InstanceError::Invalid(_))
         ));
+    }
+
+    fn open_with(
+        hv: Arc<Fake>,
+        dir: &Path,
+        virt: Virt,
+        watchdog: Duration,
+    ) -> (Instances, Arc<Virtualization>) {
+        let store = Store::temporary().expect("store");
+        let cache = Arc::new(ImageCache::open(&dir.join("cache"), 1 << 20).expect("cache"));
+        let v = Arc::new(Virtualization::fixed(virt, "test").with_watchdog(watchdog));
+        let instances = Instances::open(
+            hv,
+            cache,
+            &store,
+            &dir.join("instances"),
+            "nc-1",
+            v.clone(),
+            None,
+        )
+        .expect("open");
+        (instances, v)
+    }
+
+    #[tokio::test]
+    async fn a_guest_kvm_cannot_start_starts_under_tcg() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hv = Arc::new(Fake::default());
+        hv.refuse(Virt::Kvm);
+        let (instances, virt) =
+            open_with(hv.clone(), dir.path(), Virt::Kvm, Duration::from_secs(30));
+        let id = "i-0123456789abcdef1";
+        let s = instances.launch(&Source, launch(id)).await.expect("launch");
+        assert_eq!(s.state, InstanceState::Running as i32);
+        assert_eq!(hv.spec(id).expect("domain").virt, Virt::Qemu);
+        let (now, why) = virt.current();
+        assert_eq!(now, Virt::Qemu);
+        assert!(why.contains("could not start under KVM"), "{why}");
+        let console =
+            String::from_utf8(instances.console(id).await.expect("console")).expect("utf8");
+        assert!(console.contains("starts again under QEMU TCG"), "{console}");
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_restarts_a_silent_kvm_guest_under_tcg() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hv = Arc::new(Fake::default());
+        let (instances, virt) = open_with(
+            hv.clone(),
+            dir.path(),
+            Virt::Kvm,
+            Duration::from_millis(300),
+        );
+        let talking = "i-0123456789abcdef2";
+        let silent = "i-0123456789abcdef3";
+        instances
+            .launch(&Source, launch(talking))
+            .await
+            .expect("launch");
+        instances
+            .launch(&Source, launch(silent))
+            .await
+            .expect("launch");
+        assert_eq!(hv.spec(silent).expect("domain").virt, Virt::Kvm);
+        // One guest prints its boot; the other stays silent.
+        std::fs::write(instances.console_path(talking), "Linux version 6.1\n").expect("write");
+        instances.kvm_watchdog().await;
+        assert_eq!(virt.current().0, Virt::Kvm, "not before the deadline");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        instances.kvm_watchdog().await;
+        let (now, why) = virt.current();
+        assert_eq!(now, Virt::Qemu);
+        assert!(why.contains(silent) && why.contains("silent"), "{why}");
+        assert_eq!(
+            hv.spec(silent).expect("domain").virt,
+            Virt::Qemu,
+            "restarted under TCG"
+        );
+        assert_eq!(
+            instances.status(silent).expect("status").state,
+            InstanceState::Running as i32
+        );
+        let console =
+            String::from_utf8(instances.console(silent).await.expect("console")).expect("utf8");
+        assert!(console.contains("console stayed silent"), "{console}");
+        // The guest that ran is left alone; new guests start under TCG.
+        assert_eq!(hv.spec(talking).expect("domain").virt, Virt::Kvm);
+        let next = "i-0123456789abcdef4";
+        instances
+            .launch(&Source, launch(next))
+            .await
+            .expect("launch");
+        assert_eq!(hv.spec(next).expect("domain").virt, Virt::Qemu);
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_restarts_a_paused_kvm_guest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hv = Arc::new(Fake::default());
+        let (instances, virt) =
+            open_with(hv.clone(), dir.path(), Virt::Kvm, Duration::from_secs(60));
+        let id = "i-0123456789abcdef5";
+        instances.launch(&Source, launch(id)).await.expect("launch");
+        // QEMU pauses a guest on a KVM internal error.
+        hv.set_state(id, DomainState::Paused);
+        instances.kvm_watchdog().await;
+        let (now, why) = virt.current();
+        assert_eq!(now, Virt::Qemu);
+        assert!(why.contains("paused"), "{why}");
+        assert_eq!(hv.spec(id).expect("domain").virt, Virt::Qemu);
+        assert_eq!(
+            instances.status(id).expect("status").state,
+            InstanceState::Running as i32
+        );
     }
 }

@@ -10,3 +10,4 @@ pub mod images;
 pub mod instances;
 pub mod network;
 pub mod resources;
+pub mod virt;

@@ -13,10 +13,11 @@ use node_controller::network::{HostNetwork, Relay};
 use node_controller::{
     config::NodeConfig,
     grpc::Node,
-    hypervisor::{choose_virt_type, Hypervisor, Libvirt},
+    hypervisor::{Hypervisor, Libvirt},
     images::ImageCache,
     instances::Instances,
     resources,
+    virt::{ProbeGuest, Virt, Virtualization, PROBE_DEADLINE},
 };
 use proto::{
     cluster_service_client::ClusterServiceClient, node_service_server::NodeServiceServer,
@@ -46,23 +47,49 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the image cache {}", cache_dir.display()))?;
     let images = Arc::new(images);
     let store = Store::open(&config.state_dir.join("db")).context("opening the node's database")?;
-    let (virt_type, why) = {
-        let configured = config.hypervisor.clone();
-        let dir = config.state_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            choose_virt_type(&configured, &dir, Duration::from_secs(3))
-        })
-        .await?
-    };
-    if virt_type == "kvm" {
-        tracing::info!(virt = %virt_type, %why, "virtualization chosen");
-    } else {
-        tracing::warn!(virt = %virt_type, %why, "no KVM acceleration: guests run under QEMU TCG (slower)");
-    }
     let hv: Arc<dyn Hypervisor> = Arc::new(
         Libvirt::connect(&config.libvirt_uri)
             .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?,
     );
+    let virt = {
+        let (configured, store, hv, dir) = (
+            config.hypervisor.clone(),
+            store.clone(),
+            hv.clone(),
+            config.state_dir.clone(),
+        );
+        let guest = match (&config.probe_kernel, &config.probe_ramdisk) {
+            (Some(k), Some(r)) => match ProbeGuest::existing(k, r) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no test guest to prove KVM with");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let emulator = config.emulator.clone();
+        tokio::task::spawn_blocking(move || {
+            Virtualization::choose(
+                &configured,
+                &store,
+                hv.as_ref(),
+                guest.as_ref(),
+                emulator.as_deref(),
+                &dir,
+                PROBE_DEADLINE,
+            )
+        })
+        .await??
+        .with_watchdog(Duration::from_secs(config.kvm_watchdog_secs))
+    };
+    let virt = Arc::new(virt);
+    let (virt_type, why) = virt.current();
+    if virt_type == Virt::Kvm {
+        tracing::info!(virt = %virt_type, %why, "virtualization chosen");
+    } else {
+        tracing::warn!(virt = %virt_type, %why, "no KVM acceleration: guests run under QEMU TCG (slower)");
+    }
     let network = config.manage_network.then(|| {
         Arc::new(
             HostNetwork::new(
@@ -87,7 +114,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
             &store,
             &instance_dir,
             &name,
-            &virt_type,
+            virt.clone(),
             network,
         )
         .context("opening the instance records")?,
@@ -99,11 +126,22 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         node_name: name.clone(),
         endpoint: started.advertise.clone(),
         resources: Some(resources::measure(&config, &instance_dir).context("measuring the host")?),
-        hypervisor: virt_type.clone(),
+        hypervisor: virt_type.to_string(),
+        virt_reason: why,
         version: common::VERSION.into(),
         ..Default::default()
     };
     let (updates, reports) = watch::channel(report);
+
+    // Guests started under KVM are watched until they show they run.
+    let watched = instances.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            watched.kvm_watchdog().await;
+        }
+    });
 
     // Instances change state under us (a guest powers off) and capacity
     // too (a disk fills up): look every second, push only real changes.
@@ -135,13 +173,17 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
             };
             now.cores_free = now.cores_total.saturating_sub(cores);
             now.memory_mib_free = now.memory_mib_total.saturating_sub(memory);
+            let (virt, why) = watched.virtualization();
             updates.send_if_modified(|r| {
+                let virt_changed = r.hypervisor != virt.as_str() || r.virt_reason != why;
+                r.hypervisor = virt.to_string();
+                r.virt_reason = why;
                 let same_states = r.instances.len() == statuses.len()
                     && r.instances
                         .iter()
                         .zip(&statuses)
                         .all(|(a, b)| a.instance_id == b.instance_id && a.state == b.state);
-                let changed = r.resources.as_ref() != Some(&now) || !same_states;
+                let changed = r.resources.as_ref() != Some(&now) || !same_states || virt_changed;
                 r.resources = Some(now);
                 r.instances = statuses;
                 changed

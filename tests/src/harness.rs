@@ -132,6 +132,10 @@ pub struct CloudOptions {
     /// `assign_public_ips`; off by default here, so tests count the pool
     /// as elastic IPs).
     pub assign_public_ips: bool,
+    /// Each node's `hypervisor` (`qemu` by default).
+    pub hypervisor: &'static str,
+    /// More lines for each node's configuration.
+    pub node_config: String,
 }
 
 impl Default for CloudOptions {
@@ -144,6 +148,8 @@ impl Default for CloudOptions {
             real_libvirt: false,
             placement: "",
             assign_public_ips: false,
+            hypervisor: "qemu",
+            node_config: String::new(),
         }
     }
 }
@@ -331,9 +337,10 @@ impl Cloud {
                 &name,
                 Tier::Node,
                 &format!(
-                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\ndisk_gib = 100\nhypervisor = \"qemu\"\nlibvirt_uri = \"{}\"\nclc = \"{clc}\"\n{}",
+                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\ndisk_gib = 100\nhypervisor = {:?}\nlibvirt_uri = \"{}\"\nclc = \"{clc}\"\n{}{}",
                     options.node_cores,
                     options.node_memory_mib,
+                    options.hypervisor,
                     if options.real_libvirt {
                         "qemu:///system"
                     } else {
@@ -346,7 +353,8 @@ impl Cloud {
                             o.interface
                         ),
                         _ => "manage_network = false\n".into(),
-                    }
+                    },
+                    options.node_config,
                 ),
             );
         }

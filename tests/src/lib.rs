@@ -3,4 +3,5 @@
 
 pub mod clients;
 pub mod harness;
+pub mod node;
 pub mod rawhttp;

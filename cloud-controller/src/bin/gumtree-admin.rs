@@ -103,6 +103,7 @@ struct NodeOut {
     state: &'static str,
     endpoint: String,
     hypervisor: String,
+    virt_reason: String,
     cores_total: u32,
     cores_free: u32,
     memory_mib_total: u64,
@@ -276,6 +277,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         name: n.name,
                         endpoint: n.endpoint,
                         hypervisor: n.hypervisor,
+                        virt_reason: n.virt_reason,
                         cores_total: r.cores_total,
                         cores_free: r.cores_free,
                         memory_mib_total: r.memory_mib_total,
@@ -300,6 +302,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     "INSTANCES",
                     "LAST-REPORT",
                     "ENDPOINT",
+                    "VIRT",
+                    "WHY",
                 ],
                 &rows,
                 |n| {
@@ -314,6 +318,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         n.instances.to_string(),
                         n.last_report.clone(),
                         n.endpoint.clone(),
+                        n.hypervisor.clone(),
+                        n.virt_reason.clone(),
                     ]
                 },
             )

@@ -309,11 +309,18 @@ impl ClusterInstances {
                 Err(e) => {
                     tracing::warn!(instance_id = %id, node = %node, error = %e.message(), "node could not start the instance");
                     let _ = self.ledger.delete(&id);
+                    // What went wrong inside stays in the log; the user is
+                    // told what happened in EC2's terms.
+                    let why = if common::rpc::not_answered(&e) {
+                        "the node did not answer".to_string()
+                    } else {
+                        e.message().to_string()
+                    };
                     InstanceStatus {
                         instance_id: id,
                         state: InstanceState::Terminated as i32,
                         node,
-                        reason: format!("Server.InternalError: {}", e.message()),
+                        reason: format!("Server.InternalError: {why}"),
                         changed_unix_ms: time::unix_ms(),
                         ..Default::default()
                     }

@@ -76,6 +76,18 @@ pub async fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error>
         .await
 }
 
+/// Whether a failed call never got an answer from its server (it could not
+/// be reached, hung until keep-alive gave up, or the connection broke): a
+/// status made here from a transport error carries that error as its
+/// source, while one the server sent does not.
+pub fn not_answered(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+        || matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        )
+}
+
 /// A server builder with the keep-alive settings every tier uses.
 pub fn server() -> Server {
     Server::builder()

@@ -149,6 +149,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let watched = instances.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut measure_failed: Option<String> = None;
         loop {
             tick.tick().await;
             let w = watched.clone();
@@ -164,10 +165,20 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 }
                 Err(_) => continue,
             };
+            // A directory removed under us is made again (its file
+            // system is what the node offers); a failure is logged once.
+            let _ = std::fs::create_dir_all(&instance_dir);
             let mut now = match resources::measure(&measure_config, &instance_dir) {
-                Ok(r) => r,
+                Ok(r) => {
+                    measure_failed = None;
+                    r
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot measure host resources");
+                    let e = e.to_string();
+                    if measure_failed.as_ref() != Some(&e) {
+                        tracing::warn!(error = %e, dir = %instance_dir.display(), "cannot measure host resources");
+                        measure_failed = Some(e);
+                    }
                     continue;
                 }
             };

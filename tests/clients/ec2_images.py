@@ -47,6 +47,9 @@ assert img["ImageType"] == "machine" and img["KernelId"] == aki and img["Ramdisk
 assert img["ImageLocation"] == "images/tiny/disk.img" and img["State"] == "available", img
 assert img["Public"] is False and img["Name"] == "tiny" and img["Description"] == "the tiny guest", img
 assert mine[aki]["ImageType"] == "kernel" and mine[ari]["ImageType"] == "ramdisk"
+assert img["Hypervisor"] == "kvm", img
+assert [i["ImageId"] for i in ec2.describe_images(Filters=[{"Name": "hypervisor", "Values": ["kvm"]}],
+                                                   ImageIds=[ami])["Images"]] == [ami]
 kernels = ec2.describe_images(Filters=[{"Name": "image-type", "Values": ["kernel"]}])["Images"]
 assert [i["ImageId"] for i in kernels] == [aki], kernels
 named = ec2.describe_images(Filters=[{"Name": "name", "Values": ["tiny-*"]}])["Images"]

@@ -119,6 +119,7 @@ r = ec2.run_instances(ImageId=ami, InstanceType="m1.small", MinCount=1, MaxCount
 iid = r["Instances"][0]["InstanceId"]
 assert r["Instances"][0]["State"]["Name"] == "pending", r["Instances"][0]["State"]
 assert r["Instances"][0]["KernelId"] == aki and r["Instances"][0]["RamdiskId"] == ari
+assert r["Instances"][0]["Hypervisor"] == "kvm", r["Instances"][0]
 again = ec2.run_instances(ImageId=ami, InstanceType="m1.small", MinCount=1, MaxCount=1,
                           UserData=user_data, ClientToken="token-1")
 assert again["ReservationId"] == r["ReservationId"] and again["Instances"][0]["InstanceId"] == iid

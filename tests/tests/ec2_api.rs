@@ -522,3 +522,42 @@ mod metadata {
         );
     }
 }
+
+#[test]
+fn a_launch_on_a_node_that_hangs_ends_with_an_ec2_reason() {
+    let cloud = cloud_of(1, "");
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-hang");
+    fs::create_dir_all(&home).expect("home");
+    let ami = register_disk(&cloud, &creds, &home);
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, &ec2, args);
+    // The node hangs (as a host under a frozen hypervisor would) but the
+    // cluster still takes it for ready when the launch is placed.
+    cloud.signal("nc-1", nix::sys::signal::Signal::SIGSTOP);
+    let id = aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--query",
+        "Instances[0].InstanceId",
+        "--output",
+        "text",
+    ])
+    .expect_ok()
+    .trim()
+    .to_string();
+    let reason = wait_for("the launch to fail", Duration::from_secs(60), || {
+        let out = aws(&["ec2", "describe-instances", "--instance-ids", &id]).expect_ok();
+        let d: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let i = &d["Reservations"][0]["Instances"][0];
+        (i["State"]["Name"] == "terminated").then(|| i["StateReason"].clone())
+    });
+    cloud.signal("nc-1", nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        reason,
+        serde_json::json!({"Code": "Server.InternalError", "Message": "Server.InternalError: the node did not answer"}),
+        "{reason}"
+    );
+}

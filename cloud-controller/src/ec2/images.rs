@@ -256,7 +256,7 @@ fn filter_value(image: &Image, tags: &[Tag], name: &str) -> Result<Vec<String>, 
         "virtualization-type" => v(&image.virtualization_type),
         "root-device-type" => v("instance-store"),
         "manifest-location" => v(&format!("{}/{}", image.bucket, image.key)),
-        "hypervisor" => v("xen"),
+        "hypervisor" => v("kvm"),
         other => {
             return Err(Ec2Error::invalid_value(
                 "Filter",
@@ -296,7 +296,7 @@ fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
         .open("blockDeviceMapping")
         .close("blockDeviceMapping")
         .elem("virtualizationType", &i.virtualization_type)
-        .elem("hypervisor", "xen");
+        .elem("hypervisor", "kvm");
     write_tag_set(w, tags);
     w.close("item");
 }

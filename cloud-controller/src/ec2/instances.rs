@@ -637,7 +637,7 @@ fn write_instance(
             image.map_or("paravirtual", |i| i.virtualization_type.as_str()),
         )
         .opt("clientToken", r.client_token.as_deref())
-        .elem("hypervisor", "xen");
+        .elem("hypervisor", "kvm");
     if !r.state_reason.is_empty() {
         let code = r.state_reason.split(':').next().unwrap_or("");
         w.open("stateReason")
@@ -1087,7 +1087,7 @@ pub fn describe_instance_types(ec2: &Ec2, call: &Call) -> Result<String, Ec2Erro
             .elem("instanceType", &t.name)
             .bool("currentGeneration", true)
             .bool("bareMetal", false)
-            .elem("hypervisor", "xen")
+            .elem("hypervisor", "kvm")
             .open("processorInfo")
             .open("supportedArchitectures")
             .elem("item", "x86_64")

@@ -63,10 +63,13 @@ for path in ["/", "/services/Walrus"]:
     assert acl.owner.id, acl
     k.set_acl("public-read")
     assert get(f"{ENDPOINT}/{name}/hello/boto2.txt")[0] == 200
+    # ListObjectVersions signed the old way (`versions` is a signed sub-resource).
+    versions = [(v.name, v.version_id, v.is_latest) for v in bucket.list_versions(prefix="hello/")]
+    assert versions == [("hello/boto2.txt", "null", True)], versions
     bucket.delete_key("hello/boto2.txt")
     assert bucket.get_key("hello/boto2.txt") is None
     conn.delete_bucket(name)
-    check(f"boto 2 S3 at {path}: bucket, put, get, list, presigned, ACL, delete")
+    check(f"boto 2 S3 at {path}: bucket, put, get, list, list versions, presigned, ACL, delete")
 
 bad = S3Connection(KEY, "wrong-secret", host=url.hostname, port=url.port, is_secure=False,
                    calling_format=OrdinaryCallingFormat())

@@ -168,6 +168,45 @@ fn aws_s3_workflow(which: AwsCli) {
     let anonymous = http_get(&format!("{endpoint}/{bucket}/small.txt"));
     assert_eq!(anonymous.0, 403, "private objects refuse anonymous reads");
 
+    // ListObjectVersions: every object one version, null and latest, paged
+    // by the CLI itself (one key a page); version id null on GET.
+    let versions = aws(&[
+        "s3api",
+        "list-object-versions",
+        "--bucket",
+        &bucket,
+        "--page-size",
+        "1",
+        "--query",
+        "Versions[].[Key,VersionId,IsLatest]",
+        "--output",
+        "text",
+    ])
+    .expect_ok();
+    let rows: Vec<&str> = versions.lines().collect();
+    assert_eq!(rows.len(), 5, "{versions}");
+    assert!(
+        rows.iter().all(|r| r.ends_with("\tnull\tTrue")),
+        "{versions}"
+    );
+    assert!(
+        rows[0].starts_with("big.bin\t") && rows[4].starts_with("tree/sub/deeper/c.txt\t"),
+        "{versions}"
+    );
+    aws(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        &bucket,
+        "--key",
+        "small.txt",
+        "--version-id",
+        "null",
+        down.join("by-version").to_str().unwrap_or_default(),
+    ])
+    .expect_ok();
+    same_file(&small, &down.join("by-version"));
+
     aws(&["s3", "rm", &url("small.txt")]).expect_ok();
     aws(&[
         "s3",

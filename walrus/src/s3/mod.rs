@@ -9,6 +9,7 @@ pub mod checksum;
 pub mod chunked;
 pub mod copy;
 pub mod error;
+pub mod listing;
 pub mod multipart;
 pub mod ops;
 pub mod route;

@@ -15,7 +15,7 @@ use super::{
     acl::{self, Permission},
     checksum::Algorithm,
     chunked::ChunkedDecoder,
-    copy, empty, full, multipart,
+    copy, empty, full, listing, multipart,
     route::{self, Target},
     xml, Body, Call, Principal, S3Error, S3,
 };
@@ -46,6 +46,16 @@ pub async fn run(
     body: Incoming,
 ) -> Result<Response<Body>, S3Error> {
     let t = &call.target;
+    // Buckets are not versioned: each object's one version is `null`.
+    if let Some(v) = t.param("versionId") {
+        if v != listing::NULL_VERSION {
+            return Err(S3Error::invalid_argument(
+                "Invalid version id specified",
+                "versionId",
+                v,
+            ));
+        }
+    }
     let sub = subresources(t);
     let plain = sub.is_empty();
     let copy = call.header("x-amz-copy-source").is_some();
@@ -60,10 +70,11 @@ pub async fn run(
         (Method::HEAD, true, false) => head_bucket(s3, &call),
         (Method::GET, true, false) if t.has("location") => get_bucket_location(s3, &call),
         (Method::GET, true, false) if t.has("versioning") => get_bucket_versioning(s3, &call),
+        (Method::GET, true, false) if t.has("versions") => listing::list_versions(s3, &call),
         (Method::GET, true, false) if t.param("list-type") == Some("2") => {
-            list_objects(s3, &call, true)
+            listing::list_objects(s3, &call, true)
         }
-        (Method::GET, true, false) if plain => list_objects(s3, &call, false),
+        (Method::GET, true, false) if plain => listing::list_objects(s3, &call, false),
         (Method::POST, true, false) if t.has("delete") => delete_objects(s3, &call, body).await,
         (Method::POST, true, true) if t.has("uploads") => multipart::create_upload(s3, &call),
         (Method::POST, true, true) if t.has("uploadId") => {
@@ -92,7 +103,10 @@ pub async fn run(
 
 /// Query parameters that select a sub-resource rather than tune a listing.
 fn subresources(t: &Target) -> Vec<String> {
-    const TUNING: [&str; 15] = [
+    const TUNING: [&str; 18] = [
+        "versionId",
+        "key-marker",
+        "version-id-marker",
         "prefix",
         "delimiter",
         "marker",
@@ -897,11 +911,11 @@ async fn delete_objects(s3: &S3, call: &Call, body: Incoming) -> Result<Response
     let quiet = root
         .child_text("Quiet")
         .is_some_and(|q| q.trim().eq_ignore_ascii_case("true"));
-    let keys: Vec<String> = root
+    let keys: Vec<(String, Option<String>)> = root
         .children_named("Object")
         .map(|o| {
             o.child_text("Key")
-                .map(str::to_string)
+                .map(|k| (k.to_string(), o.child_text("VersionId").map(str::to_string)))
                 .ok_or_else(S3Error::malformed_xml)
         })
         .collect::<Result<_, _>>()?;
@@ -909,7 +923,19 @@ async fn delete_objects(s3: &S3, call: &Call, body: Incoming) -> Result<Response
         return Err(S3Error::malformed_xml());
     }
     let mut w = xml::Writer::new("DeleteResult");
-    for key in keys {
+    for (key, version) in keys {
+        if version
+            .as_deref()
+            .is_some_and(|v| v != listing::NULL_VERSION)
+        {
+            w.open("Error")
+                .elem("Key", &key)
+                .elem("VersionId", version.as_deref().unwrap_or_default())
+                .elem("Code", "NoSuchVersion")
+                .elem("Message", "The specified version does not exist.")
+                .close("Error");
+            continue;
+        }
         if key.len() > route::MAX_KEY_LEN {
             w.open("Error")
                 .elem("Key", &key)
@@ -921,7 +947,11 @@ async fn delete_objects(s3: &S3, call: &Call, body: Incoming) -> Result<Response
         match s3.objects.delete_object(&bucket.name, &key).await {
             Ok(_) if quiet => {}
             Ok(_) => {
-                w.open("Deleted").elem("Key", &key).close("Deleted");
+                w.open("Deleted").elem("Key", &key);
+                if let Some(v) = &version {
+                    w.elem("VersionId", v);
+                }
+                w.close("Deleted");
             }
             Err(e) => {
                 tracing::error!(error = %e, "delete failed");
@@ -937,157 +967,6 @@ async fn delete_objects(s3: &S3, call: &Call, body: Incoming) -> Result<Response
         }
     }
     Ok(xml_response(StatusCode::OK, w.finish("DeleteResult")))
-}
-
-/// ListObjects (v1) and ListObjectsV2.
-fn list_objects(s3: &S3, call: &Call, v2: bool) -> Result<Response<Body>, S3Error> {
-    let bucket = bucket_with(s3, call, Permission::Read)?;
-    let t = &call.target;
-    let prefix = t.param("prefix").unwrap_or("");
-    let delimiter = t.param("delimiter").unwrap_or("");
-    let max_keys: usize = match t.param("max-keys") {
-        None => 1000,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(|n| n.min(1000) as usize)
-            .ok_or_else(|| {
-                S3Error::invalid_argument(
-                    "Provided max-keys not an integer or within integer range",
-                    "max-keys",
-                    v,
-                )
-            })?,
-    };
-    let url_encode = match t.param("encoding-type") {
-        None => false,
-        Some(e) if e.eq_ignore_ascii_case("url") => true,
-        Some(e) => {
-            return Err(S3Error::invalid_argument(
-                "Invalid Encoding Method specified in Request",
-                "encoding-type",
-                e,
-            ))
-        }
-    };
-    let token = t.param("continuation-token");
-    let start_after = if v2 {
-        match token {
-            Some(tok) => base64::engine::general_purpose::STANDARD
-                .decode(tok)
-                .ok()
-                .and_then(|r| String::from_utf8(r).ok())
-                .ok_or_else(|| {
-                    S3Error::invalid_argument(
-                        "The continuation token provided is incorrect",
-                        "continuation-token",
-                        tok,
-                    )
-                })?,
-            None => t.param("start-after").unwrap_or("").to_string(),
-        }
-    } else {
-        t.param("marker").unwrap_or("").to_string()
-    };
-    let enc = |s: &str| {
-        if url_encode {
-            common::sigv4::uri_encode(s.as_bytes(), true)
-        } else {
-            s.to_string()
-        }
-    };
-
-    let (objects, _) = s3
-        .objects
-        .list(&bucket.name, prefix, &start_after, usize::MAX)
-        .map_err(storage)?;
-    let mut contents: Vec<&Object> = Vec::new();
-    let mut prefixes: Vec<String> = Vec::new();
-    let mut truncated = false;
-    let mut last = String::new();
-    for object in &objects {
-        let rest = &object.key[prefix.len()..];
-        let common_prefix = (!delimiter.is_empty())
-            .then(|| {
-                rest.find(delimiter)
-                    .map(|i| object.key[..prefix.len() + i + delimiter.len()].to_string())
-            })
-            .flatten();
-        if let Some(cp) = &common_prefix {
-            if prefixes.last() == Some(cp) {
-                continue;
-            }
-        }
-        if contents.len() + prefixes.len() == max_keys {
-            truncated = true;
-            break;
-        }
-        match common_prefix {
-            Some(cp) => {
-                last = cp.clone();
-                prefixes.push(cp);
-            }
-            None => {
-                last = object.key.clone();
-                contents.push(object);
-            }
-        }
-    }
-
-    let root = "ListBucketResult";
-    let mut w = xml::Writer::new(root);
-    w.elem("Name", &bucket.name).elem("Prefix", &enc(prefix));
-    if v2 {
-        if let Some(tok) = token {
-            w.elem("ContinuationToken", tok);
-        }
-        if let Some(sa) = t.param("start-after") {
-            w.elem("StartAfter", &enc(sa));
-        }
-        w.elem("KeyCount", &(contents.len() + prefixes.len()).to_string());
-    } else {
-        w.elem("Marker", &enc(t.param("marker").unwrap_or("")));
-    }
-    w.elem("MaxKeys", &max_keys.to_string());
-    if !delimiter.is_empty() {
-        w.elem("Delimiter", &enc(delimiter));
-    }
-    if url_encode {
-        w.elem("EncodingType", "url");
-    }
-    w.elem("IsTruncated", if truncated { "true" } else { "false" });
-    if truncated {
-        if v2 {
-            w.elem(
-                "NextContinuationToken",
-                &base64::engine::general_purpose::STANDARD.encode(last.as_bytes()),
-            );
-        } else {
-            w.elem("NextMarker", &enc(&last));
-        }
-    }
-    let owner = !v2 || t.param("fetch-owner") == Some("true");
-    for o in contents {
-        w.open("Contents")
-            .elem("Key", &enc(&o.key))
-            .elem("LastModified", &time::iso8601_ms(o.last_modified_ms))
-            .elem("ETag", &format!("\"{}\"", o.etag))
-            .elem("Size", &o.size.to_string());
-        if owner {
-            w.open("Owner")
-                .elem("ID", &o.owner_id)
-                .elem("DisplayName", &o.owner_name)
-                .close("Owner");
-        }
-        w.elem("StorageClass", "STANDARD").close("Contents");
-    }
-    for p in prefixes {
-        w.open("CommonPrefixes")
-            .elem("Prefix", &enc(&p))
-            .close("CommonPrefixes");
-    }
-    Ok(xml_response(StatusCode::OK, w.finish(root)))
 }
 
 /// The canned ACL a PutAcl request asks for: `x-amz-acl`, or a policy body.

@@ -25,6 +25,10 @@ pub struct Cloud {
     pub registry: Arc<Registry>,
     pub accounts: Accounts,
     pub instances: Arc<crate::instances::Instances>,
+    /// Signs the calls down to the clusters.
+    pub secret: common::auth::ClusterSecret,
+    /// This CLC's name, for those calls.
+    pub component: String,
 }
 
 impl Cloud {
@@ -217,6 +221,98 @@ impl AdminService for Cloud {
         Ok(Response::new(DescribeAccessKeysReply {
             keys: keys.into_iter().map(key_proto).collect(),
         }))
+    }
+
+    async fn describe_instances(
+        &self,
+        _request: Request<proto::AdminDescribeInstancesRequest>,
+    ) -> Result<Response<proto::AdminDescribeInstancesReply>, Status> {
+        let names: std::collections::HashMap<String, String> = self
+            .accounts
+            .list()
+            .map_err(account_status)?
+            .into_iter()
+            .map(|a| (a.account_id, a.name))
+            .collect();
+        // What each node says its guests run under.
+        let virt: std::collections::HashMap<String, String> = self
+            .registry
+            .nodes()
+            .into_iter()
+            .filter_map(|v| v.node)
+            .flat_map(|n| n.instances)
+            .map(|i| (i.instance_id, i.virt))
+            .collect();
+        let mut records = self
+            .instances
+            .list()
+            .map_err(|e| Status::unavailable(format!("cannot read the instances: {e}")))?;
+        records.sort_by(|a, b| (a.launch_ms, &a.instance_id).cmp(&(b.launch_ms, &b.instance_id)));
+        let instances = records
+            .into_iter()
+            .map(|r| proto::AdminInstance {
+                account_name: names.get(&r.account_id).cloned().unwrap_or_default(),
+                virt: if r.state == "running" {
+                    virt.get(&r.instance_id).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                instance_id: r.instance_id,
+                account_id: r.account_id,
+                instance_type: r.instance_type,
+                zone: r.zone,
+                cluster: r.cluster,
+                node: r.node,
+                state: r.state,
+                private_ip: r.private_ip,
+                launch_unix_ms: r.launch_ms,
+            })
+            .collect();
+        Ok(Response::new(proto::AdminDescribeInstancesReply {
+            instances,
+        }))
+    }
+
+    async fn deregister_node(
+        &self,
+        request: Request<proto::DeregisterNodeRequest>,
+    ) -> Result<Response<proto::ClusterNodeView>, Status> {
+        let name = request.into_inner().node;
+        let (cluster, endpoint) = self
+            .registry
+            .cluster_of_node(&name)
+            .ok_or_else(|| Status::not_found(format!("no node {name} in this cloud")))?;
+        let view = self
+            .registry
+            .nodes()
+            .into_iter()
+            .find(|v| v.cluster_name == cluster && v.node.as_ref().is_some_and(|n| n.name == name))
+            .unwrap_or_default();
+        let held: Vec<String> = self
+            .instances
+            .list()
+            .map_err(|e| Status::unavailable(format!("cannot read the instances: {e}")))?
+            .into_iter()
+            .filter(|r| r.node == name && r.cluster == cluster && r.state != "terminated")
+            .map(|r| r.instance_id)
+            .collect();
+        if !held.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "node {name} holds instances {}: terminate them first",
+                held.join(", ")
+            )));
+        }
+        let channel = common::rpc::channel(&endpoint)
+            .map_err(|e| Status::unavailable(format!("cluster {cluster}: {e}")))?;
+        proto::cluster_service_client::ClusterServiceClient::with_interceptor(
+            channel,
+            common::auth::SignCalls::new(self.secret.clone(), &self.component),
+        )
+        .deregister_node(proto::NodeName { name: name.clone() })
+        .await?;
+        self.registry.forget_node(&cluster, &name)?;
+        tracing::info!(node = %name, %cluster, "node deregistered");
+        Ok(Response::new(view))
     }
 }
 

@@ -54,6 +54,8 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         registry: Arc::new(registry),
         accounts,
         instances: instances.clone(),
+        secret: started.secret.clone(),
+        component: config.name.clone(),
     };
     tokio::spawn(
         cloud

@@ -369,6 +369,29 @@ impl Registry {
             .is_some_and(|l| l.ready)
     }
 
+    /// The cluster node `name` belongs to, and that cluster's endpoint.
+    pub fn cluster_of_node(&self, name: &str) -> Option<(String, String)> {
+        let inner = self.lock();
+        let record = inner.nodes.values().find(|n| n.name == name)?;
+        let endpoint = inner
+            .services
+            .get(&(CLUSTER.to_string(), record.cluster.clone()))
+            .map(|(s, _)| s.endpoint.clone())?;
+        Some((record.cluster.clone(), endpoint))
+    }
+
+    /// Forgets node `name` of `cluster` (durably), once its cluster has.
+    pub fn forget_node(&self, cluster: &str, name: &str) -> Result<(), Status> {
+        let key = (cluster.to_string(), name.to_string());
+        self.nodes.delete(&key).map_err(storage_failed)?;
+        let mut inner = self.lock();
+        inner.nodes.remove(&key);
+        if let Some(report) = inner.clusters.get_mut(cluster) {
+            report.nodes.retain(|n| n.name != name);
+        }
+        Ok(())
+    }
+
     /// Every node of every cluster. A node of a cluster that is not ready is
     /// NOTREADY: nobody can vouch for it.
     pub fn nodes(&self) -> Vec<ClusterNodeView> {

@@ -186,4 +186,13 @@ impl ClusterService for Cluster {
             .await?;
         Ok(Response::new(proto::FirewallsApplied { applied }))
     }
+
+    async fn deregister_node(
+        &self,
+        request: Request<proto::NodeName>,
+    ) -> Result<Response<proto::NodeName>, Status> {
+        let node = request.into_inner();
+        self.instances.deregister_node(&node.name)?;
+        Ok(Response::new(node))
+    }
 }

@@ -330,6 +330,26 @@ impl ClusterInstances {
         Ok(futures_util::future::join_all(launches).await)
     }
 
+    /// Forgets node `name` for good: refused while it holds instances here
+    /// or still reports (it would only come back).
+    pub fn deregister_node(&self, name: &str) -> Result<(), Status> {
+        let held: Vec<String> = self
+            .ledger
+            .list()
+            .map_err(|e| Status::unavailable(format!("cannot read placements: {e}")))?
+            .into_iter()
+            .filter(|p| p.node == name)
+            .map(|p| p.instance_id)
+            .collect();
+        if !held.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "node {name} holds instances {}: terminate them first",
+                held.join(", ")
+            )));
+        }
+        self.nodes.forget(name)
+    }
+
     /// Terminates `id` on its node and releases what it held.
     pub async fn terminate(&self, id: &str) -> Result<InstanceStatus, Status> {
         let status = match self.node_of(id) {

@@ -215,6 +215,30 @@ impl Nodes {
         }
     }
 
+    /// Forgets node `name` (durably): NOT_FOUND when unknown,
+    /// FAILED_PRECONDITION while it still reports.
+    pub fn forget(&self, name: &str) -> Result<(), Status> {
+        let mut inner = self.lock();
+        match inner.nodes.get(name) {
+            None => return Err(Status::not_found(format!("no node {name} in this cluster"))),
+            Some(n) if n.ready => {
+                return Err(Status::failed_precondition(format!(
+                    "node {name} is ENABLED (it still reports): stop its node controller first"
+                )))
+            }
+            Some(_) => {}
+        }
+        self.table.delete(&name.to_string()).map_err(|e| {
+            tracing::error!(error = %e, "store write failed");
+            Status::unavailable(format!("cannot forget node: {e}"))
+        })?;
+        inner.nodes.remove(name);
+        inner.streams.retain(|_, n| n != name);
+        tracing::info!(node = %name, "node deregistered");
+        self.publish(&inner);
+        Ok(())
+    }
+
     /// Marks NOTREADY every node silent for longer than `timeout_ms`.
     pub fn expire(&self, now_ms: i64, timeout_ms: i64) {
         let mut inner = self.lock();

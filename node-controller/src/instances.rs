@@ -145,6 +145,9 @@ pub struct Instances {
     /// Guests started under KVM that have not yet printed anything: when
     /// they started and how long their console log was then.
     kvm_unproven: Mutex<HashMap<String, (Instant, u64)>>,
+    /// What each guest was last started under (guests found again after a
+    /// restart: the node's virtualization).
+    running_under: Mutex<HashMap<String, Virt>>,
     /// When each instance last changed state, for reports.
     changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
     /// The private network plumbing, when the node builds it.
@@ -228,6 +231,7 @@ impl Instances {
             node: node.to_string(),
             virt,
             kvm_unproven: Mutex::new(HashMap::new()),
+            running_under: Mutex::new(HashMap::new()),
             changed: Mutex::new(BTreeMap::new()),
             network,
             policies: Mutex::new(HashMap::new()),
@@ -487,6 +491,10 @@ impl Instances {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.running_under
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(InstanceStatus {
             instance_id: id.to_string(),
             state: InstanceState::Terminated as i32,
@@ -548,6 +556,10 @@ impl Instances {
             .await;
         match started {
             Ok(()) => {
+                self.running_under
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), virt);
                 if virt == Virt::Kvm && !self.virt.watchdog().is_zero() {
                     self.kvm_unproven
                         .lock()
@@ -601,6 +613,10 @@ impl Instances {
             hv.launch(&spec)
         })
         .await?;
+        self.running_under
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Virt::Qemu);
         tracing::warn!(instance_id = %id, "instance restarted under QEMU TCG");
         Ok(())
     }
@@ -725,6 +741,12 @@ impl Instances {
     pub fn statuses(&self) -> Result<Vec<InstanceStatus>, InstanceError> {
         let domains: BTreeMap<String, DomainState> = self.hv.domains("i-")?.into_iter().collect();
         let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        let under = self
+            .running_under
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let node_virt = self.virt.current().0;
         let mut out = Vec::new();
         for r in self.table.list()? {
             let (state, reason) = match domains.get(&r.instance_id) {
@@ -760,6 +782,15 @@ impl Instances {
                 mac: r.mac.clone(),
                 reason: reason.to_string(),
                 changed_unix_ms: entry.1,
+                virt: if state == InstanceState::Running {
+                    under
+                        .get(&r.instance_id)
+                        .copied()
+                        .unwrap_or(node_virt)
+                        .to_string()
+                } else {
+                    String::new()
+                },
             });
         }
         Ok(out)

@@ -561,3 +561,128 @@ fn a_launch_on_a_node_that_hangs_ends_with_an_ec2_reason() {
         "{reason}"
     );
 }
+
+#[test]
+fn administrators_see_every_instance_and_deregister_gone_nodes() {
+    let mut cloud = cloud_of(2, "");
+    let (other_key, other_secret) = cloud.new_account("other");
+    let other = Credentials::new((other_key, other_secret));
+    let admin = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-admin-view");
+    fs::create_dir_all(&home).expect("home");
+    let ec2 = cloud.ec2_endpoint();
+    let ami = register_disk(&cloud, &other, &home);
+    let as_other = |args: &[&str]| clients::aws(AwsCli::V2, &other, &home, &ec2, args);
+    let as_admin = |args: &[&str]| clients::aws(AwsCli::V2, &admin, &home, &ec2, args);
+    let id = as_other(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--query",
+        "Instances[0].InstanceId",
+        "--output",
+        "text",
+    ])
+    .expect_ok()
+    .trim()
+    .to_string();
+    as_other(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let ids = |out: String| -> Vec<String> {
+        let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+        d["Reservations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["Instances"].as_array().cloned().unwrap_or_default())
+            .map(|i| i["InstanceId"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    // Eucalyptus' verbose form: the administrator sees other accounts'.
+    assert_eq!(
+        ids(as_admin(&["ec2", "describe-instances"]).expect_ok()),
+        Vec::<String>::new()
+    );
+    let verbose = as_admin(&["ec2", "describe-instances", "--instance-ids", "verbose"]).expect_ok();
+    assert_eq!(ids(verbose.clone()), [id.as_str()], "{verbose}");
+    let other_id = cloud
+        .admin_json(&["describe-accounts"])
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .find(|a| a["name"] == "other")
+        .and_then(|a| a["account_id"].as_str().map(str::to_string))
+        .expect("other's id");
+    assert!(
+        verbose.contains(&format!("\"OwnerId\": \"{other_id}\"")),
+        "{verbose}"
+    );
+    // Anyone else's verbose is just their own.
+    let mine = as_other(&["ec2", "describe-instances", "--instance-ids", "verbose"]).expect_ok();
+    assert_eq!(ids(mine), [id.as_str()]);
+
+    // gumtree-admin describe-instances: account, node, virtualization, state.
+    let listed = wait_for(
+        "the node to report the instance",
+        Duration::from_secs(10),
+        || {
+            let all = cloud.admin_json(&["describe-instances"]);
+            let i = all
+                .as_array()?
+                .iter()
+                .find(|i| i["instance_id"] == id.as_str())?
+                .clone();
+            (i["virt"] == "qemu").then_some(i)
+        },
+    );
+    assert_eq!(listed["account"], "other", "{listed}");
+    assert_eq!(listed["state"], "running", "{listed}");
+    let busy = listed["node"].as_str().expect("node").to_string();
+    let idle = if busy == "nc-1" { "nc-2" } else { "nc-1" };
+
+    // deregister-node: not while a node reports or holds instances.
+    let refused = cloud.admin(&["deregister-node", &busy]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains(&id) && said.contains("holds instances"),
+        "{said}"
+    );
+    let refused = cloud.admin(&["deregister-node", idle]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("ENABLED"),
+        "{refused:?}"
+    );
+    let unknown = cloud.admin(&["deregister-node", "nc-9"]);
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no node nc-9"),
+        "{unknown:?}"
+    );
+    // A node gone for good is removed, from the CLC's view and its cluster's.
+    cloud.kill(idle);
+    wait_for(
+        "the idle node to be NOTREADY",
+        Duration::from_secs(20),
+        || (cloud.node_state(idle).as_deref() == Some("NOTREADY")).then_some(()),
+    );
+    let gone = cloud.admin(&["deregister-node", idle]);
+    assert!(gone.status.success(), "{gone:?}");
+    let names: Vec<String> = cloud
+        .admin_json(&["describe-nodes"])
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, [busy.as_str()]);
+    cloud.kill("cluster-1");
+    cloud.restart("cluster-1");
+    wait_for("the cluster back", Duration::from_secs(20), || {
+        (cloud.node_state(&busy).as_deref() == Some("ENABLED")).then_some(())
+    });
+    assert_eq!(
+        cloud.node_state(idle),
+        None,
+        "the cluster forgot it durably"
+    );
+}

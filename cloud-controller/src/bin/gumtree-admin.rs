@@ -9,8 +9,9 @@ use common::{
     rpc, time,
 };
 use proto::{
-    admin_service_client::AdminServiceClient, CreateAccessKeyRequest, CreateAccountRequest,
-    DeleteAccountRequest, DescribeAccessKeysRequest, DescribeAccountsRequest, DescribeNodesRequest,
+    admin_service_client::AdminServiceClient, AdminDescribeInstancesRequest, ClusterNodeView,
+    CreateAccessKeyRequest, CreateAccountRequest, DeleteAccountRequest, DeregisterNodeRequest,
+    DescribeAccessKeysRequest, DescribeAccountsRequest, DescribeNodesRequest,
     DescribeServicesRequest, Quota, ServiceState, SetAccountQuotaRequest,
 };
 use serde::Serialize;
@@ -47,8 +48,13 @@ enum Output {
 enum Command {
     /// Every service (cloud, clusters, storage, Walrus) and its state.
     DescribeServices,
-    /// Every node with its capacity and state.
+    /// Every node with its capacity, state and virtualization.
     DescribeNodes,
+    /// Every account's instances, with their node and virtualization.
+    DescribeInstances,
+    /// Remove a node that is gone for good (refused while it still reports
+    /// or holds instances).
+    DeregisterNode { node: String },
     /// Create an account.
     CreateAccount { name: String },
     /// List accounts.
@@ -115,6 +121,20 @@ struct NodeOut {
 }
 
 #[derive(Serialize)]
+struct InstanceOut {
+    instance_id: String,
+    account: String,
+    account_id: String,
+    instance_type: String,
+    state: String,
+    zone: String,
+    node: String,
+    virt: String,
+    private_ip: String,
+    launched: String,
+}
+
+#[derive(Serialize)]
 struct AccountOut {
     name: String,
     account_id: String,
@@ -147,6 +167,68 @@ fn when(ms: i64) -> String {
     } else {
         time::iso8601_ms(ms)
     }
+}
+
+/// Prints nodes as describe-nodes does.
+fn print_nodes(out: Output, nodes: Vec<ClusterNodeView>) -> anyhow::Result<()> {
+    let rows: Vec<NodeOut> = nodes
+        .into_iter()
+        .map(|v| {
+            let n = v.node.unwrap_or_default();
+            let r = n.resources.unwrap_or_default();
+            NodeOut {
+                cluster: v.cluster_name,
+                zone: v.zone,
+                state: state_name(n.state),
+                name: n.name,
+                endpoint: n.endpoint,
+                hypervisor: n.hypervisor,
+                virt_reason: n.virt_reason,
+                cores_total: r.cores_total,
+                cores_free: r.cores_free,
+                memory_mib_total: r.memory_mib_total,
+                memory_mib_free: r.memory_mib_free,
+                disk_gib_total: r.disk_gib_total,
+                disk_gib_free: r.disk_gib_free,
+                instances: n.instances.len(),
+                last_report: when(n.last_report_unix_ms),
+            }
+        })
+        .collect();
+    print(
+        out,
+        &[
+            "CLUSTER",
+            "ZONE",
+            "NODE",
+            "STATE",
+            "CORES(FREE/TOTAL)",
+            "MEMORY-MIB(FREE/TOTAL)",
+            "DISK-GIB(FREE/TOTAL)",
+            "INSTANCES",
+            "LAST-REPORT",
+            "ENDPOINT",
+            "VIRT",
+            "WHY",
+        ],
+        &rows,
+        |n| {
+            vec![
+                n.cluster.clone(),
+                n.zone.clone(),
+                n.name.clone(),
+                n.state.into(),
+                format!("{}/{}", n.cores_free, n.cores_total),
+                format!("{}/{}", n.memory_mib_free, n.memory_mib_total),
+                format!("{}/{}", n.disk_gib_free, n.disk_gib_total),
+                n.instances.to_string(),
+                n.last_report.clone(),
+                n.endpoint.clone(),
+                n.hypervisor.clone(),
+                n.virt_reason.clone(),
+            ]
+        },
+    )
 }
 
 /// Prints rows as aligned columns under a header, or as JSON.
@@ -264,65 +346,64 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .describe_nodes(DescribeNodesRequest {})
                 .await?
                 .into_inner();
-            let rows: Vec<NodeOut> = reply
-                .nodes
+            print_nodes(out, reply.nodes)
+        }
+        Command::DescribeInstances => {
+            let reply = client
+                .describe_instances(AdminDescribeInstancesRequest {})
+                .await?
+                .into_inner();
+            let rows: Vec<InstanceOut> = reply
+                .instances
                 .into_iter()
-                .map(|v| {
-                    let n = v.node.unwrap_or_default();
-                    let r = n.resources.unwrap_or_default();
-                    NodeOut {
-                        cluster: v.cluster_name,
-                        zone: v.zone,
-                        state: state_name(n.state),
-                        name: n.name,
-                        endpoint: n.endpoint,
-                        hypervisor: n.hypervisor,
-                        virt_reason: n.virt_reason,
-                        cores_total: r.cores_total,
-                        cores_free: r.cores_free,
-                        memory_mib_total: r.memory_mib_total,
-                        memory_mib_free: r.memory_mib_free,
-                        disk_gib_total: r.disk_gib_total,
-                        disk_gib_free: r.disk_gib_free,
-                        instances: n.instances.len(),
-                        last_report: when(n.last_report_unix_ms),
-                    }
+                .map(|i| InstanceOut {
+                    instance_id: i.instance_id,
+                    account: i.account_name,
+                    account_id: i.account_id,
+                    instance_type: i.instance_type,
+                    state: i.state,
+                    zone: i.zone,
+                    node: i.node,
+                    virt: i.virt,
+                    private_ip: i.private_ip,
+                    launched: when(i.launch_unix_ms),
                 })
                 .collect();
             print(
                 out,
                 &[
-                    "CLUSTER",
+                    "INSTANCE",
+                    "ACCOUNT",
+                    "TYPE",
+                    "STATE",
                     "ZONE",
                     "NODE",
-                    "STATE",
-                    "CORES(FREE/TOTAL)",
-                    "MEMORY-MIB(FREE/TOTAL)",
-                    "DISK-GIB(FREE/TOTAL)",
-                    "INSTANCES",
-                    "LAST-REPORT",
-                    "ENDPOINT",
                     "VIRT",
-                    "WHY",
+                    "PRIVATE-IP",
+                    "LAUNCHED",
                 ],
                 &rows,
-                |n| {
+                |i| {
                     vec![
-                        n.cluster.clone(),
-                        n.zone.clone(),
-                        n.name.clone(),
-                        n.state.into(),
-                        format!("{}/{}", n.cores_free, n.cores_total),
-                        format!("{}/{}", n.memory_mib_free, n.memory_mib_total),
-                        format!("{}/{}", n.disk_gib_free, n.disk_gib_total),
-                        n.instances.to_string(),
-                        n.last_report.clone(),
-                        n.endpoint.clone(),
-                        n.hypervisor.clone(),
-                        n.virt_reason.clone(),
+                        i.instance_id.clone(),
+                        i.account.clone(),
+                        i.instance_type.clone(),
+                        i.state.clone(),
+                        i.zone.clone(),
+                        i.node.clone(),
+                        i.virt.clone(),
+                        i.private_ip.clone(),
+                        i.launched.clone(),
                     ]
                 },
             )
+        }
+        Command::DeregisterNode { node } => {
+            let view = client
+                .deregister_node(DeregisterNodeRequest { node })
+                .await?
+                .into_inner();
+            print_nodes(out, vec![view])
         }
         Command::CreateAccount { name } => {
             let a = client

@@ -751,23 +751,45 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         ));
     }
     call.dry_run_check()?;
+    // Eucalyptus' `--instance-ids verbose`: the cloud's administrators see
+    // every account's instances (anyone else, just their own).
+    let every_account = ids.iter().any(|i| i == "verbose") && call.caller.admin;
+    let ids: Vec<String> = ids.into_iter().filter(|i| i != "verbose").collect();
     let mut records = if ids.is_empty() {
         ec2.instances
             .list()
             .map_err(store_error)?
             .into_iter()
-            .filter(|r| r.account_id == call.caller.account_id)
+            .filter(|r| every_account || r.account_id == call.caller.account_id)
             .collect()
     } else {
         ec2.own_instances(call, &ids)?
     };
-    let tags = by_resource(ec2, &call.caller.account_id)?;
+    // Tags and group names as each instance's own account has them.
+    let mut accounts: Vec<&str> = vec![call.caller.account_id.as_str()];
+    if every_account {
+        accounts.extend(
+            records
+                .iter()
+                .map(|r: &InstanceRecord| r.account_id.as_str()),
+        );
+        accounts.sort_unstable();
+        accounts.dedup();
+    }
+    let mut tags = HashMap::new();
+    let mut groups = HashMap::new();
+    for account in accounts {
+        tags.extend(by_resource(ec2, account)?);
+        groups.extend(
+            ec2.security_groups
+                .of(account)
+                .map_err(store_error)?
+                .into_iter()
+                .map(|g| (g.group_id, g.name)),
+        );
+    }
     let group_names = Names {
-        groups: ec2
-            .own_groups(call)?
-            .into_iter()
-            .map(|g| (g.group_id, g.name))
-            .collect(),
+        groups,
         public_ips: ec2.addresses.by_instance().map_err(store_error)?,
     };
     let none = Vec::new();

@@ -528,6 +528,11 @@ impl Instances {
     pub async fn start(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
         let turn = self.firewall_turn.lock().await;
         let mut r = self.record(id)?;
+        let now = self.status(id)?;
+        if !r.stopped && now.state == InstanceState::Running as i32 {
+            // Already running: starting it is a no-op (as in EC2), not a reset.
+            return Ok(now);
+        }
         r.stopped = false;
         self.table.put(&r)?;
         if let Some(hn) = &self.network {
@@ -924,6 +929,15 @@ mod tests {
         );
         assert_eq!(instances.held().expect("held"), (0, 0));
         instances.start(id).await.expect("start");
+        // Starting a running instance leaves its domain alone (a domain
+        // made again would come back Running).
+        hv.set_state(id, DomainState::Paused);
+        instances.start(id).await.expect("start a running instance");
+        assert_eq!(
+            hv.domains(id).expect("list"),
+            [(id.to_string(), DomainState::Paused)]
+        );
+        hv.set_state(id, DomainState::Running);
         instances.stop(id).await.expect("stop");
         instances
             .resize(id, "m1.large", 2, 512)

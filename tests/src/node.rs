@@ -5,7 +5,10 @@
 use std::{fs, process::Command, time::Duration};
 
 use common::auth::{ClusterSecret, SignCalls};
-use proto::{node_service_client::NodeServiceClient, ImageRef, InstanceRef, InstanceSpec};
+use proto::{
+    node_service_client::NodeServiceClient, ImageRef, InstanceRef, InstanceSpec, InstanceStatus,
+    RunInstanceRequest,
+};
 use sha2::{Digest, Sha256};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
@@ -27,6 +30,17 @@ pub async fn node(cloud: &Cloud, name: &str) -> Nc {
         .unwrap_or_else(|e| panic!("connect to {name}: {e}"));
     let secret = ClusterSecret::from_file(cloud.secret_file()).expect("secret");
     NodeServiceClient::with_interceptor(channel, SignCalls::new(secret, "test"))
+}
+
+/// Runs `spec` on the node `nc` of `cloud`, fetching images from its Walrus.
+pub async fn run(nc: &mut Nc, cloud: &Cloud, spec: InstanceSpec) -> InstanceStatus {
+    nc.run_instance(RunInstanceRequest {
+        spec: Some(spec),
+        walrus: cloud.addr("walrus").to_string(),
+    })
+    .await
+    .expect("run instance")
+    .into_inner()
 }
 
 /// The names of libvirt's domains.

@@ -211,6 +211,23 @@ fn register_disk(cloud: &Cloud, creds: &Credentials, home: &std::path::Path) -> 
     .to_string()
 }
 
+/// Launches one instance of `ami` with the AWS CLI that `aws` runs; its id.
+fn launch_one(aws: &dyn Fn(&[&str]) -> clients::Run, ami: &str) -> String {
+    aws(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        ami,
+        "--query",
+        "Instances[0].InstanceId",
+        "--output",
+        "text",
+    ])
+    .expect_ok()
+    .trim()
+    .to_string()
+}
+
 /// Instances per node after a MaxCount=3 launch with the AWS CLI.
 fn launch_three(cloud: &Cloud) -> Vec<u64> {
     let creds = Credentials::new(cloud.admin_key());
@@ -535,19 +552,7 @@ fn a_launch_on_a_node_that_hangs_ends_with_an_ec2_reason() {
     // The node hangs (as a host under a frozen hypervisor would) but the
     // cluster still takes it for ready when the launch is placed.
     cloud.signal("nc-1", nix::sys::signal::Signal::SIGSTOP);
-    let id = aws(&[
-        "ec2",
-        "run-instances",
-        "--image-id",
-        &ami,
-        "--query",
-        "Instances[0].InstanceId",
-        "--output",
-        "text",
-    ])
-    .expect_ok()
-    .trim()
-    .to_string();
+    let id = launch_one(&aws, &ami);
     let reason = wait_for("the launch to fail", Duration::from_secs(60), || {
         let out = aws(&["ec2", "describe-instances", "--instance-ids", &id]).expect_ok();
         let d: serde_json::Value = serde_json::from_str(&out).ok()?;
@@ -574,19 +579,7 @@ fn administrators_see_every_instance_and_deregister_gone_nodes() {
     let ami = register_disk(&cloud, &other, &home);
     let as_other = |args: &[&str]| clients::aws(AwsCli::V2, &other, &home, &ec2, args);
     let as_admin = |args: &[&str]| clients::aws(AwsCli::V2, &admin, &home, &ec2, args);
-    let id = as_other(&[
-        "ec2",
-        "run-instances",
-        "--image-id",
-        &ami,
-        "--query",
-        "Instances[0].InstanceId",
-        "--output",
-        "text",
-    ])
-    .expect_ok()
-    .trim()
-    .to_string();
+    let id = launch_one(&as_other, &ami);
     as_other(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
     let ids = |out: String| -> Vec<String> {
         let d: serde_json::Value = serde_json::from_str(&out).expect("json");

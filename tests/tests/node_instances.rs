@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use proto::{InstanceRef, InstanceState, RunInstanceRequest};
+use proto::{InstanceRef, InstanceState};
 use tests::{
     harness::{Cloud, CloudOptions},
-    node::{console, domains, node, tiny_guest_spec, wait_markers, Cleanup, MARKER},
+    node::{console, domains, node, run, tiny_guest_spec, wait_markers, Cleanup, MARKER},
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,14 +23,7 @@ async fn a_node_boots_the_tiny_guest_and_cleans_up() {
     let spec = tiny_guest_spec(&cloud, &id);
     let mut nc = node(&cloud, "nc-1").await;
     let started = std::time::Instant::now();
-    let status = nc
-        .run_instance(RunInstanceRequest {
-            spec: Some(spec.clone()),
-            walrus: cloud.addr("walrus").to_string(),
-        })
-        .await
-        .expect("run instance")
-        .into_inner();
+    let status = run(&mut nc, &cloud, spec).await;
     assert_eq!(status.state, InstanceState::Running as i32, "{status:?}");
     assert!(
         domains().lines().any(|l| l.trim() == id),

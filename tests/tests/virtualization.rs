@@ -14,11 +14,11 @@
 
 use std::{fs, os::unix::fs::PermissionsExt, process::Command, time::Duration};
 
-use proto::{InstanceState, RunInstanceRequest};
+use proto::InstanceState;
 use tests::{
     clients,
     harness::{binary, wait_for, Cloud, CloudOptions},
-    node::{console, node, tiny_guest_spec, wait_markers, Cleanup, MARKER},
+    node::{console, node, run, tiny_guest_spec, wait_markers, Cleanup, MARKER},
 };
 
 fn probe(args: &[&str]) -> (bool, String) {
@@ -118,12 +118,7 @@ async fn a_node_in_auto_mode_boots_guests_under_what_it_proved() {
     let id = "i-0a1b2c3d4e5f60720";
     let _cleanup = Cleanup(id.into());
     let mut nc = node(&cloud, "nc-1").await;
-    nc.run_instance(RunInstanceRequest {
-        spec: Some(tiny_guest_spec(&cloud, id)),
-        walrus: cloud.addr("walrus").to_string(),
-    })
-    .await
-    .expect("run instance");
+    run(&mut nc, &cloud, tiny_guest_spec(&cloud, id)).await;
     wait_markers(&mut nc, id, 1, Duration::from_secs(120)).await;
 }
 
@@ -161,14 +156,7 @@ async fn a_kvm_guest_that_does_not_run_is_restarted_under_tcg() {
     let first = "i-0a1b2c3d4e5f60721";
     let _cleanup = Cleanup(first.into());
     let spec = tiny_guest_spec(&cloud, first);
-    let status = nc
-        .run_instance(RunInstanceRequest {
-            spec: Some(spec.clone()),
-            walrus: cloud.addr("walrus").to_string(),
-        })
-        .await
-        .expect("run instance")
-        .into_inner();
+    let status = run(&mut nc, &cloud, spec.clone()).await;
     assert_eq!(status.state, InstanceState::Running as i32, "{status:?}");
     // Booted in the end, under TCG, with the restart noted before the boot.
     wait_markers(&mut nc, first, 1, Duration::from_secs(180)).await;
@@ -197,12 +185,7 @@ async fn a_kvm_guest_that_does_not_run_is_restarted_under_tcg() {
     let _cleanup2 = Cleanup(second.into());
     let mut spec2 = spec;
     spec2.instance_id = second.into();
-    nc.run_instance(RunInstanceRequest {
-        spec: Some(spec2),
-        walrus: cloud.addr("walrus").to_string(),
-    })
-    .await
-    .expect("run instance");
+    run(&mut nc, &cloud, spec2).await;
     wait_markers(&mut nc, second, 1, Duration::from_secs(120)).await;
     let text = console(&mut nc, second).await;
     assert!(!text.contains("[gumtree node"), "{text}");

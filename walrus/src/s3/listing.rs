@@ -26,32 +26,8 @@ struct Params<'a> {
 impl<'a> Params<'a> {
     fn of(call: &'a Call) -> Result<Self, S3Error> {
         let t = &call.target;
-        let max_keys = match t.param("max-keys") {
-            None => 1000,
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .map(|n| n.min(1000) as usize)
-                .ok_or_else(|| {
-                    S3Error::invalid_argument(
-                        "Provided max-keys not an integer or within integer range",
-                        "max-keys",
-                        v,
-                    )
-                })?,
-        };
-        let url_encode = match t.param("encoding-type") {
-            None => false,
-            Some(e) if e.eq_ignore_ascii_case("url") => true,
-            Some(e) => {
-                return Err(S3Error::invalid_argument(
-                    "Invalid Encoding Method specified in Request",
-                    "encoding-type",
-                    e,
-                ))
-            }
-        };
+        let max_keys = bounded_param(call, "max-keys", 1000)?;
+        let url_encode = url_encoding(call)?;
         Ok(Self {
             prefix: t.param("prefix").unwrap_or(""),
             delimiter: t.param("delimiter").unwrap_or(""),
@@ -78,6 +54,38 @@ impl<'a> Params<'a> {
         if self.url_encode {
             w.elem("EncodingType", "url");
         }
+    }
+}
+
+/// Query parameter `name`, a count of at most `max` (`max` when absent).
+pub(super) fn bounded_param(call: &Call, name: &str, max: usize) -> Result<usize, S3Error> {
+    match call.target.param(name) {
+        None => Ok(max),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(|n| (n as usize).min(max))
+            .ok_or_else(|| {
+                S3Error::invalid_argument(
+                    format!("Provided {name} not an integer or within integer range"),
+                    name,
+                    v,
+                )
+            }),
+    }
+}
+
+/// Whether the caller asked for URL-encoded keys (`encoding-type=url`).
+pub(super) fn url_encoding(call: &Call) -> Result<bool, S3Error> {
+    match call.target.param("encoding-type") {
+        None => Ok(false),
+        Some(e) if e.eq_ignore_ascii_case("url") => Ok(true),
+        Some(e) => Err(S3Error::invalid_argument(
+            "Invalid Encoding Method specified in Request",
+            "encoding-type",
+            e,
+        )),
     }
 }
 

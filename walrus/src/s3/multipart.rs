@@ -18,6 +18,7 @@ use super::{
     acl::Permission,
     checksum::Algorithm,
     copy, empty,
+    listing::{bounded_param, url_encoding},
     ops::{
         bucket_with, caller_of, canned_acl, object_metadata, read_small_body, receive, set,
         set_checksums, storage, writable_bucket, xml_response, Received, MAX_XML_BODY,
@@ -393,24 +394,6 @@ pub async fn abort_upload(s3: &S3, call: &Call) -> Result<Response<Body>, S3Erro
     Ok(r)
 }
 
-fn bounded_param(call: &Call, name: &str, max: usize) -> Result<usize, S3Error> {
-    match call.target.param(name) {
-        None => Ok(max),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(|n| (n as usize).min(max))
-            .ok_or_else(|| {
-                S3Error::invalid_argument(
-                    format!("Provided {name} not an integer or within integer range"),
-                    name,
-                    v,
-                )
-            }),
-    }
-}
-
 /// ListParts.
 pub fn list_parts(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let (bucket, upload) = upload_of(s3, call)?;
@@ -464,17 +447,7 @@ pub fn list_uploads(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let key_marker = t.param("key-marker").unwrap_or("");
     let id_marker = t.param("upload-id-marker").unwrap_or("");
     let max = bounded_param(call, "max-uploads", 1000)?;
-    let url = match t.param("encoding-type") {
-        None => false,
-        Some(e) if e.eq_ignore_ascii_case("url") => true,
-        Some(e) => {
-            return Err(S3Error::invalid_argument(
-                "Invalid Encoding Method specified in Request",
-                "encoding-type",
-                e,
-            ))
-        }
-    };
+    let url = url_encoding(call)?;
     let enc = |s: &str| {
         if url {
             common::sigv4::uri_encode(s.as_bytes(), true)

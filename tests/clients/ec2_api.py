@@ -243,6 +243,16 @@ assert [x["GroupName"] for x in other.describe_security_groups()["SecurityGroups
 assert code_of(other.describe_security_groups, GroupIds=[web_sg]) == ("InvalidGroup.NotFound", 400)
 assert code_of(other.run_instances, ImageId=ami, MinCount=1, MaxCount=1, SecurityGroupIds=[web_sg]) == (
     "InvalidGroup.NotFound", 400)
+# Nor name it in a rule: groups are not shared between accounts.
+other_default = other.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+assert code_of(other.authorize_security_group_ingress, GroupId=other_default, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+     "UserIdGroupPairs": [{"GroupId": web_sg, "UserId": default["OwnerId"]}]}]) == ("InvalidGroup.NotFound", 400)
+assert code_of(other.authorize_security_group_ingress, GroupName="default", SourceSecurityGroupName="web",
+               SourceSecurityGroupOwnerId=default["OwnerId"]) == ("InvalidGroup.NotFound", 400)
+assert code_of(other.authorize_security_group_ingress, GroupId=other_default, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "UserIdGroupPairs": [{"GroupId": web_sg}]}]) == (
+    "InvalidGroup.NotFound", 400)
 ec2.create_tags(Resources=[web_sg], Tags=[{"Key": "tier", "Value": "front"}])
 assert ec2.describe_security_groups(Filters=[{"Name": "tag:tier", "Values": ["front"]}])["SecurityGroups"][0][
     "GroupId"] == web_sg
@@ -251,7 +261,8 @@ wait_state(ec2, [in_web], "terminated")
 ec2.delete_security_group(GroupId=web_sg)
 assert code_of(ec2.describe_security_groups, GroupNames=["web"]) == ("InvalidGroup.NotFound", 400)
 check("security groups: default group, create, authorize/revoke ingress and egress (structured and flat), "
-      "duplicates, filters, RunInstances by id, groupSet, DependencyViolation, per-account groups, tags, delete")
+      "duplicates, filters, RunInstances by id, groupSet, DependencyViolation, per-account groups, "
+      "no cross-account references, tags, delete")
 
 # ---- Elastic IPs (the harness's pool: 203.0.113.10 to 203.0.113.12) -------------
 a1 = ec2.allocate_address()

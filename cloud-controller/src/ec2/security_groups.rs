@@ -149,16 +149,13 @@ fn source_group(
     let owner = owner
         .filter(|o| !o.is_empty())
         .unwrap_or(&call.caller.account_id);
-    let groups = if owner == call.caller.account_id {
-        ec2.own_groups(call)?
-    } else {
-        ec2.security_groups
-            .all()
-            .map_err(store_error)?
-            .into_iter()
-            .filter(|g| g.account_id == owner)
-            .collect()
-    };
+    // Groups are never shared between accounts: another account's group is
+    // not found, whoever owns it (a reference would reveal it and block its
+    // owner from deleting it).
+    if owner != call.caller.account_id {
+        return Err(not_found(id.or(name).unwrap_or_default()));
+    }
+    let groups = ec2.own_groups(call)?;
     let found = match (id, name) {
         (Some(id), _) => groups.into_iter().find(|g| g.group_id == id),
         (None, Some(name)) => groups.into_iter().find(|g| g.name == name),

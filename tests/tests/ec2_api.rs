@@ -679,3 +679,54 @@ fn administrators_see_every_instance_and_deregister_gone_nodes() {
         "the cluster forgot it durably"
     );
 }
+
+#[test]
+fn status_checks_fail_while_the_node_is_silent() {
+    let cloud = cloud_of(1, "");
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-status");
+    fs::create_dir_all(&home).expect("home");
+    let ami = register_disk(&cloud, &creds, &home);
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, &ec2, args);
+    let id = launch_one(&aws, &ami);
+    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let status = || -> (String, String, String) {
+        let out = aws(&["ec2", "describe-instance-status", "--instance-ids", &id]).expect_ok();
+        let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let s = &d["InstanceStatuses"][0];
+        (
+            s["SystemStatus"]["Status"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+            s["InstanceStatus"]["Status"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+            s["InstanceStatus"]["Details"][0]["Status"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+        )
+    };
+    assert_eq!(status(), ("ok".into(), "ok".into(), "passed".into()));
+    // The node stops reporting (hung): nobody can vouch for its guests.
+    cloud.signal("nc-1", nix::sys::signal::Signal::SIGSTOP);
+    let seen = wait_for("the checks to fail", Duration::from_secs(30), || {
+        let s = status();
+        (s.0 != "ok").then_some(s)
+    });
+    cloud.signal("nc-1", nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        seen,
+        (
+            "impaired".into(),
+            "insufficient-data".into(),
+            "insufficient-data".into()
+        )
+    );
+    wait_for("the checks to pass again", Duration::from_secs(30), || {
+        (status().0 == "ok").then_some(())
+    });
+}

@@ -1256,16 +1256,29 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
     } else {
         ec2.own_instances(call, &ids)?
     };
+    // Nodes that report in time, by (cluster, node): only for those do the
+    // checks pass; a silent node's instances cannot be vouched for.
+    let reporting: std::collections::HashSet<(String, String)> = ec2
+        .cloud
+        .registry
+        .nodes()
+        .into_iter()
+        .filter_map(|v| {
+            let n = v.node?;
+            (n.state == ServiceState::Enabled as i32).then_some((v.cluster_name, n.name))
+        })
+        .collect();
     let mut w = call.writer();
     w.open("instanceStatusSet");
     for r in records {
         if !all && r.state != "running" {
             continue;
         }
-        let ok = if r.state == "running" {
-            "ok"
-        } else {
-            "not-applicable"
+        let node_up = reporting.contains(&(r.cluster.clone(), r.node.clone()));
+        let (system, instance, check) = match (r.state.as_str(), node_up) {
+            ("running", true) => ("ok", "ok", Some("passed")),
+            ("running", false) => ("impaired", "insufficient-data", Some("insufficient-data")),
+            _ => ("not-applicable", "not-applicable", None),
         };
         let mut keep = true;
         for f in &filters {
@@ -1273,7 +1286,8 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
                 "availability-zone" => r.zone.clone(),
                 "instance-state-name" => r.state.clone(),
                 "instance-state-code" => state_code(&r.state).to_string(),
-                "system-status.status" | "instance-status.status" => ok.to_string(),
+                "system-status.status" => system.to_string(),
+                "instance-status.status" => instance.to_string(),
                 other => {
                     return Err(Ec2Error::invalid_value(
                         "Filter",
@@ -1294,12 +1308,12 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
             .elem("code", &r.state_code().to_string())
             .elem("name", &r.state)
             .close("instanceState");
-        for name in ["systemStatus", "instanceStatus"] {
-            w.open(name).elem("status", ok).open("details");
-            if ok == "ok" {
+        for (name, status) in [("systemStatus", system), ("instanceStatus", instance)] {
+            w.open(name).elem("status", status).open("details");
+            if let Some(check) = check {
                 w.open("item")
                     .elem("name", "reachability")
-                    .elem("status", "passed")
+                    .elem("status", check)
                     .close("item");
             }
             w.close("details").close(name);

@@ -80,6 +80,12 @@ pub enum AccountError {
     NoSuchAccount(String),
     #[error("account {0} is the system account and cannot be deleted")]
     Protected(String),
+    /// It still holds resources (what, in words).
+    #[error("{0}")]
+    InUse(String),
+    /// What it holds cannot be checked now.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -25,6 +25,7 @@ pub struct Cloud {
     pub registry: Arc<Registry>,
     pub accounts: Accounts,
     pub instances: Arc<crate::instances::Instances>,
+    pub images: Arc<crate::images::Images>,
     /// Signs the calls down to the clusters.
     pub secret: common::auth::ClusterSecret,
     /// This CLC's name, for those calls.
@@ -32,6 +33,78 @@ pub struct Cloud {
 }
 
 impl Cloud {
+    /// Deletes account `name` once it holds nothing: no instance that is
+    /// not terminated, no image, no bucket (else [`AccountError::InUse`],
+    /// naming them). Every path that deletes accounts (the admin service,
+    /// Euare) comes here.
+    pub async fn delete_account(&self, name: &str) -> Result<accounts::Account, AccountError> {
+        let account = self.accounts.find(name)?;
+        let id = &account.account_id;
+        let mut held = Vec::new();
+        let mut note = |what: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                held.push(format!("{} {what} ({})", items.len(), items.join(", ")));
+            }
+        };
+        note(
+            "instance(s)",
+            self.instances
+                .list()?
+                .into_iter()
+                .filter(|r| &r.account_id == id && r.state != "terminated")
+                .map(|r| r.instance_id)
+                .collect(),
+        );
+        note(
+            "image(s)",
+            self.images
+                .list()?
+                .into_iter()
+                .filter(|i| &i.owner_id == id)
+                .map(|i| i.image_id)
+                .collect(),
+        );
+        note("bucket(s)", self.buckets_of(id).await?);
+        if !held.is_empty() {
+            return Err(AccountError::InUse(format!(
+                "Account {} still has {}; remove them first.",
+                account.name,
+                held.join(", ")
+            )));
+        }
+        self.accounts.delete(&account.name)
+    }
+
+    /// The buckets account `id` owns, as Walrus says.
+    async fn buckets_of(&self, id: &str) -> Result<Vec<String>, AccountError> {
+        let unavailable = |why: String| {
+            AccountError::Unavailable(format!("cannot check the account's buckets: {why}"))
+        };
+        let endpoint = self
+            .registry
+            .services(time::unix_ms())
+            .into_iter()
+            .find(|s| {
+                s.service_type == crate::registry::WALRUS
+                    && s.state == proto::ServiceState::Enabled as i32
+            })
+            .map(|s| s.endpoint)
+            .ok_or_else(|| unavailable("no Walrus is ENABLED".into()))?;
+        let channel = common::rpc::channel(&endpoint).map_err(|e| unavailable(e.to_string()))?;
+        let names = proto::walrus_internal_client::WalrusInternalClient::with_interceptor(
+            channel,
+            common::auth::SignCalls::new(self.secret.clone(), &self.component),
+        )
+        .list_buckets(proto::BucketOwner {
+            owner_id: id.to_string(),
+        })
+        .await
+        .map_err(|s| unavailable(s.message().to_string()))?
+        .into_inner()
+        .names;
+        Ok(names)
+    }
+
     /// Marks silent services NOTREADY, forever; run it in its own task.
     pub async fn watch_liveness(self, timeout: Duration) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -50,7 +123,10 @@ fn account_status(e: AccountError) -> Status {
         }
         AccountError::Exists(_) => Status::already_exists(e.to_string()),
         AccountError::NoSuchAccount(_) => Status::not_found(e.to_string()),
-        AccountError::Protected(_) => Status::failed_precondition(e.to_string()),
+        AccountError::Protected(_) | AccountError::InUse(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        AccountError::Unavailable(_) => Status::unavailable(e.to_string()),
         AccountError::Store(_) => {
             tracing::error!(error = %e, "account store failed");
             Status::unavailable(e.to_string())
@@ -186,8 +262,8 @@ impl AdminService for Cloud {
         request: Request<DeleteAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let account = self
-            .accounts
-            .delete(&request.into_inner().account)
+            .delete_account(&request.into_inner().account)
+            .await
             .map_err(account_status)?;
         tracing::info!(account = %account.name, "account deleted");
         Ok(Response::new(account_proto(account)))

@@ -50,10 +50,12 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         cloud_controller::instances::Instances::open(&store)
             .context("opening the instance records")?,
     );
+    let images = Arc::new(Images::open(&store).context("opening the image registry")?);
     let cloud = Cloud {
         registry: Arc::new(registry),
         accounts,
         instances: instances.clone(),
+        images: images.clone(),
         secret: started.secret.clone(),
         component: config.name.clone(),
     };
@@ -62,7 +64,6 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             .clone()
             .watch_liveness(Duration::from_secs(config.report_timeout_secs.max(1))),
     );
-    let images = Arc::new(Images::open(&store).context("opening the image registry")?);
     let (ec2_listener, ec2_addr) = rpc::bind(&config.ec2_listen).await?;
     let tls = if config.ec2_tls_listen.is_empty() {
         None

@@ -415,6 +415,7 @@ except ClientError as e:
 lab_iid = alice_ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
 status, body = euare(admin_creds, "DeleteAccount", AccountName="euare-lab")
 assert status == 409 and tag(body, "Code") == ["DeleteConflict"], body
+assert lab_iid in tag(body, "Message")[0], body
 alice_ec2.terminate_instances(InstanceIds=[lab_iid])
 wait_state(alice_ec2, [lab_iid], "terminated")
 status, body = euare(admin_creds, "DeleteAccount", AccountName="euare-lab")

@@ -678,6 +678,42 @@ fn administrators_see_every_instance_and_deregister_gone_nodes() {
         None,
         "the cluster forgot it durably"
     );
+
+    // An account that still holds an instance, an image or a bucket is not
+    // deleted (Euare's DeleteAccount comes to the same check: ec2_api.py).
+    let refused = cloud.admin(&["delete-account", "other"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    for held in [id.as_str(), ami.as_str(), "1 bucket(s) (img)"] {
+        assert!(said.contains(held), "{held} in {said}");
+    }
+    as_other(&["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
+    as_other(&["ec2", "wait", "instance-terminated", "--instance-ids", &id]).expect_ok();
+    let still = cloud.admin(&["delete-account", "other"]);
+    assert!(
+        String::from_utf8_lossy(&still.stderr).contains(&ami),
+        "{still:?}"
+    );
+    as_other(&["ec2", "deregister-image", "--image-id", &ami]).expect_ok();
+    let s3 = cloud.s3_endpoint();
+    clients::aws(
+        AwsCli::V2,
+        &other,
+        &home,
+        &s3,
+        &["s3", "rb", "--force", "s3://img"],
+    )
+    .expect_ok();
+    cloud.admin_json(&["delete-account", "other"]);
+    let accounts = cloud.admin_json(&["describe-accounts"]);
+    assert!(
+        !accounts
+            .as_array()
+            .expect("accounts")
+            .iter()
+            .any(|a| a["name"] == "other"),
+        "{accounts}"
+    );
 }
 
 #[test]

@@ -218,4 +218,20 @@ impl WalrusInternal for Internal {
         tracing::info!(bucket = %object.bucket, key = %object.key, size = object.size, "internal upload stored");
         Ok(Response::new(info(&object, actual)))
     }
+
+    async fn list_buckets(
+        &self,
+        request: Request<proto::BucketOwner>,
+    ) -> Result<Response<proto::BucketNames>, Status> {
+        let owner = request.into_inner().owner_id;
+        let names = self
+            .objects
+            .buckets()
+            .map_err(|e| Status::unavailable(format!("cannot list buckets: {e}")))?
+            .into_iter()
+            .filter(|b| b.owner_id == owner)
+            .map(|b| b.name)
+            .collect();
+        Ok(Response::new(proto::BucketNames { names }))
+    }
 }

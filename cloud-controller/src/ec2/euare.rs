@@ -32,9 +32,11 @@ fn account_error(e: AccountError) -> Ec2Error {
         AccountError::NoSuchAccount(_) => {
             Ec2Error::new("NoSuchEntity", e.to_string()).status(StatusCode::NOT_FOUND)
         }
-        AccountError::Protected(_) => {
+        AccountError::Protected(_) | AccountError::InUse(_) => {
             Ec2Error::new("DeleteConflict", e.to_string()).status(StatusCode::CONFLICT)
         }
+        AccountError::Unavailable(_) => Ec2Error::new("ServiceUnavailable", e.to_string())
+            .status(StatusCode::SERVICE_UNAVAILABLE),
         AccountError::Store(e) => {
             tracing::error!(error = %e, "account store failed");
             Ec2Error::internal()
@@ -95,7 +97,7 @@ fn target_account(ec2: &Ec2, call: &Call) -> Result<Account, Ec2Error> {
 }
 
 /// Serves one Euare action.
-pub fn run(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+pub async fn run(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let accounts = &ec2.cloud.accounts;
     let p = &call.params;
     match call.action.as_str() {
@@ -130,28 +132,11 @@ pub fn run(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 return Err(denied("delete accounts"));
             }
             let name = p.required("AccountName")?;
-            let a = accounts.find(name).map_err(account_error)?;
-            let live = ec2
-                .instances
-                .list()
-                .map_err(|e| {
-                    tracing::error!(error = %e, "instance records unreadable");
-                    Ec2Error::internal()
-                })?
-                .into_iter()
-                .filter(|r| r.account_id == a.account_id && r.state != "terminated")
-                .count();
-            if live > 0 {
-                return Err(Ec2Error::new(
-                    "DeleteConflict",
-                    format!(
-                        "Account {} still has {live} instance(s); terminate them first.",
-                        a.name
-                    ),
-                )
-                .status(StatusCode::CONFLICT));
-            }
-            accounts.delete(&a.name).map_err(account_error)?;
+            let a = ec2
+                .cloud
+                .delete_account(name)
+                .await
+                .map_err(account_error)?;
             tracing::info!(account = %a.name, "account deleted (Euare)");
             Ok(response(call, ""))
         }

@@ -260,7 +260,7 @@ impl Ec2 {
 
     async fn run(&self, call: &Call) -> Result<String, Ec2Error> {
         if euare::ACTIONS.contains(&call.action.as_str()) {
-            return euare::run(self, call).map_err(Ec2Error::for_iam);
+            return euare::run(self, call).await.map_err(Ec2Error::for_iam);
         }
         match call.action.as_str() {
             "RegisterImage" => images::register_image(self, call).await,

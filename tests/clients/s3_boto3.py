@@ -85,6 +85,10 @@ s3.head_bucket(Bucket=BUCKET)
 assert s3.get_bucket_location(Bucket=BUCKET)["LocationConstraint"] == "gumtree"
 assert BUCKET in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 assert BUCKET not in [b["Name"] for b in other.list_buckets()["Buckets"]]
+# This cloud is one region: a bucket anywhere else is refused, and not made.
+assert code_of(s3.create_bucket, Bucket=BUCKET + "-nowhere",
+               CreateBucketConfiguration={"LocationConstraint": "nowhere"}) == ("InvalidLocationConstraint", 400)
+assert code_of(s3.head_bucket, Bucket=BUCKET + "-nowhere")[1] == 404
 check("buckets")
 
 # Objects, with boto3's default checksum (CRC32 on recent versions).
@@ -98,6 +102,13 @@ got = s3.get_object(Bucket=BUCKET, Key="dir/hello.txt", ChecksumMode="ENABLED")
 assert got["Body"].read() == body
 assert got["ContentType"] == "text/plain" and got["Metadata"] == {"colour": "green"}
 assert got["CacheControl"] == "max-age=60"
+# User metadata is at most 2 KB (names and values), as in S3; more stores nothing.
+assert code_of(s3.put_object, Bucket=BUCKET, Key="fat-meta", Body=b"x",
+               Metadata={"a": "v" * 2048}) == ("MetadataTooLarge", 400)
+assert code_of(s3.head_object, Bucket=BUCKET, Key="fat-meta")[1] == 404
+s3.put_object(Bucket=BUCKET, Key="fat-meta", Body=b"x", Metadata={"a": "v" * 2047})
+assert len(s3.head_object(Bucket=BUCKET, Key="fat-meta")["Metadata"]["a"]) == 2047
+s3.delete_object(Bucket=BUCKET, Key="fat-meta")
 crc = base64.b64encode((zlib.crc32(body) & 0xFFFFFFFF).to_bytes(4, "big")).decode()
 if "ChecksumCRC32" in put:
     assert got.get("ChecksumCRC32") == crc, (got.get("ChecksumCRC32"), crc)

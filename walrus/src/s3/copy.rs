@@ -130,7 +130,7 @@ pub async fn copy_object(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error
     }
     let acl = canned_acl(call)?;
     let (headers, user_metadata) = if replace {
-        object_metadata(call)
+        object_metadata(call)?
     } else {
         (source.headers.clone(), source.user_metadata.clone())
     };

@@ -89,7 +89,7 @@ pub fn create_upload(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
                 .to_string(),
         ),
     };
-    let (headers, user_metadata) = object_metadata(call);
+    let (headers, user_metadata) = object_metadata(call)?;
     let upload = MultipartUpload {
         bucket: bucket.name.clone(),
         upload_id: new_upload_id(),

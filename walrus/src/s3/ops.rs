@@ -320,9 +320,17 @@ async fn create_bucket(s3: &S3, call: &Call, body: Incoming) -> Result<Response<
         if root.name != "CreateBucketConfiguration" {
             return Err(S3Error::malformed_xml());
         }
-        root.child_text("LocationConstraint")
-            .unwrap_or("")
-            .to_string()
+        let location = root.child_text("LocationConstraint").unwrap_or("").trim();
+        // This cloud is one region: a bucket is made there or nowhere.
+        if !location.is_empty() && location != s3.settings.region {
+            return Err(S3Error::new(
+                "InvalidLocationConstraint",
+                StatusCode::BAD_REQUEST,
+                "The specified location-constraint is not valid",
+            )
+            .with("LocationConstraint", location));
+        }
+        location.to_string()
     };
     let bucket = Bucket {
         name: name.clone(),
@@ -633,7 +641,15 @@ pub(super) async fn receive(s3: &S3, call: &Call, body: Incoming) -> Result<Rece
 }
 
 /// The headers and user metadata a new object keeps from its request.
-pub(super) fn object_metadata(call: &Call) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+/// Most bytes of user metadata (names and values) an object may carry.
+const MAX_USER_METADATA: usize = 2 * 1024;
+
+/// Headers kept with an object, and its user metadata, by lowercase name.
+pub(super) type Metadata = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+/// The kept headers and user metadata of a request; refused
+/// (`MetadataTooLarge`) when the user metadata is over 2 KB, as in S3.
+pub(super) fn object_metadata(call: &Call) -> Result<Metadata, S3Error> {
     let mut headers = BTreeMap::new();
     for name in KEPT_HEADERS {
         if let Some(v) = call.header(name) {
@@ -660,7 +676,17 @@ pub(super) fn object_metadata(call: &Call) -> (BTreeMap<String, String>, BTreeMa
                 .map(|m| (m.to_string(), v.clone()))
         })
         .collect();
-    (headers, user_metadata)
+    let size: usize = user_metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_USER_METADATA {
+        return Err(S3Error::new(
+            "MetadataTooLarge",
+            StatusCode::BAD_REQUEST,
+            "Your metadata headers exceed the maximum allowed metadata size.",
+        )
+        .with("Size", size.to_string())
+        .with("MaxSizeAllowed", MAX_USER_METADATA.to_string()));
+    }
+    Ok((headers, user_metadata))
 }
 
 /// Adds `x-amz-checksum-*` headers for `checksums` (by algorithm name).
@@ -677,12 +703,12 @@ async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Bod
     let caller = caller_of(call)?;
     let key = call.target.key.clone().unwrap_or_default();
     let acl = canned_acl(call)?;
+    let (headers, user_metadata) = object_metadata(call)?;
     let Received {
         written,
         framing,
         checksums,
     } = receive(s3, call, body).await?;
-    let (headers, user_metadata) = object_metadata(call);
     let etag = written.md5_hex.clone();
     let size = written.size;
     let object = Object {

@@ -531,7 +531,12 @@ impl Cloud {
 
     /// The first access key of `account`: (id, secret).
     pub fn account_key(&self, account: &str) -> (String, String) {
-        let keys = self.admin_json(&["describe-access-keys", "--account", account]);
+        let keys = self.admin_json(&[
+            "describe-access-keys",
+            "--show-secrets",
+            "--account",
+            account,
+        ]);
         let k = &keys[0];
         (
             k["access_key_id"].as_str().expect("key id").to_string(),

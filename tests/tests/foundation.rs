@@ -333,6 +333,19 @@ fn accounts_are_managed_from_the_admin_cli() {
     assert_eq!(key[0]["access_key_id"].as_str().map(str::len), Some(20));
     let keys = cloud.admin_json(&["describe-access-keys", "--account", &id]);
     assert_eq!(keys.as_array().map(Vec::len), Some(1));
+    // Secrets are shown when a key is made, and later only when asked for.
+    let secret = key[0]["secret_access_key"]
+        .as_str()
+        .expect("new key's secret");
+    assert_eq!(
+        keys[0]["secret_access_key"],
+        serde_json::Value::Null,
+        "{keys}"
+    );
+    let table = cloud.admin(&["describe-access-keys", "--account", &id]);
+    assert!(!String::from_utf8_lossy(&table.stdout).contains(secret));
+    let shown = cloud.admin_json(&["describe-access-keys", "--show-secrets", "--account", &id]);
+    assert_eq!(shown[0]["secret_access_key"], secret);
 
     let system = cloud.admin_json(&["describe-access-keys", "--account", "eucalyptus"]);
     assert_eq!(system[0]["user_name"], "admin");

@@ -86,6 +86,9 @@ enum Command {
     DescribeAccessKeys {
         #[arg(long)]
         account: String,
+        /// Print the secret keys too (hidden by default).
+        #[arg(long)]
+        show_secrets: bool,
     },
 }
 
@@ -150,7 +153,8 @@ struct KeyOut {
     account_id: String,
     user_name: String,
     access_key_id: String,
-    secret_access_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_access_key: Option<String>,
     created: String,
 }
 
@@ -453,14 +457,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            print_keys(out, vec![k])
+            print_keys(out, vec![k], true)
         }
-        Command::DescribeAccessKeys { account } => {
+        Command::DescribeAccessKeys {
+            account,
+            show_secrets,
+        } => {
             let reply = client
                 .describe_access_keys(DescribeAccessKeysRequest { account })
                 .await?
                 .into_inner();
-            print_keys(out, reply.keys)
+            print_keys(out, reply.keys, show_secrets)
         }
     }
 }
@@ -505,7 +512,9 @@ fn print_accounts(out: Output, accounts: Vec<proto::Account>) -> anyhow::Result<
     )
 }
 
-fn print_keys(out: Output, keys: Vec<proto::AccessKey>) -> anyhow::Result<()> {
+/// Prints access keys; their secrets only when `secrets` (a new key's,
+/// or asked for with --show-secrets).
+fn print_keys(out: Output, keys: Vec<proto::AccessKey>, secrets: bool) -> anyhow::Result<()> {
     let rows: Vec<KeyOut> = keys
         .into_iter()
         .map(|k| KeyOut {
@@ -513,7 +522,7 @@ fn print_keys(out: Output, keys: Vec<proto::AccessKey>) -> anyhow::Result<()> {
             account_id: k.account_id,
             user_name: k.user_name,
             access_key_id: k.access_key_id,
-            secret_access_key: k.secret_access_key,
+            secret_access_key: secrets.then_some(k.secret_access_key),
             created: when(k.created_unix_ms),
         })
         .collect();
@@ -532,7 +541,9 @@ fn print_keys(out: Output, keys: Vec<proto::AccessKey>) -> anyhow::Result<()> {
                 k.account_name.clone(),
                 k.user_name.clone(),
                 k.access_key_id.clone(),
-                k.secret_access_key.clone(),
+                k.secret_access_key
+                    .clone()
+                    .unwrap_or_else(|| "(--show-secrets)".into()),
                 k.created.clone(),
             ]
         },

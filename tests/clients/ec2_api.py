@@ -217,6 +217,17 @@ perms = {(p["IpProtocol"], p["FromPort"]): p for p in g["IpPermissions"]}
 assert set(perms) == {("tcp", 80), ("tcp", 22), ("tcp", 443)}, perms
 assert perms[("tcp", 22)]["UserIdGroupPairs"][0]["GroupName"] == "default"
 assert perms[("tcp", 443)]["IpRanges"] == [{"CidrIp": "10.0.0.0/8"}]
+# A CIDR with host bits is stored as its network, as EC2 does.
+ec2.authorize_security_group_ingress(GroupId=web_sg, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080, "IpRanges": [{"CidrIp": "192.168.7.9/16"}]}])
+g = ec2.describe_security_groups(GroupIds=[web_sg])["SecurityGroups"][0]
+assert [p["IpRanges"] for p in g["IpPermissions"] if p.get("FromPort") == 8080] == [
+    [{"CidrIp": "192.168.0.0/16"}]], g
+assert code_of(ec2.authorize_security_group_ingress, GroupId=web_sg, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080, "IpRanges": [{"CidrIp": "192.168.0.0/16"}]}]) == (
+    "InvalidPermission.Duplicate", 400)
+ec2.revoke_security_group_ingress(GroupId=web_sg, IpPermissions=[
+    {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080, "IpRanges": [{"CidrIp": "192.168.3.3/16"}]}])
 by_port = ec2.describe_security_groups(Filters=[{"Name": "ip-permission.from-port", "Values": ["443"]}])
 assert [x["GroupName"] for x in by_port["SecurityGroups"]] == ["web"], by_port
 ec2.revoke_security_group_ingress(GroupId=web_sg, IpPermissions=[

@@ -91,11 +91,21 @@ fn protocol(raw: &str) -> Result<String, Ec2Error> {
     .into())
 }
 
-fn valid_cidr(c: &str) -> bool {
-    let Some((addr, len)) = c.split_once('/') else {
-        return false;
-    };
-    addr.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+/// `c` as a CIDR block, its host bits cleared as EC2 stores it
+/// (`10.0.0.1/8` is `10.0.0.0/8`); InvalidParameterValue when malformed.
+fn cidr(c: &str) -> Result<String, Ec2Error> {
+    let parsed = c.split_once('/').and_then(|(addr, len)| {
+        let addr = addr.parse::<std::net::Ipv4Addr>().ok()?;
+        let len = len.parse::<u8>().ok().filter(|l| *l <= 32)?;
+        Some((addr, len))
+    });
+    let (addr, len) = parsed
+        .ok_or_else(|| Ec2Error::invalid_value("CidrIp", c, "The CIDR block is malformed."))?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    Ok(format!(
+        "{}/{len}",
+        std::net::Ipv4Addr::from(u32::from(addr) & mask)
+    ))
 }
 
 /// Ports of a permission, checked as EC2 checks them.
@@ -190,14 +200,7 @@ fn permissions(ec2: &Ec2, call: &Call) -> Result<Vec<Rule>, Ec2Error> {
             let Some(c) = p.get(&format!("{pre}.IpRanges.{m}.CidrIp")) else {
                 break;
             };
-            if !valid_cidr(c) {
-                return Err(Ec2Error::invalid_value(
-                    "CidrIp",
-                    c,
-                    "The CIDR block is malformed.",
-                ));
-            }
-            cidrs.push(c.to_string());
+            cidrs.push(cidr(c)?);
         }
         let mut groups = Vec::new();
         for m in 1..=100 {
@@ -236,8 +239,8 @@ fn permissions(ec2: &Ec2, call: &Call) -> Result<Vec<Rule>, Ec2Error> {
     }
     // The flat form: one protocol and range from a CIDR, or all from a group.
     let source = p.get("SourceSecurityGroupName");
-    let cidr = p.get("CidrIp");
-    if source.is_none() && cidr.is_none() {
+    let cidr_ip = p.get("CidrIp");
+    if source.is_none() && cidr_ip.is_none() {
         return Err(Ec2Error::missing("IpPermissions"));
     }
     let proto = protocol(p.get("IpProtocol").unwrap_or("-1"))?;
@@ -249,15 +252,8 @@ fn permissions(ec2: &Ec2, call: &Call) -> Result<Vec<Rule>, Ec2Error> {
         cidrs: Vec::new(),
         groups: Vec::new(),
     };
-    if let Some(c) = cidr {
-        if !valid_cidr(c) {
-            return Err(Ec2Error::invalid_value(
-                "CidrIp",
-                c,
-                "The CIDR block is malformed.",
-            ));
-        }
-        rule.cidrs.push(c.to_string());
+    if let Some(c) = cidr_ip {
+        rule.cidrs.push(cidr(c)?);
     }
     if let Some(name) = source {
         rule.groups.push(source_group(

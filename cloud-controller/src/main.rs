@@ -115,6 +115,10 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     );
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
     tokio::spawn(ec2::security_groups::sync_firewalls(ec2.clone()));
+    tokio::spawn(ec2::instances::finish_terminations(
+        ec2.clone(),
+        Duration::from_secs(5),
+    ));
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
     if let Some((acceptor, listener, addr)) = tls {
         tokio::spawn(ec2::serve(listener, Some(acceptor), ec2));

@@ -766,3 +766,49 @@ fn status_checks_fail_while_the_node_is_silent() {
         (status().0 == "ok").then_some(())
     });
 }
+
+#[test]
+fn a_terminate_asked_while_the_node_is_down_is_carried_out_when_it_is_back() {
+    let mut cloud = cloud_of(1, "");
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-intent");
+    fs::create_dir_all(&home).expect("home");
+    let ami = register_disk(&cloud, &creds, &home);
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, &ec2, args);
+    let id = launch_one(&aws, &ami);
+    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let state = || -> String {
+        let out = aws(&["ec2", "describe-instances", "--instance-ids", &id]).expect_ok();
+        let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+        d["Reservations"][0]["Instances"][0]["State"]["Name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    cloud.kill("nc-1");
+    let out = aws(&["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
+    assert!(out.contains("shutting-down"), "{out}");
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        state(),
+        "shutting-down",
+        "not terminated while its node is down"
+    );
+    cloud.restart("nc-1");
+    wait_for(
+        "the termination to be carried out",
+        Duration::from_secs(30),
+        || (state() == "terminated").then_some(()),
+    );
+    let instances_on_node = wait_for("the node to hold nothing", Duration::from_secs(10), || {
+        let nodes = cloud.admin_json(&["describe-nodes"]);
+        let n = nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == "nc-1")?
+            .clone();
+        (n["state"] == "ENABLED").then(|| n["instances"].as_u64().unwrap_or(99))
+    });
+    assert_eq!(instances_on_node, 0);
+}

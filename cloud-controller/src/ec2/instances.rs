@@ -5,7 +5,7 @@
 //! (all or nothing, MaxCount down to MinCount) and answers; the cluster
 //! starts them in the background and their states arrive with its reports.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use base64::Engine;
 use common::{auth::SignCalls, time};
@@ -909,37 +909,71 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
             .instance_gone(&r.instance_id)
             .map_err(store_error)?;
         ec2.firewall_changed.notify_one();
-        let instances = ec2.instances.clone();
         let client = ec2.cluster_client(&r.cluster);
+        let instances = ec2.instances.clone();
         let id = r.instance_id.clone();
-        tokio::spawn(async move {
-            let done = match client {
-                Ok(mut c) => c
-                    .terminate_instances(InstanceRefs {
-                        instance_ids: vec![id.clone()],
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.message().to_string()),
-                Err(e) => Err(e.message),
-            };
-            match done {
-                Ok(()) => {
-                    let _ = instances.set_state(
-                        &id,
-                        "terminated",
-                        "Client.UserInitiatedShutdown: User initiated shutdown",
-                        None,
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(instance_id = %id, error = %e, "terminate failed; it stays shutting-down")
-                }
-            }
-        });
+        tokio::spawn(async move { carry_out_terminate(client, &instances, id).await });
     }
     w.close("instancesSet");
     Ok(w.finish())
+}
+
+/// Asks `r`'s cluster to terminate it and records it terminated once done.
+/// A failure (the node or cluster is down) leaves it `shutting-down`: the
+/// intent is durable and [`finish_terminations`] tries again.
+async fn carry_out_terminate(
+    client: Result<ClusterClient, Ec2Error>,
+    instances: &crate::instances::Instances,
+    id: String,
+) -> bool {
+    let done = match client {
+        Ok(mut c) => c
+            .terminate_instances(InstanceRefs {
+                instance_ids: vec![id.clone()],
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.message().to_string()),
+        Err(e) => Err(e.message),
+    };
+    match done {
+        Ok(()) => {
+            let _ = instances.set_state(
+                &id,
+                "terminated",
+                "Client.UserInitiatedShutdown: User initiated shutdown",
+                None,
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(instance_id = %id, error = %e, "terminate failed; it stays shutting-down and is tried again");
+            false
+        }
+    }
+}
+
+/// Carries out, forever, every termination that has not been confirmed
+/// (an instance `shutting-down` for more than `every`): its node may have
+/// been down, or a tier restarted, when it was asked for. Run it in its
+/// own task.
+pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Ok(records) = ec2.instances.list() else {
+            continue;
+        };
+        let now = time::unix_ms();
+        for r in records {
+            if r.state == "shutting-down" && now - r.changed_ms > every.as_millis() as i64 {
+                let client = ec2.cluster_client(&r.cluster);
+                if carry_out_terminate(client, &ec2.instances, r.instance_id.clone()).await {
+                    tracing::info!(instance_id = %r.instance_id, "a termination asked for earlier is done");
+                }
+            }
+        }
+    }
 }
 
 /// StopInstances and StartInstances.

@@ -63,12 +63,12 @@ impl MetadataService for Imds {
             .into_iter()
             .find(|n| n.node.as_ref().is_some_and(|v| v.name == node))
             .map(|n| n.cluster_name);
-        let record = ec2
+        let mut claims: Vec<_> = ec2
             .instances
             .list()
             .map_err(internal)?
             .into_iter()
-            .find(|r| {
+            .filter(|r| {
                 let here = match &cluster {
                     Some(c) => &r.cluster == c,
                     None => r.node == node,
@@ -76,8 +76,17 @@ impl MetadataService for Imds {
                 here && !req.source_ip.is_empty()
                     && r.private_ip == req.source_ip
                     && !matches!(r.state.as_str(), "terminated" | "shutting-down")
-            });
-        let Some(record) = record else {
+            })
+            .collect();
+        if claims.len() > 1 {
+            // Two live records claim the address: answering for either could
+            // hand one tenant's data to another. Nothing until they are
+            // reconciled.
+            let ids: Vec<&str> = claims.iter().map(|r| r.instance_id.as_str()).collect();
+            tracing::warn!(%node, source_ip = %req.source_ip, instances = ?ids, "several instances claim this address: no metadata served");
+            claims.clear();
+        }
+        let Some(record) = claims.pop() else {
             tracing::info!(%node, source_ip = %req.source_ip, "metadata request from no known instance");
             return Ok(Response::new(MetadataReply {
                 status: 404,

@@ -289,6 +289,7 @@ impl Instances {
             }
         }
         let _w = self.lock();
+        let seen: std::collections::HashSet<String> = reported.keys().cloned().collect();
         for (id, (state, reason, node, ip, mac)) in reported {
             let Some(mut r) = self.table.get(&id)? else {
                 continue;
@@ -318,9 +319,38 @@ impl Instances {
             }
             self.table.put(&r)?;
         }
+        // A healthy node reports every instance it has: a record on it that
+        // it no longer reports (past a grace for launches in flight) is
+        // gone below the CLC, and so terminated here too.
+        let healthy: std::collections::HashSet<&str> = report
+            .nodes
+            .iter()
+            .filter(|n| n.state == proto::ServiceState::Enabled as i32)
+            .map(|n| n.name.as_str())
+            .collect();
+        let now = time::unix_ms();
+        for mut r in self.table.list()? {
+            if r.cluster != report.cluster_name
+                || r.state == "terminated"
+                || !healthy.contains(r.node.as_str())
+                || seen.contains(&r.instance_id)
+                || now - r.changed_ms < RECONCILE_GRACE_MS
+            {
+                continue;
+            }
+            tracing::warn!(instance_id = %r.instance_id, node = %r.node, from = %r.state, "the node no longer has the instance: terminated");
+            r.state = "terminated".into();
+            r.state_reason = "Server.InternalError: the node no longer has the instance".into();
+            r.changed_ms = now;
+            self.table.put(&r)?;
+        }
         Ok(())
     }
 }
+
+/// How long a record may go unreported by its healthy node before it is
+/// taken for gone (a launch on its way to the node is not reported yet).
+pub const RECONCILE_GRACE_MS: i64 = 30_000;
 
 #[cfg(test)]
 mod tests {

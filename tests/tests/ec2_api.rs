@@ -812,3 +812,46 @@ fn a_terminate_asked_while_the_node_is_down_is_carried_out_when_it_is_back() {
     });
     assert_eq!(instances_on_node, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_gone_below_the_clc_is_terminated_in_its_records() {
+    let cloud = cloud_with(CloudOptions {
+        assign_public_ips: true,
+        ..Default::default()
+    });
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-reconcile");
+    fs::create_dir_all(&home).expect("home");
+    let ami = register_disk(&cloud, &creds, &home);
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, &ec2, args);
+    let id = launch_one(&aws, &ami);
+    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let instance = |id: &str| -> serde_json::Value {
+        let out = aws(&["ec2", "describe-instances", "--instance-ids", id]).expect_ok();
+        let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+        d["Reservations"][0]["Instances"][0].clone()
+    };
+    assert_eq!(instance(&id)["PublicIpAddress"], "203.0.113.10");
+    // The node loses the instance behind the CLC's back.
+    let mut nc = tests::node::node(&cloud, "nc-1").await;
+    nc.terminate_instance(proto::InstanceRef {
+        instance_id: id.clone(),
+    })
+    .await
+    .expect("terminate on the node");
+    let gone = wait_for("the records to follow", Duration::from_secs(60), || {
+        let i = instance(&id);
+        (i["State"]["Name"] == "terminated").then_some(i)
+    });
+    assert_eq!(
+        gone["StateReason"]["Message"], "Server.InternalError: the node no longer has the instance",
+        "{gone}"
+    );
+    // What it held is free again: the next instance gets its public address.
+    wait_for("the address released", Duration::from_secs(20), || {
+        instance(&id)["PublicIpAddress"].is_null().then_some(())
+    });
+    let next = launch_one(&aws, &ami);
+    assert_eq!(instance(&next)["PublicIpAddress"], "203.0.113.10");
+}

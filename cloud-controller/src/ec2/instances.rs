@@ -964,6 +964,17 @@ pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
         let Ok(records) = ec2.instances.list() else {
             continue;
         };
+        // Addresses of instances that ended without a TerminateInstances
+        // (a failed launch, or one gone below) go back too.
+        let held = ec2.addresses.by_instance().unwrap_or_default();
+        for r in records.iter().filter(|r| r.state == "terminated") {
+            if held.contains_key(&r.instance_id)
+                && ec2.addresses.instance_gone(&r.instance_id).is_ok()
+            {
+                tracing::info!(instance_id = %r.instance_id, "a terminated instance's address released");
+                ec2.firewall_changed.notify_one();
+            }
+        }
         let now = time::unix_ms();
         for r in records {
             if r.state == "shutting-down" && now - r.changed_ms > every.as_millis() as i64 {

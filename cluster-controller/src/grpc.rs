@@ -21,13 +21,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Marks silent nodes NOTREADY, forever; run it in its own task.
+    /// Marks silent nodes NOTREADY and releases what nodes no longer have,
+    /// forever; run it in its own task.
     pub async fn watch_liveness(self, timeout: Duration) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            self.nodes
-                .expire(time::unix_ms(), timeout.as_millis() as i64);
+            let now = time::unix_ms();
+            self.nodes.expire(now, timeout.as_millis() as i64);
+            self.instances.reconcile(now);
         }
     }
 }

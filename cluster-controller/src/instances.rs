@@ -71,7 +71,13 @@ pub struct ClusterInstances {
     clients: Mutex<HashMap<String, NodeClient>>,
     /// The private network (subnet and bridge name), when instances get addresses.
     network: Option<(Subnet, String)>,
+    /// Placed instances their ready node has stopped reporting, since when.
+    missing_since: Mutex<HashMap<String, i64>>,
 }
+
+/// How long a ready node may leave a placed instance out of its reports
+/// before the CC takes it for gone (a launch on its way is not reported yet).
+pub const GONE_AFTER_MS: i64 = 30_000;
 
 fn store_status(e: StoreError) -> Status {
     tracing::error!(error = %e, "ledger write failed");
@@ -106,7 +112,41 @@ impl ClusterInstances {
             name: name.to_string(),
             clients: Mutex::new(HashMap::new()),
             network,
+            missing_since: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Follows what the nodes report: an instance its ready node has not
+    /// reported for [`GONE_AFTER_MS`] is gone below the CC, and what it
+    /// held (capacity, private address) is free again.
+    pub fn reconcile(&self, now_ms: i64) {
+        let reported = self.nodes.reported();
+        let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(ledger) = self.ledger.list() else {
+            return;
+        };
+        let mut missing = self.missing_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut still = std::collections::HashSet::new();
+        for p in ledger {
+            let Some(ids) = reported.get(&p.node) else {
+                continue;
+            };
+            if ids.contains(&p.instance_id) {
+                continue;
+            }
+            let since = *missing.entry(p.instance_id.clone()).or_insert(now_ms);
+            if now_ms - since < GONE_AFTER_MS {
+                still.insert(p.instance_id);
+                continue;
+            }
+            match self.ledger.delete(&p.instance_id) {
+                Ok(_) => {
+                    tracing::warn!(instance_id = %p.instance_id, node = %p.node, "the node no longer has the instance: its placement is released")
+                }
+                Err(e) => tracing::error!(error = %e, "ledger write failed"),
+            }
+        }
+        missing.retain(|id, _| still.contains(id));
     }
 
     fn client(&self, endpoint: &str) -> Result<NodeClient, Status> {

@@ -215,6 +215,22 @@ impl Nodes {
         }
     }
 
+    /// The instances each ready node reported last, by node name.
+    pub fn reported(&self) -> HashMap<String, std::collections::HashSet<String>> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.ready)
+            .filter_map(|(name, n)| {
+                let r = n.report.as_ref()?;
+                Some((
+                    name.clone(),
+                    r.instances.iter().map(|i| i.instance_id.clone()).collect(),
+                ))
+            })
+            .collect()
+    }
+
     /// Forgets node `name` (durably): NOT_FOUND when unknown,
     /// FAILED_PRECONDITION while it still reports.
     pub fn forget(&self, name: &str) -> Result<(), Status> {

@@ -833,8 +833,11 @@ async fn an_instance_gone_below_the_clc_is_terminated_in_its_records() {
         d["Reservations"][0]["Instances"][0].clone()
     };
     assert_eq!(instance(&id)["PublicIpAddress"], "203.0.113.10");
+    let private_ip = instance(&id)["PrivateIpAddress"].clone();
+    assert!(private_ip.is_string(), "{private_ip}");
     // The node loses the instance behind the CLC's back.
     let mut nc = tests::node::node(&cloud, "nc-1").await;
+    let dropped = std::time::Instant::now();
     nc.terminate_instance(proto::InstanceRef {
         instance_id: id.clone(),
     })
@@ -852,6 +855,11 @@ async fn an_instance_gone_below_the_clc_is_terminated_in_its_records() {
     wait_for("the address released", Duration::from_secs(20), || {
         instance(&id)["PublicIpAddress"].is_null().then_some(())
     });
+    // Its cluster lets go of its private address too (it gives the lowest
+    // free one), once the node has left it out for 30 s.
+    std::thread::sleep(Duration::from_secs(34).saturating_sub(dropped.elapsed()));
     let next = launch_one(&aws, &ami);
-    assert_eq!(instance(&next)["PublicIpAddress"], "203.0.113.10");
+    let next = instance(&next);
+    assert_eq!(next["PublicIpAddress"], "203.0.113.10", "{next}");
+    assert_eq!(next["PrivateIpAddress"], private_ip, "{next}");
 }

@@ -148,6 +148,10 @@ pub struct Instances {
     /// What each guest was last started under (guests found again after a
     /// restart: the node's virtualization).
     running_under: Mutex<HashMap<String, Virt>>,
+    /// Launches still fetching their images (not recorded yet), with their
+    /// address and MAC: reported as pending, so no tier above takes them
+    /// for gone while a large image comes.
+    launching: Mutex<BTreeMap<String, (String, String)>>,
     /// When each instance last changed state, for reports.
     changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
     /// The private network plumbing, when the node builds it.
@@ -232,6 +236,7 @@ impl Instances {
             virt,
             kvm_unproven: Mutex::new(HashMap::new()),
             running_under: Mutex::new(HashMap::new()),
+            launching: Mutex::new(BTreeMap::new()),
             changed: Mutex::new(BTreeMap::new()),
             network,
             policies: Mutex::new(HashMap::new()),
@@ -390,13 +395,34 @@ impl Instances {
             // A retried launch: report what there is.
             return self.status(&l.instance_id);
         }
-        let image = self.images.get(source, &l.image).await?;
-        if let Some(k) = &l.kernel {
-            self.images.get(source, k).await?;
+        self.launching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(l.instance_id.clone(), (l.private_ip.clone(), l.mac.clone()));
+        let fetched = async {
+            let image = self.images.get(source, &l.image).await?;
+            if let Some(k) = &l.kernel {
+                self.images.get(source, k).await?;
+            }
+            if let Some(r) = &l.ramdisk {
+                self.images.get(source, r).await?;
+            }
+            Ok::<_, InstanceError>(image)
         }
-        if let Some(r) = &l.ramdisk {
-            self.images.get(source, r).await?;
-        }
+        .await;
+        let done_fetching = || {
+            self.launching
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&l.instance_id);
+        };
+        let image = match fetched {
+            Ok(image) => image,
+            Err(e) => {
+                done_fetching();
+                return Err(e);
+            }
+        };
         let record = InstanceRecord {
             instance_id: l.instance_id.clone(),
             instance_type: l.instance_type.clone(),
@@ -415,7 +441,9 @@ impl Instances {
                 .as_ref()
                 .map(|n| (n.bridge.clone(), n.gateway.to_string(), u32::from(n.prefix))),
         };
-        self.table.put(&record)?;
+        let recorded = self.table.put(&record);
+        done_fetching();
+        recorded?;
         self.pin(&record, true);
         let launched = async {
             let dir = self.instance_dir(&l.instance_id);
@@ -798,6 +826,27 @@ impl Instances {
                 },
             });
         }
+        // Launches still fetching their images are pending here too.
+        let now = time::unix_ms();
+        for (id, (ip, mac)) in self
+            .launching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if out.iter().any(|s| &s.instance_id == id) {
+                continue;
+            }
+            out.push(InstanceStatus {
+                instance_id: id.clone(),
+                state: InstanceState::Pending as i32,
+                node: self.node.clone(),
+                private_ip: ip.clone(),
+                mac: mac.clone(),
+                changed_unix_ms: now,
+                ..Default::default()
+            });
+        }
         Ok(out)
     }
 
@@ -1077,5 +1126,38 @@ mod tests {
             instances.status(id).expect("status").state,
             InstanceState::Running as i32
         );
+    }
+
+    struct SlowSource;
+
+    #[tonic::async_trait]
+    impl ImageSource for SlowSource {
+        async fn fetch(&self, image: &ImageRef, out: &mut tokio::fs::File) -> Result<(), String> {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Source.fetch(image, out).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_launch_fetching_its_images_is_reported_pending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hv = Arc::new(Fake::default());
+        let (instances, _) = open_with(hv, dir.path(), Virt::Qemu, Duration::ZERO);
+        let id = "i-0123456789abcdef6";
+        let watch = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            instances.statuses().expect("statuses")
+        };
+        let (launched, during) = tokio::join!(instances.launch(&SlowSource, launch(id)), watch);
+        assert_eq!(
+            launched.expect("launch").state,
+            InstanceState::Running as i32
+        );
+        assert_eq!(during.len(), 1, "{during:?}");
+        assert_eq!(during[0].instance_id, id);
+        assert_eq!(during[0].state, InstanceState::Pending as i32);
+        assert_eq!(during[0].private_ip, "10.0.0.2");
+        let after = instances.statuses().expect("statuses");
+        assert_eq!(after.len(), 1, "reported once: {after:?}");
     }
 }

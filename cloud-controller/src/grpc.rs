@@ -82,13 +82,7 @@ impl Cloud {
         };
         let endpoint = self
             .registry
-            .services(time::unix_ms())
-            .into_iter()
-            .find(|s| {
-                s.service_type == crate::registry::WALRUS
-                    && s.state == proto::ServiceState::Enabled as i32
-            })
-            .map(|s| s.endpoint)
+            .enabled_walrus()
             .ok_or_else(|| unavailable("no Walrus is ENABLED".into()))?;
         let channel = common::rpc::channel(&endpoint).map_err(|e| unavailable(e.to_string()))?;
         let names = proto::walrus_internal_client::WalrusInternalClient::with_interceptor(

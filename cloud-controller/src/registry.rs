@@ -369,6 +369,14 @@ impl Registry {
             .is_some_and(|l| l.ready)
     }
 
+    /// The internal endpoint of an ENABLED Walrus, if there is one.
+    pub fn enabled_walrus(&self) -> Option<String> {
+        self.services(common::time::unix_ms())
+            .into_iter()
+            .find(|s| s.service_type == WALRUS && s.state == ServiceState::Enabled as i32)
+            .map(|s| s.endpoint)
+    }
+
     /// The cluster node `name` belongs to, and that cluster's endpoint.
     pub fn cluster_of_node(&self, name: &str) -> Option<(String, String)> {
         let inner = self.lock();

@@ -85,16 +85,10 @@ impl Ec2 {
     }
 
     /// Walrus's internal endpoint, from the live view of services.
-    fn walrus_endpoint(&self) -> Result<String, Ec2Error> {
+    pub(super) fn walrus_endpoint(&self) -> Result<String, Ec2Error> {
         self.cloud
             .registry
-            .services(time::unix_ms())
-            .into_iter()
-            .find(|s| {
-                s.service_type == crate::registry::WALRUS
-                    && s.state == proto::ServiceState::Enabled as i32
-            })
-            .map(|s| s.endpoint)
+            .enabled_walrus()
             .ok_or_else(|| Ec2Error::unavailable("no Walrus is ENABLED"))
     }
 }

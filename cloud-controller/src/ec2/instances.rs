@@ -24,7 +24,7 @@ use super::{
 use crate::{
     images::{Image, ImageKind},
     instances::{state_code, InstanceRecord},
-    registry::{CLUSTER, WALRUS},
+    registry::CLUSTER,
     tags::Tag,
 };
 
@@ -298,14 +298,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     let max = max.min(quota_allows(ec2, me, &itype, min)?);
     call.dry_run_check()?;
-    let walrus = ec2
-        .cloud
-        .registry
-        .services(time::unix_ms())
-        .into_iter()
-        .find(|s| s.service_type == WALRUS && s.state == ServiceState::Enabled as i32)
-        .map(|s| s.endpoint)
-        .ok_or_else(|| Ec2Error::unavailable("no Walrus is ENABLED"))?;
+    let walrus = ec2.walrus_endpoint()?;
     let mut client = ec2.cluster_client(&cluster.0)?;
     let reservation_id = common::ids::resource_id("r");
     let now = time::unix_ms();

@@ -147,7 +147,7 @@ stop_libvirt() {
     if [ -e "$marks/$d.started" ]; then
       pkill -TERM -x "$d" 2>/dev/null || true
       local i
-      for i in $(seq 1 50); do alive "$d" || break; sleep 0.1; done
+      for i in $(seq 1 150); do alive "$d" || break; sleep 0.1; done
       rm -f "$marks/$d.started"
     fi
   done

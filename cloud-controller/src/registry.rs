@@ -377,6 +377,17 @@ impl Registry {
             .map(|s| s.endpoint)
     }
 
+    /// An ENABLED Walrus's endpoint, else the last one known: nodes need it
+    /// only for images they have not cached.
+    pub fn known_walrus(&self) -> Option<String> {
+        self.enabled_walrus().or_else(|| {
+            self.services(common::time::unix_ms())
+                .into_iter()
+                .find(|s| s.service_type == WALRUS)
+                .map(|s| s.endpoint)
+        })
+    }
+
     /// The cluster node `name` belongs to, and that cluster's endpoint.
     pub fn cluster_of_node(&self, name: &str) -> Option<(String, String)> {
         let inner = self.lock();

@@ -875,3 +875,19 @@ async fn an_instance_gone_below_the_clc_is_terminated_in_its_records() {
     assert_eq!(next["PublicIpAddress"], "203.0.113.10", "{next}");
     assert_eq!(next["PrivateIpAddress"], private_ip, "{next}");
 }
+
+#[test]
+fn a_launch_of_cached_images_does_not_need_walrus() {
+    let mut cloud = cloud_of(1, "");
+    let cli = AdminCli::new(&cloud, "cached");
+    let (ami, aws) = (&cli.ami, |args: &[&str]| cli.run(args));
+    let first = launch_one(&aws, ami);
+    aws(&["ec2", "wait", "instance-running", "--instance-ids", &first]).expect_ok();
+    // Walrus goes away; the node has the image cached.
+    cloud.kill("walrus");
+    wait_for("walrus NOTREADY", Duration::from_secs(20), || {
+        (cloud.service_state("walrus").as_deref() == Some("NOTREADY")).then_some(())
+    });
+    let second = launch_one(&aws, ami);
+    aws(&["ec2", "wait", "instance-running", "--instance-ids", &second]).expect_ok();
+}

@@ -298,7 +298,13 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     let max = max.min(quota_allows(ec2, me, &itype, min)?);
     call.dry_run_check()?;
-    let walrus = ec2.walrus_endpoint()?;
+    // A node fetches from Walrus only images it has not cached: a launch
+    // of cached images does not wait for Walrus to be ENABLED.
+    let walrus = ec2
+        .cloud
+        .registry
+        .known_walrus()
+        .ok_or_else(|| Ec2Error::unavailable("no Walrus is known"))?;
     let mut client = ec2.cluster_client(&cluster.0)?;
     let reservation_id = common::ids::resource_id("r");
     let now = time::unix_ms();

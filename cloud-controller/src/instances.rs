@@ -145,6 +145,9 @@ pub struct Instances {
     types: Table<InstanceType>,
     /// Serializes read-modify-write of records (reports against calls).
     writing: Mutex<()>,
+    /// When each cluster's records were last checked for instances its
+    /// nodes no longer report (a scan of every record: not on every report).
+    reconciled: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Instances {
@@ -154,6 +157,7 @@ impl Instances {
             table: store.table()?,
             types: store.table()?,
             writing: Mutex::new(()),
+            reconciled: Mutex::new(BTreeMap::new()),
         };
         if this.types.is_empty() {
             for (name, cores, memory_mib, disk_gib) in SEED_TYPES {
@@ -329,6 +333,14 @@ impl Instances {
             .map(|n| n.name.as_str())
             .collect();
         let now = time::unix_ms();
+        {
+            let mut last = self.reconciled.lock().unwrap_or_else(|p| p.into_inner());
+            let at = last.entry(report.cluster_name.clone()).or_insert(0);
+            if now - *at < RECONCILE_EVERY_MS {
+                return Ok(());
+            }
+            *at = now;
+        }
         for mut r in self.table.list()? {
             if r.cluster != report.cluster_name
                 || r.state == "terminated"
@@ -351,6 +363,9 @@ impl Instances {
 /// How long a record may go unreported by its healthy node before it is
 /// taken for gone (a launch on its way to the node is not reported yet).
 pub const RECONCILE_GRACE_MS: i64 = 30_000;
+
+/// How often a cluster's records are checked against its nodes' reports.
+const RECONCILE_EVERY_MS: i64 = 5_000;
 
 #[cfg(test)]
 mod tests {

@@ -25,11 +25,17 @@ impl Cluster {
     /// forever; run it in its own task.
     pub async fn watch_liveness(self, timeout: Duration) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut reconciled = 0;
         loop {
             tick.tick().await;
             let now = time::unix_ms();
             self.nodes.expire(now, timeout.as_millis() as i64);
-            self.instances.reconcile(now);
+            // A scan of the whole ledger: every few seconds is plenty
+            // against a 30 s grace.
+            if now - reconciled >= 5_000 {
+                self.instances.reconcile(now);
+                reconciled = now;
+            }
         }
     }
 }

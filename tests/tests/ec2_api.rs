@@ -868,8 +868,8 @@ async fn an_instance_gone_below_the_clc_is_terminated_in_its_records() {
         instance(&id)["PublicIpAddress"].is_null().then_some(())
     });
     // Its cluster lets go of its private address too (it gives the lowest
-    // free one), once the node has left it out for 30 s.
-    std::thread::sleep(Duration::from_secs(34).saturating_sub(dropped.elapsed()));
+    // free one), once the node has left it out for 30 s (checked every 5 s).
+    std::thread::sleep(Duration::from_secs(45).saturating_sub(dropped.elapsed()));
     let next = launch_one(&aws, ami);
     let next = instance(&next);
     assert_eq!(next["PublicIpAddress"], "203.0.113.10", "{next}");

@@ -33,6 +33,11 @@ pub struct Cloud {
 }
 
 impl Cloud {
+    /// Signs this CLC's calls to the other tiers.
+    pub fn signer(&self) -> common::auth::SignCalls {
+        common::auth::SignCalls::new(self.secret.clone(), &self.component)
+    }
+
     /// Deletes account `name` once it holds nothing: no instance that is
     /// not terminated, no image, no bucket (else [`AccountError::InUse`],
     /// naming them). Every path that deletes accounts (the admin service,
@@ -87,7 +92,7 @@ impl Cloud {
         let channel = common::rpc::channel(&endpoint).map_err(|e| unavailable(e.to_string()))?;
         let names = proto::walrus_internal_client::WalrusInternalClient::with_interceptor(
             channel,
-            common::auth::SignCalls::new(self.secret.clone(), &self.component),
+            self.signer(),
         )
         .list_buckets(proto::BucketOwner {
             owner_id: id.to_string(),
@@ -376,7 +381,7 @@ impl AdminService for Cloud {
             .map_err(|e| Status::unavailable(format!("cluster {cluster}: {e}")))?;
         proto::cluster_service_client::ClusterServiceClient::with_interceptor(
             channel,
-            common::auth::SignCalls::new(self.secret.clone(), &self.component),
+            self.signer(),
         )
         .deregister_node(proto::NodeName { name: name.clone() })
         .await?;

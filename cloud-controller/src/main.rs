@@ -96,7 +96,6 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         ),
         launches: Default::default(),
         firewall_changed: Default::default(),
-        secret: started.secret.clone(),
         settings: ec2::Settings {
             region: config.region.clone(),
             endpoint: match &tls {
@@ -104,7 +103,6 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
                 None => format!("http://{ec2_addr}/"),
             },
             admin_account: config.admin_account.clone(),
-            component: config.name.clone(),
             assign_public_ips: config.assign_public_ips,
         },
     });

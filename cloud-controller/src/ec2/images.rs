@@ -152,10 +152,7 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
     let endpoint = ec2.walrus_endpoint()?;
     let channel = common::rpc::channel(&endpoint)
         .map_err(|e| Ec2Error::unavailable(&format!("Walrus at {endpoint}: {e}")))?;
-    let mut walrus = WalrusInternalClient::with_interceptor(
-        channel,
-        common::auth::SignCalls::new(ec2.secret.clone(), &ec2.settings.component),
-    );
+    let mut walrus = WalrusInternalClient::with_interceptor(channel, ec2.cloud.signer());
     let info = walrus
         .head_object(ObjectRef {
             bucket: bucket.to_string(),

@@ -76,7 +76,7 @@ impl Ec2 {
             .map_err(|e| Ec2Error::unavailable(&format!("cluster {cluster}: {e}")))?;
         Ok(ClusterServiceClient::with_interceptor(
             channel,
-            SignCalls::new(self.secret.clone(), &self.settings.component),
+            self.cloud.signer(),
         ))
     }
 

@@ -30,7 +30,6 @@ pub use error::Ec2Error;
 pub use params::Params;
 
 use crate::{accounts::AccessKey, grpc::Cloud, images::Images};
-use common::auth::ClusterSecret;
 
 /// Largest request body accepted (user data is at most 16 KiB base64).
 const MAX_BODY: usize = 1024 * 1024;
@@ -53,8 +52,6 @@ pub struct Settings {
     pub endpoint: String,
     /// The system account's name (its users are cloud administrators).
     pub admin_account: String,
-    /// This CLC's name, for signing internal calls.
-    pub component: String,
     /// Every new instance gets a public address from the pool (while it
     /// lasts), as in Eucalyptus.
     pub assign_public_ips: bool,
@@ -75,8 +72,6 @@ pub struct Ec2 {
     pub launches: tokio::sync::Mutex<()>,
     /// Wakes the task that pushes security group rules to the nodes.
     pub firewall_changed: tokio::sync::Notify,
-    /// Signs the CLC's calls to the other tiers.
-    pub secret: ClusterSecret,
     pub settings: Settings,
 }
 

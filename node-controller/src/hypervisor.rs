@@ -131,8 +131,6 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
 pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// Defines the domain and starts it.
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError>;
-    /// Starts a defined, shut-off domain.
-    fn start(&self, name: &str) -> Result<(), HypervisorError>;
     /// Powers the domain off at once (it stays defined).
     fn power_off(&self, name: &str) -> Result<(), HypervisorError>;
     /// Reboots the domain.
@@ -210,10 +208,6 @@ impl Hypervisor for Libvirt {
             }
             Ok(())
         })
-    }
-
-    fn start(&self, name: &str) -> Result<(), HypervisorError> {
-        self.with(|c| c.lookup_domain_by_name(name)?.create())
     }
 
     fn power_off(&self, name: &str) -> Result<(), HypervisorError> {
@@ -323,10 +317,6 @@ impl Hypervisor for Fake {
         Ok(())
     }
 
-    fn start(&self, name: &str) -> Result<(), HypervisorError> {
-        self.change(name, |s| *s = DomainState::Running)
-    }
-
     fn power_off(&self, name: &str) -> Result<(), HypervisorError> {
         self.change(name, |s| *s = DomainState::Shutoff)
     }
@@ -408,11 +398,14 @@ mod tests {
         );
         hv.power_off("i-1").expect("off");
         assert_eq!(hv.domains("i-").expect("list")[0].1, DomainState::Shutoff);
-        hv.start("i-1").expect("start");
+        hv.reboot("i-1").expect("reboot");
         hv.remove("i-1").expect("remove");
         hv.remove("i-1").expect("remove twice is fine");
         assert!(hv.domains("i-").expect("list").is_empty());
-        assert!(matches!(hv.start("i-1"), Err(HypervisorError::NoDomain(_))));
+        assert!(matches!(
+            hv.reboot("i-1"),
+            Err(HypervisorError::NoDomain(_))
+        ));
     }
 
     #[test]
@@ -426,11 +419,10 @@ mod tests {
             .expect("list")
             .contains(&("i-test1".to_string(), DomainState::Running)));
         hv.power_off("i-test1").expect("off");
-        hv.start("i-test1").expect("start");
         hv.remove("i-test1").expect("remove");
         assert_eq!(hv.domains("i-").expect("list").len(), before);
         assert!(matches!(
-            hv.start("i-test1"),
+            hv.reboot("i-test1"),
             Err(HypervisorError::NoDomain(_))
         ));
     }

@@ -18,6 +18,11 @@ pub struct CloudConfig {
     /// File holding the cluster secret shared by all tiers (at least 16
     /// characters). Default `/var/lib/gumtree/cluster.secret`.
     pub cluster_secret_file: PathBuf,
+    /// This CLC's certificate for the internal connections:
+    /// `internal_tls = { dir = "/var/lib/gumtree/pki" }` finds `ca.pem`,
+    /// `clc-<name>.pem` and `clc-<name>.key` there (`cert`, `key` and `ca`
+    /// name other files).
+    pub internal_tls: common::pki::TlsFiles,
     /// Seconds without a report before a service or node shows NOTREADY. Default 6.
     pub report_timeout_secs: u64,
     /// System account created with an access key on first start. Default `eucalyptus`.
@@ -57,6 +62,7 @@ impl Default for CloudConfig {
             listen: "127.0.0.1:8780".into(),
             state_dir: "/var/lib/gumtree/clc".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            internal_tls: Default::default(),
             report_timeout_secs: 6,
             admin_account: "eucalyptus".into(),
             ec2_listen: "127.0.0.1:8773".into(),

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use common::{report::accept_reports, time};
+use common::{auth::caller, pki::Role, report::accept_reports, time};
 use proto::{
     admin_service_server::AdminService, cloud_service_server::CloudService,
     identity_service_server::IdentityService, ClusterReport, CreateAccessKeyRequest,
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     accounts::{self, AccountError, Accounts},
-    registry::Registry,
+    registry::{self, Registry},
 };
 
 /// Both services share the CLC's state.
@@ -26,18 +26,11 @@ pub struct Cloud {
     pub accounts: Accounts,
     pub instances: Arc<crate::instances::Instances>,
     pub images: Arc<crate::images::Images>,
-    /// Signs the calls down to the clusters.
-    pub secret: common::auth::ClusterSecret,
-    /// This CLC's name, for those calls.
-    pub component: String,
+    /// How this CLC proves itself to the other tiers.
+    pub trust: common::rpc::Trust,
 }
 
 impl Cloud {
-    /// Signs this CLC's calls to the other tiers.
-    pub fn signer(&self) -> common::auth::SignCalls {
-        common::auth::SignCalls::new(self.secret.clone(), &self.component)
-    }
-
     /// Deletes account `name` once it holds nothing: no instance that is
     /// not terminated, no image, no bucket (else [`AccountError::InUse`],
     /// naming them). Every path that deletes accounts (the admin service,
@@ -89,18 +82,18 @@ impl Cloud {
             .registry
             .enabled_walrus()
             .ok_or_else(|| unavailable("no Walrus is ENABLED".into()))?;
-        let channel = common::rpc::channel(&endpoint).map_err(|e| unavailable(e.to_string()))?;
-        let names = proto::walrus_internal_client::WalrusInternalClient::with_interceptor(
-            channel,
-            self.signer(),
-        )
-        .list_buckets(proto::BucketOwner {
-            owner_id: id.to_string(),
-        })
-        .await
-        .map_err(|s| unavailable(s.message().to_string()))?
-        .into_inner()
-        .names;
+        let channel = self
+            .trust
+            .channel(&endpoint, Role::Walrus)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let names = proto::walrus_internal_client::WalrusInternalClient::new(channel)
+            .list_buckets(proto::BucketOwner {
+                owner_id: id.to_string(),
+            })
+            .await
+            .map_err(|s| unavailable(s.message().to_string()))?
+            .into_inner()
+            .names;
         Ok(names)
     }
 
@@ -170,9 +163,13 @@ impl CloudService for Cloud {
     ) -> Result<Response<Self::ReportClusterStream>, Status> {
         let (on_report, on_end) = (self.registry.clone(), self.registry.clone());
         let instances = self.instances.clone();
+        let caller = caller(&request)?.name.clone();
         Ok(Response::new(accept_reports(
             request.into_inner(),
             move |id, report| {
+                if report.cluster_name != caller {
+                    return Err(impersonation("cluster", &report.cluster_name, &caller));
+                }
                 if let Err(e) = instances.observe(&report) {
                     tracing::error!(error = %e, "cannot record instance states");
                 }
@@ -187,9 +184,23 @@ impl CloudService for Cloud {
         request: Request<Streaming<ServiceReport>>,
     ) -> Result<Response<Self::ReportServiceStream>, Status> {
         let (on_report, on_end) = (self.registry.clone(), self.registry.clone());
+        let caller = caller(&request)?.clone();
         Ok(Response::new(accept_reports(
             request.into_inner(),
-            move |id, report| on_report.service_report(id, report, time::unix_ms()),
+            move |id, report| {
+                let role = match report.service_type.as_str() {
+                    registry::WALRUS => Role::Walrus,
+                    _ => Role::Sc,
+                };
+                if report.name != caller.name || role != caller.role {
+                    return Err(impersonation(
+                        &report.service_type,
+                        &report.name,
+                        &caller.to_string(),
+                    ));
+                }
+                on_report.service_report(id, report, time::unix_ms())
+            },
             move |id, why| on_end.stream_ended(id, why),
         )))
     }
@@ -377,14 +388,13 @@ impl AdminService for Cloud {
                 held.join(", ")
             )));
         }
-        let channel = common::rpc::channel(&endpoint)
+        let channel = self
+            .trust
+            .channel(&endpoint, Role::Cc)
             .map_err(|e| Status::unavailable(format!("cluster {cluster}: {e}")))?;
-        proto::cluster_service_client::ClusterServiceClient::with_interceptor(
-            channel,
-            self.signer(),
-        )
-        .deregister_node(proto::NodeName { name: name.clone() })
-        .await?;
+        proto::cluster_service_client::ClusterServiceClient::new(channel)
+            .deregister_node(proto::NodeName { name: name.clone() })
+            .await?;
         self.registry.forget_node(&cluster, &name)?;
         tracing::info!(node = %name, %cluster, "node deregistered");
         Ok(Response::new(view))
@@ -403,4 +413,38 @@ impl IdentityService for Cloud {
             None => Err(Status::not_found(format!("no access key {id}"))),
         }
     }
+
+    async fn node_may_read(
+        &self,
+        request: Request<proto::NodeReadRequest>,
+    ) -> Result<Response<proto::NodeReadReply>, Status> {
+        let r = request.into_inner();
+        let internal = |e: common::store::StoreError| Status::internal(e.to_string());
+        let mut wanted = std::collections::HashSet::new();
+        for record in self.instances.list().map_err(internal)? {
+            if record.node == r.node && record.state != "terminated" {
+                wanted.insert(record.image_id);
+                wanted.extend(record.kernel_id);
+                wanted.extend(record.ramdisk_id);
+            }
+        }
+        let mut allowed = false;
+        for image_id in wanted {
+            let image = self
+                .images
+                .get(&image_id)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if image.is_some_and(|i| i.bucket == r.bucket && i.key == r.key) {
+                allowed = true;
+                break;
+            }
+        }
+        Ok(Response::new(proto::NodeReadReply { allowed }))
+    }
+}
+
+/// A report stream whose reports name another component than its certificate.
+fn impersonation(what: &str, named: &str, caller: &str) -> Status {
+    tracing::warn!(%caller, %named, "refused a report: it names another {what}");
+    Status::permission_denied(format!("{caller} may not report as {what} {named:?}"))
 }

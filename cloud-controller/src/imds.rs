@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use common::{auth::HEADER_COMPONENT, time};
+use common::{auth::caller, time};
 use proto::{metadata_service_server::MetadataService, MetadataReply, MetadataRequest};
 use tonic::{Request, Response, Status};
 
@@ -48,12 +48,8 @@ impl MetadataService for Imds {
         &self,
         request: Request<MetadataRequest>,
     ) -> Result<Response<MetadataReply>, Status> {
-        let node = request
-            .metadata()
-            .get(HEADER_COMPONENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        // The relaying node, as its certificate names it.
+        let node = caller(&request)?.name.clone();
         let req = request.into_inner();
         let ec2 = &self.ec2;
         let cluster = ec2

@@ -11,24 +11,26 @@ use cloud_controller::{
     images::Images,
     registry::{self, Registry, ServiceRecord},
 };
-use common::{auth::VerifyCalls, rpc, store::Store, time};
+use common::{pki::Role, rpc, store::Store, time};
 use proto::{
     admin_service_server::AdminServiceServer, cloud_service_server::CloudServiceServer,
     identity_service_server::IdentityServiceServer, metadata_service_server::MetadataServiceServer,
 };
-use tokio_stream::wrappers::TcpListenerStream;
 
 fn main() -> std::process::ExitCode {
     common::daemon::main("cloud-controller", "The Gumtree cloud controller.", run)
 }
 
 async fn run(config: CloudConfig) -> anyhow::Result<()> {
-    let started = rpc::start(
-        &config.state_dir,
-        &config.cluster_secret_file,
-        &config.listen,
-        "",
-    )
+    let started = rpc::start(rpc::StartAt {
+        state_dir: &config.state_dir,
+        secret_file: &config.cluster_secret_file,
+        tls: &config.internal_tls,
+        who: Role::Clc,
+        name: &config.name,
+        listen: &config.listen,
+        advertise: "",
+    })
     .await?;
     let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
     let accounts = Accounts::open(&store, &config.admin_account)?;
@@ -56,8 +58,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         accounts,
         instances: instances.clone(),
         images: images.clone(),
-        secret: started.secret.clone(),
-        component: config.name.clone(),
+        trust: started.trust.clone(),
     };
     tokio::spawn(
         cloud
@@ -108,7 +109,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     });
     let imds = cloud_controller::imds::Imds::new(
         ec2.clone(),
-        &started.secret.derive("instance metadata tokens"),
+        &started.trust.secret.derive("instance metadata tokens"),
         config.metadata_tokens_required,
     );
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
@@ -129,26 +130,15 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         admin_access_key = %admin.access_key_id,
         "cloud controller ready"
     );
-    let verify = VerifyCalls::new(started.secret.clone());
-    let incoming = TcpListenerStream::new(started.listener);
+    let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
-        rpc::server()
-            .add_service(CloudServiceServer::with_interceptor(
-                cloud.clone(),
-                verify.clone(),
-            ))
-            .add_service(AdminServiceServer::with_interceptor(
-                cloud.clone(),
-                verify.clone(),
-            ))
-            .add_service(IdentityServiceServer::with_interceptor(
-                cloud.clone(),
-                verify.clone(),
-            ))
-            .add_service(MetadataServiceServer::with_interceptor(
-                imds.clone(),
-                verify,
-            ))
+        started
+            .trust
+            .server()
+            .add_service(CloudServiceServer::new(cloud.clone()))
+            .add_service(AdminServiceServer::new(cloud.clone()))
+            .add_service(IdentityServiceServer::new(cloud.clone()))
+            .add_service(MetadataServiceServer::new(imds.clone()))
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

@@ -53,6 +53,10 @@ pub struct ClusterConfig {
     pub state_dir: PathBuf,
     /// File holding the cluster secret. Default `/var/lib/gumtree/cluster.secret`.
     pub cluster_secret_file: PathBuf,
+    /// This CC's certificate for the internal connections:
+    /// `internal_tls = { dir = "/var/lib/gumtree/pki" }` finds `ca.pem`,
+    /// `cc-<name>.pem` and `cc-<name>.key` there.
+    pub internal_tls: common::pki::TlsFiles,
     /// GREEDY, ROUNDROBIN, POWERSAVE, FIRSTFIT or THRESHOLD. Default `ROUNDROBIN`.
     pub placement_policy: PlacementPolicy,
     /// Virtual cores offered per core of a node. Default 1.0 (no overcommit).
@@ -90,6 +94,7 @@ impl Default for ClusterConfig {
             clc: "127.0.0.1:8780".into(),
             state_dir: "/var/lib/gumtree/cc".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            internal_tls: Default::default(),
             placement_policy: PlacementPolicy::RoundRobin,
             cpu_overcommit: 1.0,
             memory_overcommit: 1.0,

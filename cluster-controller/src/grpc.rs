@@ -49,9 +49,19 @@ impl ClusterService for Cluster {
         request: Request<Streaming<NodeReport>>,
     ) -> Result<Response<Self::ReportNodeStream>, Status> {
         let (on_report, on_end) = (self.nodes.clone(), self.nodes.clone());
+        let caller = common::auth::caller(&request)?.name.clone();
         Ok(Response::new(accept_reports(
             request.into_inner(),
-            move |id, report| on_report.node_report(id, report, time::unix_ms()),
+            move |id, report| {
+                if report.node_name != caller {
+                    tracing::warn!(%caller, named = %report.node_name, "refused a report: it names another node");
+                    return Err(Status::permission_denied(format!(
+                        "nc/{caller} may not report as node {:?}",
+                        report.node_name
+                    )));
+                }
+                on_report.node_report(id, report, time::unix_ms())
+            },
             move |id, why| on_end.stream_ended(id, why),
         )))
     }

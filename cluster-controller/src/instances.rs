@@ -8,7 +8,8 @@ use std::{
 };
 
 use common::{
-    auth::{ClusterSecret, SignCalls},
+    pki::Role,
+    rpc::Trust,
     store::{Record, Store, StoreError, Table},
     time,
 };
@@ -17,7 +18,7 @@ use proto::{
     RunInstanceRequest, ServiceState,
 };
 use serde::{Deserialize, Serialize};
-use tonic::{service::interceptor::InterceptedService, transport::Channel, Status};
+use tonic::Status;
 
 use crate::{
     network::Subnet,
@@ -56,7 +57,7 @@ impl Record for Placed {
     }
 }
 
-type NodeClient = NodeServiceClient<InterceptedService<Channel, SignCalls>>;
+type NodeClient = NodeServiceClient<common::rpc::Client>;
 
 /// Placement and the calls down to nodes.
 #[derive(Debug)]
@@ -66,9 +67,8 @@ pub struct ClusterInstances {
     settings: Settings,
     /// Serializes placement; holds the ROUNDROBIN cursor.
     placing: Mutex<usize>,
-    secret: ClusterSecret,
-    name: String,
-    clients: Mutex<HashMap<String, NodeClient>>,
+    /// How this CC proves itself to its nodes.
+    trust: Trust,
     /// The private network (subnet and bridge name), when instances get addresses.
     network: Option<(Subnet, String)>,
     /// Placed instances their ready node has stopped reporting, since when.
@@ -99,8 +99,7 @@ impl ClusterInstances {
         nodes: Arc<Nodes>,
         store: &Store,
         settings: Settings,
-        secret: ClusterSecret,
-        name: &str,
+        trust: Trust,
         network: Option<(Subnet, String)>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
@@ -108,9 +107,7 @@ impl ClusterInstances {
             ledger: store.table()?,
             settings,
             placing: Mutex::new(0),
-            secret,
-            name: name.to_string(),
-            clients: Mutex::new(HashMap::new()),
+            trust,
             network,
             missing_since: Mutex::new(HashMap::new()),
         })
@@ -150,18 +147,11 @@ impl ClusterInstances {
     }
 
     fn client(&self, endpoint: &str) -> Result<NodeClient, Status> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(endpoint) {
-            return Ok(c.clone());
-        }
-        let channel = common::rpc::channel(endpoint)
+        let channel = self
+            .trust
+            .channel(endpoint, Role::Nc)
             .map_err(|e| Status::unavailable(format!("node at {endpoint}: {e}")))?;
-        let client = NodeServiceClient::with_interceptor(
-            channel,
-            SignCalls::new(self.secret.clone(), &self.name),
-        );
-        clients.insert(endpoint.to_string(), client.clone());
-        Ok(client)
+        Ok(NodeServiceClient::new(channel))
     }
 
     fn network_spec(&self) -> Option<proto::NetworkSpec> {

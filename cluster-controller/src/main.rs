@@ -8,7 +8,7 @@ use cluster_controller::{
     config::ClusterConfig, grpc::Cluster, instances::ClusterInstances, nodes::Nodes, placement,
 };
 use common::{
-    auth::VerifyCalls,
+    pki::Role,
     report::{keep_reporting, ReportSettings},
     rpc,
     store::Store,
@@ -17,19 +17,21 @@ use proto::{
     cloud_service_client::CloudServiceClient, cluster_service_server::ClusterServiceServer,
     ClusterReport,
 };
-use tokio_stream::wrappers::TcpListenerStream;
 
 fn main() -> std::process::ExitCode {
     common::daemon::main("cluster-controller", "The Gumtree cluster controller.", run)
 }
 
 async fn run(config: ClusterConfig) -> anyhow::Result<()> {
-    let started = rpc::start(
-        &config.state_dir,
-        &config.cluster_secret_file,
-        &config.listen,
-        &config.advertise,
-    )
+    let started = rpc::start(rpc::StartAt {
+        state_dir: &config.state_dir,
+        secret_file: &config.cluster_secret_file,
+        tls: &config.internal_tls,
+        who: Role::Cc,
+        name: &config.name,
+        listen: &config.listen,
+        advertise: &config.advertise,
+    })
     .await?;
     let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
     let nodes = Arc::new(Nodes::open(
@@ -52,8 +54,7 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
             memory_ratio: config.memory_overcommit.max(0.1),
             threshold: config.placement_threshold,
         },
-        started.secret.clone(),
-        &config.name,
+        started.trust.clone(),
         match config.network_mode {
             NetworkMode::ManagedNoVlan => Some((
                 config.private_subnet.parse::<Subnet>()?,
@@ -75,13 +76,13 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
         ReportSettings {
             parent: config.clc.clone(),
             parent_kind: "cloud controller",
-            secret: started.secret.clone(),
-            component: config.name.clone(),
+            parent_role: Role::Clc,
+            trust: started.trust.clone(),
             heartbeat: Duration::from_secs(config.heartbeat_secs.max(1)),
         },
         nodes.subscribe(),
-        |channel, sign, reports| async move {
-            CloudServiceClient::with_interceptor(channel, sign)
+        |client, reports| async move {
+            CloudServiceClient::new(client)
                 .report_cluster(reports)
                 .await
         },
@@ -94,11 +95,12 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
         placement = config.placement_policy.as_str(),
         "cluster controller ready"
     );
-    let verify = VerifyCalls::new(started.secret.clone());
-    let incoming = TcpListenerStream::new(started.listener);
+    let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
-        rpc::server()
-            .add_service(ClusterServiceServer::with_interceptor(cluster, verify))
+        started
+            .trust
+            .server()
+            .add_service(ClusterServiceServer::new(cluster))
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

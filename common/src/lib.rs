@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod host;
 pub mod http;
 pub mod ids;
+pub mod mtls;
+pub mod pki;
 pub mod report;
 pub mod rpc;
 pub mod shutdown;

@@ -17,7 +17,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Code, Response, Status, Streaming};
 
-use crate::auth::{ClusterSecret, SignCalls};
+use crate::{
+    pki::Role,
+    rpc::{Client, Trust},
+};
 use proto::{ClusterReport, NodeReport, ReportAck, ServiceReport};
 
 /// A report message: carries a sequence number within its stream.
@@ -45,10 +48,10 @@ pub struct ReportSettings {
     pub parent: String,
     /// Shown in logs: "cluster controller", "cloud controller".
     pub parent_kind: &'static str,
-    /// Signs the stream.
-    pub secret: ClusterSecret,
-    /// This component's name, as it signs.
-    pub component: String,
+    /// The parent's role, which its certificate must name.
+    pub parent_role: Role,
+    /// How this component proves itself.
+    pub trust: Trust,
     /// Send the report again after this long without a change.
     pub heartbeat: Duration,
 }
@@ -62,16 +65,19 @@ pub async fn keep_reporting<M, F, Fut, S>(
     mut open: F,
 ) where
     M: Report,
-    F: FnMut(tonic::transport::Channel, SignCalls, ReceiverStream<M>) -> Fut,
+    F: FnMut(Client, ReceiverStream<M>) -> Fut,
     Fut: Future<Output = Result<Response<S>, Status>>,
     S: Stream<Item = Result<ReportAck, Status>> + Unpin,
 {
-    let sign = SignCalls::new(settings.secret.clone(), settings.component.clone());
     let mut backoff = Duration::from_millis(200);
     let mut joined_once = false;
     let mut last_problem = String::new();
     loop {
-        let problem = match crate::rpc::connect(&settings.parent).await {
+        let problem = match settings
+            .trust
+            .connect(&settings.parent, settings.parent_role)
+            .await
+        {
             Err(e) => format!(
                 "cannot reach {} at {}: {e}",
                 settings.parent_kind, settings.parent
@@ -79,7 +85,7 @@ pub async fn keep_reporting<M, F, Fut, S>(
             Ok(channel) => {
                 let (tx, rx) = mpsc::channel(4);
                 let pump = tokio::spawn(pump(updates.clone(), tx, settings.heartbeat));
-                let outcome = match open(channel, sign.clone(), ReceiverStream::new(rx)).await {
+                let outcome = match open(channel, ReceiverStream::new(rx)).await {
                     Err(status) => Err(status),
                     Ok(response) => {
                         let mut acks = response.into_inner();
@@ -211,8 +217,8 @@ where
 pub async fn report_service_to_clc(settings: ReportSettings, report: ServiceReport) {
     // The report of such a service does not change while it runs.
     let (_keep, updates) = watch::channel(report);
-    keep_reporting(settings, updates, |channel, sign, reports| async move {
-        proto::cloud_service_client::CloudServiceClient::with_interceptor(channel, sign)
+    keep_reporting(settings, updates, |client, reports| async move {
+        proto::cloud_service_client::CloudServiceClient::new(client)
             .report_service(reports)
             .await
     })

@@ -8,8 +8,16 @@ use std::{
     time::Duration,
 };
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::{
+    auth::{ClusterSecret, GuardLayer, SignCalls},
+    mtls::{Connector, Tls},
+    pki::{Identity, Role, TlsFiles},
+};
 
 /// Name of the file a daemon writes into its state directory once it listens.
 pub const ADDR_FILE: &str = "listen.addr";
@@ -43,37 +51,101 @@ pub fn write_named_addr_file(
     Ok(path)
 }
 
-/// `http://host:port` for an endpoint given as `host:port` or a URL.
+/// `http://host:port` for an endpoint given as `host:port` or a URL (the
+/// connector does the TLS: tonic sees plain HTTP/2).
 pub fn endpoint_url(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
+    match endpoint.split_once("://") {
+        Some((_, rest)) => format!("http://{rest}"),
+        None => format!("http://{endpoint}"),
     }
 }
 
-/// A lazily connecting channel to `endpoint`, with keep-alives so a dead
-/// peer is noticed within seconds.
-pub fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
+fn endpoint(endpoint: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(endpoint_url(endpoint))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(Duration::from_secs(4))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
 }
 
-/// Connects to `endpoint` now.
-pub async fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(endpoint_url(endpoint))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(4))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
+/// A channel to another tier: mutual TLS, every call signed.
+pub type Client = SignCalls<Channel>;
+
+/// What a component proves itself with: its certificate (and the CAs it
+/// trusts) and the cluster secret.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// The cluster secret, the second factor of every call.
+    pub secret: ClusterSecret,
+    /// Certificates, reloaded when they change.
+    pub tls: Arc<Tls>,
+    /// Channels already made, by endpoint and role: one connection per
+    /// peer, not a handshake per call.
+    channels: Arc<std::sync::Mutex<std::collections::HashMap<(String, Role), Channel>>>,
+}
+
+impl Trust {
+    /// Loads the TLS files of `who` and the secret.
+    pub fn load(secret_file: &Path, files: &TlsFiles, who: &Identity) -> Result<Self, StartError> {
+        Ok(Self {
+            secret: ClusterSecret::from_file(secret_file)?,
+            tls: Tls::load(files, who)?,
+            channels: Arc::default(),
+        })
+    }
+
+    /// This component's name (as its certificate names it).
+    pub fn name(&self) -> &str {
+        &self.tls.identity().name
+    }
+
+    /// A lazily connecting, signing channel to the `role` at `endpoint`,
+    /// with keep-alives so a dead peer is noticed within seconds.
+    pub fn channel(&self, endpoint_: &str, role: Role) -> Result<Client, tonic::transport::Error> {
+        let key = (endpoint_.to_string(), role);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(&key) {
+            return Ok(self.sign(channel.clone()));
+        }
+        let channel = endpoint(endpoint_)?
+            .connect_with_connector_lazy(Connector::new(self.tls.clone(), role));
+        channels.insert(key, channel.clone());
+        Ok(self.sign(channel))
+    }
+
+    /// Connects to the `role` at `endpoint` now.
+    pub async fn connect(
+        &self,
+        endpoint_: &str,
+        role: Role,
+    ) -> Result<Client, tonic::transport::Error> {
+        let channel = endpoint(endpoint_)?
+            .connect_with_connector(Connector::new(self.tls.clone(), role))
+            .await?;
+        Ok(self.sign(channel))
+    }
+
+    /// Signs calls on `channel`.
+    pub fn sign(&self, channel: Channel) -> Client {
+        SignCalls::new(channel, self.secret.clone(), self.name())
+    }
+
+    /// A server that accepts only this cloud's components, each calling
+    /// only what its role may ([`crate::auth::allowed`]).
+    pub fn server(
+        &self,
+    ) -> Server<tower::layer::util::Stack<GuardLayer, tower::layer::util::Identity>> {
+        server().layer(GuardLayer::new(self.secret.clone()))
+    }
+
+    /// The mutual-TLS connections `listener` accepts.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<io::Result<crate::mtls::TlsConn>> {
+        crate::mtls::incoming(listener, self.tls.clone())
+    }
 }
 
 /// Whether a failed call never got an answer from its server (it could not
@@ -89,7 +161,7 @@ pub fn not_answered(status: &tonic::Status) -> bool {
 }
 
 /// A server builder with the keep-alive settings every tier uses.
-pub fn server() -> Server {
+fn server() -> Server {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
@@ -130,6 +202,8 @@ pub enum StartError {
     #[error(transparent)]
     Secret(#[from] crate::auth::AuthError),
     #[error(transparent)]
+    Tls(#[from] crate::mtls::MtlsError),
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("invalid advertise address {0:?}: use host:port")]
     Advertise(String),
@@ -138,8 +212,8 @@ pub enum StartError {
 /// What every daemon sets up before serving.
 #[derive(Debug)]
 pub struct Started {
-    /// The cloud's shared secret.
-    pub secret: crate::auth::ClusterSecret,
+    /// The component's certificate and the cloud's shared secret.
+    pub trust: Trust,
     /// The bound gRPC listener.
     pub listener: TcpListener,
     /// Where it is bound.
@@ -148,20 +222,49 @@ pub struct Started {
     pub advertise: String,
 }
 
-/// Creates the state directory, reads the secret, binds `listen` and writes
-/// the address file. `advertise` (if not empty) is what this daemon tells
-/// others to call; otherwise the bound address.
-pub async fn start(
-    state_dir: &Path,
-    secret_file: &Path,
-    listen: &str,
-    advertise: &str,
-) -> Result<Started, StartError> {
+/// Where a daemon starts from.
+#[derive(Clone, Copy, Debug)]
+pub struct StartAt<'a> {
+    /// Its state directory (created if missing).
+    pub state_dir: &'a Path,
+    /// The cluster secret's file.
+    pub secret_file: &'a Path,
+    /// Its internal TLS files.
+    pub tls: &'a TlsFiles,
+    /// What it is: its certificate must name it.
+    pub who: Role,
+    /// Its configured name.
+    pub name: &'a str,
+    /// `host:port` to listen on.
+    pub listen: &'a str,
+    /// What it tells others to call (if not empty); otherwise the bound address.
+    pub advertise: &'a str,
+}
+
+/// Creates the state directory, reads the secret and the certificates,
+/// binds `listen` and writes the address file.
+pub async fn start(at: StartAt<'_>) -> Result<Started, StartError> {
+    let StartAt {
+        state_dir,
+        secret_file,
+        tls,
+        who,
+        name,
+        listen,
+        advertise,
+    } = at;
     std::fs::create_dir_all(state_dir).map_err(|source| StartError::StateDir {
         path: state_dir.to_path_buf(),
         source,
     })?;
-    let secret = crate::auth::ClusterSecret::from_file(secret_file)?;
+    let trust = Trust::load(
+        secret_file,
+        tls,
+        &Identity {
+            role: who,
+            name: name.to_string(),
+        },
+    )?;
     let (listener, addr) = bind(listen).await?;
     write_addr_file(state_dir, addr)?;
     let advertise = if advertise.is_empty() {
@@ -175,7 +278,7 @@ pub async fn start(
         return Err(StartError::Advertise(advertise.to_string()));
     };
     Ok(Started {
-        secret,
+        trust,
         listener,
         addr,
         advertise,

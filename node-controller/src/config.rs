@@ -25,6 +25,10 @@ pub struct NodeConfig {
     pub instance_dir: Option<PathBuf>,
     /// File holding the cluster secret. Default `/var/lib/gumtree/cluster.secret`.
     pub cluster_secret_file: PathBuf,
+    /// This node's certificate for the internal connections:
+    /// `internal_tls = { dir = "/var/lib/gumtree/pki" }` finds `ca.pem`,
+    /// `nc-<name>.pem` and `nc-<name>.key` there.
+    pub internal_tls: common::pki::TlsFiles,
     /// Cores offered to instances; 0 means all of the host's. Default 0.
     pub cores: u32,
     /// Memory offered to instances in MiB; 0 means the host's total. Default 0.
@@ -89,6 +93,7 @@ impl Default for NodeConfig {
             state_dir: "/var/lib/gumtree/nc".into(),
             instance_dir: None,
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            internal_tls: Default::default(),
             cores: 0,
             memory_mib: 0,
             disk_gib: 0,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use common::auth::ClusterSecret;
+use common::rpc::Trust;
 use proto::{
     node_service_server::NodeService, ConsoleOutput, InstanceRef, InstanceStatus,
     PrepareImagesReply, PrepareImagesRequest, PreparedImage, ResizeInstanceRequest,
@@ -21,28 +21,21 @@ use crate::{
 pub struct Node {
     images: Arc<ImageCache>,
     instances: Arc<Instances>,
-    secret: ClusterSecret,
-    name: String,
+    trust: Trust,
 }
 
 impl Node {
-    /// The service of node `name`.
-    pub fn new(
-        images: Arc<ImageCache>,
-        instances: Arc<Instances>,
-        secret: ClusterSecret,
-        name: &str,
-    ) -> Self {
+    /// The service of the node `trust` names.
+    pub fn new(images: Arc<ImageCache>, instances: Arc<Instances>, trust: Trust) -> Self {
         Self {
             images,
             instances,
-            secret,
-            name: name.to_string(),
+            trust,
         }
     }
 
     fn source(&self, walrus: &str) -> Result<WalrusSource, Status> {
-        WalrusSource::new(walrus, self.secret.clone(), &self.name)
+        WalrusSource::new(walrus, &self.trust)
             .map_err(|e| Status::invalid_argument(format!("walrus address: {e}")))
     }
 }

@@ -379,31 +379,23 @@ async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     .map_err(std::io::Error::other)?
 }
 
-/// Images from Walrus's internal gRPC service, signed with the cluster secret.
+/// Images from Walrus's internal gRPC service (which serves a node only
+/// the images its instances use).
 #[derive(Debug, Clone)]
 pub struct WalrusSource {
-    client: proto::walrus_internal_client::WalrusInternalClient<
-        tonic::service::interceptor::InterceptedService<
-            tonic::transport::Channel,
-            common::auth::SignCalls,
-        >,
-    >,
+    client: proto::walrus_internal_client::WalrusInternalClient<common::rpc::Client>,
 }
 
 impl WalrusSource {
     /// A source at Walrus's internal address `endpoint`.
     pub fn new(
         endpoint: &str,
-        secret: common::auth::ClusterSecret,
-        component: &str,
+        trust: &common::rpc::Trust,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = common::rpc::channel(endpoint)?;
+        let channel = trust.channel(endpoint, common::pki::Role::Walrus)?;
         Ok(Self {
-            client: proto::walrus_internal_client::WalrusInternalClient::with_interceptor(
-                channel,
-                common::auth::SignCalls::new(secret, component),
-            )
-            .max_decoding_message_size(8 * 1024 * 1024),
+            client: proto::walrus_internal_client::WalrusInternalClient::new(channel)
+                .max_decoding_message_size(8 * 1024 * 1024),
         })
     }
 }

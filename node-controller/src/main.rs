@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use common::store::Store;
 use common::{
-    auth::VerifyCalls,
+    pki::Role,
     report::{keep_reporting, ReportSettings},
     rpc,
 };
@@ -24,21 +24,23 @@ use proto::{
     NodeReport,
 };
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 fn main() -> std::process::ExitCode {
     common::daemon::main("node-controller", "The Gumtree node controller.", run)
 }
 
 async fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let started = rpc::start(
-        &config.state_dir,
-        &config.cluster_secret_file,
-        &config.listen,
-        &config.advertise,
-    )
-    .await?;
     let name = config.node_name();
+    let started = rpc::start(rpc::StartAt {
+        state_dir: &config.state_dir,
+        secret_file: &config.cluster_secret_file,
+        tls: &config.internal_tls,
+        who: Role::Nc,
+        name: &name,
+        listen: &config.listen,
+        advertise: &config.advertise,
+    })
+    .await?;
     let instance_dir = config.instance_dir();
     std::fs::create_dir_all(&instance_dir)
         .with_context(|| format!("creating {}", instance_dir.display()))?;
@@ -98,8 +100,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 config.metadata_port,
                 Relay {
                     clc: config.clc.clone(),
-                    secret: started.secret.clone(),
-                    node: name.clone(),
+                    trust: started.trust.clone(),
                 },
             )
             .with_public_interface(
@@ -120,7 +121,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .context("opening the instance records")?,
     );
     instances.reattach().await;
-    let node = Node::new(images, instances.clone(), started.secret.clone(), &name);
+    let node = Node::new(images, instances.clone(), started.trust.clone());
     let heartbeat = Duration::from_secs(config.heartbeat_secs.max(1));
     let report = NodeReport {
         node_name: name.clone(),
@@ -205,25 +206,20 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ReportSettings {
             parent: config.cc.clone(),
             parent_kind: "cluster controller",
-            secret: started.secret.clone(),
-            component: name.clone(),
+            parent_role: Role::Cc,
+            trust: started.trust.clone(),
             heartbeat,
         },
         reports,
-        |channel, sign, reports| async move {
-            ClusterServiceClient::with_interceptor(channel, sign)
-                .report_node(reports)
-                .await
-        },
+        |client, reports| async move { ClusterServiceClient::new(client).report_node(reports).await },
     ));
     tracing::info!(node = %name, listen = %started.addr, cc = %config.cc, "node controller ready");
-    let incoming = TcpListenerStream::new(started.listener);
+    let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
-        rpc::server()
-            .add_service(NodeServiceServer::with_interceptor(
-                node,
-                VerifyCalls::new(started.secret.clone()),
-            ))
+        started
+            .trust
+            .server()
+            .add_service(NodeServiceServer::new(node))
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

@@ -20,7 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::auth::{ClusterSecret, SignCalls};
+use common::{pki::Role, rpc::Trust};
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response};
 use nix::fcntl::{Flock, FlockArg};
@@ -83,9 +83,10 @@ pub enum NetError {
 /// Where the metadata relay sends requests.
 #[derive(Debug, Clone)]
 pub struct Relay {
+    /// The CLC's gRPC address.
     pub clc: String,
-    pub secret: ClusterSecret,
-    pub node: String,
+    /// How this node proves itself (the CLC answers for its guests only).
+    pub trust: Trust,
 }
 
 /// The node's network plumbing.
@@ -1071,14 +1072,11 @@ async fn relay_request(relay: &Relay, req: Request<Incoming>) -> Response<Full<B
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
         headers,
     };
-    let channel = match common::rpc::channel(&relay.clc) {
+    let channel = match relay.trust.channel(&relay.clc, Role::Clc) {
         Ok(c) => c,
         Err(e) => return plain(502, &format!("metadata service unreachable: {e}")),
     };
-    let mut client = MetadataServiceClient::with_interceptor(
-        channel,
-        SignCalls::new(relay.secret.clone(), &relay.node),
-    );
+    let mut client = MetadataServiceClient::new(channel);
     match client.get(request).await {
         Ok(reply) => {
             let reply = reply.into_inner();

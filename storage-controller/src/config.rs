@@ -24,6 +24,10 @@ pub struct StorageConfig {
     pub state_dir: PathBuf,
     /// File holding the cluster secret. Default `/var/lib/gumtree/cluster.secret`.
     pub cluster_secret_file: PathBuf,
+    /// This SC's certificate for the internal connections:
+    /// `internal_tls = { dir = "/var/lib/gumtree/pki" }` finds `ca.pem`,
+    /// `sc-<name>.pem` and `sc-<name>.key` there.
+    pub internal_tls: common::pki::TlsFiles,
     /// Seconds between reports to the CLC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
@@ -40,6 +44,7 @@ impl Default for StorageConfig {
             clc: "127.0.0.1:8780".into(),
             state_dir: "/var/lib/gumtree/sc".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
+            internal_tls: Default::default(),
             heartbeat_secs: 2,
             log_filter: "info".into(),
         }

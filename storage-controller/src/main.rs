@@ -4,34 +4,36 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::{
-    auth::VerifyCalls,
+    pki::Role,
     report::{report_service_to_clc, ReportSettings},
     rpc,
     store::Store,
 };
 use proto::{storage_service_server::StorageServiceServer, ServiceReport};
 use storage_controller::{config::StorageConfig, grpc::Storage};
-use tokio_stream::wrappers::TcpListenerStream;
 
 fn main() -> std::process::ExitCode {
     common::daemon::main("storage-controller", "The Gumtree storage controller.", run)
 }
 
 async fn run(config: StorageConfig) -> anyhow::Result<()> {
-    let started = rpc::start(
-        &config.state_dir,
-        &config.cluster_secret_file,
-        &config.listen,
-        &config.advertise,
-    )
+    let started = rpc::start(rpc::StartAt {
+        state_dir: &config.state_dir,
+        secret_file: &config.cluster_secret_file,
+        tls: &config.internal_tls,
+        who: Role::Sc,
+        name: &config.name,
+        listen: &config.listen,
+        advertise: &config.advertise,
+    })
     .await?;
     let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
     tokio::spawn(report_service_to_clc(
         ReportSettings {
             parent: config.clc.clone(),
             parent_kind: "cloud controller",
-            secret: started.secret.clone(),
-            component: config.name.clone(),
+            parent_role: Role::Clc,
+            trust: started.trust.clone(),
             heartbeat: Duration::from_secs(config.heartbeat_secs.max(1)),
         },
         ServiceReport {
@@ -44,13 +46,12 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
         },
     ));
     tracing::info!(name = %config.name, listen = %started.addr, clc = %config.clc, "storage controller ready");
-    let incoming = TcpListenerStream::new(started.listener);
+    let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
-        rpc::server()
-            .add_service(StorageServiceServer::with_interceptor(
-                Storage,
-                VerifyCalls::new(started.secret.clone()),
-            ))
+        started
+            .trust
+            .server()
+            .add_service(StorageServiceServer::new(Storage))
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

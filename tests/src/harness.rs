@@ -16,10 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::pki::Role;
 use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 /// The tiers, by their binaries.
@@ -43,6 +45,17 @@ impl Tier {
             Tier::Walrus => "walrus",
         }
     }
+
+    /// The role its certificate names.
+    pub fn role(self) -> Role {
+        match self {
+            Tier::Cloud => Role::Clc,
+            Tier::Cluster => Role::Cc,
+            Tier::Node => Role::Nc,
+            Tier::Storage => Role::Sc,
+            Tier::Walrus => Role::Walrus,
+        }
+    }
 }
 
 struct Proc {
@@ -52,6 +65,16 @@ struct Proc {
     log: PathBuf,
     child: Option<Child>,
     addr: Option<SocketAddr>,
+}
+
+/// Issues `role`/`name` its certificate in `pki` (replacing any).
+fn issue(pki: &Path, role: Role, name: &str) -> common::pki::Identity {
+    let who = common::pki::Identity {
+        role,
+        name: name.to_string(),
+    };
+    common::pki::issue_in(pki, &who).expect("issue a certificate");
+    who
 }
 
 /// Directory holding the workspace's binaries.
@@ -136,6 +159,10 @@ pub struct CloudOptions {
     pub hypervisor: &'static str,
     /// More lines for each node's configuration.
     pub node_config: String,
+    /// Files put into every node's image cache before it starts, as if
+    /// fetched before (tests that drive a node directly, with no instance
+    /// record at the CLC, which Walrus would refuse the download).
+    pub cached_images: Vec<PathBuf>,
 }
 
 impl Default for CloudOptions {
@@ -150,6 +177,7 @@ impl Default for CloudOptions {
             assign_public_ips: false,
             hypervisor: "qemu",
             node_config: String::new(),
+            cached_images: Vec::new(),
         }
     }
 }
@@ -159,6 +187,8 @@ impl Default for CloudOptions {
 pub struct Cloud {
     dir: TempDir,
     secret_file: PathBuf,
+    /// The cluster CA and every component's certificate.
+    pki: PathBuf,
     procs: BTreeMap<String, Proc>,
     outside: Option<Outside>,
 }
@@ -270,6 +300,9 @@ impl Cloud {
             format!("{}\n", common::auth::ClusterSecret::generate()),
         )
         .expect("write secret");
+        let pki = dir.path().join("pki");
+        common::pki::init_ca(&pki, false).expect("the cluster CA");
+        issue(&pki, Role::Admin, "admin");
         if options.real_libvirt {
             assert!(
                 Path::new("/var/run/libvirt/libvirt-sock").exists(),
@@ -284,6 +317,7 @@ impl Cloud {
         let mut cloud = Self {
             dir,
             secret_file,
+            pki,
             procs: BTreeMap::new(),
             outside: outside.clone(),
         };
@@ -333,6 +367,13 @@ impl Cloud {
         let cc = cloud.addr("cluster-1");
         for i in 1..=options.nodes {
             let name = format!("nc-{i}");
+            let cache = cloud.dir.path().join(&name).join("images");
+            for file in &options.cached_images {
+                fs::create_dir_all(&cache).expect("image cache");
+                let data = fs::read(file).expect("read image");
+                fs::write(cache.join(hex::encode(Sha256::digest(&data))), data)
+                    .expect("seed the image cache");
+            }
             cloud.add(
                 &name,
                 Tier::Node,
@@ -376,6 +417,37 @@ impl Cloud {
         &self.secret_file
     }
 
+    /// The directory of the cluster CA and the certificates.
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki
+    }
+
+    /// How a component `role`/`name` of this cloud would prove itself
+    /// (a certificate issued for it now, and the cluster secret).
+    pub fn trust(&self, role: Role, name: &str) -> common::rpc::Trust {
+        let who = issue(&self.pki, role, name);
+        common::rpc::Trust::load(
+            &self.secret_file,
+            &common::pki::TlsFiles::in_dir(&self.pki),
+            &who,
+        )
+        .expect("load the certificate")
+    }
+
+    /// A client of daemon `name` (of `tier`), calling as `role`/`as_name`.
+    pub async fn client(
+        &self,
+        name: &str,
+        tier: Tier,
+        role: Role,
+        as_name: &str,
+    ) -> common::rpc::Client {
+        self.trust(role, as_name)
+            .connect(&self.addr(name).to_string(), tier.role())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {name}: {e}"))
+    }
+
     /// Starts a daemon named `name` with `extra` config lines (listen, state
     /// directory and secret are added unless `extra` sets them) and waits
     /// until it listens.
@@ -393,6 +465,22 @@ impl Cloud {
         }
         if !sets("cluster_secret_file") {
             text.push_str(&format!("cluster_secret_file = {:?}\n", self.secret_file));
+        }
+        // Its certificate, for the name its config gives (or its own).
+        let configured = extra.lines().find_map(|l| {
+            let value = l.trim_start().strip_prefix("name =")?;
+            Some(value.trim().trim_matches('"').to_string())
+        });
+        if configured.is_none() {
+            text.push_str(&format!("name = {name:?}\n"));
+        }
+        issue(
+            &self.pki,
+            tier.role(),
+            configured.as_deref().unwrap_or(name),
+        );
+        if !sets("internal_tls") {
+            text.push_str(&format!("internal_tls = {{ dir = {:?} }}\n", self.pki));
         }
         text.push_str(&format!(
             "state_dir = {state_dir:?}\nlog_filter = \"info,h2=warn,tower=warn\"\n"
@@ -611,6 +699,7 @@ impl Cloud {
         Command::new(binary("gumtree-admin"))
             .env("GUMTREE_CLC", self.addr("clc").to_string())
             .env("GUMTREE_SECRET_FILE", &self.secret_file)
+            .env("GUMTREE_PKI_DIR", &self.pki)
             .args(args)
             .output()
             .expect("run gumtree-admin")

@@ -4,35 +4,32 @@
 
 use std::{fs, process::Command, time::Duration};
 
-use common::auth::{ClusterSecret, SignCalls};
+use common::pki::Role;
 use proto::{
     node_service_client::NodeServiceClient, ImageRef, InstanceRef, InstanceSpec, InstanceStatus,
     RunInstanceRequest,
 };
 use sha2::{Digest, Sha256};
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
-    clients::{self, AwsCli, Credentials},
-    harness::Cloud,
+    clients,
+    harness::{Cloud, Tier},
 };
 
-/// A signed client of a node's NodeService.
-pub type Nc = NodeServiceClient<InterceptedService<Channel, SignCalls>>;
+/// A client of a node's NodeService, calling as a cluster controller.
+pub type Nc = NodeServiceClient<common::rpc::Client>;
 
 /// What the tiny guest prints once booted.
 pub const MARKER: &str = "GUMTREE-BOOT-OK";
 
 /// A client of node `name` of `cloud`.
 pub async fn node(cloud: &Cloud, name: &str) -> Nc {
-    let channel = common::rpc::connect(&cloud.addr(name).to_string())
-        .await
-        .unwrap_or_else(|e| panic!("connect to {name}: {e}"));
-    let secret = ClusterSecret::from_file(cloud.secret_file()).expect("secret");
-    NodeServiceClient::with_interceptor(channel, SignCalls::new(secret, "test"))
+    NodeServiceClient::new(cloud.client(name, Tier::Node, Role::Cc, "test-cc").await)
 }
 
-/// Runs `spec` on the node `nc` of `cloud`, fetching images from its Walrus.
+/// Runs `spec` on the node `nc` of `cloud` (its images must be in the
+/// node's cache: [`tiny_guest_images`]; Walrus serves a node only images
+/// its instances use, and these have no record at the CLC).
 pub async fn run(nc: &mut Nc, cloud: &Cloud, spec: InstanceSpec) -> InstanceStatus {
     nc.run_instance(RunInstanceRequest {
         spec: Some(spec),
@@ -93,26 +90,23 @@ impl Drop for Cleanup {
     }
 }
 
-/// Puts the tiny guest's kernel, ramdisk and disk into bucket `tiny` as a
-/// user would (AWS CLI) and returns an instance spec of `id` that boots it.
-pub fn tiny_guest_spec(cloud: &Cloud, id: &str) -> InstanceSpec {
+/// The tiny guest's kernel, ramdisk and disk, for
+/// [`crate::harness::CloudOptions::cached_images`].
+pub fn tiny_guest_images() -> Vec<std::path::PathBuf> {
     let tiny = clients::tiny_guest();
-    let creds = Credentials::new(cloud.admin_key());
-    let home = cloud.dir().join("home-node");
-    fs::create_dir_all(&home).expect("home");
-    let s3 = cloud.s3_endpoint();
-    let aws = |args: &[&str]| clients::aws(AwsCli::V1, &creds, &home, &s3, args);
-    aws(&["s3", "mb", "s3://tiny"]);
+    ["vmlinuz", "initrd.gz", "disk.img"]
+        .iter()
+        .map(|name| tiny.join(name))
+        .collect()
+}
+
+/// An instance spec of `id` that boots the tiny guest from the node's
+/// image cache (the cloud must start with [`tiny_guest_images`] cached).
+pub fn tiny_guest_spec(_cloud: &Cloud, id: &str) -> InstanceSpec {
+    let tiny = clients::tiny_guest();
     let mut refs = Vec::new();
     for name in ["vmlinuz", "initrd.gz", "disk.img"] {
         let path = tiny.join(name);
-        aws(&[
-            "s3",
-            "cp",
-            path.to_str().unwrap_or_default(),
-            &format!("s3://tiny/{name}"),
-        ])
-        .expect_ok();
         let data = fs::read(&path).expect("read");
         refs.push(ImageRef {
             id: String::new(),

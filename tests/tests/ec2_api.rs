@@ -330,19 +330,15 @@ fn power_save_packs_a_reservation_onto_one_node() {
 
 mod metadata {
     use super::*;
-    use common::auth::{ClusterSecret, SignCalls};
+    use common::pki::Role;
     use proto::{metadata_service_client::MetadataServiceClient, MetadataRequest};
-    use tonic::{service::interceptor::InterceptedService, transport::Channel};
+    use tests::harness::Tier;
 
-    type Client = MetadataServiceClient<InterceptedService<Channel, SignCalls>>;
+    type Client = MetadataServiceClient<common::rpc::Client>;
 
-    /// A client that relays as node `node` would.
+    /// A client that relays as node `node` would (with a certificate naming it).
     async fn relay(cloud: &Cloud, node: &str) -> Client {
-        let secret = ClusterSecret::from_file(cloud.secret_file()).expect("secret");
-        let channel = common::rpc::connect(&cloud.addr("clc").to_string())
-            .await
-            .expect("connect");
-        MetadataServiceClient::with_interceptor(channel, SignCalls::new(secret, node))
+        MetadataServiceClient::new(cloud.client("clc", Tier::Cloud, Role::Nc, node).await)
     }
 
     async fn get(

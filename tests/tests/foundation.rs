@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::auth::{ClusterSecret, SignCalls};
+use common::{auth::ClusterSecret, pki::Role};
 use nix::sys::signal::Signal;
 use proto::{
     admin_service_client::AdminServiceClient, CreateAccountRequest, DescribeAccountsRequest,
@@ -171,17 +171,25 @@ fn a_cluster_with_the_wrong_secret_is_refused() {
     let out = std::process::Command::new(binary("gumtree-admin"))
         .env("GUMTREE_CLC", clc.to_string())
         .env("GUMTREE_SECRET_FILE", &wrong)
+        .env("GUMTREE_PKI_DIR", cloud.pki_dir())
         .arg("describe-services")
         .output()
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cluster secret check failed"), "{err}");
+    assert!(
+        err.contains("internal call refused: signature does not match"),
+        "{err}"
+    );
 
-    // And a raw gRPC call without any signature.
+    // And a raw gRPC call, over TLS with the administrator's certificate,
+    // without any signature.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let trust = cloud.trust(Role::Admin, "admin");
     let code = rt.block_on(async {
-        let channel = common::rpc::connect(&clc.to_string())
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{clc}"))
+            .expect("endpoint")
+            .connect_with_connector(common::mtls::Connector::new(trust.tls.clone(), Role::Clc))
             .await
             .expect("connect");
         AdminServiceClient::new(channel)
@@ -197,17 +205,16 @@ fn a_cluster_with_the_wrong_secret_is_refused() {
 fn acknowledged_writes_survive_sigkill_of_the_clc() {
     let mut cloud = Cloud::start();
     let clc = cloud.addr("clc").to_string();
-    let secret = ClusterSecret::from_file(cloud.secret_file()).expect("secret");
+    let trust = cloud.trust(Role::Admin, "test-admin");
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (clc, secret, acked) = (clc.clone(), secret.clone(), acked.clone());
+            let (clc, trust, acked) = (clc.clone(), trust.clone(), acked.clone());
             rt.spawn(async move {
-                let channel = common::rpc::connect(&clc).await.expect("connect");
-                let mut client =
-                    AdminServiceClient::with_interceptor(channel, SignCalls::new(secret, "test"));
+                let channel = trust.connect(&clc, Role::Clc).await.expect("connect");
+                let mut client = AdminServiceClient::new(channel);
                 for i in 0.. {
                     let name = format!("acct-{w}-{i}");
                     match client

@@ -1,10 +1,14 @@
 //! The image path: a user uploads an image through S3, Walrus serves it to
-//! nodes over its internal, secret-signed gRPC service, and the node caches
-//! it by digest after verifying it.
+//! nodes over its internal gRPC service (mutual TLS, signed calls, and only
+//! the images a node's instances use), and the node caches it by digest
+//! after verifying it.
 
 use std::fs;
 
-use common::auth::{ClusterSecret, SignCalls};
+use common::{
+    auth::{ClusterSecret, SignCalls},
+    pki::Role,
+};
 use proto::{
     node_service_client::NodeServiceClient, walrus_internal_client::WalrusInternalClient, ImageRef,
     ObjectChunk, ObjectRef, PrepareImagesRequest,
@@ -12,28 +16,17 @@ use proto::{
 use sha2::{Digest, Sha256};
 use tests::{
     clients::{self, AwsCli, Credentials},
-    harness::Cloud,
+    harness::{Cloud, Tier},
 };
-use tonic::{service::interceptor::InterceptedService, transport::Channel, Code};
+use tonic::Code;
 
-type Signed = InterceptedService<Channel, SignCalls>;
-
-fn secret(cloud: &Cloud) -> ClusterSecret {
-    ClusterSecret::from_file(cloud.secret_file()).expect("the cluster secret")
+/// Walrus's internal service, called as `role`.
+async fn walrus(cloud: &Cloud, role: Role) -> WalrusInternalClient<common::rpc::Client> {
+    WalrusInternalClient::new(cloud.client("walrus", Tier::Walrus, role, "test").await)
 }
 
-async fn walrus(cloud: &Cloud) -> WalrusInternalClient<Signed> {
-    let channel = common::rpc::connect(&cloud.addr("walrus").to_string())
-        .await
-        .expect("connect to walrus");
-    WalrusInternalClient::with_interceptor(channel, SignCalls::new(secret(cloud), "test"))
-}
-
-async fn node(cloud: &Cloud) -> NodeServiceClient<Signed> {
-    let channel = common::rpc::connect(&cloud.addr("nc-1").to_string())
-        .await
-        .expect("connect to nc-1");
-    NodeServiceClient::with_interceptor(channel, SignCalls::new(secret(cloud), "test"))
+async fn node(cloud: &Cloud) -> NodeServiceClient<common::rpc::Client> {
+    NodeServiceClient::new(cloud.client("nc-1", Tier::Node, Role::Cc, "test-cc").await)
 }
 
 fn image(bucket: &str, key: &str, sha256: &str, size: u64) -> ImageRef {
@@ -48,31 +41,40 @@ fn image(bucket: &str, key: &str, sha256: &str, size: u64) -> ImageRef {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_fetch_verify_and_cache_images_from_walrus() {
-    let cloud = Cloud::start();
-    let creds = Credentials::new(cloud.admin_key());
+    let cloud = tokio::task::block_in_place(Cloud::start);
+    let creds = tokio::task::block_in_place(|| Credentials::new(cloud.admin_key()));
     let home = cloud.dir().join("home-images");
     fs::create_dir_all(&home).expect("home");
-    // A 3 MiB "disk image", uploaded as a user would.
+    // A 3 MiB "disk image", uploaded as a user would, and a second object.
     let data: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
     let file = home.join("disk.img");
     fs::write(&file, &data).expect("write image");
-    let endpoint = cloud.s3_endpoint();
-    let aws = |args: &[&str]| clients::aws(AwsCli::V1, &creds, &home, &endpoint, args);
-    aws(&["s3", "mb", "s3://images"]).expect_ok();
-    aws(&[
-        "s3",
-        "cp",
-        file.to_str().unwrap_or_default(),
-        "s3://images/tiny/disk.img",
-    ])
-    .expect_ok();
+    let other_file = home.join("other.img");
+    fs::write(&other_file, b"an object no instance uses").expect("write");
+    let (s3, ec2) = (cloud.s3_endpoint(), cloud.ec2_endpoint());
+    let aws = |endpoint: &str, args: &[&str]| {
+        tokio::task::block_in_place(|| clients::aws(AwsCli::V1, &creds, &home, endpoint, args))
+    };
+    aws(&s3, &["s3", "mb", "s3://images"]).expect_ok();
+    for (path, key) in [(&file, "tiny/disk.img"), (&other_file, "other.img")] {
+        aws(
+            &s3,
+            &[
+                "s3",
+                "cp",
+                path.to_str().unwrap_or_default(),
+                &format!("s3://images/{key}"),
+            ],
+        )
+        .expect_ok();
+    }
     let sha256 = hex::encode(Sha256::digest(&data));
 
     // Walrus knows the digest (what the CLC records at registration).
-    let mut w = walrus(&cloud).await;
-    let info = w
+    let info = walrus(&cloud, Role::Clc)
+        .await
         .head_object(ObjectRef {
             bucket: "images".into(),
             key: "tiny/disk.img".into(),
@@ -85,7 +87,7 @@ async fn nodes_fetch_verify_and_cache_images_from_walrus() {
         (data.len() as u64, sha256.as_str())
     );
 
-    // The node fetches it once, verifies it, and then serves it from cache.
+    // Nothing runs it yet: Walrus does not serve it to a node.
     let mut nc = node(&cloud).await;
     let walrus_addr = cloud.addr("walrus").to_string();
     let prepare = |images: Vec<ImageRef>| PrepareImagesRequest {
@@ -93,22 +95,67 @@ async fn nodes_fetch_verify_and_cache_images_from_walrus() {
         images,
     };
     let good = image("images", "tiny/disk.img", &sha256, data.len() as u64);
-    let first = nc
+    let refused = nc
         .prepare_images(prepare(vec![good.clone()]))
         .await
-        .expect("prepare")
-        .into_inner();
-    assert_eq!(first.images.len(), 1);
-    assert!(!first.images[0].cached, "the first time it is downloaded");
+        .expect_err("no instance uses it yet");
+    assert!(
+        refused
+            .message()
+            .contains("runs no instance of images/tiny/disk.img"),
+        "{refused:?}"
+    );
+
+    // Registered and launched: the node fetches it once, verifies it, and
+    // then serves it from cache.
+    let ami = aws(
+        &ec2,
+        &[
+            "ec2",
+            "register-image",
+            "--image-location",
+            "images/tiny/disk.img",
+            "--name",
+            "tiny",
+            "--query",
+            "ImageId",
+            "--output",
+            "text",
+        ],
+    )
+    .expect_ok()
+    .trim()
+    .to_string();
+    let id = aws(
+        &ec2,
+        &[
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--query",
+            "Instances[0].InstanceId",
+            "--output",
+            "text",
+        ],
+    )
+    .expect_ok()
+    .trim()
+    .to_string();
+    aws(
+        &ec2,
+        &["ec2", "wait", "instance-running", "--instance-ids", &id],
+    )
+    .expect_ok();
     let cached = cloud.dir().join("nc-1").join("images").join(&sha256);
     assert_eq!(fs::read(&cached).expect("cached file"), data);
-    let second = nc
+    let again = nc
         .prepare_images(prepare(vec![good]))
         .await
         .expect("prepare again")
         .into_inner();
     assert!(
-        second.images[0].cached,
+        again.images[0].cached,
         "the second time it comes from the cache"
     );
     assert_eq!(
@@ -137,20 +184,42 @@ async fn nodes_fetch_verify_and_cache_images_from_walrus() {
         .filter(|n| n.starts_with("tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "no partial downloads: {leftovers:?}");
-    // (The cache is by digest: only an uncached digest goes to Walrus.)
-    let other = hex::encode(Sha256::digest(b"not uploaded"));
-    let missing = nc
-        .prepare_images(prepare(vec![image("images", "nope", &other, 12)]))
+    // Another object of the same bucket is still not the node's to read.
+    let other = hex::encode(Sha256::digest(b"an object no instance uses"));
+    let refused = nc
+        .prepare_images(prepare(vec![image("images", "other.img", &other, 26)]))
         .await
-        .expect_err("a missing object");
-    assert_eq!(missing.code(), Code::Unavailable, "{missing:?}");
+        .expect_err("an object no instance uses");
+    assert!(
+        refused
+            .message()
+            .contains("runs no instance of images/other.img"),
+        "{refused:?}"
+    );
+    // Directly, with a node's certificate, it is the same.
+    let denied = walrus(&cloud, Role::Nc)
+        .await
+        .head_object(ObjectRef {
+            bucket: "images".into(),
+            key: "other.img".into(),
+        })
+        .await
+        .expect_err("a node reads only its instances' images");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
 
-    // A caller without the cluster secret gets nothing from Walrus.
+    // A caller with a certificate but without the cluster secret gets
+    // nothing from Walrus.
     let stranger = ClusterSecret::from_bytes(b"a-secret-nobody-shares-with-walrus");
-    let channel = common::rpc::connect(&walrus_addr).await.expect("connect");
-    let mut rogue =
-        WalrusInternalClient::with_interceptor(channel, SignCalls::new(stranger, "rogue"));
-    let denied = rogue
+    let trust = cloud.trust(Role::Clc, "rogue");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{walrus_addr}"))
+        .expect("endpoint")
+        .connect_with_connector(common::mtls::Connector::new(
+            trust.tls.clone(),
+            Role::Walrus,
+        ))
+        .await
+        .expect("connect");
+    let denied = WalrusInternalClient::new(SignCalls::new(channel, stranger, "rogue"))
         .head_object(ObjectRef {
             bucket: "images".into(),
             key: "tiny/disk.img".into(),
@@ -174,7 +243,7 @@ async fn internal_uploads_are_verified_before_they_are_visible() {
         &["s3", "mb", "s3://snapshots"],
     )
     .expect_ok();
-    let mut w = walrus(&cloud).await;
+    let mut w = walrus(&cloud, Role::Sc).await;
     let chunks = |sha: &str| {
         let first = ObjectChunk {
             object: Some(ObjectRef {

@@ -9,13 +9,17 @@ use std::time::Duration;
 use proto::{InstanceRef, InstanceState};
 use tests::{
     harness::{Cloud, CloudOptions},
-    node::{console, domains, node, run, tiny_guest_spec, wait_markers, Cleanup, MARKER},
+    node::{
+        console, domains, node, run, tiny_guest_images, tiny_guest_spec, wait_markers, Cleanup,
+        MARKER,
+    },
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_boots_the_tiny_guest_and_cleans_up() {
     let mut cloud = Cloud::start_with(CloudOptions {
         real_libvirt: true,
+        cached_images: tiny_guest_images(),
         ..Default::default()
     });
     let id = "i-0a1b2c3d4e5f60718".to_string();

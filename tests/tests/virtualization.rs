@@ -18,7 +18,7 @@ use proto::InstanceState;
 use tests::{
     clients,
     harness::{binary, wait_for, Cloud, CloudOptions},
-    node::{console, node, run, tiny_guest_spec, wait_markers, Cleanup, MARKER},
+    node::{console, node, run, tiny_guest_images, tiny_guest_spec, wait_markers, Cleanup, MARKER},
 };
 
 fn probe(args: &[&str]) -> (bool, String) {
@@ -92,6 +92,7 @@ async fn a_node_in_auto_mode_boots_guests_under_what_it_proved() {
     let tiny = clients::tiny_guest();
     let cloud = Cloud::start_with(CloudOptions {
         real_libvirt: true,
+        cached_images: tiny_guest_images(),
         hypervisor: "auto",
         node_config: format!(
             "probe_kernel = {:?}\nprobe_ramdisk = {:?}\n",
@@ -141,6 +142,7 @@ async fn a_kvm_guest_that_does_not_run_is_restarted_under_tcg() {
     fs::set_permissions(&emulator, fs::Permissions::from_mode(0o755)).expect("chmod");
     let cloud = Cloud::start_with(CloudOptions {
         real_libvirt: true,
+        cached_images: tiny_guest_images(),
         hypervisor: "kvm",
         node_config: format!("emulator = {emulator:?}\nkvm_watchdog_secs = 10\n"),
         ..Default::default()

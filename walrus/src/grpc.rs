@@ -1,17 +1,22 @@
 //! Walrus's internal gRPC service: how NCs fetch images and the SC stores
-//! snapshots. Callers are tiers that hold the cluster secret (checked by
-//! the interceptor), so bucket ACLs do not apply here.
+//! snapshots. Callers are the cloud's own components (mutual TLS and the
+//! cluster secret, checked by the server's guard, which also limits each
+//! role to its methods), so bucket ACLs do not apply here; a node gets
+//! only the images its instances use.
 
-use std::{collections::BTreeMap, io::Read};
+use std::{collections::BTreeMap, io::Read, sync::Arc};
 
-use common::time;
+use common::{auth::caller, pki::Role, time};
 use proto::{walrus_internal_server::WalrusInternal, ObjectChunk, ObjectInfo, ObjectRef};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncReadExt, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::objects::{Object, ObjectError, ObjectStore};
+use crate::{
+    identity::Identity,
+    objects::{Object, ObjectError, ObjectStore},
+};
 
 /// Bytes per streamed chunk.
 const CHUNK: usize = 1024 * 1024;
@@ -20,12 +25,36 @@ const CHUNK: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Internal {
     objects: ObjectStore,
+    identity: Arc<Identity>,
 }
 
 impl Internal {
-    /// The service over `objects`.
-    pub fn new(objects: ObjectStore) -> Self {
-        Self { objects }
+    /// The service over `objects`; `identity` asks the CLC what nodes may read.
+    pub fn new(objects: ObjectStore, identity: Arc<Identity>) -> Self {
+        Self { objects, identity }
+    }
+
+    /// A node reads only what an instance on it uses; other callers' roles
+    /// were checked by the guard.
+    async fn may_read<T>(&self, request: &Request<T>, r: &ObjectRef) -> Result<(), Status> {
+        let who = caller(request)?;
+        if who.role != Role::Nc {
+            return Ok(());
+        }
+        let allowed = self
+            .identity
+            .node_may_read(&who.name, &r.bucket, &r.key)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if allowed {
+            Ok(())
+        } else {
+            tracing::warn!(node = %who.name, bucket = %r.bucket, key = %r.key, "refused a node an object no instance of it uses");
+            Err(Status::permission_denied(format!(
+                "node {} runs no instance of {}/{}",
+                who.name, r.bucket, r.key
+            )))
+        }
     }
 
     fn object(&self, r: &ObjectRef) -> Result<Object, Status> {
@@ -99,6 +128,7 @@ impl WalrusInternal for Internal {
         &self,
         request: Request<ObjectRef>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
+        self.may_read(&request, request.get_ref()).await?;
         let object = self.object(request.get_ref())?;
         let mut file = self.objects.open_data(&object).await.map_err(internal)?;
         let (tx, rx) = mpsc::channel(4);
@@ -143,6 +173,7 @@ impl WalrusInternal for Internal {
         &self,
         request: Request<ObjectRef>,
     ) -> Result<Response<ObjectInfo>, Status> {
+        self.may_read(&request, request.get_ref()).await?;
         let object = self.object(request.get_ref())?;
         let sha256 = self.sha256_of(&object).await?;
         Ok(Response::new(info(&object, sha256)))

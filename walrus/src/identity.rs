@@ -7,14 +7,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::auth::{ClusterSecret, SignCalls};
-use proto::{identity_service_client::IdentityServiceClient, LookupAccessKeyRequest};
-use tonic::{transport::Channel, Code};
+use common::{pki::Role, rpc::Trust};
+use proto::{
+    identity_service_client::IdentityServiceClient, LookupAccessKeyRequest, NodeReadRequest,
+};
+use tonic::Code;
 
 /// How long a found key is trusted without asking again.
 const FOUND_TTL: Duration = Duration::from_secs(60);
 /// How long an unknown key stays unknown.
 const MISSING_TTL: Duration = Duration::from_secs(2);
+/// How long a node may keep reading an image after the CLC said it may
+/// (a launch reads its image within seconds).
+const NODE_READ_TTL: Duration = Duration::from_secs(30);
 
 /// The owner of an access key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,26 +39,58 @@ pub struct Unavailable(String);
 /// Access-key lookups against the CLC.
 #[derive(Debug)]
 pub struct Identity {
-    client:
-        IdentityServiceClient<tonic::service::interceptor::InterceptedService<Channel, SignCalls>>,
+    client: IdentityServiceClient<common::rpc::Client>,
     cache: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
+    /// (node, bucket, key) the CLC allowed, and when.
+    node_reads: Mutex<HashMap<(String, String, String), Instant>>,
 }
 
 impl Identity {
     /// Looks keys up at the CLC's gRPC address `clc`.
-    pub fn new(
-        clc: &str,
-        secret: ClusterSecret,
-        component: &str,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = common::rpc::channel(clc)?;
+    pub fn new(clc: &str, trust: &Trust) -> Result<Self, tonic::transport::Error> {
         Ok(Self {
-            client: IdentityServiceClient::with_interceptor(
-                channel,
-                SignCalls::new(secret, component),
-            ),
+            client: IdentityServiceClient::new(trust.channel(clc, Role::Clc)?),
             cache: Mutex::new(HashMap::new()),
+            node_reads: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether node `node` may read bucket/key: only while one of its
+    /// instances uses that image (the CLC knows).
+    pub async fn node_may_read(
+        &self,
+        node: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<bool, Unavailable> {
+        let id = (node.to_string(), bucket.to_string(), key.to_string());
+        {
+            let reads = self.node_reads.lock().unwrap_or_else(|p| p.into_inner());
+            if reads
+                .get(&id)
+                .is_some_and(|at| at.elapsed() < NODE_READ_TTL)
+            {
+                return Ok(true);
+            }
+        }
+        let allowed = self
+            .client
+            .clone()
+            .node_may_read(NodeReadRequest {
+                node: id.0.clone(),
+                bucket: id.1.clone(),
+                key: id.2.clone(),
+            })
+            .await
+            .map_err(|s| Unavailable(s.message().to_string()))?
+            .into_inner()
+            .allowed;
+        if allowed {
+            let mut reads = self.node_reads.lock().unwrap_or_else(|p| p.into_inner());
+            reads.retain(|_, at| at.elapsed() < NODE_READ_TTL);
+            reads.insert(id, Instant::now());
+        }
+        Ok(allowed)
     }
 
     /// The caller owning `access_key_id`, or None if there is no such key.

@@ -4,13 +4,12 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use common::{
-    auth::VerifyCalls,
+    pki::Role,
     report::{report_service_to_clc, ReportSettings},
     rpc,
     store::Store,
 };
 use proto::{walrus_internal_server::WalrusInternalServer, ServiceReport};
-use tokio_stream::wrappers::TcpListenerStream;
 use walrus::{
     config::WalrusConfig,
     grpc::Internal,
@@ -24,21 +23,24 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: WalrusConfig) -> anyhow::Result<()> {
-    let started = rpc::start(
-        &config.state_dir,
-        &config.cluster_secret_file,
-        &config.listen,
-        &config.advertise,
-    )
+    let started = rpc::start(rpc::StartAt {
+        state_dir: &config.state_dir,
+        secret_file: &config.cluster_secret_file,
+        tls: &config.internal_tls,
+        who: Role::Walrus,
+        name: &config.name,
+        listen: &config.listen,
+        advertise: &config.advertise,
+    })
     .await?;
     let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
     let objects = ObjectStore::open(&config.state_dir.join("objects"), &store)
         .await
         .context("opening the object store")?;
-    let identity = Identity::new(&config.clc, started.secret.clone(), &config.name)?;
+    let identity = Arc::new(Identity::new(&config.clc, &started.trust)?);
     let (s3_listener, s3_addr) = rpc::bind(&config.s3_listen).await?;
     rpc::write_named_addr_file(&config.state_dir, "s3.addr", s3_addr)?;
-    let internal = Internal::new(objects.clone());
+    let internal = Internal::new(objects.clone(), identity.clone());
     let s3 = Arc::new(S3 {
         objects,
         identity,
@@ -64,8 +66,8 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
         ReportSettings {
             parent: config.clc.clone(),
             parent_kind: "cloud controller",
-            secret: started.secret.clone(),
-            component: config.name.clone(),
+            parent_role: Role::Clc,
+            trust: started.trust.clone(),
             heartbeat: Duration::from_secs(config.heartbeat_secs.max(1)),
         },
         ServiceReport {
@@ -82,13 +84,12 @@ async fn run(config: WalrusConfig) -> anyhow::Result<()> {
         },
     ));
     tracing::info!(name = %config.name, listen = %started.addr, s3 = %s3_addr, s3_tls = ?tls_addr, clc = %config.clc, "Walrus ready");
-    let incoming = TcpListenerStream::new(started.listener);
+    let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
-        rpc::server()
-            .add_service(WalrusInternalServer::with_interceptor(
-                internal,
-                VerifyCalls::new(started.secret.clone()),
-            ))
+        started
+            .trust
+            .server()
+            .add_service(WalrusInternalServer::new(internal))
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use common::{
-    auth::{ClusterSecret, SignCalls},
+    pki::{self, Identity, Role, TlsFiles},
     rpc, time,
 };
 use proto::{
@@ -15,7 +15,6 @@ use proto::{
     DescribeServicesRequest, Quota, ServiceState, SetAccountQuotaRequest,
 };
 use serde::Serialize;
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 /// Administer a Gumtree cloud through its cloud controller.
 #[derive(Parser, Debug)]
@@ -31,6 +30,13 @@ struct Args {
         default_value = "/var/lib/gumtree/cluster.secret"
     )]
     secret_file: PathBuf,
+    /// The cluster's certificates: the CA and this tool's `admin-<name>`
+    /// certificate and key.
+    #[arg(long, env = "GUMTREE_PKI_DIR", default_value = "/var/lib/gumtree/pki")]
+    pki_dir: PathBuf,
+    /// The administrator's name in its certificate.
+    #[arg(long, env = "GUMTREE_ADMIN_NAME", default_value = "admin")]
+    admin_name: String,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -45,7 +51,37 @@ enum Output {
 }
 
 #[derive(Subcommand, Debug)]
+enum PkiCommand {
+    /// Create the cluster CA in --pki-dir (nothing changes if it exists).
+    Init {
+        /// Make a new CA that signs from now on; the old one stays trusted
+        /// until `retire-old-cas`. Reissue every certificate in between.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Issue a component its certificate (`<role>-<name>.pem` and `.key`
+    /// in --pki-dir unless --cert/--key say where). Running daemons use a
+    /// replaced certificate for their next connections.
+    Issue {
+        /// clc, cc, nc, sc, walrus or admin.
+        role: String,
+        /// The component's name, as its config names it.
+        name: String,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Trust only the current CA from now on (after a rotation, once every
+    /// component has a certificate from it).
+    RetireOldCas,
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
+    /// The cluster's certificate authority and component certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Every service (cloud, clusters, storage, Walrus) and its state.
     DescribeServices,
     /// Every node with its capacity, state and virtualization.
@@ -281,7 +317,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-type Client = AdminServiceClient<InterceptedService<Channel, SignCalls>>;
+type Client = AdminServiceClient<rpc::Client>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -292,15 +328,71 @@ async fn main() {
     }
 }
 
+/// The `pki` commands: files only, no cloud controller needed.
+fn run_pki(dir: &std::path::Path, command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init { rotate } => {
+            let outcome = pki::init_ca(dir, rotate)?;
+            let what = match outcome {
+                pki::CaOutcome::Created => "created the cluster CA",
+                pki::CaOutcome::Kept => "the cluster CA exists already; nothing changed",
+                pki::CaOutcome::Rotated => {
+                    "made a new CA; reissue every certificate, then run `pki retire-old-cas`"
+                }
+            };
+            write_stdout(&format!("{what} in {}\n", dir.display()))
+        }
+        PkiCommand::Issue {
+            role,
+            name,
+            cert,
+            key,
+        } => {
+            let who = Identity {
+                role: role.parse::<Role>()?,
+                name,
+            };
+            let files = TlsFiles {
+                cert,
+                key,
+                ..TlsFiles::in_dir(dir)
+            };
+            let (cert, key) = (files.cert(&who), files.key(&who));
+            pki::issue(dir, &who, (&cert, &key))?;
+            write_stdout(&format!(
+                "issued {who}: {} and {}\n",
+                cert.display(),
+                key.display()
+            ))
+        }
+        PkiCommand::RetireOldCas => {
+            let n = pki::retire_old_cas(dir)?;
+            write_stdout(&format!("{n} old CA(s) no longer trusted\n"))
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let secret = ClusterSecret::from_file(&args.secret_file)?;
-    let channel = rpc::connect(&args.clc)
-        .await
-        .with_context(|| format!("cannot reach the cloud controller at {}", args.clc))?;
-    let mut client: Client =
-        AdminServiceClient::with_interceptor(channel, SignCalls::new(secret, "admin"));
+    if let Command::Pki(command) = args.command {
+        return run_pki(&args.pki_dir, command);
+    }
+    let trust = rpc::Trust::load(
+        &args.secret_file,
+        &TlsFiles::in_dir(&args.pki_dir),
+        &Identity {
+            role: Role::Admin,
+            name: args.admin_name.clone(),
+        },
+    )?;
+    let mut client: Client = AdminServiceClient::new(
+        trust
+            .connect(&args.clc, Role::Clc)
+            .await
+            .with_context(|| format!("cannot reach the cloud controller at {}", args.clc))?,
+    );
     let out = args.output;
     match args.command {
+        Command::Pki(_) => unreachable!("handled above"),
         Command::DescribeServices => {
             let reply = client
                 .describe_services(DescribeServicesRequest {})

@@ -150,9 +150,12 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
     // What Walrus holds there: it must exist, be readable by the caller,
     // and say what kind of image it is.
     let endpoint = ec2.walrus_endpoint()?;
-    let channel = common::rpc::channel(&endpoint)
+    let channel = ec2
+        .cloud
+        .trust
+        .channel(&endpoint, common::pki::Role::Walrus)
         .map_err(|e| Ec2Error::unavailable(&format!("Walrus at {endpoint}: {e}")))?;
-    let mut walrus = WalrusInternalClient::with_interceptor(channel, ec2.cloud.signer());
+    let mut walrus = WalrusInternalClient::new(channel);
     let info = walrus
         .head_object(ObjectRef {
             bucket: bucket.to_string(),

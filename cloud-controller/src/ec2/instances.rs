@@ -8,12 +8,12 @@
 use std::{collections::HashMap, sync::Arc};
 
 use base64::Engine;
-use common::{auth::SignCalls, time};
+use common::time;
 use proto::{
     cluster_service_client::ClusterServiceClient, ImageRef, InstanceRef, InstanceRefs,
     InstanceSpec, InstanceState, RunInstancesRequest, ServiceState,
 };
-use tonic::{service::interceptor::InterceptedService, transport::Channel, Code};
+use tonic::Code;
 
 use super::{
     params::Filter,
@@ -28,7 +28,7 @@ use crate::{
     tags::Tag,
 };
 
-type ClusterClient = ClusterServiceClient<InterceptedService<Channel, SignCalls>>;
+type ClusterClient = ClusterServiceClient<common::rpc::Client>;
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
     tracing::error!(error = %e, "instance store failed");
@@ -72,12 +72,12 @@ impl Ec2 {
                 "cluster {cluster} is not ENABLED"
             )));
         }
-        let channel = common::rpc::channel(&endpoint)
+        let channel = self
+            .cloud
+            .trust
+            .channel(&endpoint, common::pki::Role::Cc)
             .map_err(|e| Ec2Error::unavailable(&format!("cluster {cluster}: {e}")))?;
-        Ok(ClusterServiceClient::with_interceptor(
-            channel,
-            self.cloud.signer(),
-        ))
+        Ok(ClusterServiceClient::new(channel))
     }
 
     /// The caller's instances named by `InstanceId.N`; all must exist.

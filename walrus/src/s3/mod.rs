@@ -80,7 +80,7 @@ impl Principal {
 #[derive(Debug)]
 pub struct S3 {
     pub objects: ObjectStore,
-    pub identity: Identity,
+    pub identity: std::sync::Arc<Identity>,
     pub settings: Settings,
 }
 

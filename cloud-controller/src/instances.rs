@@ -86,6 +86,11 @@ pub struct InstanceRecord {
     pub mac: String,
     /// Ids of its security groups.
     pub security_groups: Vec<String>,
+    /// The state a StopInstances or StartInstances asked for (`stopped`,
+    /// `running`) until its node shows it: carried out again while it is
+    /// not (the node was down, a tier restarted).
+    #[serde(default)]
+    pub desired: Option<String>,
 }
 
 impl Record for InstanceRecord {
@@ -251,6 +256,41 @@ impl Instances {
     }
 
     /// Records the address and MAC the cluster gave `id`.
+    /// Records a stop or start: the state it shows now and the one its
+    /// node must reach.
+    pub fn request(
+        &self,
+        id: &str,
+        state: &str,
+        reason: &str,
+        desired: &str,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        let _w = self.lock();
+        let Some(mut r) = self.table.get(&id.to_string())? else {
+            return Ok(None);
+        };
+        if r.state == "terminated" {
+            return Ok(Some(r));
+        }
+        r.state = state.to_string();
+        r.state_reason = reason.to_string();
+        r.changed_ms = time::unix_ms();
+        r.desired = Some(desired.to_string());
+        self.table.put(&r)?;
+        Ok(Some(r))
+    }
+
+    /// Drops what a stop or start asked for (it cannot be done).
+    pub fn forget_request(&self, id: &str) -> Result<(), StoreError> {
+        let _w = self.lock();
+        if let Some(mut r) = self.table.get(&id.to_string())? {
+            if r.desired.take().is_some() {
+                self.table.put(&r)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_network(&self, id: &str, private_ip: &str, mac: &str) -> Result<(), StoreError> {
         let _w = self.lock();
         if let Some(mut r) = self.table.get(&id.to_string())? {
@@ -273,7 +313,8 @@ impl Instances {
 
     /// Takes the states a cluster reports for its instances. An instance a
     /// call has put in `stopping` or `shutting-down` keeps that until the
-    /// node shows it stopped or gone.
+    /// node shows it stopped or gone, and one a start is still owed to
+    /// stays `pending` while its node shows it stopped.
     pub fn observe(&self, report: &ClusterReport) -> Result<(), StoreError> {
         let mut reported: BTreeMap<String, (&str, String, String, String, String)> =
             BTreeMap::new();
@@ -301,11 +342,19 @@ impl Instances {
             if r.cluster != report.cluster_name || r.state == "terminated" {
                 continue;
             }
-            let keep = matches!(
-                (r.state.as_str(), state),
-                ("stopping", "running") | ("shutting-down", _)
-            );
-            if keep || (r.state == state && r.node == node && r.private_ip == ip && r.mac == mac) {
+            let keep = match (r.state.as_str(), state) {
+                ("stopping", "running") | ("shutting-down", _) => true,
+                ("pending", "stopped") => r.desired.as_deref() == Some("running"),
+                _ => false,
+            };
+            let confirmed = r.desired.as_deref() == Some(state);
+            if confirmed {
+                r.desired = None;
+            }
+            if !confirmed
+                && (keep
+                    || (r.state == state && r.node == node && r.private_ip == ip && r.mac == mac))
+            {
                 continue;
             }
             if r.state != state {
@@ -395,6 +444,7 @@ mod tests {
             private_ip: String::new(),
             mac: String::new(),
             security_groups: Vec::new(),
+            desired: None,
         }
     }
 

@@ -399,6 +399,7 @@ mod tests {
             private_ip: "172.31.0.2".into(),
             mac: "d0:0d:01:02:03:04".into(),
             security_groups: vec!["sg-1".into()],
+            desired: None,
         }
     }
 

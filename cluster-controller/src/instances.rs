@@ -407,15 +407,24 @@ impl ClusterInstances {
         F: FnOnce(NodeClient, proto::InstanceRef) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let (_, client) = self.node_of(id)?;
-        Ok(call(
+        let (node, client) = self.node_of(id)?;
+        let answer = call(
             client,
             proto::InstanceRef {
                 instance_id: id.to_string(),
             },
         )
-        .await?
-        .into_inner())
+        .await;
+        match answer {
+            Ok(reply) => Ok(reply.into_inner()),
+            // A node that did not answer is unavailable, which the CLC
+            // takes as "ask again later", not as a refusal.
+            Err(e) if common::rpc::not_answered(&e) => Err(Status::unavailable(format!(
+                "node {node} did not answer: {}",
+                e.message()
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Passes each instance's firewall to the node that hosts it.

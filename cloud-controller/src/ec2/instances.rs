@@ -333,6 +333,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 private_ip: String::new(),
                 mac: String::new(),
                 security_groups: groups.iter().map(|g| g.group_id.clone()).collect(),
+                desired: None,
             })
             .collect();
         let specs: Vec<InstanceSpec> = records
@@ -953,9 +954,9 @@ async fn carry_out_terminate(
 }
 
 /// Carries out, forever, every termination that has not been confirmed
-/// (an instance `shutting-down` for more than `every`): its node may have
-/// been down, or a tier restarted, when it was asked for. Run it in its
-/// own task.
+/// (an instance `shutting-down` for more than `every`), and every stop or
+/// start its node has not shown yet: its node may have been down, or a
+/// tier restarted, when it was asked for. Run it in its own task.
 pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -976,14 +977,63 @@ pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
         }
         let now = time::unix_ms();
         for r in records {
-            if r.state == "shutting-down" && now - r.changed_ms > every.as_millis() as i64 {
+            let due = now - r.changed_ms > every.as_millis() as i64;
+            if r.state == "shutting-down" && due {
                 let client = ec2.cluster_client(&r.cluster);
                 if carry_out_terminate(client, &ec2.instances, r.instance_id.clone()).await {
                     tracing::info!(instance_id = %r.instance_id, "a termination asked for earlier is done");
                 }
+                continue;
+            }
+            // A stop or start its node has not shown yet: ask again.
+            let Some(desired) = r.desired.as_deref() else {
+                continue;
+            };
+            if !due || r.state == desired || r.state == "terminated" {
+                continue;
+            }
+            let stop = desired == "stopped";
+            match send_stop_or_start(&ec2, &r, stop).await {
+                Ok(()) => {
+                    tracing::info!(instance_id = %r.instance_id, %desired, "a stop or start asked for earlier was sent again")
+                }
+                Err(e) if e.retry => {
+                    tracing::debug!(instance_id = %r.instance_id, error = %e.message, "the node still cannot be reached")
+                }
+                Err(e) => {
+                    tracing::warn!(instance_id = %r.instance_id, error = %e.message, "a stop or start asked for earlier cannot be done: dropped");
+                    let _ = ec2.instances.forget_request(&r.instance_id);
+                }
             }
         }
     }
+}
+
+/// Why a stop or start did not reach its node; `retry` when the reason may
+/// pass (nothing answered, or a tier on the way is unavailable).
+struct SendError {
+    message: String,
+    retry: bool,
+}
+
+/// Sends the stop or start of `r` to its cluster.
+async fn send_stop_or_start(ec2: &Ec2, r: &InstanceRecord, stop: bool) -> Result<(), SendError> {
+    let mut client = ec2.cluster_client(&r.cluster).map_err(|e| SendError {
+        message: e.message,
+        retry: true,
+    })?;
+    let refs = InstanceRefs {
+        instance_ids: vec![r.instance_id.clone()],
+    };
+    let answer = if stop {
+        client.stop_instances(refs).await
+    } else {
+        client.start_instances(refs).await
+    };
+    answer.map(|_| ()).map_err(|e| SendError {
+        retry: common::rpc::not_answered(&e) || e.code() == Code::Unavailable,
+        message: e.message().to_string(),
+    })
 }
 
 /// StopInstances and StartInstances.
@@ -1015,9 +1065,15 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
             state_change(&mut w, &r.instance_id, &r.state, &r.state);
             continue;
         }
-        let next = if stop { "stopping" } else { "pending" };
+        let (next, desired) = if stop {
+            ("stopping", "stopped")
+        } else {
+            ("pending", "running")
+        };
+        // The intent first, durably: if the node cannot be reached now,
+        // finish_requests carries it out when it can.
         ec2.instances
-            .set_state(
+            .request(
                 &r.instance_id,
                 next,
                 if stop {
@@ -1025,27 +1081,23 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
                 } else {
                     ""
                 },
-                None,
+                desired,
             )
             .map_err(store_error)?;
-        let mut client = ec2.cluster_client(&r.cluster)?;
-        let refs = InstanceRefs {
-            instance_ids: vec![r.instance_id.clone()],
-        };
-        let answer = if stop {
-            client.stop_instances(refs).await
-        } else {
-            client.start_instances(refs).await
-        };
-        if let Err(e) = answer {
-            ec2.instances
-                .set_state(&r.instance_id, &r.state, &r.state_reason, None)
-                .map_err(store_error)?;
-            return Err(Ec2Error::unavailable(&format!(
-                "cluster {}: {}",
-                r.cluster,
-                e.message()
-            )));
+        if let Err(e) = send_stop_or_start(ec2, r, stop).await {
+            if !e.retry {
+                ec2.instances
+                    .set_state(&r.instance_id, &r.state, &r.state_reason, None)
+                    .map_err(store_error)?;
+                ec2.instances
+                    .forget_request(&r.instance_id)
+                    .map_err(store_error)?;
+                return Err(Ec2Error::unavailable(&format!(
+                    "cluster {}: {}",
+                    r.cluster, e.message
+                )));
+            }
+            tracing::warn!(instance_id = %r.instance_id, error = %e.message, "the node cannot be reached: the request is kept and carried out when it can");
         }
         state_change(&mut w, &r.instance_id, &r.state, next);
         if !stop {

@@ -67,6 +67,10 @@ impl Record for NodeRecord {
     }
 }
 
+/// How many report timeouts a service (or node) whose report stream is
+/// still open may stay silent before it is NOTREADY.
+pub const SUSPICION_FACTOR: i64 = 3;
+
 #[derive(Debug, Clone)]
 struct Liveness {
     stream: Option<StreamId>,
@@ -300,18 +304,32 @@ impl Registry {
         }
     }
 
-    /// Marks NOTREADY every service whose last report is older than `timeout_ms`.
+    /// Marks NOTREADY every service silent for longer than `timeout_ms`.
+    /// One whose report stream is still open (its connection answers
+    /// keep-alives) is only suspected while late: a busy host's heartbeat
+    /// can be late without the service being gone. It goes NOTREADY when
+    /// the stream ends, or after [`SUSPICION_FACTOR`] times the timeout.
     pub fn expire(&self, now_ms: i64, timeout_ms: i64) {
         let mut inner = self.lock();
         for ((kind, name), (_, live)) in inner.services.iter_mut() {
-            if let Some(live) = live {
-                if live.ready && now_ms - live.last_report_ms > timeout_ms {
-                    live.ready = false;
-                    live.detail =
-                        format!("no report for {} s", (now_ms - live.last_report_ms) / 1000);
-                    tracing::warn!(service_type = %kind, %name, detail = %live.detail, "service NOTREADY");
-                }
+            let Some(live) = live else { continue };
+            let silent = now_ms - live.last_report_ms;
+            if !live.ready || silent <= timeout_ms {
+                continue;
             }
+            if live.stream.is_some() && silent <= timeout_ms * SUSPICION_FACTOR {
+                let detail = format!("late: no report for {} s", silent / 1000);
+                if live.detail != detail {
+                    if !live.detail.starts_with("late") {
+                        tracing::info!(service_type = %kind, %name, "service late: its stream is open, so it stays ENABLED for now");
+                    }
+                    live.detail = detail;
+                }
+                continue;
+            }
+            live.ready = false;
+            live.detail = format!("no report for {} s", silent / 1000);
+            tracing::warn!(service_type = %kind, %name, detail = %live.detail, "service NOTREADY");
         }
     }
 
@@ -333,8 +351,11 @@ impl Registry {
                 Some(l) if l.ready => {
                     // A cluster's placement policy, as its last report gave it.
                     let detail = match inner.clusters.get(&record.name) {
-                        Some(r) if record.service_type == CLUSTER => {
+                        Some(r) if record.service_type == CLUSTER && l.detail.is_empty() => {
                             format!("placement {}", r.placement_policy)
+                        }
+                        Some(r) if record.service_type == CLUSTER => {
+                            format!("placement {}; {}", r.placement_policy, l.detail)
                         }
                         _ => l.detail.clone(),
                     };
@@ -521,9 +542,20 @@ mod tests {
             ServiceState::Enabled
         );
 
+        // Late, with its stream open: suspected, still ENABLED.
         reg.expire(9_000, 6_000);
         assert_eq!(
             state_of(&reg.services(9_000), "cc-1"),
+            ServiceState::Enabled
+        );
+        assert!(reg
+            .services(9_000)
+            .iter()
+            .any(|s| s.name == "cc-1" && s.detail.contains("late: no report for 7 s")));
+        // Silent for three timeouts: NOTREADY.
+        reg.expire(2_000 + 18_001, 6_000);
+        assert_eq!(
+            state_of(&reg.services(20_001), "cc-1"),
             ServiceState::Notready
         );
         // Nodes of a cluster that is gone cannot be vouched for.

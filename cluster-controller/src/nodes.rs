@@ -255,12 +255,20 @@ impl Nodes {
         Ok(())
     }
 
-    /// Marks NOTREADY every node silent for longer than `timeout_ms`.
+    /// Marks NOTREADY every node silent for longer than `timeout_ms`; one
+    /// whose report stream is still open only after [`SUSPICION_FACTOR`]
+    /// times that (a busy host's heartbeat can be late; a dead or frozen
+    /// node's stream ends when it stops answering keep-alives).
     pub fn expire(&self, now_ms: i64, timeout_ms: i64) {
         let mut inner = self.lock();
         let mut changed = false;
         for (name, node) in inner.nodes.iter_mut() {
-            if node.ready && now_ms - node.last_report_ms > timeout_ms {
+            let limit = if node.stream.is_some() {
+                timeout_ms * SUSPICION_FACTOR
+            } else {
+                timeout_ms
+            };
+            if node.ready && now_ms - node.last_report_ms > limit {
                 node.ready = false;
                 changed = true;
                 tracing::warn!(node = %name, "node NOTREADY: no report for {} ms", now_ms - node.last_report_ms);
@@ -271,6 +279,9 @@ impl Nodes {
         }
     }
 }
+
+/// How many timeouts a node whose report stream is open may stay silent.
+pub const SUSPICION_FACTOR: i64 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -334,7 +345,15 @@ mod tests {
             n.node_report(StreamId(2), report("nc-2", 4), 1_000)
                 .expect("report");
             n.stream_ended(StreamId(1), None);
+            // nc-2's stream is open: late is suspicion, not death...
             n.expire(8_000, 6_000);
+            let states: Vec<i32> = rx.borrow().nodes.iter().map(|v| v.state).collect();
+            assert_eq!(
+                states,
+                vec![ServiceState::Notready as i32, ServiceState::Enabled as i32]
+            );
+            // ... until three timeouts of silence.
+            n.expire(1_000 + 18_001, 6_000);
             let states: Vec<i32> = rx.borrow().nodes.iter().map(|v| v.state).collect();
             assert_eq!(states, vec![ServiceState::Notready as i32; 2]);
         }

@@ -159,6 +159,11 @@ pub struct CloudOptions {
     pub hypervisor: &'static str,
     /// More lines for each node's configuration.
     pub node_config: String,
+    /// More lines for the CLC's configuration (`report_timeout_secs`
+    /// replaces the harness's 6).
+    pub clc_config: String,
+    /// More lines for Walrus's configuration.
+    pub walrus_config: String,
     /// Files put into every node's image cache before it starts, as if
     /// fetched before (tests that drive a node directly, with no instance
     /// record at the CLC, which Walrus would refuse the download).
@@ -177,6 +182,8 @@ impl Default for CloudOptions {
             assign_public_ips: false,
             hypervisor: "qemu",
             node_config: String::new(),
+            clc_config: String::new(),
+            walrus_config: String::new(),
             cached_images: Vec::new(),
         }
     }
@@ -328,8 +335,14 @@ impl Cloud {
             "clc",
             Tier::Cloud,
             &format!(
-                "report_timeout_secs = 6\nec2_listen = \"127.0.0.1:0\"\npublic_ips = [{pool:?}]\nassign_public_ips = {}\n",
-                options.assign_public_ips
+                "{}ec2_listen = \"127.0.0.1:0\"\npublic_ips = [{pool:?}]\nassign_public_ips = {}\n{}",
+                if options.clc_config.contains("report_timeout_secs") {
+                    ""
+                } else {
+                    "report_timeout_secs = 6\n"
+                },
+                options.assign_public_ips,
+                options.clc_config,
             ),
         );
         let clc = cloud.addr("clc");
@@ -341,6 +354,7 @@ impl Cloud {
                 "s3_tls_listen = \"127.0.0.1:0\"\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
             ));
         }
+        walrus.push_str(&options.walrus_config);
         cloud.add("walrus", Tier::Walrus, &walrus);
         cloud.add(
             "sc-1",

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use proto::{
     admin_service_client::AdminServiceClient, CreateAccountRequest, DescribeAccountsRequest,
 };
-use tests::harness::{binary, wait_for, Cloud, Tier};
+use tests::harness::{binary, wait_for, Cloud, CloudOptions, Tier};
 
 fn services(cloud: &Cloud) -> Vec<serde_json::Value> {
     cloud
@@ -135,6 +135,61 @@ fn a_silent_node_goes_notready_and_comes_back() {
     wait_for("thawed nc-1 ENABLED", Duration::from_secs(15), || {
         (cloud.node_state("nc-1").as_deref() == Some("ENABLED")).then_some(())
     });
+}
+
+#[test]
+fn a_late_report_on_an_open_stream_is_suspicion_not_death() {
+    // Reports every second, NOTREADY after 2 s of silence: a busy host
+    // easily misses that.
+    let cloud = Cloud::start_with(CloudOptions {
+        clc_config: "report_timeout_secs = 2\n".into(),
+        walrus_config: "heartbeat_secs = 1\n".into(),
+        ..Default::default()
+    });
+    wait_for("walrus ENABLED", Duration::from_secs(10), || {
+        (cloud.service_state("walrus").as_deref() == Some("ENABLED")).then_some(())
+    });
+    // Walrus stops reporting for 3.5 s, its connection open all along (a
+    // saturated host): it stays ENABLED, and says it is late.
+    cloud.signal("walrus", Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let mut states = Vec::new();
+    let mut late = false;
+    while frozen.elapsed() < Duration::from_millis(3_500) {
+        let listed = services(&cloud);
+        let walrus = listed.iter().find(|s| s["name"] == "walrus").cloned();
+        let walrus = walrus.unwrap_or_default();
+        states.push(walrus["state"].as_str().unwrap_or_default().to_string());
+        late |= walrus["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("late");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cloud.signal("walrus", Signal::SIGCONT);
+    assert!(
+        states.iter().all(|s| s == "ENABLED"),
+        "Walrus flapped while late: {states:?}"
+    );
+    assert!(late, "the late reports were not shown");
+    // Silent for good (longer than three timeouts, or its connection gone):
+    // NOTREADY.
+    wait_for("walrus to report again", Duration::from_secs(5), || {
+        services(&cloud)
+            .iter()
+            .any(|s| s["name"] == "walrus" && s["detail"] == "")
+            .then_some(())
+    });
+    cloud.signal("walrus", Signal::SIGSTOP);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("frozen walrus NOTREADY", Duration::from_secs(12), || {
+            (cloud.service_state("walrus").as_deref() == Some("NOTREADY")).then_some(())
+        })
+    }));
+    cloud.signal("walrus", Signal::SIGCONT);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]

@@ -19,6 +19,22 @@ pub struct PeerAddr(pub SocketAddr);
 
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header section a handler accepts ([`headers_too_large`]).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields a handler accepts.
+pub const MAX_HEADERS: usize = 200;
+
+/// Whether a request's header section is over [`MAX_HEADER_BYTES`] or
+/// [`MAX_HEADERS`]: the handler answers it with its own XML error (431).
+/// hyper reads up to four times that before it answers a bare 431 itself.
+pub fn headers_too_large<B>(req: &Request<B>) -> bool {
+    let bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    bytes > MAX_HEADER_BYTES || req.headers().len() > MAX_HEADERS
+}
 
 /// Serves `handler` on `listener` (over TLS with `tls`) until the task is
 /// dropped.
@@ -49,6 +65,10 @@ where
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let mut builder = http1::Builder::new();
+            // Room for header sections a little over our limits, so the
+            // handler can refuse them with a proper error body.
+            builder.max_buf_size(4 * MAX_HEADER_BYTES + 64 * 1024);
+            builder.max_headers(4 * MAX_HEADERS);
             // A client may shut its write side once its request is sent
             // (busybox nc does): still answer it.
             builder.half_close(true);

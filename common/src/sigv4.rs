@@ -5,8 +5,10 @@
 //! asks the CLC): [`parse`] reads what the request claims (who signed it,
 //! which scope, which headers) without any secret, and
 //! [`PendingV4::verify`] checks the signature once the secret is known.
-//! The scope is taken as the request states it (region and service are not
-//! checked against ours: boto2 against `127.0.0.1` signs region `0`).
+//! The endpoint then checks the scope names it ([`Scope::check`]): its
+//! service, in the cloud's region (or one AWS also takes there), or what
+//! boto 2 derives from the host it was given (against `127.0.0.1` it signs
+//! region `0`, service `127`).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -39,6 +41,26 @@ pub enum SigError {
     Algorithm(String),
 }
 
+/// A scope that does not name the endpoint it was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WrongScope {
+    /// Another region than the cloud's.
+    Region { given: String, expected: String },
+    /// Another service than the endpoint's.
+    Service { given: String, expected: String },
+}
+
+/// The host name of a `Host` header (no port, no IPv6 brackets).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
 /// `AKID/20130524/us-east-1/s3/aws4_request`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
@@ -69,6 +91,42 @@ impl Scope {
                 "credential {credential:?} is not <key>/<yyyymmdd>/<region>/<service>/aws4_request"
             ))),
         }
+    }
+
+    /// Whether the scope names this endpoint: one of `services`, in
+    /// `region` or one of `also`; or exactly what boto 2 derives from the
+    /// `Host` it was given (`<service>.<region>...`: `127.0.0.1` gives
+    /// service `127`, region `0`), since it cannot be told otherwise.
+    pub fn check(
+        &self,
+        host: &str,
+        region: &str,
+        also: &[&str],
+        services: &[&str],
+    ) -> Result<(), WrongScope> {
+        let name = host_name(host);
+        let mut parts = name.split('.');
+        let boto2 = match (parts.next(), parts.next()) {
+            (Some(service), Some(region)) => (service, region),
+            (Some(service), None) => (service, "us-east-1"),
+            _ => ("", ""),
+        };
+        if (self.service.as_str(), self.region.as_str()) == boto2 {
+            return Ok(());
+        }
+        if !services.contains(&self.service.as_str()) {
+            return Err(WrongScope::Service {
+                given: self.service.clone(),
+                expected: services.first().copied().unwrap_or_default().to_string(),
+            });
+        }
+        if self.region != region && !also.contains(&self.region.as_str()) {
+            return Err(WrongScope::Region {
+                given: self.region.clone(),
+                expected: region.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// `20130524/us-east-1/s3/aws4_request`.
@@ -489,9 +547,45 @@ impl VerifiedV4 {
 
 #[cfg(test)]
 mod tests {
+
     //! Examples from AWS's "Signature Calculations for the Authorization
     //! Header" and "Query String Authentication" pages for S3.
     use super::*;
+
+    #[test]
+    fn a_scope_must_name_the_endpoint() {
+        let scope = |region: &str, service: &str| Scope {
+            access_key: "AKID".into(),
+            date: "20240101".into(),
+            region: region.into(),
+            service: service.into(),
+        };
+        let ok = |s: Scope, host: &str| s.check(host, "gumtree", &["us-east-1"], &["s3"]);
+        assert!(ok(scope("gumtree", "s3"), "127.0.0.1:8773").is_ok());
+        assert!(ok(scope("us-east-1", "s3"), "127.0.0.1:8773").is_ok());
+        // boto 2's guess from an address.
+        assert!(ok(scope("0", "127"), "127.0.0.1:8773").is_ok());
+        assert_eq!(
+            ok(scope("eu-west-1", "s3"), "127.0.0.1:8773"),
+            Err(WrongScope::Region {
+                given: "eu-west-1".into(),
+                expected: "gumtree".into()
+            })
+        );
+        assert_eq!(
+            ok(scope("gumtree", "ec2"), "127.0.0.1:8773"),
+            Err(WrongScope::Service {
+                given: "ec2".into(),
+                expected: "s3".into()
+            })
+        );
+        assert!(
+            ok(scope("1", "127"), "127.0.0.1").is_err(),
+            "not what boto 2 signs"
+        );
+        assert!(ok(scope("us-east-1", "localhost"), "localhost:80").is_ok());
+        assert_eq!(host_name("[::1]:8773"), "::1");
+    }
 
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
     /// 2013-05-24T00:00:00Z, when the examples were signed.

@@ -434,4 +434,97 @@ assert status == 200, body
 assert code_of(alice_ec2.describe_instances) == ("AuthFailure", 401)
 check("Euare API: CreateAccount/ListAccounts/DeleteAccount by the admin, access keys for an account's users "
       "(boto3's IAM client), AccessDenied for others, DeleteConflict while instances live")
+# ---- Exactness of authentication: signatures scoped elsewhere, a SigV2
+# request good for years, oversized requests: AWS's errors, with XML bodies.
+import base64 as _b64
+import hashlib as _hashlib
+import hmac as _hmac
+import socket as _socket
+
+
+def raw_request(url, method, headers, body=b""):
+    """(status, body) of a request sent as given."""
+    req = urllib.request.Request(url, data=body if method != "GET" else None, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+eu = boto3.client("ec2", endpoint_url=EC2, region_name="eu-west-1", config=cfg)
+try:
+    eu.describe_regions()
+    raise AssertionError("a signature scoped to another region must fail")
+except ClientError as e:
+    assert e.response["Error"]["Code"] == "SignatureDoesNotMatch", e.response
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 403, e.response
+    assert "scoped to a valid region, not 'eu-west-1'" in e.response["Error"]["Message"], e.response
+body = "Action=DescribeRegions&Version=2016-11-15"
+req = AWSRequest(method="POST", url=EC2, data=body,
+                 headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+SigV4Auth(admin_creds, "s3", "gumtree").add_auth(req)
+status, text = raw_request(EC2, "POST", dict(req.prepare().headers), body.encode())
+assert status == 403 and tag(text, "Code") == ["SignatureDoesNotMatch"], text
+import html as _html
+assert "correct service: 'ec2'" in _html.unescape(tag(text, "Message")[0]), text
+s3_eu = boto3.client("s3", endpoint_url=S3, region_name="eu-west-1", config=cfg)
+try:
+    s3_eu.list_buckets()
+    raise AssertionError("an S3 signature scoped to another region must fail")
+except ClientError as e:
+    assert e.response["Error"]["Code"] == "AuthorizationHeaderMalformed", e.response
+    assert e.response["Error"].get("Region") == "gumtree", e.response
+# S3 also takes us-east-1, as AWS does for its global endpoint.
+boto3.client("s3", endpoint_url=S3, region_name="us-east-1", config=cfg).list_buckets()
+check("SigV4 scopes: another region or service refused (SignatureDoesNotMatch, AuthorizationHeaderMalformed)")
+
+
+def sigv2(params, expires):
+    """A SigV2 POST to the EC2 endpoint that stays valid until `expires`."""
+    u = urllib.parse.urlparse(EC2)
+    p = dict(params, AWSAccessKeyId=admin_creds.access_key, SignatureVersion="2",
+             SignatureMethod="HmacSHA256", Version="2016-11-15",
+             Expires=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    q = lambda v: urllib.parse.quote(str(v), safe="-_.~")
+    query = "&".join(f"{q(k)}={q(v)}" for k, v in sorted(p.items()))
+    to_sign = f"POST\n{u.netloc.lower()}\n{u.path or '/'}\n{query}"
+    sig = _b64.b64encode(_hmac.new(admin_creds.secret_key.encode(), to_sign.encode(), _hashlib.sha256).digest())
+    return raw_request(EC2, "POST", {"Content-Type": "application/x-www-form-urlencoded"},
+                       (query + "&Signature=" + q(sig.decode())).encode())
+
+
+import datetime as _dt
+now = _dt.datetime.now(_dt.timezone.utc)
+status, text = sigv2({"Action": "DescribeRegions"}, now + _dt.timedelta(hours=1))
+assert status == 200 and "gumtree" in text, text
+status, text = sigv2({"Action": "DescribeRegions"}, now + _dt.timedelta(days=365))
+assert status == 400 and tag(text, "Code") == ["InvalidParameterValue"], text
+assert "at most 7 days ahead" in tag(text, "Message")[0], text
+check("SigV2 Expires: an hour ahead works, a year ahead is refused")
+
+pad = {f"X-Pad-{i}": "x" * 10 for i in range(300)}
+for url in (EC2, S3):
+    status, text = raw_request(url, "GET", pad)
+    assert status == 431 and tag(text, "Code") == ["RequestHeaderSectionTooLarge"], (url, status, text)
+# One PUT holds at most 5 GiB: refused from its Content-Length, before any byte.
+s3.create_bucket(Bucket="exactness", CreateBucketConfiguration={"LocationConstraint": "gumtree"})
+url = s3.generate_presigned_url("put_object", Params={"Bucket": "exactness", "Key": "huge"}, ExpiresIn=300)
+u = urllib.parse.urlparse(url)
+with _socket.create_connection((u.hostname, u.port)) as sock:
+    sock.sendall(f"PUT {u.path}?{u.query} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                 f"Content-Length: {6 * 1024 ** 3}\r\n\r\n".encode())
+    sock.settimeout(10)
+    answer = b""
+    while b"</Error>" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+answer = answer.decode(errors="replace")
+assert answer.startswith("HTTP/1.1 400"), answer
+assert "<Code>EntityTooLarge</Code>" in answer and "<MaxSizeAllowed>5368709120</MaxSizeAllowed>" in answer, answer
+assert code_of(s3.head_object, Bucket="exactness", Key="huge")[1] == 404
+s3.delete_bucket(Bucket="exactness")
+check("oversized requests: 431 RequestHeaderSectionTooLarge (EC2 and S3), 400 EntityTooLarge over 5 GiB, with XML")
 print("ec2 api: all checks passed")

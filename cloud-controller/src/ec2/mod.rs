@@ -176,6 +176,13 @@ impl Ec2 {
     }
 
     async fn dispatch(&self, req: Request<Incoming>, id: &str) -> Result<String, Ec2Error> {
+        if common::http::headers_too_large(&req) {
+            return Err(Ec2Error::new(
+                "RequestHeaderSectionTooLarge",
+                "Your request header section exceeds the maximum allowed size.",
+            )
+            .status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
         let trimmed = path.trim_end_matches('/');
@@ -328,6 +335,29 @@ impl Ec2 {
             let pending = sigv4::parse(&req, &sigv4::sha256_hex(body)).map_err(|e| {
                 Ec2Error::new("IncompleteSignature", e.to_string()).status(StatusCode::BAD_REQUEST)
             })?;
+            // Euare answers as IAM, which AWS signs in us-east-1.
+            let iam = path.trim_end_matches('/') == "/services/Euare";
+            let (also, services): (&[&str], &[&str]) = if iam {
+                (&["us-east-1"], &["iam"])
+            } else {
+                (&[], &["ec2"])
+            };
+            if let Err(wrong) = pending
+                .scope
+                .check(host, &self.settings.region, also, services)
+            {
+                let message = match wrong {
+                    sigv4::WrongScope::Region { given, .. } => {
+                        format!("Credential should be scoped to a valid region, not '{given}'. ")
+                    }
+                    sigv4::WrongScope::Service { expected, .. } => {
+                        format!("Credential should be scoped to correct service: '{expected}'. ")
+                    }
+                };
+                return Err(
+                    Ec2Error::new("SignatureDoesNotMatch", message).status(StatusCode::FORBIDDEN)
+                );
+            }
             let key = self.key(&pending.scope.access_key)?;
             return match pending.verify(&key.secret_access_key, time::unix_secs()) {
                 Ok(_) => Ok(key),
@@ -371,6 +401,15 @@ impl Ec2 {
                 .ok_or_else(|| Ec2Error::invalid_value("Expires", expires, "Expected ISO 8601."))?;
             if now > at {
                 return Err(Ec2Error::new("RequestExpired", "Request has expired."));
+            }
+            // No signature lives longer than a presigned SigV4 request may
+            // (7 days): a captured request is not good for years.
+            if at - now > sigv4::MAX_EXPIRES_SECS {
+                return Err(Ec2Error::invalid_value(
+                    "Expires",
+                    expires,
+                    "Expires must be at most 7 days ahead.",
+                ));
             }
         } else {
             let ts = params.required("Timestamp")?;

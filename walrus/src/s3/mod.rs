@@ -153,6 +153,13 @@ impl S3 {
     }
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, S3Error> {
+        if common::http::headers_too_large(&req) {
+            return Err(S3Error::new(
+                "RequestHeaderSectionTooLarge",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Your request header section exceeds the maximum allowed size.",
+            ));
+        }
         let (parts, body) = req.into_parts();
         let headers: Vec<(String, String)> = parts
             .headers
@@ -277,6 +284,14 @@ impl S3 {
             }
         };
         let pending = sigv4::parse(&req, &payload).map_err(|e| sig_error(e, presigned))?;
+        let host = req.header("host").unwrap_or_default();
+        if let Err(wrong) =
+            pending
+                .scope
+                .check(host, &self.settings.region, &["us-east-1"], &["s3"])
+        {
+            return Err(scope_error(&wrong, presigned));
+        }
         let caller = self
             .identity
             .lookup(&pending.scope.access_key)
@@ -378,6 +393,36 @@ impl S3 {
                 S3Error::service_unavailable()
             })?
             .ok_or_else(|| S3Error::invalid_access_key_id().with("AWSAccessKeyId", key))
+    }
+}
+
+/// A credential scoped to another region or service, as S3 answers it.
+fn scope_error(wrong: &sigv4::WrongScope, presigned: bool) -> S3Error {
+    let (code, prefix) = if presigned {
+        (
+            "AuthorizationQueryParametersError",
+            "Error parsing the X-Amz-Credential parameter;",
+        )
+    } else {
+        (
+            "AuthorizationHeaderMalformed",
+            "The authorization header is malformed;",
+        )
+    };
+    match wrong {
+        sigv4::WrongScope::Region { given, expected } => S3Error::new(
+            code,
+            StatusCode::BAD_REQUEST,
+            format!("{prefix} the region '{given}' is wrong; expecting '{expected}'"),
+        )
+        .with("Region", expected.clone()),
+        sigv4::WrongScope::Service { given, expected } => S3Error::new(
+            code,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{prefix} incorrect service \"{given}\". This endpoint belongs to \"{expected}\"."
+            ),
+        ),
     }
 }
 

@@ -497,6 +497,9 @@ pub(super) struct Received {
     pub checksums: BTreeMap<String, String>,
 }
 
+/// Largest object (or part) one request may upload: 5 GiB.
+pub const MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
 /// Streams the body of `call` into a temporary file and checks it. On any
 /// failure nothing is left behind.
 pub(super) async fn receive(s3: &S3, call: &Call, body: Incoming) -> Result<Received, S3Error> {
@@ -515,6 +518,18 @@ pub(super) async fn receive(s3: &S3, call: &Call, body: Incoming) -> Result<Rece
     };
     if matches!(payload, Payload::Chunked(_)) && decoded_length.is_none() {
         return Err(S3Error::missing_content_length());
+    }
+    // One PUT (or part) holds at most 5 GiB, as in S3: refused before a
+    // byte is stored.
+    let proposed = decoded_length.or_else(|| call.header("content-length")?.parse().ok());
+    if let Some(size) = proposed.filter(|size| *size > MAX_PUT_BYTES) {
+        return Err(S3Error::new(
+            "EntityTooLarge",
+            StatusCode::BAD_REQUEST,
+            "Your proposed upload exceeds the maximum allowed size",
+        )
+        .with("ProposedSize", size.to_string())
+        .with("MaxSizeAllowed", MAX_PUT_BYTES.to_string()));
     }
     let algorithms: Vec<Algorithm> = header_sums
         .keys()

@@ -202,9 +202,7 @@ impl Accounts {
     /// Deletes an account and its access keys.
     pub fn delete(&self, name_or_id: &str) -> Result<Account, AccountError> {
         let account = self.find(name_or_id)?;
-        if account.name == self.admin_account {
-            return Err(AccountError::Protected(account.name));
-        }
+        self.deletable(&account)?;
         // Keys first: a crash half-way leaves an account without keys, never
         // keys that authenticate as an account that is gone.
         for key in self.keys_of(&account.name)? {
@@ -212,6 +210,23 @@ impl Accounts {
         }
         self.accounts.delete(&account.name)?;
         Ok(account)
+    }
+
+    /// Refuses the system account, which is never deleted.
+    pub fn deletable(&self, account: &Account) -> Result<(), AccountError> {
+        if account.name == self.admin_account {
+            return Err(AccountError::Protected(account.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Deletes every access key of the account (it can no longer sign in).
+    pub fn revoke_keys(&self, account: &str) -> Result<usize, AccountError> {
+        let keys = self.keys_of(account)?;
+        for key in &keys {
+            self.keys.delete(&key.access_key_id)?;
+        }
+        Ok(keys.len())
     }
 
     /// A new access key for `user_name` of the account.

@@ -28,6 +28,11 @@ pub struct Cloud {
     pub images: Arc<crate::images::Images>,
     /// How this CLC proves itself to the other tiers.
     pub trust: common::rpc::Trust,
+    /// What else an account holds (an account purge removes it).
+    pub keypairs: Arc<crate::keypairs::KeyPairs>,
+    pub security_groups: Arc<crate::security_groups::SecurityGroups>,
+    pub addresses: Arc<crate::addresses::Addresses>,
+    pub tags: Arc<crate::tags::Tags>,
 }
 
 impl Cloud {
@@ -37,6 +42,7 @@ impl Cloud {
     /// Euare) comes here.
     pub async fn delete_account(&self, name: &str) -> Result<accounts::Account, AccountError> {
         let account = self.accounts.find(name)?;
+        self.accounts.deletable(&account)?;
         let id = &account.account_id;
         let mut held = Vec::new();
         let mut note = |what: &str, items: Vec<String>| {
@@ -71,6 +77,100 @@ impl Cloud {
             )));
         }
         self.accounts.delete(&account.name)
+    }
+
+    /// Deletes account `name` and everything it holds: its keys first (it
+    /// can make nothing new meanwhile), then its instances (terminated: the
+    /// intent is durable, carried out even if a node is down now), images,
+    /// buckets with their objects, addresses, key pairs, security groups
+    /// and tags. Returns the account and what was removed, one line each.
+    /// Running it again after a failure half-way finishes the job.
+    pub async fn purge_account(
+        &self,
+        name: &str,
+    ) -> Result<(accounts::Account, Vec<String>), AccountError> {
+        let account = self.accounts.find(name)?;
+        self.accounts.deletable(&account)?;
+        let id = account.account_id.clone();
+        let mut removed = Vec::new();
+        let keys = self.accounts.revoke_keys(&account.name)?;
+        if keys > 0 {
+            removed.push(format!("{keys} access key(s)"));
+        }
+        for r in self.instances.list()? {
+            if r.account_id != id || r.state == "terminated" {
+                continue;
+            }
+            if r.state != "shutting-down" {
+                self.instances.set_state(
+                    &r.instance_id,
+                    "shutting-down",
+                    "Client.UserInitiatedShutdown: account deleted",
+                    None,
+                )?;
+            }
+            self.addresses.instance_gone(&r.instance_id)?;
+            removed.push(format!("instance {} (terminating)", r.instance_id));
+        }
+        for image in self.images.list()? {
+            if image.owner_id == id && self.images.deregister(&image.image_id)? {
+                removed.push(format!("image {}", image.image_id));
+            }
+        }
+        for bucket in self.delete_buckets_of(&id).await? {
+            removed.push(format!("bucket {bucket} (with its objects)"));
+        }
+        for address in self.addresses.of(&id)? {
+            self.addresses.release(&address.public_ip)?;
+            removed.push(format!("address {}", address.public_ip));
+        }
+        for pair in self.keypairs.of(&id)? {
+            self.keypairs.delete(&id, &pair.name)?;
+            removed.push(format!("key pair {}", pair.name));
+        }
+        for group in self.security_groups.of(&id)? {
+            self.security_groups.delete(&id, &group.group_id)?;
+            removed.push(format!(
+                "security group {} ({})",
+                group.group_id, group.name
+            ));
+        }
+        let tags = self.tags.all(&id)?;
+        let resources: std::collections::BTreeSet<&str> =
+            tags.iter().map(|t| t.resource_id.as_str()).collect();
+        for resource in &resources {
+            self.tags.forget(resource)?;
+        }
+        if !tags.is_empty() {
+            removed.push(format!("{} tag(s)", tags.len()));
+        }
+        let account = self.accounts.delete(&account.name)?;
+        Ok((account, removed))
+    }
+
+    /// Deletes the buckets account `id` owns in Walrus, with their objects.
+    async fn delete_buckets_of(&self, id: &str) -> Result<Vec<String>, AccountError> {
+        let unavailable = |why: String| {
+            AccountError::Unavailable(format!("cannot delete the account's buckets: {why}"))
+        };
+        let endpoint = self
+            .registry
+            .enabled_walrus()
+            .ok_or_else(|| unavailable("no Walrus is ENABLED".into()))?;
+        let channel = self
+            .trust
+            .channel(&endpoint, Role::Walrus)
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(
+            proto::walrus_internal_client::WalrusInternalClient::new(channel)
+                .delete_buckets(proto::BucketOwner {
+                    owner_id: id.to_string(),
+                })
+                .await
+                .map_err(|s| unavailable(s.message().to_string()))?
+                .into_inner()
+                .names,
+        )
     }
 
     /// The buckets account `id` owns, as Walrus says.
@@ -270,13 +370,24 @@ impl AdminService for Cloud {
     async fn delete_account(
         &self,
         request: Request<DeleteAccountRequest>,
-    ) -> Result<Response<proto::Account>, Status> {
-        let account = self
-            .delete_account(&request.into_inner().account)
-            .await
-            .map_err(account_status)?;
-        tracing::info!(account = %account.name, "account deleted");
-        Ok(Response::new(account_proto(account)))
+    ) -> Result<Response<proto::DeleteAccountReply>, Status> {
+        let request = request.into_inner();
+        let (account, removed) = if request.purge {
+            self.purge_account(&request.account)
+                .await
+                .map_err(account_status)?
+        } else {
+            let account = self
+                .delete_account(&request.account)
+                .await
+                .map_err(account_status)?;
+            (account, Vec::new())
+        };
+        tracing::info!(account = %account.name, removed = ?removed, "account deleted");
+        Ok(Response::new(proto::DeleteAccountReply {
+            account: Some(account_proto(account)),
+            removed,
+        }))
     }
 
     async fn create_access_key(

@@ -53,12 +53,31 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             .context("opening the instance records")?,
     );
     let images = Arc::new(Images::open(&store).context("opening the image registry")?);
+    let keypairs = Arc::new(
+        cloud_controller::keypairs::KeyPairs::open(&store).context("opening the key pairs")?,
+    );
+    let security_groups = Arc::new(
+        cloud_controller::security_groups::SecurityGroups::open(&store)
+            .context("opening the security groups")?,
+    );
+    let addresses = Arc::new(
+        cloud_controller::addresses::Addresses::open(
+            &store,
+            cloud_controller::addresses::parse_pool(&config.public_ips)?,
+        )
+        .context("opening the addresses")?,
+    );
+    let tags = Arc::new(cloud_controller::tags::Tags::open(&store).context("opening the tags")?);
     let cloud = Cloud {
         registry: Arc::new(registry),
         accounts,
         instances: instances.clone(),
         images: images.clone(),
         trust: started.trust.clone(),
+        keypairs: keypairs.clone(),
+        security_groups: security_groups.clone(),
+        addresses: addresses.clone(),
+        tags: tags.clone(),
     };
     tokio::spawn(
         cloud
@@ -80,21 +99,10 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         cloud: cloud.clone(),
         images,
         instances,
-        tags: Arc::new(cloud_controller::tags::Tags::open(&store).context("opening the tags")?),
-        keypairs: Arc::new(
-            cloud_controller::keypairs::KeyPairs::open(&store).context("opening the key pairs")?,
-        ),
-        security_groups: Arc::new(
-            cloud_controller::security_groups::SecurityGroups::open(&store)
-                .context("opening the security groups")?,
-        ),
-        addresses: Arc::new(
-            cloud_controller::addresses::Addresses::open(
-                &store,
-                cloud_controller::addresses::parse_pool(&config.public_ips)?,
-            )
-            .context("opening the addresses")?,
-        ),
+        tags,
+        keypairs,
+        security_groups,
+        addresses,
         launches: Default::default(),
         firewall_changed: Default::default(),
         settings: ec2::Settings {

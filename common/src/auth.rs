@@ -210,7 +210,7 @@ pub fn allowed(method: &str, role: Role) -> bool {
         // reads manifests, the SC stores and reads snapshots.
         ("WalrusInternal", "GetObject" | "HeadObject") => &[Clc, Nc, Sc],
         ("WalrusInternal", "PutObject") => &[Sc],
-        ("WalrusInternal", "ListBuckets") => &[Clc],
+        ("WalrusInternal", "ListBuckets" | "DeleteBuckets") => &[Clc],
         ("StorageService", _) => &[Clc, Cc],
         _ => &[],
     };

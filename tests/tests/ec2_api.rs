@@ -826,6 +826,108 @@ fn a_terminate_asked_while_the_node_is_down_is_carried_out_when_it_is_back() {
 }
 
 #[test]
+fn an_account_is_purged_with_everything_it_holds() {
+    let cloud = cloud_of(1, "");
+    let lab = Credentials::new(cloud.new_account("lab"));
+    let home = cloud.dir().join("home-lab");
+    fs::create_dir_all(&home).expect("home");
+    let ami = register_disk(&cloud, &lab, &home);
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |args: &[&str]| clients::aws(AwsCli::V2, &lab, &home, &ec2, args);
+    let id = launch_one(&aws, &ami);
+    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let ip = aws(&[
+        "ec2",
+        "allocate-address",
+        "--query",
+        "PublicIp",
+        "--output",
+        "text",
+    ])
+    .expect_ok()
+    .trim()
+    .to_string();
+    aws(&["ec2", "create-key-pair", "--key-name", "lab-key"]).expect_ok();
+    aws(&[
+        "ec2",
+        "create-security-group",
+        "--group-name",
+        "web",
+        "--description",
+        "web",
+    ])
+    .expect_ok();
+    aws(&[
+        "ec2",
+        "create-tags",
+        "--resources",
+        &id,
+        "--tags",
+        "Key=owner,Value=lab",
+    ])
+    .expect_ok();
+    // Without --purge: refused, nothing touched.
+    let refused = cloud.admin(&["delete-account", "lab"]);
+    assert!(!refused.status.success());
+    aws(&["ec2", "describe-instances", "--instance-ids", &id]).expect_ok();
+    // With it: everything goes, and the answer says what.
+    let purged = cloud.admin(&["delete-account", "lab", "--purge"]);
+    let said = String::from_utf8_lossy(&purged.stdout);
+    assert!(purged.status.success(), "{purged:?}");
+    for item in [
+        format!("removed instance {id} (terminating)"),
+        format!("removed image {ami}"),
+        "removed bucket img (with its objects)".to_string(),
+        format!("removed address {ip}"),
+        "removed key pair lab-key".to_string(),
+        "(web)".to_string(),
+        "removed 1 tag(s)".to_string(),
+        "deleted account lab".to_string(),
+    ] {
+        assert!(said.contains(&item), "{item:?} in {said}");
+    }
+    let accounts = cloud.admin_json(&["describe-accounts"]);
+    assert!(!accounts.to_string().contains("\"lab\""), "{accounts}");
+    // Its key no longer works; its instance ends; its names are free again.
+    aws(&["ec2", "describe-instances"]).expect_err("AuthFailure");
+    wait_for("the instance terminated", Duration::from_secs(30), || {
+        let all = cloud.admin_json(&["describe-instances"]);
+        all.as_array()?
+            .iter()
+            .find(|i| i["instance_id"] == id.as_str() && i["state"] == "terminated")
+            .map(|_| ())
+    });
+    let admin = Credentials::new(cloud.admin_key());
+    let admin_home = cloud.dir().join("home-purge-admin");
+    fs::create_dir_all(&admin_home).expect("home");
+    let s3 = cloud.s3_endpoint();
+    clients::aws(
+        AwsCli::V2,
+        &admin,
+        &admin_home,
+        &s3,
+        &["s3", "mb", "s3://img"],
+    )
+    .expect_ok();
+    let again = clients::aws(
+        AwsCli::V2,
+        &admin,
+        &admin_home,
+        &ec2,
+        &[
+            "ec2",
+            "allocate-address",
+            "--query",
+            "PublicIp",
+            "--output",
+            "text",
+        ],
+    )
+    .expect_ok();
+    assert_eq!(again.trim(), ip, "the address went back to the pool");
+}
+
+#[test]
 fn a_stop_and_a_start_asked_while_the_node_is_away_are_carried_out_when_it_is_back() {
     use nix::sys::signal::Signal;
     let cloud = cloud_of(1, "");

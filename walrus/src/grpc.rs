@@ -265,4 +265,45 @@ impl WalrusInternal for Internal {
             .collect();
         Ok(Response::new(proto::BucketNames { names }))
     }
+
+    async fn delete_buckets(
+        &self,
+        request: Request<proto::BucketOwner>,
+    ) -> Result<Response<proto::BucketNames>, Status> {
+        let owner = request.into_inner().owner_id;
+        if owner.is_empty() {
+            return Err(Status::invalid_argument("no owner"));
+        }
+        let buckets: Vec<String> = self
+            .objects
+            .buckets()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|b| b.owner_id == owner)
+            .map(|b| b.name)
+            .collect();
+        for bucket in &buckets {
+            for upload in self.objects.uploads(bucket).map_err(internal)? {
+                self.objects
+                    .abort_upload(bucket, &upload.upload_id)
+                    .await
+                    .map_err(internal)?;
+            }
+            loop {
+                let (objects, _) = self.objects.list(bucket, "", "", 1000).map_err(internal)?;
+                if objects.is_empty() {
+                    break;
+                }
+                for object in objects {
+                    self.objects
+                        .delete_object(bucket, &object.key)
+                        .await
+                        .map_err(internal)?;
+                }
+            }
+            self.objects.delete_bucket(bucket).await.map_err(internal)?;
+            tracing::info!(%bucket, %owner, "bucket deleted with everything in it (account purge)");
+        }
+        Ok(Response::new(proto::BucketNames { names: buckets }))
+    }
 }

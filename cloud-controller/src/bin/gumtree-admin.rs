@@ -95,8 +95,14 @@ enum Command {
     CreateAccount { name: String },
     /// List accounts.
     DescribeAccounts,
-    /// Delete an account and its access keys.
-    DeleteAccount { account: String },
+    /// Delete an account and its access keys (refused while it holds
+    /// instances, images or buckets, unless --purge).
+    DeleteAccount {
+        account: String,
+        /// Terminate and delete everything it holds first, and list it.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Set an account's quota, enforced on RunInstances (a limit left out is no limit).
     SetQuota {
         account: String,
@@ -534,12 +540,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .into_inner();
             print_accounts(out, reply.accounts)
         }
-        Command::DeleteAccount { account } => {
-            let a = client
-                .delete_account(DeleteAccountRequest { account })
+        Command::DeleteAccount { account, purge } => {
+            let reply = client
+                .delete_account(DeleteAccountRequest { account, purge })
                 .await?
                 .into_inner();
-            print_accounts(out, vec![a])
+            match out {
+                Output::Json => write_stdout(&format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "account": reply.account.as_ref().map(|a| serde_json::json!({
+                            "name": a.name, "account_id": a.account_id,
+                        })),
+                        "removed": reply.removed,
+                    })
+                )),
+                Output::Table => {
+                    let mut text = String::new();
+                    for item in &reply.removed {
+                        text.push_str(&format!("removed {item}\n"));
+                    }
+                    if let Some(a) = &reply.account {
+                        text.push_str(&format!("deleted account {} ({})\n", a.name, a.account_id));
+                    }
+                    write_stdout(&text)
+                }
+            }
         }
         Command::CreateAccessKey { account, user } => {
             let k = client

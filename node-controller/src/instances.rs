@@ -145,6 +145,9 @@ pub struct Instances {
     /// Guests started under KVM that have not yet printed anything: when
     /// they started and how long their console log was then.
     kvm_unproven: Mutex<HashMap<String, (Instant, u64)>>,
+    /// How long each guest's console log was when it was last started
+    /// (what it has written since is its instance status check).
+    console_at_start: Mutex<HashMap<String, u64>>,
     /// What each guest was last started under (guests found again after a
     /// restart: the node's virtualization).
     running_under: Mutex<HashMap<String, Virt>>,
@@ -235,6 +238,7 @@ impl Instances {
             node: node.to_string(),
             virt,
             kvm_unproven: Mutex::new(HashMap::new()),
+            console_at_start: Mutex::new(HashMap::new()),
             running_under: Mutex::new(HashMap::new()),
             launching: Mutex::new(BTreeMap::new()),
             changed: Mutex::new(BTreeMap::new()),
@@ -589,6 +593,10 @@ impl Instances {
             .await;
         match started {
             Ok(()) => {
+                self.console_at_start
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), console);
                 self.running_under
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -780,6 +788,11 @@ impl Instances {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let node_virt = self.virt.current().0;
+        let at_start = self
+            .console_at_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out = Vec::new();
         for r in self.table.list()? {
             let (state, reason) = match domains.get(&r.instance_id) {
@@ -824,6 +837,11 @@ impl Instances {
                 } else {
                     String::new()
                 },
+                // A guest found running after a restart of the node
+                // controller counts from the start of its log.
+                guest_output: state == InstanceState::Running
+                    && self.console_len(&r.instance_id)
+                        > at_start.get(&r.instance_id).copied().unwrap_or(0),
             });
         }
         // Launches still fetching their images are pending here too.

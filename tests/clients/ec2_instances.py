@@ -400,8 +400,16 @@ wait_console(iid, 2)
 assert "2 cpu(s)" in console(iid).split(MARKER)[1], "the second boot has two CPUs"
 assert code_of(ec2.modify_instance_attribute, InstanceId=iid, InstanceType={"Value": "m1.small"}) == (
     "IncorrectInstanceState", 400)
-status = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"]
+# The instance's own check passes once its guest has written to its console
+# since it started (the node reports it within a heartbeat).
+for _ in range(40):
+    status = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"]
+    if status[0]["InstanceStatus"]["Status"] == "ok":
+        break
+    assert status[0]["InstanceStatus"]["Status"] == "initializing", status
+    time.sleep(0.5)
 assert status[0]["InstanceState"]["Name"] == "running" and status[0]["InstanceStatus"]["Status"] == "ok", status
+assert status[0]["InstanceStatus"]["Details"][0]["Status"] == "passed", status
 ec2.reboot_instances(InstanceIds=[iid])
 wait_console(iid, 3)
 check("stop (wait instance-stopped), resize to c1.medium, start (second boot, 2 CPUs), reboot (third boot), instance status")

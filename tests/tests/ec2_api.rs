@@ -762,7 +762,13 @@ fn status_checks_fail_while_the_node_is_silent() {
                 .into(),
         )
     };
-    assert_eq!(status(), ("ok".into(), "ok".into(), "passed".into()));
+    // libvirt's test driver runs no guest: nothing ever shows on its
+    // console, so its own check has not passed (real guests pass it once
+    // they print: ec2_instances.py).
+    assert_eq!(
+        status(),
+        ("ok".into(), "initializing".into(), "initializing".into())
+    );
     // The node stops reporting (hung): nobody can vouch for its guests.
     cloud.signal("nc-1", nix::sys::signal::Signal::SIGSTOP);
     let seen = wait_for("the checks to fail", Duration::from_secs(30), || {

@@ -1335,6 +1335,10 @@ pub fn describe_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2
     Ok(w.finish())
 }
 
+/// How long a running instance whose guest has written nothing to its
+/// console yet is `initializing` before its instance check fails.
+const INITIALIZING_MS: i64 = 5 * 60 * 1000;
+
 /// DescribeInstanceStatus: running instances (all with IncludeAllInstances).
 pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
@@ -1353,17 +1357,24 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
         ec2.own_instances(call, &ids)?
     };
     // Nodes that report in time, by (cluster, node): only for those do the
-    // checks pass; a silent node's instances cannot be vouched for.
-    let reporting: std::collections::HashSet<(String, String)> = ec2
-        .cloud
-        .registry
-        .nodes()
-        .into_iter()
-        .filter_map(|v| {
-            let n = v.node?;
-            (n.state == ServiceState::Enabled as i32).then_some((v.cluster_name, n.name))
-        })
-        .collect();
+    // checks pass; a silent node's instances cannot be vouched for. And
+    // what each reported of its guests: the instance's own check.
+    let mut reporting = std::collections::HashSet::new();
+    let mut booted = std::collections::HashSet::new();
+    for v in ec2.cloud.registry.nodes() {
+        let Some(n) = v.node else { continue };
+        if n.state != ServiceState::Enabled as i32 {
+            continue;
+        }
+        booted.extend(
+            n.instances
+                .iter()
+                .filter(|s| s.guest_output)
+                .map(|s| s.instance_id.clone()),
+        );
+        reporting.insert((v.cluster_name, n.name));
+    }
+    let now = time::unix_ms();
     let mut w = call.writer();
     w.open("instanceStatusSet");
     for r in records {
@@ -1372,7 +1383,13 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
         }
         let node_up = reporting.contains(&(r.cluster.clone(), r.node.clone()));
         let (system, instance, check) = match (r.state.as_str(), node_up) {
-            ("running", true) => ("ok", "ok", Some("passed")),
+            ("running", true) if booted.contains(&r.instance_id) => ("ok", "ok", Some("passed")),
+            // Nothing on its console since it started: still booting for
+            // a while, then impaired (its operating system never came up).
+            ("running", true) if now - r.changed_ms <= INITIALIZING_MS => {
+                ("ok", "initializing", Some("initializing"))
+            }
+            ("running", true) => ("ok", "impaired", Some("failed")),
             ("running", false) => ("impaired", "insufficient-data", Some("insufficient-data")),
             _ => ("not-applicable", "not-applicable", None),
         };

@@ -23,6 +23,13 @@ pub struct CloudConfig {
     /// `clc-<name>.pem` and `clc-<name>.key` there (`cert`, `key` and `ca`
     /// name other files).
     pub internal_tls: common::pki::TlsFiles,
+    /// What to do with a guest a node has that the cloud has no record of
+    /// (shown to the administrator in any case): `stop` powers it off
+    /// after 30 s (its disks stay), `report` leaves it. Default `stop`.
+    pub unknown_guests: crate::grpc::UnknownGuestPolicy,
+    /// Seconds a guest may be unknown before the policy applies (a record
+    /// and its guest can cross in flight). Default 30.
+    pub unknown_guest_grace_secs: u64,
     /// Seconds without a report before a service or node shows NOTREADY. Default 6.
     pub report_timeout_secs: u64,
     /// System account created with an access key on first start. Default `eucalyptus`.
@@ -63,6 +70,8 @@ impl Default for CloudConfig {
             state_dir: "/var/lib/gumtree/clc".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
             internal_tls: Default::default(),
+            unknown_guests: crate::grpc::UnknownGuestPolicy::Stop,
+            unknown_guest_grace_secs: 30,
             report_timeout_secs: 6,
             admin_account: "eucalyptus".into(),
             ec2_listen: "127.0.0.1:8773".into(),

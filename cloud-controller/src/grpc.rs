@@ -33,7 +33,34 @@ pub struct Cloud {
     pub security_groups: Arc<crate::security_groups::SecurityGroups>,
     pub addresses: Arc<crate::addresses::Addresses>,
     pub tags: Arc<crate::tags::Tags>,
+    /// Guests nodes report that the cloud has no record of (or only a
+    /// terminated one), and what the policy did about them.
+    pub unknown_guests: Arc<std::sync::Mutex<UnknownGuests>>,
 }
+
+/// What the cloud does with a guest it has no record of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownGuestPolicy {
+    /// Power it off (its disks stay): the default.
+    Stop,
+    /// Only show it to the administrator.
+    Report,
+}
+
+/// An unknown guest: where it is, since when, what was done.
+#[derive(Clone, Debug)]
+pub struct UnknownGuest {
+    pub cluster: String,
+    pub node: String,
+    pub instance_id: String,
+    pub running: bool,
+    pub first_seen_ms: i64,
+    pub detail: String,
+}
+
+/// The unknown guests by (cluster, node, instance id).
+pub type UnknownGuests = std::collections::BTreeMap<(String, String, String), UnknownGuest>;
 
 impl Cloud {
     /// Deletes account `name` once it holds nothing: no instance that is
@@ -195,6 +222,118 @@ impl Cloud {
             .into_inner()
             .names;
         Ok(names)
+    }
+
+    /// Finds guests the nodes report that the cloud has no record of (or
+    /// only a terminated one), forever: the administrator sees them in
+    /// `describe-instances`, and with [`UnknownGuestPolicy::Stop`] a running
+    /// one is powered off once it has been unknown for `grace`. Run it in
+    /// its own task.
+    pub async fn watch_unknown_guests(
+        self,
+        policy: UnknownGuestPolicy,
+        grace: Duration,
+        every: Duration,
+    ) {
+        let grace_ms = grace.as_millis() as i64;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Ok(records) = self.instances.list() else {
+                continue;
+            };
+            let live: std::collections::HashSet<String> = records
+                .into_iter()
+                .filter(|r| r.state != "terminated")
+                .map(|r| r.instance_id)
+                .collect();
+            let now = time::unix_ms();
+            let mut seen = UnknownGuests::new();
+            for view in self.registry.nodes() {
+                let Some(node) = view.node else { continue };
+                if node.state != proto::ServiceState::Enabled as i32 {
+                    continue;
+                }
+                for s in node.instances.iter().chain(&node.unknown_guests) {
+                    if live.contains(&s.instance_id) {
+                        continue;
+                    }
+                    let key = (
+                        view.cluster_name.clone(),
+                        node.name.clone(),
+                        s.instance_id.clone(),
+                    );
+                    let running = s.state == proto::InstanceState::Running as i32
+                        || s.state == proto::InstanceState::Pending as i32;
+                    seen.insert(
+                        key.clone(),
+                        UnknownGuest {
+                            cluster: key.0,
+                            node: key.1,
+                            instance_id: key.2,
+                            running,
+                            first_seen_ms: now,
+                            detail: String::new(),
+                        },
+                    );
+                }
+            }
+            let mut to_stop = Vec::new();
+            {
+                let mut known = self
+                    .unknown_guests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for (key, guest) in seen.iter_mut() {
+                    if let Some(before) = known.get(key) {
+                        guest.first_seen_ms = before.first_seen_ms;
+                        guest.detail = before.detail.clone();
+                    } else {
+                        tracing::warn!(node = %guest.node, instance_id = %guest.instance_id, "a guest the cloud has no record of");
+                    }
+                    let due = now - guest.first_seen_ms >= grace_ms;
+                    guest.detail = match (policy, guest.running, due) {
+                        (UnknownGuestPolicy::Report, _, _) => {
+                            "not in the cloud's records (policy: report)".into()
+                        }
+                        (UnknownGuestPolicy::Stop, true, true) => {
+                            to_stop.push(guest.clone());
+                            "not in the cloud's records: stopping it (policy: stop)".into()
+                        }
+                        (UnknownGuestPolicy::Stop, true, false) => {
+                            "not in the cloud's records: stopped if it stays so (policy: stop)"
+                                .into()
+                        }
+                        (UnknownGuestPolicy::Stop, false, _) => {
+                            "not in the cloud's records: stopped (policy: stop)".into()
+                        }
+                    };
+                }
+                *known = seen;
+            }
+            for guest in to_stop {
+                let Some((_, endpoint)) = self.registry.cluster_of_node(&guest.node) else {
+                    continue;
+                };
+                let Ok(channel) = self.trust.channel(&endpoint, Role::Cc) else {
+                    continue;
+                };
+                let stopped = proto::cluster_service_client::ClusterServiceClient::new(channel)
+                    .stop_guest(proto::NodeGuest {
+                        node: guest.node.clone(),
+                        instance_id: guest.instance_id.clone(),
+                    })
+                    .await;
+                match stopped {
+                    Ok(_) => {
+                        tracing::warn!(node = %guest.node, instance_id = %guest.instance_id, "stopped a guest the cloud has no record of")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %guest.node, instance_id = %guest.instance_id, error = %e.message(), "cannot stop a guest the cloud has no record of")
+                    }
+                }
+            }
+        }
     }
 
     /// Marks silent services NOTREADY, forever; run it in its own task.
@@ -463,8 +602,29 @@ impl AdminService for Cloud {
                 state: r.state,
                 private_ip: r.private_ip,
                 launch_unix_ms: r.launch_ms,
+                detail: String::new(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut instances = instances;
+        // And the guests nodes have that the cloud has no record of.
+        let unknown = self
+            .unknown_guests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        instances.extend(unknown.into_values().map(|g| proto::AdminInstance {
+            instance_id: g.instance_id,
+            cluster: g.cluster,
+            node: g.node,
+            state: "unknown".into(),
+            detail: format!(
+                "{}; {}",
+                if g.running { "running" } else { "stopped" },
+                g.detail
+            ),
+            launch_unix_ms: g.first_seen_ms,
+            ..Default::default()
+        }));
         Ok(Response::new(proto::AdminDescribeInstancesReply {
             instances,
         }))

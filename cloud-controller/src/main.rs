@@ -78,7 +78,13 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         security_groups: security_groups.clone(),
         addresses: addresses.clone(),
         tags: tags.clone(),
+        unknown_guests: Default::default(),
     };
+    tokio::spawn(cloud.clone().watch_unknown_guests(
+        config.unknown_guests,
+        Duration::from_secs(config.unknown_guest_grace_secs),
+        Duration::from_secs(1),
+    ));
     tokio::spawn(
         cloud
             .clone()

@@ -113,6 +113,17 @@ impl ClusterService for Cluster {
         Ok(Response::new(InstanceStatuses { instances: out }))
     }
 
+    async fn stop_guest(
+        &self,
+        request: Request<proto::NodeGuest>,
+    ) -> Result<Response<proto::NodeGuest>, Status> {
+        let guest = request.into_inner();
+        self.instances
+            .stop_guest(&guest.node, &guest.instance_id)
+            .await?;
+        Ok(Response::new(guest))
+    }
+
     async fn stop_instances(
         &self,
         request: Request<InstanceRefs>,

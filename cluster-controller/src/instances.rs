@@ -401,6 +401,24 @@ impl ClusterInstances {
         Ok(status)
     }
 
+    /// Powers off guest `id` on `node` (the CLC's unknown-guest policy: the
+    /// guest need not be placed here).
+    pub async fn stop_guest(&self, node: &str, id: &str) -> Result<(), Status> {
+        let view = self
+            .views()
+            .into_iter()
+            .find(|v| v.name == node)
+            .ok_or_else(|| Status::not_found(format!("no node {node} in this cluster")))?;
+        let mut client = self.client(&view.endpoint)?;
+        client
+            .stop_guest(proto::InstanceRef {
+                instance_id: id.to_string(),
+            })
+            .await?;
+        tracing::warn!(%node, instance_id = %id, "a guest the cloud has no record of was stopped");
+        Ok(())
+    }
+
     /// Passes a call for `id` to its node.
     pub async fn on_node<T, F, Fut>(&self, id: &str, call: F) -> Result<T, Status>
     where

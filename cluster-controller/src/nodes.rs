@@ -137,6 +137,7 @@ impl Nodes {
                     virt_reason: r.virt_reason,
                     last_report_unix_ms: n.last_report_ms,
                     instances: r.instances,
+                    unknown_guests: r.unknown_guests,
                 }
             })
             .collect();

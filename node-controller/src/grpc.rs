@@ -129,6 +129,17 @@ impl NodeService for Node {
             .map_err(status)
     }
 
+    async fn stop_guest(
+        &self,
+        request: Request<InstanceRef>,
+    ) -> Result<Response<InstanceRef>, Status> {
+        self.instances
+            .stop_guest(&request.get_ref().instance_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(request.into_inner()))
+    }
+
     async fn stop_instance(
         &self,
         request: Request<InstanceRef>,

@@ -778,6 +778,58 @@ impl Instances {
             .ok_or_else(|| InstanceError::NotFound(id.to_string()))
     }
 
+    /// libvirt domains named like instances that this node has no record
+    /// of (and is not launching), with the state libvirt shows.
+    pub fn unknown_guests(&self) -> Result<Vec<InstanceStatus>, InstanceError> {
+        let known: std::collections::HashSet<String> = self
+            .table
+            .list()?
+            .into_iter()
+            .map(|r| r.instance_id)
+            .collect();
+        let launching = self
+            .launching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(self
+            .hv
+            .domains("i-")?
+            .into_iter()
+            .filter(|(name, _)| !known.contains(name) && !launching.contains_key(name))
+            .map(|(name, state)| InstanceStatus {
+                instance_id: name,
+                state: match state {
+                    DomainState::Running | DomainState::Paused => InstanceState::Running,
+                    DomainState::ShuttingDown => InstanceState::Stopping,
+                    _ => InstanceState::Stopped,
+                } as i32,
+                node: self.node.clone(),
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    /// Powers off guest `id` for the unknown-guest policy: an instance of
+    /// this node is stopped as by StopInstances; a domain it has no record
+    /// of is powered off in libvirt (and left defined, with its disks).
+    pub async fn stop_guest(&self, id: &str) -> Result<(), InstanceError> {
+        if !id.starts_with("i-") {
+            return Err(InstanceError::NotFound(id.to_string()));
+        }
+        if self.table.get(&id.to_string())?.is_some() {
+            return self.stop(id).await.map(|_| ());
+        }
+        let name = id.to_string();
+        match self.blocking(move |hv| hv.power_off(&name)).await {
+            Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {
+                tracing::warn!(domain = %id, "a guest this node has no record of was powered off (unknown-guest policy)");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every recorded instance with the state libvirt shows.
     pub fn statuses(&self) -> Result<Vec<InstanceStatus>, InstanceError> {
         let domains: BTreeMap<String, DomainState> = self.hv.domains("i-")?.into_iter().collect();
@@ -1052,6 +1104,39 @@ mod tests {
         )
         .expect("open");
         (instances, v)
+    }
+
+    #[tokio::test]
+    async fn domains_the_node_has_no_record_of_are_unknown_and_can_be_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hv = Arc::new(Fake::default());
+        let (instances, _) = open_with(hv.clone(), dir.path(), Virt::Qemu, Duration::ZERO);
+        let ours = "i-0123456789abcdef1";
+        instances
+            .launch(&Source, launch(ours))
+            .await
+            .expect("launch");
+        // A domain named like an instance, made behind the node's back.
+        let mut stray = hv.spec(ours).expect("domain");
+        stray.name = "i-0badc0ffee0000002".into();
+        hv.launch(&stray).expect("a stray domain");
+        let unknown = instances.unknown_guests().expect("unknown");
+        assert_eq!(unknown.len(), 1, "{unknown:?}");
+        assert_eq!(unknown[0].instance_id, "i-0badc0ffee0000002");
+        assert_eq!(unknown[0].state, InstanceState::Running as i32);
+        instances
+            .stop_guest("i-0badc0ffee0000002")
+            .await
+            .expect("stop the stray");
+        let unknown = instances.unknown_guests().expect("unknown");
+        assert_eq!(unknown[0].state, InstanceState::Stopped as i32);
+        // The node's own instance is stopped as by StopInstances.
+        instances.stop_guest(ours).await.expect("stop ours");
+        assert_eq!(
+            instances.status(ours).expect("status").state,
+            InstanceState::Stopped as i32
+        );
+        assert!(instances.stop_guest("not-a-guest").await.is_err());
     }
 
     #[tokio::test]

@@ -155,10 +155,16 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
             tick.tick().await;
             let w = watched.clone();
             let seen = tokio::task::spawn_blocking(move || {
-                w.statuses().and_then(|s| w.held().map(|h| (s, h)))
+                let statuses = w.statuses()?;
+                let held = w.held()?;
+                Ok::<_, node_controller::instances::InstanceError>((
+                    statuses,
+                    held,
+                    w.unknown_guests()?,
+                ))
             })
             .await;
-            let (statuses, (cores, memory)) = match seen {
+            let (statuses, (cores, memory), unknown) = match seen {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot read instance states");
@@ -195,9 +201,13 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
                         .iter()
                         .zip(&statuses)
                         .all(|(a, b)| a.instance_id == b.instance_id && a.state == b.state);
-                let changed = r.resources.as_ref() != Some(&now) || !same_states || virt_changed;
+                let changed = r.resources.as_ref() != Some(&now)
+                    || !same_states
+                    || virt_changed
+                    || r.unknown_guests != unknown;
                 r.resources = Some(now);
                 r.instances = statuses;
+                r.unknown_guests = unknown;
                 changed
             });
         }

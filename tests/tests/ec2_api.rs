@@ -933,6 +933,75 @@ fn an_account_is_purged_with_everything_it_holds() {
     assert_eq!(again.trim(), ip, "the address went back to the pool");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_the_cloud_has_no_record_of_is_shown_and_stopped() {
+    let cloud = tokio::task::block_in_place(|| {
+        cloud_with(CloudOptions {
+            cached_images: tests::node::tiny_guest_images(),
+            clc_config: "unknown_guest_grace_secs = 3\n".into(),
+            ..Default::default()
+        })
+    });
+    // A guest started on the node behind the CLC's back (as a cluster
+    // controller would, with no instance record).
+    let id = "i-0badc0ffee0000001";
+    let mut nc = tests::node::node(&cloud, "nc-1").await;
+    let spec = tests::node::tiny_guest_spec(&cloud, id);
+    let status = tests::node::run(&mut nc, &cloud, spec).await;
+    assert_eq!(
+        status.state,
+        proto::InstanceState::Running as i32,
+        "{status:?}"
+    );
+    let unknown = |cloud: &Cloud| -> Option<serde_json::Value> {
+        cloud
+            .admin_json(&["describe-instances"])
+            .as_array()?
+            .iter()
+            .find(|i| i["instance_id"] == id)
+            .cloned()
+    };
+    // The administrator sees it at once, then the policy stops it.
+    let shown = tokio::task::block_in_place(|| {
+        wait_for("the guest shown", Duration::from_secs(15), || {
+            unknown(&cloud)
+        })
+    });
+    assert_eq!(shown["state"], "unknown", "{shown}");
+    assert_eq!(shown["node"], "nc-1", "{shown}");
+    let stopped = tokio::task::block_in_place(|| {
+        wait_for(
+            "the guest stopped by policy",
+            Duration::from_secs(30),
+            || {
+                unknown(&cloud).filter(|i| {
+                    i["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("stopped; ") && d.contains("policy: stop"))
+                })
+            },
+        )
+    });
+    assert!(
+        stopped["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not in the cloud's records"),
+        "{stopped}"
+    );
+    let on_node = nc
+        .terminate_instance(proto::InstanceRef {
+            instance_id: id.into(),
+        })
+        .await
+        .expect("the node still has it (stopped, not destroyed)")
+        .into_inner();
+    assert_eq!(on_node.instance_id, id);
+    assert!(cloud
+        .log("clc")
+        .contains("stopped a guest the cloud has no record of"));
+}
+
 #[test]
 fn a_stop_and_a_start_asked_while_the_node_is_away_are_carried_out_when_it_is_back() {
     use nix::sys::signal::Signal;

@@ -93,6 +93,8 @@ async fn a_node_in_auto_mode_boots_guests_under_what_it_proved() {
     let cloud = Cloud::start_with(CloudOptions {
         real_libvirt: true,
         cached_images: tiny_guest_images(),
+        // The guests are the test's, not the cloud's: shown, left running.
+        clc_config: "unknown_guests = \"report\"\n".into(),
         hypervisor: "auto",
         node_config: format!(
             "probe_kernel = {:?}\nprobe_ramdisk = {:?}\n",
@@ -143,6 +145,8 @@ async fn a_kvm_guest_that_does_not_run_is_restarted_under_tcg() {
     let cloud = Cloud::start_with(CloudOptions {
         real_libvirt: true,
         cached_images: tiny_guest_images(),
+        // The guests are the test's, not the cloud's: shown, left running.
+        clc_config: "unknown_guests = \"report\"\n".into(),
         hypervisor: "kvm",
         node_config: format!("emulator = {emulator:?}\nkvm_watchdog_secs = 10\n"),
         ..Default::default()

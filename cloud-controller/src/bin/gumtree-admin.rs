@@ -177,6 +177,8 @@ struct InstanceOut {
     virt: String,
     private_ip: String,
     launched: String,
+    /// For a guest the cloud has no record of: what the policy did.
+    detail: String,
 }
 
 #[derive(Serialize)]
@@ -469,6 +471,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     virt: i.virt,
                     private_ip: i.private_ip,
                     launched: when(i.launch_unix_ms),
+                    detail: i.detail,
                 })
                 .collect();
             print(
@@ -483,6 +486,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     "VIRT",
                     "PRIVATE-IP",
                     "LAUNCHED",
+                    "DETAIL",
                 ],
                 &rows,
                 |i| {
@@ -496,6 +500,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         i.virt.clone(),
                         i.private_ip.clone(),
                         i.launched.clone(),
+                        i.detail.clone(),
                     ]
                 },
             )

@@ -177,51 +177,54 @@ impl Cloud {
 
     /// Deletes the buckets account `id` owns in Walrus, with their objects.
     async fn delete_buckets_of(&self, id: &str) -> Result<Vec<String>, AccountError> {
+        let owner = proto::BucketOwner {
+            owner_id: id.to_string(),
+        };
         let unavailable = |why: String| {
             AccountError::Unavailable(format!("cannot delete the account's buckets: {why}"))
         };
-        let endpoint = self
-            .registry
-            .enabled_walrus()
-            .ok_or_else(|| unavailable("no Walrus is ENABLED".into()))?;
-        let channel = self
-            .trust
-            .channel(&endpoint, Role::Walrus)
-            .map_err(|e| unavailable(e.to_string()))?;
-        Ok(
-            proto::walrus_internal_client::WalrusInternalClient::new(channel)
-                .delete_buckets(proto::BucketOwner {
-                    owner_id: id.to_string(),
-                })
-                .await
-                .map_err(|s| unavailable(s.message().to_string()))?
-                .into_inner()
-                .names,
-        )
+        let reply = self
+            .walrus()
+            .map_err(unavailable)?
+            .delete_buckets(owner)
+            .await
+            .map_err(|s| unavailable(s.message().to_string()))?;
+        Ok(reply.into_inner().names)
     }
 
     /// The buckets account `id` owns, as Walrus says.
     async fn buckets_of(&self, id: &str) -> Result<Vec<String>, AccountError> {
+        let owner = proto::BucketOwner {
+            owner_id: id.to_string(),
+        };
         let unavailable = |why: String| {
             AccountError::Unavailable(format!("cannot check the account's buckets: {why}"))
         };
+        let reply = self
+            .walrus()
+            .map_err(unavailable)?
+            .list_buckets(owner)
+            .await
+            .map_err(|s| unavailable(s.message().to_string()))?;
+        Ok(reply.into_inner().names)
+    }
+
+    /// A client of the ENABLED Walrus's internal service.
+    fn walrus(
+        &self,
+    ) -> Result<proto::walrus_internal_client::WalrusInternalClient<common::rpc::Client>, String>
+    {
         let endpoint = self
             .registry
             .enabled_walrus()
-            .ok_or_else(|| unavailable("no Walrus is ENABLED".into()))?;
+            .ok_or_else(|| "no Walrus is ENABLED".to_string())?;
         let channel = self
             .trust
             .channel(&endpoint, Role::Walrus)
-            .map_err(|e| unavailable(e.to_string()))?;
-        let names = proto::walrus_internal_client::WalrusInternalClient::new(channel)
-            .list_buckets(proto::BucketOwner {
-                owner_id: id.to_string(),
-            })
-            .await
-            .map_err(|s| unavailable(s.message().to_string()))?
-            .into_inner()
-            .names;
-        Ok(names)
+            .map_err(|e| e.to_string())?;
+        Ok(proto::walrus_internal_client::WalrusInternalClient::new(
+            channel,
+        ))
     }
 
     /// Finds guests the nodes report that the cloud has no record of (or

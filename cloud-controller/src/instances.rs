@@ -236,6 +236,25 @@ impl Instances {
         reason: &str,
         node: Option<&str>,
     ) -> Result<Option<InstanceRecord>, StoreError> {
+        self.update_live(id, |r| {
+            if let Some(n) = node.filter(|n| !n.is_empty()) {
+                r.node = n.to_string();
+            }
+            if r.state != state {
+                r.state = state.to_string();
+                r.state_reason = reason.to_string();
+                r.changed_ms = time::unix_ms();
+            }
+        })
+    }
+
+    /// Changes `id`'s record with `f` and stores it, unless it is
+    /// terminated (then it is returned as it is).
+    fn update_live(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut InstanceRecord),
+    ) -> Result<Option<InstanceRecord>, StoreError> {
         let _w = self.lock();
         let Some(mut r) = self.table.get(&id.to_string())? else {
             return Ok(None);
@@ -243,19 +262,11 @@ impl Instances {
         if r.state == "terminated" {
             return Ok(Some(r));
         }
-        if let Some(n) = node.filter(|n| !n.is_empty()) {
-            r.node = n.to_string();
-        }
-        if r.state != state {
-            r.state = state.to_string();
-            r.state_reason = reason.to_string();
-            r.changed_ms = time::unix_ms();
-        }
+        f(&mut r);
         self.table.put(&r)?;
         Ok(Some(r))
     }
 
-    /// Records the address and MAC the cluster gave `id`.
     /// Records a stop or start: the state it shows now and the one its
     /// node must reach.
     pub fn request(
@@ -265,19 +276,12 @@ impl Instances {
         reason: &str,
         desired: &str,
     ) -> Result<Option<InstanceRecord>, StoreError> {
-        let _w = self.lock();
-        let Some(mut r) = self.table.get(&id.to_string())? else {
-            return Ok(None);
-        };
-        if r.state == "terminated" {
-            return Ok(Some(r));
-        }
-        r.state = state.to_string();
-        r.state_reason = reason.to_string();
-        r.changed_ms = time::unix_ms();
-        r.desired = Some(desired.to_string());
-        self.table.put(&r)?;
-        Ok(Some(r))
+        self.update_live(id, |r| {
+            r.state = state.to_string();
+            r.state_reason = reason.to_string();
+            r.changed_ms = time::unix_ms();
+            r.desired = Some(desired.to_string());
+        })
     }
 
     /// Drops what a stop or start asked for (it cannot be done).
@@ -291,6 +295,7 @@ impl Instances {
         Ok(())
     }
 
+    /// Records the address and MAC the cluster gave `id`.
     pub fn set_network(&self, id: &str, private_ip: &str, mac: &str) -> Result<(), StoreError> {
         let _w = self.lock();
         if let Some(mut r) = self.table.get(&id.to_string())? {

@@ -230,3 +230,50 @@ pub fn tiny_guest() -> PathBuf {
     );
     dir
 }
+
+/// Registers the object at `location` (`bucket/key`) as image `name` with
+/// the AWS CLI that `ec2` runs: its id.
+pub fn register_image(ec2: &dyn Fn(&[&str]) -> Run, location: &str, name: &str) -> String {
+    ec2(&[
+        "ec2",
+        "register-image",
+        "--image-location",
+        location,
+        "--name",
+        name,
+        "--query",
+        "ImageId",
+        "--output",
+        "text",
+    ])
+    .expect_ok()
+    .trim()
+    .to_string()
+}
+
+/// Launches one instance of `ami` with the AWS CLI that `ec2` runs: its id.
+pub fn launch_one(ec2: &dyn Fn(&[&str]) -> Run, ami: &str) -> String {
+    ec2(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        ami,
+        "--query",
+        "Instances[0].InstanceId",
+        "--output",
+        "text",
+    ])
+    .expect_ok()
+    .trim()
+    .to_string()
+}
+
+/// The state name of instance `id`, as the AWS CLI that `ec2` runs shows it.
+pub fn instance_state(ec2: &dyn Fn(&[&str]) -> Run, id: &str) -> String {
+    let out = ec2(&["ec2", "describe-instances", "--instance-ids", id]).expect_ok();
+    let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+    d["Reservations"][0]["Instances"][0]["State"]["Name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}

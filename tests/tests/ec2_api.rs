@@ -191,24 +191,7 @@ fn register_disk(cloud: &Cloud, creds: &Credentials, home: &std::path::Path) -> 
         &["s3", "cp", &file.display().to_string(), "s3://img/disk.img"],
     )
     .expect_ok();
-    aws(
-        &ec2,
-        &[
-            "ec2",
-            "register-image",
-            "--image-location",
-            "img/disk.img",
-            "--name",
-            "disk",
-            "--query",
-            "ImageId",
-            "--output",
-            "text",
-        ],
-    )
-    .expect_ok()
-    .trim()
-    .to_string()
+    clients::register_image(&|args| aws(&ec2, args), "img/disk.img", "disk")
 }
 
 /// The admin's AWS CLI (v2) against a cloud's EC2 endpoint, in a home of
@@ -241,19 +224,7 @@ impl AdminCli {
 
 /// Launches one instance of `ami` with the AWS CLI that `aws` runs; its id.
 fn launch_one(aws: &dyn Fn(&[&str]) -> clients::Run, ami: &str) -> String {
-    aws(&[
-        "ec2",
-        "run-instances",
-        "--image-id",
-        ami,
-        "--query",
-        "Instances[0].InstanceId",
-        "--output",
-        "text",
-    ])
-    .expect_ok()
-    .trim()
-    .to_string()
+    clients::launch_one(aws, ami)
 }
 
 /// Instances per node after a MaxCount=3 launch with the AWS CLI.
@@ -796,14 +767,7 @@ fn a_terminate_asked_while_the_node_is_down_is_carried_out_when_it_is_back() {
     let (ami, aws) = (&cli.ami, |args: &[&str]| cli.run(args));
     let id = launch_one(&aws, ami);
     aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
-    let state = || -> String {
-        let out = aws(&["ec2", "describe-instances", "--instance-ids", &id]).expect_ok();
-        let d: serde_json::Value = serde_json::from_str(&out).expect("json");
-        d["Reservations"][0]["Instances"][0]["State"]["Name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let state = || clients::instance_state(&aws, &id);
     cloud.kill("nc-1");
     let out = aws(&["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
     assert!(out.contains("shutting-down"), "{out}");
@@ -1010,14 +974,7 @@ fn a_stop_and_a_start_asked_while_the_node_is_away_are_carried_out_when_it_is_ba
     let (ami, aws) = (&cli.ami, |args: &[&str]| cli.run(args));
     let id = launch_one(&aws, ami);
     aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
-    let state = || -> String {
-        let out = aws(&["ec2", "describe-instances", "--instance-ids", &id]).expect_ok();
-        let d: serde_json::Value = serde_json::from_str(&out).expect("json");
-        d["Reservations"][0]["Instances"][0]["State"]["Name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let state = || clients::instance_state(&aws, &id);
     // The node hangs (its process frozen: libvirt's test driver lives in
     // it, so a kill would lose the guest).
     let away = |what: &str, args: &[&str], shows: &str, then: &str| {

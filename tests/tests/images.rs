@@ -108,40 +108,9 @@ async fn nodes_fetch_verify_and_cache_images_from_walrus() {
 
     // Registered and launched: the node fetches it once, verifies it, and
     // then serves it from cache.
-    let ami = aws(
-        &ec2,
-        &[
-            "ec2",
-            "register-image",
-            "--image-location",
-            "images/tiny/disk.img",
-            "--name",
-            "tiny",
-            "--query",
-            "ImageId",
-            "--output",
-            "text",
-        ],
-    )
-    .expect_ok()
-    .trim()
-    .to_string();
-    let id = aws(
-        &ec2,
-        &[
-            "ec2",
-            "run-instances",
-            "--image-id",
-            &ami,
-            "--query",
-            "Instances[0].InstanceId",
-            "--output",
-            "text",
-        ],
-    )
-    .expect_ok()
-    .trim()
-    .to_string();
+    let on_ec2 = |args: &[&str]| aws(&ec2, args);
+    let ami = clients::register_image(&on_ec2, "images/tiny/disk.img", "tiny");
+    let id = clients::launch_one(&on_ec2, &ami);
     aws(
         &ec2,
         &["ec2", "wait", "instance-running", "--instance-ids", &id],

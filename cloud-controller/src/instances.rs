@@ -91,6 +91,9 @@ pub struct InstanceRecord {
     /// not (the node was down, a tier restarted).
     #[serde(default)]
     pub desired: Option<String>,
+    /// TerminateInstances refuses it while set (EC2's termination protection).
+    #[serde(default)]
+    pub disable_api_termination: bool,
 }
 
 impl Record for InstanceRecord {
@@ -307,6 +310,12 @@ impl Instances {
     }
 
     /// Changes the type (and so the size) of `id`.
+    /// Sets or clears `id`'s termination protection.
+    pub fn set_termination_protection(&self, id: &str, on: bool) -> Result<(), StoreError> {
+        self.update_live(id, |r| r.disable_api_termination = on)
+            .map(|_| ())
+    }
+
     pub fn set_type(&self, id: &str, instance_type: &str) -> Result<(), StoreError> {
         let _w = self.lock();
         if let Some(mut r) = self.table.get(&id.to_string())? {
@@ -450,6 +459,7 @@ mod tests {
             mac: String::new(),
             security_groups: Vec::new(),
             desired: None,
+            disable_api_termination: false,
         }
     }
 

@@ -400,6 +400,7 @@ mod tests {
             mac: "d0:0d:01:02:03:04".into(),
             security_groups: vec!["sg-1".into()],
             desired: None,
+            disable_api_termination: false,
         }
     }
 

@@ -11,6 +11,16 @@ pub fn resource_id(prefix: &str) -> String {
     format!("{prefix}-{hex}")
 }
 
+/// Whether `id` has the shape of a resource id with one of `prefixes`:
+/// `prefix-` and 8 or 17 hex digits (AWS's short and long ids).
+pub fn well_formed(id: &str, prefixes: &[&str]) -> bool {
+    id.split_once('-').is_some_and(|(p, h)| {
+        prefixes.contains(&p)
+            && (h.len() == 8 || h.len() == 17)
+            && h.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
 /// A 12-digit account id that does not start with 0.
 pub fn account_id() -> String {
     let mut rng = rand::thread_rng();
@@ -56,5 +66,10 @@ mod tests {
         assert_eq!(ak.len(), 20);
         assert!(ak.starts_with("AKIA"));
         assert_eq!(secret_access_key().len(), 40);
+        assert!(well_formed(&id, &["i"]));
+        assert!(well_formed("sg-12345678", &["sg"]));
+        assert!(!well_formed("sg-1234567", &["sg"]));
+        assert!(!well_formed("sg-12345678", &["i"]));
+        assert!(!well_formed("i-xyz12345", &["i"]));
     }
 }

@@ -434,6 +434,52 @@ assert status == 200, body
 assert code_of(alice_ec2.describe_instances) == ("AuthFailure", 401)
 check("Euare API: CreateAccount/ListAccounts/DeleteAccount by the admin, access keys for an account's users "
       "(boto3's IAM client), AccessDenied for others, DeleteConflict while instances live")
+# ---- EC2 exactness found with botocore clients ----
+# An id of the wrong shape is Malformed, not NotFound.
+assert code_of(ec2.describe_instances, InstanceIds=["i-xyz"]) == ("InvalidInstanceID.Malformed", 400)
+assert code_of(ec2.describe_images, ImageIds=["ami-nothex00"]) == ("InvalidAMIID.Malformed", 400)
+assert code_of(ec2.delete_security_group, GroupId="sg-12") == ("InvalidGroupId.Malformed", 400)
+assert code_of(ec2.delete_security_group, GroupId="sg-00000000000000000") == ("InvalidGroup.NotFound", 400)
+check("malformed ids: InvalidInstanceID.Malformed, InvalidAMIID.Malformed, InvalidGroupId.Malformed")
+# Termination protection: set at launch or by ModifyInstanceAttribute, in
+# any state; TerminateInstances refuses it and terminates nothing.
+guarded = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, DisableApiTermination=True)["Instances"][0]["InstanceId"]
+plain = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+wait_state(ec2, [guarded, plain], "running")
+attr = ec2.describe_instance_attribute(InstanceId=guarded, Attribute="disableApiTermination")
+assert attr["DisableApiTermination"]["Value"] is True, attr
+assert code_of(ec2.terminate_instances, InstanceIds=[plain, guarded]) == ("OperationNotPermitted", 400)
+assert [i["State"]["Name"] for i in described(ec2, InstanceIds=[plain])] == ["running"], "nothing was terminated"
+ec2.modify_instance_attribute(InstanceId=plain, DisableApiTermination={"Value": True})
+assert code_of(ec2.terminate_instances, InstanceIds=[plain]) == ("OperationNotPermitted", 400)
+ec2.modify_instance_attribute(InstanceId=plain, Attribute="disableApiTermination", Value="false")
+ec2.modify_instance_attribute(InstanceId=guarded, DisableApiTermination={"Value": False})
+assert ec2.describe_instance_attribute(InstanceId=guarded, Attribute="disableApiTermination")[
+    "DisableApiTermination"]["Value"] is False
+# GetPasswordData: empty for Linux images, for the caller's own instances only.
+pw = ec2.get_password_data(InstanceId=guarded)
+assert pw["InstanceId"] == guarded and pw["PasswordData"] == "", pw
+assert code_of(other.get_password_data, InstanceId=guarded) == ("InvalidInstanceID.NotFound", 400)
+ec2.terminate_instances(InstanceIds=[plain, guarded])
+wait_state(ec2, [plain, guarded], "terminated")
+check("DisableApiTermination (RunInstances, Modify/DescribeInstanceAttribute, OperationNotPermitted), GetPasswordData")
+# Revoke takes every form Authorize takes: a group pair by id and an ICMP
+# rule, granted in one call, are revoked in one call.
+target = ec2.create_security_group(GroupName="revoke-target", Description="t")["GroupId"]
+peer = ec2.create_security_group(GroupName="revoke-peer", Description="p")["GroupId"]
+both = [
+    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "UserIdGroupPairs": [{"GroupId": peer}]},
+    {"IpProtocol": "icmp", "FromPort": -1, "ToPort": -1, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]},
+]
+ec2.authorize_security_group_ingress(GroupId=target, IpPermissions=both)
+assert len(ec2.describe_security_groups(GroupIds=[target])["SecurityGroups"][0]["IpPermissions"]) == 2
+ec2.revoke_security_group_ingress(GroupId=target, IpPermissions=both)
+left = ec2.describe_security_groups(GroupIds=[target])["SecurityGroups"][0]["IpPermissions"]
+assert left == [], left
+ec2.delete_security_group(GroupId=target)
+ec2.delete_security_group(GroupId=peer)
+check("RevokeSecurityGroupIngress takes what Authorize took in one call (group pair by id, ICMP)")
+
 # ---- Exactness of authentication: signatures scoped elsewhere, a SigV2
 # request good for years, oversized requests: AWS's errors, with XML bodies.
 import base64 as _b64

@@ -20,11 +20,7 @@ use crate::tags::Tag;
 
 /// A well-formed image id (also Eucalyptus' `emi-`, `eki-`, `eri-`).
 fn well_formed(id: &str) -> bool {
-    id.split_once('-').is_some_and(|(p, h)| {
-        matches!(p, "ami" | "aki" | "ari" | "emi" | "eki" | "eri")
-            && (8..=17).contains(&h.len())
-            && h.bytes().all(|b| b.is_ascii_hexdigit())
-    })
+    common::ids::well_formed(id, &["ami", "aki", "ari", "emi", "eki", "eri"])
 }
 
 fn not_found(ids: &[&str]) -> Ec2Error {

@@ -36,8 +36,7 @@ fn store_error(e: impl std::fmt::Display) -> Ec2Error {
 }
 
 fn well_formed(id: &str) -> bool {
-    id.strip_prefix("i-")
-        .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    common::ids::well_formed(id, &["i"])
 }
 
 /// An ENABLED cluster: (name, zone, endpoint).
@@ -297,6 +296,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         }
     }
     let max = max.min(quota_allows(ec2, me, &itype, min)?);
+    let protected = p.flag("DisableApiTermination")?;
     call.dry_run_check()?;
     // A node fetches from Walrus only images it has not cached: a launch
     // of cached images does not wait for Walrus to be ENABLED.
@@ -334,6 +334,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 mac: String::new(),
                 security_groups: groups.iter().map(|g| g.group_id.clone()).collect(),
                 desired: None,
+                disable_api_termination: protected,
             })
             .collect();
         let specs: Vec<InstanceSpec> = records
@@ -888,6 +889,18 @@ fn incorrect_state(r: &InstanceRecord, what: &str) -> Ec2Error {
 /// TerminateInstances.
 pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let records = ec2.named_instances(call)?;
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.disable_api_termination && r.state != "terminated")
+    {
+        return Err(Ec2Error::new(
+            "OperationNotPermitted",
+            format!(
+                "The instance '{}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.",
+                r.instance_id
+            ),
+        ));
+    }
     call.dry_run_check()?;
     let mut w = call.writer();
     w.open("instancesSet");
@@ -1240,6 +1253,35 @@ pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String,
     let r = ec2
         .own_instances(call, std::slice::from_ref(&id))?
         .remove(0);
+    // Termination protection, in any state.
+    let protect = match (
+        p.get("DisableApiTermination.Value"),
+        p.get("Attribute"),
+        p.get("Value"),
+    ) {
+        (Some(v), _, _) | (None, Some("disableApiTermination"), Some(v)) => Some(v),
+        _ => None,
+    };
+    if let Some(v) = protect {
+        let on = match v.to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(Ec2Error::invalid_value(
+                    "DisableApiTermination",
+                    v,
+                    "Expected a boolean.",
+                ))
+            }
+        };
+        call.dry_run_check()?;
+        ec2.instances
+            .set_termination_protection(&id, on)
+            .map_err(store_error)?;
+        let mut w = call.writer();
+        w.bool("return", true);
+        return Ok(w.finish());
+    }
     let wanted = match (
         p.get("InstanceType.Value"),
         p.get("Attribute"),
@@ -1316,7 +1358,15 @@ pub fn describe_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2
         "kernel" => value(&mut w, "kernel", r.kernel_id.as_deref()),
         "ramdisk" => value(&mut w, "ramdisk", r.ramdisk_id.as_deref()),
         "userData" => value(&mut w, "userData", r.user_data.as_deref()),
-        "disableApiTermination" => value(&mut w, "disableApiTermination", Some("false")),
+        "disableApiTermination" => value(
+            &mut w,
+            "disableApiTermination",
+            Some(if r.disable_api_termination {
+                "true"
+            } else {
+                "false"
+            }),
+        ),
         "instanceInitiatedShutdownBehavior" => {
             value(&mut w, "instanceInitiatedShutdownBehavior", Some("stop"))
         }
@@ -1332,6 +1382,21 @@ pub fn describe_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2
             ))
         }
     }
+    Ok(w.finish())
+}
+
+/// GetPasswordData: Linux images have no Windows password, so it is empty
+/// (as EC2 answers for them), for the caller's own instances.
+pub fn get_password_data(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let id = call.params.required("InstanceId")?.to_string();
+    let r = ec2
+        .own_instances(call, std::slice::from_ref(&id))?
+        .remove(0);
+    call.dry_run_check()?;
+    let mut w = call.writer();
+    w.elem("instanceId", &r.instance_id)
+        .elem("timestamp", &time::iso8601_ms(r.launch_ms))
+        .elem("passwordData", "");
     Ok(w.finish())
 }
 

@@ -280,6 +280,7 @@ impl Ec2 {
             "DescribeInstanceTypes" => instances::describe_instance_types(self, call),
             "DescribeInstanceStatus" => instances::describe_instance_status(self, call),
             "DescribeInstanceAttribute" => instances::describe_instance_attribute(self, call),
+            "GetPasswordData" => instances::get_password_data(self, call),
             "ModifyInstanceAttribute" => instances::modify_instance_attribute(self, call).await,
             "CreateKeyPair" => keypairs::create_key_pair(self, call),
             "ImportKeyPair" => keypairs::import_key_pair(self, call),

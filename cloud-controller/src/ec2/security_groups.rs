@@ -41,6 +41,12 @@ impl Ec2 {
         id: Option<&str>,
         name: Option<&str>,
     ) -> Result<SecurityGroup, Ec2Error> {
+        if let Some(id) = id.filter(|id| !common::ids::well_formed(id, &["sg"])) {
+            return Err(Ec2Error::new(
+                "InvalidGroupId.Malformed",
+                format!("Invalid id: \"{id}\" (expecting \"sg-...\")"),
+            ));
+        }
         let groups = self.own_groups(call)?;
         match (id, name) {
             (Some(id), _) => groups

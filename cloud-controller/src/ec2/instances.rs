@@ -756,15 +756,37 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     // every account's instances (anyone else, just their own).
     let every_account = ids.iter().any(|i| i == "verbose") && call.caller.admin;
     let ids: Vec<String> = ids.into_iter().filter(|i| i != "verbose").collect();
-    let mut records = if ids.is_empty() {
-        ec2.instances
+    // An `instance-id` filter without wildcards names its instances: look
+    // them up rather than read every record (a filter never fails on an
+    // id that is not there).
+    let named_by_filter: Option<Vec<&String>> = filters
+        .iter()
+        .find(|f| f.name == "instance-id")
+        .filter(|f| f.values.iter().all(|v| !v.contains(['*', '?'])))
+        .map(|f| f.values.iter().collect());
+    let mine = |r: &InstanceRecord| every_account || r.account_id == call.caller.account_id;
+    let mut records = match (ids.is_empty(), named_by_filter) {
+        (false, _) => ec2.own_instances(call, &ids)?,
+        (true, Some(named)) => {
+            let mut found = Vec::new();
+            for id in named {
+                if let Some(r) = ec2.instances.get(id).map_err(store_error)? {
+                    if mine(&r) {
+                        found.push(r);
+                    }
+                }
+            }
+            found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+            found.dedup_by(|a, b| a.instance_id == b.instance_id);
+            found
+        }
+        (true, None) => ec2
+            .instances
             .list()
             .map_err(store_error)?
             .into_iter()
-            .filter(|r| every_account || r.account_id == call.caller.account_id)
-            .collect()
-    } else {
-        ec2.own_instances(call, &ids)?
+            .filter(|r| mine(r))
+            .collect(),
     };
     // Tags and group names as each instance's own account has them.
     let mut accounts: Vec<&str> = vec![call.caller.account_id.as_str()];

@@ -440,9 +440,29 @@ fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
         started.elapsed().as_secs_f64()
     );
     let endpoint = cloud.ec2_endpoint();
+    // One instance in the middle of the listing, asked for by id and by
+    // the instance-id filter (which must not cost a full scan).
+    let listing = c.ok("DescribeInstances", &[]);
+    let ids: Vec<&str> = listing
+        .split("<instanceId>")
+        .skip(1)
+        .filter_map(|s| s.split('<').next())
+        .collect();
+    let one = ids[ids.len() / 2].to_string();
     for (label, params) in [
         ("whole listing", vec![]),
         ("pages of 100", vec![("MaxResults", "100")]),
+        (
+            "one instance by InstanceId",
+            vec![("InstanceId.1", one.as_str())],
+        ),
+        (
+            "one instance by instance-id filter",
+            vec![
+                ("Filter.1.Name", "instance-id"),
+                ("Filter.1.Value.1", one.as_str()),
+            ],
+        ),
     ] {
         let until = Instant::now() + Duration::from_secs(seconds);
         let counts: Vec<(usize, usize)> = std::thread::scope(|s| {
@@ -456,8 +476,13 @@ fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
                         let (mut requests, mut bytes) = (0, 0);
                         while Instant::now() < until {
                             let body = c.ok("DescribeInstances", &params);
-                            if params.is_empty() {
-                                assert_eq!(body.matches("<instanceId>").count(), instances);
+                            let expected = match params.first() {
+                                None => Some(instances),
+                                Some((name, _)) if name.starts_with("MaxResults") => None,
+                                Some(_) => Some(1),
+                            };
+                            if let Some(n) = expected {
+                                assert_eq!(body.matches("<instanceId>").count(), n);
                             }
                             requests += 1;
                             bytes += body.len();

@@ -146,8 +146,12 @@ fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// EC2's private DNS name of an address.
-fn private_dns(ip: &str, region: &str) -> String {
+/// EC2's private DNS name of an address: `ip-10-0-0-2.<region>.compute.internal`
+/// (empty for no address).
+pub fn private_dns(ip: &str, region: &str) -> String {
+    if ip.is_empty() {
+        return String::new();
+    }
     format!("ip-{}.{region}.compute.internal", ip.replace('.', "-"))
 }
 

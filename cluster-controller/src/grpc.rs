@@ -128,45 +128,21 @@ impl ClusterService for Cluster {
         &self,
         request: Request<InstanceRefs>,
     ) -> Result<Response<InstanceStatuses>, Status> {
-        let mut out = Vec::new();
-        for id in request.into_inner().instance_ids {
-            out.push(
-                self.instances
-                    .on_node(&id, |mut c, r| async move { c.stop_instance(r).await })
-                    .await?,
-            );
-        }
-        Ok(Response::new(InstanceStatuses { instances: out }))
+        self.power(request.into_inner(), Power::Stop).await
     }
 
     async fn start_instances(
         &self,
         request: Request<InstanceRefs>,
     ) -> Result<Response<InstanceStatuses>, Status> {
-        let mut out = Vec::new();
-        for id in request.into_inner().instance_ids {
-            out.push(
-                self.instances
-                    .on_node(&id, |mut c, r| async move { c.start_instance(r).await })
-                    .await?,
-            );
-        }
-        Ok(Response::new(InstanceStatuses { instances: out }))
+        self.power(request.into_inner(), Power::Start).await
     }
 
     async fn reboot_instances(
         &self,
         request: Request<InstanceRefs>,
     ) -> Result<Response<InstanceStatuses>, Status> {
-        let mut out = Vec::new();
-        for id in request.into_inner().instance_ids {
-            out.push(
-                self.instances
-                    .on_node(&id, |mut c, r| async move { c.reboot_instance(r).await })
-                    .await?,
-            );
-        }
-        Ok(Response::new(InstanceStatuses { instances: out }))
+        self.power(request.into_inner(), Power::Reboot).await
     }
 
     async fn get_console_output(
@@ -223,5 +199,38 @@ impl ClusterService for Cluster {
         let node = request.into_inner();
         self.instances.deregister_node(&node.name)?;
         Ok(Response::new(node))
+    }
+}
+
+/// What StopInstances, StartInstances and RebootInstances ask of a node.
+#[derive(Clone, Copy, Debug)]
+enum Power {
+    Stop,
+    Start,
+    Reboot,
+}
+
+impl Cluster {
+    /// Passes a stop, start or reboot of each instance to its node.
+    async fn power(
+        &self,
+        refs: InstanceRefs,
+        action: Power,
+    ) -> Result<Response<InstanceStatuses>, Status> {
+        let mut out = Vec::new();
+        for id in refs.instance_ids {
+            let status = self
+                .instances
+                .on_node(&id, |mut c, r| async move {
+                    match action {
+                        Power::Stop => c.stop_instance(r).await,
+                        Power::Start => c.start_instance(r).await,
+                        Power::Reboot => c.reboot_instance(r).await,
+                    }
+                })
+                .await?;
+            out.push(status);
+        }
+        Ok(Response::new(InstanceStatuses { instances: out }))
     }
 }

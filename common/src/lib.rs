@@ -22,6 +22,7 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod xml;
 
 /// Version string every daemon reports to the tier above it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

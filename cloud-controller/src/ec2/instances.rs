@@ -551,13 +551,7 @@ fn quota_allows(
     Ok(by_count.min(by_cores).min(by_memory))
 }
 
-/// EC2's private DNS name of an address: `ip-10-0-0-2.<region>.compute.internal`.
-pub fn private_dns(ip: &str, region: &str) -> String {
-    if ip.is_empty() {
-        return String::new();
-    }
-    format!("ip-{}.{region}.compute.internal", ip.replace('.', "-"))
-}
+pub use crate::metadata::private_dns;
 
 /// Names shown with instances: their groups' names, their public addresses.
 #[derive(Debug, Default)]

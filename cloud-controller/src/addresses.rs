@@ -36,14 +36,8 @@ impl Record for Address {
     fn key(&self) -> String {
         self.public_ip.clone()
     }
-    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
-        match (from, value.as_object_mut()) {
-            (1, Some(o)) => {
-                o.insert("auto".into(), serde_json::Value::Bool(false));
-                Ok(value)
-            }
-            _ => Err(format!("no migration from schema {from}")),
-        }
+    fn migrate(from: u32, value: serde_json::Value) -> Result<serde_json::Value, String> {
+        common::store::add_field(from, value, &[("auto", serde_json::Value::Bool(false))])
     }
 }
 

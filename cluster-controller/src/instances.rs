@@ -46,14 +46,8 @@ impl Record for Placed {
     fn key(&self) -> String {
         self.instance_id.clone()
     }
-    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
-        match (from, value.as_object_mut()) {
-            (1, Some(o)) => {
-                o.insert("private_ip".into(), "".into());
-                Ok(value)
-            }
-            _ => Err(format!("no migration from schema {from}")),
-        }
+    fn migrate(from: u32, value: serde_json::Value) -> Result<serde_json::Value, String> {
+        common::store::add_field(from, value, &[("private_ip", serde_json::Value::from(""))])
     }
 }
 

@@ -99,6 +99,21 @@ pub trait Record: Serialize + DeserializeOwned {
     }
 }
 
+/// The migration of a record whose schemas only ever added fields:
+/// `added[i]` is the field (and its value for old records) that schema
+/// `i + 2` added, so a record of schema `from` gets `added[from - 1]`.
+pub fn add_field(from: u32, mut value: Value, added: &[(&str, Value)]) -> Result<Value, String> {
+    let step = (from as usize)
+        .checked_sub(1)
+        .and_then(|i| added.get(i))
+        .ok_or_else(|| format!("no migration from schema {from}"))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| format!("a schema {from} record is not an object"))?;
+    object.insert(step.0.to_string(), step.1.clone());
+    Ok(value)
+}
+
 #[derive(Serialize, Deserialize)]
 struct Envelope<T> {
     schema: u32,
@@ -301,6 +316,18 @@ impl<R: Record> Table<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_added_by_later_schemas_are_filled_in_order() {
+        let added = [("b", Value::from(2)), ("c", Value::Null)];
+        let v = add_field(1, serde_json::json!({"a": 1}), &added).expect("1 to 2");
+        assert_eq!(v, serde_json::json!({"a": 1, "b": 2}));
+        let v = add_field(2, v, &added).expect("2 to 3");
+        assert_eq!(v, serde_json::json!({"a": 1, "b": 2, "c": null}));
+        assert!(add_field(3, v.clone(), &added).is_err());
+        assert!(add_field(0, v, &added).is_err());
+        assert!(add_field(1, Value::from(7), &added).is_err());
+    }
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     struct Thing {

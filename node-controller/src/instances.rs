@@ -60,14 +60,8 @@ impl Record for InstanceRecord {
     fn key(&self) -> String {
         self.instance_id.clone()
     }
-    fn migrate(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
-        match (from, value.as_object_mut()) {
-            (1, Some(o)) => {
-                o.insert("network".into(), serde_json::Value::Null);
-                Ok(value)
-            }
-            _ => Err(format!("no migration from schema {from}")),
-        }
+    fn migrate(from: u32, value: serde_json::Value) -> Result<serde_json::Value, String> {
+        common::store::add_field(from, value, &[("network", serde_json::Value::Null)])
     }
 }
 

@@ -13,6 +13,7 @@ pub mod listing;
 pub mod multipart;
 pub mod ops;
 pub mod route;
+pub mod router;
 pub mod xml;
 
 use std::{io, sync::Arc};
@@ -195,7 +196,7 @@ impl S3 {
             v4,
             headers,
         };
-        ops::run(self, &parts.method, call, body).await
+        router::run(self, &parts.method, call, body).await
     }
 
     async fn authenticate(

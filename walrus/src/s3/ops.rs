@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, io::SeekFrom};
 use base64::Engine;
 use common::time;
 use futures_util::TryStreamExt;
-use http::{header::HeaderValue, Method, Response, StatusCode};
+use http::{header::HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -15,9 +15,7 @@ use super::{
     acl::{self, Permission},
     checksum::Algorithm,
     chunked::ChunkedDecoder,
-    copy, empty, full, listing, multipart,
-    route::{self, Target},
-    xml, Body, Call, Principal, S3Error, S3,
+    empty, full, listing, route, xml, Body, Call, Principal, S3Error, S3,
 };
 use crate::objects::{Bucket, Object, ObjectError, Written};
 
@@ -36,105 +34,6 @@ pub(super) const MAX_XML_BODY: usize = 2 * 1024 * 1024;
 pub(super) fn storage(e: ObjectError) -> S3Error {
     tracing::error!(error = %e, "storage failed");
     S3Error::internal()
-}
-
-/// Runs the operation the request names.
-pub async fn run(
-    s3: &S3,
-    method: &Method,
-    call: Call,
-    body: Incoming,
-) -> Result<Response<Body>, S3Error> {
-    let t = &call.target;
-    // Buckets are not versioned: each object's one version is `null`.
-    if let Some(v) = t.param("versionId") {
-        if v != listing::NULL_VERSION {
-            return Err(S3Error::invalid_argument(
-                "Invalid version id specified",
-                "versionId",
-                v,
-            ));
-        }
-    }
-    let sub = subresources(t);
-    let plain = sub.is_empty();
-    let copy = call.header("x-amz-copy-source").is_some();
-    match (method.clone(), t.bucket.is_some(), t.key.is_some()) {
-        (Method::GET, false, _) => list_buckets(s3, &call),
-        (_, false, _) => Err(S3Error::method_not_allowed()),
-        (Method::PUT, true, false) if t.has("acl") => put_bucket_acl(s3, &call, body).await,
-        (Method::GET, true, false) if t.has("acl") => get_bucket_acl(s3, &call),
-        (Method::GET, true, false) if t.has("uploads") => multipart::list_uploads(s3, &call),
-        (Method::PUT, true, false) if t.query.is_empty() => create_bucket(s3, &call, body).await,
-        (Method::DELETE, true, false) if t.query.is_empty() => delete_bucket(s3, &call).await,
-        (Method::HEAD, true, false) => head_bucket(s3, &call),
-        (Method::GET, true, false) if t.has("location") => get_bucket_location(s3, &call),
-        (Method::GET, true, false) if t.has("versioning") => get_bucket_versioning(s3, &call),
-        (Method::GET, true, false) if t.has("versions") => listing::list_versions(s3, &call),
-        (Method::GET, true, false) if t.param("list-type") == Some("2") => {
-            listing::list_objects(s3, &call, true)
-        }
-        (Method::GET, true, false) if plain => listing::list_objects(s3, &call, false),
-        (Method::POST, true, false) if t.has("delete") => delete_objects(s3, &call, body).await,
-        (Method::POST, true, true) if t.has("uploads") => multipart::create_upload(s3, &call),
-        (Method::POST, true, true) if t.has("uploadId") => {
-            multipart::complete_upload(s3, &call, body).await
-        }
-        (Method::PUT, true, true) if t.has("uploadId") && t.has("partNumber") => {
-            multipart::upload_part(s3, &call, body, copy).await
-        }
-        (Method::GET, true, true) if t.has("uploadId") => multipart::list_parts(s3, &call),
-        (Method::DELETE, true, true) if t.has("uploadId") => {
-            multipart::abort_upload(s3, &call).await
-        }
-        (Method::PUT, true, true) if t.has("acl") => put_object_acl(s3, &call, body).await,
-        (Method::GET, true, true) if t.has("acl") => get_object_acl(s3, &call),
-        (Method::PUT, true, true) if plain && copy => copy::copy_object(s3, &call).await,
-        (Method::PUT, true, true) if plain => put_object(s3, &call, body).await,
-        (Method::GET, true, true) if plain => get_object(s3, &call, true).await,
-        (Method::HEAD, true, true) if plain => get_object(s3, &call, false).await,
-        (Method::DELETE, true, true) if plain => delete_object(s3, &call).await,
-        _ => Err(S3Error::not_implemented(&format!(
-            "{method} with {}",
-            sub.first().map_or("these parameters", |s| s.as_str())
-        ))),
-    }
-}
-
-/// Query parameters that select a sub-resource rather than tune a listing.
-fn subresources(t: &Target) -> Vec<String> {
-    const TUNING: [&str; 18] = [
-        "versionId",
-        "key-marker",
-        "version-id-marker",
-        "prefix",
-        "delimiter",
-        "marker",
-        "max-keys",
-        "encoding-type",
-        "list-type",
-        "continuation-token",
-        "start-after",
-        "fetch-owner",
-        "response-content-type",
-        "response-content-language",
-        "response-expires",
-        "response-cache-control",
-        "response-content-disposition",
-        "response-content-encoding",
-    ];
-    t.query
-        .iter()
-        .map(|(k, _)| k.clone())
-        .filter(|k| {
-            !TUNING.contains(&k.as_str())
-                && !k.to_ascii_lowercase().starts_with("x-amz-")
-                && !matches!(
-                    k.as_str(),
-                    "x-id" | "AWSAccessKeyId" | "Signature" | "Expires"
-                )
-        })
-        .collect()
 }
 
 pub(super) fn xml_response(status: StatusCode, body: String) -> Response<Body> {
@@ -268,7 +167,7 @@ pub(super) async fn read_small_body(body: Incoming, limit: usize) -> Result<Vec<
     Ok(out)
 }
 
-fn list_buckets(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) fn list_buckets(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let caller = caller_of(call)?;
     let mut w = xml::Writer::new("ListAllMyBucketsResult");
     w.open("Owner")
@@ -303,7 +202,11 @@ pub(super) fn canned_acl(call: &Call) -> Result<String, S3Error> {
     }
 }
 
-async fn create_bucket(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+pub(super) async fn create_bucket(
+    s3: &S3,
+    call: &Call,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
     let caller = caller_of(call)?.clone();
     let name = call.target.bucket.clone().unwrap_or_default();
     if !route::valid_bucket_name(&name) {
@@ -355,7 +258,7 @@ async fn create_bucket(s3: &S3, call: &Call, body: Incoming) -> Result<Response<
     Ok(r)
 }
 
-async fn delete_bucket(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) async fn delete_bucket(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let bucket = owned_bucket(s3, call)?;
     if !s3.objects.bucket_is_empty(&bucket.name).map_err(storage)? {
         return Err(S3Error::bucket_not_empty()
@@ -380,14 +283,14 @@ fn region_of(s3: &S3, bucket: &Bucket) -> String {
     }
 }
 
-fn head_bucket(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) fn head_bucket(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let bucket = bucket_with(s3, call, Permission::Read)?;
     let mut r = Response::new(empty());
     set(&mut r, "x-amz-bucket-region", &region_of(s3, &bucket));
     Ok(r)
 }
 
-fn get_bucket_location(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) fn get_bucket_location(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let bucket = owned_bucket(s3, call)?;
     let _ = s3;
     Ok(xml_response(
@@ -400,7 +303,7 @@ fn get_bucket_location(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> 
     ))
 }
 
-fn get_bucket_versioning(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) fn get_bucket_versioning(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     owned_bucket(s3, call)?;
     Ok(xml_response(
         StatusCode::OK,
@@ -713,7 +616,11 @@ pub(super) fn set_checksums(r: &mut Response<Body>, checksums: &BTreeMap<String,
     }
 }
 
-async fn put_object(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+pub(super) async fn put_object(
+    s3: &S3,
+    call: &Call,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
     let bucket = writable_bucket(s3, call)?;
     let caller = caller_of(call)?;
     let key = call.target.key.clone().unwrap_or_default();
@@ -836,7 +743,11 @@ fn check_conditions(call: &Call, object: &Object) -> Result<(), S3Error> {
     Ok(())
 }
 
-async fn get_object(s3: &S3, call: &Call, with_body: bool) -> Result<Response<Body>, S3Error> {
+pub(super) async fn get_object(
+    s3: &S3,
+    call: &Call,
+    with_body: bool,
+) -> Result<Response<Body>, S3Error> {
     let (_, object) = object_with(s3, call, Permission::Read)?;
     check_conditions(call, &object)?;
     let range = match call.header("range") {
@@ -921,7 +832,7 @@ async fn get_object(s3: &S3, call: &Call, with_body: bool) -> Result<Response<Bo
     Ok(r)
 }
 
-async fn delete_object(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) async fn delete_object(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let bucket = writable_bucket(s3, call)?;
     let key = call.target.key.clone().unwrap_or_default();
     if s3
@@ -937,7 +848,11 @@ async fn delete_object(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> 
     Ok(r)
 }
 
-async fn delete_objects(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+pub(super) async fn delete_objects(
+    s3: &S3,
+    call: &Call,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
     let bucket = writable_bucket(s3, call)?;
     let body = read_small_body(body, MAX_XML_BODY).await?;
     if let Some(expected) = content_md5(call)? {
@@ -1035,7 +950,11 @@ async fn requested_acl(
     }
 }
 
-async fn put_bucket_acl(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+pub(super) async fn put_bucket_acl(
+    s3: &S3,
+    call: &Call,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
     let mut bucket = bucket_with(s3, call, Permission::WriteAcp)?;
     bucket.acl = requested_acl(call, body, owner_of(&bucket), None).await?;
     s3.objects.update_bucket(&bucket).map_err(storage)?;
@@ -1043,7 +962,7 @@ async fn put_bucket_acl(s3: &S3, call: &Call, body: Incoming) -> Result<Response
     Ok(Response::new(empty()))
 }
 
-fn get_bucket_acl(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) fn get_bucket_acl(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let bucket = bucket_with(s3, call, Permission::ReadAcp)?;
     let owner = owner_of(&bucket);
     Ok(xml_response(
@@ -1052,7 +971,11 @@ fn get_bucket_acl(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     ))
 }
 
-async fn put_object_acl(s3: &S3, call: &Call, body: Incoming) -> Result<Response<Body>, S3Error> {
+pub(super) async fn put_object_acl(
+    s3: &S3,
+    call: &Call,
+    body: Incoming,
+) -> Result<Response<Body>, S3Error> {
     let (bucket, object) = object_with(s3, call, Permission::WriteAcp)?;
     let owner = acl::Owner {
         id: &object.owner_id,
@@ -1077,7 +1000,7 @@ async fn put_object_acl(s3: &S3, call: &Call, body: Incoming) -> Result<Response
     Ok(Response::new(empty()))
 }
 
-fn get_object_acl(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
+pub(super) fn get_object_acl(s3: &S3, call: &Call) -> Result<Response<Body>, S3Error> {
     let (bucket, object) = object_with(s3, call, Permission::ReadAcp)?;
     let owner = acl::Owner {
         id: &object.owner_id,

@@ -83,7 +83,9 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     tokio::spawn(cloud.clone().watch_unknown_guests(
         config.unknown_guests,
         Duration::from_secs(config.unknown_guest_grace_secs),
-        Duration::from_secs(1),
+        // Every record is read per scan: no more often than the other
+        // reconciliations.
+        Duration::from_secs(5),
     ));
     tokio::spawn(
         cloud

@@ -210,7 +210,7 @@ impl Cloud {
     }
 
     /// A client of the ENABLED Walrus's internal service.
-    fn walrus(
+    pub fn walrus(
         &self,
     ) -> Result<proto::walrus_internal_client::WalrusInternalClient<common::rpc::Client>, String>
     {

@@ -227,6 +227,13 @@ fn launch_one(aws: &dyn Fn(&[&str]) -> clients::Run, ami: &str) -> String {
     clients::launch_one(aws, ami)
 }
 
+/// Launches one instance of `ami` and waits until it runs; its id.
+fn launch_running(aws: &dyn Fn(&[&str]) -> clients::Run, ami: &str) -> String {
+    let id = clients::launch_one(aws, ami);
+    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    id
+}
+
 /// Instances per node after a MaxCount=3 launch with the AWS CLI.
 fn launch_three(cloud: &Cloud) -> Vec<u64> {
     let creds = Credentials::new(cloud.admin_key());
@@ -712,8 +719,7 @@ fn status_checks_fail_while_the_node_is_silent() {
     let cloud = cloud_of(1, "");
     let cli = AdminCli::new(&cloud, "status");
     let (ami, aws) = (&cli.ami, |args: &[&str]| cli.run(args));
-    let id = launch_one(&aws, ami);
-    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let id = launch_running(&aws, ami);
     let status = || -> (String, String, String) {
         let out = aws(&["ec2", "describe-instance-status", "--instance-ids", &id]).expect_ok();
         let d: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -765,8 +771,7 @@ fn a_terminate_asked_while_the_node_is_down_is_carried_out_when_it_is_back() {
     let mut cloud = cloud_of(1, "");
     let cli = AdminCli::new(&cloud, "intent");
     let (ami, aws) = (&cli.ami, |args: &[&str]| cli.run(args));
-    let id = launch_one(&aws, ami);
-    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let id = launch_running(&aws, ami);
     let state = || clients::instance_state(&aws, &id);
     cloud.kill("nc-1");
     let out = aws(&["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
@@ -972,8 +977,7 @@ fn a_stop_and_a_start_asked_while_the_node_is_away_are_carried_out_when_it_is_ba
     let cloud = cloud_of(1, "");
     let cli = AdminCli::new(&cloud, "intent-stop");
     let (ami, aws) = (&cli.ami, |args: &[&str]| cli.run(args));
-    let id = launch_one(&aws, ami);
-    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let id = launch_running(&aws, ami);
     let state = || clients::instance_state(&aws, &id);
     // The node hangs (its process frozen: libvirt's test driver lives in
     // it, so a kill would lose the guest).
@@ -1024,8 +1028,7 @@ async fn an_instance_gone_below_the_clc_is_terminated_in_its_records() {
     });
     let cli = AdminCli::new(&cloud, "reconcile");
     let (ami, aws) = (&cli.ami, |args: &[&str]| cli.run(args));
-    let id = launch_one(&aws, ami);
-    aws(&["ec2", "wait", "instance-running", "--instance-ids", &id]).expect_ok();
+    let id = launch_running(&aws, ami);
     let instance = |id: &str| -> serde_json::Value {
         let out = aws(&["ec2", "describe-instances", "--instance-ids", id]).expect_ok();
         let d: serde_json::Value = serde_json::from_str(&out).expect("json");

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use common::time;
-use proto::{walrus_internal_client::WalrusInternalClient, ObjectRef};
+use proto::ObjectRef;
 use tonic::Code;
 
 use super::tags::{by_resource, tag_filter_values, write_tag_set};
@@ -79,14 +79,6 @@ impl Ec2 {
         }
         Ok(image)
     }
-
-    /// Walrus's internal endpoint, from the live view of services.
-    pub(super) fn walrus_endpoint(&self) -> Result<String, Ec2Error> {
-        self.cloud
-            .registry
-            .enabled_walrus()
-            .ok_or_else(|| Ec2Error::unavailable("no Walrus is ENABLED"))
-    }
 }
 
 /// RegisterImage.
@@ -145,13 +137,7 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
 
     // What Walrus holds there: it must exist, be readable by the caller,
     // and say what kind of image it is.
-    let endpoint = ec2.walrus_endpoint()?;
-    let channel = ec2
-        .cloud
-        .trust
-        .channel(&endpoint, common::pki::Role::Walrus)
-        .map_err(|e| Ec2Error::unavailable(&format!("Walrus at {endpoint}: {e}")))?;
-    let mut walrus = WalrusInternalClient::new(channel);
+    let mut walrus = ec2.cloud.walrus().map_err(|e| Ec2Error::unavailable(&e))?;
     let info = walrus
         .head_object(ObjectRef {
             bucket: bucket.to_string(),

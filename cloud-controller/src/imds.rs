@@ -6,31 +6,29 @@
 //! node controller on that host): a guest cannot read another's metadata,
 //! nor a node ask for another cluster's guests.
 
-use std::sync::Arc;
-
 use common::{auth::caller, time};
 use proto::{metadata_service_server::MetadataService, MetadataReply, MetadataRequest};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    ec2::Ec2,
+    core::Cloud,
     metadata::{answer, InstanceView, Tokens},
 };
 
 /// The metadata service.
 #[derive(Debug, Clone)]
 pub struct Imds {
-    ec2: Arc<Ec2>,
+    cloud: Cloud,
     tokens: Tokens,
     tokens_required: bool,
 }
 
 impl Imds {
-    /// Over the EC2 state in `ec2`; tokens keyed by `secret`; with
-    /// `tokens_required`, IMDSv1 reads are refused.
-    pub fn new(ec2: Arc<Ec2>, secret: &[u8], tokens_required: bool) -> Self {
+    /// Over `cloud`; tokens keyed by `secret`; with `tokens_required`,
+    /// IMDSv1 reads are refused.
+    pub fn new(cloud: Cloud, secret: &[u8], tokens_required: bool) -> Self {
         Self {
-            ec2,
+            cloud,
             tokens: Tokens::new(secret),
             tokens_required,
         }
@@ -51,29 +49,29 @@ impl MetadataService for Imds {
         // The relaying node, as its certificate names it.
         let node = caller(&request)?.name.clone();
         let req = request.into_inner();
-        let ec2 = &self.ec2;
-        let cluster = ec2
-            .cloud
+        let cloud = &self.cloud;
+        let cluster = cloud
             .registry
             .nodes()
             .into_iter()
             .find(|n| n.node.as_ref().is_some_and(|v| v.name == node))
             .map(|n| n.cluster_name);
-        let mut claims: Vec<_> = ec2
-            .instances
-            .list()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|r| {
-                let here = match &cluster {
-                    Some(c) => &r.cluster == c,
-                    None => r.node == node,
-                };
-                here && !req.source_ip.is_empty()
-                    && r.private_ip == req.source_ip
-                    && !matches!(r.state.as_str(), "terminated" | "shutting-down")
-            })
-            .collect();
+        // By the address index: the cost does not grow with the cloud.
+        let mut claims: Vec<_> = if req.source_ip.is_empty() {
+            Vec::new()
+        } else {
+            match &cluster {
+                Some(c) => cloud.instances.at_address(c, &req.source_ip),
+                None => cloud
+                    .instances
+                    .list()
+                    .map_err(internal)?
+                    .into_iter()
+                    .filter(|r| r.node == node && r.private_ip == req.source_ip)
+                    .collect(),
+            }
+        };
+        claims.retain(|r| !matches!(r.state.as_str(), "terminated" | "shutting-down"));
         if claims.len() > 1 {
             // Two live records claim the address: answering for either could
             // hand one tenant's data to another. Nothing until they are
@@ -90,16 +88,16 @@ impl MetadataService for Imds {
                 body: b"Not Found".to_vec(),
             }));
         };
-        let image = ec2.images.get(&record.image_id).map_err(internal)?;
+        let image = cloud.images.get(&record.image_id).map_err(internal)?;
         let public_key = match &record.key_name {
-            Some(name) => ec2
+            Some(name) => cloud
                 .keypairs
                 .get(&record.account_id, name)
                 .map_err(internal)?
                 .map(|k| (k.name, k.public_key)),
             None => None,
         };
-        let groups = ec2
+        let groups = cloud
             .security_groups
             .of(&record.account_id)
             .map_err(internal)?
@@ -107,7 +105,7 @@ impl MetadataService for Imds {
             .filter(|g| record.security_groups.contains(&g.group_id))
             .map(|g| (g.group_id, g.name))
             .collect();
-        let public_ip = ec2
+        let public_ip = cloud
             .addresses
             .by_instance()
             .map_err(internal)?
@@ -124,7 +122,7 @@ impl MetadataService for Imds {
             public_key,
             security_groups: groups,
             public_ip,
-            region: ec2.settings.region.clone(),
+            region: cloud.settings.region.clone(),
         };
         let headers: Vec<(String, String)> = req.headers.into_iter().collect();
         let reply = answer(

@@ -7,7 +7,10 @@
 //! them, and that a stop or terminate in progress shows as `stopping` /
 //! `shutting-down` until the node confirms.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Mutex, RwLock},
+};
 
 use common::{
     store::{Record, Store, StoreError, Table},
@@ -140,25 +143,112 @@ fn state_name(s: InstanceState) -> &'static str {
     }
 }
 
-/// The instance records.
+/// The instance records, with indexes kept in memory beside them (every
+/// record is read once, at start): by id, by account, by client token, by
+/// security group and by private address in a cluster. Lookups cost what
+/// they return, not every instance on record; every write goes to the
+/// store first, durably, then to the indexes.
 #[derive(Debug)]
 pub struct Instances {
     table: Table<InstanceRecord>,
     types: Table<InstanceType>,
-    /// Serializes read-modify-write of records (reports against calls).
-    writing: Mutex<()>,
+    /// The records and their indexes; its write lock also serializes
+    /// read-modify-write of records (reports against calls).
+    index: RwLock<Index>,
     /// When each cluster's records were last checked for instances its
     /// nodes no longer report (a scan of every record: not on every report).
     reconciled: Mutex<BTreeMap<String, i64>>,
 }
 
+/// A key of two strings.
+type Pair = (String, String);
+
+/// Every record, and the ids under each key that lookups use.
+#[derive(Debug, Default)]
+struct Index {
+    records: BTreeMap<String, InstanceRecord>,
+    by_account: HashMap<String, BTreeSet<String>>,
+    by_token: HashMap<Pair, BTreeSet<String>>,
+    by_group: HashMap<String, BTreeSet<String>>,
+    by_address: HashMap<Pair, BTreeSet<String>>,
+}
+
+fn link<K: Eq + std::hash::Hash>(map: &mut HashMap<K, BTreeSet<String>>, key: K, id: &str) {
+    map.entry(key).or_default().insert(id.to_string());
+}
+
+fn unlink<K: Eq + std::hash::Hash>(map: &mut HashMap<K, BTreeSet<String>>, key: &K, id: &str) {
+    if let Some(ids) = map.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl Index {
+    /// Its (account, client token) and (cluster, private address) keys.
+    fn keys(r: &InstanceRecord) -> (Option<Pair>, Option<Pair>) {
+        (
+            r.client_token
+                .as_ref()
+                .map(|t| (r.account_id.clone(), t.clone())),
+            (!r.private_ip.is_empty()).then(|| (r.cluster.clone(), r.private_ip.clone())),
+        )
+    }
+
+    fn insert(&mut self, r: InstanceRecord) {
+        self.remove(&r.instance_id);
+        let id = r.instance_id.as_str();
+        link(&mut self.by_account, r.account_id.clone(), id);
+        let (token, address) = Self::keys(&r);
+        if let Some(t) = token {
+            link(&mut self.by_token, t, id);
+        }
+        if let Some(a) = address {
+            link(&mut self.by_address, a, id);
+        }
+        for g in &r.security_groups {
+            link(&mut self.by_group, g.clone(), id);
+        }
+        self.records.insert(r.instance_id.clone(), r);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<InstanceRecord> {
+        let r = self.records.remove(id)?;
+        unlink(&mut self.by_account, &r.account_id, id);
+        let (token, address) = Self::keys(&r);
+        if let Some(t) = token {
+            unlink(&mut self.by_token, &t, id);
+        }
+        if let Some(a) = address {
+            unlink(&mut self.by_address, &a, id);
+        }
+        for g in &r.security_groups {
+            unlink(&mut self.by_group, g, id);
+        }
+        Some(r)
+    }
+
+    fn all<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<InstanceRecord> {
+        ids.into_iter()
+            .filter_map(|id| self.records.get(id).cloned())
+            .collect()
+    }
+}
+
 impl Instances {
     /// The records in `store`; seeds the instance types on first start.
     pub fn open(store: &Store) -> Result<Self, StoreError> {
+        let table: Table<InstanceRecord> = store.table()?;
+        let mut index = Index::default();
+        for r in table.list()? {
+            index.insert(r);
+        }
         let this = Self {
-            table: store.table()?,
+            table,
             types: store.table()?,
-            writing: Mutex::new(()),
+            index: RwLock::new(index),
             reconciled: Mutex::new(BTreeMap::new()),
         };
         if this.types.is_empty() {
@@ -174,8 +264,19 @@ impl Instances {
         Ok(this)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `r` durably, then indexes it.
+    fn save(&self, index: &mut Index, r: InstanceRecord) -> Result<(), StoreError> {
+        self.table.put(&r)?;
+        index.insert(r);
+        Ok(())
     }
 
     /// The instance type `name`.
@@ -190,35 +291,77 @@ impl Instances {
 
     /// Records new instances (durably, all of them).
     pub fn create(&self, records: &[InstanceRecord]) -> Result<(), StoreError> {
-        let _w = self.lock();
+        let mut index = self.write();
         for r in records {
-            self.table.put(r)?;
+            self.save(&mut index, r.clone())?;
         }
         Ok(())
     }
 
     /// Forgets instance `id` (a launch that never happened).
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        let _w = self.lock();
-        self.table.delete(&id.to_string()).map(|_| ())
+        let mut index = self.write();
+        self.table.delete(&id.to_string())?;
+        index.remove(id);
+        Ok(())
     }
 
     /// The instance `id`.
     pub fn get(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        self.table.get(&id.to_string())
+        Ok(self.read().records.get(id).cloned())
+    }
+
+    /// The instances of account `account_id`, by id.
+    pub fn of_account(&self, account_id: &str) -> Vec<InstanceRecord> {
+        let index = self.read();
+        index.all(index.by_account.get(account_id).into_iter().flatten())
+    }
+
+    /// The instances account `account_id` launched with client token `token`.
+    pub fn by_client_token(&self, account_id: &str, token: &str) -> Vec<InstanceRecord> {
+        let index = self.read();
+        let key = (account_id.to_string(), token.to_string());
+        index.all(index.by_token.get(&key).into_iter().flatten())
+    }
+
+    /// The instances in any of `groups` (security group ids), by id.
+    pub fn in_groups<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<InstanceRecord> {
+        let index = self.read();
+        let ids: BTreeSet<&String> = groups
+            .into_iter()
+            .filter_map(|g| index.by_group.get(g))
+            .flatten()
+            .collect();
+        index.all(ids)
+    }
+
+    /// The instances holding private address `ip` in `cluster`.
+    pub fn at_address(&self, cluster: &str, ip: &str) -> Vec<InstanceRecord> {
+        let index = self.read();
+        let key = (cluster.to_string(), ip.to_string());
+        index.all(index.by_address.get(&key).into_iter().flatten())
     }
 
     /// Every instance, terminated ones past their hour dropped.
     pub fn list(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         let now = time::unix_ms();
-        let (live, expired): (Vec<_>, Vec<_>) =
-            self.table.list()?.into_iter().partition(|r| {
-                r.state != "terminated" || now - r.changed_ms < TERMINATED_VISIBLE_MS
-            });
-        if !expired.is_empty() {
-            let _w = self.lock();
-            for r in expired {
+        let expired = |r: &InstanceRecord| {
+            r.state == "terminated" && now - r.changed_ms >= TERMINATED_VISIBLE_MS
+        };
+        let (live, gone): (Vec<_>, Vec<_>) = self
+            .read()
+            .records
+            .values()
+            .cloned()
+            .partition(|r| !expired(r));
+        if !gone.is_empty() {
+            let mut index = self.write();
+            for r in gone {
                 self.table.delete(&r.instance_id)?;
+                index.remove(&r.instance_id);
             }
         }
         Ok(live)
@@ -252,15 +395,15 @@ impl Instances {
         id: &str,
         f: impl FnOnce(&mut InstanceRecord),
     ) -> Result<Option<InstanceRecord>, StoreError> {
-        let _w = self.lock();
-        let Some(mut r) = self.table.get(&id.to_string())? else {
+        let mut index = self.write();
+        let Some(mut r) = index.records.get(id).cloned() else {
             return Ok(None);
         };
         if r.state == "terminated" {
             return Ok(Some(r));
         }
         f(&mut r);
-        self.table.put(&r)?;
+        self.save(&mut index, r.clone())?;
         Ok(Some(r))
     }
 
@@ -283,10 +426,10 @@ impl Instances {
 
     /// Drops what a stop or start asked for (it cannot be done).
     pub fn forget_request(&self, id: &str) -> Result<(), StoreError> {
-        let _w = self.lock();
-        if let Some(mut r) = self.table.get(&id.to_string())? {
+        let mut index = self.write();
+        if let Some(mut r) = index.records.get(id).cloned() {
             if r.desired.take().is_some() {
-                self.table.put(&r)?;
+                self.save(&mut index, r)?;
             }
         }
         Ok(())
@@ -294,27 +437,43 @@ impl Instances {
 
     /// Records the address and MAC the cluster gave `id`.
     pub fn set_network(&self, id: &str, private_ip: &str, mac: &str) -> Result<(), StoreError> {
-        let _w = self.lock();
-        if let Some(mut r) = self.table.get(&id.to_string())? {
+        let mut index = self.write();
+        if let Some(mut r) = index.records.get(id).cloned() {
             r.private_ip = private_ip.to_string();
             r.mac = mac.to_string();
-            self.table.put(&r)?;
+            self.save(&mut index, r)?;
         }
         Ok(())
     }
 
-    /// Changes the type (and so the size) of `id`.
+    /// Records where `id` was placed: its node, private address and MAC.
+    pub fn placed(
+        &self,
+        id: &str,
+        node: &str,
+        private_ip: &str,
+        mac: &str,
+    ) -> Result<(), StoreError> {
+        self.update_live(id, |r| {
+            r.node = node.to_string();
+            r.private_ip = private_ip.to_string();
+            r.mac = mac.to_string();
+        })
+        .map(|_| ())
+    }
+
     /// Sets or clears `id`'s termination protection.
     pub fn set_termination_protection(&self, id: &str, on: bool) -> Result<(), StoreError> {
         self.update_live(id, |r| r.disable_api_termination = on)
             .map(|_| ())
     }
 
+    /// Changes the type (and so the size) of `id`.
     pub fn set_type(&self, id: &str, instance_type: &str) -> Result<(), StoreError> {
-        let _w = self.lock();
-        if let Some(mut r) = self.table.get(&id.to_string())? {
+        let mut index = self.write();
+        if let Some(mut r) = index.records.get(id).cloned() {
             r.instance_type = instance_type.to_string();
-            self.table.put(&r)?;
+            self.save(&mut index, r)?;
         }
         Ok(())
     }
@@ -341,10 +500,10 @@ impl Instances {
                 );
             }
         }
-        let _w = self.lock();
+        let mut index = self.write();
         let seen: std::collections::HashSet<String> = reported.keys().cloned().collect();
         for (id, (state, reason, node, ip, mac)) in reported {
-            let Some(mut r) = self.table.get(&id)? else {
+            let Some(mut r) = index.records.get(&id).cloned() else {
                 continue;
             };
             if r.cluster != report.cluster_name || r.state == "terminated" {
@@ -378,7 +537,7 @@ impl Instances {
             if !mac.is_empty() {
                 r.mac = mac;
             }
-            self.table.put(&r)?;
+            self.save(&mut index, r)?;
         }
         // A healthy node reports every instance it has: a record on it that
         // it no longer reports (past a grace for launches in flight) is
@@ -398,20 +557,24 @@ impl Instances {
             }
             *at = now;
         }
-        for mut r in self.table.list()? {
-            if r.cluster != report.cluster_name
-                || r.state == "terminated"
-                || !healthy.contains(r.node.as_str())
-                || seen.contains(&r.instance_id)
-                || now - r.changed_ms < RECONCILE_GRACE_MS
-            {
-                continue;
-            }
+        let gone: Vec<InstanceRecord> = index
+            .records
+            .values()
+            .filter(|r| {
+                r.cluster == report.cluster_name
+                    && r.state != "terminated"
+                    && healthy.contains(r.node.as_str())
+                    && !seen.contains(&r.instance_id)
+                    && now - r.changed_ms >= RECONCILE_GRACE_MS
+            })
+            .cloned()
+            .collect();
+        for mut r in gone {
             tracing::warn!(instance_id = %r.instance_id, node = %r.node, from = %r.state, "the node no longer has the instance: terminated");
             r.state = "terminated".into();
             r.state_reason = "Server.InternalError: the node no longer has the instance".into();
             r.changed_ms = now;
-            self.table.put(&r)?;
+            self.save(&mut index, r)?;
         }
         Ok(())
     }

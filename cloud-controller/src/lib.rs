@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod addresses;
 pub mod config;
+pub mod core;
 pub mod ec2;
 pub mod grpc;
 pub mod images;

@@ -6,9 +6,8 @@ use anyhow::Context;
 use cloud_controller::{
     accounts::Accounts,
     config::CloudConfig,
+    core::{Cloud, Parts, Settings},
     ec2::{self, Ec2},
-    grpc::Cloud,
-    images::Images,
     registry::{self, Registry, ServiceRecord},
 };
 use common::{pki::Role, rpc, store::Store, time};
@@ -48,38 +47,37 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             first_seen_ms: time::unix_ms(),
         },
     )?;
-    let instances = Arc::new(
-        cloud_controller::instances::Instances::open(&store)
-            .context("opening the instance records")?,
-    );
-    let images = Arc::new(Images::open(&store).context("opening the image registry")?);
-    let keypairs = Arc::new(
-        cloud_controller::keypairs::KeyPairs::open(&store).context("opening the key pairs")?,
-    );
-    let security_groups = Arc::new(
-        cloud_controller::security_groups::SecurityGroups::open(&store)
-            .context("opening the security groups")?,
-    );
-    let addresses = Arc::new(
-        cloud_controller::addresses::Addresses::open(
-            &store,
-            cloud_controller::addresses::parse_pool(&config.public_ips)?,
-        )
-        .context("opening the addresses")?,
-    );
-    let tags = Arc::new(cloud_controller::tags::Tags::open(&store).context("opening the tags")?);
-    let cloud = Cloud {
-        registry: Arc::new(registry),
-        accounts,
-        instances: instances.clone(),
-        images: images.clone(),
-        trust: started.trust.clone(),
-        keypairs: keypairs.clone(),
-        security_groups: security_groups.clone(),
-        addresses: addresses.clone(),
-        tags: tags.clone(),
-        unknown_guests: Default::default(),
+    let (ec2_listener, ec2_addr) = rpc::bind(&config.ec2_listen).await?;
+    let tls = if config.ec2_tls_listen.is_empty() {
+        None
+    } else {
+        let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+            anyhow::bail!("ec2_tls_listen needs tls_cert_file and tls_key_file");
+        };
+        let acceptor = common::tls::acceptor(cert, key).context("setting up HTTPS")?;
+        let (listener, addr) = rpc::bind(&config.ec2_tls_listen).await?;
+        Some((acceptor, listener, addr))
     };
+    let cloud = Cloud::open(
+        &store,
+        Parts {
+            registry: Arc::new(registry),
+            accounts,
+            trust: started.trust.clone(),
+            public_ips: cloud_controller::addresses::parse_pool(&config.public_ips)?,
+            settings: Settings {
+                region: config.region.clone(),
+                endpoint: match &tls {
+                    Some((_, _, a)) => format!("https://{a}/"),
+                    None => format!("http://{ec2_addr}/"),
+                },
+                admin_account: config.admin_account.clone(),
+                assign_public_ips: config.assign_public_ips,
+            },
+            clusters: None,
+        },
+    )
+    .context("opening the cloud's records")?;
     tokio::spawn(cloud.clone().watch_unknown_guests(
         config.unknown_guests,
         Duration::from_secs(config.unknown_guest_grace_secs),
@@ -92,44 +90,16 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             .clone()
             .watch_liveness(Duration::from_secs(config.report_timeout_secs.max(1))),
     );
-    let (ec2_listener, ec2_addr) = rpc::bind(&config.ec2_listen).await?;
-    let tls = if config.ec2_tls_listen.is_empty() {
-        None
-    } else {
-        let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
-            anyhow::bail!("ec2_tls_listen needs tls_cert_file and tls_key_file");
-        };
-        let acceptor = common::tls::acceptor(cert, key).context("setting up HTTPS")?;
-        let (listener, addr) = rpc::bind(&config.ec2_tls_listen).await?;
-        Some((acceptor, listener, addr))
-    };
     let ec2 = Arc::new(Ec2 {
         cloud: cloud.clone(),
-        images,
-        instances,
-        tags,
-        keypairs,
-        security_groups,
-        addresses,
-        launches: Default::default(),
-        firewall_changed: Default::default(),
-        settings: ec2::Settings {
-            region: config.region.clone(),
-            endpoint: match &tls {
-                Some((_, _, a)) => format!("https://{a}/"),
-                None => format!("http://{ec2_addr}/"),
-            },
-            admin_account: config.admin_account.clone(),
-            assign_public_ips: config.assign_public_ips,
-        },
     });
     let imds = cloud_controller::imds::Imds::new(
-        ec2.clone(),
+        cloud.clone(),
         &started.trust.secret.derive("instance metadata tokens"),
         config.metadata_tokens_required,
     );
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
-    tokio::spawn(ec2::security_groups::sync_firewalls(ec2.clone()));
+    tokio::spawn(cloud.clone().sync_firewalls());
     tokio::spawn(ec2::instances::finish_terminations(
         ec2.clone(),
         Duration::from_secs(5),

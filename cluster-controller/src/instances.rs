@@ -10,46 +10,22 @@ use std::{
 use common::{
     pki::Role,
     rpc::Trust,
-    store::{Record, Store, StoreError, Table},
+    store::{Store, StoreError},
     time,
 };
 use proto::{
     node_service_client::NodeServiceClient, InstanceSpec, InstanceState, InstanceStatus, NodeView,
     RunInstanceRequest, ServiceState,
 };
-use serde::{Deserialize, Serialize};
 use tonic::Status;
 
+pub use crate::ledger::Placed;
 use crate::{
+    ledger::Ledger,
     network::Subnet,
     nodes::Nodes,
     placement::{self, Candidate, Need, Settings},
 };
-
-/// An instance this CC placed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Placed {
-    pub instance_id: String,
-    pub node: String,
-    pub cores: u32,
-    pub memory_mib: u64,
-    pub disk_gib: u64,
-    /// Its private address; empty without a private network.
-    pub private_ip: String,
-}
-
-impl Record for Placed {
-    const TABLE: &'static str = "placed";
-    /// 2: `private_ip` added.
-    const SCHEMA: u32 = 2;
-    type Key = String;
-    fn key(&self) -> String {
-        self.instance_id.clone()
-    }
-    fn migrate(from: u32, value: serde_json::Value) -> Result<serde_json::Value, String> {
-        common::store::add_field(from, value, &[("private_ip", serde_json::Value::from(""))])
-    }
-}
 
 type NodeClient = NodeServiceClient<common::rpc::Client>;
 
@@ -57,7 +33,11 @@ type NodeClient = NodeServiceClient<common::rpc::Client>;
 #[derive(Debug)]
 pub struct ClusterInstances {
     nodes: Arc<Nodes>,
-    ledger: Table<Placed>,
+    ledger: Ledger,
+    /// The specs placed and not started yet, by instance id: a launch's
+    /// second call names its instances and adds their firewalls, nothing
+    /// more.
+    kept: Mutex<HashMap<String, InstanceSpec>>,
     settings: Settings,
     /// Serializes placement; holds the ROUNDROBIN cursor.
     placing: Mutex<usize>,
@@ -98,7 +78,8 @@ impl ClusterInstances {
     ) -> Result<Self, StoreError> {
         Ok(Self {
             nodes,
-            ledger: store.table()?,
+            ledger: Ledger::open(store)?,
+            kept: Mutex::new(HashMap::new()),
             settings,
             placing: Mutex::new(0),
             trust,
@@ -113,9 +94,7 @@ impl ClusterInstances {
     pub fn reconcile(&self, now_ms: i64) {
         let reported = self.nodes.reported();
         let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(ledger) = self.ledger.list() else {
-            return;
-        };
+        let ledger = self.ledger.list();
         let mut missing = self.missing_since.lock().unwrap_or_else(|p| p.into_inner());
         let mut still = std::collections::HashSet::new();
         for p in ledger {
@@ -138,6 +117,19 @@ impl ClusterInstances {
             }
         }
         missing.retain(|id, _| still.contains(id));
+        // A launch whose start never came (its CLC went away) keeps
+        // nothing once its placement is released.
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| self.ledger.contains(id));
+    }
+
+    fn forget_kept(&self, id: &str) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     fn client(&self, endpoint: &str) -> Result<NodeClient, Status> {
@@ -166,8 +158,7 @@ impl ClusterInstances {
     fn node_of(&self, id: &str) -> Result<(String, NodeClient), Status> {
         let placed = self
             .ledger
-            .get(&id.to_string())
-            .map_err(store_status)?
+            .get(id)
             .ok_or_else(|| Status::not_found(format!("no instance {id} in this cluster")))?;
         let view = self
             .views()
@@ -186,7 +177,6 @@ impl ClusterInstances {
     ) -> Result<Vec<(InstanceSpec, String, String)>, Status> {
         let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
         let views = self.views();
-        let ledger = self.ledger.list().map_err(store_status)?;
         let endpoint_of = |node: &str| {
             views
                 .iter()
@@ -196,13 +186,13 @@ impl ClusterInstances {
         };
         let (mut done, specs): (Vec<_>, Vec<_>) = specs
             .into_iter()
-            .partition(|s| ledger.iter().any(|p| p.instance_id == s.instance_id));
+            .partition(|s| self.ledger.contains(&s.instance_id));
         let mut already = Vec::new();
         for mut spec in done.drain(..) {
-            let (node, ip) = ledger
-                .iter()
-                .find(|p| p.instance_id == spec.instance_id)
-                .map(|p| (p.node.clone(), p.private_ip.clone()))
+            let (node, ip) = self
+                .ledger
+                .get(&spec.instance_id)
+                .map(|p| (p.node, p.private_ip))
                 .unwrap_or_default();
             spec.private_ip = ip;
             spec.network = self.network_spec();
@@ -219,16 +209,16 @@ impl ClusterInstances {
                 .filter(|(_, v)| v.state == ServiceState::Enabled as i32)
                 .filter_map(|(i, v)| {
                     let r = v.resources.as_ref()?;
-                    let mine = ledger.iter().filter(|p| p.node == v.name);
+                    let used = self.ledger.usage(&v.name);
                     Some(Candidate {
                         name: v.name.clone(),
                         joined: i,
                         cores_total: r.cores_total,
                         memory_mib_total: r.memory_mib_total,
                         disk_gib_total: r.disk_gib_total,
-                        cores_used: mine.clone().map(|p| p.cores).sum(),
-                        memory_mib_used: mine.clone().map(|p| p.memory_mib).sum(),
-                        disk_gib_used: mine.map(|p| p.disk_gib).sum(),
+                        cores_used: used.cores,
+                        memory_mib_used: used.memory_mib,
+                        disk_gib_used: used.disk_gib,
                     })
                 })
                 .collect();
@@ -260,10 +250,7 @@ impl ClusterInstances {
             let addresses: Vec<String> = match &self.network {
                 None => vec![String::new(); specs.len()],
                 Some((subnet, _)) => {
-                    let used: std::collections::BTreeSet<std::net::Ipv4Addr> = ledger
-                        .iter()
-                        .filter_map(|p| p.private_ip.parse().ok())
-                        .collect();
+                    let used = self.ledger.used_ips();
                     subnet
                         .allocate(&used, specs.len())
                         .ok_or_else(|| {
@@ -295,6 +282,10 @@ impl ClusterInstances {
                         private_ip: spec.private_ip.clone(),
                     })
                     .map_err(store_status)?;
+                self.kept
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(spec.instance_id.clone(), spec.clone());
                 out.push((spec, node, endpoint));
             }
             out
@@ -314,7 +305,40 @@ impl ClusterInstances {
         specs: Vec<InstanceSpec>,
         walrus: &str,
     ) -> Result<Vec<InstanceStatus>, Status> {
-        let placed = self.place(specs)?;
+        let mut full = Vec::with_capacity(specs.len());
+        let mut lost = Vec::new();
+        {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            for spec in specs {
+                if spec.image.is_some() {
+                    kept.remove(&spec.instance_id);
+                    full.push(spec);
+                    continue;
+                }
+                // Only the id and firewall came: the rest was kept when
+                // the instance was placed.
+                match kept.remove(&spec.instance_id) {
+                    Some(mut k) => {
+                        k.firewall = spec.firewall;
+                        full.push(k);
+                    }
+                    None => lost.push(spec.instance_id),
+                }
+            }
+        }
+        let mut not_started = Vec::new();
+        for id in lost {
+            tracing::warn!(instance_id = %id, "asked to start an instance whose launch this cluster does not hold");
+            let _ = self.ledger.delete(&id);
+            not_started.push(InstanceStatus {
+                instance_id: id,
+                state: InstanceState::Terminated as i32,
+                reason: "Server.InternalError: the cluster restarted while the instance was launched; launch it again".into(),
+                changed_unix_ms: time::unix_ms(),
+                ..Default::default()
+            });
+        }
+        let placed = self.place(full)?;
         let launches = placed.into_iter().map(|(spec, node, endpoint)| async move {
             let id = spec.instance_id.clone();
             let result = async {
@@ -351,20 +375,14 @@ impl ClusterInstances {
                 }
             }
         });
-        Ok(futures_util::future::join_all(launches).await)
+        not_started.extend(futures_util::future::join_all(launches).await);
+        Ok(not_started)
     }
 
     /// Forgets node `name` for good: refused while it holds instances here
     /// or still reports (it would only come back).
     pub fn deregister_node(&self, name: &str) -> Result<(), Status> {
-        let held: Vec<String> = self
-            .ledger
-            .list()
-            .map_err(|e| Status::unavailable(format!("cannot read placements: {e}")))?
-            .into_iter()
-            .filter(|p| p.node == name)
-            .map(|p| p.instance_id)
-            .collect();
+        let held = self.ledger.on(name);
         if !held.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "node {name} holds instances {}: terminate them first",
@@ -391,7 +409,8 @@ impl ClusterInstances {
             },
             Err(e) => return Err(e),
         };
-        self.ledger.delete(&id.to_string()).map_err(store_status)?;
+        self.ledger.delete(id).map_err(store_status)?;
+        self.forget_kept(id);
         Ok(status)
     }
 
@@ -444,10 +463,9 @@ impl ClusterInstances {
         &self,
         firewalls: Vec<proto::InstanceFirewall>,
     ) -> Result<u32, Status> {
-        let ledger = self.ledger.list().map_err(store_status)?;
         let mut by_node: HashMap<String, Vec<proto::InstanceFirewall>> = HashMap::new();
         for f in firewalls {
-            if let Some(p) = ledger.iter().find(|p| p.instance_id == f.instance_id) {
+            if let Some(p) = self.ledger.get(&f.instance_id) {
                 by_node.entry(p.node.clone()).or_default().push(f);
             }
         }
@@ -470,7 +488,7 @@ impl ClusterInstances {
 
     /// Records a resize in the ledger once the node accepted it.
     pub fn resized(&self, id: &str, cores: u32, memory_mib: u64) -> Result<(), Status> {
-        if let Some(mut p) = self.ledger.get(&id.to_string()).map_err(store_status)? {
+        if let Some(mut p) = self.ledger.get(id) {
             p.cores = cores;
             p.memory_mib = memory_mib;
             self.ledger.put(&p).map_err(store_status)?;
@@ -483,8 +501,7 @@ impl ClusterInstances {
         let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
         let placed = self
             .ledger
-            .get(&id.to_string())
-            .map_err(store_status)?
+            .get(id)
             .ok_or_else(|| Status::not_found(format!("no instance {id} in this cluster")))?;
         let Some(view) = self.views().into_iter().find(|v| v.name == placed.node) else {
             return Ok(false);
@@ -492,15 +509,9 @@ impl ClusterInstances {
         let Some(r) = view.resources else {
             return Ok(false);
         };
-        let others: Vec<Placed> = self
-            .ledger
-            .list()
-            .map_err(store_status)?
-            .into_iter()
-            .filter(|p| p.node == placed.node && p.instance_id != id)
-            .collect();
-        let cores_used: u32 = others.iter().map(|p| p.cores).sum();
-        let memory_used: u64 = others.iter().map(|p| p.memory_mib).sum();
+        let on_node = self.ledger.usage(&placed.node);
+        let cores_used = on_node.cores - placed.cores;
+        let memory_used = on_node.memory_mib - placed.memory_mib;
         Ok(
             cores_used + cores <= (r.cores_total as f64 * self.settings.cpu_ratio) as u32
                 && memory_used + memory_mib

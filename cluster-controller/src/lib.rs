@@ -6,6 +6,7 @@
 pub mod config;
 pub mod grpc;
 pub mod instances;
+pub mod ledger;
 pub mod network;
 pub mod nodes;
 pub mod placement;

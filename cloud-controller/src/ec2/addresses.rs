@@ -16,6 +16,7 @@ fn store_error(e: impl std::fmt::Display) -> Ec2Error {
 fn own_address(ec2: &Ec2, call: &Call) -> Result<Address, Ec2Error> {
     let p = &call.params;
     let mine = ec2
+        .cloud
         .addresses
         .of(&call.caller.account_id)
         .map_err(store_error)?;
@@ -39,42 +40,16 @@ fn own_address(ec2: &Ec2, call: &Call) -> Result<Address, Ec2Error> {
     }
 }
 
-/// Gives `instance_id` (of `account_id`) a public address from the pool
-/// (when the cloud gives every instance one): the address, or None when
-/// the pool is exhausted (logged; the instance stays private).
-pub(super) fn give_public_ip(ec2: &Ec2, account_id: &str, instance_id: &str) -> Option<String> {
-    if !ec2.settings.assign_public_ips {
-        return None;
-    }
-    match ec2.addresses.assign(account_id, instance_id) {
-        Ok(Some(a)) => {
-            tracing::info!(instance_id, public_ip = %a.public_ip, "public address given");
-            Some(a.public_ip)
-        }
-        Ok(None) => {
-            tracing::warn!(
-                instance_id,
-                "the public address pool is exhausted: the instance has a private address only"
-            );
-            None
-        }
-        Err(e) => {
-            tracing::error!(instance_id, error = %e, "no public address given");
-            None
-        }
-    }
-}
-
 /// After an address changed hands: the instance it left (if any, and
 /// still alive) gets a new public address from the pool, and the nodes
 /// hear of it.
 fn address_moved(ec2: &Ec2, from: Option<&str>) {
-    if let Some(Ok(Some(r))) = from.map(|id| ec2.instances.get(id)) {
+    if let Some(Ok(Some(r))) = from.map(|id| ec2.cloud.instances.get(id)) {
         if !matches!(r.state.as_str(), "terminated" | "shutting-down") {
-            give_public_ip(ec2, &r.account_id, &r.instance_id);
+            ec2.cloud.give_public_ip(&r.account_id, &r.instance_id);
         }
     }
-    ec2.firewall_changed.notify_one();
+    ec2.cloud.firewall_changed.notify_one();
 }
 
 /// AllocateAddress.
@@ -89,7 +64,7 @@ pub fn allocate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     call.dry_run_check()?;
     let a = ec2
-        .addresses
+        .cloud.addresses
         .allocate(&call.caller.account_id)
         .map_err(store_error)?
         .ok_or_else(|| {
@@ -119,6 +94,7 @@ pub fn associate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     call.dry_run_check()?;
     let association = ec2
+        .cloud
         .addresses
         .associate(&address.public_ip, &id)
         .map_err(store_error)?;
@@ -137,6 +113,7 @@ pub fn disassociate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
     let p = &call.params;
     let address = match p.get("AssociationId") {
         Some(id) => ec2
+            .cloud
             .addresses
             .of(&call.caller.account_id)
             .map_err(store_error)?
@@ -151,7 +128,8 @@ pub fn disassociate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
         None => own_address(ec2, call)?,
     };
     call.dry_run_check()?;
-    ec2.addresses
+    ec2.cloud
+        .addresses
         .disassociate(&address.public_ip)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, "address disassociated");
@@ -165,10 +143,12 @@ pub fn disassociate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
 pub fn release_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let address = own_address(ec2, call)?;
     call.dry_run_check()?;
-    ec2.addresses
+    ec2.cloud
+        .addresses
         .release(&address.public_ip)
         .map_err(store_error)?;
-    ec2.tags
+    ec2.cloud
+        .tags
         .forget(&address.allocation_id)
         .map_err(store_error)?;
     tracing::info!(public_ip = %address.public_ip, "address released");
@@ -186,7 +166,7 @@ pub fn describe_addresses(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let filters = p.filters()?;
     call.dry_run_check()?;
     let me = &call.caller.account_id;
-    let mine = ec2.addresses.of(me).map_err(store_error)?;
+    let mine = ec2.cloud.addresses.of(me).map_err(store_error)?;
     for ip in &ips {
         if !mine.iter().any(|a| &a.public_ip == ip) {
             return Err(Ec2Error::new(
@@ -216,7 +196,7 @@ pub fn describe_addresses(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         let private_ip = a
             .instance_id
             .as_ref()
-            .and_then(|i| ec2.instances.get(i).ok().flatten())
+            .and_then(|i| ec2.cloud.instances.get(i).ok().flatten())
             .map(|r| r.private_ip)
             .filter(|ip| !ip.is_empty());
         let mine_tags = tags.get(&a.allocation_id).unwrap_or(&none);

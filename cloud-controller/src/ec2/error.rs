@@ -3,6 +3,8 @@
 
 use http::StatusCode;
 
+use crate::core::{CoreError, IdKind};
+
 /// One EC2 error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -117,6 +119,82 @@ impl Ec2Error {
 }
 
 pub use common::xml::escape;
+
+impl From<CoreError> for Ec2Error {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Malformed { kind, id } => match kind {
+                IdKind::Instance => Self::new(
+                    "InvalidInstanceID.Malformed",
+                    format!("Invalid id: \"{id}\""),
+                ),
+                IdKind::Group => Self::new(
+                    "InvalidGroupId.Malformed",
+                    format!("Invalid id: \"{id}\" (expecting \"sg-...\")"),
+                ),
+                IdKind::Image | IdKind::Kernel | IdKind::Ramdisk | IdKind::KeyPair => {
+                    Self::new("InvalidAMIID.Malformed", format!("Invalid id: \"{id}\""))
+                }
+            },
+            CoreError::NotFound { kind, ids } => {
+                let list = ids.join(", ");
+                match kind {
+                    IdKind::Instance => Self::new(
+                        "InvalidInstanceID.NotFound",
+                        format!(
+                            "The instance ID{} '{list}' do{} not exist",
+                            if ids.len() > 1 { "s" } else { "" },
+                            if ids.len() > 1 { "" } else { "es" }
+                        ),
+                    ),
+                    IdKind::Image => Self::new(
+                        "InvalidAMIID.NotFound",
+                        format!("The image id '[{list}]' does not exist"),
+                    ),
+                    IdKind::Kernel => Self::new(
+                        "InvalidAKIID.NotFound",
+                        format!("The kernel ID '{list}' does not exist"),
+                    ),
+                    IdKind::Ramdisk => Self::new(
+                        "InvalidARIID.NotFound",
+                        format!("The ramdisk ID '{list}' does not exist"),
+                    ),
+                    IdKind::Group => Self::new(
+                        "InvalidGroup.NotFound",
+                        format!("The security group '{list}' does not exist"),
+                    ),
+                    IdKind::KeyPair => Self::new(
+                        "InvalidKeyPair.NotFound",
+                        format!("The key pair '{list}' does not exist"),
+                    ),
+                }
+            }
+            CoreError::InvalidValue { param, value, why } => {
+                Self::invalid_value(param, &value, &why)
+            }
+            CoreError::Counts { min } => Self::invalid_value(
+                "MinCount",
+                &min.to_string(),
+                "MinCount must not be greater than MaxCount.",
+            ),
+            CoreError::InstanceLimit(m) => Self::new("InstanceLimitExceeded", m),
+            CoreError::VcpuLimit(m) => Self::new("VcpuLimitExceeded", m),
+            CoreError::NoZone => Self::new(
+                "InsufficientInstanceCapacity",
+                "No availability zone is available.",
+            )
+            .status(StatusCode::SERVICE_UNAVAILABLE),
+            CoreError::Capacity(m) => Self::new("InsufficientInstanceCapacity", m),
+            CoreError::IdempotentMismatch => Self::new(
+                "IdempotentParameterMismatch",
+                "The client token was already used with different parameters",
+            ),
+            CoreError::DryRun => Self::dry_run(),
+            CoreError::Unavailable(m) => Self::unavailable(&m),
+            CoreError::Store(_) => Self::internal(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

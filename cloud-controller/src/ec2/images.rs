@@ -44,7 +44,7 @@ impl Ec2 {
                 format!("Invalid id: \"{id}\""),
             ));
         }
-        match self.images.get(id).map_err(store_error)? {
+        match self.cloud.images.get(id).map_err(store_error)? {
             Some(i) if i.launchable_by(&call.caller.account_id) => Ok(i),
             _ => Err(not_found(&[id])),
         }
@@ -53,20 +53,6 @@ impl Ec2 {
     /// Checks that the caller may see image `id` (to tag it).
     pub(super) fn visible_image_for_tags(&self, call: &Call, id: &str) -> Result<(), Ec2Error> {
         self.visible_image(call, id).map(|_| ())
-    }
-
-    /// The image `id` of `kind` if the caller may launch it.
-    pub(super) fn launchable_image(
-        &self,
-        call: &Call,
-        id: &str,
-        kind: ImageKind,
-    ) -> Result<Image, Ec2Error> {
-        let image = self.visible_image(call, id)?;
-        if image.kind != kind {
-            return Err(not_found(&[id]));
-        }
-        Ok(image)
     }
 
     /// The image `id` if the caller owns it.
@@ -201,7 +187,7 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
         launch_permissions: BTreeSet::new(),
         created_ms: time::unix_ms(),
     };
-    ec2.images.register(&image).map_err(|e| match e {
+    ec2.cloud.images.register(&image).map_err(|e| match e {
         ImageError::DuplicateName { .. } => {
             Ec2Error::new("InvalidAMIName.Duplicate", e.to_string())
         }
@@ -294,7 +280,8 @@ pub fn describe_images(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     call.dry_run_check()?;
     let mut images: Vec<Image> = if ids.is_empty() {
-        ec2.images
+        ec2.cloud
+            .images
             .list()
             .map_err(store_error)?
             .into_iter()
@@ -365,10 +352,14 @@ pub fn deregister_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let id = call.params.required("ImageId")?;
     let image = ec2.owned_image(call, id, "deregister")?;
     call.dry_run_check()?;
-    ec2.images
+    ec2.cloud
+        .images
         .deregister(&image.image_id)
         .map_err(store_error)?;
-    ec2.tags.forget(&image.image_id).map_err(store_error)?;
+    ec2.cloud
+        .tags
+        .forget(&image.image_id)
+        .map_err(store_error)?;
     tracing::info!(image_id = %image.image_id, "image deregistered");
     let mut w = call.writer();
     w.bool("return", true);
@@ -508,7 +499,7 @@ pub fn modify_image_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error
     if let Some(d) = description {
         image.description = d.to_string();
     }
-    ec2.images.update(&image).map_err(store_error)?;
+    ec2.cloud.images.update(&image).map_err(store_error)?;
     tracing::info!(image_id = %image.image_id, public = image.public, shared = image.launch_permissions.len(), "image attributes changed");
     let mut w = call.writer();
     w.bool("return", true);

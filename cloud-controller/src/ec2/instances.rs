@@ -8,77 +8,28 @@
 use std::{collections::HashMap, sync::Arc};
 
 use base64::Engine;
+
 use common::time;
-use proto::{
-    cluster_service_client::ClusterServiceClient, ImageRef, InstanceRef, InstanceRefs,
-    InstanceSpec, InstanceState, RunInstancesRequest, ServiceState,
-};
-use tonic::Code;
 
 use super::{
     params::Filter,
-    tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
+    tags::{by_resource, specified, tag_filter_values, write_tag_set},
     xml::Writer,
     Call, Ec2, Ec2Error,
 };
 use crate::{
-    images::{Image, ImageKind},
+    core::{cluster::Power, launch::LaunchRequest, Cloud, ClusterError, CoreError, IdKind},
+    images::Image,
     instances::{state_code, InstanceRecord},
-    registry::CLUSTER,
     tags::Tag,
 };
-
-type ClusterClient = ClusterServiceClient<common::rpc::Client>;
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
     tracing::error!(error = %e, "instance store failed");
     Ec2Error::internal()
 }
 
-fn well_formed(id: &str) -> bool {
-    common::ids::well_formed(id, &["i"])
-}
-
-/// An ENABLED cluster: (name, zone, endpoint).
-fn clusters(ec2: &Ec2) -> Vec<(String, String, String, bool)> {
-    let mut v: Vec<(String, String, String, bool)> = ec2
-        .cloud
-        .registry
-        .services(time::unix_ms())
-        .into_iter()
-        .filter(|s| s.service_type == CLUSTER)
-        .map(|s| {
-            (
-                s.name,
-                s.partition,
-                s.endpoint,
-                s.state == ServiceState::Enabled as i32,
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 impl Ec2 {
-    pub(super) fn cluster_client(&self, cluster: &str) -> Result<ClusterClient, Ec2Error> {
-        let (_, _, endpoint, up) = clusters(self)
-            .into_iter()
-            .find(|c| c.0 == cluster)
-            .ok_or_else(|| Ec2Error::unavailable(&format!("cluster {cluster} is unknown")))?;
-        if !up {
-            return Err(Ec2Error::unavailable(&format!(
-                "cluster {cluster} is not ENABLED"
-            )));
-        }
-        let channel = self
-            .cloud
-            .trust
-            .channel(&endpoint, common::pki::Role::Cc)
-            .map_err(|e| Ec2Error::unavailable(&format!("cluster {cluster}: {e}")))?;
-        Ok(ClusterServiceClient::new(channel))
-    }
-
     /// The caller's instances named by `InstanceId.N`; all must exist.
     fn named_instances(&self, call: &Call) -> Result<Vec<InstanceRecord>, Ec2Error> {
         let ids = call.params.list("InstanceId");
@@ -106,449 +57,67 @@ impl Ec2 {
         let mut out = Vec::new();
         let mut missing = Vec::new();
         for id in ids {
-            if !well_formed(id) {
-                return Err(Ec2Error::new(
-                    "InvalidInstanceID.Malformed",
-                    format!("Invalid id: \"{id}\""),
-                ));
+            if !IdKind::Instance.well_formed(id) {
+                return Err(CoreError::Malformed {
+                    kind: IdKind::Instance,
+                    id: id.clone(),
+                }
+                .into());
             }
-            match self.instances.get(id).map_err(store_error)? {
+            match self.cloud.instances.get(id).map_err(store_error)? {
                 Some(r) if r.account_id == call.caller.account_id => out.push(r),
-                _ => missing.push(id.as_str()),
+                _ => missing.push(id.clone()),
             }
         }
         if !missing.is_empty() {
-            return Err(Ec2Error::new(
-                "InvalidInstanceID.NotFound",
-                format!(
-                    "The instance ID{} '{}' do{} not exist",
-                    if missing.len() > 1 { "s" } else { "" },
-                    missing.join(", "),
-                    if missing.len() > 1 { "" } else { "es" }
-                ),
-            ));
+            return Err(CoreError::NotFound {
+                kind: IdKind::Instance,
+                ids: missing,
+            }
+            .into());
         }
         Ok(out)
     }
 }
 
-fn image_ref(image: &Image) -> ImageRef {
-    ImageRef {
-        id: image.image_id.clone(),
-        bucket: image.bucket.clone(),
-        key: image.key.clone(),
-        sha256: image.sha256.clone(),
-        size: image.size,
-    }
-}
-
-fn capacity_error(status: &tonic::Status) -> bool {
-    status.code() == Code::ResourceExhausted
-}
-
-/// RunInstances.
+/// RunInstances: the request as a [`LaunchRequest`], the reservation as
+/// EC2 shows it.
 pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let me = &call.caller.account_id;
-    let image_id = p.required("ImageId")?;
-    let image = ec2.launchable_image(call, image_id, ImageKind::Machine)?;
-    let type_name = p.get("InstanceType").unwrap_or("m1.small");
-    let itype = ec2
-        .instances
-        .instance_type(type_name)
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            Ec2Error::invalid_value("InstanceType", type_name, "No such instance type.")
-        })?;
+    let image_id = p.required("ImageId")?.to_string();
     let min = p.int("MinCount", 1..=1000)?.unwrap_or(1) as usize;
     let max = p.int("MaxCount", 1..=1000)?.unwrap_or(min as i64) as usize;
-    if min > max {
-        return Err(Ec2Error::invalid_value(
-            "MinCount",
-            &min.to_string(),
-            "MinCount must not be greater than MaxCount.",
-        ));
-    }
-    let kernel_id = p
-        .get("KernelId")
-        .map(str::to_string)
-        .or(image.kernel_id.clone());
-    let ramdisk_id = p
-        .get("RamdiskId")
-        .map(str::to_string)
-        .or(image.ramdisk_id.clone());
-    let kernel = match &kernel_id {
-        Some(k) => Some(
-            ec2.launchable_image(call, k, ImageKind::Kernel)
-                .map_err(|_| {
-                    Ec2Error::new(
-                        "InvalidAKIID.NotFound",
-                        format!("The kernel ID '{k}' does not exist"),
-                    )
-                })?,
-        ),
-        None => None,
+    let owned = |name: &str| p.get(name).map(str::to_string);
+    let request = LaunchRequest {
+        account_id: call.caller.account_id.clone(),
+        image_id,
+        instance_type: owned("InstanceType"),
+        min,
+        max,
+        kernel_id: owned("KernelId"),
+        ramdisk_id: owned("RamdiskId"),
+        user_data: owned("UserData"),
+        key_name: owned("KeyName"),
+        group_names: p.list("SecurityGroup"),
+        group_ids: p.list("SecurityGroupId"),
+        zone: owned("Placement.AvailabilityZone"),
+        client_token: owned("ClientToken"),
+        tags: specified(p, "instance")?,
+        disable_api_termination: p.flag("DisableApiTermination")?,
+        dry_run: p.flag("DryRun")?,
     };
-    let ramdisk = match &ramdisk_id {
-        Some(r) => Some(
-            ec2.launchable_image(call, r, ImageKind::Ramdisk)
-                .map_err(|_| {
-                    Ec2Error::new(
-                        "InvalidARIID.NotFound",
-                        format!("The ramdisk ID '{r}' does not exist"),
-                    )
-                })?,
-        ),
-        None => None,
+    let launched = ec2.cloud.launch(request).await?;
+    let names = Names {
+        groups: launched.groups,
+        public_ips: launched.public_ips,
     };
-    let user_data = match p.get("UserData") {
-        None => None,
-        Some(u) => {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(u.trim())
-                .map_err(|_| {
-                    Ec2Error::invalid_value(
-                        "UserData",
-                        "(omitted)",
-                        "Invalid BASE64 encoding of user data.",
-                    )
-                })?;
-            if decoded.len() > 16 * 1024 {
-                return Err(Ec2Error::invalid_value(
-                    "UserData",
-                    "(omitted)",
-                    "User data is limited to 16384 bytes.",
-                ));
-            }
-            Some(u.trim().to_string())
-        }
-    };
-    let instance_tags = specified(p, "instance")?;
-    let groups = ec2.launch_groups(call)?;
-    let mut group_names = Names {
-        groups: groups
-            .iter()
-            .map(|g| (g.group_id.clone(), g.name.clone()))
-            .collect(),
-        public_ips: HashMap::new(),
-    };
-    let key_pair = match p.get("KeyName") {
-        Some(name) => Some(
-            ec2.keypairs
-                .get(me, name)
-                .map_err(store_error)?
-                .ok_or_else(|| super::keypairs::not_found(name))?,
-        ),
-        None => None,
-    };
-    let zone_wanted = p
-        .get("Placement.AvailabilityZone")
-        .filter(|z| !z.is_empty());
-    let all = clusters(ec2);
-    let cluster = match zone_wanted {
-        Some(z) => all.iter().find(|c| c.1 == z).ok_or_else(|| {
-            Ec2Error::invalid_value("AvailabilityZone", z, "Invalid availability zone.")
-        })?,
-        None => all.iter().find(|c| c.3).ok_or_else(|| {
-            Ec2Error::new(
-                "InsufficientInstanceCapacity",
-                "No availability zone is available.",
-            )
-            .status(http::StatusCode::SERVICE_UNAVAILABLE)
-        })?,
-    }
-    .clone();
-    let _launching = ec2.launches.lock().await;
-    let client_token = p
-        .get("ClientToken")
-        .filter(|t| !t.is_empty())
-        .map(str::to_string);
-    if let Some(token) = &client_token {
-        if token.len() > 64 {
-            return Err(Ec2Error::invalid_value(
-                "ClientToken",
-                token,
-                "At most 64 characters.",
-            ));
-        }
-        let earlier: Vec<InstanceRecord> = ec2
-            .instances
-            .list()
-            .map_err(store_error)?
-            .into_iter()
-            .filter(|r| r.account_id == *me && r.client_token.as_deref() == Some(token))
-            .collect();
-        if !earlier.is_empty() {
-            if earlier[0].image_id != image.image_id || earlier[0].instance_type != itype.name {
-                return Err(Ec2Error::new(
-                    "IdempotentParameterMismatch",
-                    "The client token was already used with different parameters",
-                ));
-            }
-            let tags = ec2.tags.all(me).map_err(store_error)?;
-            return Ok(reservation_response(
-                call,
-                &earlier,
-                &tags,
-                &ec2.settings.region,
-                &group_names,
-            ));
-        }
-    }
-    let max = max.min(quota_allows(ec2, me, &itype, min)?);
-    let protected = p.flag("DisableApiTermination")?;
-    call.dry_run_check()?;
-    // A node fetches from Walrus only images it has not cached: a launch
-    // of cached images does not wait for Walrus to be ENABLED.
-    let walrus = ec2
-        .cloud
-        .registry
-        .known_walrus()
-        .ok_or_else(|| Ec2Error::unavailable("no Walrus is known"))?;
-    let mut client = ec2.cluster_client(&cluster.0)?;
-    let reservation_id = common::ids::resource_id("r");
-    let now = time::unix_ms();
-    let mut last_error = None;
-    for count in (min..=max).rev() {
-        let records: Vec<InstanceRecord> = (0..count)
-            .map(|i| InstanceRecord {
-                instance_id: common::ids::resource_id("i"),
-                reservation_id: reservation_id.clone(),
-                account_id: me.clone(),
-                image_id: image.image_id.clone(),
-                kernel_id: kernel.as_ref().map(|k| k.image_id.clone()),
-                ramdisk_id: ramdisk.as_ref().map(|r| r.image_id.clone()),
-                instance_type: itype.name.clone(),
-                zone: cluster.1.clone(),
-                cluster: cluster.0.clone(),
-                node: String::new(),
-                state: "pending".into(),
-                state_reason: String::new(),
-                launch_ms: now,
-                changed_ms: now,
-                key_name: p.get("KeyName").map(str::to_string),
-                user_data: user_data.clone(),
-                client_token: client_token.clone(),
-                launch_index: i as u32,
-                private_ip: String::new(),
-                mac: String::new(),
-                security_groups: groups.iter().map(|g| g.group_id.clone()).collect(),
-                desired: None,
-                disable_api_termination: protected,
-            })
-            .collect();
-        let specs: Vec<InstanceSpec> = records
-            .iter()
-            .map(|r| InstanceSpec {
-                instance_id: r.instance_id.clone(),
-                account_id: r.account_id.clone(),
-                instance_type: itype.name.clone(),
-                cores: itype.cores,
-                memory_mib: itype.memory_mib,
-                disk_gib: itype.disk_gib,
-                image: Some(image_ref(&image)),
-                kernel: kernel.as_ref().map(image_ref),
-                ramdisk: ramdisk.as_ref().map(image_ref),
-                user_data: r
-                    .user_data
-                    .as_ref()
-                    .and_then(|u| base64::engine::general_purpose::STANDARD.decode(u).ok())
-                    .unwrap_or_default(),
-                key_name: r.key_name.clone().unwrap_or_default(),
-                security_groups: r.security_groups.clone(),
-                public_key: key_pair
-                    .as_ref()
-                    .map(|k| k.public_key.clone())
-                    .unwrap_or_default(),
-                ..Default::default()
-            })
-            .collect();
-        // Recorded before any tier below hears of them.
-        ec2.instances.create(&records).map_err(store_error)?;
-        let tagged: Vec<(String, &'static str)> = records
-            .iter()
-            .map(|r| (r.instance_id.clone(), "instance"))
-            .collect();
-        if let Err(e) = apply(ec2, call, &tagged, &instance_tags) {
-            for r in &records {
-                let _ = ec2.instances.remove(&r.instance_id);
-                let _ = ec2.tags.forget(&r.instance_id);
-            }
-            return Err(e);
-        }
-        let placed = client
-            .place_instances(RunInstancesRequest {
-                instances: specs.clone(),
-                walrus: walrus.clone(),
-            })
-            .await;
-        match placed {
-            Ok(reply) => {
-                let mut records = records;
-                for s in reply.into_inner().instances {
-                    if let Some(r) = records.iter_mut().find(|r| r.instance_id == s.instance_id) {
-                        r.node = s.node.clone();
-                        r.mac = s.mac.clone();
-                        r.private_ip = s.private_ip.clone();
-                    }
-                    let _ = ec2
-                        .instances
-                        .set_network(&s.instance_id, &s.private_ip, &s.mac);
-                    let _ = ec2
-                        .instances
-                        .set_state(&s.instance_id, "pending", "", Some(&s.node));
-                }
-                tracing::info!(reservation_id = %reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.1, "instances placed");
-                for r in &records {
-                    if let Some(ip) = super::addresses::give_public_ip(ec2, me, &r.instance_id) {
-                        group_names.public_ips.insert(r.instance_id.clone(), ip);
-                    }
-                }
-                ec2.firewall_changed.notify_one();
-                // Each new instance starts with its groups' rules in place.
-                let mut specs = specs;
-                if let Ok(all) = super::security_groups::firewalls(ec2) {
-                    let mine = all.get(&cluster.0).cloned().unwrap_or_default();
-                    for spec in &mut specs {
-                        spec.firewall = mine
-                            .iter()
-                            .find(|f| f.instance_id == spec.instance_id)
-                            .cloned();
-                    }
-                }
-                let instances = ec2.instances.clone();
-                let walrus = walrus.clone();
-                tokio::spawn(async move {
-                    match client
-                        .run_instances(RunInstancesRequest {
-                            instances: specs,
-                            walrus,
-                        })
-                        .await
-                    {
-                        Ok(reply) => {
-                            for s in reply.into_inner().instances {
-                                if s.state == InstanceState::Terminated as i32 {
-                                    let _ = instances.set_state(
-                                        &s.instance_id,
-                                        "terminated",
-                                        &s.reason,
-                                        None,
-                                    );
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e.message(), "the cluster could not start the instances");
-                        }
-                    }
-                });
-                let tags = ec2.tags.all(me).map_err(store_error)?;
-                return Ok(reservation_response(
-                    call,
-                    &records,
-                    &tags,
-                    &ec2.settings.region,
-                    &group_names,
-                ));
-            }
-            Err(status) => {
-                for r in &records {
-                    let _ = ec2.instances.remove(&r.instance_id);
-                    let _ = ec2.tags.forget(&r.instance_id);
-                }
-                if !capacity_error(&status) {
-                    return Err(Ec2Error::unavailable(&format!(
-                        "cluster {}: {}",
-                        cluster.0,
-                        status.message()
-                    )));
-                }
-                last_error = Some(status);
-            }
-        }
-    }
-    Err(Ec2Error::new(
-        "InsufficientInstanceCapacity",
-        format!(
-            "There is not enough capacity to fulfill your request for {min} instance(s) of {}. {}",
-            itype.name,
-            last_error
-                .map(|s| s.message().to_string())
-                .unwrap_or_default()
-        ),
+    Ok(reservation_response(
+        call,
+        &launched.records,
+        &launched.tags,
+        &ec2.cloud.settings.region,
+        &names,
     ))
-}
-
-/// How many more instances of `itype` the account's quota allows (an error
-/// when fewer than `min`).
-fn quota_allows(
-    ec2: &Ec2,
-    account_id: &str,
-    itype: &crate::instances::InstanceType,
-    min: usize,
-) -> Result<usize, Ec2Error> {
-    let quota = ec2
-        .cloud
-        .accounts
-        .find(account_id)
-        .map_err(store_error)?
-        .quota;
-    if quota == crate::accounts::Quota::default() {
-        return Ok(usize::MAX);
-    }
-    let types: std::collections::HashMap<String, crate::instances::InstanceType> = ec2
-        .instances
-        .instance_types()
-        .map_err(store_error)?
-        .into_iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
-    let (mut count, mut cores, mut memory) = (0u64, 0u64, 0u64);
-    for r in ec2.instances.list().map_err(store_error)? {
-        if r.account_id == account_id && r.state != "terminated" {
-            count += 1;
-            if let Some(t) = types.get(&r.instance_type) {
-                cores += u64::from(t.cores);
-                memory += t.memory_mib;
-            }
-        }
-    }
-    let room = |limit: Option<u64>, used: u64, each: u64| match limit {
-        None => usize::MAX,
-        Some(l) => (l.saturating_sub(used) / each.max(1)) as usize,
-    };
-    let by_count = room(quota.instances.map(u64::from), count, 1);
-    let by_cores = room(quota.cores.map(u64::from), cores, u64::from(itype.cores));
-    let by_memory = room(quota.memory_mib, memory, itype.memory_mib);
-    if by_count < min {
-        return Err(Ec2Error::new(
-            "InstanceLimitExceeded",
-            format!(
-                "Your quota allows for {by_count} more running instance(s). You requested at least {min}."
-            ),
-        ));
-    }
-    if by_cores < min {
-        return Err(Ec2Error::new(
-            "VcpuLimitExceeded",
-            format!(
-                "You have requested more vCPU capacity than your current vCPU limit of {} allows ({cores} in use).",
-                quota.cores.unwrap_or_default()
-            ),
-        ));
-    }
-    if by_memory < min {
-        return Err(Ec2Error::new(
-            "InstanceLimitExceeded",
-            format!(
-                "Your memory quota of {} MiB allows for {by_memory} more {} instance(s) ({memory} MiB in use). You requested at least {min}.",
-                quota.memory_mib.unwrap_or_default(),
-                itype.name
-            ),
-        ));
-    }
-    Ok(by_count.min(by_cores).min(by_memory))
 }
 
 pub use crate::metadata::private_dns;
@@ -764,7 +333,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         (true, Some(named)) => {
             let mut found = Vec::new();
             for id in named {
-                if let Some(r) = ec2.instances.get(id).map_err(store_error)? {
+                if let Some(r) = ec2.cloud.instances.get(id).map_err(store_error)? {
                     if mine(&r) {
                         found.push(r);
                     }
@@ -775,6 +344,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             found
         }
         (true, None) => ec2
+            .cloud
             .instances
             .list()
             .map_err(store_error)?
@@ -798,7 +368,8 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     for account in accounts {
         tags.extend(by_resource(ec2, account)?);
         groups.extend(
-            ec2.security_groups
+            ec2.cloud
+                .security_groups
                 .of(account)
                 .map_err(store_error)?
                 .into_iter()
@@ -807,7 +378,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     let group_names = Names {
         groups,
-        public_ips: ec2.addresses.by_instance().map_err(store_error)?,
+        public_ips: ec2.cloud.addresses.by_instance().map_err(store_error)?,
     };
     let none = Vec::new();
     let mut kept = Vec::new();
@@ -816,7 +387,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             &r,
             tags.get(&r.instance_id).unwrap_or(&none),
             &filters,
-            &ec2.settings.region,
+            &ec2.cloud.settings.region,
             &group_names,
         )? {
             kept.push(r);
@@ -845,6 +416,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         }
     }
     let images: std::collections::HashMap<String, Image> = ec2
+        .cloud
         .images
         .list()
         .map_err(store_error)?
@@ -867,7 +439,7 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
                 &kept[i],
                 images.get(&kept[i].image_id),
                 tags.get(&kept[i].instance_id).unwrap_or(&none),
-                &ec2.settings.region,
+                &ec2.cloud.settings.region,
                 &group_names,
             );
             i += 1;
@@ -925,7 +497,8 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
             state_change(&mut w, &r.instance_id, "terminated", "terminated");
             continue;
         }
-        ec2.instances
+        ec2.cloud
+            .instances
             .set_state(
                 &r.instance_id,
                 "shutting-down",
@@ -934,14 +507,14 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
             )
             .map_err(store_error)?;
         state_change(&mut w, &r.instance_id, &r.state, "shutting-down");
-        ec2.addresses
+        ec2.cloud
+            .addresses
             .instance_gone(&r.instance_id)
             .map_err(store_error)?;
-        ec2.firewall_changed.notify_one();
-        let client = ec2.cluster_client(&r.cluster);
-        let instances = ec2.instances.clone();
-        let id = r.instance_id.clone();
-        tokio::spawn(async move { carry_out_terminate(client, &instances, id).await });
+        ec2.cloud.firewall_changed.notify_one();
+        let cloud = ec2.cloud.clone();
+        let (cluster, id) = (r.cluster.clone(), r.instance_id.clone());
+        tokio::spawn(async move { carry_out_terminate(&cloud, &cluster, id).await });
     }
     w.close("instancesSet");
     Ok(w.finish())
@@ -950,21 +523,9 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
 /// Asks `r`'s cluster to terminate it and records it terminated once done.
 /// A failure (the node or cluster is down) leaves it `shutting-down`: the
 /// intent is durable and [`finish_terminations`] tries again.
-async fn carry_out_terminate(
-    client: Result<ClusterClient, Ec2Error>,
-    instances: &crate::instances::Instances,
-    id: String,
-) -> bool {
-    let done = match client {
-        Ok(mut c) => c
-            .terminate_instances(InstanceRefs {
-                instance_ids: vec![id.clone()],
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.message().to_string()),
-        Err(e) => Err(e.message),
-    };
+async fn carry_out_terminate(cloud: &Cloud, cluster: &str, id: String) -> bool {
+    let done = cloud.clusters.terminate(cluster, &id).await;
+    let instances = &cloud.instances;
     match done {
         Ok(()) => {
             let _ = instances.set_state(
@@ -990,26 +551,25 @@ pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let Ok(records) = ec2.instances.list() else {
+        let Ok(records) = ec2.cloud.instances.list() else {
             continue;
         };
         // Addresses of instances that ended without a TerminateInstances
         // (a failed launch, or one gone below) go back too.
-        let held = ec2.addresses.by_instance().unwrap_or_default();
+        let held = ec2.cloud.addresses.by_instance().unwrap_or_default();
         for r in records.iter().filter(|r| r.state == "terminated") {
             if held.contains_key(&r.instance_id)
-                && ec2.addresses.instance_gone(&r.instance_id).is_ok()
+                && ec2.cloud.addresses.instance_gone(&r.instance_id).is_ok()
             {
                 tracing::info!(instance_id = %r.instance_id, "a terminated instance's address released");
-                ec2.firewall_changed.notify_one();
+                ec2.cloud.firewall_changed.notify_one();
             }
         }
         let now = time::unix_ms();
         for r in records {
             let due = now - r.changed_ms > every.as_millis() as i64;
             if r.state == "shutting-down" && due {
-                let client = ec2.cluster_client(&r.cluster);
-                if carry_out_terminate(client, &ec2.instances, r.instance_id.clone()).await {
+                if carry_out_terminate(&ec2.cloud, &r.cluster, r.instance_id.clone()).await {
                     tracing::info!(instance_id = %r.instance_id, "a termination asked for earlier is done");
                 }
                 continue;
@@ -1031,7 +591,7 @@ pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
                 }
                 Err(e) => {
                     tracing::warn!(instance_id = %r.instance_id, error = %e.message, "a stop or start asked for earlier cannot be done: dropped");
-                    let _ = ec2.instances.forget_request(&r.instance_id);
+                    let _ = ec2.cloud.instances.forget_request(&r.instance_id);
                 }
             }
         }
@@ -1047,22 +607,15 @@ struct SendError {
 
 /// Sends the stop or start of `r` to its cluster.
 async fn send_stop_or_start(ec2: &Ec2, r: &InstanceRecord, stop: bool) -> Result<(), SendError> {
-    let mut client = ec2.cluster_client(&r.cluster).map_err(|e| SendError {
-        message: e.message,
-        retry: true,
-    })?;
-    let refs = InstanceRefs {
-        instance_ids: vec![r.instance_id.clone()],
-    };
-    let answer = if stop {
-        client.stop_instances(refs).await
-    } else {
-        client.start_instances(refs).await
-    };
-    answer.map(|_| ()).map_err(|e| SendError {
-        retry: common::rpc::not_answered(&e) || e.code() == Code::Unavailable,
-        message: e.message().to_string(),
-    })
+    let what = if stop { Power::Stop } else { Power::Start };
+    ec2.cloud
+        .clusters
+        .power(&r.cluster, &r.instance_id, what)
+        .await
+        .map_err(|e| SendError {
+            retry: e.retry(),
+            message: e.to_string(),
+        })
 }
 
 /// StopInstances and StartInstances.
@@ -1101,7 +654,8 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
         };
         // The intent first, durably: if the node cannot be reached now,
         // finish_requests carries it out when it can.
-        ec2.instances
+        ec2.cloud
+            .instances
             .request(
                 &r.instance_id,
                 next,
@@ -1115,10 +669,12 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
             .map_err(store_error)?;
         if let Err(e) = send_stop_or_start(ec2, r, stop).await {
             if !e.retry {
-                ec2.instances
+                ec2.cloud
+                    .instances
                     .set_state(&r.instance_id, &r.state, &r.state_reason, None)
                     .map_err(store_error)?;
-                ec2.instances
+                ec2.cloud
+                    .instances
                     .forget_request(&r.instance_id)
                     .map_err(store_error)?;
                 return Err(Ec2Error::unavailable(&format!(
@@ -1132,7 +688,7 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
         if !stop {
             // A node that restarted while it was stopped knows its rules
             // from the next push.
-            ec2.firewall_changed.notify_one();
+            ec2.cloud.firewall_changed.notify_one();
         }
     }
     w.close("instancesSet");
@@ -1149,14 +705,11 @@ pub async fn reboot_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error
     }
     call.dry_run_check()?;
     for r in &records {
-        ec2.cluster_client(&r.cluster)?
-            .reboot_instances(InstanceRefs {
-                instance_ids: vec![r.instance_id.clone()],
-            })
+        ec2.cloud
+            .clusters
+            .power(&r.cluster, &r.instance_id, Power::Reboot)
             .await
-            .map_err(|e| {
-                Ec2Error::unavailable(&format!("cluster {}: {}", r.cluster, e.message()))
-            })?;
+            .map_err(|e| Ec2Error::unavailable(&e.to_string()))?;
     }
     let mut w = call.writer();
     w.bool("return", true);
@@ -1182,22 +735,10 @@ pub async fn get_console_output(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
     let output = if r.state == "terminated" || r.node.is_empty() {
         Vec::new()
     } else {
-        match ec2
-            .cluster_client(&r.cluster)?
-            .get_console_output(InstanceRef {
-                instance_id: id.clone(),
-            })
-            .await
-        {
-            Ok(o) => o.into_inner().output,
-            Err(e) if e.code() == Code::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(Ec2Error::unavailable(&format!(
-                    "cluster {}: {}",
-                    r.cluster,
-                    e.message()
-                )))
-            }
+        match ec2.cloud.clusters.console_output(&r.cluster, &id).await {
+            Ok(o) => o,
+            Err(ClusterError::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(Ec2Error::unavailable(&e.to_string())),
         }
     };
     let mut w = call.writer();
@@ -1214,7 +755,7 @@ pub async fn get_console_output(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
 pub fn describe_instance_types(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let wanted = call.params.list("InstanceType");
     call.dry_run_check()?;
-    let types = ec2.instances.instance_types().map_err(store_error)?;
+    let types = ec2.cloud.instances.instance_types().map_err(store_error)?;
     for t in &wanted {
         if !types.iter().any(|x| &x.name == t) {
             return Err(Ec2Error::invalid_value(
@@ -1291,7 +832,8 @@ pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String,
             }
         };
         call.dry_run_check()?;
-        ec2.instances
+        ec2.cloud
+            .instances
             .set_termination_protection(&id, on)
             .map_err(store_error)?;
         let mut w = call.writer();
@@ -1314,6 +856,7 @@ pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String,
         _ => return Err(Ec2Error::missing("InstanceType")),
     };
     let itype = ec2
+        .cloud
         .instances
         .instance_type(&wanted)
         .map_err(store_error)?
@@ -1328,25 +871,22 @@ pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String,
     }
     call.dry_run_check()?;
     if itype.name != r.instance_type {
-        ec2.cluster_client(&r.cluster)?
-            .resize_instance(proto::ResizeInstanceRequest {
-                instance_id: id.clone(),
-                instance_type: itype.name.clone(),
-                cores: itype.cores,
-                memory_mib: itype.memory_mib,
-            })
+        ec2.cloud
+            .clusters
+            .resize(&r.cluster, &id, &itype)
             .await
-            .map_err(|e| match e.code() {
-                Code::ResourceExhausted => Ec2Error::new(
+            .map_err(|e| match e {
+                ClusterError::Capacity(_) => Ec2Error::new(
                     "InsufficientInstanceCapacity",
                     format!(
                         "There is not enough capacity on the instance's node for {}.",
                         itype.name
                     ),
                 ),
-                _ => Ec2Error::unavailable(&format!("cluster {}: {}", r.cluster, e.message())),
+                e => Ec2Error::unavailable(&e.to_string()),
             })?;
-        ec2.instances
+        ec2.cloud
+            .instances
             .set_type(&id, &itype.name)
             .map_err(store_error)?;
         tracing::info!(instance_id = %id, from = %r.instance_type, to = %itype.name, "instance resized");
@@ -1428,7 +968,8 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
     let filters = p.filters()?;
     call.dry_run_check()?;
     let records = if ids.is_empty() {
-        ec2.instances
+        ec2.cloud
+            .instances
             .list()
             .map_err(store_error)?
             .into_iter()
@@ -1444,7 +985,7 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
     let mut booted = std::collections::HashSet::new();
     for v in ec2.cloud.registry.nodes() {
         let Some(n) = v.node else { continue };
-        if n.state != ServiceState::Enabled as i32 {
+        if n.state != proto::ServiceState::Enabled as i32 {
             continue;
         }
         booted.extend(

@@ -47,11 +47,12 @@ fn new_id() -> String {
 /// Stores a new pair and its tags; the duplicate error when the name is taken.
 fn store(ec2: &Ec2, call: &Call, pair: &KeyPair) -> Result<Vec<crate::tags::Tag>, Ec2Error> {
     let tags = specified(&call.params, "key-pair")?;
-    if !ec2.keypairs.insert(pair).map_err(store_error)? {
+    if !ec2.cloud.keypairs.insert(pair).map_err(store_error)? {
         return Err(duplicate(&pair.name));
     }
     apply(ec2, call, &[(pair.key_pair_id.clone(), "key-pair")], &tags)?;
-    ec2.tags
+    ec2.cloud
+        .tags
         .of(&call.caller.account_id, &pair.key_pair_id)
         .map_err(store_error)
 }
@@ -81,7 +82,13 @@ pub fn create_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     specified(p, "key-pair")?;
     let me = &call.caller.account_id;
-    if ec2.keypairs.get(me, name).map_err(store_error)?.is_some() {
+    if ec2
+        .cloud
+        .keypairs
+        .get(me, name)
+        .map_err(store_error)?
+        .is_some()
+    {
         return Err(duplicate(name));
     }
     call.dry_run_check()?;
@@ -124,7 +131,13 @@ pub fn import_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         import(&raw).map_err(|e: KeyError| Ec2Error::new("InvalidKey.Format", e.to_string()))?;
     specified(p, "key-pair")?;
     let me = &call.caller.account_id;
-    if ec2.keypairs.get(me, name).map_err(store_error)?.is_some() {
+    if ec2
+        .cloud
+        .keypairs
+        .get(me, name)
+        .map_err(store_error)?
+        .is_some()
+    {
         return Err(duplicate(name));
     }
     call.dry_run_check()?;
@@ -156,7 +169,7 @@ pub fn describe_key_pairs(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let include_public = p.flag("IncludePublicKey")?;
     call.dry_run_check()?;
     let me = &call.caller.account_id;
-    let all = ec2.keypairs.of(me).map_err(store_error)?;
+    let all = ec2.cloud.keypairs.of(me).map_err(store_error)?;
     for n in &names {
         if !all.iter().any(|k| &k.name == n) {
             return Err(not_found(n));
@@ -227,9 +240,10 @@ pub fn delete_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
     let me = &call.caller.account_id;
     let pair = match (p.get("KeyName"), p.get("KeyPairId")) {
-        (Some(name), _) => ec2.keypairs.get(me, name).map_err(store_error)?,
+        (Some(name), _) => ec2.cloud.keypairs.get(me, name).map_err(store_error)?,
         (None, Some(id)) => Some(
-            ec2.keypairs
+            ec2.cloud
+                .keypairs
                 .of(me)
                 .map_err(store_error)?
                 .into_iter()
@@ -245,8 +259,11 @@ pub fn delete_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     };
     call.dry_run_check()?;
     if let Some(k) = &pair {
-        ec2.keypairs.delete(me, &k.name).map_err(store_error)?;
-        ec2.tags.forget(&k.key_pair_id).map_err(store_error)?;
+        ec2.cloud
+            .keypairs
+            .delete(me, &k.name)
+            .map_err(store_error)?;
+        ec2.cloud.tags.forget(&k.key_pair_id).map_err(store_error)?;
         tracing::info!(key_name = %k.name, "key pair deleted");
     }
     let mut w = call.writer();

@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 pub use error::Ec2Error;
 pub use params::Params;
 
-use crate::{accounts::AccessKey, grpc::Cloud, images::Images};
+use crate::{accounts::AccessKey, core::Cloud};
 
 /// Largest request body accepted (user data is at most 16 KiB base64).
 const MAX_BODY: usize = 1024 * 1024;
@@ -43,36 +43,12 @@ const PATHS: [&str; 4] = [
 /// The API version used when a request names none.
 pub const DEFAULT_VERSION: &str = "2016-11-15";
 
-/// Settings of the EC2 front end.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The region this cloud is.
-    pub region: String,
-    /// The public endpoint, for DescribeRegions.
-    pub endpoint: String,
-    /// The system account's name (its users are cloud administrators).
-    pub admin_account: String,
-    /// Every new instance gets a public address from the pool (while it
-    /// lasts), as in Eucalyptus.
-    pub assign_public_ips: bool,
-}
+pub use crate::core::Settings;
 
-/// The EC2 service.
+/// The EC2 service: a wire layer over the cloud's core.
 #[derive(Debug)]
 pub struct Ec2 {
     pub cloud: Cloud,
-    pub images: Arc<Images>,
-    pub instances: Arc<crate::instances::Instances>,
-    pub tags: Arc<crate::tags::Tags>,
-    pub keypairs: Arc<crate::keypairs::KeyPairs>,
-    pub addresses: Arc<crate::addresses::Addresses>,
-    pub security_groups: Arc<crate::security_groups::SecurityGroups>,
-    /// Held from an account's quota check to its instances being recorded,
-    /// so concurrent RunInstances cannot both pass the check.
-    pub launches: tokio::sync::Mutex<()>,
-    /// Wakes the task that pushes security group rules to the nodes.
-    pub firewall_changed: tokio::sync::Notify,
-    pub settings: Settings,
 }
 
 /// Who made a request.
@@ -248,7 +224,7 @@ impl Ec2 {
             action: action.clone(),
             version,
             caller: Caller {
-                admin: key.account_name == self.settings.admin_account,
+                admin: key.account_name == self.cloud.settings.admin_account,
                 account_id: key.account_id,
                 account_name: key.account_name,
                 user_name: key.user_name,
@@ -343,9 +319,10 @@ impl Ec2 {
             } else {
                 (&[], &["ec2"])
             };
-            if let Err(wrong) = pending
-                .scope
-                .check(host, &self.settings.region, also, services)
+            if let Err(wrong) =
+                pending
+                    .scope
+                    .check(host, &self.cloud.settings.region, also, services)
             {
                 let message = match wrong {
                     sigv4::WrongScope::Region { given, .. } => {

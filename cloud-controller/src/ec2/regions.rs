@@ -10,7 +10,7 @@ use crate::{instances::InstanceType, registry::CLUSTER};
 /// DescribeRegions.
 pub fn describe_regions(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let names = call.params.list("RegionName");
-    let region = &ec2.settings.region;
+    let region = &ec2.cloud.settings.region;
     if let Some(bad) = names.iter().find(|n| *n != region) {
         return Err(Ec2Error::invalid_value(
             "RegionName",
@@ -21,7 +21,7 @@ pub fn describe_regions(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     for f in call.params.filters()? {
         let have = match f.name.as_str() {
             "region-name" => region.clone(),
-            "endpoint" => ec2.settings.endpoint.clone(),
+            "endpoint" => ec2.cloud.settings.endpoint.clone(),
             "opt-in-status" => "opt-in-not-required".into(),
             other => {
                 return Err(Ec2Error::invalid_value(
@@ -42,7 +42,7 @@ pub fn describe_regions(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     w.open("regionInfo")
         .open("item")
         .elem("regionName", region)
-        .elem("regionEndpoint", &ec2.settings.endpoint)
+        .elem("regionEndpoint", &ec2.cloud.settings.endpoint)
         .elem("optInStatus", "opt-in-not-required")
         .close("item")
         .close("regionInfo");
@@ -100,6 +100,7 @@ pub fn describe_account_attributes(ec2: &Ec2, call: &Call) -> Result<String, Ec2
         Some(q) => u64::from(q),
         None => {
             let smallest = ec2
+                .cloud
                 .instances
                 .instance_types()
                 .map_err(|e| internal(&e))?
@@ -133,7 +134,7 @@ pub fn describe_account_attributes(ec2: &Ec2, call: &Call) -> Result<String, Ec2
             "default-vpc" => vec!["none".into()],
             "max-instances" => vec![max_instances.to_string()],
             "max-elastic-ips" | "vpc-max-elastic-ips" => {
-                vec![ec2.addresses.pool_size().to_string()]
+                vec![ec2.cloud.addresses.pool_size().to_string()]
             }
             _ => vec!["5".into()],
         };
@@ -151,7 +152,7 @@ pub fn describe_account_attributes(ec2: &Ec2, call: &Call) -> Result<String, Ec2
 
 /// DescribeAvailabilityZones.
 pub fn describe_availability_zones(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
-    let region = &ec2.settings.region;
+    let region = &ec2.cloud.settings.region;
     let mut zones: Vec<(String, bool)> = ec2
         .cloud
         .registry
@@ -174,7 +175,7 @@ pub fn describe_availability_zones(ec2: &Ec2, call: &Call) -> Result<String, Ec2
     let verbose = names.iter().any(|n| n == "verbose") && call.caller.admin;
     names.retain(|n| n != "verbose");
     let types = if verbose {
-        let mut t = ec2.instances.instance_types().map_err(|e| {
+        let mut t = ec2.cloud.instances.instance_types().map_err(|e| {
             tracing::error!(error = %e, "instance types unreadable");
             Ec2Error::internal()
         })?;

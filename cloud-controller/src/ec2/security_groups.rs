@@ -29,7 +29,8 @@ fn not_found(what: &str) -> Ec2Error {
 impl Ec2 {
     /// The caller's groups (its `default` made if missing).
     pub(super) fn own_groups(&self, call: &Call) -> Result<Vec<SecurityGroup>, Ec2Error> {
-        self.security_groups
+        self.cloud
+            .security_groups
             .of(&call.caller.account_id)
             .map_err(store_error)
     }
@@ -41,42 +42,10 @@ impl Ec2 {
         id: Option<&str>,
         name: Option<&str>,
     ) -> Result<SecurityGroup, Ec2Error> {
-        if let Some(id) = id.filter(|id| !common::ids::well_formed(id, &["sg"])) {
-            return Err(Ec2Error::new(
-                "InvalidGroupId.Malformed",
-                format!("Invalid id: \"{id}\" (expecting \"sg-...\")"),
-            ));
+        if id.is_none() && name.is_none() {
+            return Err(Ec2Error::missing("GroupId"));
         }
-        let groups = self.own_groups(call)?;
-        match (id, name) {
-            (Some(id), _) => groups
-                .into_iter()
-                .find(|g| g.group_id == id)
-                .ok_or_else(|| not_found(id)),
-            (None, Some(name)) => groups
-                .into_iter()
-                .find(|g| g.name == name)
-                .ok_or_else(|| not_found(name)),
-            (None, None) => Err(Ec2Error::missing("GroupId")),
-        }
-    }
-
-    /// The groups RunInstances names (by name and by id), or the default.
-    pub(super) fn launch_groups(&self, call: &Call) -> Result<Vec<SecurityGroup>, Ec2Error> {
-        let p = &call.params;
-        let mut out: Vec<SecurityGroup> = Vec::new();
-        for name in p.list("SecurityGroup") {
-            out.push(self.own_group(call, None, Some(&name))?);
-        }
-        for id in p.list("SecurityGroupId") {
-            out.push(self.own_group(call, Some(&id), None)?);
-        }
-        if out.is_empty() {
-            out.push(self.own_group(call, None, Some("default"))?);
-        }
-        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-        out.dedup_by(|a, b| a.group_id == b.group_id);
-        Ok(out)
+        Ok(self.cloud.own_group(&call.caller.account_id, id, name)?)
     }
 }
 
@@ -305,7 +274,12 @@ pub fn create_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error>
         egress: vec![Rule::all_out()],
         created_ms: time::unix_ms(),
     };
-    if !ec2.security_groups.create(&group).map_err(store_error)? {
+    if !ec2
+        .cloud
+        .security_groups
+        .create(&group)
+        .map_err(store_error)?
+    {
         return Err(Ec2Error::new(
             "InvalidGroup.Duplicate",
             format!("The security group '{name}' already exists"),
@@ -321,6 +295,7 @@ pub fn create_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error>
     let mut w = call.writer();
     w.bool("return", true).elem("groupId", &group.group_id);
     let tags = ec2
+        .cloud
         .tags
         .of(&call.caller.account_id, &group.group_id)
         .map_err(store_error)?;
@@ -339,12 +314,14 @@ pub fn delete_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error>
         ));
     }
     let in_use = ec2
+        .cloud
         .instances
         .list()
         .map_err(store_error)?
         .into_iter()
         .any(|r| r.state != "terminated" && r.security_groups.contains(&group.group_id));
     let referenced = ec2
+        .cloud
         .security_groups
         .all()
         .map_err(store_error)?
@@ -363,10 +340,14 @@ pub fn delete_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error>
         ));
     }
     call.dry_run_check()?;
-    ec2.security_groups
+    ec2.cloud
+        .security_groups
         .delete(&group.account_id, &group.group_id)
         .map_err(store_error)?;
-    ec2.tags.forget(&group.group_id).map_err(store_error)?;
+    ec2.cloud
+        .tags
+        .forget(&group.group_id)
+        .map_err(store_error)?;
     tracing::info!(group_id = %group.group_id, "security group deleted");
     let mut w = call.writer();
     w.bool("return", true).elem("groupId", &group.group_id);
@@ -384,6 +365,7 @@ pub fn change_rules(ec2: &Ec2, call: &Call, egress: bool, add: bool) -> Result<S
     let rules = permissions(ec2, call)?;
     call.dry_run_check()?;
     let outcome = ec2
+        .cloud
         .security_groups
         .update(&group.account_id, &group.group_id, |g| {
             let list = if egress {
@@ -429,7 +411,7 @@ pub fn change_rules(ec2: &Ec2, call: &Call, egress: bool, add: bool) -> Result<S
         }
     }
     tracing::info!(group_id = %group.group_id, egress, add, rules = rules.len(), "security group rules changed");
-    ec2.firewall_changed.notify_one();
+    ec2.cloud.firewall_changed.notify_one();
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -501,6 +483,7 @@ pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
         }
     }
     let names_by_id: HashMap<String, String> = ec2
+        .cloud
         .security_groups
         .all()
         .map_err(store_error)?
@@ -563,114 +546,4 @@ pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
     }
     w.close("securityGroupInfo");
     Ok(w.finish())
-}
-
-/// Every live instance's firewall, by cluster: its groups' rules, with
-/// source groups turned into their members' private addresses, and its
-/// public address.
-pub fn firewalls(ec2: &Ec2) -> Result<HashMap<String, Vec<proto::InstanceFirewall>>, Ec2Error> {
-    let live: Vec<crate::instances::InstanceRecord> = ec2
-        .instances
-        .list()
-        .map_err(store_error)?
-        .into_iter()
-        .filter(|r| {
-            !r.private_ip.is_empty() && !matches!(r.state.as_str(), "terminated" | "shutting-down")
-        })
-        .collect();
-    let groups: HashMap<String, SecurityGroup> = ec2
-        .security_groups
-        .all()
-        .map_err(store_error)?
-        .into_iter()
-        .map(|g| (g.group_id.clone(), g))
-        .collect();
-    let mut members: HashMap<&str, Vec<String>> = HashMap::new();
-    for r in &live {
-        for g in &r.security_groups {
-            members
-                .entry(g.as_str())
-                .or_default()
-                .push(format!("{}/32", r.private_ip));
-        }
-    }
-    let render = |rules: &[Rule]| -> Vec<proto::FirewallRule> {
-        rules
-            .iter()
-            .filter_map(|rule| {
-                let mut cidrs = rule.cidrs.clone();
-                for g in &rule.groups {
-                    cidrs.extend(
-                        members
-                            .get(g.group_id.as_str())
-                            .into_iter()
-                            .flatten()
-                            .cloned(),
-                    );
-                }
-                (!cidrs.is_empty()).then(|| proto::FirewallRule {
-                    protocol: rule.protocol.clone(),
-                    from_port: rule.from_port,
-                    to_port: rule.to_port,
-                    cidrs,
-                })
-            })
-            .collect()
-    };
-    let mut public = ec2.addresses.by_instance().map_err(store_error)?;
-    let mut out: HashMap<String, Vec<proto::InstanceFirewall>> = HashMap::new();
-    for r in &live {
-        let mut ingress = Vec::new();
-        let mut egress = Vec::new();
-        for g in r.security_groups.iter().filter_map(|id| groups.get(id)) {
-            ingress.extend(render(&g.ingress));
-            egress.extend(render(&g.egress));
-        }
-        out.entry(r.cluster.clone())
-            .or_default()
-            .push(proto::InstanceFirewall {
-                instance_id: r.instance_id.clone(),
-                ingress,
-                egress,
-                public_ip: public.remove(&r.instance_id).unwrap_or_default(),
-            });
-    }
-    Ok(out)
-}
-
-/// Keeps the nodes' firewalls in step with the security groups: pushes
-/// every live instance's rules to its cluster whenever something changed
-/// (`Ec2::firewall_changed`), and every 10 s regardless (a node that
-/// restarted, a cluster that was away).
-pub async fn sync_firewalls(ec2: std::sync::Arc<Ec2>) {
-    loop {
-        tokio::select! {
-            _ = ec2.firewall_changed.notified() => {}
-            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
-        }
-        let started = std::time::Instant::now();
-        let all = match firewalls(&ec2) {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::warn!(error = %e.message, "firewalls not computed");
-                continue;
-            }
-        };
-        for (cluster, firewalls) in all {
-            let count = firewalls.len();
-            match ec2.cluster_client(&cluster) {
-                Ok(mut c) => match c.set_firewalls(proto::Firewalls { firewalls }).await {
-                    Ok(r) => {
-                        tracing::debug!(%cluster, count, applied = r.into_inner().applied, elapsed_ms = started.elapsed().as_millis() as u64, "firewalls pushed")
-                    }
-                    Err(e) => {
-                        tracing::warn!(%cluster, error = %e.message(), "firewalls not pushed")
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!(%cluster, error = %e.message, "cluster unavailable for firewalls")
-                }
-            }
-        }
-    }
 }

@@ -66,6 +66,7 @@ fn resource_type(ec2: &Ec2, call: &Call, id: &str) -> Result<&'static str, Ec2Er
         }
         "eipalloc" => {
             let mine = ec2
+                .cloud
                 .addresses
                 .of(&call.caller.account_id)
                 .map_err(store_error)?;
@@ -83,6 +84,7 @@ fn resource_type(ec2: &Ec2, call: &Call, id: &str) -> Result<&'static str, Ec2Er
         }
         "key" => {
             let mine = ec2
+                .cloud
                 .keypairs
                 .of(&call.caller.account_id)
                 .map_err(store_error)?;
@@ -111,7 +113,7 @@ pub fn apply(
     let me = &call.caller.account_id;
     let mut all = Vec::new();
     for (id, kind) in resources {
-        let existing = ec2.tags.of(me, id).map_err(store_error)?;
+        let existing = ec2.cloud.tags.of(me, id).map_err(store_error)?;
         let new_keys = tags
             .iter()
             .filter(|(k, _)| !existing.iter().any(|t| &t.key == k))
@@ -134,7 +136,7 @@ pub fn apply(
             });
         }
     }
-    ec2.tags.set(&all).map_err(store_error)
+    ec2.cloud.tags.set(&all).map_err(store_error)
 }
 
 /// CreateTags.
@@ -173,12 +175,16 @@ pub fn delete_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let me = &call.caller.account_id;
     for id in &ids {
         if tags.is_empty() {
-            for t in ec2.tags.of(me, id).map_err(store_error)? {
-                ec2.tags.remove(me, id, &t.key, None).map_err(store_error)?;
+            for t in ec2.cloud.tags.of(me, id).map_err(store_error)? {
+                ec2.cloud
+                    .tags
+                    .remove(me, id, &t.key, None)
+                    .map_err(store_error)?;
             }
         }
         for (k, v) in &tags {
-            ec2.tags
+            ec2.cloud
+                .tags
                 .remove(me, id, k, v.as_deref())
                 .map_err(store_error)?;
         }
@@ -193,16 +199,22 @@ pub fn describe_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let filters = call.params.filters()?;
     call.dry_run_check()?;
     let mut out = Vec::new();
-    for t in ec2.tags.all(&call.caller.account_id).map_err(store_error)? {
+    for t in ec2
+        .cloud
+        .tags
+        .all(&call.caller.account_id)
+        .map_err(store_error)?
+    {
         // Terminated instances leave the records after a while; their tags go with them.
         if t.resource_type == "instance"
             && ec2
+                .cloud
                 .instances
                 .get(&t.resource_id)
                 .map_err(store_error)?
                 .is_none()
         {
-            ec2.tags.forget(&t.resource_id).map_err(store_error)?;
+            ec2.cloud.tags.forget(&t.resource_id).map_err(store_error)?;
             continue;
         }
         let mut keep = true;
@@ -247,7 +259,7 @@ pub fn by_resource(
     account_id: &str,
 ) -> Result<std::collections::HashMap<String, Vec<Tag>>, Ec2Error> {
     let mut out: std::collections::HashMap<String, Vec<Tag>> = std::collections::HashMap::new();
-    for t in ec2.tags.all(account_id).map_err(store_error)? {
+    for t in ec2.cloud.tags.all(account_id).map_err(store_error)? {
         out.entry(t.resource_id.clone()).or_default().push(t);
     }
     Ok(out)

@@ -1,0 +1,276 @@
+//! An in-memory cluster for unit tests of the core: nodes with room for a
+//! number of cores, private addresses handed out in order, and a log of
+//! every call, so launch, quota, placement-failure and firewall logic can
+//! be tested without processes.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use proto::{InstanceFirewall, InstanceSpec};
+
+use super::cluster::{ClusterApi, ClusterError, ClusterInfo, NotStarted, Placement, Power};
+use crate::instances::InstanceType;
+
+/// One fake cluster (zone `zone-1`, named `cluster-1`).
+#[derive(Debug, Default)]
+pub struct FakeCluster {
+    state: Mutex<FakeState>,
+}
+
+/// What the fake holds and has been told.
+#[derive(Debug, Default, Clone)]
+pub struct FakeState {
+    /// Node name to cores free.
+    pub free_cores: BTreeMap<String, u32>,
+    /// Specs placed and not started yet, by instance id.
+    pub kept: BTreeMap<String, InstanceSpec>,
+    /// Instances started, with the firewall each started with.
+    pub started: BTreeMap<String, Option<InstanceFirewall>>,
+    /// Every firewall pushed, in order.
+    pub pushed: Vec<InstanceFirewall>,
+    /// Instances terminated.
+    pub terminated: Vec<String>,
+    /// Instance ids of every spec `place` was sent, per call.
+    pub place_calls: Vec<Vec<String>>,
+    /// False to answer every call as a cluster that is down.
+    pub down: bool,
+    next_ip: u32,
+}
+
+impl FakeCluster {
+    /// A cluster of `nodes` nodes with `cores` cores each.
+    pub fn new(nodes: usize, cores: u32) -> Self {
+        let fake = Self::default();
+        {
+            let mut s = fake.lock();
+            for n in 0..nodes {
+                s.free_cores.insert(format!("node-{n}"), cores);
+            }
+            s.next_ip = 10;
+        }
+        fake
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the fake holds now.
+    pub fn state(&self) -> FakeState {
+        self.lock().clone()
+    }
+
+    /// Makes the cluster answer as down (or up again).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    fn check(&self, cluster: &str) -> Result<(), ClusterError> {
+        if cluster != "cluster-1" {
+            return Err(ClusterError::Unknown(cluster.to_string()));
+        }
+        if self.lock().down {
+            return Err(ClusterError::Failed {
+                message: format!("cluster {cluster}: the cluster did not answer"),
+                retry: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterApi for FakeCluster {
+    fn clusters(&self) -> Vec<ClusterInfo> {
+        vec![ClusterInfo {
+            name: "cluster-1".into(),
+            zone: "zone-1".into(),
+            enabled: !self.lock().down,
+        }]
+    }
+
+    async fn place(
+        &self,
+        cluster: &str,
+        specs: Vec<InstanceSpec>,
+        _walrus: &str,
+    ) -> Result<Vec<Placement>, ClusterError> {
+        self.check(cluster)?;
+        let mut s = self.lock();
+        s.place_calls
+            .push(specs.iter().map(|p| p.instance_id.clone()).collect());
+        let mut free = s.free_cores.clone();
+        let mut chosen = Vec::new();
+        for spec in &specs {
+            let node = free
+                .iter()
+                .filter(|(_, c)| **c >= spec.cores)
+                .max_by_key(|(_, c)| **c)
+                .map(|(n, _)| n.clone())
+                .ok_or_else(|| {
+                    ClusterError::Capacity(format!(
+                        "no node has room for {} instance(s) of {} core(s)",
+                        specs.len(),
+                        spec.cores
+                    ))
+                })?;
+            if let Some(c) = free.get_mut(&node) {
+                *c -= spec.cores;
+            }
+            chosen.push(node);
+        }
+        s.free_cores = free;
+        let mut out = Vec::new();
+        for (spec, node) in specs.into_iter().zip(chosen) {
+            let ip = format!("10.0.0.{}", s.next_ip);
+            s.next_ip += 1;
+            out.push(Placement {
+                instance_id: spec.instance_id.clone(),
+                node,
+                private_ip: ip,
+                mac: "d0:0d:00:00:00:01".into(),
+            });
+            s.kept.insert(spec.instance_id.clone(), spec);
+        }
+        Ok(out)
+    }
+
+    async fn run(
+        &self,
+        cluster: &str,
+        starts: Vec<(String, Option<InstanceFirewall>)>,
+        _walrus: &str,
+    ) -> Result<Vec<NotStarted>, ClusterError> {
+        self.check(cluster)?;
+        let mut s = self.lock();
+        let mut failed = Vec::new();
+        for (id, firewall) in starts {
+            if s.kept.remove(&id).is_some() {
+                s.started.insert(id, firewall);
+            } else {
+                failed.push(NotStarted {
+                    instance_id: id,
+                    reason: "Server.InternalError: never placed".into(),
+                });
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn terminate(&self, cluster: &str, id: &str) -> Result<(), ClusterError> {
+        self.check(cluster)?;
+        self.lock().terminated.push(id.to_string());
+        Ok(())
+    }
+
+    async fn power(&self, cluster: &str, _id: &str, _what: Power) -> Result<(), ClusterError> {
+        self.check(cluster)
+    }
+
+    async fn console_output(&self, cluster: &str, _id: &str) -> Result<Vec<u8>, ClusterError> {
+        self.check(cluster)?;
+        Ok(Vec::new())
+    }
+
+    async fn set_firewalls(
+        &self,
+        cluster: &str,
+        firewalls: Vec<InstanceFirewall>,
+    ) -> Result<u32, ClusterError> {
+        self.check(cluster)?;
+        let n = firewalls.len() as u32;
+        self.lock().pushed.extend(firewalls);
+        Ok(n)
+    }
+
+    async fn resize(
+        &self,
+        cluster: &str,
+        _id: &str,
+        _t: &InstanceType,
+    ) -> Result<(), ClusterError> {
+        self.check(cluster)
+    }
+
+    async fn stop_guest(&self, cluster: &str, _node: &str, _id: &str) -> Result<(), ClusterError> {
+        self.check(cluster)
+    }
+}
+
+/// A cloud over a temporary store and a [`FakeCluster`], with an image
+/// (`ami-00000001`, owned by the system account) and a known Walrus.
+#[cfg(test)]
+pub(crate) fn test_cloud(fake: std::sync::Arc<FakeCluster>) -> (super::Cloud, tempfile::TempDir) {
+    use common::{pki::Role, store::Store};
+
+    use crate::registry::{Registry, ServiceRecord};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, common::auth::ClusterSecret::generate()).expect("secret");
+    let pki = dir.path().join("pki");
+    common::pki::init_ca(&pki, false).expect("ca");
+    let who = common::pki::Identity {
+        role: Role::Clc,
+        name: "clc".into(),
+    };
+    common::pki::issue_in(&pki, &who).expect("certificate");
+    let trust = common::rpc::Trust::load(&secret, &common::pki::TlsFiles::in_dir(&pki), &who)
+        .expect("trust");
+    let store = Store::open(&dir.path().join("db")).expect("store");
+    let service = |kind: &str, name: &str| ServiceRecord {
+        service_type: kind.into(),
+        name: name.into(),
+        partition: String::new(),
+        endpoint: "127.0.0.1:1".into(),
+        public_endpoint: String::new(),
+        first_seen_ms: 0,
+    };
+    store
+        .table::<ServiceRecord>()
+        .expect("services")
+        .put(&service(crate::registry::WALRUS, "walrus"))
+        .expect("walrus");
+    let registry =
+        Registry::open(&store, service(crate::registry::CLOUD, "clc")).expect("registry");
+    let accounts = crate::accounts::Accounts::open(&store, "eucalyptus").expect("accounts");
+    accounts.bootstrap().expect("system account");
+    let cloud = super::Cloud::open(
+        &store,
+        super::Parts {
+            registry: std::sync::Arc::new(registry),
+            accounts,
+            trust,
+            public_ips: Default::default(),
+            settings: super::Settings {
+                region: "gumtree".into(),
+                ..Default::default()
+            },
+            clusters: Some(fake),
+        },
+    )
+    .expect("cloud");
+    let owner = cloud.accounts.find("eucalyptus").expect("system account");
+    cloud
+        .images
+        .register(&crate::images::Image {
+            image_id: "ami-00000001".into(),
+            kind: crate::images::ImageKind::Machine,
+            name: "tiny".into(),
+            description: String::new(),
+            owner_id: owner.account_id,
+            bucket: "images".into(),
+            key: "tiny.img".into(),
+            sha256: String::new(),
+            size: 1,
+            architecture: "x86_64".into(),
+            kernel_id: None,
+            ramdisk_id: None,
+            root_device_name: None,
+            virtualization_type: "hvm".into(),
+            public: true,
+            launch_permissions: Default::default(),
+            created_ms: 0,
+        })
+        .expect("image");
+    (cloud, dir)
+}

@@ -1,5 +1,6 @@
 //! The CLC's gRPC services: report streams from the tiers below, and admin calls.
 
+use crate::instances::InstanceState;
 use common::{auth::caller, pki::Role, report::accept_reports, time};
 use proto::{
     admin_service_server::AdminService, cloud_service_server::CloudService,
@@ -259,7 +260,7 @@ impl AdminService for Cloud {
             .into_iter()
             .map(|r| proto::AdminInstance {
                 account_name: names.get(&r.account_id).cloned().unwrap_or_default(),
-                virt: if r.state == "running" {
+                virt: if r.state == InstanceState::Running {
                     virt.get(&r.instance_id).cloned().unwrap_or_default()
                 } else {
                     String::new()
@@ -270,7 +271,7 @@ impl AdminService for Cloud {
                 zone: r.zone,
                 cluster: r.cluster,
                 node: r.node,
-                state: r.state,
+                state: r.state.name().to_string(),
                 private_ip: r.private_ip,
                 launch_unix_ms: r.launch_ms,
                 detail: String::new(),
@@ -321,7 +322,9 @@ impl AdminService for Cloud {
             .list()
             .map_err(|e| Status::unavailable(format!("cannot read the instances: {e}")))?
             .into_iter()
-            .filter(|r| r.node == name && r.cluster == cluster && r.state != "terminated")
+            .filter(|r| {
+                r.node == name && r.cluster == cluster && r.state != InstanceState::Terminated
+            })
             .map(|r| r.instance_id)
             .collect();
         if !held.is_empty() {
@@ -364,7 +367,7 @@ impl IdentityService for Cloud {
         let internal = |e: common::store::StoreError| Status::internal(e.to_string());
         let mut wanted = std::collections::HashSet::new();
         for record in self.instances.list().map_err(internal)? {
-            if record.node == r.node && record.state != "terminated" {
+            if record.node == r.node && record.state != InstanceState::Terminated {
                 wanted.insert(record.image_id);
                 wanted.extend(record.kernel_id);
                 wanted.extend(record.ramdisk_id);

@@ -6,6 +6,7 @@
 //! node controller on that host): a guest cannot read another's metadata,
 //! nor a node ask for another cluster's guests.
 
+use crate::instances::InstanceState;
 use common::{auth::caller, time};
 use proto::{metadata_service_server::MetadataService, MetadataReply, MetadataRequest};
 use tonic::{Request, Response, Status};
@@ -71,7 +72,12 @@ impl MetadataService for Imds {
                     .collect(),
             }
         };
-        claims.retain(|r| !matches!(r.state.as_str(), "terminated" | "shutting-down"));
+        claims.retain(|r| {
+            !matches!(
+                r.state,
+                InstanceState::Terminated | InstanceState::ShuttingDown
+            )
+        });
         if claims.len() > 1 {
             // Two live records claim the address: answering for either could
             // hand one tenant's data to another. Nothing until they are

@@ -12,11 +12,12 @@ use std::{
     sync::{Mutex, RwLock},
 };
 
+pub use common::instance::InstanceState;
 use common::{
     store::{Record, Store, StoreError, Table},
     time,
 };
-use proto::{ClusterReport, InstanceState};
+use proto::{ClusterReport, InstanceState as WireState};
 use serde::{Deserialize, Serialize};
 
 /// How long terminated instances stay visible.
@@ -75,8 +76,8 @@ pub struct InstanceRecord {
     pub zone: String,
     pub cluster: String,
     pub node: String,
-    /// EC2's name: pending, running, stopping, stopped, shutting-down, terminated.
-    pub state: String,
+    /// Stored as EC2's name (`shutting-down`, ...).
+    pub state: InstanceState,
     pub state_reason: String,
     pub launch_ms: i64,
     pub changed_ms: i64,
@@ -93,7 +94,7 @@ pub struct InstanceRecord {
     /// `running`) until its node shows it: carried out again while it is
     /// not (the node was down, a tier restarted).
     #[serde(default)]
-    pub desired: Option<String>,
+    pub desired: Option<InstanceState>,
     /// TerminateInstances refuses it while set (EC2's termination protection).
     #[serde(default)]
     pub disable_api_termination: bool,
@@ -115,31 +116,19 @@ impl Record for InstanceRecord {
 impl InstanceRecord {
     /// EC2's state code.
     pub fn state_code(&self) -> u32 {
-        state_code(&self.state)
+        self.state.code()
     }
 }
 
-/// EC2's numeric state codes.
-pub fn state_code(state: &str) -> u32 {
-    match state {
-        "pending" => 0,
-        "running" => 16,
-        "shutting-down" => 32,
-        "terminated" => 48,
-        "stopping" => 64,
-        "stopped" => 80,
-        _ => 0,
-    }
-}
-
-fn state_name(s: InstanceState) -> &'static str {
+/// A state as a node reports it.
+fn reported_state(s: WireState) -> InstanceState {
     match s {
-        InstanceState::Running => "running",
-        InstanceState::ShuttingDown => "shutting-down",
-        InstanceState::Terminated => "terminated",
-        InstanceState::Stopping => "stopping",
-        InstanceState::Stopped => "stopped",
-        InstanceState::Pending | InstanceState::Unspecified => "pending",
+        WireState::Running => InstanceState::Running,
+        WireState::ShuttingDown => InstanceState::ShuttingDown,
+        WireState::Terminated => InstanceState::Terminated,
+        WireState::Stopping => InstanceState::Stopping,
+        WireState::Stopped => InstanceState::Stopped,
+        WireState::Pending | WireState::Unspecified => InstanceState::Pending,
     }
 }
 
@@ -349,7 +338,7 @@ impl Instances {
     pub fn list(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         let now = time::unix_ms();
         let expired = |r: &InstanceRecord| {
-            r.state == "terminated" && now - r.changed_ms >= TERMINATED_VISIBLE_MS
+            r.state == InstanceState::Terminated && now - r.changed_ms >= TERMINATED_VISIBLE_MS
         };
         let (live, gone): (Vec<_>, Vec<_>) = self
             .read()
@@ -372,7 +361,7 @@ impl Instances {
     pub fn set_state(
         &self,
         id: &str,
-        state: &str,
+        state: InstanceState,
         reason: &str,
         node: Option<&str>,
     ) -> Result<Option<InstanceRecord>, StoreError> {
@@ -381,7 +370,7 @@ impl Instances {
                 r.node = n.to_string();
             }
             if r.state != state {
-                r.state = state.to_string();
+                r.state = state;
                 r.state_reason = reason.to_string();
                 r.changed_ms = time::unix_ms();
             }
@@ -399,7 +388,7 @@ impl Instances {
         let Some(mut r) = index.records.get(id).cloned() else {
             return Ok(None);
         };
-        if r.state == "terminated" {
+        if r.state == InstanceState::Terminated {
             return Ok(Some(r));
         }
         f(&mut r);
@@ -412,15 +401,15 @@ impl Instances {
     pub fn request(
         &self,
         id: &str,
-        state: &str,
+        state: InstanceState,
         reason: &str,
-        desired: &str,
+        desired: InstanceState,
     ) -> Result<Option<InstanceRecord>, StoreError> {
         self.update_live(id, |r| {
-            r.state = state.to_string();
+            r.state = state;
             r.state_reason = reason.to_string();
             r.changed_ms = time::unix_ms();
-            r.desired = Some(desired.to_string());
+            r.desired = Some(desired);
         })
     }
 
@@ -483,15 +472,15 @@ impl Instances {
     /// node shows it stopped or gone, and one a start is still owed to
     /// stays `pending` while its node shows it stopped.
     pub fn observe(&self, report: &ClusterReport) -> Result<(), StoreError> {
-        let mut reported: BTreeMap<String, (&str, String, String, String, String)> =
+        let mut reported: BTreeMap<String, (InstanceState, String, String, String, String)> =
             BTreeMap::new();
         for node in &report.nodes {
             for s in &node.instances {
-                let state = InstanceState::try_from(s.state).unwrap_or(InstanceState::Pending);
+                let state = WireState::try_from(s.state).unwrap_or(WireState::Pending);
                 reported.insert(
                     s.instance_id.clone(),
                     (
-                        state_name(state),
+                        reported_state(state),
                         s.reason.clone(),
                         node.name.clone(),
                         s.private_ip.clone(),
@@ -506,15 +495,16 @@ impl Instances {
             let Some(mut r) = index.records.get(&id).cloned() else {
                 continue;
             };
-            if r.cluster != report.cluster_name || r.state == "terminated" {
+            if r.cluster != report.cluster_name || r.state == InstanceState::Terminated {
                 continue;
             }
-            let keep = match (r.state.as_str(), state) {
-                ("stopping", "running") | ("shutting-down", _) => true,
-                ("pending", "stopped") => r.desired.as_deref() == Some("running"),
+            use InstanceState::*;
+            let keep = match (r.state, state) {
+                (Stopping, Running) | (ShuttingDown, _) => true,
+                (Pending, Stopped) => r.desired == Some(Running),
                 _ => false,
             };
-            let confirmed = r.desired.as_deref() == Some(state);
+            let confirmed = r.desired == Some(state);
             if confirmed {
                 r.desired = None;
             }
@@ -525,8 +515,8 @@ impl Instances {
                 continue;
             }
             if r.state != state {
-                tracing::info!(instance_id = %id, from = %r.state, to = state, "instance state");
-                r.state = state.to_string();
+                tracing::info!(instance_id = %id, from = %r.state, to = %state, "instance state");
+                r.state = state;
                 r.state_reason = reason;
                 r.changed_ms = time::unix_ms();
             }
@@ -562,7 +552,7 @@ impl Instances {
             .values()
             .filter(|r| {
                 r.cluster == report.cluster_name
-                    && r.state != "terminated"
+                    && r.state != InstanceState::Terminated
                     && healthy.contains(r.node.as_str())
                     && !seen.contains(&r.instance_id)
                     && now - r.changed_ms >= RECONCILE_GRACE_MS
@@ -571,7 +561,7 @@ impl Instances {
             .collect();
         for mut r in gone {
             tracing::warn!(instance_id = %r.instance_id, node = %r.node, from = %r.state, "the node no longer has the instance: terminated");
-            r.state = "terminated".into();
+            r.state = InstanceState::Terminated;
             r.state_reason = "Server.InternalError: the node no longer has the instance".into();
             r.changed_ms = now;
             self.save(&mut index, r)?;
@@ -604,7 +594,7 @@ mod tests {
             zone: "zone-1".into(),
             cluster: "cluster-1".into(),
             node: String::new(),
-            state: "pending".into(),
+            state: InstanceState::Pending,
             state_reason: String::new(),
             launch_ms: 0,
             changed_ms: time::unix_ms(),
@@ -620,7 +610,7 @@ mod tests {
         }
     }
 
-    fn report(id: &str, state: InstanceState) -> ClusterReport {
+    fn report(id: &str, state: WireState) -> ClusterReport {
         ClusterReport {
             cluster_name: "cluster-1".into(),
             nodes: vec![NodeView {
@@ -649,40 +639,40 @@ mod tests {
         assert_eq!((small.cores, small.memory_mib, small.disk_gib), (1, 256, 5));
         instances.create(&[record("i-1")]).expect("create");
         instances
-            .observe(&report("i-1", InstanceState::Running))
+            .observe(&report("i-1", WireState::Running))
             .expect("observe");
         let r = instances.get("i-1").expect("get").expect("there");
         assert_eq!(
-            (r.state.as_str(), r.node.as_str(), r.state_code()),
-            ("running", "nc-1", 16)
+            (r.state, r.node.as_str(), r.state_code()),
+            (InstanceState::Running, "nc-1", 16)
         );
         // A stop in progress is not undone by a report from before it.
         instances
-            .set_state("i-1", "stopping", "", None)
+            .set_state("i-1", InstanceState::Stopping, "", None)
             .expect("stopping");
         instances
-            .observe(&report("i-1", InstanceState::Running))
+            .observe(&report("i-1", WireState::Running))
             .expect("observe");
         assert_eq!(
             instances.get("i-1").expect("get").expect("there").state,
-            "stopping"
+            InstanceState::Stopping
         );
         instances
-            .observe(&report("i-1", InstanceState::Stopped))
+            .observe(&report("i-1", WireState::Stopped))
             .expect("observe");
         assert_eq!(
             instances.get("i-1").expect("get").expect("there").state,
-            "stopped"
+            InstanceState::Stopped
         );
         instances
-            .set_state("i-1", "terminated", "", None)
+            .set_state("i-1", InstanceState::Terminated, "", None)
             .expect("terminated");
         instances
-            .observe(&report("i-1", InstanceState::Running))
+            .observe(&report("i-1", WireState::Running))
             .expect("observe");
         assert_eq!(
             instances.get("i-1").expect("get").expect("there").state,
-            "terminated"
+            InstanceState::Terminated
         );
         assert_eq!(
             instances.list().expect("list").len(),

@@ -377,6 +377,7 @@ pub fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instances::InstanceState;
 
     fn record() -> InstanceRecord {
         InstanceRecord {
@@ -390,7 +391,7 @@ mod tests {
             zone: "zone-1".into(),
             cluster: "cluster-1".into(),
             node: "nc-1".into(),
-            state: "running".into(),
+            state: InstanceState::Running,
             state_reason: String::new(),
             launch_ms: 1_700_000_000_000,
             changed_ms: 0,

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod host;
 pub mod http;
 pub mod ids;
+pub mod instance;
 pub mod mtls;
 pub mod pki;
 pub mod report;

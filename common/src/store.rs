@@ -1,4 +1,8 @@
-//! The durable store every stateful tier uses: typed tables on sled.
+//! The durable store every stateful tier uses: typed tables over a
+//! [`Backend`] of ordered byte trees. [`SledBackend`] keeps them on disk;
+//! [`MemoryBackend`] keeps them in memory (tests, simulations); another
+//! (a distributed one) plugs in the same way, and the conformance tests at
+//! the end of this file run against each.
 //!
 //! A [`Record`] names its table, its key and its schema version. Values are
 //! kept as a JSON envelope `{"schema": N, "record": ...}`; a record written by
@@ -8,7 +12,12 @@
 //! Every write is flushed to disk before it returns: a caller that
 //! acknowledges after a successful write never loses that write to a crash.
 
-use std::{marker::PhantomData, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    marker::PhantomData,
+    path::Path,
+    sync::{Arc, Mutex, RwLock},
+};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
@@ -120,55 +129,255 @@ struct Envelope<T> {
     record: T,
 }
 
-/// One tier's database.
-#[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-}
+/// Key and value bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+/// One ordered tree of byte keys and values. Every write is durable when
+/// it returns.
+pub trait Tree: Send + Sync + std::fmt::Debug {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes `value` under `key`; returns the old value.
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes `new` (or removes, with None) only if the value is `old`
+    /// (None: absent); false when it was not.
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError>;
+    /// Removes `key`; returns its value.
+    fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
+/// Where a store's trees live.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// The tree `name` (made empty if new).
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Trees in a sled database on disk.
+#[derive(Clone)]
+pub struct SledBackend {
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for SledBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledBackend").finish_non_exhaustive()
+    }
+}
+
+struct SledTree {
+    tree: sled::Tree,
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for SledTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledTree").finish_non_exhaustive()
+    }
+}
+
+impl SledTree {
+    fn durable(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Tree for SledTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        let old = self.tree.insert(key, value)?;
+        self.durable()?;
+        Ok(old.map(|v| v.to_vec()))
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let swapped = self.tree.compare_and_swap(key, old, new)?.is_ok();
+        if swapped {
+            self.durable()?;
+        }
+        Ok(swapped)
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let old = self.tree.remove(key)?;
+        self.durable()?;
+        Ok(old.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.tree.len()
+    }
+}
+
+impl Backend for SledBackend {
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
+        Ok(Arc::new(SledTree {
+            tree: self.db.open_tree(name)?,
+            db: self.db.clone(),
+        }))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Trees in memory: nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    trees: Mutex<HashMap<String, Arc<MemoryTree>>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryTree {
+    entries: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemoryTree {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Tree for MemoryTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read().get(key).cloned())
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.write().insert(key.to_vec(), value))
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let mut entries = self.write();
+        if entries.get(key).map(Vec::as_slice) != old {
+            return Ok(false);
+        }
+        match new {
+            Some(v) => entries.insert(key.to_vec(), v),
+            None => entries.remove(key),
+        };
+        Ok(true)
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.write().remove(key))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .read()
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn len(&self) -> usize {
+        self.read().len()
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        let tree: Arc<MemoryTree> = trees.entry(name.to_string()).or_default().clone();
+        Ok(tree)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// One tier's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
 impl Store {
-    /// Opens (or creates) the database in directory `path`.
+    /// Opens (or creates) the database in directory `path`, on sled.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        Ok(Self { db })
+        Ok(Self::on(Arc::new(SledBackend { db })))
     }
 
     /// A throw-away database, for tests.
     pub fn temporary() -> Result<Self, StoreError> {
-        Ok(Self {
-            db: sled::Config::new().temporary(true).open()?,
-        })
+        Ok(Self::in_memory())
+    }
+
+    /// A database in memory.
+    pub fn in_memory() -> Self {
+        Self::on(Arc::new(MemoryBackend::default()))
+    }
+
+    /// A database on `backend`.
+    pub fn on(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
     }
 
     /// The table of `R`.
     pub fn table<R: Record>(&self) -> Result<Table<R>, StoreError> {
         Ok(Table {
-            tree: self.db.open_tree(R::TABLE)?,
-            db: self.db.clone(),
+            tree: self.backend.tree(R::TABLE)?,
             _record: PhantomData,
         })
     }
 
     /// Flushes everything written so far.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.backend.flush()
     }
 }
 
 /// The records of one type.
 pub struct Table<R> {
-    tree: sled::Tree,
-    db: sled::Db,
+    tree: Arc<dyn Tree>,
     _record: PhantomData<fn() -> R>,
 }
 
@@ -176,7 +385,6 @@ impl<R> Clone for Table<R> {
     fn clone(&self) -> Self {
         Self {
             tree: self.tree.clone(),
-            db: self.db.clone(),
             _record: PhantomData,
         }
     }
@@ -226,11 +434,6 @@ impl<R: Record> Table<R> {
         serde_json::from_value(value).map_err(|e| fail(e.to_string()))
     }
 
-    fn durable(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
     /// The record under `key`.
     pub fn get(&self, key: &R::Key) -> Result<Option<R>, StoreError> {
         let k = key.to_bytes();
@@ -241,64 +444,43 @@ impl<R: Record> Table<R> {
     pub fn put(&self, record: &R) -> Result<Option<R>, StoreError> {
         let k = record.key().to_bytes();
         let old = self.tree.insert(&k, Self::encode(record)?)?;
-        self.durable()?;
         old.map(|v| Self::decode(&k, &v)).transpose()
     }
 
     /// Writes `record` durably only if its key is free; false if it was taken.
     pub fn insert_new(&self, record: &R) -> Result<bool, StoreError> {
         let k = record.key().to_bytes();
-        let swapped = self
-            .tree
-            .compare_and_swap(&k, None::<&[u8]>, Some(Self::encode(record)?))?;
-        if swapped.is_ok() {
-            self.durable()?;
-        }
-        Ok(swapped.is_ok())
+        self.tree
+            .compare_and_swap(&k, None, Some(Self::encode(record)?))
     }
 
     /// Replaces `current` by `new` (same key) durably, only if the stored
     /// record is still exactly `current`; false if it changed meanwhile.
     pub fn replace(&self, current: &R, new: &R) -> Result<bool, StoreError> {
         let k = new.key().to_bytes();
-        let swapped = self.tree.compare_and_swap(
-            &k,
-            Some(Self::encode(current)?),
-            Some(Self::encode(new)?),
-        )?;
-        if swapped.is_ok() {
-            self.durable()?;
-        }
-        Ok(swapped.is_ok())
+        let current = Self::encode(current)?;
+        self.tree
+            .compare_and_swap(&k, Some(&current), Some(Self::encode(new)?))
     }
 
     /// Deletes durably the record under `key`; returns it.
     pub fn delete(&self, key: &R::Key) -> Result<Option<R>, StoreError> {
         let k = key.to_bytes();
         let old = self.tree.remove(&k)?;
-        self.durable()?;
         old.map(|v| Self::decode(&k, &v)).transpose()
     }
 
     /// Every record, in key order.
     pub fn list(&self) -> Result<Vec<R>, StoreError> {
-        self.tree
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                Self::decode(&k, &v)
-            })
-            .collect()
+        self.scan_prefix(&[])
     }
 
     /// Records whose key bytes start with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<R>, StoreError> {
         self.tree
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (k, v) = item?;
-                Self::decode(&k, &v)
-            })
+            .scan_prefix(prefix)?
+            .into_iter()
+            .map(|(k, v)| Self::decode(&k, &v))
             .collect()
     }
 
@@ -309,7 +491,7 @@ impl<R: Record> Table<R> {
 
     /// True when the table holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 }
 
@@ -363,38 +545,60 @@ mod tests {
         }
     }
 
-    #[test]
-    fn put_get_delete_list() {
-        let store = Store::temporary().expect("store");
+    /// The conformance suite: what every backend must do alike.
+    fn conformance(store: Store) {
         let t = store.table::<Thing>().expect("table");
         assert!(t.is_empty());
         assert_eq!(t.put(&thing("b", 2)).expect("put"), None);
         assert_eq!(t.put(&thing("a", 1)).expect("put"), None);
         assert_eq!(t.put(&thing("a", 3)).expect("put"), Some(thing("a", 1)));
         assert_eq!(t.get(&"a".into()).expect("get"), Some(thing("a", 3)));
+        assert_eq!(t.get(&"zz".into()).expect("get"), None);
         assert_eq!(t.list().expect("list"), vec![thing("a", 3), thing("b", 2)]);
         assert!(!t.insert_new(&thing("a", 9)).expect("insert_new"));
         assert!(t.insert_new(&thing("c", 9)).expect("insert_new"));
+        // replace only over the exact current record
+        assert!(!t.replace(&thing("c", 8), &thing("c", 10)).expect("stale"));
+        assert!(t.replace(&thing("c", 9), &thing("c", 10)).expect("current"));
+        assert_eq!(t.get(&"c".into()).expect("get"), Some(thing("c", 10)));
         assert_eq!(t.delete(&"b".into()).expect("delete"), Some(thing("b", 2)));
+        assert_eq!(t.delete(&"b".into()).expect("delete again"), None);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.scan_prefix(b"c").expect("scan"), vec![thing("c", 9)]);
-    }
-
-    #[test]
-    fn old_schemas_migrate_and_newer_ones_are_refused() {
-        let store = Store::temporary().expect("store");
-        let tree = store.db.open_tree("things").expect("tree");
+        assert_eq!(t.scan_prefix(b"c").expect("scan"), vec![thing("c", 10)]);
+        assert_eq!(t.scan_prefix(b"x").expect("scan"), vec![]);
+        // Keys order as bytes: pairs by their first string, then the second.
+        for (i, name) in ["ab", "a", "b", "aa"].iter().enumerate() {
+            t.put(&thing(name, i as u64)).expect("put");
+        }
+        let names: Vec<String> = t
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["a", "aa", "ab", "b", "c"]);
+        // Tables are apart: another table of the store sees none of these.
+        let other = store.table::<Other>().expect("other table");
+        assert!(other.is_empty());
+        other.put(&Other { id: 7 }).expect("put");
+        assert_eq!(other.get(&7).expect("get"), Some(Other { id: 7 }));
+        assert_eq!(t.len(), 5);
+        // A second handle on a table sees the same records.
+        let again = store.table::<Thing>().expect("table");
+        assert_eq!(again.len(), 5);
+        store.flush().expect("flush");
+        // Records of older schemas migrate; newer ones are refused.
+        let tree = store.backend.tree("things").expect("tree");
         tree.insert(
-            "old",
+            b"old",
             br#"{"schema":1,"record":{"name":"old","bytes":7}}"#.to_vec(),
         )
         .expect("raw");
         tree.insert(
-            "new",
+            b"new",
             br#"{"schema":3,"record":{"name":"new","size":7}}"#.to_vec(),
         )
         .expect("raw");
-        let t = store.table::<Thing>().expect("table");
         assert_eq!(
             t.get(&"old".into()).expect("migrated"),
             Some(thing("old", 7))
@@ -403,6 +607,31 @@ mod tests {
             t.get(&"new".into()),
             Err(StoreError::TooNew { found: 3, .. })
         ));
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Other {
+        id: u64,
+    }
+
+    impl Record for Other {
+        const TABLE: &'static str = "others";
+        const SCHEMA: u32 = 1;
+        type Key = u64;
+        fn key(&self) -> u64 {
+            self.id
+        }
+    }
+
+    #[test]
+    fn sled_conforms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        conformance(Store::open(dir.path()).expect("open"));
+    }
+
+    #[test]
+    fn memory_conforms() {
+        conformance(Store::in_memory());
     }
 
     #[test]

@@ -90,10 +90,12 @@ async fn internal_calls_need_the_right_certificate_role_and_a_fresh_signature() 
         .describe_accounts(DescribeAccountsRequest {})
         .await
         .expect_err("a peer without TLS");
+    // (hyper reports the refused handshake as the connection closing,
+    // cancelled, or unavailable, depending on timing.)
     assert!(
         matches!(
             refused.code(),
-            Code::Unavailable | Code::Unknown | Code::Internal
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
         ),
         "{refused:?}"
     );

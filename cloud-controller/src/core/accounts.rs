@@ -1,6 +1,7 @@
 //! Deleting accounts: refused while they hold anything, or purged of
 //! everything they hold.
 
+use crate::instances::InstanceState;
 use common::pki::Role;
 
 use super::Cloud;
@@ -26,7 +27,7 @@ impl Cloud {
             self.instances
                 .list()?
                 .into_iter()
-                .filter(|r| &r.account_id == id && r.state != "terminated")
+                .filter(|r| &r.account_id == id && r.state != InstanceState::Terminated)
                 .map(|r| r.instance_id)
                 .collect(),
         );
@@ -69,13 +70,13 @@ impl Cloud {
             removed.push(format!("{keys} access key(s)"));
         }
         for r in self.instances.list()? {
-            if r.account_id != id || r.state == "terminated" {
+            if r.account_id != id || r.state == InstanceState::Terminated {
                 continue;
             }
-            if r.state != "shutting-down" {
+            if r.state != InstanceState::ShuttingDown {
                 self.instances.set_state(
                     &r.instance_id,
-                    "shutting-down",
+                    InstanceState::ShuttingDown,
                     "Client.UserInitiatedShutdown: account deleted",
                     None,
                 )?;

@@ -3,6 +3,7 @@
 //! private addresses, with its public address; and the task that keeps the
 //! nodes in step.
 
+use crate::instances::InstanceState;
 use std::{
     collections::{BTreeSet, HashMap},
     time::{Duration, Instant},
@@ -18,7 +19,11 @@ use crate::{
 
 /// True when `r` holds an address and can receive traffic.
 fn live(r: &InstanceRecord) -> bool {
-    !r.private_ip.is_empty() && !matches!(r.state.as_str(), "terminated" | "shutting-down")
+    !r.private_ip.is_empty()
+        && !matches!(
+            r.state,
+            InstanceState::Terminated | InstanceState::ShuttingDown
+        )
 }
 
 /// Everything a firewall is computed from.

@@ -6,6 +6,7 @@
 //! cluster starts them in the background (only their ids and firewalls
 //! travel the second time). Their states arrive with the cluster's reports.
 
+use crate::instances::InstanceState;
 use std::collections::HashMap;
 
 use base64::Engine;
@@ -196,7 +197,7 @@ impl Cloud {
             .collect();
         let (mut count, mut cores, mut memory) = (0u64, 0u64, 0u64);
         for r in self.instances.of_account(account_id) {
-            if r.state != "terminated" {
+            if r.state != InstanceState::Terminated {
                 count += 1;
                 if let Some(t) = types.get(&r.instance_type) {
                     cores += u64::from(t.cores);
@@ -387,7 +388,7 @@ impl Cloud {
                     zone: cluster.zone.clone(),
                     cluster: cluster.name.clone(),
                     node: String::new(),
-                    state: "pending".into(),
+                    state: InstanceState::Pending,
                     state_reason: String::new(),
                     launch_ms: now,
                     changed_ms: now,
@@ -520,9 +521,12 @@ impl Cloud {
         match self.clusters.run(cluster, starts, walrus).await {
             Ok(failed) => {
                 for f in failed {
-                    let _ = self
-                        .instances
-                        .set_state(&f.instance_id, "terminated", &f.reason, None);
+                    let _ = self.instances.set_state(
+                        &f.instance_id,
+                        InstanceState::Terminated,
+                        &f.reason,
+                        None,
+                    );
                 }
             }
             Err(e) => {
@@ -570,7 +574,7 @@ mod tests {
                 .get(&r.instance_id)
                 .expect("get")
                 .expect("recorded");
-            assert_eq!(stored.state, "pending");
+            assert_eq!(stored.state, InstanceState::Pending);
             assert!(stored.node.starts_with("node-"), "placed: {stored:?}");
             assert!(stored.private_ip.starts_with("10.0.0."), "{stored:?}");
             assert_eq!(stored.zone, "zone-1");

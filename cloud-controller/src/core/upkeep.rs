@@ -1,6 +1,7 @@
 //! The background reconciliations: guests no record claims, and services
 //! that went silent.
 
+use crate::instances::InstanceState;
 use std::time::Duration;
 
 use common::time;
@@ -28,7 +29,7 @@ impl Cloud {
             };
             let live: std::collections::HashSet<String> = records
                 .into_iter()
-                .filter(|r| r.state != "terminated")
+                .filter(|r| r.state != InstanceState::Terminated)
                 .map(|r| r.instance_id)
                 .collect();
             let now = time::unix_ms();

@@ -6,6 +6,7 @@ use super::{
     Call, Ec2, Ec2Error,
 };
 use crate::addresses::Address;
+use crate::instances::InstanceState;
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
     tracing::error!(error = %e, "address store failed");
@@ -45,7 +46,10 @@ fn own_address(ec2: &Ec2, call: &Call) -> Result<Address, Ec2Error> {
 /// hear of it.
 fn address_moved(ec2: &Ec2, from: Option<&str>) {
     if let Some(Ok(Some(r))) = from.map(|id| ec2.cloud.instances.get(id)) {
-        if !matches!(r.state.as_str(), "terminated" | "shutting-down") {
+        if !matches!(
+            r.state,
+            InstanceState::Terminated | InstanceState::ShuttingDown
+        ) {
             ec2.cloud.give_public_ip(&r.account_id, &r.instance_id);
         }
     }
@@ -86,7 +90,10 @@ pub fn associate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let address = own_address(ec2, call)?;
     let id = call.params.required("InstanceId")?.to_string();
     let instance = ec2.own_instances_checked(call, &id)?;
-    if matches!(instance.state.as_str(), "terminated" | "shutting-down") {
+    if matches!(
+        instance.state,
+        InstanceState::Terminated | InstanceState::ShuttingDown
+    ) {
         return Err(Ec2Error::new(
             "IncorrectInstanceState",
             format!("The instance '{id}' is not in a valid state for this operation."),

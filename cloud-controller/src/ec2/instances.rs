@@ -5,6 +5,7 @@
 //! (all or nothing, MaxCount down to MinCount) and answers; the cluster
 //! starts them in the background and their states arrive with its reports.
 
+use crate::instances::InstanceState;
 use std::{collections::HashMap, sync::Arc};
 
 use base64::Engine;
@@ -20,7 +21,7 @@ use super::{
 use crate::{
     core::{cluster::Power, launch::LaunchRequest, Cloud, ClusterError, CoreError, IdKind},
     images::Image,
-    instances::{state_code, InstanceRecord},
+    instances::InstanceRecord,
     tags::Tag,
 };
 
@@ -156,7 +157,7 @@ fn write_instance(
         .elem("imageId", &r.image_id)
         .open("instanceState")
         .elem("code", &r.state_code().to_string())
-        .elem("name", &r.state)
+        .elem("name", r.state.name())
         .close("instanceState")
         .elem("privateDnsName", &private_dns(&r.private_ip, region))
         // No DNS is served: like Eucalyptus without DNS, the name is the address.
@@ -251,8 +252,8 @@ fn filter_values(
     let v = |s: &str| vec![s.to_string()];
     Ok(match name {
         "instance-id" => v(&r.instance_id),
-        "instance-state-name" => v(&r.state),
-        "instance-state-code" => v(&state_code(&r.state).to_string()),
+        "instance-state-name" => v(r.state.name()),
+        "instance-state-code" => v(&r.state.code().to_string()),
         "image-id" => v(&r.image_id),
         "instance-type" => v(&r.instance_type),
         "availability-zone" => v(&r.zone),
@@ -450,16 +451,16 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     Ok(w.finish())
 }
 
-fn state_change(w: &mut Writer, id: &str, previous: &str, current: &str) {
+fn state_change(w: &mut Writer, id: &str, previous: InstanceState, current: InstanceState) {
     w.open("item")
         .elem("instanceId", id)
         .open("currentState")
-        .elem("code", &state_code(current).to_string())
-        .elem("name", current)
+        .elem("code", &current.code().to_string())
+        .elem("name", current.name())
         .close("currentState")
         .open("previousState")
-        .elem("code", &state_code(previous).to_string())
-        .elem("name", previous)
+        .elem("code", &previous.code().to_string())
+        .elem("name", previous.name())
         .close("previousState")
         .close("item");
 }
@@ -479,7 +480,7 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
     let records = ec2.named_instances(call)?;
     if let Some(r) = records
         .iter()
-        .find(|r| r.disable_api_termination && r.state != "terminated")
+        .find(|r| r.disable_api_termination && r.state != InstanceState::Terminated)
     {
         return Err(Ec2Error::new(
             "OperationNotPermitted",
@@ -493,20 +494,25 @@ pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Er
     let mut w = call.writer();
     w.open("instancesSet");
     for r in &records {
-        if r.state == "terminated" {
-            state_change(&mut w, &r.instance_id, "terminated", "terminated");
+        if r.state == InstanceState::Terminated {
+            state_change(
+                &mut w,
+                &r.instance_id,
+                InstanceState::Terminated,
+                InstanceState::Terminated,
+            );
             continue;
         }
         ec2.cloud
             .instances
             .set_state(
                 &r.instance_id,
-                "shutting-down",
+                InstanceState::ShuttingDown,
                 "Client.UserInitiatedShutdown: User initiated shutdown",
                 None,
             )
             .map_err(store_error)?;
-        state_change(&mut w, &r.instance_id, &r.state, "shutting-down");
+        state_change(&mut w, &r.instance_id, r.state, InstanceState::ShuttingDown);
         ec2.cloud
             .addresses
             .instance_gone(&r.instance_id)
@@ -530,7 +536,7 @@ async fn carry_out_terminate(cloud: &Cloud, cluster: &str, id: String) -> bool {
         Ok(()) => {
             let _ = instances.set_state(
                 &id,
-                "terminated",
+                InstanceState::Terminated,
                 "Client.UserInitiatedShutdown: User initiated shutdown",
                 None,
             );
@@ -557,7 +563,10 @@ pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
         // Addresses of instances that ended without a TerminateInstances
         // (a failed launch, or one gone below) go back too.
         let held = ec2.cloud.addresses.by_instance().unwrap_or_default();
-        for r in records.iter().filter(|r| r.state == "terminated") {
+        for r in records
+            .iter()
+            .filter(|r| r.state == InstanceState::Terminated)
+        {
             if held.contains_key(&r.instance_id)
                 && ec2.cloud.addresses.instance_gone(&r.instance_id).is_ok()
             {
@@ -568,20 +577,20 @@ pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
         let now = time::unix_ms();
         for r in records {
             let due = now - r.changed_ms > every.as_millis() as i64;
-            if r.state == "shutting-down" && due {
+            if r.state == InstanceState::ShuttingDown && due {
                 if carry_out_terminate(&ec2.cloud, &r.cluster, r.instance_id.clone()).await {
                     tracing::info!(instance_id = %r.instance_id, "a termination asked for earlier is done");
                 }
                 continue;
             }
             // A stop or start its node has not shown yet: ask again.
-            let Some(desired) = r.desired.as_deref() else {
+            let Some(desired) = r.desired else {
                 continue;
             };
-            if !due || r.state == desired || r.state == "terminated" {
+            if !due || r.state == desired || r.state == InstanceState::Terminated {
                 continue;
             }
-            let stop = desired == "stopped";
+            let stop = desired == InstanceState::Stopped;
             match send_stop_or_start(&ec2, &r, stop).await {
                 Ok(()) => {
                     tracing::info!(instance_id = %r.instance_id, %desired, "a stop or start asked for earlier was sent again")
@@ -624,11 +633,17 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
     for r in &records {
         let ok = if stop {
             matches!(
-                r.state.as_str(),
-                "running" | "pending" | "stopping" | "stopped"
+                r.state,
+                InstanceState::Running
+                    | InstanceState::Pending
+                    | InstanceState::Stopping
+                    | InstanceState::Stopped
             )
         } else {
-            matches!(r.state.as_str(), "stopped" | "running" | "pending")
+            matches!(
+                r.state,
+                InstanceState::Stopped | InstanceState::Running | InstanceState::Pending
+            )
         };
         if !ok {
             return Err(incorrect_state(r, if stop { "stopped" } else { "started" }));
@@ -639,18 +654,18 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
     w.open("instancesSet");
     for r in &records {
         let noop = if stop {
-            matches!(r.state.as_str(), "stopping" | "stopped")
+            matches!(r.state, InstanceState::Stopping | InstanceState::Stopped)
         } else {
-            matches!(r.state.as_str(), "running" | "pending")
+            matches!(r.state, InstanceState::Running | InstanceState::Pending)
         };
         if noop {
-            state_change(&mut w, &r.instance_id, &r.state, &r.state);
+            state_change(&mut w, &r.instance_id, r.state, r.state);
             continue;
         }
         let (next, desired) = if stop {
-            ("stopping", "stopped")
+            (InstanceState::Stopping, InstanceState::Stopped)
         } else {
-            ("pending", "running")
+            (InstanceState::Pending, InstanceState::Running)
         };
         // The intent first, durably: if the node cannot be reached now,
         // finish_requests carries it out when it can.
@@ -671,7 +686,7 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
             if !e.retry {
                 ec2.cloud
                     .instances
-                    .set_state(&r.instance_id, &r.state, &r.state_reason, None)
+                    .set_state(&r.instance_id, r.state, &r.state_reason, None)
                     .map_err(store_error)?;
                 ec2.cloud
                     .instances
@@ -684,7 +699,7 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
             }
             tracing::warn!(instance_id = %r.instance_id, error = %e.message, "the node cannot be reached: the request is kept and carried out when it can");
         }
-        state_change(&mut w, &r.instance_id, &r.state, next);
+        state_change(&mut w, &r.instance_id, r.state, next);
         if !stop {
             // A node that restarted while it was stopped knows its rules
             // from the next push.
@@ -699,7 +714,7 @@ pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String,
 pub async fn reboot_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let records = ec2.named_instances(call)?;
     for r in &records {
-        if r.state != "running" {
+        if r.state != InstanceState::Running {
             return Err(incorrect_state(r, "rebooted"));
         }
     }
@@ -732,7 +747,7 @@ pub async fn get_console_output(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
         .own_instances(call, std::slice::from_ref(&id))?
         .remove(0);
     call.dry_run_check()?;
-    let output = if r.state == "terminated" || r.node.is_empty() {
+    let output = if r.state == InstanceState::Terminated || r.node.is_empty() {
         Vec::new()
     } else {
         match ec2.cloud.clusters.console_output(&r.cluster, &id).await {
@@ -863,7 +878,7 @@ pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String,
         .ok_or_else(|| {
             Ec2Error::invalid_value("InstanceType", &wanted, "No such instance type.")
         })?;
-    if r.state != "stopped" {
+    if r.state != InstanceState::Stopped {
         return Err(Ec2Error::new(
             "IncorrectInstanceState",
             format!("The instance '{id}' is not in the 'stopped' state."),
@@ -1000,27 +1015,28 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
     let mut w = call.writer();
     w.open("instanceStatusSet");
     for r in records {
-        if !all && r.state != "running" {
+        if !all && r.state != InstanceState::Running {
             continue;
         }
         let node_up = reporting.contains(&(r.cluster.clone(), r.node.clone()));
-        let (system, instance, check) = match (r.state.as_str(), node_up) {
-            ("running", true) if booted.contains(&r.instance_id) => ("ok", "ok", Some("passed")),
+        let running = r.state == InstanceState::Running;
+        let (system, instance, check) = match (running, node_up) {
+            (true, true) if booted.contains(&r.instance_id) => ("ok", "ok", Some("passed")),
             // Nothing on its console since it started: still booting for
             // a while, then impaired (its operating system never came up).
-            ("running", true) if now - r.changed_ms <= INITIALIZING_MS => {
+            (true, true) if now - r.changed_ms <= INITIALIZING_MS => {
                 ("ok", "initializing", Some("initializing"))
             }
-            ("running", true) => ("ok", "impaired", Some("failed")),
-            ("running", false) => ("impaired", "insufficient-data", Some("insufficient-data")),
+            (true, true) => ("ok", "impaired", Some("failed")),
+            (true, false) => ("impaired", "insufficient-data", Some("insufficient-data")),
             _ => ("not-applicable", "not-applicable", None),
         };
         let mut keep = true;
         for f in &filters {
             let have = match f.name.as_str() {
                 "availability-zone" => r.zone.clone(),
-                "instance-state-name" => r.state.clone(),
-                "instance-state-code" => state_code(&r.state).to_string(),
+                "instance-state-name" => r.state.name().to_string(),
+                "instance-state-code" => r.state.code().to_string(),
                 "system-status.status" => system.to_string(),
                 "instance-status.status" => instance.to_string(),
                 other => {
@@ -1041,7 +1057,7 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
             .elem("availabilityZone", &r.zone)
             .open("instanceState")
             .elem("code", &r.state_code().to_string())
-            .elem("name", &r.state)
+            .elem("name", r.state.name())
             .close("instanceState");
         for (name, status) in [("systemStatus", system), ("instanceStatus", instance)] {
             w.open(name).elem("status", status).open("details");

@@ -2,6 +2,7 @@
 //! Authorize/RevokeSecurityGroupIngress and Egress, and the groups of
 //! RunInstances.
 
+use crate::instances::InstanceState;
 use std::collections::HashMap;
 
 use common::time;
@@ -319,7 +320,9 @@ pub fn delete_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error>
         .list()
         .map_err(store_error)?
         .into_iter()
-        .any(|r| r.state != "terminated" && r.security_groups.contains(&group.group_id));
+        .any(|r| {
+            r.state != InstanceState::Terminated && r.security_groups.contains(&group.group_id)
+        });
     let referenced = ec2
         .cloud
         .security_groups

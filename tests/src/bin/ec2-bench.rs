@@ -8,9 +8,12 @@
 //!    on the console; median and max of `--launches N`; then, from an
 //!    outside namespace, AssociateAddress until the guest's port 80
 //!    answers through the elastic IP, and a revoke until it stops (N rounds);
-//! 2. DescribeInstances requests/s with 1,000 instances on record over a
-//!    simulated fleet of 100 nodes (node controllers on libvirt's test
-//!    driver), whole listings and pages of 100.
+//! 2. over a simulated fleet of 100 nodes (node controllers on libvirt's
+//!    test driver): RunInstances API latency (median of 20 launches of one
+//!    instance) with 10 instances on record and with `--instances N`
+//!    (10,000 by default), and DescribeInstances requests/s at N: whole
+//!    listings, pages of 100, one instance by InstanceId and by the
+//!    instance-id filter.
 //!
 //! Run it with `scripts/bench-ec2` (release build, libvirtd and the tiny
 //! guest made ready). The EC2 client here is a minimal keep-alive HTTP/1.1
@@ -137,8 +140,97 @@ fn wait_console(c: &mut Ec2, id: &str, needle: &str, since: Instant, limit: Dura
             since.elapsed() < limit,
             "{id}: no {needle:?} on the console"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// What the kernel prints first on the serial console.
+const KERNEL_FIRST_LINE: &str = "Linux version";
+
+/// The baseline of the launch path: the tiny guest as a bare `virsh
+/// create` of a domain built as the node builds it (kernel, initrd, a qcow2
+/// overlay of its disk, a serial log; no network), timed to the kernel's
+/// first console line. Seconds, one per boot.
+fn bare_boots(dir: &std::path::Path, virt: &str, memory_mib: u64, boots: usize) -> Vec<f64> {
+    let tiny = clients::tiny_guest();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut times = Vec::new();
+    for n in 0..boots {
+        let name = format!("gumtree-bench-bare-{}-{n}", std::process::id());
+        let overlay = dir.join(format!("{name}.qcow2"));
+        let console = dir.join(format!("{name}.console"));
+        let xml_file = dir.join(format!("{name}.xml"));
+        let disk = tiny.join("disk.img");
+        run(&[
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &disk.display().to_string(),
+            &overlay.display().to_string(),
+        ]);
+        let cpu = if virt == "kvm" {
+            "<cpu mode='host-passthrough'/>"
+        } else {
+            ""
+        };
+        let xml = format!(
+            "<domain type='{virt}'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>\
+<os><type arch='x86_64' machine='pc'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>\
+<cmdline>console=ttyS0 root=/dev/vda ro panic=1</cmdline></os><features><acpi/></features>{cpu}\
+<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash><devices>\
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{overlay}'/><target dev='vda' bus='virtio'/></disk>\
+<serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>\
+<console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>\
+<memballoon model='none'/></devices>\
+<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel></domain>",
+            kernel = tiny.join("vmlinuz").display(),
+            initrd = tiny.join("initrd.gz").display(),
+            overlay = overlay.display(),
+            console = console.display(),
+        );
+        std::fs::write(&xml_file, xml).expect("domain xml");
+        let started = Instant::now();
+        run(&[
+            "virsh",
+            "-q",
+            "-c",
+            "qemu:///system",
+            "create",
+            &xml_file.display().to_string(),
+        ]);
+        loop {
+            let text = std::fs::read(&console).unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains(KERNEL_FIRST_LINE) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{name}: no kernel line on its console"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        times.push(started.elapsed().as_secs_f64());
+        run(&["virsh", "-q", "-c", "qemu:///system", "destroy", &name]);
+        let _ = std::fs::remove_file(&overlay);
+        let _ = std::fs::remove_file(&console);
+        let _ = std::fs::remove_file(&xml_file);
+    }
+    times
 }
 
 fn median_max(mut v: Vec<f64>) -> (f64, f64) {
@@ -241,6 +333,7 @@ fn launch_latency(launches: usize) {
     let networked = tests::harness::guest_netns().is_some();
     let user_data = base64::engine::general_purpose::STANDARD.encode("bench user-data line\n");
     let (mut to_running, mut to_marker, mut to_user_data) = (Vec::new(), Vec::new(), Vec::new());
+    let mut to_kernel = Vec::new();
     for n in 0..launches {
         let start = Instant::now();
         let body = c.ok(
@@ -254,16 +347,19 @@ fn launch_latency(launches: usize) {
             ],
         );
         let id = first(&body, "instanceId").expect("instance id").to_string();
+        let limit = Duration::from_secs(300);
+        wait_console(&mut c, &id, KERNEL_FIRST_LINE, start, limit);
+        let kernel = start.elapsed().as_secs_f64();
+        to_kernel.push(kernel);
         while state_of(&mut c, &id) != "running" {
             assert!(start.elapsed() < Duration::from_secs(180), "{id} never ran");
             std::thread::sleep(Duration::from_millis(50));
         }
         let running = start.elapsed().as_secs_f64();
-        let limit = Duration::from_secs(300);
         wait_console(&mut c, &id, "GUMTREE-BOOT-OK", start, limit);
         let marker = start.elapsed().as_secs_f64();
         let mut line = format!(
-            "launch {}: running {running:.2} s, boot marker {marker:.2} s",
+            "launch {}: kernel's first line {kernel:.2} s, running {running:.2} s, boot marker {marker:.2} s",
             n + 1
         );
         if networked {
@@ -283,6 +379,16 @@ fn launch_latency(launches: usize) {
     if let Some(outside) = cloud.outside() {
         elastic_ip_latency(&mut c, &ami, &outside.netns, launches);
     }
+    let virt = cloud.admin_json(&["describe-nodes"])[0]["hypervisor"]
+        .as_str()
+        .unwrap_or("qemu")
+        .to_string();
+    let virt = if virt == "kvm" { "kvm" } else { "qemu" };
+    let bare = bare_boots(cloud.dir(), virt, 256, launches);
+    let (bare_median, bare_max) = median_max(bare);
+    let (m, x) = median_max(to_kernel);
+    println!("RunInstances -> kernel's first console line: median {m:.2} s, max {x:.2} s ({launches} launches)");
+    println!("bare virsh create -> kernel's first console line: median {bare_median:.2} s, max {bare_max:.2} s ({launches} boots, {virt}); ratio {:.2}", m / bare_median);
     let (m, x) = median_max(to_running);
     println!("RunInstances -> running:      median {m:.2} s, max {x:.2} s ({launches} launches)");
     let (m, x) = median_max(to_marker);
@@ -391,12 +497,75 @@ fn elastic_ip_latency(c: &mut Ec2, ami: &str, outside: &str, rounds: usize) {
     c.ok("ReleaseAddress", &[("PublicIp", &public)]);
 }
 
-fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
+/// RunInstances API latency (one instance, with a ClientToken as boto3
+/// sends one): median and max of `rounds` launches.
+fn launch_api_latency(c: &mut Ec2, ami: &str, rounds: usize) -> (f64, f64) {
+    let mut ms = Vec::new();
+    for _ in 0..rounds {
+        let token = format!("bench-{}", rand_token());
+        let started = Instant::now();
+        c.ok(
+            "RunInstances",
+            &[
+                ("ImageId", ami),
+                ("InstanceType", "m1.small"),
+                ("MinCount", "1"),
+                ("MaxCount", "1"),
+                ("ClientToken", &token),
+            ],
+        );
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    median_max(ms)
+}
+
+fn rand_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{nanos:09}-{}", std::process::id())
+}
+
+/// Launches `n` instances (batches of 100) and waits until `total` are
+/// running.
+fn fill(c: &mut Ec2, ami: &str, n: usize, total: usize) {
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(100).to_string();
+        c.ok(
+            "RunInstances",
+            &[
+                ("ImageId", ami),
+                ("InstanceType", "m1.small"),
+                ("MinCount", &batch),
+                ("MaxCount", &batch),
+            ],
+        );
+        left -= left.min(100);
+    }
+    wait_for("every instance running", Duration::from_secs(3600), || {
+        let body = c.ok(
+            "DescribeInstances",
+            &[
+                ("Filter.1.Name", "instance-state-name"),
+                ("Filter.1.Value.1", "running"),
+            ],
+        );
+        (body.matches("<instanceId>").count() == total).then_some(())
+    });
+}
+
+/// Over a simulated fleet of `nodes` node controllers (libvirt's test
+/// driver): RunInstances latency with 10 instances on record and with
+/// `instances`, then DescribeInstances requests/s at `instances`.
+fn scale(nodes: usize, instances: usize, seconds: u64, clients: usize) {
     let started = Instant::now();
+    let per_node = instances.div_ceil(nodes) + 40;
     let cloud = Cloud::start_with(CloudOptions {
         nodes,
-        node_cores: 16,
-        node_memory_mib: 16384,
+        node_cores: per_node as u32,
+        node_memory_mib: per_node as u64 * 256 + 1024,
         ..Default::default()
     });
     ready(&cloud, nodes);
@@ -410,21 +579,25 @@ fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("image");
     let ami = register(&cloud, &[(disk, "")]);
     let mut c = Ec2::new(&cloud.ec2_endpoint(), cloud.admin_key());
+    let rounds = 20;
+    fill(&mut c, &ami, 10, 10);
+    let (small_median, small_max) = launch_api_latency(&mut c, &ami, rounds);
+    println!(
+        "RunInstances API latency, 10 instances on record: median {small_median:.1} ms, max {small_max:.1} ms ({rounds} launches of one)"
+    );
     let started = Instant::now();
-    let mut left = instances;
-    while left > 0 {
-        let n = left.min(100).to_string();
-        c.ok(
-            "RunInstances",
-            &[
-                ("ImageId", &ami),
-                ("InstanceType", "m1.small"),
-                ("MinCount", &n),
-                ("MaxCount", &n),
-            ],
-        );
-        left -= left.min(100);
-    }
+    let on_record = 10 + rounds;
+    fill(&mut c, &ami, instances - on_record, instances);
+    println!(
+        "{instances} instances running on {nodes} nodes {:.1} s after the first RunInstances",
+        started.elapsed().as_secs_f64()
+    );
+    let (big_median, big_max) = launch_api_latency(&mut c, &ami, rounds);
+    println!(
+        "RunInstances API latency, {instances} instances on record: median {big_median:.1} ms, max {big_max:.1} ms ({rounds} launches of one); ratio {:.2}",
+        big_median / small_median
+    );
+    let instances = instances + rounds;
     wait_for("every instance running", Duration::from_secs(600), || {
         let body = c.ok(
             "DescribeInstances",
@@ -435,10 +608,6 @@ fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
         );
         (body.matches("<instanceId>").count() == instances).then_some(())
     });
-    println!(
-        "{instances} instances running on {nodes} nodes {:.1} s after the first RunInstances",
-        started.elapsed().as_secs_f64()
-    );
     let endpoint = cloud.ec2_endpoint();
     // One instance in the middle of the listing, asked for by id and by
     // the instance-id filter (which must not cost a full scan).
@@ -449,6 +618,7 @@ fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
         .filter_map(|s| s.split('<').next())
         .collect();
     let one = ids[ids.len() / 2].to_string();
+    let mut rates = Vec::new();
     for (label, params) in [
         ("whole listing", vec![]),
         ("pages of 100", vec![("MaxResults", "100")]),
@@ -498,17 +668,23 @@ fn describe_rate(nodes: usize, instances: usize, seconds: u64, clients: usize) {
         });
         let requests: usize = counts.iter().map(|c| c.0).sum();
         let bytes: usize = counts.iter().map(|c| c.1).sum();
+        let rate = requests as f64 / seconds as f64;
+        rates.push(rate);
         println!(
-            "DescribeInstances, {label}: {:.1} requests/s ({clients} clients, {seconds} s, {:.0} KiB per response)",
-            requests as f64 / seconds as f64,
+            "DescribeInstances, {label}: {rate:.1} requests/s ({clients} clients, {seconds} s, {:.0} KiB per response)",
             bytes as f64 / requests.max(1) as f64 / 1024.0
         );
     }
+    println!(
+        "DescribeInstances at {instances}: by instance-id filter / by InstanceId = {:.2}",
+        rates[3] / rates[2].max(f64::MIN_POSITIVE)
+    );
 }
 
 fn main() {
     let mut launches = 5;
     let mut skip_launch = false;
+    let mut instances = 10_000;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -519,11 +695,19 @@ fn main() {
                     .expect("--launches N")
             }
             "--no-launch" => skip_launch = true,
-            other => panic!("unknown argument {other}; use --launches N or --no-launch"),
+            "--instances" => {
+                instances = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--instances N")
+            }
+            other => {
+                panic!("unknown argument {other}; use --launches N, --instances N or --no-launch")
+            }
         }
     }
     if !skip_launch {
         launch_latency(launches);
     }
-    describe_rate(100, 1000, 10, 2);
+    scale(100, instances, 10, 2);
 }

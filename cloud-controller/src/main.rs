@@ -10,7 +10,7 @@ use cloud_controller::{
     ec2::{self, Ec2},
     registry::{self, Registry, ServiceRecord},
 };
-use common::{pki::Role, rpc, store::Store, time};
+use common::{rpc, time};
 use proto::{
     admin_service_server::AdminServiceServer, cloud_service_server::CloudServiceServer,
     identity_service_server::IdentityServiceServer, metadata_service_server::MetadataServiceServer,
@@ -21,17 +21,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: CloudConfig) -> anyhow::Result<()> {
-    let started = rpc::start(rpc::StartAt {
-        state_dir: &config.state_dir,
-        secret_file: &config.cluster_secret_file,
-        tls: &config.internal_tls,
-        who: Role::Clc,
-        name: &config.name,
-        listen: &config.listen,
-        advertise: "",
-    })
-    .await?;
-    let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
+    let common::daemon::Started {
+        rpc: started,
+        store,
+    } = common::daemon::start(&config).await?;
     let accounts = Accounts::open(&store, &config.admin_account)?;
     let admin = accounts
         .bootstrap()
@@ -100,10 +93,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     );
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
     tokio::spawn(cloud.clone().sync_firewalls());
-    tokio::spawn(ec2::instances::finish_terminations(
-        ec2.clone(),
-        Duration::from_secs(5),
-    ));
+    tokio::spawn(cloud.clone().finish_requests(Duration::from_secs(5)));
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
     if let Some((acceptor, listener, addr)) = tls {
         tokio::spawn(ec2::serve(listener, Some(acceptor), ec2));

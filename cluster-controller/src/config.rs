@@ -113,4 +113,15 @@ impl common::daemon::DaemonConfig for ClusterConfig {
     fn log_filter(&self) -> &str {
         &self.log_filter
     }
+    fn start_at(&self) -> common::rpc::StartAt<'_> {
+        common::rpc::StartAt {
+            state_dir: &self.state_dir,
+            secret_file: &self.cluster_secret_file,
+            tls: &self.internal_tls,
+            who: common::pki::Role::Cc,
+            name: self.name.as_str().into(),
+            listen: &self.listen,
+            advertise: &self.advertise,
+        }
+    }
 }

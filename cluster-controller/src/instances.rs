@@ -53,9 +53,48 @@ pub struct ClusterInstances {
 /// before the CC takes it for gone (a launch on its way is not reported yet).
 pub const GONE_AFTER_MS: i64 = 30_000;
 
-fn store_status(e: StoreError) -> Status {
+/// Why a cluster operation failed: the one error of the CC's core, mapped
+/// to a gRPC status once, at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Not enough room on the nodes, or addresses in the private network:
+    /// the CLC tells the user `InsufficientInstanceCapacity`.
+    #[error("InsufficientInstanceCapacity: {0}")]
+    Capacity(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Refused while something else holds (a node with instances).
+    #[error("{0}")]
+    Refused(String),
+    /// A node or the ledger cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// What a node answered, passed on as it is.
+    #[error("{0}")]
+    Node(Status),
+}
+
+impl From<ClusterError> for Status {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Capacity(_) => Status::resource_exhausted(e.to_string()),
+            ClusterError::NotFound(m) => Status::not_found(m),
+            ClusterError::Refused(m) => Status::failed_precondition(m),
+            ClusterError::Unavailable(m) => Status::unavailable(m),
+            ClusterError::Node(s) => s,
+        }
+    }
+}
+
+impl From<Status> for ClusterError {
+    fn from(s: Status) -> Self {
+        Self::Node(s)
+    }
+}
+
+fn store_status(e: StoreError) -> ClusterError {
     tracing::error!(error = %e, "ledger write failed");
-    Status::unavailable(format!("cannot record placement: {e}"))
+    ClusterError::Unavailable(format!("cannot record placement: {e}"))
 }
 
 /// A MAC in the locally administered range, from the instance id.
@@ -132,11 +171,11 @@ impl ClusterInstances {
             .remove(id);
     }
 
-    fn client(&self, endpoint: &str) -> Result<NodeClient, Status> {
+    fn client(&self, endpoint: &str) -> Result<NodeClient, ClusterError> {
         let channel = self
             .trust
             .channel(endpoint, Role::Nc)
-            .map_err(|e| Status::unavailable(format!("node at {endpoint}: {e}")))?;
+            .map_err(|e| ClusterError::Unavailable(format!("node at {endpoint}: {e}")))?;
         Ok(NodeServiceClient::new(channel))
     }
 
@@ -155,16 +194,16 @@ impl ClusterInstances {
     }
 
     /// Where instance `id` runs, and a client for that node.
-    fn node_of(&self, id: &str) -> Result<(String, NodeClient), Status> {
+    fn node_of(&self, id: &str) -> Result<(String, NodeClient), ClusterError> {
         let placed = self
             .ledger
             .get(id)
-            .ok_or_else(|| Status::not_found(format!("no instance {id} in this cluster")))?;
+            .ok_or_else(|| ClusterError::NotFound(format!("no instance {id} in this cluster")))?;
         let view = self
             .views()
             .into_iter()
             .find(|v| v.name == placed.node)
-            .ok_or_else(|| Status::unavailable(format!("node {} is unknown", placed.node)))?;
+            .ok_or_else(|| ClusterError::Unavailable(format!("node {} is unknown", placed.node)))?;
         Ok((placed.node, self.client(&view.endpoint)?))
     }
 
@@ -174,7 +213,7 @@ impl ClusterInstances {
     pub fn place(
         &self,
         specs: Vec<InstanceSpec>,
-    ) -> Result<Vec<(InstanceSpec, String, String)>, Status> {
+    ) -> Result<Vec<(InstanceSpec, String, String)>, ClusterError> {
         let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
         let views = self.views();
         let endpoint_of = |node: &str| {
@@ -233,8 +272,8 @@ impl ClusterInstances {
                 let node = placement::place(&candidates, need, 1, &self.settings, cursor)
                     .and_then(|v| v.into_iter().next())
                     .ok_or_else(|| {
-                        Status::resource_exhausted(format!(
-                            "InsufficientInstanceCapacity: no node has room for {} instance(s) of {} core(s), {} MiB",
+                        ClusterError::Capacity(format!(
+                            "no node has room for {} instance(s) of {} core(s), {} MiB",
                             specs.len(),
                             spec.cores,
                             spec.memory_mib
@@ -254,8 +293,8 @@ impl ClusterInstances {
                     subnet
                         .allocate(&used, specs.len())
                         .ok_or_else(|| {
-                            Status::resource_exhausted(format!(
-                                "InsufficientInstanceCapacity: the private network {subnet} has no room for {} more instance(s)",
+                            ClusterError::Capacity(format!(
+                                "the private network {subnet} has no room for {} more instance(s)",
                                 specs.len()
                             ))
                         })?
@@ -304,7 +343,7 @@ impl ClusterInstances {
         &self,
         specs: Vec<InstanceSpec>,
         walrus: &str,
-    ) -> Result<Vec<InstanceStatus>, Status> {
+    ) -> Result<Vec<InstanceStatus>, ClusterError> {
         let mut full = Vec::with_capacity(specs.len());
         let mut lost = Vec::new();
         {
@@ -381,10 +420,10 @@ impl ClusterInstances {
 
     /// Forgets node `name` for good: refused while it holds instances here
     /// or still reports (it would only come back).
-    pub fn deregister_node(&self, name: &str) -> Result<(), Status> {
+    pub fn deregister_node(&self, name: &str) -> Result<(), ClusterError> {
         let held = self.ledger.on(name);
         if !held.is_empty() {
-            return Err(Status::failed_precondition(format!(
+            return Err(ClusterError::Refused(format!(
                 "node {name} holds instances {}: terminate them first",
                 held.join(", ")
             )));
@@ -393,7 +432,7 @@ impl ClusterInstances {
     }
 
     /// Terminates `id` on its node and releases what it held.
-    pub async fn terminate(&self, id: &str) -> Result<InstanceStatus, Status> {
+    pub async fn terminate(&self, id: &str) -> Result<InstanceStatus, ClusterError> {
         let status = match self.node_of(id) {
             Ok((_, mut client)) => client
                 .terminate_instance(proto::InstanceRef {
@@ -401,7 +440,7 @@ impl ClusterInstances {
                 })
                 .await?
                 .into_inner(),
-            Err(e) if e.code() == tonic::Code::NotFound => InstanceStatus {
+            Err(ClusterError::NotFound(_)) => InstanceStatus {
                 instance_id: id.to_string(),
                 state: InstanceState::Terminated as i32,
                 changed_unix_ms: time::unix_ms(),
@@ -416,12 +455,12 @@ impl ClusterInstances {
 
     /// Powers off guest `id` on `node` (the CLC's unknown-guest policy: the
     /// guest need not be placed here).
-    pub async fn stop_guest(&self, node: &str, id: &str) -> Result<(), Status> {
+    pub async fn stop_guest(&self, node: &str, id: &str) -> Result<(), ClusterError> {
         let view = self
             .views()
             .into_iter()
             .find(|v| v.name == node)
-            .ok_or_else(|| Status::not_found(format!("no node {node} in this cluster")))?;
+            .ok_or_else(|| ClusterError::NotFound(format!("no node {node} in this cluster")))?;
         let mut client = self.client(&view.endpoint)?;
         client
             .stop_guest(proto::InstanceRef {
@@ -433,7 +472,7 @@ impl ClusterInstances {
     }
 
     /// Passes a call for `id` to its node.
-    pub async fn on_node<T, F, Fut>(&self, id: &str, call: F) -> Result<T, Status>
+    pub async fn on_node<T, F, Fut>(&self, id: &str, call: F) -> Result<T, ClusterError>
     where
         F: FnOnce(NodeClient, proto::InstanceRef) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -450,11 +489,11 @@ impl ClusterInstances {
             Ok(reply) => Ok(reply.into_inner()),
             // A node that did not answer is unavailable, which the CLC
             // takes as "ask again later", not as a refusal.
-            Err(e) if common::rpc::not_answered(&e) => Err(Status::unavailable(format!(
+            Err(e) if common::rpc::not_answered(&e) => Err(ClusterError::Unavailable(format!(
                 "node {node} did not answer: {}",
                 e.message()
             ))),
-            Err(e) => Err(e),
+            Err(e) => Err(ClusterError::Node(e)),
         }
     }
 
@@ -462,7 +501,7 @@ impl ClusterInstances {
     pub async fn set_firewalls(
         &self,
         firewalls: Vec<proto::InstanceFirewall>,
-    ) -> Result<u32, Status> {
+    ) -> Result<u32, ClusterError> {
         let mut by_node: HashMap<String, Vec<proto::InstanceFirewall>> = HashMap::new();
         for f in firewalls {
             if let Some(p) = self.ledger.get(&f.instance_id) {
@@ -487,7 +526,7 @@ impl ClusterInstances {
     }
 
     /// Records a resize in the ledger once the node accepted it.
-    pub fn resized(&self, id: &str, cores: u32, memory_mib: u64) -> Result<(), Status> {
+    pub fn resized(&self, id: &str, cores: u32, memory_mib: u64) -> Result<(), ClusterError> {
         if let Some(mut p) = self.ledger.get(id) {
             p.cores = cores;
             p.memory_mib = memory_mib;
@@ -497,12 +536,12 @@ impl ClusterInstances {
     }
 
     /// Room left for a resize of `id` to `cores`/`memory_mib` on its node.
-    pub fn fits_resize(&self, id: &str, cores: u32, memory_mib: u64) -> Result<bool, Status> {
+    pub fn fits_resize(&self, id: &str, cores: u32, memory_mib: u64) -> Result<bool, ClusterError> {
         let _placing = self.placing.lock().unwrap_or_else(|p| p.into_inner());
         let placed = self
             .ledger
             .get(id)
-            .ok_or_else(|| Status::not_found(format!("no instance {id} in this cluster")))?;
+            .ok_or_else(|| ClusterError::NotFound(format!("no instance {id} in this cluster")))?;
         let Some(view) = self.views().into_iter().find(|v| v.name == placed.node) else {
             return Ok(false);
         };

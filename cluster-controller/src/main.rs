@@ -2,7 +2,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Context;
 use cluster_controller::network::{NetworkMode, Subnet};
 use cluster_controller::{
     config::ClusterConfig, grpc::Cluster, instances::ClusterInstances, nodes::Nodes, placement,
@@ -11,7 +10,6 @@ use common::{
     pki::Role,
     report::{keep_reporting, ReportSettings},
     rpc,
-    store::Store,
 };
 use proto::{
     cloud_service_client::CloudServiceClient, cluster_service_server::ClusterServiceServer,
@@ -23,17 +21,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: ClusterConfig) -> anyhow::Result<()> {
-    let started = rpc::start(rpc::StartAt {
-        state_dir: &config.state_dir,
-        secret_file: &config.cluster_secret_file,
-        tls: &config.internal_tls,
-        who: Role::Cc,
-        name: &config.name,
-        listen: &config.listen,
-        advertise: &config.advertise,
-    })
-    .await?;
-    let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
+    let common::daemon::Started {
+        rpc: started,
+        store,
+    } = common::daemon::start(&config).await?;
     let nodes = Arc::new(Nodes::open(
         &store,
         ClusterReport {

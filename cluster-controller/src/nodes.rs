@@ -234,12 +234,16 @@ impl Nodes {
 
     /// Forgets node `name` (durably): NOT_FOUND when unknown,
     /// FAILED_PRECONDITION while it still reports.
-    pub fn forget(&self, name: &str) -> Result<(), Status> {
+    pub fn forget(&self, name: &str) -> Result<(), crate::instances::ClusterError> {
         let mut inner = self.lock();
         match inner.nodes.get(name) {
-            None => return Err(Status::not_found(format!("no node {name} in this cluster"))),
+            None => {
+                return Err(crate::instances::ClusterError::NotFound(format!(
+                    "no node {name} in this cluster"
+                )))
+            }
             Some(n) if n.ready => {
-                return Err(Status::failed_precondition(format!(
+                return Err(crate::instances::ClusterError::Refused(format!(
                     "node {name} is ENABLED (it still reports): stop its node controller first"
                 )))
             }
@@ -247,7 +251,7 @@ impl Nodes {
         }
         self.table.delete(&name.to_string()).map_err(|e| {
             tracing::error!(error = %e, "store write failed");
-            Status::unavailable(format!("cannot forget node: {e}"))
+            crate::instances::ClusterError::Unavailable(format!("cannot forget node: {e}"))
         })?;
         inner.nodes.remove(name);
         inner.streams.retain(|_, n| n != name);

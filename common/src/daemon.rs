@@ -10,6 +10,40 @@ use serde::de::DeserializeOwned;
 pub trait DaemonConfig: DeserializeOwned + Default {
     /// The tracing filter to start with (`RUST_LOG` wins).
     fn log_filter(&self) -> &str;
+    /// Where the daemon starts from: its state, secret, certificates,
+    /// identity and gRPC address.
+    fn start_at(&self) -> crate::rpc::StartAt<'_>;
+}
+
+/// A started daemon: its gRPC listener and trust, and its database.
+#[derive(Debug)]
+pub struct Started {
+    pub rpc: crate::rpc::Started,
+    pub store: crate::store::Store,
+}
+
+/// The start every daemon makes: the state directory, the secret and the
+/// certificates, the gRPC listener and its address file, then the database
+/// (`db` in the state directory).
+pub async fn start<C: DaemonConfig>(config: &C) -> Result<Started, StartError> {
+    let at = config.start_at();
+    let db = at.state_dir.join("db");
+    let rpc = crate::rpc::start(at).await?;
+    let store = crate::store::Store::open(&db)
+        .map_err(|source| StartError::Database { path: db, source })?;
+    Ok(Started { rpc, store })
+}
+
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::StartError),
+    #[error("cannot open the database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        source: crate::store::StoreError,
+    },
 }
 
 /// Runs daemon `binary` (described by `about`) with `run`.

@@ -223,7 +223,7 @@ pub struct Started {
 }
 
 /// Where a daemon starts from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StartAt<'a> {
     /// Its state directory (created if missing).
     pub state_dir: &'a Path,
@@ -233,8 +233,8 @@ pub struct StartAt<'a> {
     pub tls: &'a TlsFiles,
     /// What it is: its certificate must name it.
     pub who: Role,
-    /// Its configured name.
-    pub name: &'a str,
+    /// Its name (configured, or worked out).
+    pub name: std::borrow::Cow<'a, str>,
     /// `host:port` to listen on.
     pub listen: &'a str,
     /// What it tells others to call (if not empty); otherwise the bound address.

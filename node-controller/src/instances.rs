@@ -48,8 +48,44 @@ pub struct InstanceRecord {
     pub created_ms: i64,
     /// True once the user asked it to stop (StopInstances).
     pub stopped: bool,
-    /// The private network it is on: (bridge, gateway, prefix).
-    pub network: Option<(String, String, u32)>,
+    /// The private network it is on.
+    pub network: Option<NetworkRecord>,
+}
+
+/// A private network as a record keeps it (stored as the array
+/// `[bridge, gateway, prefix]`, as records always have).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(String, String, u32)", into = "(String, String, u32)")]
+pub struct NetworkRecord {
+    pub bridge: String,
+    pub gateway: String,
+    pub prefix: u32,
+}
+
+impl From<(String, String, u32)> for NetworkRecord {
+    fn from((bridge, gateway, prefix): (String, String, u32)) -> Self {
+        Self {
+            bridge,
+            gateway,
+            prefix,
+        }
+    }
+}
+
+impl From<NetworkRecord> for (String, String, u32) {
+    fn from(n: NetworkRecord) -> Self {
+        (n.bridge, n.gateway, n.prefix)
+    }
+}
+
+impl From<&NetSpec> for NetworkRecord {
+    fn from(n: &NetSpec) -> Self {
+        Self {
+            bridge: n.bridge.clone(),
+            gateway: n.gateway.to_string(),
+            prefix: u32::from(n.prefix),
+        }
+    }
 }
 
 impl Record for InstanceRecord {
@@ -67,8 +103,8 @@ impl Record for InstanceRecord {
 
 impl InstanceRecord {
     fn net(&self) -> Option<NetSpec> {
-        let (bridge, gateway, prefix) = self.network.as_ref()?;
-        NetSpec::new(bridge, gateway, *prefix).ok()
+        let n = self.network.as_ref()?;
+        NetSpec::new(&n.bridge, &n.gateway, n.prefix).ok()
     }
 
     /// It as its firewall sees it, with `public_ip` (empty: none).
@@ -152,7 +188,7 @@ pub struct Instances {
     /// When each instance last changed state, for reports.
     changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
     /// The private network plumbing, when the node builds it.
-    network: Option<Arc<HostNetwork>>,
+    network: Option<Arc<dyn HostNetwork>>,
     /// The last firewall the CLC sent for each instance, kept while it is
     /// stopped (its rules come off with it and go back on at start).
     policies: Mutex<HashMap<String, Policy>>,
@@ -163,7 +199,7 @@ pub struct Instances {
 }
 
 /// A guest's firewall as the CLC sends it: ingress, egress, public address.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     ingress: Vec<FlowRule>,
     egress: Vec<FlowRule>,
@@ -221,7 +257,7 @@ impl Instances {
         dir: &Path,
         node: &str,
         virt: Arc<Virtualization>,
-        network: Option<Arc<HostNetwork>>,
+        network: Option<Arc<dyn HostNetwork>>,
     ) -> Result<Self, InstanceError> {
         std::fs::create_dir_all(dir)?;
         let this = Self {
@@ -291,7 +327,7 @@ impl Instances {
                 .network
                 .as_ref()
                 .filter(|_| self.network.is_some() && !r.mac.is_empty())
-                .map(|(bridge, _, _)| (bridge.clone(), r.mac.clone(), tap_name(&r.instance_id))),
+                .map(|n| (n.bridge.clone(), r.mac.clone(), tap_name(&r.instance_id))),
         }
     }
 
@@ -319,7 +355,7 @@ impl Instances {
             if r.stopped {
                 continue;
             }
-            match self.apply_policy(hn, &r, &policy).await {
+            match self.apply_policy(hn.as_ref(), &r, &policy).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -333,7 +369,7 @@ impl Instances {
     /// Puts `policy` on `r`'s tap; false when it is on no private network.
     async fn apply_policy(
         &self,
-        hn: &HostNetwork,
+        hn: &dyn HostNetwork,
         r: &InstanceRecord,
         policy: &Policy,
     ) -> Result<bool, InstanceError> {
@@ -434,10 +470,7 @@ impl Instances {
             private_ip: l.private_ip.clone(),
             created_ms: time::unix_ms(),
             stopped: false,
-            network: l
-                .network
-                .as_ref()
-                .map(|n| (n.bridge.clone(), n.gateway.to_string(), u32::from(n.prefix))),
+            network: l.network.as_ref().map(NetworkRecord::from),
         };
         let recorded = self.table.put(&record);
         done_fetching();
@@ -462,7 +495,7 @@ impl Instances {
                     // Terminated while launching.
                     return Err(InstanceError::NotFound(l.instance_id.clone()));
                 }
-                self.apply_policy(hn, &record, &policy).await?;
+                self.apply_policy(hn.as_ref(), &record, &policy).await?;
             }
             self.boot(&record).await
         }
@@ -562,7 +595,8 @@ impl Instances {
         r.stopped = false;
         self.table.put(&r)?;
         if let Some(hn) = &self.network {
-            self.apply_policy(hn, &r, &self.policy_of(id)).await?;
+            self.apply_policy(hn.as_ref(), &r, &self.policy_of(id))
+                .await?;
         }
         drop(turn);
         self.boot(&r).await?;
@@ -1003,6 +1037,60 @@ mod tests {
             network: None,
             firewall: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_networked_guest_is_attached_firewalled_and_taken_off_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::temporary().expect("store");
+        let cache = Arc::new(ImageCache::open(&dir.path().join("cache"), 1 << 20).expect("cache"));
+        let net = Arc::new(crate::network::Fake::default());
+        let instances = Instances::open(
+            Arc::new(Fake::default()),
+            cache,
+            &store,
+            &dir.path().join("instances"),
+            "nc-1",
+            Arc::new(Virtualization::fixed(Virt::Qemu, "test")),
+            Some(net.clone()),
+        )
+        .expect("open");
+        let id = "i-0123456789abcdef1";
+        let mut l = launch(id);
+        l.network = Some(NetSpec::new("gtbr0", "10.0.0.1", 24).expect("net"));
+        l.firewall = Some(Policy {
+            ingress: vec![FlowRule {
+                protocol: "tcp".into(),
+                from_port: 22,
+                to_port: 22,
+                cidrs: vec!["0.0.0.0/0".into()],
+            }],
+            ..Default::default()
+        });
+        instances.launch(&Source, l).await.expect("launch");
+        let calls = net.calls();
+        assert!(
+            calls.contains(&"attach d0:0d:00:00:00:01 10.0.0.2".to_string()),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&format!("firewall {id} 1")), "{calls:?}");
+        // The record keeps its network as records always stored it.
+        let stored = instances
+            .table
+            .get(&id.to_string())
+            .expect("get")
+            .expect("there");
+        assert_eq!(
+            serde_json::to_value(&stored.network).expect("json"),
+            serde_json::json!(["gtbr0", "10.0.0.1", 24])
+        );
+        instances.remove(id).await.expect("remove");
+        let calls = net.calls();
+        assert!(calls.contains(&format!("unfirewall {id}")), "{calls:?}");
+        assert!(
+            calls.contains(&"detach d0:0d:00:00:00:01".to_string()),
+            "{calls:?}"
+        );
     }
 
     #[tokio::test]

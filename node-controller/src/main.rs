@@ -3,13 +3,12 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use common::store::Store;
 use common::{
     pki::Role,
     report::{keep_reporting, ReportSettings},
     rpc,
 };
-use node_controller::network::{HostNetwork, Relay};
+use node_controller::network::{HostNetwork, LinuxNetwork, Relay};
 use node_controller::{
     config::NodeConfig,
     grpc::Node,
@@ -31,16 +30,10 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let name = config.node_name();
-    let started = rpc::start(rpc::StartAt {
-        state_dir: &config.state_dir,
-        secret_file: &config.cluster_secret_file,
-        tls: &config.internal_tls,
-        who: Role::Nc,
-        name: &name,
-        listen: &config.listen,
-        advertise: &config.advertise,
-    })
-    .await?;
+    let common::daemon::Started {
+        rpc: started,
+        store,
+    } = common::daemon::start(&config).await?;
     let instance_dir = config.instance_dir();
     std::fs::create_dir_all(&instance_dir)
         .with_context(|| format!("creating {}", instance_dir.display()))?;
@@ -48,7 +41,6 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let images = ImageCache::open(&cache_dir, config.image_cache_mib.saturating_mul(1 << 20))
         .with_context(|| format!("opening the image cache {}", cache_dir.display()))?;
     let images = Arc::new(images);
-    let store = Store::open(&config.state_dir.join("db")).context("opening the node's database")?;
     let hv: Arc<dyn Hypervisor> = Arc::new(
         Libvirt::connect(&config.libvirt_uri)
             .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?,
@@ -92,9 +84,9 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     } else {
         tracing::warn!(virt = %virt_type, %why, "no KVM acceleration: guests run under QEMU TCG (slower)");
     }
-    let network = config.manage_network.then(|| {
+    let network = config.manage_network.then(|| -> Arc<dyn HostNetwork> {
         Arc::new(
-            HostNetwork::new(
+            LinuxNetwork::new(
                 (!config.netns.is_empty()).then(|| config.netns.clone()),
                 &config.network_dir,
                 config.metadata_port,

@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use common::{
     pki::Role,
     report::{report_service_to_clc, ReportSettings},
     rpc,
-    store::Store,
 };
 use proto::{storage_service_server::StorageServiceServer, ServiceReport};
 use storage_controller::{config::StorageConfig, grpc::Storage};
@@ -17,17 +15,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: StorageConfig) -> anyhow::Result<()> {
-    let started = rpc::start(rpc::StartAt {
-        state_dir: &config.state_dir,
-        secret_file: &config.cluster_secret_file,
-        tls: &config.internal_tls,
-        who: Role::Sc,
-        name: &config.name,
-        listen: &config.listen,
-        advertise: &config.advertise,
-    })
-    .await?;
-    let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
+    let common::daemon::Started {
+        rpc: started,
+        store,
+    } = common::daemon::start(&config).await?;
     tokio::spawn(report_service_to_clc(
         ReportSettings {
             parent: config.clc.clone(),

@@ -7,7 +7,6 @@ use common::{
     pki::Role,
     report::{report_service_to_clc, ReportSettings},
     rpc,
-    store::Store,
 };
 use proto::{walrus_internal_server::WalrusInternalServer, ServiceReport};
 use walrus::{
@@ -23,17 +22,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: WalrusConfig) -> anyhow::Result<()> {
-    let started = rpc::start(rpc::StartAt {
-        state_dir: &config.state_dir,
-        secret_file: &config.cluster_secret_file,
-        tls: &config.internal_tls,
-        who: Role::Walrus,
-        name: &config.name,
-        listen: &config.listen,
-        advertise: &config.advertise,
-    })
-    .await?;
-    let store = Store::open(&config.state_dir.join("db")).context("opening the database")?;
+    let common::daemon::Started {
+        rpc: started,
+        store,
+    } = common::daemon::start(&config).await?;
     let objects = ObjectStore::open(&config.state_dir.join("objects"), &store)
         .await
         .context("opening the object store")?;

@@ -70,6 +70,12 @@ pub enum CoreError {
     /// The request would have succeeded (a dry run).
     #[error("dry run")]
     DryRun,
+    /// The instance's protection refuses it.
+    #[error("{0}")]
+    OperationNotPermitted(String),
+    /// The instance is not in a state the operation can start from.
+    #[error("instance {id} cannot be {wanted} from its state")]
+    IncorrectState { id: String, wanted: &'static str },
     /// A tier the operation needs cannot be reached now.
     #[error("{0}")]
     Unavailable(String),

@@ -8,6 +8,8 @@
 //!
 //! - [`launch`]: RunInstances as the cloud does it (images, quotas,
 //!   client tokens, placement, addresses, firewalls).
+//! - [`lifecycle`]: terminate, stop, start, reboot, the console, and the
+//!   task that carries out requests a tier below missed.
 //! - [`firewall`]: what each instance's security groups allow, and the
 //!   task that keeps the nodes in step.
 //! - [`accounts`]: deleting and purging accounts.
@@ -21,6 +23,7 @@ pub mod error;
 pub mod fake;
 pub mod firewall;
 pub mod launch;
+pub mod lifecycle;
 pub mod upkeep;
 
 use std::sync::Arc;

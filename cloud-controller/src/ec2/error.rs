@@ -190,6 +190,11 @@ impl From<CoreError> for Ec2Error {
                 "The client token was already used with different parameters",
             ),
             CoreError::DryRun => Self::dry_run(),
+            CoreError::OperationNotPermitted(m) => Self::new("OperationNotPermitted", m),
+            CoreError::IncorrectState { id, wanted } => Self::new(
+                "IncorrectInstanceState",
+                format!("The instance '{id}' is not in a state from which it can be {wanted}."),
+            ),
             CoreError::Unavailable(m) => Self::unavailable(&m),
             CoreError::Store(_) => Self::internal(),
         }

@@ -6,7 +6,7 @@
 //! starts them in the background and their states arrive with its reports.
 
 use crate::instances::InstanceState;
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use base64::Engine;
 
@@ -19,7 +19,7 @@ use super::{
     Call, Ec2, Ec2Error,
 };
 use crate::{
-    core::{cluster::Power, launch::LaunchRequest, Cloud, ClusterError, CoreError, IdKind},
+    core::{launch::LaunchRequest, lifecycle::StateChange, ClusterError},
     images::Image,
     instances::InstanceRecord,
     tags::Tag,
@@ -31,15 +31,6 @@ fn store_error(e: impl std::fmt::Display) -> Ec2Error {
 }
 
 impl Ec2 {
-    /// The caller's instances named by `InstanceId.N`; all must exist.
-    fn named_instances(&self, call: &Call) -> Result<Vec<InstanceRecord>, Ec2Error> {
-        let ids = call.params.list("InstanceId");
-        if ids.is_empty() {
-            return Err(Ec2Error::missing("InstanceId"));
-        }
-        self.own_instances(call, &ids)
-    }
-
     /// The caller's instance `id`.
     pub(super) fn own_instances_checked(
         &self,
@@ -55,29 +46,7 @@ impl Ec2 {
     }
 
     fn own_instances(&self, call: &Call, ids: &[String]) -> Result<Vec<InstanceRecord>, Ec2Error> {
-        let mut out = Vec::new();
-        let mut missing = Vec::new();
-        for id in ids {
-            if !IdKind::Instance.well_formed(id) {
-                return Err(CoreError::Malformed {
-                    kind: IdKind::Instance,
-                    id: id.clone(),
-                }
-                .into());
-            }
-            match self.cloud.instances.get(id).map_err(store_error)? {
-                Some(r) if r.account_id == call.caller.account_id => out.push(r),
-                _ => missing.push(id.clone()),
-            }
-        }
-        if !missing.is_empty() {
-            return Err(CoreError::NotFound {
-                kind: IdKind::Instance,
-                ids: missing,
-            }
-            .into());
-        }
-        Ok(out)
+        Ok(self.cloud.own_instances(&call.caller.account_id, ids)?)
     }
 }
 
@@ -465,267 +434,54 @@ fn state_change(w: &mut Writer, id: &str, previous: InstanceState, current: Inst
         .close("item");
 }
 
-fn incorrect_state(r: &InstanceRecord, what: &str) -> Ec2Error {
-    Ec2Error::new(
-        "IncorrectInstanceState",
-        format!(
-            "The instance '{}' is not in a state from which it can be {what}.",
-            r.instance_id
-        ),
-    )
+/// The `InstanceId.N` of a call (one at least).
+fn instance_ids(call: &Call) -> Result<Vec<String>, Ec2Error> {
+    let ids = call.params.list("InstanceId");
+    if ids.is_empty() {
+        return Err(Ec2Error::missing("InstanceId"));
+    }
+    Ok(ids)
+}
+
+fn state_changes(call: &Call, changes: &[StateChange]) -> String {
+    let mut w = call.writer();
+    w.open("instancesSet");
+    for c in changes {
+        state_change(&mut w, &c.instance_id, c.previous, c.current);
+    }
+    w.close("instancesSet");
+    w.finish()
 }
 
 /// TerminateInstances.
 pub async fn terminate_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
-    let records = ec2.named_instances(call)?;
-    if let Some(r) = records
-        .iter()
-        .find(|r| r.disable_api_termination && r.state != InstanceState::Terminated)
-    {
-        return Err(Ec2Error::new(
-            "OperationNotPermitted",
-            format!(
-                "The instance '{}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.",
-                r.instance_id
-            ),
-        ));
-    }
-    call.dry_run_check()?;
-    let mut w = call.writer();
-    w.open("instancesSet");
-    for r in &records {
-        if r.state == InstanceState::Terminated {
-            state_change(
-                &mut w,
-                &r.instance_id,
-                InstanceState::Terminated,
-                InstanceState::Terminated,
-            );
-            continue;
-        }
-        ec2.cloud
-            .instances
-            .set_state(
-                &r.instance_id,
-                InstanceState::ShuttingDown,
-                "Client.UserInitiatedShutdown: User initiated shutdown",
-                None,
-            )
-            .map_err(store_error)?;
-        state_change(&mut w, &r.instance_id, r.state, InstanceState::ShuttingDown);
-        ec2.cloud
-            .addresses
-            .instance_gone(&r.instance_id)
-            .map_err(store_error)?;
-        ec2.cloud.firewall_changed.notify_one();
-        let cloud = ec2.cloud.clone();
-        let (cluster, id) = (r.cluster.clone(), r.instance_id.clone());
-        tokio::spawn(async move { carry_out_terminate(&cloud, &cluster, id).await });
-    }
-    w.close("instancesSet");
-    Ok(w.finish())
-}
-
-/// Asks `r`'s cluster to terminate it and records it terminated once done.
-/// A failure (the node or cluster is down) leaves it `shutting-down`: the
-/// intent is durable and [`finish_terminations`] tries again.
-async fn carry_out_terminate(cloud: &Cloud, cluster: &str, id: String) -> bool {
-    let done = cloud.clusters.terminate(cluster, &id).await;
-    let instances = &cloud.instances;
-    match done {
-        Ok(()) => {
-            let _ = instances.set_state(
-                &id,
-                InstanceState::Terminated,
-                "Client.UserInitiatedShutdown: User initiated shutdown",
-                None,
-            );
-            true
-        }
-        Err(e) => {
-            tracing::warn!(instance_id = %id, error = %e, "terminate failed; it stays shutting-down and is tried again");
-            false
-        }
-    }
-}
-
-/// Carries out, forever, every termination that has not been confirmed
-/// (an instance `shutting-down` for more than `every`), and every stop or
-/// start its node has not shown yet: its node may have been down, or a
-/// tier restarted, when it was asked for. Run it in its own task.
-pub async fn finish_terminations(ec2: Arc<Ec2>, every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let Ok(records) = ec2.cloud.instances.list() else {
-            continue;
-        };
-        // Addresses of instances that ended without a TerminateInstances
-        // (a failed launch, or one gone below) go back too.
-        let held = ec2.cloud.addresses.by_instance().unwrap_or_default();
-        for r in records
-            .iter()
-            .filter(|r| r.state == InstanceState::Terminated)
-        {
-            if held.contains_key(&r.instance_id)
-                && ec2.cloud.addresses.instance_gone(&r.instance_id).is_ok()
-            {
-                tracing::info!(instance_id = %r.instance_id, "a terminated instance's address released");
-                ec2.cloud.firewall_changed.notify_one();
-            }
-        }
-        let now = time::unix_ms();
-        for r in records {
-            let due = now - r.changed_ms > every.as_millis() as i64;
-            if r.state == InstanceState::ShuttingDown && due {
-                if carry_out_terminate(&ec2.cloud, &r.cluster, r.instance_id.clone()).await {
-                    tracing::info!(instance_id = %r.instance_id, "a termination asked for earlier is done");
-                }
-                continue;
-            }
-            // A stop or start its node has not shown yet: ask again.
-            let Some(desired) = r.desired else {
-                continue;
-            };
-            if !due || r.state == desired || r.state == InstanceState::Terminated {
-                continue;
-            }
-            let stop = desired == InstanceState::Stopped;
-            match send_stop_or_start(&ec2, &r, stop).await {
-                Ok(()) => {
-                    tracing::info!(instance_id = %r.instance_id, %desired, "a stop or start asked for earlier was sent again")
-                }
-                Err(e) if e.retry => {
-                    tracing::debug!(instance_id = %r.instance_id, error = %e.message, "the node still cannot be reached")
-                }
-                Err(e) => {
-                    tracing::warn!(instance_id = %r.instance_id, error = %e.message, "a stop or start asked for earlier cannot be done: dropped");
-                    let _ = ec2.cloud.instances.forget_request(&r.instance_id);
-                }
-            }
-        }
-    }
-}
-
-/// Why a stop or start did not reach its node; `retry` when the reason may
-/// pass (nothing answered, or a tier on the way is unavailable).
-struct SendError {
-    message: String,
-    retry: bool,
-}
-
-/// Sends the stop or start of `r` to its cluster.
-async fn send_stop_or_start(ec2: &Ec2, r: &InstanceRecord, stop: bool) -> Result<(), SendError> {
-    let what = if stop { Power::Stop } else { Power::Start };
-    ec2.cloud
-        .clusters
-        .power(&r.cluster, &r.instance_id, what)
-        .await
-        .map_err(|e| SendError {
-            retry: e.retry(),
-            message: e.to_string(),
-        })
+    let ids = instance_ids(call)?;
+    let dry_run = call.params.flag("DryRun")?;
+    let changes = ec2
+        .cloud
+        .terminate(&call.caller.account_id, &ids, dry_run)
+        .await?;
+    Ok(state_changes(call, &changes))
 }
 
 /// StopInstances and StartInstances.
 pub async fn stop_or_start(ec2: &Ec2, call: &Call, stop: bool) -> Result<String, Ec2Error> {
-    let records = ec2.named_instances(call)?;
-    for r in &records {
-        let ok = if stop {
-            matches!(
-                r.state,
-                InstanceState::Running
-                    | InstanceState::Pending
-                    | InstanceState::Stopping
-                    | InstanceState::Stopped
-            )
-        } else {
-            matches!(
-                r.state,
-                InstanceState::Stopped | InstanceState::Running | InstanceState::Pending
-            )
-        };
-        if !ok {
-            return Err(incorrect_state(r, if stop { "stopped" } else { "started" }));
-        }
-    }
-    call.dry_run_check()?;
-    let mut w = call.writer();
-    w.open("instancesSet");
-    for r in &records {
-        let noop = if stop {
-            matches!(r.state, InstanceState::Stopping | InstanceState::Stopped)
-        } else {
-            matches!(r.state, InstanceState::Running | InstanceState::Pending)
-        };
-        if noop {
-            state_change(&mut w, &r.instance_id, r.state, r.state);
-            continue;
-        }
-        let (next, desired) = if stop {
-            (InstanceState::Stopping, InstanceState::Stopped)
-        } else {
-            (InstanceState::Pending, InstanceState::Running)
-        };
-        // The intent first, durably: if the node cannot be reached now,
-        // finish_requests carries it out when it can.
-        ec2.cloud
-            .instances
-            .request(
-                &r.instance_id,
-                next,
-                if stop {
-                    "Client.UserInitiatedShutdown: User initiated shutdown"
-                } else {
-                    ""
-                },
-                desired,
-            )
-            .map_err(store_error)?;
-        if let Err(e) = send_stop_or_start(ec2, r, stop).await {
-            if !e.retry {
-                ec2.cloud
-                    .instances
-                    .set_state(&r.instance_id, r.state, &r.state_reason, None)
-                    .map_err(store_error)?;
-                ec2.cloud
-                    .instances
-                    .forget_request(&r.instance_id)
-                    .map_err(store_error)?;
-                return Err(Ec2Error::unavailable(&format!(
-                    "cluster {}: {}",
-                    r.cluster, e.message
-                )));
-            }
-            tracing::warn!(instance_id = %r.instance_id, error = %e.message, "the node cannot be reached: the request is kept and carried out when it can");
-        }
-        state_change(&mut w, &r.instance_id, r.state, next);
-        if !stop {
-            // A node that restarted while it was stopped knows its rules
-            // from the next push.
-            ec2.cloud.firewall_changed.notify_one();
-        }
-    }
-    w.close("instancesSet");
-    Ok(w.finish())
+    let ids = instance_ids(call)?;
+    let dry_run = call.params.flag("DryRun")?;
+    let changes = ec2
+        .cloud
+        .stop_or_start(&call.caller.account_id, &ids, stop, dry_run)
+        .await?;
+    Ok(state_changes(call, &changes))
 }
 
 /// RebootInstances.
 pub async fn reboot_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
-    let records = ec2.named_instances(call)?;
-    for r in &records {
-        if r.state != InstanceState::Running {
-            return Err(incorrect_state(r, "rebooted"));
-        }
-    }
-    call.dry_run_check()?;
-    for r in &records {
-        ec2.cloud
-            .clusters
-            .power(&r.cluster, &r.instance_id, Power::Reboot)
-            .await
-            .map_err(|e| Ec2Error::unavailable(&e.to_string()))?;
-    }
+    let ids = instance_ids(call)?;
+    let dry_run = call.params.flag("DryRun")?;
+    ec2.cloud
+        .reboot(&call.caller.account_id, &ids, dry_run)
+        .await?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -743,19 +499,11 @@ pub async fn get_console_output(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
             .next()
             .ok_or_else(|| Ec2Error::missing("InstanceId"))?,
     };
-    let r = ec2
-        .own_instances(call, std::slice::from_ref(&id))?
-        .remove(0);
-    call.dry_run_check()?;
-    let output = if r.state == InstanceState::Terminated || r.node.is_empty() {
-        Vec::new()
-    } else {
-        match ec2.cloud.clusters.console_output(&r.cluster, &id).await {
-            Ok(o) => o,
-            Err(ClusterError::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(Ec2Error::unavailable(&e.to_string())),
-        }
-    };
+    let dry_run = call.params.flag("DryRun")?;
+    let output = ec2
+        .cloud
+        .console_output(&call.caller.account_id, &id, dry_run)
+        .await?;
     let mut w = call.writer();
     w.elem("instanceId", &id)
         .elem("timestamp", &time::iso8601_ms(time::unix_ms()))

@@ -2,7 +2,9 @@
 //! harness:
 //!
 //! 1. launch latency of the tiny guest on real libvirt (TCG here):
-//!    RunInstances to `running` in DescribeInstances, to the boot marker
+//!    RunInstances to the kernel's first console line (next to the same
+//!    guest as a bare `virsh create`, and their ratio), to `running` in
+//!    DescribeInstances, to the boot marker
 //!    in GetConsoleOutput, and (when guests are networked, as in
 //!    scripts/bench-ec2) to its user-data, read from the metadata service,
 //!    on the console; median and max of `--launches N`; then, from an

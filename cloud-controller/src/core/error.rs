@@ -11,7 +11,14 @@ pub enum IdKind {
     Kernel,
     Ramdisk,
     Group,
+    /// A key pair by name.
     KeyPair,
+    /// A key pair by id.
+    KeyPairId,
+    /// An elastic IP by its address.
+    Address,
+    Allocation,
+    Association,
 }
 
 impl IdKind {
@@ -23,7 +30,11 @@ impl IdKind {
                 &["ami", "aki", "ari", "emi", "eki", "eri"]
             }
             Self::Group => &["sg"],
-            Self::KeyPair => &["key"],
+            Self::KeyPair => &[],
+            Self::KeyPairId => &["key"],
+            Self::Address => &[],
+            Self::Allocation => &["eipalloc"],
+            Self::Association => &["eipassoc"],
         }
     }
 
@@ -70,6 +81,33 @@ pub enum CoreError {
     /// The request would have succeeded (a dry run).
     #[error("dry run")]
     DryRun,
+    /// A group of that name exists already.
+    #[error("{0}")]
+    GroupExists(String),
+    /// A resource that cannot be deleted (a `default` group).
+    #[error("{0}")]
+    CannotDelete(String),
+    /// Something still depends on the resource.
+    #[error("{0}")]
+    DependencyViolation(String),
+    /// The group (its id) has the rule already.
+    #[error("the rule exists in {0}")]
+    RuleExists(String),
+    /// The group (its id) has no such rule.
+    #[error("no such rule in {0}")]
+    RuleMissing(String),
+    /// The account has a key pair of that name.
+    #[error("key pair {0} exists")]
+    KeyPairExists(String),
+    /// Key material that is no public key.
+    #[error("{0}")]
+    KeyFormat(String),
+    /// The cloud's public pool has no address left.
+    #[error("the public address pool is exhausted")]
+    AddressLimit,
+    /// The instance (its id) is not in a state the operation can use.
+    #[error("instance {0} is not in a valid state")]
+    NotNow(String),
     /// The instance's protection refuses it.
     #[error("{0}")]
     OperationNotPermitted(String),

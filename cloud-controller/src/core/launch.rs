@@ -427,28 +427,23 @@ impl Cloud {
                 .collect();
             // Recorded before any tier below hears of them.
             self.instances.create(&records)?;
-            let tags: Vec<Tag> = records
-                .iter()
-                .flat_map(|r| {
-                    req.tags.iter().map(|(k, v)| Tag {
-                        account_id: me.clone(),
-                        resource_id: r.instance_id.clone(),
-                        resource_type: "instance".into(),
-                        key: k.clone(),
-                        value: v.clone().unwrap_or_default(),
-                    })
-                })
-                .collect();
             let forget = |records: &[InstanceRecord]| {
                 for r in records {
                     let _ = self.instances.remove(&r.instance_id);
                     let _ = self.tags.forget(&r.instance_id);
                 }
             };
-            if let Err(e) = self.tags.set(&tags) {
-                forget(&records);
-                return Err(e.into());
-            }
+            let ids: Vec<(&str, &str)> = records
+                .iter()
+                .map(|r| (r.instance_id.as_str(), "instance"))
+                .collect();
+            let tags = match self.tag_new(&me, &ids, &req.tags) {
+                Ok(tags) => tags,
+                Err(e) => {
+                    forget(&records);
+                    return Err(e);
+                }
+            };
             match self.clusters.place(&cluster.name, specs, &walrus).await {
                 Ok(placed) => {
                     for p in placed {

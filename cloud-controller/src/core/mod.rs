@@ -10,20 +10,26 @@
 //!   client tokens, placement, addresses, firewalls).
 //! - [`lifecycle`]: terminate, stop, start, reboot, the console, and the
 //!   task that carries out requests a tier below missed.
+//! - [`security_groups`]: creating and deleting groups, changing rules.
 //! - [`firewall`]: what each instance's security groups allow, and the
 //!   task that keeps the nodes in step.
+//! - [`addresses`]: elastic IPs.
+//! - [`keypairs`]: key pairs, made here or imported.
 //! - [`accounts`]: deleting and purging accounts.
 //! - [`upkeep`]: the background reconciliations (unknown guests, liveness).
 //! - [`cluster`]: how the core calls the clusters below ([`ClusterApi`]),
 //!   over gRPC; [`fake`] is an in-memory cluster for unit tests.
 
 pub mod accounts;
+pub mod addresses;
 pub mod cluster;
 pub mod error;
 pub mod fake;
 pub mod firewall;
+pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
+pub mod security_groups;
 pub mod upkeep;
 
 use std::sync::Arc;
@@ -114,6 +120,30 @@ pub struct Parts {
 }
 
 impl Cloud {
+    /// Tags `resources` (id and type, just made by `account_id`) with
+    /// `tags`; returns them as stored.
+    pub fn tag_new(
+        &self,
+        account_id: &str,
+        resources: &[(&str, &str)],
+        tags: &[(String, Option<String>)],
+    ) -> Result<Vec<crate::tags::Tag>, CoreError> {
+        let all: Vec<crate::tags::Tag> = resources
+            .iter()
+            .flat_map(|(resource_id, resource_type)| {
+                tags.iter().map(move |(k, v)| crate::tags::Tag {
+                    account_id: account_id.to_string(),
+                    resource_id: resource_id.to_string(),
+                    resource_type: resource_type.to_string(),
+                    key: k.clone(),
+                    value: v.clone().unwrap_or_default(),
+                })
+            })
+            .collect();
+        self.tags.set(&all)?;
+        Ok(all)
+    }
+
     /// Opens every table of the cloud in `store`.
     pub fn open(store: &Store, parts: Parts) -> Result<Self, StoreError> {
         let clusters = parts.clusters.unwrap_or_else(|| {

@@ -5,55 +5,21 @@ use super::{
     tags::{by_resource, tag_filter_values, write_tag_set},
     Call, Ec2, Ec2Error,
 };
-use crate::addresses::Address;
-use crate::instances::InstanceState;
+use crate::core::addresses::AddressRef;
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
     tracing::error!(error = %e, "address store failed");
     Ec2Error::internal()
 }
 
-/// The caller's address named by `PublicIp` or `AllocationId`.
-fn own_address(ec2: &Ec2, call: &Call) -> Result<Address, Ec2Error> {
+/// The address a call names by `PublicIp` or `AllocationId`.
+fn named(call: &Call) -> Result<AddressRef<'_>, Ec2Error> {
     let p = &call.params;
-    let mine = ec2
-        .cloud
-        .addresses
-        .of(&call.caller.account_id)
-        .map_err(store_error)?;
     match (p.get("PublicIp"), p.get("AllocationId")) {
-        (Some(ip), _) => mine.into_iter().find(|a| a.public_ip == ip).ok_or_else(|| {
-            Ec2Error::new(
-                "InvalidAddress.NotFound",
-                format!("Address '{ip}' not found."),
-            )
-        }),
-        (None, Some(id)) => mine
-            .into_iter()
-            .find(|a| a.allocation_id == id)
-            .ok_or_else(|| {
-                Ec2Error::new(
-                    "InvalidAllocationID.NotFound",
-                    format!("The allocation ID '{id}' does not exist"),
-                )
-            }),
+        (Some(ip), _) => Ok(AddressRef::PublicIp(ip)),
+        (None, Some(id)) => Ok(AddressRef::Allocation(id)),
         (None, None) => Err(Ec2Error::missing("PublicIp")),
     }
-}
-
-/// After an address changed hands: the instance it left (if any, and
-/// still alive) gets a new public address from the pool, and the nodes
-/// hear of it.
-fn address_moved(ec2: &Ec2, from: Option<&str>) {
-    if let Some(Ok(Some(r))) = from.map(|id| ec2.cloud.instances.get(id)) {
-        if !matches!(
-            r.state,
-            InstanceState::Terminated | InstanceState::ShuttingDown
-        ) {
-            ec2.cloud.give_public_ip(&r.account_id, &r.instance_id);
-        }
-    }
-    ec2.cloud.firewall_changed.notify_one();
 }
 
 /// AllocateAddress.
@@ -66,18 +32,9 @@ pub fn allocate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             "Use standard or vpc.",
         ));
     }
-    call.dry_run_check()?;
     let a = ec2
-        .cloud.addresses
-        .allocate(&call.caller.account_id)
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            Ec2Error::new(
-                "AddressLimitExceeded",
-                "The maximum number of addresses has been reached: the cloud's public pool is exhausted.",
-            )
-        })?;
-    tracing::info!(public_ip = %a.public_ip, account = %call.caller.account_name, "address allocated");
+        .cloud
+        .allocate_address(&call.caller.account_id, call.params.flag("DryRun")?)?;
     let mut w = call.writer();
     w.elem("publicIp", &a.public_ip)
         .elem("domain", "standard")
@@ -87,29 +44,14 @@ pub fn allocate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 
 /// AssociateAddress: moves the address to the instance (from wherever it was).
 pub fn associate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
-    let address = own_address(ec2, call)?;
-    let id = call.params.required("InstanceId")?.to_string();
-    let instance = ec2.own_instances_checked(call, &id)?;
-    if matches!(
-        instance.state,
-        InstanceState::Terminated | InstanceState::ShuttingDown
-    ) {
-        return Err(Ec2Error::new(
-            "IncorrectInstanceState",
-            format!("The instance '{id}' is not in a valid state for this operation."),
-        ));
-    }
-    call.dry_run_check()?;
-    let association = ec2
-        .cloud
-        .addresses
-        .associate(&address.public_ip, &id)
-        .map_err(store_error)?;
-    tracing::info!(public_ip = %address.public_ip, instance_id = %id, "address associated");
-    address_moved(
-        ec2,
-        address.instance_id.as_deref().filter(|from| *from != id),
-    );
+    let which = named(call)?;
+    let id = call.params.required("InstanceId")?;
+    let association = ec2.cloud.associate_address(
+        &call.caller.account_id,
+        which,
+        id,
+        call.params.flag("DryRun")?,
+    )?;
     let mut w = call.writer();
     w.bool("return", true).elem("associationId", &association);
     Ok(w.finish())
@@ -117,30 +59,12 @@ pub fn associate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 
 /// DisassociateAddress.
 pub fn disassociate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
-    let p = &call.params;
-    let address = match p.get("AssociationId") {
-        Some(id) => ec2
-            .cloud
-            .addresses
-            .of(&call.caller.account_id)
-            .map_err(store_error)?
-            .into_iter()
-            .find(|a| a.association_id.as_deref() == Some(id))
-            .ok_or_else(|| {
-                Ec2Error::new(
-                    "InvalidAssociationID.NotFound",
-                    format!("The association ID '{id}' does not exist"),
-                )
-            })?,
-        None => own_address(ec2, call)?,
+    let which = match call.params.get("AssociationId") {
+        Some(id) => AddressRef::Association(id),
+        None => named(call)?,
     };
-    call.dry_run_check()?;
     ec2.cloud
-        .addresses
-        .disassociate(&address.public_ip)
-        .map_err(store_error)?;
-    tracing::info!(public_ip = %address.public_ip, "address disassociated");
-    address_moved(ec2, address.instance_id.as_deref());
+        .disassociate_address(&call.caller.account_id, which, call.params.flag("DryRun")?)?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -148,18 +72,9 @@ pub fn disassociate_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
 
 /// ReleaseAddress (an associated address is disassociated first, as in EC2-Classic).
 pub fn release_address(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
-    let address = own_address(ec2, call)?;
-    call.dry_run_check()?;
+    let which = named(call)?;
     ec2.cloud
-        .addresses
-        .release(&address.public_ip)
-        .map_err(store_error)?;
-    ec2.cloud
-        .tags
-        .forget(&address.allocation_id)
-        .map_err(store_error)?;
-    tracing::info!(public_ip = %address.public_ip, "address released");
-    address_moved(ec2, address.instance_id.as_deref());
+        .release_address(&call.caller.account_id, which, call.params.flag("DryRun")?)?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())

@@ -132,9 +132,22 @@ impl From<CoreError> for Ec2Error {
                     "InvalidGroupId.Malformed",
                     format!("Invalid id: \"{id}\" (expecting \"sg-...\")"),
                 ),
-                IdKind::Image | IdKind::Kernel | IdKind::Ramdisk | IdKind::KeyPair => {
+                IdKind::Image
+                | IdKind::Kernel
+                | IdKind::Ramdisk
+                | IdKind::KeyPair
+                | IdKind::KeyPairId => {
                     Self::new("InvalidAMIID.Malformed", format!("Invalid id: \"{id}\""))
                 }
+                IdKind::Address => Self::invalid_value("PublicIp", &id, "Not an address."),
+                IdKind::Allocation => Self::new(
+                    "InvalidAllocationID.Malformed",
+                    format!("Invalid id: \"{id}\""),
+                ),
+                IdKind::Association => Self::new(
+                    "InvalidAssociationID.Malformed",
+                    format!("Invalid id: \"{id}\""),
+                ),
             },
             CoreError::NotFound { kind, ids } => {
                 let list = ids.join(", ");
@@ -167,6 +180,22 @@ impl From<CoreError> for Ec2Error {
                         "InvalidKeyPair.NotFound",
                         format!("The key pair '{list}' does not exist"),
                     ),
+                    IdKind::KeyPairId => Self::new(
+                        "InvalidKeyPair.NotFound",
+                        format!("The key pair ID '{list}' does not exist"),
+                    ),
+                    IdKind::Address => Self::new(
+                        "InvalidAddress.NotFound",
+                        format!("Address '{list}' not found."),
+                    ),
+                    IdKind::Allocation => Self::new(
+                        "InvalidAllocationID.NotFound",
+                        format!("The allocation ID '{list}' does not exist"),
+                    ),
+                    IdKind::Association => Self::new(
+                        "InvalidAssociationID.NotFound",
+                        format!("The association ID '{list}' does not exist"),
+                    ),
                 }
             }
             CoreError::InvalidValue { param, value, why } => {
@@ -190,6 +219,30 @@ impl From<CoreError> for Ec2Error {
                 "The client token was already used with different parameters",
             ),
             CoreError::DryRun => Self::dry_run(),
+            CoreError::GroupExists(m) => Self::new("InvalidGroup.Duplicate", m),
+            CoreError::CannotDelete(m) => Self::new("CannotDelete", m),
+            CoreError::DependencyViolation(m) => Self::new("DependencyViolation", m),
+            CoreError::RuleExists(group) => Self::new(
+                "InvalidPermission.Duplicate",
+                format!("the specified rule already exists in security group {group}"),
+            ),
+            CoreError::RuleMissing(group) => Self::new(
+                "InvalidPermission.NotFound",
+                format!("The specified rule does not exist in security group {group}"),
+            ),
+            CoreError::KeyPairExists(name) => Self::new(
+                "InvalidKeyPair.Duplicate",
+                format!("The keypair '{name}' already exists."),
+            ),
+            CoreError::KeyFormat(m) => Self::new("InvalidKey.Format", m),
+            CoreError::AddressLimit => Self::new(
+                "AddressLimitExceeded",
+                "The maximum number of addresses has been reached: the cloud's public pool is exhausted.",
+            ),
+            CoreError::NotNow(id) => Self::new(
+                "IncorrectInstanceState",
+                format!("The instance '{id}' is not in a valid state for this operation."),
+            ),
             CoreError::OperationNotPermitted(m) => Self::new("OperationNotPermitted", m),
             CoreError::IncorrectState { id, wanted } => Self::new(
                 "IncorrectInstanceState",

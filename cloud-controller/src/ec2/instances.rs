@@ -31,15 +31,6 @@ fn store_error(e: impl std::fmt::Display) -> Ec2Error {
 }
 
 impl Ec2 {
-    /// The caller's instance `id`.
-    pub(super) fn own_instances_checked(
-        &self,
-        call: &Call,
-        id: &str,
-    ) -> Result<InstanceRecord, Ec2Error> {
-        Ok(self.own_instances(call, &[id.to_string()])?.remove(0))
-    }
-
     /// Checks that instance `id` is the caller's (to tag it).
     pub(super) fn own_instances_for_tags(&self, call: &Call, id: &str) -> Result<(), Ec2Error> {
         self.own_instances(call, &[id.to_string()]).map(|_| ())

@@ -4,72 +4,32 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use common::time;
 
 use super::{
-    tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
+    tags::{by_resource, specified, tag_filter_values, write_tag_set},
     Call, Ec2, Ec2Error,
 };
-use crate::keypairs::{generate_ed25519, generate_rsa, import, KeyError, KeyPair};
+use crate::core::{
+    keypairs::{KeyPairRef, KeySource, NewKeyPair},
+    CoreError, IdKind,
+};
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
     tracing::error!(error = %e, "key pair store failed");
     Ec2Error::internal()
 }
 
-fn valid_name(name: &str) -> Result<(), Ec2Error> {
-    if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(Ec2Error::invalid_value(
-            "KeyName",
-            name,
-            "Key names are 1 to 255 ASCII characters.",
-        ));
-    }
-    Ok(())
-}
-
-fn duplicate(name: &str) -> Ec2Error {
-    Ec2Error::new(
-        "InvalidKeyPair.Duplicate",
-        format!("The keypair '{name}' already exists."),
-    )
-}
-
 /// `InvalidKeyPair.NotFound` for `name`.
 pub fn not_found(name: &str) -> Ec2Error {
-    Ec2Error::new(
-        "InvalidKeyPair.NotFound",
-        format!("The key pair '{name}' does not exist"),
-    )
-}
-
-fn new_id() -> String {
-    common::ids::resource_id("key")
-}
-
-/// Stores a new pair and its tags; the duplicate error when the name is taken.
-fn store(ec2: &Ec2, call: &Call, pair: &KeyPair) -> Result<Vec<crate::tags::Tag>, Ec2Error> {
-    let tags = specified(&call.params, "key-pair")?;
-    if !ec2.cloud.keypairs.insert(pair).map_err(store_error)? {
-        return Err(duplicate(&pair.name));
+    CoreError::NotFound {
+        kind: IdKind::KeyPair,
+        ids: vec![name.to_string()],
     }
-    apply(ec2, call, &[(pair.key_pair_id.clone(), "key-pair")], &tags)?;
-    ec2.cloud
-        .tags
-        .of(&call.caller.account_id, &pair.key_pair_id)
-        .map_err(store_error)
+    .into()
 }
 
 /// CreateKeyPair.
 pub fn create_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
     let name = p.required("KeyName")?;
-    valid_name(name)?;
-    let key_type = p.get("KeyType").unwrap_or("rsa");
-    if !matches!(key_type, "rsa" | "ed25519") {
-        return Err(Ec2Error::invalid_value(
-            "KeyType",
-            key_type,
-            "Use rsa or ed25519.",
-        ));
-    }
     match p.get("KeyFormat").unwrap_or("pem") {
         "pem" => {}
         other => {
@@ -80,41 +40,24 @@ pub fn create_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             ))
         }
     }
-    specified(p, "key-pair")?;
-    let me = &call.caller.account_id;
-    if ec2
-        .cloud
-        .keypairs
-        .get(me, name)
-        .map_err(store_error)?
-        .is_some()
-    {
-        return Err(duplicate(name));
-    }
-    call.dry_run_check()?;
-    let generated = if key_type == "rsa" {
-        generate_rsa(2048)
-    } else {
-        generate_ed25519()
-    }
-    .map_err(store_error)?;
-    let pair = KeyPair {
-        account_id: me.clone(),
-        name: name.to_string(),
-        key_pair_id: new_id(),
-        key_type: key_type.to_string(),
-        fingerprint: generated.fingerprint,
-        public_key: generated.public_key,
-        created_ms: time::unix_ms(),
-    };
-    let tags = store(ec2, call, &pair)?;
-    tracing::info!(key_name = %pair.name, key_pair_id = %pair.key_pair_id, key_type, "key pair created");
+    let added = ec2.cloud.add_key_pair(
+        NewKeyPair {
+            account_id: call.caller.account_id.clone(),
+            name: name.to_string(),
+            source: KeySource::Generate(p.get("KeyType").unwrap_or("rsa").to_string()),
+            tags: specified(p, "key-pair")?,
+        },
+        p.flag("DryRun")?,
+    )?;
     let mut w = call.writer();
-    w.elem("keyName", &pair.name)
-        .elem("keyFingerprint", &pair.fingerprint)
-        .elem("keyMaterial", generated.private_pem.trim_end())
-        .elem("keyPairId", &pair.key_pair_id);
-    write_tag_set(&mut w, &tags);
+    w.elem("keyName", &added.pair.name)
+        .elem("keyFingerprint", &added.pair.fingerprint)
+        .elem(
+            "keyMaterial",
+            added.private_pem.as_deref().unwrap_or_default().trim_end(),
+        )
+        .elem("keyPairId", &added.pair.key_pair_id);
+    write_tag_set(&mut w, &added.tags);
     Ok(w.finish())
 }
 
@@ -122,41 +65,24 @@ pub fn create_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 pub fn import_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
     let name = p.required("KeyName")?;
-    valid_name(name)?;
     let material = p.required("PublicKeyMaterial")?;
     let raw = B64.decode(material.trim()).map_err(|_| {
         Ec2Error::invalid_value("PublicKeyMaterial", "(omitted)", "Invalid BASE64.")
     })?;
-    let (key_type, public_key, fingerprint) =
-        import(&raw).map_err(|e: KeyError| Ec2Error::new("InvalidKey.Format", e.to_string()))?;
-    specified(p, "key-pair")?;
-    let me = &call.caller.account_id;
-    if ec2
-        .cloud
-        .keypairs
-        .get(me, name)
-        .map_err(store_error)?
-        .is_some()
-    {
-        return Err(duplicate(name));
-    }
-    call.dry_run_check()?;
-    let pair = KeyPair {
-        account_id: me.clone(),
-        name: name.to_string(),
-        key_pair_id: new_id(),
-        key_type,
-        fingerprint,
-        public_key,
-        created_ms: time::unix_ms(),
-    };
-    let tags = store(ec2, call, &pair)?;
-    tracing::info!(key_name = %pair.name, key_pair_id = %pair.key_pair_id, "key pair imported");
+    let added = ec2.cloud.add_key_pair(
+        NewKeyPair {
+            account_id: call.caller.account_id.clone(),
+            name: name.to_string(),
+            source: KeySource::Import(raw),
+            tags: specified(p, "key-pair")?,
+        },
+        p.flag("DryRun")?,
+    )?;
     let mut w = call.writer();
-    w.elem("keyFingerprint", &pair.fingerprint)
-        .elem("keyName", &pair.name)
-        .elem("keyPairId", &pair.key_pair_id);
-    write_tag_set(&mut w, &tags);
+    w.elem("keyFingerprint", &added.pair.fingerprint)
+        .elem("keyName", &added.pair.name)
+        .elem("keyPairId", &added.pair.key_pair_id);
+    write_tag_set(&mut w, &added.tags);
     Ok(w.finish())
 }
 
@@ -238,34 +164,14 @@ pub fn describe_key_pairs(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 /// exist succeeds.
 pub fn delete_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let me = &call.caller.account_id;
-    let pair = match (p.get("KeyName"), p.get("KeyPairId")) {
-        (Some(name), _) => ec2.cloud.keypairs.get(me, name).map_err(store_error)?,
-        (None, Some(id)) => Some(
-            ec2.cloud
-                .keypairs
-                .of(me)
-                .map_err(store_error)?
-                .into_iter()
-                .find(|k| k.key_pair_id == id)
-                .ok_or_else(|| {
-                    Ec2Error::new(
-                        "InvalidKeyPair.NotFound",
-                        format!("The key pair ID '{id}' does not exist"),
-                    )
-                })?,
-        ),
+    let which = match (p.get("KeyName"), p.get("KeyPairId")) {
+        (Some(name), _) => KeyPairRef::Name(name),
+        (None, Some(id)) => KeyPairRef::Id(id),
         (None, None) => return Err(Ec2Error::missing("KeyName")),
     };
-    call.dry_run_check()?;
-    if let Some(k) = &pair {
-        ec2.cloud
-            .keypairs
-            .delete(me, &k.name)
-            .map_err(store_error)?;
-        ec2.cloud.tags.forget(&k.key_pair_id).map_err(store_error)?;
-        tracing::info!(key_name = %k.name, "key pair deleted");
-    }
+    let pair = ec2
+        .cloud
+        .delete_key_pair(&call.caller.account_id, which, p.flag("DryRun")?)?;
     let mut w = call.writer();
     w.bool("return", true)
         .opt("keyPairId", pair.as_ref().map(|k| k.key_pair_id.as_str()));

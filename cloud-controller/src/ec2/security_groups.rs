@@ -2,18 +2,18 @@
 //! Authorize/RevokeSecurityGroupIngress and Egress, and the groups of
 //! RunInstances.
 
-use crate::instances::InstanceState;
 use std::collections::HashMap;
-
-use common::time;
 
 use super::{
     params::Params,
-    tags::{apply, by_resource, specified, tag_filter_values, write_tag_set},
+    tags::{by_resource, specified, tag_filter_values, write_tag_set},
     xml::Writer,
     Call, Ec2, Ec2Error,
 };
-use crate::security_groups::{authorize, revoke, Change, GroupRef, Rule, SecurityGroup};
+use crate::{
+    core::security_groups::{GroupName, NewGroup},
+    security_groups::{GroupRef, Rule, SecurityGroup},
+};
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
     tracing::error!(error = %e, "security group store failed");
@@ -246,60 +246,15 @@ fn permissions(ec2: &Ec2, call: &Call) -> Result<Vec<Rule>, Ec2Error> {
 /// CreateSecurityGroup.
 pub fn create_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let name = p.required("GroupName")?;
-    let description = p.required("GroupDescription")?;
-    for (what, v) in [("GroupName", name), ("GroupDescription", description)] {
-        if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(Ec2Error::invalid_value(
-                what,
-                v,
-                "Use 1 to 255 ASCII characters.",
-            ));
-        }
-    }
-    if name.starts_with("sg-") {
-        return Err(Ec2Error::invalid_value(
-            "GroupName",
-            name,
-            "Group names may not start with sg-.",
-        ));
-    }
-    let tags = specified(p, "security-group")?;
-    call.dry_run_check()?;
-    let group = SecurityGroup {
+    let req = NewGroup {
         account_id: call.caller.account_id.clone(),
-        group_id: common::ids::resource_id("sg"),
-        name: name.to_string(),
-        description: description.to_string(),
-        ingress: Vec::new(),
-        egress: vec![Rule::all_out()],
-        created_ms: time::unix_ms(),
+        name: p.required("GroupName")?.to_string(),
+        description: p.required("GroupDescription")?.to_string(),
+        tags: specified(p, "security-group")?,
     };
-    if !ec2
-        .cloud
-        .security_groups
-        .create(&group)
-        .map_err(store_error)?
-    {
-        return Err(Ec2Error::new(
-            "InvalidGroup.Duplicate",
-            format!("The security group '{name}' already exists"),
-        ));
-    }
-    apply(
-        ec2,
-        call,
-        &[(group.group_id.clone(), "security-group")],
-        &tags,
-    )?;
-    tracing::info!(group_id = %group.group_id, name, "security group created");
+    let (group, tags) = ec2.cloud.create_group(req, p.flag("DryRun")?)?;
     let mut w = call.writer();
     w.bool("return", true).elem("groupId", &group.group_id);
-    let tags = ec2
-        .cloud
-        .tags
-        .of(&call.caller.account_id, &group.group_id)
-        .map_err(store_error)?;
     write_tag_set(&mut w, &tags);
     Ok(w.finish())
 }
@@ -307,51 +262,15 @@ pub fn create_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error>
 /// DeleteSecurityGroup.
 pub fn delete_security_group(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let group = ec2.own_group(call, p.get("GroupId"), p.get("GroupName"))?;
-    if group.name == "default" {
-        return Err(Ec2Error::new(
-            "CannotDelete",
-            "The default security group cannot be deleted",
-        ));
+    let (id, name) = (p.get("GroupId"), p.get("GroupName"));
+    if id.is_none() && name.is_none() {
+        return Err(Ec2Error::missing("GroupId"));
     }
-    let in_use = ec2
-        .cloud
-        .instances
-        .list()
-        .map_err(store_error)?
-        .into_iter()
-        .any(|r| {
-            r.state != InstanceState::Terminated && r.security_groups.contains(&group.group_id)
-        });
-    let referenced = ec2
-        .cloud
-        .security_groups
-        .all()
-        .map_err(store_error)?
-        .into_iter()
-        .filter(|g| g.group_id != group.group_id)
-        .any(|g| {
-            g.ingress
-                .iter()
-                .chain(g.egress.iter())
-                .any(|r| r.groups.iter().any(|s| s.group_id == group.group_id))
-        });
-    if in_use || referenced {
-        return Err(Ec2Error::new(
-            "DependencyViolation",
-            format!("resource {} has a dependent object", group.group_id),
-        ));
-    }
-    call.dry_run_check()?;
-    ec2.cloud
-        .security_groups
-        .delete(&group.account_id, &group.group_id)
-        .map_err(store_error)?;
-    ec2.cloud
-        .tags
-        .forget(&group.group_id)
-        .map_err(store_error)?;
-    tracing::info!(group_id = %group.group_id, "security group deleted");
+    let group = ec2.cloud.delete_group(
+        &call.caller.account_id,
+        GroupName { id, name },
+        p.flag("DryRun")?,
+    )?;
     let mut w = call.writer();
     w.bool("return", true).elem("groupId", &group.group_id);
     Ok(w.finish())
@@ -366,55 +285,8 @@ pub fn change_rules(ec2: &Ec2, call: &Call, egress: bool, add: bool) -> Result<S
         ec2.own_group(call, p.get("GroupId"), p.get("GroupName"))?
     };
     let rules = permissions(ec2, call)?;
-    call.dry_run_check()?;
-    let outcome = ec2
-        .cloud
-        .security_groups
-        .update(&group.account_id, &group.group_id, |g| {
-            let list = if egress {
-                &mut g.egress
-            } else {
-                &mut g.ingress
-            };
-            let before = list.clone();
-            for r in &rules {
-                let change = if add {
-                    authorize(list, r)
-                } else {
-                    revoke(list, r)
-                };
-                if change != Change::Done {
-                    *list = before;
-                    return change;
-                }
-            }
-            Change::Done
-        })
-        .map_err(store_error)?
-        .ok_or_else(|| not_found(&group.group_id))?;
-    match outcome {
-        Change::Done => {}
-        Change::Duplicate => {
-            return Err(Ec2Error::new(
-                "InvalidPermission.Duplicate",
-                format!(
-                    "the specified rule already exists in security group {}",
-                    group.group_id
-                ),
-            ))
-        }
-        Change::Missing => {
-            return Err(Ec2Error::new(
-                "InvalidPermission.NotFound",
-                format!(
-                    "The specified rule does not exist in security group {}",
-                    group.group_id
-                ),
-            ))
-        }
-    }
-    tracing::info!(group_id = %group.group_id, egress, add, rules = rules.len(), "security group rules changed");
-    ec2.cloud.firewall_changed.notify_one();
+    ec2.cloud
+        .change_rules(&group, egress, add, &rules, p.flag("DryRun")?)?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())

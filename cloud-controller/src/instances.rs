@@ -268,6 +268,15 @@ impl Instances {
         Ok(())
     }
 
+    /// Stores `records` durably in one write, then indexes them.
+    fn save_all(&self, index: &mut Index, records: Vec<InstanceRecord>) -> Result<(), StoreError> {
+        self.table.put_all(&records)?;
+        for r in records {
+            index.insert(r);
+        }
+        Ok(())
+    }
+
     /// The instance type `name`.
     pub fn instance_type(&self, name: &str) -> Result<Option<InstanceType>, StoreError> {
         self.types.get(&name.to_string())
@@ -281,10 +290,7 @@ impl Instances {
     /// Records new instances (durably, all of them).
     pub fn create(&self, records: &[InstanceRecord]) -> Result<(), StoreError> {
         let mut index = self.write();
-        for r in records {
-            self.save(&mut index, r.clone())?;
-        }
-        Ok(())
+        self.save_all(&mut index, records.to_vec())
     }
 
     /// Forgets instance `id` (a launch that never happened).
@@ -435,20 +441,23 @@ impl Instances {
         Ok(())
     }
 
-    /// Records where `id` was placed: its node, private address and MAC.
-    pub fn placed(
-        &self,
-        id: &str,
-        node: &str,
-        private_ip: &str,
-        mac: &str,
-    ) -> Result<(), StoreError> {
-        self.update_live(id, |r| {
-            r.node = node.to_string();
-            r.private_ip = private_ip.to_string();
-            r.mac = mac.to_string();
-        })
-        .map(|_| ())
+    /// Records where each instance was placed: (id, node, private
+    /// address, MAC), in one write.
+    pub fn placed(&self, placements: &[(&str, &str, &str, &str)]) -> Result<(), StoreError> {
+        let mut index = self.write();
+        let mut changed = Vec::new();
+        for (id, node, ip, mac) in placements {
+            if let Some(mut r) = index.records.get(*id).cloned() {
+                if r.state == InstanceState::Terminated {
+                    continue;
+                }
+                r.node = node.to_string();
+                r.private_ip = ip.to_string();
+                r.mac = mac.to_string();
+                changed.push(r);
+            }
+        }
+        self.save_all(&mut index, changed)
     }
 
     /// Sets or clears `id`'s termination protection.
@@ -490,6 +499,7 @@ impl Instances {
             }
         }
         let mut index = self.write();
+        let mut changed = Vec::new();
         let seen: std::collections::HashSet<String> = reported.keys().cloned().collect();
         for (id, (state, reason, node, ip, mac)) in reported {
             let Some(mut r) = index.records.get(&id).cloned() else {
@@ -527,8 +537,10 @@ impl Instances {
             if !mac.is_empty() {
                 r.mac = mac;
             }
-            self.save(&mut index, r)?;
+            changed.push(r);
         }
+        // Every change of the report in one write.
+        self.save_all(&mut index, changed)?;
         // A healthy node reports every instance it has: a record on it that
         // it no longer reports (past a grace for launches in flight) is
         // gone below the CLC, and so terminated here too.

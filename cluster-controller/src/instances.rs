@@ -304,6 +304,7 @@ impl ClusterInstances {
                 }
             };
             let mut out = Vec::new();
+            let mut ledger = Vec::new();
             for ((mut spec, node), ip) in specs.into_iter().zip(chosen).zip(addresses) {
                 spec.private_ip = ip;
                 spec.network = self.network_spec();
@@ -311,21 +312,21 @@ impl ClusterInstances {
                 if spec.mac.is_empty() {
                     spec.mac = mac_for(&spec.instance_id);
                 }
-                self.ledger
-                    .put(&Placed {
-                        instance_id: spec.instance_id.clone(),
-                        node: node.clone(),
-                        cores: spec.cores,
-                        memory_mib: spec.memory_mib,
-                        disk_gib: spec.disk_gib,
-                        private_ip: spec.private_ip.clone(),
-                    })
-                    .map_err(store_status)?;
-                self.kept
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(spec.instance_id.clone(), spec.clone());
+                ledger.push(Placed {
+                    instance_id: spec.instance_id.clone(),
+                    node: node.clone(),
+                    cores: spec.cores,
+                    memory_mib: spec.memory_mib,
+                    disk_gib: spec.disk_gib,
+                    private_ip: spec.private_ip.clone(),
+                });
                 out.push((spec, node, endpoint));
+            }
+            // The whole placement in one durable write.
+            self.ledger.put_all(&ledger).map_err(store_status)?;
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            for (spec, _, _) in &out {
+                kept.insert(spec.instance_id.clone(), spec.clone());
             }
             out
         };

@@ -134,6 +134,16 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records every placement of `all` durably, in one write.
+    pub fn put_all(&self, all: &[Placed]) -> Result<(), StoreError> {
+        let mut index = self.write();
+        self.table.put_all(all)?;
+        for p in all {
+            index.insert(p.clone());
+        }
+        Ok(())
+    }
+
     /// Forgets the placement of `id` durably; returns it.
     pub fn delete(&self, id: &str) -> Result<Option<Placed>, StoreError> {
         let mut index = self.write();

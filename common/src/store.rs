@@ -148,6 +148,9 @@ pub trait Tree: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, StoreError>;
     /// Removes `key`; returns its value.
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes (Some) or removes (None) every key of `batch`, all or none,
+    /// durable once on return: many records for the price of one write.
+    fn apply_batch(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError>;
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
     fn len(&self) -> usize;
@@ -222,6 +225,21 @@ impl Tree for SledTree {
         let old = self.tree.remove(key)?;
         self.durable()?;
         Ok(old.map(|v| v.to_vec()))
+    }
+
+    fn apply_batch(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.tree.apply_batch(b)?;
+        self.durable()
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
@@ -302,6 +320,17 @@ impl Tree for MemoryTree {
 
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.write().remove(key))
+    }
+
+    fn apply_batch(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let mut entries = self.write();
+        for (k, v) in batch {
+            match v {
+                Some(v) => entries.insert(k, v),
+                None => entries.remove(&k),
+            };
+        }
+        Ok(())
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
@@ -447,6 +476,19 @@ impl<R: Record> Table<R> {
         old.map(|v| Self::decode(&k, &v)).transpose()
     }
 
+    /// Writes every record of `records` durably, all or none, with one
+    /// flush.
+    pub fn put_all<'a>(&self, records: impl IntoIterator<Item = &'a R>) -> Result<(), StoreError>
+    where
+        R: 'a,
+    {
+        let batch = records
+            .into_iter()
+            .map(|r| Ok((r.key().to_bytes(), Some(Self::encode(r)?))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.tree.apply_batch(batch)
+    }
+
     /// Writes `record` durably only if its key is free; false if it was taken.
     pub fn insert_new(&self, record: &R) -> Result<bool, StoreError> {
         let k = record.key().to_bytes();
@@ -566,6 +608,12 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.scan_prefix(b"c").expect("scan"), vec![thing("c", 10)]);
         assert_eq!(t.scan_prefix(b"x").expect("scan"), vec![]);
+        // Many records in one write.
+        t.put_all(&[thing("m1", 1), thing("m2", 2)])
+            .expect("put_all");
+        assert_eq!(t.get(&"m2".into()).expect("get"), Some(thing("m2", 2)));
+        t.delete(&"m1".into()).expect("delete");
+        t.delete(&"m2".into()).expect("delete");
         // Keys order as bytes: pairs by their first string, then the second.
         for (i, name) in ["ab", "a", "b", "aa"].iter().enumerate() {
             t.put(&thing(name, i as u64)).expect("put");

@@ -143,6 +143,8 @@ pub struct CloudOptions {
     pub node_cores: u32,
     /// Memory each node offers, MiB.
     pub node_memory_mib: u64,
+    /// Disk each node offers, GiB.
+    pub node_disk_gib: u64,
     /// Walrus also serves S3 over HTTPS, with a self-signed certificate
     /// for `127.0.0.1` and `localhost` ([`Cloud::ca_file`]).
     pub s3_tls: bool,
@@ -162,6 +164,8 @@ pub struct CloudOptions {
     /// More lines for the CLC's configuration (`report_timeout_secs`
     /// replaces the harness's 6).
     pub clc_config: String,
+    /// Extra lines for the cluster controller's config.
+    pub cc_config: String,
     /// More lines for Walrus's configuration.
     pub walrus_config: String,
     /// Files put into every node's image cache before it starts, as if
@@ -176,6 +180,7 @@ impl Default for CloudOptions {
             nodes: 1,
             node_cores: 4,
             node_memory_mib: 4096,
+            node_disk_gib: 100,
             s3_tls: false,
             real_libvirt: false,
             placement: "",
@@ -183,6 +188,7 @@ impl Default for CloudOptions {
             hypervisor: "qemu",
             node_config: String::new(),
             clc_config: String::new(),
+            cc_config: String::new(),
             walrus_config: String::new(),
             cached_images: Vec::new(),
         }
@@ -377,6 +383,7 @@ impl Cloud {
                 r[1]
             ));
         }
+        cc.push_str(&options.cc_config);
         cloud.add("cluster-1", Tier::Cluster, &cc);
         let cc = cloud.addr("cluster-1");
         for i in 1..=options.nodes {
@@ -392,9 +399,10 @@ impl Cloud {
                 &name,
                 Tier::Node,
                 &format!(
-                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\ndisk_gib = 100\nhypervisor = {:?}\nlibvirt_uri = \"{}\"\nclc = \"{clc}\"\n{}{}",
+                    "name = \"{name}\"\ncc = \"{cc}\"\ncores = {}\nmemory_mib = {}\ndisk_gib = {}\nhypervisor = {:?}\nlibvirt_uri = \"{}\"\nclc = \"{clc}\"\n{}{}",
                     options.node_cores,
                     options.node_memory_mib,
+                    options.node_disk_gib,
                     options.hypervisor,
                     if options.real_libvirt {
                         "qemu:///system"

@@ -446,20 +446,26 @@ impl Cloud {
             };
             match self.clusters.place(&cluster.name, specs, &walrus).await {
                 Ok(placed) => {
-                    for p in placed {
+                    for p in &placed {
                         if let Some(r) = records.iter_mut().find(|r| r.instance_id == p.instance_id)
                         {
                             r.node = p.node.clone();
                             r.mac = p.mac.clone();
                             r.private_ip = p.private_ip.clone();
-                            self.instances.placed(
-                                &p.instance_id,
-                                &p.node,
-                                &p.private_ip,
-                                &p.mac,
-                            )?;
                         }
                     }
+                    let at: Vec<(&str, &str, &str, &str)> = placed
+                        .iter()
+                        .map(|p| {
+                            (
+                                p.instance_id.as_str(),
+                                p.node.as_str(),
+                                p.private_ip.as_str(),
+                                p.mac.as_str(),
+                            )
+                        })
+                        .collect();
+                    self.instances.placed(&at)?;
                     tracing::info!(%reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.zone, "instances placed");
                     let mut public_ips = HashMap::new();
                     for r in &records {

@@ -568,6 +568,9 @@ fn scale(nodes: usize, instances: usize, seconds: u64, clients: usize) {
         nodes,
         node_cores: per_node as u32,
         node_memory_mib: per_node as u64 * 256 + 1024,
+        node_disk_gib: per_node as u64 * 5 + 100,
+        // Room for every instance's private address.
+        cc_config: "private_subnet = \"172.16.0.0/16\"\n".into(),
         ..Default::default()
     });
     ready(&cloud, nodes);

@@ -481,66 +481,90 @@ impl Instances {
     /// node shows it stopped or gone, and one a start is still owed to
     /// stays `pending` while its node shows it stopped.
     pub fn observe(&self, report: &ClusterReport) -> Result<(), StoreError> {
-        let mut reported: BTreeMap<String, (InstanceState, String, String, String, String)> =
-            BTreeMap::new();
+        // What each node says, borrowed from the report: a report names
+        // every instance of the cluster, and most of them have not changed.
+        let mut reported: HashMap<&str, (InstanceState, &proto::InstanceStatus, &str)> =
+            HashMap::new();
         for node in &report.nodes {
             for s in &node.instances {
                 let state = WireState::try_from(s.state).unwrap_or(WireState::Pending);
                 reported.insert(
-                    s.instance_id.clone(),
-                    (
-                        reported_state(state),
-                        s.reason.clone(),
-                        node.name.clone(),
-                        s.private_ip.clone(),
-                        s.mac.clone(),
-                    ),
+                    s.instance_id.as_str(),
+                    (reported_state(state), s, node.name.as_str()),
                 );
             }
         }
-        let mut index = self.write();
-        let mut changed = Vec::new();
-        let seen: std::collections::HashSet<String> = reported.keys().cloned().collect();
-        for (id, (state, reason, node, ip, mac)) in reported {
-            let Some(mut r) = index.records.get(&id).cloned() else {
-                continue;
-            };
-            if r.cluster != report.cluster_name || r.state == InstanceState::Terminated {
-                continue;
+        // The changes, found under the read lock; records are cloned only
+        // when they change.
+        use InstanceState::*;
+        let changes = |index: &Index| -> Vec<InstanceRecord> {
+            let mut changed = Vec::new();
+            for (id, (state, s, node)) in &reported {
+                let Some(r) = index.records.get(*id) else {
+                    continue;
+                };
+                if r.cluster != report.cluster_name || r.state == Terminated {
+                    continue;
+                }
+                let keep = match (r.state, *state) {
+                    (Stopping, Running) | (ShuttingDown, _) => true,
+                    (Pending, Stopped) => r.desired == Some(Running),
+                    _ => false,
+                };
+                let confirmed = r.desired == Some(*state);
+                if !confirmed
+                    && (keep
+                        || (r.state == *state
+                            && r.node == *node
+                            && r.private_ip == s.private_ip
+                            && r.mac == s.mac))
+                {
+                    continue;
+                }
+                let mut r = r.clone();
+                if confirmed {
+                    r.desired = None;
+                }
+                if r.state != *state {
+                    tracing::info!(instance_id = %id, from = %r.state, to = %state, "instance state");
+                    r.state = *state;
+                    r.state_reason = s.reason.clone();
+                    r.changed_ms = time::unix_ms();
+                }
+                r.node = node.to_string();
+                if !s.private_ip.is_empty() {
+                    r.private_ip = s.private_ip.clone();
+                }
+                if !s.mac.is_empty() {
+                    r.mac = s.mac.clone();
+                }
+                changed.push(r);
             }
-            use InstanceState::*;
-            let keep = match (r.state, state) {
-                (Stopping, Running) | (ShuttingDown, _) => true,
-                (Pending, Stopped) => r.desired == Some(Running),
-                _ => false,
-            };
-            let confirmed = r.desired == Some(state);
-            if confirmed {
-                r.desired = None;
+            changed
+        };
+        let now = time::unix_ms();
+        let reconcile = {
+            let mut last = self.reconciled.lock().unwrap_or_else(|p| p.into_inner());
+            let at = last.entry(report.cluster_name.clone()).or_insert(0);
+            let due = now - *at >= RECONCILE_EVERY_MS;
+            if due {
+                *at = now;
             }
-            if !confirmed
-                && (keep
-                    || (r.state == state && r.node == node && r.private_ip == ip && r.mac == mac))
-            {
-                continue;
-            }
-            if r.state != state {
-                tracing::info!(instance_id = %id, from = %r.state, to = %state, "instance state");
-                r.state = state;
-                r.state_reason = reason;
-                r.changed_ms = time::unix_ms();
-            }
-            r.node = node;
-            if !ip.is_empty() {
-                r.private_ip = ip;
-            }
-            if !mac.is_empty() {
-                r.mac = mac;
-            }
-            changed.push(r);
+            due
+        };
+        if !reconcile && changes(&self.read()).is_empty() {
+            return Ok(());
         }
+        let mut index = self.write();
+        // Found again under the write lock: a call may have changed a
+        // record meanwhile.
+        let changed = changes(&index);
         // Every change of the report in one write.
         self.save_all(&mut index, changed)?;
+        if !reconcile {
+            return Ok(());
+        }
+        let seen: std::collections::HashSet<&str> = reported.keys().copied().collect();
         // A healthy node reports every instance it has: a record on it that
         // it no longer reports (past a grace for launches in flight) is
         // gone below the CLC, and so terminated here too.
@@ -550,15 +574,6 @@ impl Instances {
             .filter(|n| n.state == proto::ServiceState::Enabled as i32)
             .map(|n| n.name.as_str())
             .collect();
-        let now = time::unix_ms();
-        {
-            let mut last = self.reconciled.lock().unwrap_or_else(|p| p.into_inner());
-            let at = last.entry(report.cluster_name.clone()).or_insert(0);
-            if now - *at < RECONCILE_EVERY_MS {
-                return Ok(());
-            }
-            *at = now;
-        }
         let gone: Vec<InstanceRecord> = index
             .records
             .values()
@@ -566,7 +581,7 @@ impl Instances {
                 r.cluster == report.cluster_name
                     && r.state != InstanceState::Terminated
                     && healthy.contains(r.node.as_str())
-                    && !seen.contains(&r.instance_id)
+                    && !seen.contains(r.instance_id.as_str())
                     && now - r.changed_ms >= RECONCILE_GRACE_MS
             })
             .cloned()

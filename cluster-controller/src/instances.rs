@@ -215,7 +215,22 @@ impl ClusterInstances {
         specs: Vec<InstanceSpec>,
     ) -> Result<Vec<(InstanceSpec, String, String)>, ClusterError> {
         let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
-        let views = self.views();
+        // Only what placement reads: the views also hold every instance's
+        // status, which is not copied.
+        let views: Vec<NodeView> = self
+            .nodes
+            .subscribe()
+            .borrow()
+            .nodes
+            .iter()
+            .map(|v| NodeView {
+                name: v.name.clone(),
+                endpoint: v.endpoint.clone(),
+                state: v.state,
+                resources: v.resources.clone(),
+                ..Default::default()
+            })
+            .collect();
         let endpoint_of = |node: &str| {
             views
                 .iter()

@@ -98,6 +98,17 @@ impl Cloud {
             .collect())
     }
 
+    /// True when some rule names one of `groups` as its source (so a
+    /// change of their members changes other instances' firewalls).
+    pub fn named_as_source(&self, groups: &[String]) -> Result<bool, CoreError> {
+        Ok(self.security_groups.all()?.iter().any(|g| {
+            g.ingress
+                .iter()
+                .chain(g.egress.iter())
+                .any(|rule| rule.groups.iter().any(|s| groups.contains(&s.group_id)))
+        }))
+    }
+
     /// Every live instance's firewall, by cluster.
     pub fn firewalls(&self) -> Result<HashMap<String, Vec<InstanceFirewall>>, CoreError> {
         let live_records: Vec<InstanceRecord> =

@@ -473,8 +473,12 @@ impl Cloud {
                             public_ips.insert(r.instance_id.clone(), ip);
                         }
                     }
-                    self.firewall_changed.notify_one();
-                    // Each new instance starts with its groups' rules in place.
+                    // Other instances' rules change only when a rule names one
+                    // of the new instances' groups as its source; each new
+                    // instance starts with its own rules in place.
+                    if self.named_as_source(&records[0].security_groups)? {
+                        self.firewall_changed.notify_one();
+                    }
                     let mut firewalls = self.firewalls_of(&records).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "firewalls of new instances not computed");
                         HashMap::new()

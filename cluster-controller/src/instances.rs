@@ -227,7 +227,7 @@ impl ClusterInstances {
                 name: v.name.clone(),
                 endpoint: v.endpoint.clone(),
                 state: v.state,
-                resources: v.resources.clone(),
+                resources: v.resources,
                 ..Default::default()
             })
             .collect();

@@ -274,3 +274,33 @@ pub(crate) fn test_cloud(fake: std::sync::Arc<FakeCluster>) -> (super::Cloud, te
         .expect("image");
     (cloud, dir)
 }
+
+/// The system account's id in a [`test_cloud`].
+#[cfg(test)]
+pub(crate) fn system_account(cloud: &super::Cloud) -> String {
+    cloud
+        .accounts
+        .find("eucalyptus")
+        .expect("the system account")
+        .account_id
+}
+
+/// Launches `count` instances of the test image for `account_id`.
+#[cfg(test)]
+pub(crate) async fn launch(
+    cloud: &super::Cloud,
+    account_id: &str,
+    count: usize,
+    more: super::launch::LaunchRequest,
+) -> super::launch::Launched {
+    cloud
+        .launch(super::launch::LaunchRequest {
+            account_id: account_id.to_string(),
+            image_id: "ami-00000001".into(),
+            min: count,
+            max: count,
+            ..more
+        })
+        .await
+        .expect("launch")
+}

@@ -157,16 +157,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::core::fake::{test_cloud, FakeCluster};
+    use crate::core::fake::{system_account, test_cloud, FakeCluster};
 
     #[test]
     fn pairs_are_made_once_per_name_and_deleted_by_name_or_id() {
         let (cloud, _dir) = test_cloud(Arc::new(FakeCluster::new(1, 1)));
-        let me = cloud
-            .accounts
-            .find("eucalyptus")
-            .expect("account")
-            .account_id;
+        let me = system_account(&cloud);
         let new = |name: &str, source: KeySource| NewKeyPair {
             account_id: me.clone(),
             name: name.into(),

@@ -315,7 +315,7 @@ mod tests {
 
     use super::*;
     use crate::core::{
-        fake::{test_cloud, FakeCluster},
+        fake::{launch, system_account, test_cloud, FakeCluster},
         launch::LaunchRequest,
     };
 
@@ -323,22 +323,17 @@ mod tests {
     async fn terminate_stop_and_start_follow_the_rules_and_reach_the_cluster() {
         let fake = Arc::new(FakeCluster::new(1, 8));
         let (cloud, _dir) = test_cloud(fake.clone());
-        let me = cloud
-            .accounts
-            .find("eucalyptus")
-            .expect("account")
-            .account_id;
-        let launched = cloud
-            .launch(LaunchRequest {
-                account_id: me.clone(),
-                image_id: "ami-00000001".into(),
-                min: 2,
-                max: 2,
+        let me = system_account(&cloud);
+        let launched = launch(
+            &cloud,
+            &me,
+            2,
+            LaunchRequest {
                 disable_api_termination: true,
                 ..Default::default()
-            })
-            .await
-            .expect("launch");
+            },
+        )
+        .await;
         let ids: Vec<String> = launched
             .records
             .iter()
@@ -411,21 +406,8 @@ mod tests {
     async fn a_terminate_the_cluster_cannot_take_stays_shutting_down() {
         let fake = Arc::new(FakeCluster::new(1, 8));
         let (cloud, _dir) = test_cloud(fake.clone());
-        let me = cloud
-            .accounts
-            .find("eucalyptus")
-            .expect("account")
-            .account_id;
-        let launched = cloud
-            .launch(LaunchRequest {
-                account_id: me.clone(),
-                image_id: "ami-00000001".into(),
-                min: 1,
-                max: 1,
-                ..Default::default()
-            })
-            .await
-            .expect("launch");
+        let me = system_account(&cloud);
+        let launched = launch(&cloud, &me, 1, LaunchRequest::default()).await;
         let id = launched.records[0].instance_id.clone();
         fake.set_down(true);
         cloud

@@ -183,7 +183,7 @@ mod tests {
 
     use super::*;
     use crate::core::{
-        fake::{test_cloud, FakeCluster},
+        fake::{launch, system_account, test_cloud, FakeCluster},
         launch::LaunchRequest,
     };
 
@@ -191,11 +191,7 @@ mod tests {
     async fn groups_in_use_stay_and_rule_changes_reach_the_nodes() {
         let fake = Arc::new(FakeCluster::new(1, 8));
         let (cloud, _dir) = test_cloud(fake.clone());
-        let me = cloud
-            .accounts
-            .find("eucalyptus")
-            .expect("account")
-            .account_id;
+        let me = system_account(&cloud);
         let new = |name: &str| NewGroup {
             account_id: me.clone(),
             name: name.into(),
@@ -215,17 +211,16 @@ mod tests {
             cloud.create_group(new("web"), false),
             Err(CoreError::GroupExists(_))
         ));
-        let launched = cloud
-            .launch(LaunchRequest {
-                account_id: me.clone(),
-                image_id: "ami-00000001".into(),
-                min: 1,
-                max: 1,
+        let launched = launch(
+            &cloud,
+            &me,
+            1,
+            LaunchRequest {
                 group_ids: vec![web.group_id.clone()],
                 ..Default::default()
-            })
-            .await
-            .expect("launch");
+            },
+        )
+        .await;
         let by_id = GroupName {
             id: Some(&web.group_id),
             name: None,

@@ -108,6 +108,9 @@ pub enum CoreError {
     /// The instance (its id) is not in a state the operation can use.
     #[error("instance {0} is not in a valid state")]
     NotNow(String),
+    /// The caller may not do this to a resource it can see.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The instance's protection refuses it.
     #[error("{0}")]
     OperationNotPermitted(String),
@@ -126,5 +129,20 @@ impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failed");
         Self::Store(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_ids_take_eucalyptus_prefixes_too() {
+        let image = |id| IdKind::Image.well_formed(id);
+        assert!(image("ami-0123456789abcdef0"));
+        assert!(image("eki-12345678"));
+        assert!(!image("ami-xyz"));
+        assert!(!image("i-0123456789abcdef0"));
+        assert!(!image("ami-"));
     }
 }

@@ -81,28 +81,6 @@ struct Room {
 }
 
 impl Cloud {
-    /// Image `id` of `kind`, if `account_id` may launch it.
-    pub fn launchable_image(
-        &self,
-        account_id: &str,
-        id: &str,
-        kind: ImageKind,
-    ) -> Result<Image, CoreError> {
-        if !IdKind::Image.well_formed(id) {
-            return Err(CoreError::Malformed {
-                kind: IdKind::Image,
-                id: id.to_string(),
-            });
-        }
-        match self.images.get(id)? {
-            Some(i) if i.launchable_by(account_id) && i.kind == kind => Ok(i),
-            _ => Err(CoreError::NotFound {
-                kind: IdKind::Image,
-                ids: vec![id.to_string()],
-            }),
-        }
-    }
-
     /// The account's group with this id or name.
     pub fn own_group(
         &self,

@@ -14,6 +14,7 @@
 //! - [`firewall`]: what each instance's security groups allow, and the
 //!   task that keeps the nodes in step.
 //! - [`addresses`]: elastic IPs.
+//! - [`images`]: which images an account sees, launches and owns.
 //! - [`keypairs`]: key pairs, made here or imported.
 //! - [`accounts`]: deleting and purging accounts.
 //! - [`upkeep`]: the background reconciliations (unknown guests, liveness).
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod error;
 pub mod fake;
 pub mod firewall;
+pub mod images;
 pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;

@@ -243,6 +243,7 @@ impl From<CoreError> for Ec2Error {
                 "IncorrectInstanceState",
                 format!("The instance '{id}' is not in a valid state for this operation."),
             ),
+            CoreError::Unauthorized(m) => Self::unauthorized(m),
             CoreError::OperationNotPermitted(m) => Self::new("OperationNotPermitted", m),
             CoreError::IncorrectState { id, wanted } => Self::new(
                 "IncorrectInstanceState",

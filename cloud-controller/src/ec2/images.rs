@@ -18,11 +18,6 @@ use super::{params::Filter, xml::Writer, Call, Ec2, Ec2Error};
 use crate::images::{Image, ImageError, ImageKind};
 use crate::tags::Tag;
 
-/// A well-formed image id (also Eucalyptus' `emi-`, `eki-`, `eri-`).
-fn well_formed(id: &str) -> bool {
-    common::ids::well_formed(id, &["ami", "aki", "ari", "emi", "eki", "eri"])
-}
-
 fn not_found(ids: &[&str]) -> Ec2Error {
     Ec2Error::new(
         "InvalidAMIID.NotFound",
@@ -38,16 +33,7 @@ fn store_error(e: impl std::fmt::Display) -> Ec2Error {
 impl Ec2 {
     /// The image `id` if the caller may see it.
     fn visible_image(&self, call: &Call, id: &str) -> Result<Image, Ec2Error> {
-        if !well_formed(id) {
-            return Err(Ec2Error::new(
-                "InvalidAMIID.Malformed",
-                format!("Invalid id: \"{id}\""),
-            ));
-        }
-        match self.cloud.images.get(id).map_err(store_error)? {
-            Some(i) if i.launchable_by(&call.caller.account_id) => Ok(i),
-            _ => Err(not_found(&[id])),
-        }
+        Ok(self.cloud.visible_image(&call.caller.account_id, id)?)
     }
 
     /// Checks that the caller may see image `id` (to tag it).
@@ -57,13 +43,7 @@ impl Ec2 {
 
     /// The image `id` if the caller owns it.
     fn owned_image(&self, call: &Call, id: &str, what: &str) -> Result<Image, Ec2Error> {
-        let image = self.visible_image(call, id)?;
-        if image.owner_id != call.caller.account_id {
-            return Err(Ec2Error::unauthorized(format!(
-                "You are not authorized to {what} image {id}"
-            )));
-        }
-        Ok(image)
+        Ok(self.cloud.owned_image(&call.caller.account_id, id, what)?)
     }
 }
 
@@ -350,17 +330,8 @@ pub fn describe_images(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 /// DeregisterImage.
 pub fn deregister_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let id = call.params.required("ImageId")?;
-    let image = ec2.owned_image(call, id, "deregister")?;
-    call.dry_run_check()?;
     ec2.cloud
-        .images
-        .deregister(&image.image_id)
-        .map_err(store_error)?;
-    ec2.cloud
-        .tags
-        .forget(&image.image_id)
-        .map_err(store_error)?;
-    tracing::info!(image_id = %image.image_id, "image deregistered");
+        .deregister_image(&call.caller.account_id, id, call.params.flag("DryRun")?)?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -504,18 +475,4 @@ pub fn modify_image_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_ids() {
-        assert!(well_formed("ami-0123456789abcdef0"));
-        assert!(well_formed("eki-12345678"));
-        assert!(!well_formed("ami-xyz"));
-        assert!(!well_formed("i-0123456789abcdef0"));
-        assert!(!well_formed("ami-"));
-    }
 }

@@ -443,7 +443,13 @@ impl Cloud {
                             )
                         })
                         .collect();
-                    self.instances.placed(&at)?;
+                    // The cluster holds them now: a record that cannot say
+                    // where is filled in by the cluster's next report, and
+                    // the launch goes on (as it did before placements were
+                    // written in one batch).
+                    if let Err(e) = self.instances.placed(&at) {
+                        tracing::error!(error = %e, %reservation_id, "placements not recorded; the cluster's reports will tell");
+                    }
                     tracing::info!(%reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.zone, "instances placed");
                     let mut public_ips = HashMap::new();
                     for r in &records {
@@ -454,7 +460,10 @@ impl Cloud {
                     // Other instances' rules change only when a rule names one
                     // of the new instances' groups as its source; each new
                     // instance starts with its own rules in place.
-                    if self.named_as_source(&records[0].security_groups)? {
+                    if self
+                        .named_as_source(&records[0].security_groups)
+                        .unwrap_or(true)
+                    {
                         self.firewall_changed.notify_one();
                     }
                     let mut firewalls = self.firewalls_of(&records).unwrap_or_else(|e| {

@@ -189,8 +189,23 @@ impl ClusterInstances {
             })
     }
 
+    /// Each node's name, endpoint, state and resources: what placement and
+    /// the calls down read. The views also hold every instance's status,
+    /// which is not copied.
     fn views(&self) -> Vec<NodeView> {
-        self.nodes.subscribe().borrow().nodes.clone()
+        self.nodes
+            .subscribe()
+            .borrow()
+            .nodes
+            .iter()
+            .map(|v| NodeView {
+                name: v.name.clone(),
+                endpoint: v.endpoint.clone(),
+                state: v.state,
+                resources: v.resources,
+                ..Default::default()
+            })
+            .collect()
     }
 
     /// Where instance `id` runs, and a client for that node.
@@ -215,22 +230,7 @@ impl ClusterInstances {
         specs: Vec<InstanceSpec>,
     ) -> Result<Vec<(InstanceSpec, String, String)>, ClusterError> {
         let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
-        // Only what placement reads: the views also hold every instance's
-        // status, which is not copied.
-        let views: Vec<NodeView> = self
-            .nodes
-            .subscribe()
-            .borrow()
-            .nodes
-            .iter()
-            .map(|v| NodeView {
-                name: v.name.clone(),
-                endpoint: v.endpoint.clone(),
-                state: v.state,
-                resources: v.resources,
-                ..Default::default()
-            })
-            .collect();
+        let views = self.views();
         let endpoint_of = |node: &str| {
             views
                 .iter()

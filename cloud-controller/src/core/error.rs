@@ -125,6 +125,19 @@ pub enum CoreError {
     Store(String),
 }
 
+/// `value` of `param` as a name: 1 to 255 printable ASCII characters
+/// (`why` says so when it is not).
+pub fn printable_name(param: &'static str, value: &str, why: &str) -> Result<(), CoreError> {
+    if value.is_empty() || value.len() > 255 || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(CoreError::InvalidValue {
+            param,
+            value: value.to_string(),
+            why: why.to_string(),
+        });
+    }
+    Ok(())
+}
+
 impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failed");

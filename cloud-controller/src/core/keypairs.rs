@@ -46,13 +46,7 @@ impl Cloud {
     /// Adds a key pair to the account (refused when the name is taken).
     pub fn add_key_pair(&self, req: NewKeyPair, dry_run: bool) -> Result<AddedKeyPair, CoreError> {
         let name = &req.name;
-        if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(CoreError::InvalidValue {
-                param: "KeyName",
-                value: name.clone(),
-                why: "Key names are 1 to 255 ASCII characters.".into(),
-            });
-        }
+        super::error::printable_name("KeyName", name, "Key names are 1 to 255 ASCII characters.")?;
         let imported = match &req.source {
             KeySource::Generate(kind) if !matches!(kind.as_str(), "rsa" | "ed25519") => {
                 return Err(CoreError::InvalidValue {

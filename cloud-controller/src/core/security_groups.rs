@@ -37,13 +37,7 @@ impl Cloud {
             ("GroupName", &req.name),
             ("GroupDescription", &req.description),
         ] {
-            if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                return Err(CoreError::InvalidValue {
-                    param,
-                    value: v.clone(),
-                    why: "Use 1 to 255 ASCII characters.".into(),
-                });
-            }
+            super::error::printable_name(param, v, "Use 1 to 255 ASCII characters.")?;
         }
         if req.name.starts_with("sg-") {
             return Err(CoreError::InvalidValue {

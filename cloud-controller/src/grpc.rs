@@ -81,10 +81,19 @@ impl CloudService for Cloud {
                 if report.cluster_name != caller {
                     return Err(impersonation("cluster", &report.cluster_name, &caller));
                 }
-                if let Err(e) = instances.observe(&report) {
+                // Merged first: a delta's whole is what the stream sent
+                // so far. The message itself is small unless it is a
+                // stream's first, whole one.
+                let sent = report.clone();
+                on_report.cluster_report(id, report, time::unix_ms())?;
+                let whole = || match sent.delta {
+                    true => on_report.cluster(&sent.cluster_name),
+                    false => Some(sent.clone()),
+                };
+                if let Err(e) = instances.observe(&sent, whole) {
                     tracing::error!(error = %e, "cannot record instance states");
                 }
-                on_report.cluster_report(id, report, time::unix_ms())
+                Ok(())
             },
             move |id, why| on_end.stream_ended(id, why),
         )))

@@ -476,11 +476,37 @@ impl Instances {
         Ok(())
     }
 
-    /// Takes the states a cluster reports for its instances. An instance a
-    /// call has put in `stopping` or `shutting-down` keeps that until the
-    /// node shows it stopped or gone, and one a start is still owed to
-    /// stays `pending` while its node shows it stopped.
-    pub fn observe(&self, report: &ClusterReport) -> Result<(), StoreError> {
+    /// Takes the states a cluster reports for its instances: `report` is
+    /// whole or a delta (only what changed). Every [`RECONCILE_EVERY_MS`]
+    /// the cluster's whole report (from `whole`) is compared instead, which
+    /// also finds the records its nodes no longer have.
+    pub fn observe(
+        &self,
+        report: &ClusterReport,
+        whole: impl FnOnce() -> Option<ClusterReport>,
+    ) -> Result<(), StoreError> {
+        let now = time::unix_ms();
+        let due = {
+            let mut last = self.reconciled.lock().unwrap_or_else(|p| p.into_inner());
+            let at = last.entry(report.cluster_name.clone()).or_insert(0);
+            let due = now - *at >= RECONCILE_EVERY_MS;
+            if due {
+                *at = now;
+            }
+            due
+        };
+        match due.then(whole).flatten() {
+            Some(whole) => self.take_states(&whole, true),
+            None => self.take_states(report, false),
+        }
+    }
+
+    /// Takes the states of `report`. An instance a call has put in
+    /// `stopping` or `shutting-down` keeps that until the node shows it
+    /// stopped or gone, and one a start is still owed to stays `pending`
+    /// while its node shows it stopped. With `reconcile` (the report is
+    /// whole), a record a healthy node no longer has is terminated.
+    fn take_states(&self, report: &ClusterReport, reconcile: bool) -> Result<(), StoreError> {
         // What each node says, borrowed from the report: a report names
         // every instance of the cluster, and most of them have not changed.
         let mut reported: HashMap<&str, (InstanceState, &proto::InstanceStatus, &str)> =
@@ -543,15 +569,6 @@ impl Instances {
             changed
         };
         let now = time::unix_ms();
-        let reconcile = {
-            let mut last = self.reconciled.lock().unwrap_or_else(|p| p.into_inner());
-            let at = last.entry(report.cluster_name.clone()).or_insert(0);
-            let due = now - *at >= RECONCILE_EVERY_MS;
-            if due {
-                *at = now;
-            }
-            due
-        };
         if !reconcile && changes(&self.read()).is_empty() {
             return Ok(());
         }
@@ -666,7 +683,7 @@ mod tests {
         assert_eq!((small.cores, small.memory_mib, small.disk_gib), (1, 256, 5));
         instances.create(&[record("i-1")]).expect("create");
         instances
-            .observe(&report("i-1", WireState::Running))
+            .observe(&report("i-1", WireState::Running), || None)
             .expect("observe");
         let r = instances.get("i-1").expect("get").expect("there");
         assert_eq!(
@@ -678,14 +695,14 @@ mod tests {
             .set_state("i-1", InstanceState::Stopping, "", None)
             .expect("stopping");
         instances
-            .observe(&report("i-1", WireState::Running))
+            .observe(&report("i-1", WireState::Running), || None)
             .expect("observe");
         assert_eq!(
             instances.get("i-1").expect("get").expect("there").state,
             InstanceState::Stopping
         );
         instances
-            .observe(&report("i-1", WireState::Stopped))
+            .observe(&report("i-1", WireState::Stopped), || None)
             .expect("observe");
         assert_eq!(
             instances.get("i-1").expect("get").expect("there").state,
@@ -695,7 +712,7 @@ mod tests {
             .set_state("i-1", InstanceState::Terminated, "", None)
             .expect("terminated");
         instances
-            .observe(&report("i-1", WireState::Running))
+            .observe(&report("i-1", WireState::Running), || None)
             .expect("observe");
         assert_eq!(
             instances.get("i-1").expect("get").expect("there").state,

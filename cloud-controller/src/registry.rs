@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{
-    report::StreamId,
+    report::{merge_cluster_report, StreamId},
     store::{Record, Store, StoreError, Table},
 };
 use proto::{
@@ -208,7 +208,8 @@ impl Registry {
         Ok(())
     }
 
-    /// A report from a cluster controller.
+    /// A report from a cluster controller: whole when its stream opens,
+    /// then deltas, which are merged into what the stream sent before.
     pub fn cluster_report(
         &self,
         stream: StreamId,
@@ -221,6 +222,17 @@ impl Registry {
             check_name("node", &node.name)?;
         }
         let mut inner = self.lock();
+        let key = (CLUSTER.to_string(), report.cluster_name.clone());
+        let same_stream = inner
+            .services
+            .get(&key)
+            .and_then(|(_, l)| l.as_ref())
+            .is_some_and(|l| l.stream == Some(stream));
+        if report.delta && !(same_stream && inner.clusters.contains_key(&report.cluster_name)) {
+            return Err(Status::failed_precondition(
+                "a delta report before the whole one: reopen the stream",
+            ));
+        }
         self.upsert(
             &mut inner,
             stream,
@@ -251,8 +263,18 @@ impl Registry {
                 inner.nodes.insert(key, record);
             }
         }
-        inner.clusters.insert(report.cluster_name.clone(), report);
+        match inner.clusters.get_mut(&report.cluster_name) {
+            Some(kept) if report.delta => merge_cluster_report(kept, report),
+            _ => {
+                inner.clusters.insert(report.cluster_name.clone(), report);
+            }
+        }
         Ok(())
+    }
+
+    /// The whole report of `cluster`, as its reports so far add up to.
+    pub fn cluster(&self, cluster: &str) -> Option<ClusterReport> {
+        self.lock().clusters.get(cluster).cloned()
     }
 
     /// A report from a storage controller or Walrus.

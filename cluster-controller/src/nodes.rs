@@ -2,11 +2,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use common::{
-    report::StreamId,
+    report::{merge_node_report, ClusterSnapshot, StreamId},
     store::{Record, Store, StoreError, Table},
 };
 use proto::{ClusterReport, NodeReport, NodeView, ServiceState};
@@ -38,6 +38,43 @@ struct NodeLive {
     stream: Option<StreamId>,
     last_report_ms: i64,
     ready: bool,
+    /// The view last published, shared with the snapshots that hold it;
+    /// `None` when the node changed since.
+    view: Option<Arc<NodeView>>,
+}
+
+impl NodeLive {
+    fn view(&self) -> NodeView {
+        let r = self.report.as_ref();
+        NodeView {
+            name: self.record.name.clone(),
+            endpoint: self.record.endpoint.clone(),
+            state: if self.ready {
+                ServiceState::Enabled
+            } else {
+                ServiceState::Notready
+            } as i32,
+            resources: r.and_then(|r| r.resources),
+            hypervisor: r.map(|r| r.hypervisor.clone()).unwrap_or_default(),
+            virt_reason: r.map(|r| r.virt_reason.clone()).unwrap_or_default(),
+            last_report_unix_ms: self.last_report_ms,
+            instances: r.map(|r| r.instances.clone()).unwrap_or_default(),
+            unknown_guests: r.map(|r| r.unknown_guests.clone()).unwrap_or_default(),
+            gone: Vec::new(),
+        }
+    }
+}
+
+/// Whether two views of a node differ in more than their report time.
+fn differ(a: &NodeView, b: &NodeView) -> bool {
+    a.name != b.name
+        || a.endpoint != b.endpoint
+        || a.state != b.state
+        || a.resources != b.resources
+        || a.hypervisor != b.hypervisor
+        || a.virt_reason != b.virt_reason
+        || a.instances != b.instances
+        || a.unknown_guests != b.unknown_guests
 }
 
 #[derive(Default)]
@@ -46,12 +83,12 @@ struct Inner {
     streams: HashMap<StreamId, String>,
 }
 
-/// The cluster's nodes. Every change is published as a new [`ClusterReport`].
+/// The cluster's nodes. Every change is published as a new [`ClusterSnapshot`].
 pub struct Nodes {
     table: Table<NodeRecord>,
     inner: Mutex<Inner>,
     identity: ClusterReport,
-    updates: watch::Sender<ClusterReport>,
+    updates: watch::Sender<ClusterSnapshot>,
 }
 
 impl std::fmt::Debug for Nodes {
@@ -70,16 +107,6 @@ fn valid_node_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// The report with every report timestamp cleared, to tell real changes from heartbeats.
-fn without_times(report: &ClusterReport) -> ClusterReport {
-    let mut r = report.clone();
-    for n in &mut r.nodes {
-        n.last_report_unix_ms = 0;
-    }
-    r.seq = 0;
-    r
-}
-
 impl Nodes {
     /// Loads the recorded nodes. `identity` is this cluster's report without nodes.
     pub fn open(store: &Store, identity: ClusterReport) -> Result<Self, StoreError> {
@@ -94,17 +121,21 @@ impl Nodes {
                     stream: None,
                     last_report_ms: 0,
                     ready: false,
+                    view: None,
                 },
             );
         }
-        let (updates, _) = watch::channel(identity.clone());
+        let (updates, _) = watch::channel(ClusterSnapshot {
+            identity: identity.clone(),
+            nodes: Vec::new(),
+        });
         let nodes = Self {
             table,
             inner: Mutex::new(inner),
             identity,
             updates,
         };
-        nodes.publish(&nodes.lock());
+        nodes.publish(&mut nodes.lock(), true);
         Ok(nodes)
     }
 
@@ -113,38 +144,37 @@ impl Nodes {
     }
 
     /// Reports to send up: changes now, the rest at heartbeats.
-    pub fn subscribe(&self) -> watch::Receiver<ClusterReport> {
+    pub fn subscribe(&self) -> watch::Receiver<ClusterSnapshot> {
         self.updates.subscribe()
     }
 
-    fn publish(&self, inner: &Inner) {
-        let mut report = self.identity.clone();
-        report.nodes = inner
+    /// Publishes the nodes, making views again only of those that changed.
+    /// The reporter wakes when `changed`, or when a node's view differs in
+    /// more than its report time: a heartbeat only refreshes timestamps,
+    /// which go up with the next report.
+    fn publish(&self, inner: &mut Inner, mut changed: bool) {
+        let nodes = inner
             .nodes
-            .values()
+            .values_mut()
             .map(|n| {
-                let r = n.report.clone().unwrap_or_default();
-                NodeView {
-                    name: n.record.name.clone(),
-                    endpoint: n.record.endpoint.clone(),
-                    state: if n.ready {
-                        ServiceState::Enabled
-                    } else {
-                        ServiceState::Notready
-                    } as i32,
-                    resources: r.resources,
-                    hypervisor: r.hypervisor,
-                    virt_reason: r.virt_reason,
-                    last_report_unix_ms: n.last_report_ms,
-                    instances: r.instances,
-                    unknown_guests: r.unknown_guests,
+                if let Some(view) = &n.view {
+                    return view.clone();
                 }
+                let view = Arc::new(n.view());
+                changed = changed
+                    || self
+                        .updates
+                        .borrow()
+                        .nodes
+                        .iter()
+                        .all(|old| old.name != view.name || differ(old, &view));
+                n.view = Some(view.clone());
+                view
             })
-            .collect();
-        // Heartbeats only refresh timestamps: no need to wake the sender.
+            .collect::<Vec<_>>();
         self.updates.send_if_modified(|current| {
-            let changed = without_times(current) != without_times(&report);
-            *current = report;
+            let changed = changed || current.nodes.len() != nodes.len();
+            current.nodes = nodes;
             changed
         });
     }
@@ -184,6 +214,24 @@ impl Nodes {
         if !was_ready {
             tracing::info!(node = %name, endpoint = %record.endpoint, "node ENABLED");
         }
+        // A delta adds to what this stream sent before; a stream opens whole.
+        let kept = inner
+            .nodes
+            .get_mut(&name)
+            .filter(|n| n.stream == Some(stream))
+            .and_then(|n| n.report.take());
+        let report = match (kept, report.delta) {
+            (_, false) => report,
+            (Some(mut kept), true) => {
+                merge_node_report(&mut kept, report);
+                kept
+            }
+            (None, true) => {
+                return Err(Status::failed_precondition(
+                    "a delta report before the whole one: reopen the stream",
+                ))
+            }
+        };
         inner.streams.insert(stream, name.clone());
         inner.nodes.insert(
             name,
@@ -193,9 +241,10 @@ impl Nodes {
                 stream: Some(stream),
                 last_report_ms: now_ms,
                 ready: true,
+                view: None,
             },
         );
-        self.publish(&inner);
+        self.publish(&mut inner, false);
         Ok(())
     }
 
@@ -209,9 +258,10 @@ impl Nodes {
             if node.stream == Some(stream) {
                 node.stream = None;
                 node.ready = false;
+                node.view = None;
                 let why = why.map(|s| s.message().to_string()).unwrap_or_default();
                 tracing::warn!(node = %name, %why, "node NOTREADY: report stream ended");
-                self.publish(&inner);
+                self.publish(&mut inner, true);
             }
         }
     }
@@ -256,7 +306,7 @@ impl Nodes {
         inner.nodes.remove(name);
         inner.streams.retain(|_, n| n != name);
         tracing::info!(node = %name, "node deregistered");
-        self.publish(&inner);
+        self.publish(&mut inner, true);
         Ok(())
     }
 
@@ -275,12 +325,13 @@ impl Nodes {
             };
             if node.ready && now_ms - node.last_report_ms > limit {
                 node.ready = false;
+                node.view = None;
                 changed = true;
                 tracing::warn!(node = %name, "node NOTREADY: no report for {} ms", now_ms - node.last_report_ms);
             }
         }
         if changed {
-            self.publish(&inner);
+            self.publish(&mut inner, true);
         }
     }
 }
@@ -337,6 +388,39 @@ mod tests {
         n.node_report(StreamId(1), report("nc-1", 2), 4_000)
             .expect("change");
         assert!(rx.has_changed().expect("open"));
+    }
+
+    #[test]
+    fn deltas_merge_into_the_streams_report_and_need_a_whole_one_first() {
+        use common::report::Snapshot;
+        let store = Store::temporary().expect("store");
+        let n = nodes(&store);
+        let status = |id: &str| proto::InstanceStatus {
+            instance_id: id.into(),
+            ..Default::default()
+        };
+        let mut first = report("nc-1", 4);
+        first.instances = vec![status("i-1"), status("i-2")];
+        let mut second = first.clone();
+        second.instances = vec![status("i-2"), status("i-3")];
+        // A delta on a stream that sent nothing whole is refused.
+        assert!(n
+            .node_report(StreamId(1), second.message(Some(&first)), 1_000)
+            .is_err());
+        n.node_report(StreamId(1), first.message(None), 1_000)
+            .expect("whole");
+        n.node_report(StreamId(1), second.message(Some(&first)), 2_000)
+            .expect("delta");
+        let ids: Vec<String> = n.subscribe().borrow().nodes[0]
+            .instances
+            .iter()
+            .map(|s| s.instance_id.clone())
+            .collect();
+        assert_eq!(ids, vec!["i-2", "i-3"]);
+        // Nor does a delta carry over to the node's next stream.
+        assert!(n
+            .node_report(StreamId(2), second.message(Some(&second)), 3_000)
+            .is_err());
     }
 
     #[test]

@@ -121,17 +121,6 @@ impl InstanceRecord {
 }
 
 /// A state as a node reports it.
-fn reported_state(s: WireState) -> InstanceState {
-    match s {
-        WireState::Running => InstanceState::Running,
-        WireState::ShuttingDown => InstanceState::ShuttingDown,
-        WireState::Terminated => InstanceState::Terminated,
-        WireState::Stopping => InstanceState::Stopping,
-        WireState::Stopped => InstanceState::Stopped,
-        WireState::Pending | WireState::Unspecified => InstanceState::Pending,
-    }
-}
-
 /// The instance records, with indexes kept in memory beside them (every
 /// record is read once, at start): by id, by account, by client token, by
 /// security group and by private address in a cluster. Lookups cost what
@@ -516,7 +505,7 @@ impl Instances {
                 let state = WireState::try_from(s.state).unwrap_or(WireState::Pending);
                 reported.insert(
                     s.instance_id.as_str(),
-                    (reported_state(state), s, node.name.as_str()),
+                    (InstanceState::from(state), s, node.name.as_str()),
                 );
             }
         }

@@ -63,6 +63,36 @@ impl InstanceState {
     }
 }
 
+/// The state as the tiers' reports carry it.
+impl From<InstanceState> for proto::InstanceState {
+    fn from(s: InstanceState) -> Self {
+        use proto::InstanceState as W;
+        match s {
+            InstanceState::Pending => W::Pending,
+            InstanceState::Running => W::Running,
+            InstanceState::ShuttingDown => W::ShuttingDown,
+            InstanceState::Terminated => W::Terminated,
+            InstanceState::Stopping => W::Stopping,
+            InstanceState::Stopped => W::Stopped,
+        }
+    }
+}
+
+/// A reported state; one left unspecified is taken for pending.
+impl From<proto::InstanceState> for InstanceState {
+    fn from(s: proto::InstanceState) -> Self {
+        use proto::InstanceState as W;
+        match s {
+            W::Running => Self::Running,
+            W::ShuttingDown => Self::ShuttingDown,
+            W::Terminated => Self::Terminated,
+            W::Stopping => Self::Stopping,
+            W::Stopped => Self::Stopped,
+            W::Pending | W::Unspecified => Self::Pending,
+        }
+    }
+}
+
 impl fmt::Display for InstanceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

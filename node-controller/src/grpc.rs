@@ -12,9 +12,42 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     images::{ImageCache, ImageError, ImageRef, WalrusSource},
-    instances::{InstanceError, Instances, Launch, Policy},
-    network::NetSpec,
+    instances::{GuestStatus, InstanceError, Instances, Launch, Policy},
+    network::{FlowRule, NetSpec},
 };
+
+/// A guest's status as the CC reads it.
+impl From<GuestStatus> for InstanceStatus {
+    fn from(s: GuestStatus) -> Self {
+        InstanceStatus {
+            instance_id: s.instance_id,
+            state: proto::InstanceState::from(s.state) as i32,
+            node: s.node,
+            private_ip: s.private_ip,
+            mac: s.mac,
+            reason: s.reason,
+            changed_unix_ms: s.changed_ms,
+            virt: s.virt.map(|v| v.to_string()).unwrap_or_default(),
+            guest_output: s.guest_output,
+        }
+    }
+}
+
+/// A guest's firewall as the CLC sent it.
+fn policy(f: &proto::InstanceFirewall) -> Policy {
+    let flows = |rules: &[proto::FirewallRule]| {
+        rules
+            .iter()
+            .map(|r| FlowRule {
+                protocol: r.protocol.clone(),
+                from_port: r.from_port,
+                to_port: r.to_port,
+                cidrs: r.cidrs.clone(),
+            })
+            .collect()
+    };
+    Policy::new(flows(&f.ingress), flows(&f.egress), f.public_ip.clone())
+}
 
 /// The node controller's service.
 #[derive(Clone, Debug)]
@@ -95,14 +128,14 @@ impl NodeService for Node {
                 ),
                 _ => None,
             },
-            firewall: spec.firewall.as_ref().map(Policy::from),
+            firewall: spec.firewall.as_ref().map(policy),
             mac: spec.mac,
             private_ip: spec.private_ip,
         };
         self.instances
             .launch(&source, launch)
             .await
-            .map(Response::new)
+            .map(|s| Response::new(s.into()))
             .map_err(status)
     }
 
@@ -112,7 +145,14 @@ impl NodeService for Node {
     ) -> Result<Response<proto::FirewallsApplied>, Status> {
         let applied = self
             .instances
-            .set_firewalls(&request.into_inner().firewalls)
+            .set_firewalls(
+                &request
+                    .into_inner()
+                    .firewalls
+                    .iter()
+                    .map(|f| (f.instance_id.clone(), policy(f)))
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(proto::FirewallsApplied { applied }))
@@ -125,7 +165,7 @@ impl NodeService for Node {
         self.instances
             .remove(&request.get_ref().instance_id)
             .await
-            .map(Response::new)
+            .map(|s| Response::new(s.into()))
             .map_err(status)
     }
 
@@ -147,7 +187,7 @@ impl NodeService for Node {
         self.instances
             .stop(&request.get_ref().instance_id)
             .await
-            .map(Response::new)
+            .map(|s| Response::new(s.into()))
             .map_err(status)
     }
 
@@ -158,7 +198,7 @@ impl NodeService for Node {
         self.instances
             .start(&request.get_ref().instance_id)
             .await
-            .map(Response::new)
+            .map(|s| Response::new(s.into()))
             .map_err(status)
     }
 
@@ -169,7 +209,7 @@ impl NodeService for Node {
         self.instances
             .reboot(&request.get_ref().instance_id)
             .await
-            .map(Response::new)
+            .map(|s| Response::new(s.into()))
             .map_err(status)
     }
 
@@ -194,7 +234,7 @@ impl NodeService for Node {
         self.instances
             .resize(&r.instance_id, &r.instance_type, r.cores, r.memory_mib)
             .await
-            .map(Response::new)
+            .map(|s| Response::new(s.into()))
             .map_err(status)
     }
 

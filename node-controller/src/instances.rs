@@ -14,11 +14,11 @@ use std::{
     time::Instant,
 };
 
+use common::instance::{InstanceId, InstanceState};
 use common::{
     store::{Record, Store, StoreError, Table},
     time,
 };
-use proto::{InstanceState, InstanceStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -198,6 +198,40 @@ pub struct Instances {
     firewall_turn: tokio::sync::Mutex<()>,
 }
 
+/// What the node knows about one of its guests, read from libvirt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestStatus {
+    pub instance_id: String,
+    pub state: InstanceState,
+    pub node: String,
+    pub private_ip: String,
+    pub mac: String,
+    /// Why it is in `state` (EC2's StateReason), when that says more.
+    pub reason: String,
+    /// Unix milliseconds of its last change of state.
+    pub changed_ms: i64,
+    /// What it runs under, while it runs.
+    pub virt: Option<Virt>,
+    /// It wrote to its console since it was last started (it came up).
+    pub guest_output: bool,
+}
+
+impl GuestStatus {
+    fn new(instance_id: &str, state: InstanceState, node: &str) -> Self {
+        Self {
+            instance_id: instance_id.to_string(),
+            state,
+            node: node.to_string(),
+            private_ip: String::new(),
+            mac: String::new(),
+            reason: String::new(),
+            changed_ms: time::unix_ms(),
+            virt: None,
+            guest_output: false,
+        }
+    }
+}
+
 /// A guest's firewall as the CLC sends it: ingress, egress, public address.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -206,28 +240,16 @@ pub struct Policy {
     public_ip: String,
 }
 
-impl From<&proto::InstanceFirewall> for Policy {
-    fn from(f: &proto::InstanceFirewall) -> Self {
-        let flows = |rules: &[proto::FirewallRule]| {
-            rules
-                .iter()
-                .map(|r| FlowRule {
-                    protocol: r.protocol.clone(),
-                    from_port: r.from_port,
-                    to_port: r.to_port,
-                    cidrs: r.cidrs.clone(),
-                })
-                .collect()
-        };
+impl Policy {
+    /// Traffic allowed in and out, and the public address (empty: none).
+    pub fn new(ingress: Vec<FlowRule>, egress: Vec<FlowRule>, public_ip: String) -> Self {
         Self {
-            ingress: flows(&f.ingress),
-            egress: flows(&f.egress),
-            public_ip: f.public_ip.clone(),
+            ingress,
+            egress,
+            public_ip,
         }
     }
-}
 
-impl Policy {
     /// Before the CLC said anything: nothing in, everything out.
     fn closed() -> Self {
         Self {
@@ -241,11 +263,6 @@ impl Policy {
             public_ip: String::new(),
         }
     }
-}
-
-fn valid_id(id: &str) -> bool {
-    id.strip_prefix("i-")
-        .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Instances {
@@ -336,18 +353,17 @@ impl Instances {
     /// that fails is logged and the rest still applied).
     pub async fn set_firewalls(
         &self,
-        firewalls: &[proto::InstanceFirewall],
+        firewalls: &[(String, Policy)],
     ) -> Result<u32, InstanceError> {
         let Some(hn) = &self.network else {
             return Ok(0);
         };
         let mut applied = 0;
-        for f in firewalls {
+        for (id, policy) in firewalls {
             let _turn = self.firewall_turn.lock().await;
-            let Some(r) = self.table.get(&f.instance_id)? else {
+            let Some(r) = self.table.get(id)? else {
                 continue;
             };
-            let policy = Policy::from(f);
             self.policies
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -355,11 +371,11 @@ impl Instances {
             if r.stopped {
                 continue;
             }
-            match self.apply_policy(hn.as_ref(), &r, &policy).await {
+            match self.apply_policy(hn.as_ref(), &r, policy).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(instance_id = %f.instance_id, error = %e, "firewall not applied")
+                    tracing::warn!(instance_id = %id, error = %e, "firewall not applied")
                 }
             }
         }
@@ -413,8 +429,8 @@ impl Instances {
         &self,
         source: &dyn ImageSource,
         l: Launch,
-    ) -> Result<InstanceStatus, InstanceError> {
-        if !valid_id(&l.instance_id) {
+    ) -> Result<GuestStatus, InstanceError> {
+        if InstanceId::parse(&l.instance_id).is_err() {
             return Err(InstanceError::Invalid(format!(
                 "{} is not an instance id",
                 l.instance_id
@@ -520,7 +536,7 @@ impl Instances {
     }
 
     /// Destroys the domain, deletes its files and forgets it.
-    pub async fn remove(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+    pub async fn remove(&self, id: &str) -> Result<GuestStatus, InstanceError> {
         let record = self.table.get(&id.to_string())?;
         let name = id.to_string();
         self.blocking(move |hv| hv.remove(&name)).await?;
@@ -554,17 +570,11 @@ impl Instances {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        Ok(InstanceStatus {
-            instance_id: id.to_string(),
-            state: InstanceState::Terminated as i32,
-            node: self.node.clone(),
-            changed_unix_ms: time::unix_ms(),
-            ..Default::default()
-        })
+        Ok(GuestStatus::new(id, InstanceState::Terminated, &self.node))
     }
 
     /// Powers the instance off and keeps it (StopInstances).
-    pub async fn stop(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+    pub async fn stop(&self, id: &str) -> Result<GuestStatus, InstanceError> {
         let turn = self.firewall_turn.lock().await;
         let mut r = self.record(id)?;
         r.stopped = true;
@@ -584,11 +594,11 @@ impl Instances {
     }
 
     /// Starts a stopped instance; redefines its domain if libvirt lost it.
-    pub async fn start(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+    pub async fn start(&self, id: &str) -> Result<GuestStatus, InstanceError> {
         let turn = self.firewall_turn.lock().await;
         let mut r = self.record(id)?;
         let now = self.status(id)?;
-        if !r.stopped && now.state == InstanceState::Running as i32 {
+        if !r.stopped && now.state == InstanceState::Running {
             // Already running: starting it is a no-op (as in EC2), not a reset.
             return Ok(now);
         }
@@ -756,7 +766,7 @@ impl Instances {
     }
 
     /// Resets the instance.
-    pub async fn reboot(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+    pub async fn reboot(&self, id: &str) -> Result<GuestStatus, InstanceError> {
         self.record(id)?;
         let name = id.to_string();
         self.blocking(move |hv| hv.reboot(&name)).await?;
@@ -770,9 +780,9 @@ impl Instances {
         instance_type: &str,
         cores: u32,
         memory_mib: u64,
-    ) -> Result<InstanceStatus, InstanceError> {
+    ) -> Result<GuestStatus, InstanceError> {
         let mut r = self.record(id)?;
-        if self.status(id)?.state != InstanceState::Stopped as i32 {
+        if self.status(id)?.state != InstanceState::Stopped {
             return Err(InstanceError::Invalid(format!("{id} is not stopped")));
         }
         r.instance_type = instance_type.to_string();
@@ -799,7 +809,7 @@ impl Instances {
     }
 
     /// The status of `id`.
-    pub fn status(&self, id: &str) -> Result<InstanceStatus, InstanceError> {
+    pub fn status(&self, id: &str) -> Result<GuestStatus, InstanceError> {
         self.statuses()?
             .into_iter()
             .find(|s| s.instance_id == id)
@@ -808,7 +818,7 @@ impl Instances {
 
     /// libvirt domains named like instances that this node has no record
     /// of (and is not launching), with the state libvirt shows.
-    pub fn unknown_guests(&self) -> Result<Vec<InstanceStatus>, InstanceError> {
+    pub fn unknown_guests(&self) -> Result<Vec<GuestStatus>, InstanceError> {
         let known: std::collections::HashSet<String> = self
             .table
             .list()?
@@ -825,15 +835,13 @@ impl Instances {
             .domains("i-")?
             .into_iter()
             .filter(|(name, _)| !known.contains(name) && !launching.contains_key(name))
-            .map(|(name, state)| InstanceStatus {
-                instance_id: name,
-                state: match state {
+            .map(|(name, state)| {
+                let state = match state {
                     DomainState::Running | DomainState::Paused => InstanceState::Running,
                     DomainState::ShuttingDown => InstanceState::Stopping,
                     _ => InstanceState::Stopped,
-                } as i32,
-                node: self.node.clone(),
-                ..Default::default()
+                };
+                GuestStatus::new(&name, state, &self.node)
             })
             .collect())
     }
@@ -859,7 +867,7 @@ impl Instances {
     }
 
     /// Every recorded instance with the state libvirt shows.
-    pub fn statuses(&self) -> Result<Vec<InstanceStatus>, InstanceError> {
+    pub fn statuses(&self) -> Result<Vec<GuestStatus>, InstanceError> {
         let domains: BTreeMap<String, DomainState> = self.hv.domains("i-")?.into_iter().collect();
         let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
         let under = self
@@ -900,23 +908,16 @@ impl Instances {
             if entry.0 != state {
                 *entry = (state, now);
             }
-            out.push(InstanceStatus {
+            out.push(GuestStatus {
                 instance_id: r.instance_id.clone(),
-                state: state as i32,
+                state,
                 node: self.node.clone(),
                 private_ip: r.private_ip.clone(),
                 mac: r.mac.clone(),
                 reason: reason.to_string(),
-                changed_unix_ms: entry.1,
-                virt: if state == InstanceState::Running {
-                    under
-                        .get(&r.instance_id)
-                        .copied()
-                        .unwrap_or(node_virt)
-                        .to_string()
-                } else {
-                    String::new()
-                },
+                changed_ms: entry.1,
+                virt: (state == InstanceState::Running)
+                    .then(|| under.get(&r.instance_id).copied().unwrap_or(node_virt)),
                 // A guest found running after a restart of the node
                 // controller counts from the start of its log.
                 guest_output: state == InstanceState::Running
@@ -935,14 +936,11 @@ impl Instances {
             if out.iter().any(|s| &s.instance_id == id) {
                 continue;
             }
-            out.push(InstanceStatus {
-                instance_id: id.clone(),
-                state: InstanceState::Pending as i32,
-                node: self.node.clone(),
+            out.push(GuestStatus {
                 private_ip: ip.clone(),
                 mac: mac.clone(),
-                changed_unix_ms: now,
-                ..Default::default()
+                changed_ms: now,
+                ..GuestStatus::new(id, InstanceState::Pending, &self.node)
             });
         }
         Ok(out)
@@ -953,7 +951,7 @@ impl Instances {
         let stopped: Vec<String> = self
             .statuses()?
             .into_iter()
-            .filter(|s| s.state == InstanceState::Stopped as i32)
+            .filter(|s| s.state == InstanceState::Stopped)
             .map(|s| s.instance_id)
             .collect();
         Ok(self
@@ -1111,7 +1109,7 @@ mod tests {
         .expect("open");
         let id = "i-0123456789abcdef0";
         let s = instances.launch(&Source, launch(id)).await.expect("launch");
-        assert_eq!(s.state, InstanceState::Running as i32);
+        assert_eq!(s.state, InstanceState::Running);
         let spec = hv.spec(id).expect("domain");
         assert_eq!(
             spec.kernel,
@@ -1122,7 +1120,7 @@ mod tests {
         // The guest powers itself off: EC2 shows it stopped, by the instance.
         hv.set_state(id, DomainState::Shutoff);
         let s = instances.status(id).expect("status");
-        assert_eq!(s.state, InstanceState::Stopped as i32);
+        assert_eq!(s.state, InstanceState::Stopped);
         assert!(
             s.reason.contains("InstanceInitiatedShutdown"),
             "{}",
@@ -1145,7 +1143,7 @@ mod tests {
             .await
             .expect("resize when stopped");
         let s = instances.start(id).await.expect("start again");
-        assert_eq!(s.state, InstanceState::Running as i32);
+        assert_eq!(s.state, InstanceState::Running);
         assert_eq!(hv.spec(id).expect("domain").vcpus, 2, "the new size");
         assert!(
             instances.resize(id, "m1.small", 1, 256).await.is_err(),
@@ -1205,18 +1203,18 @@ mod tests {
         let unknown = instances.unknown_guests().expect("unknown");
         assert_eq!(unknown.len(), 1, "{unknown:?}");
         assert_eq!(unknown[0].instance_id, "i-0badc0ffee0000002");
-        assert_eq!(unknown[0].state, InstanceState::Running as i32);
+        assert_eq!(unknown[0].state, InstanceState::Running);
         instances
             .stop_guest("i-0badc0ffee0000002")
             .await
             .expect("stop the stray");
         let unknown = instances.unknown_guests().expect("unknown");
-        assert_eq!(unknown[0].state, InstanceState::Stopped as i32);
+        assert_eq!(unknown[0].state, InstanceState::Stopped);
         // The node's own instance is stopped as by StopInstances.
         instances.stop_guest(ours).await.expect("stop ours");
         assert_eq!(
             instances.status(ours).expect("status").state,
-            InstanceState::Stopped as i32
+            InstanceState::Stopped
         );
         assert!(instances.stop_guest("not-a-guest").await.is_err());
     }
@@ -1230,7 +1228,7 @@ mod tests {
             open_with(hv.clone(), dir.path(), Virt::Kvm, Duration::from_secs(30));
         let id = "i-0123456789abcdef1";
         let s = instances.launch(&Source, launch(id)).await.expect("launch");
-        assert_eq!(s.state, InstanceState::Running as i32);
+        assert_eq!(s.state, InstanceState::Running);
         assert_eq!(hv.spec(id).expect("domain").virt, Virt::Qemu);
         let (now, why) = virt.current();
         assert_eq!(now, Virt::Qemu);
@@ -1277,7 +1275,7 @@ mod tests {
         );
         assert_eq!(
             instances.status(silent).expect("status").state,
-            InstanceState::Running as i32
+            InstanceState::Running
         );
         let console =
             String::from_utf8(instances.console(silent).await.expect("console")).expect("utf8");
@@ -1309,7 +1307,7 @@ mod tests {
         assert_eq!(hv.spec(id).expect("domain").virt, Virt::Qemu);
         assert_eq!(
             instances.status(id).expect("status").state,
-            InstanceState::Running as i32
+            InstanceState::Running
         );
     }
 
@@ -1334,13 +1332,10 @@ mod tests {
             instances.statuses().expect("statuses")
         };
         let (launched, during) = tokio::join!(instances.launch(&SlowSource, launch(id)), watch);
-        assert_eq!(
-            launched.expect("launch").state,
-            InstanceState::Running as i32
-        );
+        assert_eq!(launched.expect("launch").state, InstanceState::Running);
         assert_eq!(during.len(), 1, "{during:?}");
         assert_eq!(during[0].instance_id, id);
-        assert_eq!(during[0].state, InstanceState::Pending as i32);
+        assert_eq!(during[0].state, InstanceState::Pending);
         assert_eq!(during[0].private_ip, "10.0.0.2");
         let after = instances.statuses().expect("statuses");
         assert_eq!(after.len(), 1, "reported once: {after:?}");

@@ -157,7 +157,15 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
             })
             .await;
             let (statuses, (cores, memory), unknown) = match seen {
-                Ok(Ok(v)) => v,
+                Ok(Ok((s, held, u))) => (
+                    s.into_iter()
+                        .map(proto::InstanceStatus::from)
+                        .collect::<Vec<_>>(),
+                    held,
+                    u.into_iter()
+                        .map(proto::InstanceStatus::from)
+                        .collect::<Vec<_>>(),
+                ),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot read instance states");
                     continue;

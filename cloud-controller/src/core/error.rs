@@ -120,6 +120,27 @@ pub enum CoreError {
     /// A tier the operation needs cannot be reached now.
     #[error("{0}")]
     Unavailable(String),
+    /// What an image location names is no image.
+    #[error("{0}")]
+    InvalidManifest(String),
+    /// Parameters that do not go together.
+    #[error("{0}")]
+    Combination(String),
+    /// The account has an image of that name.
+    #[error("{0}")]
+    DuplicateImageName(String),
+    /// A launch permission's account id that is none.
+    #[error("invalid account id {0}")]
+    InvalidAttributeItem(String),
+    /// The instance (its id) must be stopped for this.
+    #[error("instance {0} is not stopped")]
+    NotStopped(String),
+    /// An id of no kind of resource the operation takes.
+    #[error("the ID {0} is not valid")]
+    InvalidId(String),
+    /// The resource (its id) has as many tags as it may.
+    #[error("the tag limit of {0} is reached")]
+    TagLimit(String),
     /// The state of record failed.
     #[error("{0}")]
     Store(String),

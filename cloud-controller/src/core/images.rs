@@ -1,8 +1,59 @@
 //! Images as accounts see them: visible (their own, public, or shared with
 //! them), owned, and deregistered.
 
+use std::collections::BTreeSet;
+
+use common::time;
+use proto::ObjectRef;
+use tonic::Code;
+
 use super::{Cloud, CoreError, IdKind};
-use crate::images::{Image, ImageKind};
+use crate::images::{Image, ImageError, ImageKind};
+
+/// RegisterImage's request.
+#[derive(Debug, Clone, Default)]
+pub struct RegisterRequest {
+    pub account_id: String,
+    /// The caller is the cloud's administrator (may register what only
+    /// `aws-exec-read` lets the cloud read).
+    pub admin: bool,
+    /// `bucket/key` in Walrus (`s3://` and a leading `/` allowed).
+    pub location: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// Default `x86_64`.
+    pub architecture: Option<String>,
+    /// Default `paravirtual`.
+    pub virtualization_type: Option<String>,
+    pub kernel_id: Option<String>,
+    pub ramdisk_id: Option<String>,
+    pub root_device_name: Option<String>,
+}
+
+/// Who an image's launch permission names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launcher {
+    /// A group; the only one is `all` (the image is public).
+    Group(String),
+    /// One account, by id.
+    Account(String),
+}
+
+/// ModifyImageAttribute's changes.
+#[derive(Debug, Clone, Default)]
+pub struct ImageChange {
+    pub add: Vec<Launcher>,
+    pub remove: Vec<Launcher>,
+    pub description: Option<String>,
+}
+
+fn invalid(param: &'static str, value: &str, why: &str) -> CoreError {
+    CoreError::InvalidValue {
+        param,
+        value: value.to_string(),
+        why: why.to_string(),
+    }
+}
 
 impl Cloud {
     /// Image `id`, if `account_id` may see it (and launch it).
@@ -48,6 +99,183 @@ impl Cloud {
                 "You are not authorized to {what} image {id}"
             )));
         }
+        Ok(image)
+    }
+
+    /// RegisterImage: records the Walrus object `req.location` (which must
+    /// exist, be readable by the caller and say what kind of image it is
+    /// in its `image-type` metadata) as an image of the caller's.
+    pub async fn register_image(
+        &self,
+        req: RegisterRequest,
+        dry_run: bool,
+    ) -> Result<Image, CoreError> {
+        let name = &req.name;
+        if !(3..=128).contains(&name.chars().count())
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c))
+        {
+            return Err(invalid(
+                "Name",
+                name,
+                "AMI names must be 3 to 128 characters of letters, numbers, ( ) [ ] space . / - ' @ _",
+            ));
+        }
+        let architecture = req.architecture.as_deref().unwrap_or("x86_64");
+        if !matches!(architecture, "x86_64" | "i386" | "arm64") {
+            return Err(invalid(
+                "Architecture",
+                architecture,
+                "Use x86_64, i386 or arm64.",
+            ));
+        }
+        let virtualization_type = req.virtualization_type.as_deref().unwrap_or("paravirtual");
+        if !matches!(virtualization_type, "paravirtual" | "hvm") {
+            return Err(invalid(
+                "VirtualizationType",
+                virtualization_type,
+                "Use paravirtual or hvm.",
+            ));
+        }
+        let location = &req.location;
+        let trimmed = location.trim_start_matches("s3://").trim_start_matches('/');
+        let (bucket, key) = trimmed
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| invalid("ImageLocation", location, "Expected bucket/key."))?;
+        let linked = |id: &Option<String>, kind: ImageKind, id_kind: IdKind| {
+            let Some(id) = id.as_deref().filter(|v| !v.is_empty()) else {
+                return Ok(None);
+            };
+            match self.visible_image(&req.account_id, id) {
+                Ok(i) if i.kind == kind => Ok(Some(i.image_id)),
+                _ => Err(CoreError::NotFound {
+                    kind: id_kind,
+                    ids: vec![id.to_string()],
+                }),
+            }
+        };
+        let kernel_id = linked(&req.kernel_id, ImageKind::Kernel, IdKind::Kernel)?;
+        let ramdisk_id = linked(&req.ramdisk_id, ImageKind::Ramdisk, IdKind::Ramdisk)?;
+
+        let mut walrus = self.walrus().map_err(CoreError::Unavailable)?;
+        let info = walrus
+            .head_object(ObjectRef {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                Code::NotFound => CoreError::InvalidManifest(format!(
+                    "There is no object {bucket}/{key} in Walrus"
+                )),
+                _ => CoreError::Unavailable(format!("Walrus: {}", s.message())),
+            })?
+            .into_inner();
+        let readable = info.owner_id == req.account_id
+            || matches!(
+                info.acl.as_str(),
+                "public-read" | "public-read-write" | "authenticated-read"
+            )
+            || (info.acl == "aws-exec-read" && req.admin);
+        if !readable {
+            return Err(CoreError::Unauthorized(format!(
+                "You are not authorized to read {bucket}/{key}"
+            )));
+        }
+        let kind = match info.metadata.get("image-type") {
+            None => ImageKind::Machine,
+            Some(t) => ImageKind::from_wire(t).ok_or_else(|| {
+                invalid(
+                    "ImageLocation",
+                    location,
+                    &format!(
+                        "The object's image-type metadata ({t}) must be machine, kernel or ramdisk."
+                    ),
+                )
+            })?,
+        };
+        if kind != ImageKind::Machine && (kernel_id.is_some() || ramdisk_id.is_some()) {
+            return Err(CoreError::Combination(
+                "A kernel or ramdisk image cannot name a kernel or ramdisk".into(),
+            ));
+        }
+        if dry_run {
+            return Err(CoreError::DryRun);
+        }
+        let image = Image {
+            image_id: common::ids::resource_id(kind.prefix()),
+            kind,
+            name: name.clone(),
+            description: req.description.clone().unwrap_or_default(),
+            owner_id: req.account_id.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            sha256: info.sha256,
+            size: info.size,
+            architecture: architecture.to_string(),
+            kernel_id,
+            ramdisk_id,
+            root_device_name: req.root_device_name.clone(),
+            virtualization_type: virtualization_type.to_string(),
+            public: false,
+            launch_permissions: BTreeSet::new(),
+            created_ms: time::unix_ms(),
+        };
+        self.images.register(&image).map_err(|e| match e {
+            ImageError::DuplicateName { .. } => CoreError::DuplicateImageName(e.to_string()),
+            ImageError::Store(e) => CoreError::from(e),
+        })?;
+        tracing::info!(image_id = %image.image_id, kind = image.kind.wire(), location = %trimmed, size = image.size, "image registered");
+        Ok(image)
+    }
+
+    /// ModifyImageAttribute: who may launch the account's image `id`, and
+    /// its description.
+    pub fn modify_image(
+        &self,
+        account_id: &str,
+        id: &str,
+        change: ImageChange,
+        dry_run: bool,
+    ) -> Result<Image, CoreError> {
+        let mut image = self.owned_image(account_id, id, "modify")?;
+        for who in change.add.iter().chain(&change.remove) {
+            match who {
+                Launcher::Group(g) if g != "all" => {
+                    return Err(invalid("Group", g, "The only group is all."))
+                }
+                Launcher::Account(u) if u.len() != 12 || !u.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Err(CoreError::InvalidAttributeItem(u.clone()))
+                }
+                _ => {}
+            }
+        }
+        if dry_run {
+            return Err(CoreError::DryRun);
+        }
+        for who in change.add {
+            match who {
+                Launcher::Group(_) => image.public = true,
+                Launcher::Account(u) => {
+                    image.launch_permissions.insert(u);
+                }
+            }
+        }
+        for who in change.remove {
+            match who {
+                Launcher::Group(_) => image.public = false,
+                Launcher::Account(u) => {
+                    image.launch_permissions.remove(&u);
+                }
+            }
+        }
+        if let Some(d) = change.description {
+            image.description = d;
+        }
+        self.images.update(&image)?;
+        tracing::info!(image_id = %image.image_id, public = image.public, shared = image.launch_permissions.len(), "image attributes changed");
         Ok(image)
     }
 

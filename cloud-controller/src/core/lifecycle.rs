@@ -20,6 +20,15 @@ pub struct StateChange {
     pub current: InstanceState,
 }
 
+/// What ModifyInstanceAttribute changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceChange {
+    /// Termination protection on or off.
+    Protection(bool),
+    /// The instance type, by name.
+    Type(String),
+}
+
 impl Cloud {
     /// Instances `ids` of account `account_id`; every one must be well
     /// formed and the account's.
@@ -49,6 +58,63 @@ impl Cloud {
             });
         }
         Ok(out)
+    }
+
+    /// ModifyInstanceAttribute: termination protection (in any state), or
+    /// the type of a stopped instance (its cores and memory change at its
+    /// next start; its node must have room for them).
+    pub async fn modify_instance(
+        &self,
+        account_id: &str,
+        id: &str,
+        change: InstanceChange,
+        dry_run: bool,
+    ) -> Result<(), CoreError> {
+        let Some(r) = self.own_instances(account_id, &[id.to_string()])?.pop() else {
+            return Err(CoreError::NotFound {
+                kind: IdKind::Instance,
+                ids: vec![id.to_string()],
+            });
+        };
+        match change {
+            InstanceChange::Protection(on) => {
+                if dry_run {
+                    return Err(CoreError::DryRun);
+                }
+                self.instances.set_termination_protection(id, on)?;
+            }
+            InstanceChange::Type(wanted) => {
+                let itype = self.instances.instance_type(&wanted)?.ok_or_else(|| {
+                    CoreError::InvalidValue {
+                        param: "InstanceType",
+                        value: wanted.clone(),
+                        why: "No such instance type.".into(),
+                    }
+                })?;
+                if r.state != InstanceState::Stopped {
+                    return Err(CoreError::NotStopped(id.to_string()));
+                }
+                if dry_run {
+                    return Err(CoreError::DryRun);
+                }
+                if itype.name == r.instance_type {
+                    return Ok(());
+                }
+                self.clusters
+                    .resize(&r.cluster, id, &itype)
+                    .await
+                    .map_err(|e| match e {
+                        ClusterError::Capacity(_) => CoreError::Capacity(format!(
+                            "There is not enough capacity on the instance's node for {}.",
+                            itype.name
+                        )),
+                        e => CoreError::Unavailable(e.to_string()),
+                    })?;
+                self.instances.set_type(id, &itype.name)?;
+                tracing::info!(instance_id = %id, from = %r.instance_type, to = %itype.name, "instance resized");
+            }
+        }
+        Ok(())
     }
 
     /// Terminates the account's instances `ids`: each shows
@@ -423,5 +489,57 @@ mod tests {
         assert!(cloud.carry_out_terminate("cluster-1", id.clone()).await);
         let r = cloud.instances.get(&id).expect("get").expect("there");
         assert_eq!(r.state, InstanceState::Terminated);
+    }
+
+    #[tokio::test]
+    async fn a_type_changes_only_while_stopped_and_protection_guards_terminate() {
+        let (cloud, _dir) = test_cloud(Arc::new(FakeCluster::new(1, 8)));
+        let me = system_account(&cloud);
+        let id = launch(&cloud, &me, 1, LaunchRequest::default())
+            .await
+            .records[0]
+            .instance_id
+            .clone();
+        let resize = |t: &str| InstanceChange::Type(t.to_string());
+        assert_eq!(
+            cloud
+                .modify_instance(&me, &id, resize("m1.large"), false)
+                .await,
+            Err(CoreError::NotStopped(id.clone()))
+        );
+        assert!(matches!(
+            cloud
+                .modify_instance(&me, &id, resize("m9.huge"), false)
+                .await,
+            Err(CoreError::InvalidValue {
+                param: "InstanceType",
+                ..
+            })
+        ));
+        cloud
+            .instances
+            .set_state(&id, InstanceState::Stopped, "", None)
+            .expect("stopped");
+        cloud
+            .modify_instance(&me, &id, resize("m1.large"), false)
+            .await
+            .expect("resized");
+        let r = cloud.instances.get(&id).expect("get").expect("there");
+        assert_eq!(r.instance_type, "m1.large");
+        // Another account cannot touch it.
+        assert!(matches!(
+            cloud
+                .modify_instance("000000000222", &id, InstanceChange::Protection(true), false)
+                .await,
+            Err(CoreError::NotFound { .. })
+        ));
+        cloud
+            .modify_instance(&me, &id, InstanceChange::Protection(true), false)
+            .await
+            .expect("protected");
+        assert!(matches!(
+            cloud.terminate(&me, std::slice::from_ref(&id), false).await,
+            Err(CoreError::OperationNotPermitted(_))
+        ));
     }
 }

@@ -32,6 +32,7 @@ pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
 pub mod security_groups;
+pub mod tags;
 pub mod upkeep;
 
 use std::sync::Arc;

@@ -250,6 +250,27 @@ impl From<CoreError> for Ec2Error {
                 format!("The instance '{id}' is not in a state from which it can be {wanted}."),
             ),
             CoreError::Unavailable(m) => Self::unavailable(&m),
+            CoreError::InvalidManifest(m) => Self::new("InvalidManifest", m),
+            CoreError::Combination(m) => Self::new("InvalidParameterCombination", m),
+            CoreError::DuplicateImageName(m) => Self::new("InvalidAMIName.Duplicate", m),
+            CoreError::InvalidAttributeItem(u) => Self::new(
+                "InvalidAMIAttributeItemValue",
+                format!("Invalid attribute item value \"{u}\" for userId item type."),
+            ),
+            CoreError::NotStopped(id) => Self::new(
+                "IncorrectInstanceState",
+                format!("The instance '{id}' is not in the 'stopped' state."),
+            ),
+            CoreError::InvalidId(id) => {
+                Self::new("InvalidID", format!("The ID '{id}' is not valid"))
+            }
+            CoreError::TagLimit(id) => Self::new(
+                "TagLimitExceeded",
+                format!(
+                    "The maximum number of tags ({}) for resource '{id}' has been reached.",
+                    crate::tags::MAX_TAGS
+                ),
+            ),
             CoreError::Store(_) => Self::internal(),
         }
     }

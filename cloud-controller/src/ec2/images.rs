@@ -7,15 +7,12 @@
 //! records the object's SHA-256, which every node checks what it downloads
 //! against.
 
-use std::collections::BTreeSet;
-
 use common::time;
-use proto::ObjectRef;
-use tonic::Code;
 
 use super::tags::{by_resource, tag_filter_values, write_tag_set};
 use super::{params::Filter, xml::Writer, Call, Ec2, Ec2Error};
-use crate::images::{Image, ImageError, ImageKind};
+use crate::core::images::{ImageChange, Launcher, RegisterRequest};
+use crate::images::Image;
 use crate::tags::Tag;
 
 fn not_found(ids: &[&str]) -> Ec2Error {
@@ -36,11 +33,6 @@ impl Ec2 {
         Ok(self.cloud.visible_image(&call.caller.account_id, id)?)
     }
 
-    /// Checks that the caller may see image `id` (to tag it).
-    pub(super) fn visible_image_for_tags(&self, call: &Call, id: &str) -> Result<(), Ec2Error> {
-        self.visible_image(call, id).map(|_| ())
-    }
-
     /// The image `id` if the caller owns it.
     fn owned_image(&self, call: &Call, id: &str, what: &str) -> Result<Image, Ec2Error> {
         Ok(self.cloud.owned_image(&call.caller.account_id, id, what)?)
@@ -50,130 +42,20 @@ impl Ec2 {
 /// RegisterImage.
 pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let location = p.required("ImageLocation")?;
-    let name = p.required("Name")?;
-    if !(3..=128).contains(&name.chars().count())
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c))
-    {
-        return Err(Ec2Error::invalid_value(
-            "Name",
-            name,
-            "AMI names must be 3 to 128 characters of letters, numbers, ( ) [ ] space . / - ' @ _",
-        ));
-    }
-    let architecture = p.get("Architecture").unwrap_or("x86_64");
-    if !matches!(architecture, "x86_64" | "i386" | "arm64") {
-        return Err(Ec2Error::invalid_value(
-            "Architecture",
-            architecture,
-            "Use x86_64, i386 or arm64.",
-        ));
-    }
-    let virtualization_type = p.get("VirtualizationType").unwrap_or("paravirtual");
-    if !matches!(virtualization_type, "paravirtual" | "hvm") {
-        return Err(Ec2Error::invalid_value(
-            "VirtualizationType",
-            virtualization_type,
-            "Use paravirtual or hvm.",
-        ));
-    }
-    let trimmed = location.trim_start_matches("s3://").trim_start_matches('/');
-    let (bucket, key) = trimmed
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| {
-            Ec2Error::invalid_value("ImageLocation", location, "Expected bucket/key.")
-        })?;
-    let linked = |param: &str, kind: ImageKind, code: &str| -> Result<Option<String>, Ec2Error> {
-        let Some(id) = p.get(param).filter(|v| !v.is_empty()) else {
-            return Ok(None);
-        };
-        match ec2.visible_image(call, id) {
-            Ok(i) if i.kind == kind => Ok(Some(i.image_id)),
-            _ => Err(Ec2Error::new(
-                code,
-                format!("The {} ID '{id}' does not exist", kind.wire()),
-            )),
-        }
+    let owned = |name: &str| p.get(name).map(str::to_string);
+    let request = RegisterRequest {
+        account_id: call.caller.account_id.clone(),
+        admin: call.caller.admin,
+        location: p.required("ImageLocation")?.to_string(),
+        name: p.required("Name")?.to_string(),
+        description: owned("Description"),
+        architecture: owned("Architecture"),
+        virtualization_type: owned("VirtualizationType"),
+        kernel_id: owned("KernelId"),
+        ramdisk_id: owned("RamdiskId"),
+        root_device_name: owned("RootDeviceName"),
     };
-    let kernel_id = linked("KernelId", ImageKind::Kernel, "InvalidAKIID.NotFound")?;
-    let ramdisk_id = linked("RamdiskId", ImageKind::Ramdisk, "InvalidARIID.NotFound")?;
-
-    // What Walrus holds there: it must exist, be readable by the caller,
-    // and say what kind of image it is.
-    let mut walrus = ec2.cloud.walrus().map_err(|e| Ec2Error::unavailable(&e))?;
-    let info = walrus
-        .head_object(ObjectRef {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-        })
-        .await
-        .map_err(|s| match s.code() {
-            Code::NotFound => Ec2Error::new(
-                "InvalidManifest",
-                format!("There is no object {bucket}/{key} in Walrus"),
-            ),
-            _ => Ec2Error::unavailable(&format!("Walrus: {}", s.message())),
-        })?
-        .into_inner();
-    let readable = info.owner_id == call.caller.account_id
-        || matches!(
-            info.acl.as_str(),
-            "public-read" | "public-read-write" | "authenticated-read"
-        )
-        || (info.acl == "aws-exec-read" && call.caller.admin);
-    if !readable {
-        return Err(Ec2Error::unauthorized(format!(
-            "You are not authorized to read {bucket}/{key}"
-        )));
-    }
-    let kind = match info.metadata.get("image-type") {
-        None => ImageKind::Machine,
-        Some(t) => ImageKind::from_wire(t).ok_or_else(|| {
-            Ec2Error::invalid_value(
-                "ImageLocation",
-                location,
-                &format!(
-                    "The object's image-type metadata ({t}) must be machine, kernel or ramdisk."
-                ),
-            )
-        })?,
-    };
-    if kind != ImageKind::Machine && (kernel_id.is_some() || ramdisk_id.is_some()) {
-        return Err(Ec2Error::new(
-            "InvalidParameterCombination",
-            "A kernel or ramdisk image cannot name a kernel or ramdisk",
-        ));
-    }
-    call.dry_run_check()?;
-    let image = Image {
-        image_id: common::ids::resource_id(kind.prefix()),
-        kind,
-        name: name.to_string(),
-        description: p.get("Description").unwrap_or("").to_string(),
-        owner_id: call.caller.account_id.clone(),
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        sha256: info.sha256,
-        size: info.size,
-        architecture: architecture.to_string(),
-        kernel_id,
-        ramdisk_id,
-        root_device_name: p.get("RootDeviceName").map(str::to_string),
-        virtualization_type: virtualization_type.to_string(),
-        public: false,
-        launch_permissions: BTreeSet::new(),
-        created_ms: time::unix_ms(),
-    };
-    ec2.cloud.images.register(&image).map_err(|e| match e {
-        ImageError::DuplicateName { .. } => {
-            Ec2Error::new("InvalidAMIName.Duplicate", e.to_string())
-        }
-        ImageError::Store(e) => store_error(e),
-    })?;
-    tracing::info!(image_id = %image.image_id, kind = image.kind.wire(), location = %trimmed, size = image.size, "image registered");
+    let image = ec2.cloud.register_image(request, p.flag("DryRun")?).await?;
     let mut w = call.writer();
     w.elem("imageId", &image.image_id);
     Ok(w.finish())
@@ -395,83 +277,52 @@ pub fn describe_image_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
 pub fn modify_image_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
     let id = p.required("ImageId")?;
-    let mut image = ec2.owned_image(call, id, "modify")?;
-    let mut add: Vec<(Option<String>, Option<String>)> = Vec::new();
-    let mut remove: Vec<(Option<String>, Option<String>)> = Vec::new();
-    for (op, list) in [("Add", &mut add), ("Remove", &mut remove)] {
+    let mut change = ImageChange::default();
+    let who = |user: Option<&str>, group: Option<&str>| {
+        user.map(|u| Launcher::Account(u.to_string()))
+            .into_iter()
+            .chain(group.map(|g| Launcher::Group(g.to_string())))
+    };
+    for (op, list) in [("Add", &mut change.add), ("Remove", &mut change.remove)] {
         for n in 1..=1000 {
             let user = p.get(&format!("LaunchPermission.{op}.{n}.UserId"));
             let group = p.get(&format!("LaunchPermission.{op}.{n}.Group"));
             if user.is_none() && group.is_none() {
                 break;
             }
-            list.push((user.map(str::to_string), group.map(str::to_string)));
+            list.extend(who(user, group));
         }
     }
     if let Some(op) = p.get("OperationType") {
         let target = match op {
-            "add" => &mut add,
-            "remove" => &mut remove,
+            "add" => &mut change.add,
+            "remove" => &mut change.remove,
             other => {
+                ec2.owned_image(call, id, "modify")?;
                 return Err(Ec2Error::invalid_value(
                     "OperationType",
                     other,
                     "Use add or remove.",
-                ))
+                ));
             }
         };
-        target.extend(p.list("UserId").into_iter().map(|u| (Some(u), None)));
-        target.extend(p.list("UserGroup").into_iter().map(|g| (None, Some(g))));
+        target.extend(p.list("UserId").into_iter().map(Launcher::Account));
+        target.extend(p.list("UserGroup").into_iter().map(Launcher::Group));
     }
-    let description = p.get("Description.Value").or_else(|| {
-        (p.get("Attribute") == Some("description"))
-            .then(|| p.get("Value"))
-            .flatten()
-    });
-    if add.is_empty() && remove.is_empty() && description.is_none() {
+    change.description = p
+        .get("Description.Value")
+        .or_else(|| {
+            (p.get("Attribute") == Some("description"))
+                .then(|| p.get("Value"))
+                .flatten()
+        })
+        .map(str::to_string);
+    if change.add.is_empty() && change.remove.is_empty() && change.description.is_none() {
+        ec2.owned_image(call, id, "modify")?;
         return Err(Ec2Error::missing("LaunchPermission or Description"));
     }
-    for (user, group) in add.iter().chain(remove.iter()) {
-        if let Some(g) = group {
-            if g != "all" {
-                return Err(Ec2Error::invalid_value(
-                    "Group",
-                    g,
-                    "The only group is all.",
-                ));
-            }
-        }
-        if let Some(u) = user {
-            if u.len() != 12 || !u.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Ec2Error::new(
-                    "InvalidAMIAttributeItemValue",
-                    format!("Invalid attribute item value \"{u}\" for userId item type."),
-                ));
-            }
-        }
-    }
-    call.dry_run_check()?;
-    for (user, group) in add {
-        if group.is_some() {
-            image.public = true;
-        }
-        if let Some(u) = user {
-            image.launch_permissions.insert(u);
-        }
-    }
-    for (user, group) in remove {
-        if group.is_some() {
-            image.public = false;
-        }
-        if let Some(u) = user {
-            image.launch_permissions.remove(&u);
-        }
-    }
-    if let Some(d) = description {
-        image.description = d.to_string();
-    }
-    ec2.cloud.images.update(&image).map_err(store_error)?;
-    tracing::info!(image_id = %image.image_id, public = image.public, shared = image.launch_permissions.len(), "image attributes changed");
+    ec2.cloud
+        .modify_image(&call.caller.account_id, id, change, p.flag("DryRun")?)?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())

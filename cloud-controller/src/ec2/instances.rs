@@ -19,7 +19,10 @@ use super::{
     Call, Ec2, Ec2Error,
 };
 use crate::{
-    core::{launch::LaunchRequest, lifecycle::StateChange, ClusterError},
+    core::{
+        launch::LaunchRequest,
+        lifecycle::{InstanceChange, StateChange},
+    },
     images::Image,
     instances::InstanceRecord,
     tags::Tag,
@@ -31,11 +34,6 @@ fn store_error(e: impl std::fmt::Display) -> Ec2Error {
 }
 
 impl Ec2 {
-    /// Checks that instance `id` is the caller's (to tag it).
-    pub(super) fn own_instances_for_tags(&self, call: &Call, id: &str) -> Result<(), Ec2Error> {
-        self.own_instances(call, &[id.to_string()]).map(|_| ())
-    }
-
     fn own_instances(&self, call: &Call, ids: &[String]) -> Result<Vec<InstanceRecord>, Ec2Error> {
         Ok(self.cloud.own_instances(&call.caller.account_id, ids)?)
     }
@@ -561,10 +559,6 @@ pub fn describe_instance_types(ec2: &Ec2, call: &Call) -> Result<String, Ec2Erro
 pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
     let id = p.required("InstanceId")?.to_string();
-    let r = ec2
-        .own_instances(call, std::slice::from_ref(&id))?
-        .remove(0);
-    // Termination protection, in any state.
     let protect = match (
         p.get("DisableApiTermination.Value"),
         p.get("Attribute"),
@@ -573,78 +567,44 @@ pub async fn modify_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String,
         (Some(v), _, _) | (None, Some("disableApiTermination"), Some(v)) => Some(v),
         _ => None,
     };
-    if let Some(v) = protect {
-        let on = match v.to_ascii_lowercase().as_str() {
+    let change = if let Some(v) = protect {
+        InstanceChange::Protection(match v.to_ascii_lowercase().as_str() {
             "true" => true,
             "false" => false,
             _ => {
+                // The instance is looked up first, as EC2 does.
+                ec2.own_instances(call, std::slice::from_ref(&id))?;
                 return Err(Ec2Error::invalid_value(
                     "DisableApiTermination",
                     v,
                     "Expected a boolean.",
-                ))
+                ));
             }
-        };
-        call.dry_run_check()?;
-        ec2.cloud
-            .instances
-            .set_termination_protection(&id, on)
-            .map_err(store_error)?;
-        let mut w = call.writer();
-        w.bool("return", true);
-        return Ok(w.finish());
-    }
-    let wanted = match (
-        p.get("InstanceType.Value"),
-        p.get("Attribute"),
-        p.get("Value"),
-    ) {
-        (Some(v), _, _) => v.to_string(),
-        (None, Some("instanceType"), Some(v)) => v.to_string(),
-        (None, Some(other), _) if other != "instanceType" => {
-            return Err(Ec2Error::new(
-                "UnsupportedOperation",
-                format!("Changing the {other} attribute is not supported"),
-            ))
+        })
+    } else {
+        match (
+            p.get("InstanceType.Value"),
+            p.get("Attribute"),
+            p.get("Value"),
+        ) {
+            (Some(v), _, _) => InstanceChange::Type(v.to_string()),
+            (None, Some("instanceType"), Some(v)) => InstanceChange::Type(v.to_string()),
+            (None, Some(other), _) if other != "instanceType" => {
+                ec2.own_instances(call, std::slice::from_ref(&id))?;
+                return Err(Ec2Error::new(
+                    "UnsupportedOperation",
+                    format!("Changing the {other} attribute is not supported"),
+                ));
+            }
+            _ => {
+                ec2.own_instances(call, std::slice::from_ref(&id))?;
+                return Err(Ec2Error::missing("InstanceType"));
+            }
         }
-        _ => return Err(Ec2Error::missing("InstanceType")),
     };
-    let itype = ec2
-        .cloud
-        .instances
-        .instance_type(&wanted)
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            Ec2Error::invalid_value("InstanceType", &wanted, "No such instance type.")
-        })?;
-    if r.state != InstanceState::Stopped {
-        return Err(Ec2Error::new(
-            "IncorrectInstanceState",
-            format!("The instance '{id}' is not in the 'stopped' state."),
-        ));
-    }
-    call.dry_run_check()?;
-    if itype.name != r.instance_type {
-        ec2.cloud
-            .clusters
-            .resize(&r.cluster, &id, &itype)
-            .await
-            .map_err(|e| match e {
-                ClusterError::Capacity(_) => Ec2Error::new(
-                    "InsufficientInstanceCapacity",
-                    format!(
-                        "There is not enough capacity on the instance's node for {}.",
-                        itype.name
-                    ),
-                ),
-                e => Ec2Error::unavailable(&e.to_string()),
-            })?;
-        ec2.cloud
-            .instances
-            .set_type(&id, &itype.name)
-            .map_err(store_error)?;
-        tracing::info!(instance_id = %id, from = %r.instance_type, to = %itype.name, "instance resized");
-    }
+    ec2.cloud
+        .modify_instance(&call.caller.account_id, &id, change, p.flag("DryRun")?)
+        .await?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())

@@ -3,7 +3,7 @@
 //! `TagSpecification` at creation.
 
 use super::{xml::Writer, Call, Ec2, Ec2Error, Params};
-use crate::tags::{Tag, MAX_TAGS};
+use crate::tags::Tag;
 
 fn store_error(e: impl std::fmt::Display) -> Ec2Error {
     tracing::error!(error = %e, "tag store failed");
@@ -52,93 +52,6 @@ pub fn parse_tags(
     Ok(out)
 }
 
-/// The resource type of an id the caller may tag, or the error EC2 gives.
-fn resource_type(ec2: &Ec2, call: &Call, id: &str) -> Result<&'static str, Ec2Error> {
-    let prefix = id.split('-').next().unwrap_or("");
-    match prefix {
-        "ami" | "aki" | "ari" | "emi" | "eki" | "eri" => {
-            ec2.visible_image_for_tags(call, id)?;
-            Ok("image")
-        }
-        "i" => {
-            ec2.own_instances_for_tags(call, id)?;
-            Ok("instance")
-        }
-        "eipalloc" => {
-            let mine = ec2
-                .cloud
-                .addresses
-                .of(&call.caller.account_id)
-                .map_err(store_error)?;
-            if !mine.iter().any(|a| a.allocation_id == id) {
-                return Err(Ec2Error::new(
-                    "InvalidAllocationID.NotFound",
-                    format!("The allocation ID '{id}' does not exist"),
-                ));
-            }
-            Ok("elastic-ip")
-        }
-        "sg" => {
-            ec2.own_group(call, Some(id), None)?;
-            Ok("security-group")
-        }
-        "key" => {
-            let mine = ec2
-                .cloud
-                .keypairs
-                .of(&call.caller.account_id)
-                .map_err(store_error)?;
-            if !mine.iter().any(|k| k.key_pair_id == id) {
-                return Err(Ec2Error::new(
-                    "InvalidKeyPair.NotFound",
-                    format!("The key pair ID '{id}' does not exist"),
-                ));
-            }
-            Ok("key-pair")
-        }
-        _ => Err(Ec2Error::new(
-            "InvalidID",
-            format!("The ID '{id}' is not valid"),
-        )),
-    }
-}
-
-/// Sets `tags` on `resources` of the caller, within the per-resource limit.
-pub fn apply(
-    ec2: &Ec2,
-    call: &Call,
-    resources: &[(String, &'static str)],
-    tags: &[(String, Option<String>)],
-) -> Result<(), Ec2Error> {
-    let me = &call.caller.account_id;
-    let mut all = Vec::new();
-    for (id, kind) in resources {
-        let existing = ec2.cloud.tags.of(me, id).map_err(store_error)?;
-        let new_keys = tags
-            .iter()
-            .filter(|(k, _)| !existing.iter().any(|t| &t.key == k))
-            .count();
-        if existing.len() + new_keys > MAX_TAGS {
-            return Err(Ec2Error::new(
-                "TagLimitExceeded",
-                format!(
-                    "The maximum number of tags ({MAX_TAGS}) for resource '{id}' has been reached."
-                ),
-            ));
-        }
-        for (k, v) in tags {
-            all.push(Tag {
-                account_id: me.clone(),
-                resource_id: id.clone(),
-                resource_type: kind.to_string(),
-                key: k.clone(),
-                value: v.clone().unwrap_or_default(),
-            });
-        }
-    }
-    ec2.cloud.tags.set(&all).map_err(store_error)
-}
-
 /// CreateTags.
 pub fn create_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let ids = call.params.list("ResourceId");
@@ -149,13 +62,12 @@ pub fn create_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     if tags.is_empty() {
         return Err(Ec2Error::missing("Tag"));
     }
-    let mut resources = Vec::new();
-    for id in ids {
-        let kind = resource_type(ec2, call, &id)?;
-        resources.push((id, kind));
-    }
-    call.dry_run_check()?;
-    apply(ec2, call, &resources, &tags)?;
+    ec2.cloud.create_tags(
+        &call.caller.account_id,
+        &ids,
+        &tags,
+        call.params.flag("DryRun")?,
+    )?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())
@@ -168,27 +80,12 @@ pub fn delete_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         return Err(Ec2Error::missing("ResourceId"));
     }
     let tags = parse_tags(&call.params, "Tag", false)?;
-    for id in &ids {
-        resource_type(ec2, call, id)?;
-    }
-    call.dry_run_check()?;
-    let me = &call.caller.account_id;
-    for id in &ids {
-        if tags.is_empty() {
-            for t in ec2.cloud.tags.of(me, id).map_err(store_error)? {
-                ec2.cloud
-                    .tags
-                    .remove(me, id, &t.key, None)
-                    .map_err(store_error)?;
-            }
-        }
-        for (k, v) in &tags {
-            ec2.cloud
-                .tags
-                .remove(me, id, k, v.as_deref())
-                .map_err(store_error)?;
-        }
-    }
+    ec2.cloud.delete_tags(
+        &call.caller.account_id,
+        &ids,
+        &tags,
+        call.params.flag("DryRun")?,
+    )?;
     let mut w = call.writer();
     w.bool("return", true);
     Ok(w.finish())

@@ -232,6 +232,18 @@ impl GuestStatus {
     }
 }
 
+/// The node's guests as its reports show them.
+#[derive(Debug, Clone)]
+pub struct Survey {
+    /// Every recorded instance (and launch in progress).
+    pub statuses: Vec<GuestStatus>,
+    /// Cores and memory held by the instances that are not stopped.
+    pub cores_held: u32,
+    pub memory_held: u64,
+    /// Domains named like instances that the node has no record of.
+    pub unknown: Vec<GuestStatus>,
+}
+
 /// A guest's firewall as the CLC sends it: ingress, egress, public address.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -819,31 +831,29 @@ impl Instances {
     /// libvirt domains named like instances that this node has no record
     /// of (and is not launching), with the state libvirt shows.
     pub fn unknown_guests(&self) -> Result<Vec<GuestStatus>, InstanceError> {
-        let known: std::collections::HashSet<String> = self
-            .table
-            .list()?
-            .into_iter()
-            .map(|r| r.instance_id)
-            .collect();
-        let launching = self
-            .launching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(self
-            .hv
-            .domains("i-")?
-            .into_iter()
-            .filter(|(name, _)| !known.contains(name) && !launching.contains_key(name))
+        Ok(self.survey()?.unknown)
+    }
+
+    fn unknown_of(
+        &self,
+        records: &[InstanceRecord],
+        domains: &BTreeMap<String, DomainState>,
+    ) -> Vec<GuestStatus> {
+        let known: std::collections::HashSet<&str> =
+            records.iter().map(|r| r.instance_id.as_str()).collect();
+        let launching = self.launching.lock().unwrap_or_else(|p| p.into_inner());
+        domains
+            .iter()
+            .filter(|(name, _)| !known.contains(name.as_str()) && !launching.contains_key(*name))
             .map(|(name, state)| {
                 let state = match state {
                     DomainState::Running | DomainState::Paused => InstanceState::Running,
                     DomainState::ShuttingDown => InstanceState::Stopping,
                     _ => InstanceState::Stopped,
                 };
-                GuestStatus::new(&name, state, &self.node)
+                GuestStatus::new(name, state, &self.node)
             })
-            .collect())
+            .collect()
     }
 
     /// Powers off guest `id` for the unknown-guest policy: an instance of
@@ -868,7 +878,38 @@ impl Instances {
 
     /// Every recorded instance with the state libvirt shows.
     pub fn statuses(&self) -> Result<Vec<GuestStatus>, InstanceError> {
+        Ok(self.survey()?.statuses)
+    }
+
+    /// What the node's reports say of its guests, from one read of the
+    /// records and one of libvirt's domains.
+    pub fn survey(&self) -> Result<Survey, InstanceError> {
         let domains: BTreeMap<String, DomainState> = self.hv.domains("i-")?.into_iter().collect();
+        let records = self.table.list()?;
+        let statuses = self.statuses_of(&records, &domains);
+        let stopped: std::collections::HashSet<&str> = statuses
+            .iter()
+            .filter(|s| s.state == InstanceState::Stopped)
+            .map(|s| s.instance_id.as_str())
+            .collect();
+        let (cores_held, memory_held) = records
+            .iter()
+            .filter(|r| !stopped.contains(r.instance_id.as_str()))
+            .fold((0, 0), |(c, m), r| (c + r.cores, m + r.memory_mib));
+        let unknown = self.unknown_of(&records, &domains);
+        Ok(Survey {
+            statuses,
+            cores_held,
+            memory_held,
+            unknown,
+        })
+    }
+
+    fn statuses_of(
+        &self,
+        records: &[InstanceRecord],
+        domains: &BTreeMap<String, DomainState>,
+    ) -> Vec<GuestStatus> {
         let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
         let under = self
             .running_under
@@ -882,7 +923,7 @@ impl Instances {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut out = Vec::new();
-        for r in self.table.list()? {
+        for r in records {
             let (state, reason) = match domains.get(&r.instance_id) {
                 Some(DomainState::Running) | Some(DomainState::Paused) => {
                     (InstanceState::Running, "")
@@ -943,23 +984,13 @@ impl Instances {
                 ..GuestStatus::new(id, InstanceState::Pending, &self.node)
             });
         }
-        Ok(out)
+        out
     }
 
     /// Cores and memory held by instances that are not stopped.
     pub fn held(&self) -> Result<(u32, u64), InstanceError> {
-        let stopped: Vec<String> = self
-            .statuses()?
-            .into_iter()
-            .filter(|s| s.state == InstanceState::Stopped)
-            .map(|s| s.instance_id)
-            .collect();
-        Ok(self
-            .table
-            .list()?
-            .into_iter()
-            .filter(|r| !stopped.contains(&r.instance_id))
-            .fold((0, 0), |(c, m), r| (c + r.cores, m + r.memory_mib)))
+        let s = self.survey()?;
+        Ok((s.cores_held, s.memory_held))
     }
 }
 

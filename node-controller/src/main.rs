@@ -146,23 +146,16 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         loop {
             tick.tick().await;
             let w = watched.clone();
-            let seen = tokio::task::spawn_blocking(move || {
-                let statuses = w.statuses()?;
-                let held = w.held()?;
-                Ok::<_, node_controller::instances::InstanceError>((
-                    statuses,
-                    held,
-                    w.unknown_guests()?,
-                ))
-            })
-            .await;
+            let seen = tokio::task::spawn_blocking(move || w.survey()).await;
             let (statuses, (cores, memory), unknown) = match seen {
-                Ok(Ok((s, held, u))) => (
-                    s.into_iter()
+                Ok(Ok(s)) => (
+                    s.statuses
+                        .into_iter()
                         .map(proto::InstanceStatus::from)
                         .collect::<Vec<_>>(),
-                    held,
-                    u.into_iter()
+                    (s.cores_held, s.memory_held),
+                    s.unknown
+                        .into_iter()
                         .map(proto::InstanceStatus::from)
                         .collect::<Vec<_>>(),
                 ),

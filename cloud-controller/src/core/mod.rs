@@ -14,6 +14,7 @@
 //! - [`firewall`]: what each instance's security groups allow, and the
 //!   task that keeps the nodes in step.
 //! - [`addresses`]: elastic IPs.
+//! - [`describe`]: what each Describe call lists (ids, filters, paging).
 //! - [`images`]: which images an account sees, launches and owns.
 //! - [`keypairs`]: key pairs, made here or imported.
 //! - [`accounts`]: deleting and purging accounts.
@@ -24,6 +25,7 @@
 pub mod accounts;
 pub mod addresses;
 pub mod cluster;
+pub mod describe;
 pub mod error;
 pub mod fake;
 pub mod firewall;

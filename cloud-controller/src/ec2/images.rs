@@ -9,30 +9,16 @@
 
 use common::time;
 
-use super::tags::{by_resource, tag_filter_values, write_tag_set};
-use super::{params::Filter, xml::Writer, Call, Ec2, Ec2Error};
-use crate::core::images::{ImageChange, Launcher, RegisterRequest};
+use super::tags::write_tag_set;
+use super::{xml::Writer, Call, Ec2, Ec2Error};
+use crate::core::{
+    describe::{ImageQuery, Paging},
+    images::{ImageChange, Launcher, RegisterRequest},
+};
 use crate::images::Image;
 use crate::tags::Tag;
 
-fn not_found(ids: &[&str]) -> Ec2Error {
-    Ec2Error::new(
-        "InvalidAMIID.NotFound",
-        format!("The image id '[{}]' does not exist", ids.join(", ")),
-    )
-}
-
-fn store_error(e: impl std::fmt::Display) -> Ec2Error {
-    tracing::error!(error = %e, "image store failed");
-    Ec2Error::internal()
-}
-
 impl Ec2 {
-    /// The image `id` if the caller may see it.
-    fn visible_image(&self, call: &Call, id: &str) -> Result<Image, Ec2Error> {
-        Ok(self.cloud.visible_image(&call.caller.account_id, id)?)
-    }
-
     /// The image `id` if the caller owns it.
     fn owned_image(&self, call: &Call, id: &str, what: &str) -> Result<Image, Ec2Error> {
         Ok(self.cloud.owned_image(&call.caller.account_id, id, what)?)
@@ -61,46 +47,6 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
     Ok(w.finish())
 }
 
-fn filter_value(image: &Image, tags: &[Tag], name: &str) -> Result<Vec<String>, Ec2Error> {
-    if let Some(values) = tag_filter_values(name, tags) {
-        return Ok(values);
-    }
-    let v = |s: &str| vec![s.to_string()];
-    Ok(match name {
-        "image-id" => v(&image.image_id),
-        "image-type" => v(image.kind.wire()),
-        "name" => v(&image.name),
-        "description" => v(&image.description),
-        "state" => v("available"),
-        "owner-id" => v(&image.owner_id),
-        "architecture" => v(&image.architecture),
-        "is-public" => v(if image.public { "true" } else { "false" }),
-        "kernel-id" => image.kernel_id.iter().cloned().collect(),
-        "ramdisk-id" => image.ramdisk_id.iter().cloned().collect(),
-        "virtualization-type" => v(&image.virtualization_type),
-        "root-device-type" => v("instance-store"),
-        "manifest-location" => v(&format!("{}/{}", image.bucket, image.key)),
-        "hypervisor" => v("kvm"),
-        other => {
-            return Err(Ec2Error::invalid_value(
-                "Filter",
-                other,
-                "The filter is invalid for DescribeImages.",
-            ))
-        }
-    })
-}
-
-fn passes(image: &Image, tags: &[Tag], filters: &[Filter]) -> Result<bool, Ec2Error> {
-    for f in filters {
-        let have = filter_value(image, tags, &f.name)?;
-        if !f.admits(&have) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
     w.open("item")
         .elem("imageId", &i.image_id)
@@ -125,87 +71,29 @@ fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
     w.close("item");
 }
 
-/// DescribeImages.
+/// DescribeImages: the query as an [`ImageQuery`].
 pub fn describe_images(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let me = &call.caller.account_id;
-    let ids = p.list("ImageId");
-    let owners = p.list("Owner");
-    let executable_by = p.list("ExecutableBy");
-    let filters = p.filters()?;
-    let max = p.int("MaxResults", 5..=1000)?;
-    if max.is_some() && !ids.is_empty() {
-        return Err(Ec2Error::new(
-            "InvalidParameterCombination",
-            "The parameter ImageIds cannot be used with the parameter MaxResults",
-        ));
-    }
-    call.dry_run_check()?;
-    let mut images: Vec<Image> = if ids.is_empty() {
-        ec2.cloud
-            .images
-            .list()
-            .map_err(store_error)?
-            .into_iter()
-            .filter(|i| i.launchable_by(me))
-            .collect()
-    } else {
-        let mut found = Vec::new();
-        let mut missing = Vec::new();
-        for id in &ids {
-            match ec2.visible_image(call, id) {
-                Ok(i) => found.push(i),
-                Err(e) if e.code == "InvalidAMIID.NotFound" => missing.push(id.as_str()),
-                Err(e) => return Err(e),
-            }
-        }
-        if !missing.is_empty() {
-            return Err(not_found(&missing));
-        }
-        found
+    let query = ImageQuery {
+        account_id: call.caller.account_id.clone(),
+        ids: p.list("ImageId"),
+        owners: p.list("Owner"),
+        executable_by: p.list("ExecutableBy"),
+        filters: p.filters()?,
+        paging: Paging {
+            max: p.int("MaxResults", 5..=1000)?.map(|m| m as usize),
+            token: p.get("NextToken").map(str::to_string),
+        },
     };
-    images.retain(|i| {
-        owners.is_empty()
-            || owners
-                .iter()
-                .any(|o| (o == "self" && i.owner_id == *me) || *o == i.owner_id)
-    });
-    images.retain(|i| {
-        executable_by.is_empty()
-            || executable_by.iter().any(|e| match e.as_str() {
-                "all" => i.public,
-                "self" => i.launchable_by(me),
-                account => {
-                    i.public || i.launch_permissions.contains(account) || i.owner_id == account
-                }
-            })
-    });
-    let tags = by_resource(ec2, me)?;
-    let none = Vec::new();
-    let mut kept = Vec::new();
-    for i in images {
-        if passes(&i, tags.get(&i.image_id).unwrap_or(&none), &filters)? {
-            kept.push(i);
-        }
-    }
-    kept.sort_by(|a, b| a.image_id.cmp(&b.image_id));
-    kept.dedup_by(|a, b| a.image_id == b.image_id);
-    if let Some(token) = p.get("NextToken") {
-        kept.retain(|i| i.image_id.as_str() > token);
-    }
-    let mut next = None;
-    if let Some(max) = max {
-        if kept.len() > max as usize {
-            kept.truncate(max as usize);
-            next = kept.last().map(|i| i.image_id.clone());
-        }
-    }
+    call.dry_run_check()?;
+    let page = ec2.cloud.describe_images(query)?;
     let mut w = call.writer();
     w.open("imagesSet");
-    for i in &kept {
-        write_image(&mut w, i, tags.get(&i.image_id).unwrap_or(&none));
+    for i in &page.items {
+        write_image(&mut w, &i.item, &i.tags);
     }
-    w.close("imagesSet").opt("nextToken", next.as_deref());
+    w.close("imagesSet")
+        .opt("nextToken", page.next_token.as_deref());
     Ok(w.finish())
 }
 

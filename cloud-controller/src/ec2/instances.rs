@@ -13,13 +13,13 @@ use base64::Engine;
 use common::time;
 
 use super::{
-    params::Filter,
-    tags::{by_resource, specified, tag_filter_values, write_tag_set},
+    tags::{specified, write_tag_set},
     xml::Writer,
     Call, Ec2, Ec2Error,
 };
 use crate::{
     core::{
+        describe::{InstanceQuery, Names, Paging},
         launch::LaunchRequest,
         lifecycle::{InstanceChange, StateChange},
     },
@@ -80,15 +80,6 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 }
 
 pub use crate::metadata::private_dns;
-
-/// Names shown with instances: their groups' names, their public addresses.
-#[derive(Debug, Default)]
-pub struct Names {
-    /// Group id to name.
-    pub groups: HashMap<String, String>,
-    /// Instance id to elastic IP.
-    pub public_ips: HashMap<String, String>,
-}
 
 /// `<groupSet>` of an instance or reservation.
 fn write_groups(w: &mut Writer, ids: &[String], names: &HashMap<String, String>) {
@@ -197,215 +188,55 @@ fn reservation_response(
     w.finish()
 }
 
-fn filter_values(
-    r: &InstanceRecord,
-    tags: &[Tag],
-    name: &str,
-    region: &str,
-    groups: &Names,
-) -> Result<Vec<String>, Ec2Error> {
-    if let Some(values) = tag_filter_values(name, tags) {
-        return Ok(values);
-    }
-    let v = |s: &str| vec![s.to_string()];
-    Ok(match name {
-        "instance-id" => v(&r.instance_id),
-        "instance-state-name" => v(r.state.name()),
-        "instance-state-code" => v(&r.state.code().to_string()),
-        "image-id" => v(&r.image_id),
-        "instance-type" => v(&r.instance_type),
-        "availability-zone" => v(&r.zone),
-        "private-ip-address" => v(&r.private_ip),
-        "private-dns-name" => v(&private_dns(&r.private_ip, region)),
-        "group-id" | "instance.group-id" => r.security_groups.clone(),
-        "ip-address" => groups
-            .public_ips
-            .get(&r.instance_id)
-            .cloned()
-            .into_iter()
-            .collect(),
-        "group-name" | "instance.group-name" => r
-            .security_groups
-            .iter()
-            .filter_map(|id| groups.groups.get(id).cloned())
-            .collect(),
-        "key-name" => r.key_name.iter().cloned().collect(),
-        "reservation-id" => v(&r.reservation_id),
-        "kernel-id" => r.kernel_id.iter().cloned().collect(),
-        "ramdisk-id" => r.ramdisk_id.iter().cloned().collect(),
-        "client-token" => r.client_token.iter().cloned().collect(),
-        "owner-id" => v(&r.account_id),
-        other => {
-            return Err(Ec2Error::invalid_value(
-                "Filter",
-                other,
-                "The filter is invalid for DescribeInstances.",
-            ))
-        }
-    })
-}
-
-fn passes(
-    r: &InstanceRecord,
-    tags: &[Tag],
-    filters: &[Filter],
-    region: &str,
-    groups: &Names,
-) -> Result<bool, Ec2Error> {
-    for f in filters {
-        let have = filter_values(r, tags, &f.name, region, groups)?;
-        if !f.admits(&have) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// DescribeInstances.
+/// DescribeInstances: the query as an [`InstanceQuery`], the listing as
+/// reservations.
 pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
     let ids = p.list("InstanceId");
     let filters = p.filters()?;
-    let max = p.int("MaxResults", 5..=1000)?;
-    if max.is_some() && !ids.is_empty() {
-        return Err(Ec2Error::new(
-            "InvalidParameterCombination",
-            "The parameter instancesSet cannot be used with the parameter maxResults",
-        ));
-    }
+    let max = p.int("MaxResults", 5..=1000)?.map(|m| m as usize);
     call.dry_run_check()?;
     // Eucalyptus' `--instance-ids verbose`: the cloud's administrators see
     // every account's instances (anyone else, just their own).
     let every_account = ids.iter().any(|i| i == "verbose") && call.caller.admin;
-    let ids: Vec<String> = ids.into_iter().filter(|i| i != "verbose").collect();
-    // An `instance-id` filter without wildcards names its instances: look
-    // them up rather than read every record (a filter never fails on an
-    // id that is not there).
-    let named_by_filter: Option<Vec<&String>> = filters
-        .iter()
-        .find(|f| f.name == "instance-id")
-        .filter(|f| f.values.iter().all(|v| !v.contains(['*', '?'])))
-        .map(|f| f.values.iter().collect());
-    let mine = |r: &InstanceRecord| every_account || r.account_id == call.caller.account_id;
-    let mut records = match (ids.is_empty(), named_by_filter) {
-        (false, _) => ec2.own_instances(call, &ids)?,
-        (true, Some(named)) => {
-            let mut found = Vec::new();
-            for id in named {
-                if let Some(r) = ec2.cloud.instances.get(id).map_err(store_error)? {
-                    if mine(&r) {
-                        found.push(r);
-                    }
-                }
-            }
-            found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-            found.dedup_by(|a, b| a.instance_id == b.instance_id);
-            found
-        }
-        (true, None) => ec2
-            .cloud
-            .instances
-            .list()
-            .map_err(store_error)?
-            .into_iter()
-            .filter(|r| mine(r))
-            .collect(),
-    };
-    // Tags and group names as each instance's own account has them.
-    let mut accounts: Vec<&str> = vec![call.caller.account_id.as_str()];
-    if every_account {
-        accounts.extend(
-            records
-                .iter()
-                .map(|r: &InstanceRecord| r.account_id.as_str()),
-        );
-        accounts.sort_unstable();
-        accounts.dedup();
-    }
-    let mut tags = HashMap::new();
-    let mut groups = HashMap::new();
-    for account in accounts {
-        tags.extend(by_resource(ec2, account)?);
-        groups.extend(
-            ec2.cloud
-                .security_groups
-                .of(account)
-                .map_err(store_error)?
-                .into_iter()
-                .map(|g| (g.group_id, g.name)),
-        );
-    }
-    let group_names = Names {
-        groups,
-        public_ips: ec2.cloud.addresses.by_instance().map_err(store_error)?,
-    };
-    let none = Vec::new();
-    let mut kept = Vec::new();
-    for r in records.drain(..) {
-        if passes(
-            &r,
-            tags.get(&r.instance_id).unwrap_or(&none),
-            &filters,
-            &ec2.cloud.settings.region,
-            &group_names,
-        )? {
-            kept.push(r);
-        }
-    }
-    kept.sort_by(|a, b| {
-        (a.launch_ms, &a.reservation_id, a.launch_index).cmp(&(
-            b.launch_ms,
-            &b.reservation_id,
-            b.launch_index,
-        ))
-    });
-    let token = p.get("NextToken");
-    if let Some(t) = token {
-        let at = kept
-            .iter()
-            .position(|r| r.instance_id == t)
-            .ok_or_else(|| Ec2Error::invalid_value("NextToken", t, "The token is invalid."))?;
-        kept.drain(..at);
-    }
-    let mut next = None;
-    if let Some(max) = max {
-        if kept.len() > max as usize {
-            next = Some(kept[max as usize].instance_id.clone());
-            kept.truncate(max as usize);
-        }
-    }
-    let images: std::collections::HashMap<String, Image> = ec2
-        .cloud
-        .images
-        .list()
-        .map_err(store_error)?
-        .into_iter()
-        .map(|i| (i.image_id.clone(), i))
-        .collect();
+    let listing = ec2.cloud.describe_instances(InstanceQuery {
+        account_id: call.caller.account_id.clone(),
+        every_account,
+        ids: ids.into_iter().filter(|i| i != "verbose").collect(),
+        filters,
+        paging: Paging {
+            max,
+            token: p.get("NextToken").map(str::to_string),
+        },
+    })?;
+    let kept = &listing.page.items;
     let mut w = call.writer();
     w.open("reservationSet");
     let mut i = 0;
     while i < kept.len() {
-        let rid = kept[i].reservation_id.clone();
+        let first = &kept[i].item;
+        let rid = first.reservation_id.clone();
         w.open("item")
             .elem("reservationId", &rid)
-            .elem("ownerId", &kept[i].account_id);
-        write_groups(&mut w, &kept[i].security_groups, &group_names.groups);
+            .elem("ownerId", &first.account_id);
+        write_groups(&mut w, &first.security_groups, &listing.names.groups);
         w.open("instancesSet");
-        while i < kept.len() && kept[i].reservation_id == rid {
+        while i < kept.len() && kept[i].item.reservation_id == rid {
+            let r = &kept[i].item;
             write_instance(
                 &mut w,
-                &kept[i],
-                images.get(&kept[i].image_id),
-                tags.get(&kept[i].instance_id).unwrap_or(&none),
+                r,
+                listing.images.get(&r.image_id),
+                &kept[i].tags,
                 &ec2.cloud.settings.region,
-                &group_names,
+                &listing.names,
             );
             i += 1;
         }
         w.close("instancesSet").close("item");
     }
-    w.close("reservationSet").opt("nextToken", next.as_deref());
+    w.close("reservationSet")
+        .opt("nextToken", listing.page.next_token.as_deref());
     Ok(w.finish())
 }
 

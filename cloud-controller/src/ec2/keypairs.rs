@@ -4,18 +4,14 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use common::time;
 
 use super::{
-    tags::{by_resource, specified, tag_filter_values, write_tag_set},
+    tags::{specified, write_tag_set},
     Call, Ec2, Ec2Error,
 };
 use crate::core::{
+    describe::Tagged,
     keypairs::{KeyPairRef, KeySource, NewKeyPair},
     CoreError, IdKind,
 };
-
-fn store_error(e: impl std::fmt::Display) -> Ec2Error {
-    tracing::error!(error = %e, "key pair store failed");
-    Ec2Error::internal()
-}
 
 /// `InvalidKeyPair.NotFound` for `name`.
 pub fn not_found(name: &str) -> Ec2Error {
@@ -89,67 +85,24 @@ pub fn import_key_pair(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 /// DescribeKeyPairs.
 pub fn describe_key_pairs(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let names = p.list("KeyName");
-    let ids = p.list("KeyPairId");
     let filters = p.filters()?;
     let include_public = p.flag("IncludePublicKey")?;
     call.dry_run_check()?;
-    let me = &call.caller.account_id;
-    let all = ec2.cloud.keypairs.of(me).map_err(store_error)?;
-    for n in &names {
-        if !all.iter().any(|k| &k.name == n) {
-            return Err(not_found(n));
-        }
-    }
-    for id in &ids {
-        if !all.iter().any(|k| &k.key_pair_id == id) {
-            return Err(Ec2Error::new(
-                "InvalidKeyPair.NotFound",
-                format!("The key pair ID '{id}' does not exist"),
-            ));
-        }
-    }
-    let tags = by_resource(ec2, me)?;
-    let none = Vec::new();
+    let pairs = ec2.cloud.describe_key_pairs(
+        &call.caller.account_id,
+        &p.list("KeyName"),
+        &p.list("KeyPairId"),
+        &filters,
+    )?;
     let mut w = call.writer();
     w.open("keySet");
-    for k in all {
-        if !names.is_empty() && !names.contains(&k.name) {
-            continue;
-        }
-        if !ids.is_empty() && !ids.contains(&k.key_pair_id) {
-            continue;
-        }
-        let mine = tags.get(&k.key_pair_id).unwrap_or(&none);
-        let mut keep = true;
-        for f in &filters {
-            let have = match tag_filter_values(&f.name, mine) {
-                Some(v) => v,
-                None => vec![match f.name.as_str() {
-                    "key-name" => k.name.clone(),
-                    "key-pair-id" => k.key_pair_id.clone(),
-                    "fingerprint" => k.fingerprint.clone(),
-                    "key-type" => k.key_type.clone(),
-                    other => {
-                        return Err(Ec2Error::invalid_value(
-                            "Filter",
-                            other,
-                            "The filter is invalid for DescribeKeyPairs.",
-                        ))
-                    }
-                }],
-            };
-            keep &= f.admits(&have);
-        }
-        if !keep {
-            continue;
-        }
+    for Tagged { item: k, tags } in &pairs {
         w.open("item")
             .elem("keyPairId", &k.key_pair_id)
             .elem("keyFingerprint", &k.fingerprint)
             .elem("keyName", &k.name)
             .elem("keyType", &k.key_type);
-        write_tag_set(&mut w, mine);
+        write_tag_set(&mut w, tags);
         if include_public {
             w.elem("publicKey", &k.public_key);
         }

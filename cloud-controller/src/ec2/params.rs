@@ -11,22 +11,7 @@ pub struct Params {
     map: BTreeMap<String, String>,
 }
 
-/// One `Filter.N`: a name and its values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Filter {
-    pub name: String,
-    pub values: Vec<String>,
-}
-
-impl Filter {
-    /// Whether any of the filter's values (with `*` and `?` wildcards)
-    /// matches any of what a resource has for the filter's name.
-    pub fn admits<S: AsRef<str>>(&self, have: &[S]) -> bool {
-        self.values
-            .iter()
-            .any(|want| have.iter().any(|h| matches(want, h.as_ref())))
-    }
-}
+pub use crate::core::describe::Filter;
 
 impl Params {
     /// From decoded pairs; a repeated name keeps its first value.
@@ -136,23 +121,6 @@ impl Params {
     }
 }
 
-/// True when `value` matches a filter value, with `*` and `?` wildcards.
-pub fn matches(pattern: &str, value: &str) -> bool {
-    fn go(p: &[char], v: &[char]) -> bool {
-        match (p.first(), v.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], v) || (!v.is_empty() && go(p, &v[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &v[1..]),
-            (Some('\\'), _) if p.len() > 1 => v.first() == Some(&p[1]) && go(&p[2..], &v[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &v[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let v: Vec<char> = value.chars().collect();
-    go(&p, &v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,15 +165,5 @@ mod tests {
         );
         let bad = params(&[("Filter.1.Value.1", "x")]);
         assert!(bad.filters().is_err());
-    }
-
-    #[test]
-    fn wildcards() {
-        assert!(matches("web-*", "web-server"));
-        assert!(matches("a?c", "abc"));
-        assert!(!matches("a?c", "ac"));
-        assert!(matches("*", ""));
-        assert!(matches("a\\*", "a*"));
-        assert!(!matches("a\\*", "ab"));
     }
 }

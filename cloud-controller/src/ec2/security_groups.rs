@@ -6,12 +6,15 @@ use std::collections::HashMap;
 
 use super::{
     params::Params,
-    tags::{by_resource, specified, tag_filter_values, write_tag_set},
+    tags::{specified, write_tag_set},
     xml::Writer,
     Call, Ec2, Ec2Error,
 };
 use crate::{
-    core::security_groups::{GroupName, NewGroup},
+    core::{
+        describe::Tagged,
+        security_groups::{GroupName, NewGroup},
+    },
     security_groups::{GroupRef, Rule, SecurityGroup},
 };
 
@@ -322,93 +325,20 @@ fn write_rules(w: &mut Writer, tag: &str, rules: &[Rule], names: &HashMap<String
     w.close(tag);
 }
 
-fn rule_values(rules: &[Rule], what: &str) -> Vec<String> {
-    rules
-        .iter()
-        .flat_map(|r| -> Vec<String> {
-            match what {
-                "protocol" => vec![r.protocol.clone()],
-                "from-port" => vec![r.from_port.to_string()],
-                "to-port" => vec![r.to_port.to_string()],
-                "cidr" => r.cidrs.clone(),
-                "group-id" => r.groups.iter().map(|g| g.group_id.clone()).collect(),
-                _ => Vec::new(),
-            }
-        })
-        .collect()
-}
-
 /// DescribeSecurityGroups.
 pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let names = p.list("GroupName");
-    let ids = p.list("GroupId");
     let filters = p.filters()?;
     call.dry_run_check()?;
-    let me = &call.caller.account_id;
-    let groups = ec2.own_groups(call)?;
-    for n in &names {
-        if !groups.iter().any(|g| &g.name == n) {
-            return Err(not_found(n));
-        }
-    }
-    for id in &ids {
-        if !groups.iter().any(|g| &g.group_id == id) {
-            return Err(not_found(id));
-        }
-    }
-    let names_by_id: HashMap<String, String> = ec2
-        .cloud
-        .security_groups
-        .all()
-        .map_err(store_error)?
-        .into_iter()
-        .map(|g| (g.group_id, g.name))
-        .collect();
-    let tags = by_resource(ec2, me)?;
-    let none = Vec::new();
-    let mut kept: Vec<&SecurityGroup> = Vec::new();
-    for g in &groups {
-        if (!names.is_empty() && !names.contains(&g.name))
-            || (!ids.is_empty() && !ids.contains(&g.group_id))
-        {
-            continue;
-        }
-        let mine = tags.get(&g.group_id).unwrap_or(&none);
-        let mut keep = true;
-        for f in &filters {
-            let have: Vec<String> = match tag_filter_values(&f.name, mine) {
-                Some(v) => v,
-                None => match f.name.as_str() {
-                    "group-name" => vec![g.name.clone()],
-                    "group-id" => vec![g.group_id.clone()],
-                    "description" => vec![g.description.clone()],
-                    "owner-id" => vec![g.account_id.clone()],
-                    other => {
-                        if let Some(what) = other.strip_prefix("ip-permission.") {
-                            rule_values(&g.ingress, what)
-                        } else if let Some(what) = other.strip_prefix("egress.ip-permission.") {
-                            rule_values(&g.egress, what)
-                        } else {
-                            return Err(Ec2Error::invalid_value(
-                                "Filter",
-                                other,
-                                "The filter is invalid for DescribeSecurityGroups.",
-                            ));
-                        }
-                    }
-                },
-            };
-            keep &= f.admits(&have);
-        }
-        if keep {
-            kept.push(g);
-        }
-    }
-    kept.sort_by(|a, b| a.name.cmp(&b.name));
+    let (groups, names_by_id) = ec2.cloud.describe_security_groups(
+        &call.caller.account_id,
+        &p.list("GroupName"),
+        &p.list("GroupId"),
+        &filters,
+    )?;
     let mut w = call.writer();
     w.open("securityGroupInfo");
-    for g in kept {
+    for Tagged { item: g, tags } in &groups {
         w.open("item")
             .elem("ownerId", &g.account_id)
             .elem("groupId", &g.group_id)
@@ -416,7 +346,7 @@ pub fn describe_security_groups(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
             .elem("groupDescription", &g.description);
         write_rules(&mut w, "ipPermissions", &g.ingress, &names_by_id);
         write_rules(&mut w, "ipPermissionsEgress", &g.egress, &names_by_id);
-        write_tag_set(&mut w, tags.get(&g.group_id).unwrap_or(&none));
+        write_tag_set(&mut w, tags);
         w.close("item");
     }
     w.close("securityGroupInfo");

@@ -5,11 +5,6 @@
 use super::{xml::Writer, Call, Ec2, Ec2Error, Params};
 use crate::tags::Tag;
 
-fn store_error(e: impl std::fmt::Display) -> Ec2Error {
-    tracing::error!(error = %e, "tag store failed");
-    Ec2Error::internal()
-}
-
 /// `{prefix}.N.Key` / `{prefix}.N.Value` pairs, checked as EC2 checks them.
 pub fn parse_tags(
     p: &Params,
@@ -95,50 +90,10 @@ pub fn delete_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
 pub fn describe_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     let filters = call.params.filters()?;
     call.dry_run_check()?;
-    let mut out = Vec::new();
-    for t in ec2
-        .cloud
-        .tags
-        .all(&call.caller.account_id)
-        .map_err(store_error)?
-    {
-        // Terminated instances leave the records after a while; their tags go with them.
-        if t.resource_type == "instance"
-            && ec2
-                .cloud
-                .instances
-                .get(&t.resource_id)
-                .map_err(store_error)?
-                .is_none()
-        {
-            ec2.cloud.tags.forget(&t.resource_id).map_err(store_error)?;
-            continue;
-        }
-        let mut keep = true;
-        for f in &filters {
-            let have = match f.name.as_str() {
-                "key" => &t.key,
-                "value" => &t.value,
-                "resource-id" => &t.resource_id,
-                "resource-type" => &t.resource_type,
-                other => {
-                    return Err(Ec2Error::invalid_value(
-                        "Filter",
-                        other,
-                        "The filter is invalid for DescribeTags.",
-                    ))
-                }
-            };
-            keep &= f.admits(&[have]);
-        }
-        if keep {
-            out.push(t);
-        }
-    }
-    out.sort_by(|a, b| (&a.resource_id, &a.key).cmp(&(&b.resource_id, &b.key)));
+    let tags = ec2.cloud.describe_tags(&call.caller.account_id, &filters)?;
     let mut w = call.writer();
     w.open("tagSet");
-    for t in out {
+    for t in tags {
         w.open("item")
             .elem("resourceId", &t.resource_id)
             .elem("resourceType", &t.resource_type)
@@ -148,18 +103,6 @@ pub fn describe_tags(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
     }
     w.close("tagSet");
     Ok(w.finish())
-}
-
-/// The caller's tags, by resource id.
-pub fn by_resource(
-    ec2: &Ec2,
-    account_id: &str,
-) -> Result<std::collections::HashMap<String, Vec<Tag>>, Ec2Error> {
-    let mut out: std::collections::HashMap<String, Vec<Tag>> = std::collections::HashMap::new();
-    for t in ec2.cloud.tags.all(account_id).map_err(store_error)? {
-        out.entry(t.resource_id.clone()).or_default().push(t);
-    }
-    Ok(out)
 }
 
 /// `<tagSet>` of a resource, when it has tags.
@@ -175,24 +118,6 @@ pub fn write_tag_set(w: &mut Writer, tags: &[Tag]) {
             .close("item");
     }
     w.close("tagSet");
-}
-
-/// What a `tag:KEY`, `tag-key` or `tag-value` filter sees of `tags`;
-/// None for other filter names.
-pub fn tag_filter_values(name: &str, tags: &[Tag]) -> Option<Vec<String>> {
-    if let Some(key) = name.strip_prefix("tag:") {
-        return Some(
-            tags.iter()
-                .filter(|t| t.key == key)
-                .map(|t| t.value.clone())
-                .collect(),
-        );
-    }
-    match name {
-        "tag-key" => Some(tags.iter().map(|t| t.key.clone()).collect()),
-        "tag-value" => Some(tags.iter().map(|t| t.value.clone()).collect()),
-        _ => None,
-    }
 }
 
 /// `TagSpecification.N` for `resource_type`: the tags to put on what a call creates.

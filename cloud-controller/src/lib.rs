@@ -19,3 +19,4 @@ pub mod metadata;
 pub mod registry;
 pub mod security_groups;
 pub mod tags;
+pub mod volumes;

@@ -68,6 +68,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
                 assign_public_ips: config.assign_public_ips,
             },
             clusters: None,
+            storage: None,
         },
     )
     .context("opening the cloud's records")?;
@@ -94,6 +95,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
     tokio::spawn(cloud.clone().sync_firewalls());
     tokio::spawn(cloud.clone().finish_requests(Duration::from_secs(5)));
+    tokio::spawn(cloud.clone().finish_volumes(Duration::from_secs(5)));
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
     if let Some((acceptor, listener, addr)) = tls {
         tokio::spawn(ec2::serve(listener, Some(acceptor), ec2));

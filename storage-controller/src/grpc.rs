@@ -1,4 +1,5 @@
-//! The SC's gRPC service, called by the CLC.
+//! The SC's gRPC service, called by the CLC: a thin layer over
+//! [`Volumes`].
 
 use proto::{
     storage_service_server::StorageService, CreateSnapshotRequest, CreateVolumeRequest,
@@ -6,28 +7,82 @@ use proto::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::volumes::{VolumeError, VolumeRecord, Volumes};
+
 /// The storage controller's service.
-#[derive(Clone, Debug, Default)]
-pub struct Storage;
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pub volumes: Volumes,
+}
 
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not available in this release"))
+}
+
+impl From<VolumeError> for Status {
+    fn from(e: VolumeError) -> Self {
+        match e {
+            VolumeError::InvalidId(_) | VolumeError::InvalidSize(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            VolumeError::NotFound(_) => Status::not_found(e.to_string()),
+            VolumeError::Conflict { .. } => Status::already_exists(e.to_string()),
+            VolumeError::Backend(_) | VolumeError::Store(_) => {
+                tracing::error!(error = %e, "volume operation failed");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+fn status(r: &VolumeRecord) -> VolumeStatus {
+    VolumeStatus {
+        volume_id: r.volume_id.clone(),
+        state: r.state.name().into(),
+        size_gib: r.size_gib,
+    }
+}
+
+/// Runs blocking volume work (file creation, fsync) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)
 }
 
 #[tonic::async_trait]
 impl StorageService for Storage {
     async fn create_volume(
         &self,
-        _request: Request<CreateVolumeRequest>,
+        request: Request<CreateVolumeRequest>,
     ) -> Result<Response<VolumeStatus>, Status> {
-        Err(not_yet("CreateVolume"))
+        let req = request.into_inner();
+        if !req.snapshot_id.is_empty() {
+            return Err(not_yet("CreateVolume from a snapshot"));
+        }
+        let volumes = self.volumes.clone();
+        let r = blocking(move || volumes.create(&req.volume_id, req.size_gib)).await?;
+        tracing::info!(volume = %r.volume_id, size_gib = r.size_gib, "volume created");
+        Ok(Response::new(status(&r)))
     }
 
     async fn delete_volume(
         &self,
-        _request: Request<VolumeRef>,
+        request: Request<VolumeRef>,
     ) -> Result<Response<VolumeStatus>, Status> {
-        Err(not_yet("DeleteVolume"))
+        let id = request.into_inner().volume_id;
+        let volumes = self.volumes.clone();
+        let id2 = id.clone();
+        blocking(move || volumes.delete(&id2)).await?;
+        tracing::info!(volume = %id, "volume deleted");
+        Ok(Response::new(VolumeStatus {
+            volume_id: id,
+            state: "deleted".into(),
+            size_gib: 0,
+        }))
     }
 
     async fn export_volume(

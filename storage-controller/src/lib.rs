@@ -2,5 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod config;
 pub mod grpc;
+pub mod volumes;

@@ -8,7 +8,9 @@ use common::{
     rpc,
 };
 use proto::{storage_service_server::StorageServiceServer, ServiceReport};
-use storage_controller::{config::StorageConfig, grpc::Storage};
+use storage_controller::{
+    backend::FileBackend, config::StorageConfig, grpc::Storage, volumes::Volumes,
+};
 
 fn main() -> std::process::ExitCode {
     common::daemon::main("storage-controller", "The Gumtree storage controller.", run)
@@ -19,6 +21,9 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
         rpc: started,
         store,
     } = common::daemon::start(&config).await?;
+    let backend = FileBackend::open(&config.state_dir.join("volumes"))?;
+    let volumes = Volumes::open(&store, std::sync::Arc::new(backend))?;
+    let held = volumes.list()?.len();
     tokio::spawn(report_service_to_clc(
         ReportSettings {
             parent: config.clc.clone(),
@@ -36,13 +41,15 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
             ..Default::default()
         },
     ));
-    tracing::info!(name = %config.name, listen = %started.addr, clc = %config.clc, "storage controller ready");
+    tracing::info!(name = %config.name, volumes = held, listen = %started.addr, clc = %config.clc, "storage controller ready");
     let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
         started
             .trust
             .server()
-            .add_service(StorageServiceServer::new(Storage))
+            .add_service(StorageServiceServer::new(Storage {
+                volumes: volumes.clone(),
+            }))
             .serve_with_incoming_shutdown(incoming, stop)
     })
     .await?;

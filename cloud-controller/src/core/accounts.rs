@@ -40,6 +40,14 @@ impl Cloud {
                 .map(|i| i.image_id)
                 .collect(),
         );
+        note(
+            "volume(s)",
+            self.volumes
+                .of(id)?
+                .into_iter()
+                .map(|v| v.volume_id)
+                .collect(),
+        );
         note("bucket(s)", self.buckets_of(id).await?);
         if !held.is_empty() {
             return Err(AccountError::InUse(format!(
@@ -54,7 +62,7 @@ impl Cloud {
     /// Deletes account `name` and everything it holds: its keys first (it
     /// can make nothing new meanwhile), then its instances (terminated: the
     /// intent is durable, carried out even if a node is down now), images,
-    /// buckets with their objects, addresses, key pairs, security groups
+    /// buckets with their objects, volumes, addresses, key pairs, security groups
     /// and tags. Returns the account and what was removed, one line each.
     /// Running it again after a failure half-way finishes the job.
     pub async fn purge_account(
@@ -91,6 +99,19 @@ impl Cloud {
         }
         for bucket in self.delete_buckets_of(&id).await? {
             removed.push(format!("bucket {bucket} (with its objects)"));
+        }
+        for v in self.volumes.of(&id)? {
+            if v.state != crate::volumes::VolumeState::Deleting {
+                self.volumes.put(&crate::volumes::VolumeRecord {
+                    state: crate::volumes::VolumeState::Deleting,
+                    attachment: None,
+                    ..v.clone()
+                })?;
+            }
+            // The storage controller deletes its data now or, if it is
+            // away, when the volume task next runs.
+            self.carry_out_volume(&v.volume_id).await;
+            removed.push(format!("volume {}", v.volume_id));
         }
         for address in self.addresses.of(&id)? {
             self.addresses.release(&address.public_ip)?;

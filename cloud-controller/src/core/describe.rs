@@ -14,6 +14,7 @@ use crate::{
     metadata::private_dns,
     security_groups::{Rule, SecurityGroup},
     tags::Tag,
+    volumes::VolumeRecord,
 };
 
 /// One filter: a name and the values any of which must match.
@@ -660,6 +661,94 @@ impl Cloud {
     }
 }
 
+/// A DescribeVolumes (or DescribeVolumeStatus) query.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeQuery {
+    pub account_id: String,
+    pub ids: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub paging: Paging,
+}
+
+impl Cloud {
+    /// DescribeVolumes: the account's volumes, in id order.
+    pub fn describe_volumes(&self, q: VolumeQuery) -> Result<Page<VolumeRecord>, CoreError> {
+        if q.paging.max.is_some() && !q.ids.is_empty() {
+            return Err(CoreError::Combination(
+                "The parameter volumeSet cannot be used with the parameter maxResults".into(),
+            ));
+        }
+        let mut volumes = if q.ids.is_empty() {
+            self.volumes.of(&q.account_id)?
+        } else {
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for id in &q.ids {
+                match self.own_volume(&q.account_id, id) {
+                    Ok(v) => found.push(v),
+                    Err(CoreError::NotFound { .. }) => missing.push(id.clone()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(CoreError::NotFound {
+                    kind: IdKind::Volume,
+                    ids: missing,
+                });
+            }
+            found
+        };
+        volumes.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+        volumes.dedup_by(|a, b| a.volume_id == b.volume_id);
+        if let Some(token) = &q.paging.token {
+            volumes.retain(|v| &v.volume_id > token);
+        }
+        let mut tags = self.tags_by_resource(&q.account_id)?;
+        let mut kept = select(
+            volumes,
+            &mut tags,
+            &q.filters,
+            "DescribeVolumes",
+            |v| &v.volume_id,
+            |v, name| {
+                let a = v.attachment.as_ref();
+                match name {
+                    "volume-id" => one(&v.volume_id),
+                    "status" => one(v.state.name()),
+                    "size" => one(&v.size_gib.to_string()),
+                    "snapshot-id" => all(&v.snapshot_id),
+                    "availability-zone" => one(&v.zone),
+                    "volume-type" => one(&v.volume_type),
+                    "encrypted" => one("false"),
+                    "multi-attach-enabled" => one("false"),
+                    "create-time" => one(&common::time::iso8601_ms(v.created_ms)),
+                    "attachment.instance-id" => all(&a.map(|a| a.instance_id.clone())),
+                    "attachment.status" => all(&a.map(|a| a.state.clone())),
+                    "attachment.device" => all(&a.map(|a| a.device.clone())),
+                    "attachment.delete-on-termination" => {
+                        all(&a.map(|a| a.delete_on_termination.to_string()))
+                    }
+                    "attachment.attach-time" => {
+                        all(&a.map(|a| common::time::iso8601_ms(a.attach_ms)))
+                    }
+                    _ => None,
+                }
+            },
+        )?;
+        let mut next_token = None;
+        if let Some(max) = q.paging.max {
+            if kept.len() > max {
+                kept.truncate(max);
+                next_token = kept.last().map(|v| v.item.volume_id.clone());
+            }
+        }
+        Ok(Page {
+            items: kept,
+            next_token,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -738,7 +827,10 @@ mod tests {
         assert_eq!(seen, ids(&everything));
         assert!(matches!(
             query(vec![filter("no-such-filter", &["x"])], None, None),
-            Err(CoreError::InvalidValue { param: "Filter", .. })
+            Err(CoreError::InvalidValue {
+                param: "Filter",
+                ..
+            })
         ));
         assert!(matches!(
             query(Vec::new(), Some(5), Some("i-0000000000000000f".into())),

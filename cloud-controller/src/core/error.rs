@@ -19,6 +19,8 @@ pub enum IdKind {
     Address,
     Allocation,
     Association,
+    Volume,
+    Snapshot,
 }
 
 impl IdKind {
@@ -35,6 +37,8 @@ impl IdKind {
             Self::Address => &[],
             Self::Allocation => &["eipalloc"],
             Self::Association => &["eipassoc"],
+            Self::Volume => &["vol"],
+            Self::Snapshot => &["snap"],
         }
     }
 
@@ -141,6 +145,15 @@ pub enum CoreError {
     /// The resource (its id) has as many tags as it may.
     #[error("the tag limit of {0} is reached")]
     TagLimit(String),
+    /// A parameter the request needs.
+    #[error("missing parameter {0}")]
+    Missing(&'static str),
+    /// The volume is attached (the message names where).
+    #[error("{0}")]
+    VolumeInUse(String),
+    /// The volume is not in a state the operation can use.
+    #[error("{0}")]
+    IncorrectVolumeState(String),
     /// The state of record failed.
     #[error("{0}")]
     Store(String),

@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 use proto::{InstanceFirewall, InstanceSpec};
 
 use super::cluster::{ClusterApi, ClusterError, ClusterInfo, NotStarted, Placement, Power};
+use super::storage::{StorageApi, StorageError};
 use crate::instances::InstanceType;
 
 /// One fake cluster (zone `zone-1`, named `cluster-1`).
@@ -246,6 +247,7 @@ pub(crate) fn test_cloud(fake: std::sync::Arc<FakeCluster>) -> (super::Cloud, te
                 ..Default::default()
             },
             clusters: Some(fake),
+            storage: Some(std::sync::Arc::new(FakeStorage::default())),
         },
     )
     .expect("cloud");
@@ -303,4 +305,75 @@ pub(crate) async fn launch(
         })
         .await
         .expect("launch")
+}
+
+/// An in-memory storage controller for zone `zone-1`: volumes by id with
+/// their sizes.
+#[derive(Debug, Default)]
+pub struct FakeStorage {
+    state: Mutex<FakeStorageState>,
+}
+
+#[derive(Debug, Default)]
+struct FakeStorageState {
+    volumes: BTreeMap<String, u64>,
+    /// No SC serves the zone.
+    down: bool,
+    /// The SC serves the zone but its calls fail.
+    failing: bool,
+}
+
+impl FakeStorage {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeStorageState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The volumes held, by id, with their sizes in GiB.
+    pub fn volumes(&self) -> Vec<(String, u64)> {
+        self.lock().volumes.clone().into_iter().collect()
+    }
+
+    /// As if no SC served the zone (or one did again).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// As if the SC's calls failed (or worked again).
+    pub fn set_failing(&self, failing: bool) {
+        self.lock().failing = failing;
+    }
+
+    fn call(
+        &self,
+        zone: &str,
+    ) -> Result<std::sync::MutexGuard<'_, FakeStorageState>, StorageError> {
+        let s = self.lock();
+        if s.down || zone != "zone-1" {
+            return Err(StorageError::NoController(zone.to_string()));
+        }
+        if s.failing {
+            return Err(StorageError::Failed(
+                "the storage controller is failing".into(),
+            ));
+        }
+        Ok(s)
+    }
+}
+
+#[tonic::async_trait]
+impl StorageApi for FakeStorage {
+    fn serves(&self, zone: &str) -> bool {
+        let s = self.lock();
+        !s.down && zone == "zone-1"
+    }
+
+    async fn create_volume(&self, zone: &str, id: &str, size_gib: u64) -> Result<(), StorageError> {
+        self.call(zone)?.volumes.insert(id.to_string(), size_gib);
+        Ok(())
+    }
+
+    async fn delete_volume(&self, zone: &str, id: &str) -> Result<(), StorageError> {
+        self.call(zone)?.volumes.remove(id);
+        Ok(())
+    }
 }

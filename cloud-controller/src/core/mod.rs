@@ -19,6 +19,8 @@
 //! - [`keypairs`]: key pairs, made here or imported.
 //! - [`accounts`]: deleting and purging accounts.
 //! - [`upkeep`]: the background reconciliations (unknown guests, liveness).
+//! - [`volumes`]: EBS volumes, made and deleted by the zone's storage
+//!   controller ([`StorageApi`], over gRPC in [`storage`]).
 //! - [`cluster`]: how the core calls the clusters below ([`ClusterApi`]),
 //!   over gRPC; [`fake`] is an in-memory cluster for unit tests.
 
@@ -34,8 +36,10 @@ pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
 pub mod security_groups;
+pub mod storage;
 pub mod tags;
 pub mod upkeep;
+pub mod volumes;
 
 use std::sync::Arc;
 
@@ -43,6 +47,7 @@ use common::store::{Store, StoreError};
 
 pub use cluster::{ClusterApi, ClusterError, ClusterInfo, GrpcClusters};
 pub use error::{CoreError, IdKind};
+pub use storage::{GrpcStorage, StorageApi, StorageError};
 
 use crate::{accounts::Accounts, registry::Registry};
 
@@ -61,11 +66,14 @@ pub struct Cloud {
     pub security_groups: Arc<crate::security_groups::SecurityGroups>,
     pub addresses: Arc<crate::addresses::Addresses>,
     pub tags: Arc<crate::tags::Tags>,
+    pub volumes: Arc<crate::volumes::Volumes>,
     /// Guests nodes report that the cloud has no record of (or only a
     /// terminated one), and what the policy did about them.
     pub unknown_guests: Arc<std::sync::Mutex<UnknownGuests>>,
     /// The clusters below, as the core calls them.
     pub clusters: Arc<dyn ClusterApi>,
+    /// The storage controllers, as the core calls them.
+    pub storage: Arc<dyn StorageApi>,
     /// Held from an account's quota check to its instances being recorded,
     /// so concurrent launches cannot both pass the check.
     pub launches: Arc<tokio::sync::Mutex<()>>,
@@ -122,6 +130,8 @@ pub struct Parts {
     pub settings: Settings,
     /// The clusters below; `None` for the gRPC ones the registry knows.
     pub clusters: Option<Arc<dyn ClusterApi>>,
+    /// The storage controllers; `None` for the gRPC ones the registry knows.
+    pub storage: Option<Arc<dyn StorageApi>>,
 }
 
 impl Cloud {
@@ -157,7 +167,15 @@ impl Cloud {
                 parts.trust.clone(),
             ))
         });
+        let storage = parts.storage.unwrap_or_else(|| {
+            Arc::new(GrpcStorage::new(
+                parts.registry.clone(),
+                parts.trust.clone(),
+            ))
+        });
         Ok(Self {
+            volumes: Arc::new(crate::volumes::Volumes::open(store)?),
+            storage,
             instances: Arc::new(crate::instances::Instances::open(store)?),
             images: Arc::new(crate::images::Images::open(store)?),
             keypairs: Arc::new(crate::keypairs::KeyPairs::open(store)?),

@@ -38,6 +38,10 @@ impl Cloud {
                 }
                 Ok("elastic-ip")
             }
+            "vol" => {
+                self.own_volume(account_id, id)?;
+                Ok("volume")
+            }
             "sg" => {
                 self.own_group(account_id, Some(id), None)?;
                 Ok("security-group")
@@ -157,8 +161,15 @@ mod tests {
             })
         ));
         assert!(matches!(
-            cloud.create_tags(&me, &["vol-1".into()], &[pair("x")], false),
+            cloud.create_tags(&me, &["subnet-1".into()], &[pair("x")], false),
             Err(CoreError::InvalidId(_))
+        ));
+        assert!(matches!(
+            cloud.create_tags(&me, &["vol-1".into()], &[pair("x")], false),
+            Err(CoreError::Malformed {
+                kind: IdKind::Volume,
+                ..
+            })
         ));
         // Past the limit: nothing is added.
         let many: Vec<TagPair> = (0..MAX_TAGS).map(|n| pair(&format!("k{n}"))).collect();

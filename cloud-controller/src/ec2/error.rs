@@ -148,6 +148,14 @@ impl From<CoreError> for Ec2Error {
                     "InvalidAssociationID.Malformed",
                     format!("Invalid id: \"{id}\""),
                 ),
+                IdKind::Volume => Self::new(
+                    "InvalidVolumeID.Malformed",
+                    format!("Invalid id: \"{id}\" (expecting \"vol-...\")"),
+                ),
+                IdKind::Snapshot => Self::new(
+                    "InvalidSnapshotID.Malformed",
+                    format!("Invalid id: \"{id}\" (expecting \"snap-...\")"),
+                ),
             },
             CoreError::NotFound { kind, ids } => {
                 let list = ids.join(", ");
@@ -196,8 +204,23 @@ impl From<CoreError> for Ec2Error {
                         "InvalidAssociationID.NotFound",
                         format!("The association ID '{list}' does not exist"),
                     ),
+                    IdKind::Volume => Self::new(
+                        "InvalidVolume.NotFound",
+                        format!(
+                            "The volume{} '{list}' do{} not exist.",
+                            if ids.len() > 1 { "s" } else { "" },
+                            if ids.len() > 1 { "" } else { "es" }
+                        ),
+                    ),
+                    IdKind::Snapshot => Self::new(
+                        "InvalidSnapshot.NotFound",
+                        format!("The snapshot '{list}' does not exist."),
+                    ),
                 }
             }
+            CoreError::Missing(name) => Self::missing(name),
+            CoreError::VolumeInUse(m) => Self::new("VolumeInUse", m),
+            CoreError::IncorrectVolumeState(m) => Self::new("IncorrectState", m),
             CoreError::InvalidValue { param, value, why } => {
                 Self::invalid_value(param, &value, &why)
             }

@@ -16,6 +16,7 @@ pub mod params;
 pub mod regions;
 pub mod security_groups;
 pub mod tags;
+pub mod volumes;
 pub mod xml;
 
 use std::sync::Arc;
@@ -276,6 +277,12 @@ impl Ec2 {
             "DisassociateAddress" => addresses::disassociate_address(self, call),
             "ReleaseAddress" => addresses::release_address(self, call),
             "DescribeAddresses" => addresses::describe_addresses(self, call),
+            "CreateVolume" => volumes::create_volume(self, call).await,
+            "DeleteVolume" => volumes::delete_volume(self, call).await,
+            "DescribeVolumes" => volumes::describe_volumes(self, call),
+            "DescribeVolumeStatus" => volumes::describe_volume_status(self, call),
+            "DescribeVolumeAttribute" => volumes::describe_volume_attribute(self, call),
+            "ModifyVolumeAttribute" => volumes::modify_volume_attribute(self, call),
             "CreateTags" => tags::create_tags(self, call),
             "DeleteTags" => tags::delete_tags(self, call),
             "DescribeTags" => tags::describe_tags(self, call),

@@ -1,0 +1,116 @@
+//! How the core calls the storage controllers: the [`StorageApi`] trait,
+//! and its gRPC implementation over the SCs the registry knows (one per
+//! availability zone).
+
+use std::sync::Arc;
+
+use common::{pki::Role, rpc::Trust, time};
+use proto::{
+    storage_service_client::StorageServiceClient, CreateVolumeRequest, ServiceState, VolumeRef,
+};
+use tonic::Code;
+
+use crate::registry::{Registry, STORAGE};
+
+/// Why a call to a storage controller failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// No ENABLED storage controller serves the zone.
+    #[error("no storage controller serves zone {0} now")]
+    NoController(String),
+    /// The SC refused the request (it will refuse it again).
+    #[error("{0}")]
+    Refused(String),
+    /// The SC could not do it now; trying again may succeed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The storage controllers, as the core calls them.
+#[tonic::async_trait]
+pub trait StorageApi: Send + Sync + std::fmt::Debug {
+    /// True when an ENABLED storage controller serves `zone`.
+    fn serves(&self, zone: &str) -> bool;
+    /// Makes volume `id` of `size_gib` GiB in `zone`; idempotent.
+    async fn create_volume(&self, zone: &str, id: &str, size_gib: u64) -> Result<(), StorageError>;
+    /// Deletes volume `id` in `zone` and its data; idempotent.
+    async fn delete_volume(&self, zone: &str, id: &str) -> Result<(), StorageError>;
+}
+
+/// The storage controllers the registry knows, over gRPC with mutual TLS.
+#[derive(Debug, Clone)]
+pub struct GrpcStorage {
+    registry: Arc<Registry>,
+    trust: Trust,
+}
+
+impl GrpcStorage {
+    pub fn new(registry: Arc<Registry>, trust: Trust) -> Self {
+        Self { registry, trust }
+    }
+
+    fn endpoint(&self, zone: &str) -> Option<String> {
+        self.registry
+            .services(time::unix_ms())
+            .into_iter()
+            .find(|s| {
+                s.service_type == STORAGE
+                    && s.partition == zone
+                    && s.state == ServiceState::Enabled as i32
+            })
+            .map(|s| s.endpoint)
+    }
+
+    fn client(
+        &self,
+        zone: &str,
+    ) -> Result<StorageServiceClient<common::rpc::Client>, StorageError> {
+        let endpoint = self
+            .endpoint(zone)
+            .ok_or_else(|| StorageError::NoController(zone.to_string()))?;
+        let channel = self
+            .trust
+            .channel(&endpoint, Role::Sc)
+            .map_err(|e| StorageError::Failed(format!("storage controller of {zone}: {e}")))?;
+        Ok(StorageServiceClient::new(channel))
+    }
+}
+
+fn from_status(zone: &str, s: tonic::Status) -> StorageError {
+    let message = format!("storage controller of {zone}: {}", s.message());
+    match s.code() {
+        Code::InvalidArgument | Code::AlreadyExists | Code::Unimplemented => {
+            StorageError::Refused(message)
+        }
+        _ => StorageError::Failed(message),
+    }
+}
+
+#[tonic::async_trait]
+impl StorageApi for GrpcStorage {
+    fn serves(&self, zone: &str) -> bool {
+        self.endpoint(zone).is_some()
+    }
+
+    async fn create_volume(&self, zone: &str, id: &str, size_gib: u64) -> Result<(), StorageError> {
+        self.client(zone)?
+            .create_volume(CreateVolumeRequest {
+                volume_id: id.to_string(),
+                size_gib,
+                snapshot_id: String::new(),
+            })
+            .await
+            .map_err(|s| from_status(zone, s))?;
+        Ok(())
+    }
+
+    async fn delete_volume(&self, zone: &str, id: &str) -> Result<(), StorageError> {
+        self.client(zone)?
+            .delete_volume(VolumeRef {
+                volume_id: id.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(zone, s))?;
+        Ok(())
+    }
+}

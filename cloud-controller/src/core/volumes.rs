@@ -1,0 +1,401 @@
+//! EBS volumes: CreateVolume, DeleteVolume and the volume attributes. The
+//! cloud records each change first and answers; the zone's storage
+//! controller carries it out in the background, and [`Cloud::finish_volumes`]
+//! carries out what a restart or an absent SC left undone.
+
+use std::time::Duration;
+
+use super::{error::IdKind, storage::StorageError, tags::TagPair, Cloud, CoreError};
+use crate::{
+    tags::Tag,
+    volumes::{VolumeRecord, VolumeState},
+};
+
+/// A CreateVolume request.
+#[derive(Debug, Clone, Default)]
+pub struct NewVolume {
+    pub account_id: String,
+    pub zone: String,
+    pub size_gib: Option<u64>,
+    pub snapshot_id: Option<String>,
+    /// `standard` or `gp2` (the default).
+    pub volume_type: Option<String>,
+    pub tags: Vec<TagPair>,
+    pub client_token: Option<String>,
+}
+
+/// A volume as just made, with its tags.
+#[derive(Debug, Clone)]
+pub struct CreatedVolume {
+    pub volume: VolumeRecord,
+    pub tags: Vec<Tag>,
+}
+
+/// The largest volume of each type, in GiB.
+fn max_gib(volume_type: &str) -> u64 {
+    match volume_type {
+        "standard" => 1024,
+        _ => 16384,
+    }
+}
+
+impl Cloud {
+    /// Volume `id` of account `account_id`.
+    pub fn own_volume(&self, account_id: &str, id: &str) -> Result<VolumeRecord, CoreError> {
+        if !IdKind::Volume.well_formed(id) {
+            return Err(CoreError::Malformed {
+                kind: IdKind::Volume,
+                id: id.to_string(),
+            });
+        }
+        match self.volumes.get(id)? {
+            Some(v) if v.account_id == account_id => Ok(v),
+            _ => Err(CoreError::NotFound {
+                kind: IdKind::Volume,
+                ids: vec![id.to_string()],
+            }),
+        }
+    }
+
+    /// CreateVolume: checks the request, records the volume `creating`
+    /// and has the zone's storage controller make it.
+    pub async fn create_volume(
+        &self,
+        req: NewVolume,
+        dry_run: bool,
+    ) -> Result<CreatedVolume, CoreError> {
+        let volume_type = req.volume_type.clone().unwrap_or_else(|| "gp2".into());
+        if !matches!(volume_type.as_str(), "standard" | "gp2") {
+            return Err(CoreError::InvalidValue {
+                param: "VolumeType",
+                value: volume_type,
+                why: "This cloud offers the volume types standard and gp2.".into(),
+            });
+        }
+        if let Some(snapshot) = &req.snapshot_id {
+            if !IdKind::Snapshot.well_formed(snapshot) {
+                return Err(CoreError::Malformed {
+                    kind: IdKind::Snapshot,
+                    id: snapshot.clone(),
+                });
+            }
+            // No snapshot exists yet in this cloud.
+            return Err(CoreError::NotFound {
+                kind: IdKind::Snapshot,
+                ids: vec![snapshot.clone()],
+            });
+        }
+        let size_gib = req.size_gib.ok_or(CoreError::Missing("Size"))?;
+        let max = max_gib(&volume_type);
+        if !(1..=max).contains(&size_gib) {
+            return Err(CoreError::InvalidValue {
+                param: "Size",
+                value: size_gib.to_string(),
+                why: format!("A {volume_type} volume is 1 to {max} GiB."),
+            });
+        }
+        if !self.clusters.clusters().iter().any(|c| c.zone == req.zone) {
+            return Err(CoreError::InvalidValue {
+                param: "AvailabilityZone",
+                value: req.zone.clone(),
+                why: format!("Invalid availability zone: [{}]", req.zone),
+            });
+        }
+        if let Some(token) = &req.client_token {
+            if let Some(v) = self
+                .volumes
+                .of(&req.account_id)?
+                .into_iter()
+                .find(|v| v.client_token.as_ref() == Some(token))
+            {
+                if v.size_gib != size_gib || v.zone != req.zone || v.volume_type != volume_type {
+                    return Err(CoreError::IdempotentMismatch);
+                }
+                let tags = self.tags_by_resource(&req.account_id)?;
+                let tags = tags.get(&v.volume_id).cloned().unwrap_or_default();
+                return Ok(CreatedVolume { volume: v, tags });
+            }
+        }
+        if !self.storage.serves(&req.zone) {
+            return Err(CoreError::Unavailable(format!(
+                "no storage controller serves {} now",
+                req.zone
+            )));
+        }
+        if dry_run {
+            return Err(CoreError::DryRun);
+        }
+        let volume = VolumeRecord {
+            volume_id: common::ids::resource_id("vol"),
+            account_id: req.account_id.clone(),
+            zone: req.zone.clone(),
+            size_gib,
+            snapshot_id: None,
+            volume_type,
+            state: VolumeState::Creating,
+            created_ms: common::time::unix_ms(),
+            attachment: None,
+            reason: String::new(),
+            client_token: req.client_token.clone(),
+            auto_enable_io: false,
+        };
+        self.volumes.insert(&volume)?;
+        let tags = self.tag_new(
+            &req.account_id,
+            &[(volume.volume_id.as_str(), "volume")],
+            &req.tags,
+        )?;
+        let cloud = self.clone();
+        let id = volume.volume_id.clone();
+        tokio::spawn(async move { cloud.carry_out_volume(&id).await });
+        Ok(CreatedVolume { volume, tags })
+    }
+
+    /// DeleteVolume: an attached volume is refused; otherwise it is
+    /// recorded `deleting` and the storage controller deletes its data.
+    pub async fn delete_volume(
+        &self,
+        account_id: &str,
+        id: &str,
+        dry_run: bool,
+    ) -> Result<(), CoreError> {
+        let v = self.own_volume(account_id, id)?;
+        if let Some(a) = &v.attachment {
+            return Err(CoreError::VolumeInUse(format!(
+                "Volume {id} is currently attached to {}",
+                a.instance_id
+            )));
+        }
+        if v.state == VolumeState::Deleting {
+            return Err(CoreError::IncorrectVolumeState(format!(
+                "The volume '{id}' is already being deleted."
+            )));
+        }
+        if dry_run {
+            return Err(CoreError::DryRun);
+        }
+        self.volumes.put(&VolumeRecord {
+            state: VolumeState::Deleting,
+            ..v
+        })?;
+        let cloud = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { cloud.carry_out_volume(&id).await });
+        Ok(())
+    }
+
+    /// ModifyVolumeAttribute `autoEnableIO`.
+    pub fn set_auto_enable_io(
+        &self,
+        account_id: &str,
+        id: &str,
+        on: bool,
+        dry_run: bool,
+    ) -> Result<(), CoreError> {
+        let v = self.own_volume(account_id, id)?;
+        if dry_run {
+            return Err(CoreError::DryRun);
+        }
+        self.volumes.put(&VolumeRecord {
+            auto_enable_io: on,
+            ..v
+        })?;
+        Ok(())
+    }
+
+    /// Carries out what volume `id`'s state asks of its storage controller
+    /// (make it, delete it); leaves it for [`Cloud::finish_volumes`] when the
+    /// SC cannot be reached.
+    pub(super) async fn carry_out_volume(&self, id: &str) {
+        let Ok(Some(v)) = self.volumes.get(id) else {
+            return;
+        };
+        let outcome = match v.state {
+            VolumeState::Creating => self
+                .storage
+                .create_volume(&v.zone, id, v.size_gib)
+                .await
+                .map(|()| Some(VolumeState::Available)),
+            VolumeState::Deleting => self.storage.delete_volume(&v.zone, id).await.map(|()| None),
+            _ => return,
+        };
+        let result = match outcome {
+            Ok(Some(state)) => self.volumes.put(&VolumeRecord { state, ..v }),
+            Ok(None) => self
+                .volumes
+                .remove(id)
+                .and_then(|()| self.tags.forget(id).map(|_| ())),
+            Err(StorageError::Refused(why)) => {
+                tracing::warn!(volume = %id, %why, "storage controller refused the volume");
+                self.volumes.put(&VolumeRecord {
+                    state: VolumeState::Error,
+                    reason: why,
+                    ..v
+                })
+            }
+            Err(e) => {
+                tracing::info!(volume = %id, error = %e, "volume change left for later");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(volume = %id, error = %e, "volume record not updated");
+        }
+    }
+
+    /// Forever (run it in its own task): every `every`, carries out the
+    /// volume changes recorded but not done (a CLC restart, an SC away).
+    pub async fn finish_volumes(self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let pending = match self.volumes.list() {
+                Ok(all) => all,
+                Err(e) => {
+                    tracing::warn!(error = %e, "volumes not read");
+                    continue;
+                }
+            };
+            for v in pending {
+                if matches!(v.state, VolumeState::Creating | VolumeState::Deleting) {
+                    self.carry_out_volume(&v.volume_id).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::fake::{system_account, test_cloud, FakeCluster, FakeStorage};
+
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn volumes_are_checked_made_and_deleted_through_the_storage_controller() {
+        let (mut cloud, _dir) = test_cloud(Arc::new(FakeCluster::new(1, 8)));
+        let storage = Arc::new(FakeStorage::default());
+        cloud.storage = storage.clone();
+        let me = system_account(&cloud);
+        let req = |size: Option<u64>, zone: &str| NewVolume {
+            account_id: me.clone(),
+            zone: zone.into(),
+            size_gib: size,
+            ..Default::default()
+        };
+        let refused = [
+            (req(None, "zone-1"), "no size"),
+            (req(Some(0), "zone-1"), "too small"),
+            (req(Some(16385), "zone-1"), "too large"),
+            (req(Some(1), "zone-9"), "unknown zone"),
+            (
+                NewVolume {
+                    volume_type: Some("io1".into()),
+                    ..req(Some(1), "zone-1")
+                },
+                "unknown type",
+            ),
+            (
+                NewVolume {
+                    snapshot_id: Some("snap-bad".into()),
+                    ..req(Some(1), "zone-1")
+                },
+                "malformed snapshot",
+            ),
+        ];
+        for (r, why) in refused {
+            assert!(cloud.create_volume(r, false).await.is_err(), "{why}");
+        }
+        storage.set_down(true);
+        assert!(matches!(
+            cloud.create_volume(req(Some(1), "zone-1"), false).await,
+            Err(CoreError::Unavailable(_))
+        ));
+        storage.set_down(false);
+        assert!(
+            cloud.volumes.list().expect("list").is_empty(),
+            "nothing recorded"
+        );
+        assert_eq!(
+            cloud
+                .create_volume(req(Some(1), "zone-1"), true)
+                .await
+                .map(|_| ()),
+            Err(CoreError::DryRun)
+        );
+        let made = cloud
+            .create_volume(req(Some(2), "zone-1"), false)
+            .await
+            .expect("create");
+        assert_eq!(made.volume.state, VolumeState::Creating);
+        settle().await;
+        let id = made.volume.volume_id.clone();
+        assert_eq!(storage.volumes(), vec![(id.clone(), 2)]);
+        assert_eq!(
+            cloud.volumes.get(&id).expect("get").map(|v| v.state),
+            Some(VolumeState::Available)
+        );
+        // Another account can neither see nor delete it.
+        cloud.accounts.create("alice").expect("alice");
+        let alice = cloud.accounts.find("alice").expect("alice").account_id;
+        assert!(matches!(
+            cloud.delete_volume(&alice, &id, false).await,
+            Err(CoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            cloud.delete_volume(&me, "vol-zz", false).await,
+            Err(CoreError::Malformed { .. })
+        ));
+        cloud.delete_volume(&me, &id, false).await.expect("delete");
+        settle().await;
+        assert!(storage.volumes().is_empty());
+        assert_eq!(cloud.volumes.get(&id).expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn a_volume_the_sc_could_not_make_is_made_later() {
+        let (mut cloud, _dir) = test_cloud(Arc::new(FakeCluster::new(1, 8)));
+        let storage = Arc::new(FakeStorage::default());
+        cloud.storage = storage.clone();
+        let me = system_account(&cloud);
+        storage.set_failing(true);
+        let made = cloud
+            .create_volume(
+                NewVolume {
+                    account_id: me,
+                    zone: "zone-1".into(),
+                    size_gib: Some(1),
+                    ..Default::default()
+                },
+                false,
+            )
+            .await
+            .expect("create");
+        settle().await;
+        let id = made.volume.volume_id;
+        assert_eq!(
+            cloud.volumes.get(&id).expect("get").map(|v| v.state),
+            Some(VolumeState::Creating)
+        );
+        storage.set_failing(false);
+        let task = tokio::spawn(cloud.clone().finish_volumes(Duration::from_millis(10)));
+        for _ in 0..100 {
+            if cloud.volumes.get(&id).expect("get").map(|v| v.state) == Some(VolumeState::Available)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        assert_eq!(
+            cloud.volumes.get(&id).expect("get").map(|v| v.state),
+            Some(VolumeState::Available)
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! The cloud's record of EBS volumes: who owns each, in which zone, its
+//! size, state and attachment. The data lives on the zone's storage
+//! controller.
+
+use common::store::{Record, Store, StoreError, Table};
+use serde::{Deserialize, Serialize};
+
+/// A volume's state, as EC2 names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeState {
+    Creating,
+    Available,
+    InUse,
+    Deleting,
+    Error,
+}
+
+impl VolumeState {
+    /// EC2's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Available => "available",
+            Self::InUse => "in-use",
+            Self::Deleting => "deleting",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// An attachment to an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub instance_id: String,
+    pub device: String,
+    /// `attaching`, `attached`, `detaching`.
+    pub state: String,
+    pub attach_ms: i64,
+    pub delete_on_termination: bool,
+}
+
+/// A volume of an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// `vol-` and 17 hex digits.
+    pub volume_id: String,
+    pub account_id: String,
+    /// The availability zone (its storage controller holds the data).
+    pub zone: String,
+    pub size_gib: u64,
+    /// The snapshot it was made from, if any.
+    pub snapshot_id: Option<String>,
+    /// `standard` or `gp2`.
+    pub volume_type: String,
+    pub state: VolumeState,
+    pub created_ms: i64,
+    pub attachment: Option<Attachment>,
+    /// Why it is in `error`, if it is.
+    #[serde(default)]
+    pub reason: String,
+    /// The `ClientToken` it was created with, if any.
+    #[serde(default)]
+    pub client_token: Option<String>,
+    /// ModifyVolumeAttribute's `autoEnableIO`.
+    #[serde(default)]
+    pub auto_enable_io: bool,
+}
+
+impl Record for VolumeRecord {
+    const TABLE: &'static str = "volumes";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.volume_id.clone()
+    }
+}
+
+/// The volume store.
+#[derive(Debug)]
+pub struct Volumes {
+    table: Table<VolumeRecord>,
+}
+
+impl Volumes {
+    /// The volumes in `store`.
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            table: store.table()?,
+        })
+    }
+
+    /// Records a new volume.
+    pub fn insert(&self, v: &VolumeRecord) -> Result<bool, StoreError> {
+        self.table.insert_new(v)
+    }
+
+    /// Replaces the record of a volume.
+    pub fn put(&self, v: &VolumeRecord) -> Result<(), StoreError> {
+        self.table.put(v).map(|_| ())
+    }
+
+    /// Volume `id`.
+    pub fn get(&self, id: &str) -> Result<Option<VolumeRecord>, StoreError> {
+        self.table.get(&id.to_string())
+    }
+
+    /// Every volume.
+    pub fn list(&self) -> Result<Vec<VolumeRecord>, StoreError> {
+        self.table.list()
+    }
+
+    /// Every volume of `account_id`.
+    pub fn of(&self, account_id: &str) -> Result<Vec<VolumeRecord>, StoreError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|v| v.account_id == account_id)
+            .collect())
+    }
+
+    /// Forgets volume `id`.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.table.delete(&id.to_string()).map(|_| ())
+    }
+}

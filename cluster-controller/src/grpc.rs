@@ -185,9 +185,10 @@ impl ClusterService for Cluster {
         &self,
         request: Request<proto::Firewalls>,
     ) -> Result<Response<proto::FirewallsApplied>, Status> {
+        let request = request.into_inner();
         let applied = self
             .instances
-            .set_firewalls(request.into_inner().firewalls)
+            .set_firewalls(request.firewalls, request.groups)
             .await?;
         Ok(Response::new(proto::FirewallsApplied { applied }))
     }

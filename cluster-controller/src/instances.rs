@@ -517,6 +517,7 @@ impl ClusterInstances {
     pub async fn set_firewalls(
         &self,
         firewalls: Vec<proto::InstanceFirewall>,
+        groups: Vec<proto::GroupMembers>,
     ) -> Result<u32, ClusterError> {
         let mut by_node: HashMap<String, Vec<proto::InstanceFirewall>> = HashMap::new();
         for f in firewalls {
@@ -525,13 +526,27 @@ impl ClusterInstances {
             }
         }
         let views = self.views();
+        // Memberships go to every ENABLED node: any may hold a guest whose
+        // rules name the group.
+        if !groups.is_empty() {
+            for v in views
+                .iter()
+                .filter(|v| v.state == ServiceState::Enabled as i32)
+            {
+                by_node.entry(v.name.clone()).or_default();
+            }
+        }
         let mut applied = 0;
         for (node, firewalls) in by_node {
             let Some(view) = views.iter().find(|v| v.name == node) else {
                 continue;
             };
             let mut client = self.client(&view.endpoint)?;
-            match client.set_firewalls(proto::Firewalls { firewalls }).await {
+            let request = proto::Firewalls {
+                firewalls,
+                groups: groups.clone(),
+            };
+            match client.set_firewalls(request).await {
                 Ok(r) => applied += r.into_inner().applied,
                 Err(e) => {
                     tracing::warn!(%node, error = %e.message(), "node could not apply firewalls");

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     images::{ImageCache, ImageError, ImageRef, WalrusSource},
-    instances::{GuestStatus, InstanceError, Instances, Launch, Policy},
+    instances::{GuestStatus, InstanceError, Instances, Launch, Policy, PolicyRule},
     network::{FlowRule, NetSpec},
 };
 
@@ -38,11 +38,14 @@ fn policy(f: &proto::InstanceFirewall) -> Policy {
     let flows = |rules: &[proto::FirewallRule]| {
         rules
             .iter()
-            .map(|r| FlowRule {
-                protocol: r.protocol.clone(),
-                from_port: r.from_port,
-                to_port: r.to_port,
-                cidrs: r.cidrs.clone(),
+            .map(|r| PolicyRule {
+                flow: FlowRule {
+                    protocol: r.protocol.clone(),
+                    from_port: r.from_port,
+                    to_port: r.to_port,
+                    cidrs: r.cidrs.clone(),
+                },
+                groups: r.source_groups.clone(),
             })
             .collect()
     };
@@ -143,16 +146,20 @@ impl NodeService for Node {
         &self,
         request: Request<proto::Firewalls>,
     ) -> Result<Response<proto::FirewallsApplied>, Status> {
+        let request = request.into_inner();
+        let firewalls: Vec<(String, Policy)> = request
+            .firewalls
+            .iter()
+            .map(|f| (f.instance_id.clone(), policy(f)))
+            .collect();
+        let groups: Vec<(String, Vec<String>)> = request
+            .groups
+            .into_iter()
+            .map(|g| (g.group_id, g.addresses))
+            .collect();
         let applied = self
             .instances
-            .set_firewalls(
-                &request
-                    .into_inner()
-                    .firewalls
-                    .iter()
-                    .map(|f| (f.instance_id.clone(), policy(f)))
-                    .collect::<Vec<_>>(),
-            )
+            .set_firewalls(&firewalls, &groups)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::FirewallsApplied { applied }))

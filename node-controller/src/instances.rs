@@ -192,6 +192,9 @@ pub struct Instances {
     /// The last firewall the CLC sent for each instance, kept while it is
     /// stopped (its rules come off with it and go back on at start).
     policies: Mutex<HashMap<String, Policy>>,
+    /// The members (private addresses as /32 blocks) of each security group
+    /// the CLC sent, by group id: rules naming a group admit them.
+    members: Mutex<HashMap<String, Vec<String>>>,
     /// Held while a guest's rules go on or come off together with the
     /// record change that decides it, so a push racing a terminate or stop
     /// cannot put back the rules just taken off.
@@ -244,17 +247,34 @@ pub struct Survey {
     pub unknown: Vec<GuestStatus>,
 }
 
+/// A rule as the CLC sends it: a flow, and the security groups whose
+/// members it admits too (resolved here, from the memberships sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub flow: FlowRule,
+    pub groups: Vec<String>,
+}
+
+impl From<FlowRule> for PolicyRule {
+    fn from(flow: FlowRule) -> Self {
+        Self {
+            flow,
+            groups: Vec::new(),
+        }
+    }
+}
+
 /// A guest's firewall as the CLC sends it: ingress, egress, public address.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    ingress: Vec<FlowRule>,
-    egress: Vec<FlowRule>,
+    ingress: Vec<PolicyRule>,
+    egress: Vec<PolicyRule>,
     public_ip: String,
 }
 
 impl Policy {
     /// Traffic allowed in and out, and the public address (empty: none).
-    pub fn new(ingress: Vec<FlowRule>, egress: Vec<FlowRule>, public_ip: String) -> Self {
+    pub fn new(ingress: Vec<PolicyRule>, egress: Vec<PolicyRule>, public_ip: String) -> Self {
         Self {
             ingress,
             egress,
@@ -271,9 +291,18 @@ impl Policy {
                 from_port: -1,
                 to_port: -1,
                 cidrs: vec!["0.0.0.0/0".into()],
-            }],
+            }
+            .into()],
             public_ip: String::new(),
         }
+    }
+
+    /// True when a rule names one of `groups`.
+    fn names_any(&self, groups: &std::collections::HashSet<String>) -> bool {
+        self.ingress
+            .iter()
+            .chain(self.egress.iter())
+            .any(|r| r.groups.iter().any(|g| groups.contains(g)))
     }
 }
 
@@ -303,6 +332,7 @@ impl Instances {
             changed: Mutex::new(BTreeMap::new()),
             network,
             policies: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
             firewall_turn: tokio::sync::Mutex::new(()),
         };
         for r in this.table.list()? {
@@ -361,17 +391,40 @@ impl Instances {
     }
 
     /// Enforces security group rules and public addresses on this node's
-    /// instances among `firewalls`; returns how many were applied (one
-    /// that fails is logged and the rest still applied).
+    /// instances among `firewalls`, with the group memberships `groups`
+    /// (which replace those held for each group listed; every instance
+    /// whose rules name a group that changed gets its rules again). Returns
+    /// how many firewalls were applied (one that fails is logged and the
+    /// rest still applied).
     pub async fn set_firewalls(
         &self,
         firewalls: &[(String, Policy)],
+        groups: &[(String, Vec<String>)],
     ) -> Result<u32, InstanceError> {
         let Some(hn) = &self.network else {
             return Ok(0);
         };
+        let mut changed = std::collections::HashSet::new();
+        {
+            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            for (g, addresses) in groups {
+                if members.get(g) != Some(addresses) {
+                    members.insert(g.clone(), addresses.clone());
+                    changed.insert(g.clone());
+                }
+            }
+        }
+        let mut work: Vec<(String, Policy)> = firewalls.to_vec();
+        if !changed.is_empty() {
+            let policies = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, p) in policies.iter() {
+                if p.names_any(&changed) && !firewalls.iter().any(|(f, _)| f == id) {
+                    work.push((id.clone(), p.clone()));
+                }
+            }
+        }
         let mut applied = 0;
-        for (id, policy) in firewalls {
+        for (id, policy) in &work {
             let _turn = self.firewall_turn.lock().await;
             let Some(r) = self.table.get(id)? else {
                 continue;
@@ -394,6 +447,23 @@ impl Instances {
         Ok(applied)
     }
 
+    /// `rules` as flows: each one's groups turned into their members'
+    /// addresses; a rule left with no address at all admits nothing.
+    fn resolve(&self, rules: &[PolicyRule]) -> Vec<FlowRule> {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        rules
+            .iter()
+            .filter_map(|r| {
+                let mut flow = r.flow.clone();
+                for g in &r.groups {
+                    flow.cidrs
+                        .extend(members.get(g).into_iter().flatten().cloned());
+                }
+                (!flow.cidrs.is_empty()).then_some(flow)
+            })
+            .collect()
+    }
+
     /// Puts `policy` on `r`'s tap; false when it is on no private network.
     async fn apply_policy(
         &self,
@@ -404,7 +474,8 @@ impl Instances {
         let Some(guest) = r.guest(&policy.public_ip)? else {
             return Ok(false);
         };
-        hn.apply_firewall(&guest, &policy.ingress, &policy.egress)
+        let (ingress, egress) = (self.resolve(&policy.ingress), self.resolve(&policy.egress));
+        hn.apply_firewall(&guest, &ingress, &egress)
             .await
             .map_err(|e| InstanceError::Network(e.to_string()))?;
         Ok(true)
@@ -1093,7 +1164,8 @@ mod tests {
                 from_port: 22,
                 to_port: 22,
                 cidrs: vec!["0.0.0.0/0".into()],
-            }],
+            }
+            .into()],
             ..Default::default()
         });
         instances.launch(&Source, l).await.expect("launch");
@@ -1120,6 +1192,81 @@ mod tests {
             calls.contains(&"detach d0:0d:00:00:00:01".to_string()),
             "{calls:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn rules_naming_a_group_follow_its_members() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::temporary().expect("store");
+        let cache = Arc::new(ImageCache::open(&dir.path().join("cache"), 1 << 20).expect("cache"));
+        let net = Arc::new(crate::network::Fake::default());
+        let instances = Instances::open(
+            Arc::new(Fake::default()),
+            cache,
+            &store,
+            &dir.path().join("instances"),
+            "nc-1",
+            Arc::new(Virtualization::fixed(Virt::Qemu, "test")),
+            Some(net.clone()),
+        )
+        .expect("open");
+        let id = "i-0123456789abcdef1";
+        let mut l = launch(id);
+        l.network = Some(NetSpec::new("gtbr0", "10.0.0.1", 24).expect("net"));
+        l.firewall = Some(Policy {
+            ingress: vec![PolicyRule {
+                flow: FlowRule {
+                    protocol: "tcp".into(),
+                    from_port: 22,
+                    to_port: 22,
+                    cidrs: Vec::new(),
+                },
+                groups: vec!["sg-00000001".into()],
+            }],
+            ..Default::default()
+        });
+        instances.launch(&Source, l).await.expect("launch");
+        // The group's members are not known yet: the rule admits nobody.
+        assert!(
+            net.calls().contains(&format!("sources {id} ")),
+            "{:?}",
+            net.calls()
+        );
+        let members = |ips: &[&str]| ips.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let applied = instances
+            .set_firewalls(
+                &[],
+                &[(
+                    "sg-00000001".into(),
+                    members(&["10.0.0.7/32", "10.0.0.9/32"]),
+                )],
+            )
+            .await
+            .expect("members");
+        assert_eq!(applied, 1, "the guest naming the group got its rules again");
+        assert!(
+            net.calls()
+                .contains(&format!("sources {id} 10.0.0.7/32,10.0.0.9/32")),
+            "{:?}",
+            net.calls()
+        );
+        // The same membership again, or another group's: nothing to redo.
+        let before = net.calls().len();
+        let applied = instances
+            .set_firewalls(
+                &[],
+                &[
+                    (
+                        "sg-00000001".into(),
+                        members(&["10.0.0.7/32", "10.0.0.9/32"]),
+                    ),
+                    ("sg-00000002".into(), members(&["10.0.0.8/32"])),
+                ],
+            )
+            .await
+            .expect("members");
+        assert_eq!(applied, 0);
+        assert_eq!(net.calls().len(), before);
     }
 
     #[tokio::test]

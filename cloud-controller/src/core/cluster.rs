@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use common::{pki::Role, rpc::Trust, time};
 use proto::{
-    cluster_service_client::ClusterServiceClient, InstanceFirewall, InstanceRef, InstanceRefs,
-    InstanceSpec, InstanceState, RunInstancesRequest, ServiceState,
+    cluster_service_client::ClusterServiceClient, GroupMembers, InstanceFirewall, InstanceRef,
+    InstanceRefs, InstanceSpec, InstanceState, RunInstancesRequest, ServiceState,
 };
 use tonic::{Code, Status};
 
@@ -119,12 +119,13 @@ pub trait ClusterApi: Send + Sync + std::fmt::Debug {
     async fn power(&self, cluster: &str, id: &str, what: Power) -> Result<(), ClusterError>;
     /// The guest's serial console so far.
     async fn console_output(&self, cluster: &str, id: &str) -> Result<Vec<u8>, ClusterError>;
-    /// Replaces the firewalls of the named instances; returns how many
-    /// nodes applied.
+    /// Replaces the firewalls of the named instances and the memberships
+    /// of the groups listed; returns how many firewalls nodes applied.
     async fn set_firewalls(
         &self,
         cluster: &str,
         firewalls: Vec<InstanceFirewall>,
+        groups: Vec<GroupMembers>,
     ) -> Result<u32, ClusterError>;
     async fn resize(
         &self,
@@ -291,9 +292,10 @@ impl ClusterApi for GrpcClusters {
         &self,
         cluster: &str,
         firewalls: Vec<InstanceFirewall>,
+        groups: Vec<GroupMembers>,
     ) -> Result<u32, ClusterError> {
         self.client(cluster)?
-            .set_firewalls(proto::Firewalls { firewalls })
+            .set_firewalls(proto::Firewalls { firewalls, groups })
             .await
             .map(|r| r.into_inner().applied)
             .map_err(|s| ClusterError::from_status(cluster, &s))

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use proto::{InstanceFirewall, InstanceSpec};
+use proto::{GroupMembers, InstanceFirewall, InstanceSpec};
 
 use super::cluster::{ClusterApi, ClusterError, ClusterInfo, NotStarted, Placement, Power};
 use super::storage::{StorageApi, StorageError};
@@ -30,6 +30,8 @@ pub struct FakeState {
     pub pushed: Vec<InstanceFirewall>,
     /// Instances terminated.
     pub terminated: Vec<String>,
+    /// The latest membership pushed of each group, by group id.
+    pub members: BTreeMap<String, Vec<String>>,
     /// Instance ids of every spec `place` was sent, per call.
     pub place_calls: Vec<Vec<String>>,
     /// False to answer every call as a cluster that is down.
@@ -176,10 +178,15 @@ impl ClusterApi for FakeCluster {
         &self,
         cluster: &str,
         firewalls: Vec<InstanceFirewall>,
+        groups: Vec<GroupMembers>,
     ) -> Result<u32, ClusterError> {
         self.check(cluster)?;
         let n = firewalls.len() as u32;
-        self.lock().pushed.extend(firewalls);
+        let mut s = self.lock();
+        s.pushed.extend(firewalls);
+        for g in groups {
+            s.members.insert(g.group_id, g.addresses);
+        }
         Ok(n)
     }
 

@@ -1,7 +1,10 @@
 //! The security group policy as the nodes enforce it: each live instance's
-//! firewall is its groups' rules, source groups turned into their members'
-//! private addresses, with its public address; and the task that keeps the
-//! nodes in step.
+//! firewall is its groups' rules with its public address, a rule naming a
+//! source group naming it by id; the members of each such group (their
+//! private addresses) travel separately, once per cluster, and each node
+//! resolves them. So an instance that comes or goes changes one
+//! membership, not the firewall of every other member of its groups.
+//! Also the task that keeps the nodes in step.
 
 use crate::instances::InstanceState;
 use std::{
@@ -9,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proto::{FirewallRule, InstanceFirewall};
+use proto::{FirewallRule, GroupMembers, InstanceFirewall};
 
 use super::{Cloud, CoreError};
 use crate::{
@@ -29,26 +32,19 @@ fn live(r: &InstanceRecord) -> bool {
 /// Everything a firewall is computed from.
 struct Policy {
     groups: HashMap<String, SecurityGroup>,
-    /// Group id to its live members' addresses, as /32 blocks.
-    members: HashMap<String, Vec<String>>,
     public: HashMap<String, String>,
 }
 
 impl Policy {
-    fn render(&self, rules: &[Rule]) -> Vec<FirewallRule> {
+    fn render(rules: &[Rule]) -> Vec<FirewallRule> {
         rules
             .iter()
-            .filter_map(|rule| {
-                let mut cidrs = rule.cidrs.clone();
-                for g in &rule.groups {
-                    cidrs.extend(self.members.get(&g.group_id).into_iter().flatten().cloned());
-                }
-                (!cidrs.is_empty()).then(|| FirewallRule {
-                    protocol: rule.protocol.clone(),
-                    from_port: rule.from_port,
-                    to_port: rule.to_port,
-                    cidrs,
-                })
+            .map(|rule| FirewallRule {
+                protocol: rule.protocol.clone(),
+                from_port: rule.from_port,
+                to_port: rule.to_port,
+                cidrs: rule.cidrs.clone(),
+                source_groups: rule.groups.iter().map(|g| g.group_id.clone()).collect(),
             })
             .collect()
     }
@@ -61,8 +57,8 @@ impl Policy {
             .iter()
             .filter_map(|id| self.groups.get(id))
         {
-            ingress.extend(self.render(&g.ingress));
-            egress.extend(self.render(&g.egress));
+            ingress.extend(Self::render(&g.ingress));
+            egress.extend(Self::render(&g.egress));
         }
         InstanceFirewall {
             instance_id: r.instance_id.clone(),
@@ -73,6 +69,16 @@ impl Policy {
     }
 }
 
+/// The groups `firewalls` name as sources.
+fn named_groups<'a>(firewalls: impl IntoIterator<Item = &'a InstanceFirewall>) -> BTreeSet<String> {
+    firewalls
+        .into_iter()
+        .flat_map(|f| f.ingress.iter().chain(f.egress.iter()))
+        .flat_map(|rule| rule.source_groups.iter().cloned())
+        .collect()
+}
+
+/// Each group's live members' addresses as /32 blocks, sorted.
 fn members_of<'a>(
     records: impl IntoIterator<Item = &'a InstanceRecord>,
 ) -> HashMap<String, Vec<String>> {
@@ -85,7 +91,19 @@ fn members_of<'a>(
                 .push(format!("{}/32", r.private_ip));
         }
     }
+    for m in members.values_mut() {
+        m.sort();
+        m.dedup();
+    }
     members
+}
+
+/// What one cluster's nodes enforce: its live instances' firewalls, and the
+/// memberships of the groups their rules name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ClusterPolicy {
+    pub firewalls: HashMap<String, InstanceFirewall>,
+    pub groups: HashMap<String, Vec<String>>,
 }
 
 impl Cloud {
@@ -109,56 +127,47 @@ impl Cloud {
         }))
     }
 
-    /// Every live instance's firewall, by cluster.
-    pub fn firewalls(&self) -> Result<HashMap<String, Vec<InstanceFirewall>>, CoreError> {
+    /// Every live instance's firewall and the memberships they need, by
+    /// cluster.
+    pub fn firewalls(&self) -> Result<HashMap<String, ClusterPolicy>, CoreError> {
         let live_records: Vec<InstanceRecord> =
             self.instances.list()?.into_iter().filter(live).collect();
         let policy = Policy {
             groups: self.groups_by_id()?,
-            members: members_of(&live_records),
             public: self.addresses.by_instance()?,
         };
-        let mut out: HashMap<String, Vec<InstanceFirewall>> = HashMap::new();
+        let members = members_of(&live_records);
+        let mut out: HashMap<String, ClusterPolicy> = HashMap::new();
         for r in &live_records {
+            let f = policy.firewall(r);
             out.entry(r.cluster.clone())
                 .or_default()
-                .push(policy.firewall(r));
+                .firewalls
+                .insert(f.instance_id.clone(), f);
+        }
+        for c in out.values_mut() {
+            c.groups = named_groups(c.firewalls.values())
+                .into_iter()
+                .map(|g| {
+                    let m = members.get(&g).cloned().unwrap_or_default();
+                    (g, m)
+                })
+                .collect();
         }
         Ok(out)
     }
 
-    /// The firewalls of `records` alone: reads only the members of the
-    /// groups their rules name (a launch's new instances start with their
-    /// rules in place at a cost that does not grow with the cloud).
+    /// The firewalls of `records` alone (a launch's new instances start
+    /// with their rules in place at a cost that does not grow with the
+    /// cloud; the memberships their rules name follow with the next push).
     pub fn firewalls_of(
         &self,
         records: &[InstanceRecord],
     ) -> Result<HashMap<String, InstanceFirewall>, CoreError> {
-        let groups = self.groups_by_id()?;
-        let sources: BTreeSet<String> = records
-            .iter()
-            .flat_map(|r| r.security_groups.iter())
-            .filter_map(|id| groups.get(id))
-            .flat_map(|g| g.ingress.iter().chain(g.egress.iter()))
-            .flat_map(|rule| rule.groups.iter().map(|g| g.group_id.clone()))
-            .collect();
-        // The new instances count as members as the caller has them (their
-        // records may not show their addresses yet).
-        let mut by_id: std::collections::BTreeMap<String, InstanceRecord> = self
-            .instances
-            .in_groups(&sources)
-            .into_iter()
-            .map(|r| (r.instance_id.clone(), r))
-            .collect();
-        for r in records {
-            by_id.insert(r.instance_id.clone(), r.clone());
-        }
-        let members = members_of(by_id.values());
         let mut public = self.addresses.by_instance()?;
         public.retain(|id, _| records.iter().any(|r| &r.instance_id == id));
         let policy = Policy {
-            groups,
-            members,
+            groups: self.groups_by_id()?,
             public,
         };
         Ok(records
@@ -169,11 +178,11 @@ impl Cloud {
 
     /// Keeps the nodes' firewalls in step with the security groups, forever
     /// (run it in its own task): whenever something changed
-    /// ([`Cloud::firewall_changed`]) each cluster gets the firewalls that
-    /// differ from what it was last sent; every 10 s it gets all of them
-    /// (a node that restarted, a cluster that was away).
+    /// ([`Cloud::firewall_changed`]) each cluster gets the firewalls and
+    /// memberships that differ from what it was last sent; every 10 s it
+    /// gets all of them (a node that restarted, a cluster that was away).
     pub async fn sync_firewalls(self) {
-        let mut sent: HashMap<String, HashMap<String, InstanceFirewall>> = HashMap::new();
+        let mut sent: HashMap<String, ClusterPolicy> = HashMap::new();
         loop {
             let changed = tokio::select! {
                 _ = self.firewall_changed.notified() => true,
@@ -187,30 +196,40 @@ impl Cloud {
                     continue;
                 }
             };
-            for (cluster, firewalls) in all {
+            for (cluster, now) in all {
                 let before = sent.entry(cluster.clone()).or_default();
-                let push: Vec<InstanceFirewall> = firewalls
-                    .iter()
-                    .filter(|f| !changed || before.get(&f.instance_id) != Some(f))
+                let firewalls: Vec<InstanceFirewall> = now
+                    .firewalls
+                    .values()
+                    .filter(|f| !changed || before.firewalls.get(&f.instance_id) != Some(*f))
                     .cloned()
                     .collect();
-                let now: HashMap<String, InstanceFirewall> = firewalls
-                    .into_iter()
-                    .map(|f| (f.instance_id.clone(), f))
+                let groups: Vec<GroupMembers> = now
+                    .groups
+                    .iter()
+                    .filter(|(g, m)| !changed || before.groups.get(*g) != Some(*m))
+                    .map(|(g, m)| GroupMembers {
+                        group_id: g.clone(),
+                        addresses: m.clone(),
+                    })
                     .collect();
-                if push.is_empty() {
+                if firewalls.is_empty() && groups.is_empty() {
                     *before = now;
                     continue;
                 }
-                let count = push.len();
-                match self.clusters.set_firewalls(&cluster, push).await {
+                let (count, group_count) = (firewalls.len(), groups.len());
+                match self
+                    .clusters
+                    .set_firewalls(&cluster, firewalls, groups)
+                    .await
+                {
                     Ok(applied) => {
                         *before = now;
-                        tracing::debug!(%cluster, count, applied, elapsed_ms = started.elapsed().as_millis() as u64, "firewalls pushed")
+                        tracing::debug!(%cluster, count, groups = group_count, applied, elapsed_ms = started.elapsed().as_millis() as u64, "firewalls pushed")
                     }
                     Err(e) => {
                         // Sent in full next time.
-                        before.clear();
+                        *before = ClusterPolicy::default();
                         tracing::debug!(%cluster, error = %e, "firewalls not pushed")
                     }
                 }

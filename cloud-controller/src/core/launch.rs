@@ -457,19 +457,27 @@ impl Cloud {
                             public_ips.insert(r.instance_id.clone(), ip);
                         }
                     }
-                    // Other instances' rules change only when a rule names one
-                    // of the new instances' groups as its source; each new
-                    // instance starts with its own rules in place.
-                    if self
-                        .named_as_source(&records[0].security_groups)
-                        .unwrap_or(true)
-                    {
-                        self.firewall_changed.notify_one();
-                    }
+                    // Each new instance starts with its own rules in place.
+                    // Memberships change only when a rule names one of the new
+                    // instances' groups as its source, and the cluster needs
+                    // those of the groups the new rules name.
                     let mut firewalls = self.firewalls_of(&records).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "firewalls of new instances not computed");
                         HashMap::new()
                     });
+                    let names_groups = firewalls.values().any(|f| {
+                        f.ingress
+                            .iter()
+                            .chain(f.egress.iter())
+                            .any(|r| !r.source_groups.is_empty())
+                    });
+                    if names_groups
+                        || self
+                            .named_as_source(&records[0].security_groups)
+                            .unwrap_or(true)
+                    {
+                        self.firewall_changed.notify_one();
+                    }
                     let starts: Vec<(String, Option<proto::InstanceFirewall>)> = records
                         .iter()
                         .map(|r| (r.instance_id.clone(), firewalls.remove(&r.instance_id)))
@@ -578,23 +586,39 @@ mod tests {
         assert!(state.kept.is_empty(), "every placed spec was started");
         assert_eq!(state.started.len(), 2);
         // Each started with its groups' rules: the default group lets its
-        // members in, so each one's ingress names both addresses.
-        let ips: Vec<String> = launched
+        // members in, so each one's ingress names the group, and the
+        // cluster's membership of it holds both addresses.
+        let mut ips: Vec<String> = launched
             .records
             .iter()
             .map(|r| format!("{}/32", r.private_ip))
             .collect();
+        ips.sort();
+        let group = launched.records[0].security_groups[0].clone();
         for r in &launched.records {
             let firewall = state.started[&r.instance_id].clone().expect("a firewall");
-            let cidrs: Vec<String> = firewall
-                .ingress
-                .iter()
-                .flat_map(|i| i.cidrs.clone())
-                .collect();
-            for ip in &ips {
-                assert!(cidrs.contains(ip), "{ip} in {cidrs:?}");
-            }
+            assert!(
+                firewall
+                    .ingress
+                    .iter()
+                    .any(|i| i.source_groups.contains(&group)),
+                "{firewall:?}"
+            );
         }
+        let policy = cloud.firewalls().expect("firewalls");
+        assert_eq!(policy["cluster-1"].groups[&group], ips);
+        // The task that keeps nodes in step sends the membership once, not
+        // in every member's firewall.
+        let task = tokio::spawn(cloud.clone().sync_firewalls());
+        cloud.firewall_changed.notify_one();
+        for _ in 0..100 {
+            if fake.state().members.contains_key(&group) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        task.abort();
+        assert_eq!(fake.state().members.get(&group), Some(&ips));
     }
 
     #[tokio::test]

@@ -119,6 +119,11 @@ impl HostNetwork for Fake {
         _egress: &[FlowRule],
     ) -> Result<(), NetError> {
         self.record(format!("firewall {} {}", g.instance_id, ingress.len()));
+        let sources: Vec<&str> = ingress
+            .iter()
+            .flat_map(|r| r.cidrs.iter().map(String::as_str))
+            .collect();
+        self.record(format!("sources {} {}", g.instance_id, sources.join(",")));
         Ok(())
     }
     async fn remove_firewall(&self, g: &Guest) {

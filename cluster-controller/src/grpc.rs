@@ -145,6 +145,32 @@ impl ClusterService for Cluster {
         self.power(request.into_inner(), Power::Reboot).await
     }
 
+    async fn attach_volume(
+        &self,
+        request: Request<proto::VolumeAttach>,
+    ) -> Result<Response<proto::VolumeAttached>, Status> {
+        let r = request.into_inner();
+        let id = r.instance_id.clone();
+        Ok(Response::new(
+            self.instances
+                .on_node(&id, |mut c, _| async move { c.attach_volume(r).await })
+                .await?,
+        ))
+    }
+
+    async fn detach_volume(
+        &self,
+        request: Request<proto::VolumeAttach>,
+    ) -> Result<Response<proto::VolumeAttached>, Status> {
+        let r = request.into_inner();
+        let id = r.instance_id.clone();
+        Ok(Response::new(
+            self.instances
+                .on_node(&id, |mut c, _| async move { c.detach_volume(r).await })
+                .await?,
+        ))
+    }
+
     async fn get_console_output(
         &self,
         request: Request<InstanceRef>,

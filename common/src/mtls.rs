@@ -338,18 +338,39 @@ impl tower::Service<http::Uri> for Connector {
         let role = self.role;
         Box::pin(async move {
             let host = uri.host().ok_or("the endpoint has no host")?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
             let port = uri.port_u16().unwrap_or(80);
-            let tcp = TcpStream::connect((host, port)).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(role.server_name())?;
-            let stream = TlsConnector::from(client)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS with the {role} at {host}:{port} failed: {e}"))?;
+            let stream = dial_with(client, host, port, role).await?;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
+}
+
+async fn dial_with(
+    client: Arc<rustls::ClientConfig>,
+    host: &str,
+    port: u16,
+    role: Role,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(role.server_name())?;
+    Ok(TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with the {role} at {host}:{port} failed: {e}"))?)
+}
+
+/// A raw mutual-TLS stream to the `role` at `host:port` (for byte streams
+/// that are not gRPC, such as volume exports).
+pub async fn dial(
+    tls: &Tls,
+    host: &str,
+    port: u16,
+    role: Role,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+    let (_, client) = tls.current();
+    dial_with(client, host, port, role).await
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ fn status(e: InstanceError) -> Status {
     match &e {
         InstanceError::Invalid(_) => Status::invalid_argument(e.to_string()),
         InstanceError::NotFound(_) => Status::not_found(e.to_string()),
+        InstanceError::Volume(_) => Status::failed_precondition(e.to_string()),
         InstanceError::Image(i) => image_status(i),
         _ => Status::internal(e.to_string()),
     }
@@ -185,6 +186,37 @@ impl NodeService for Node {
             .await
             .map_err(status)?;
         Ok(Response::new(request.into_inner()))
+    }
+
+    async fn attach_volume(
+        &self,
+        request: Request<proto::VolumeAttach>,
+    ) -> Result<Response<proto::VolumeAttached>, Status> {
+        let r = request.into_inner();
+        let device = self
+            .instances
+            .attach_volume(&r.instance_id, &r.volume_id, &r.connection)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::VolumeAttached {
+            volume_id: r.volume_id,
+            device,
+        }))
+    }
+
+    async fn detach_volume(
+        &self,
+        request: Request<proto::VolumeAttach>,
+    ) -> Result<Response<proto::VolumeAttached>, Status> {
+        let r = request.into_inner();
+        self.instances
+            .detach_volume(&r.instance_id, &r.volume_id, r.force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::VolumeAttached {
+            volume_id: r.volume_id,
+            device: String::new(),
+        }))
     }
 
     async fn stop_instance(

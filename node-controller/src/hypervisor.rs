@@ -54,6 +54,29 @@ pub struct DomainSpec {
     pub console_log: PathBuf,
     /// A virtio NIC on this bridge, with this MAC and tap device name.
     pub nic: Option<(String, String, String)>,
+    /// EBS volumes attached, each reached over NBD on a local socket.
+    pub volumes: Vec<VolumeDisk>,
+}
+
+/// An EBS volume as a guest disk: NBD over the node's relay socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDisk {
+    pub volume_id: String,
+    /// The guest's device (`vdb`, `vdc`, ...).
+    pub target: String,
+    pub socket: PathBuf,
+}
+
+/// The libvirt `<disk>` of a volume. QEMU reconnects to the socket for a
+/// while when the relay goes away (a node controller restart), so the
+/// guest's I/O pauses rather than fails.
+pub fn volume_disk_xml(v: &VolumeDisk) -> String {
+    format!(
+        "<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none' io='threads'/><source protocol='nbd'><host transport='unix' socket='{}'/><reconnect delay='2'/></source><target dev='{}' bus='virtio'/><serial>{}</serial></disk>",
+        esc(&v.socket.display().to_string()),
+        esc(&v.target),
+        esc(&v.volume_id)
+    )
 }
 
 fn esc(s: &str) -> String {
@@ -104,6 +127,7 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
         .as_ref()
         .map(|d| format!("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>", path(d)))
         .unwrap_or_default();
+    let volumes: String = spec.volumes.iter().map(volume_disk_xml).collect();
     format!(
         "<domain type='{virt}'>\
 <name>{name}</name>\
@@ -112,7 +136,7 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
 <os>{os}</os>\
 <features><acpi/></features>{cpu}\
 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
-<devices>{emulator}{disk}\
+<devices>{emulator}{disk}{volumes}\
 <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>\
 <console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>{nic}\
 <memballoon model='none'/>\
@@ -139,6 +163,11 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     fn remove(&self, name: &str) -> Result<(), HypervisorError>;
     /// Every domain whose name starts with `prefix`, with its state.
     fn domains(&self, prefix: &str) -> Result<Vec<(String, DomainState)>, HypervisorError>;
+    /// Adds a device (`<disk>` XML) to domain `name`: to the running guest
+    /// and its definition.
+    fn attach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError>;
+    /// Removes a device (`<disk>` XML) from domain `name`.
+    fn detach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError>;
 }
 
 /// libvirt, through one connection.
@@ -197,7 +226,30 @@ impl Libvirt {
     }
 }
 
+/// Live and in the definition when the domain runs, else the definition.
+fn affect(d: &virt::domain::Domain) -> Result<u32, virt::error::Error> {
+    Ok(if d.is_active()? {
+        virt::sys::VIR_DOMAIN_AFFECT_LIVE | virt::sys::VIR_DOMAIN_AFFECT_CONFIG
+    } else {
+        virt::sys::VIR_DOMAIN_AFFECT_CONFIG
+    })
+}
+
 impl Hypervisor for Libvirt {
+    fn attach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError> {
+        self.with(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            d.attach_device_flags(xml, affect(&d)?)
+        })
+    }
+
+    fn detach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError> {
+        self.with(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            d.detach_device_flags(xml, affect(&d)?)
+        })
+    }
+
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
         let xml = domain_xml(spec);
         self.with(|c| {
@@ -299,6 +351,48 @@ impl Fake {
 }
 
 impl Hypervisor for Fake {
+    fn attach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError> {
+        let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let d = domains
+            .get_mut(name)
+            .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
+        let serial = xml
+            .split("<serial>")
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .unwrap_or_default();
+        if d.0.volumes.iter().any(|v| v.volume_id == serial) {
+            return Err(HypervisorError::Libvirt(format!(
+                "{serial} is attached already"
+            )));
+        }
+        let target = xml
+            .split("<target dev='")
+            .nth(1)
+            .and_then(|s| s.split('\'').next())
+            .unwrap_or_default();
+        let socket = xml
+            .split("socket='")
+            .nth(1)
+            .and_then(|s| s.split('\'').next())
+            .unwrap_or_default();
+        d.0.volumes.push(VolumeDisk {
+            volume_id: serial.to_string(),
+            target: target.to_string(),
+            socket: socket.into(),
+        });
+        Ok(())
+    }
+
+    fn detach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError> {
+        let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let d = domains
+            .get_mut(name)
+            .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
+        d.0.volumes.retain(|v| volume_disk_xml(v) != xml);
+        Ok(())
+    }
+
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
         if *self.refused.lock().unwrap_or_else(|p| p.into_inner()) == Some(spec.virt) {
             return Err(HypervisorError::Libvirt(format!(
@@ -362,6 +456,7 @@ mod tests {
             disk: Some("/inst/i-1/disk.qcow2".into()),
             console_log: "/inst/i-1/console.log".into(),
             nic: None,
+            volumes: Vec::new(),
         }
     }
 

@@ -22,7 +22,9 @@ use common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    hypervisor::{DomainSpec, DomainState, Hypervisor, HypervisorError},
+    hypervisor::{
+        volume_disk_xml, DomainSpec, DomainState, Hypervisor, HypervisorError, VolumeDisk,
+    },
     images::{ImageCache, ImageError, ImageRef, ImageSource},
     network::{tap_name, FlowRule, Guest, HostNetwork, NetSpec},
     virt::{Virt, Virtualization},
@@ -50,6 +52,19 @@ pub struct InstanceRecord {
     pub stopped: bool,
     /// The private network it is on.
     pub network: Option<NetworkRecord>,
+    /// EBS volumes attached to it.
+    #[serde(default)]
+    pub volumes: Vec<VolumeAttachment>,
+}
+
+/// An EBS volume attached to an instance of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    pub volume_id: String,
+    /// The guest's device (`vdb`, ...).
+    pub target: String,
+    /// Where the storage controller exports it.
+    pub connection: String,
 }
 
 /// A private network as a record keeps it (stored as the array
@@ -143,6 +158,8 @@ pub enum InstanceError {
     Io(#[from] std::io::Error),
     #[error("instance network: {0}")]
     Network(String),
+    #[error("volume: {0}")]
+    Volume(String),
 }
 
 /// What a launch needs, in domain terms.
@@ -195,10 +212,14 @@ pub struct Instances {
     /// The members (private addresses as /32 blocks) of each security group
     /// the CLC sent, by group id: rules naming a group admit them.
     members: Mutex<HashMap<String, Vec<String>>>,
+    /// The relays of attached volumes, when this node serves volumes.
+    relays: std::sync::OnceLock<Arc<crate::volumes::VolumeRelays>>,
     /// Held while a guest's rules go on or come off together with the
     /// record change that decides it, so a push racing a terminate or stop
     /// cannot put back the rules just taken off.
     firewall_turn: tokio::sync::Mutex<()>,
+    /// Held while a volume is attached or detached.
+    volume_turn: tokio::sync::Mutex<()>,
 }
 
 /// What the node knows about one of its guests, read from libvirt.
@@ -333,7 +354,9 @@ impl Instances {
             network,
             policies: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
+            relays: std::sync::OnceLock::new(),
             firewall_turn: tokio::sync::Mutex::new(()),
+            volume_turn: tokio::sync::Mutex::new(()),
         };
         for r in this.table.list()? {
             this.pin(&r, true);
@@ -387,7 +410,113 @@ impl Instances {
                 .as_ref()
                 .filter(|_| self.network.is_some() && !r.mac.is_empty())
                 .map(|n| (n.bridge.clone(), r.mac.clone(), tap_name(&r.instance_id))),
+            volumes: self.volume_disks(r),
         }
+    }
+
+    fn volume_disks(&self, r: &InstanceRecord) -> Vec<VolumeDisk> {
+        let Some(relays) = self.relays.get() else {
+            return Vec::new();
+        };
+        r.volumes
+            .iter()
+            .map(|v| VolumeDisk {
+                volume_id: v.volume_id.clone(),
+                target: v.target.clone(),
+                socket: relays.socket(&v.volume_id),
+            })
+            .collect()
+    }
+
+    /// Serves EBS volumes through `relays` from now on.
+    pub fn serve_volumes(&self, relays: Arc<crate::volumes::VolumeRelays>) {
+        let _ = self.relays.set(relays);
+    }
+
+    /// Attaches the volume exported at `connection` to instance `id` (hot,
+    /// when it runs); returns the guest's device. Attaching it again
+    /// answers the same device.
+    pub async fn attach_volume(
+        &self,
+        id: &str,
+        volume_id: &str,
+        connection: &str,
+    ) -> Result<String, InstanceError> {
+        let relays = self
+            .relays
+            .get()
+            .ok_or_else(|| InstanceError::Invalid("this node serves no volumes".into()))?
+            .clone();
+        let _turn = self.volume_turn.lock().await;
+        let mut r = self.record(id)?;
+        if let Some(v) = r.volumes.iter().find(|v| v.volume_id == volume_id) {
+            return Ok(v.target.clone());
+        }
+        let target = ('b'..='z')
+            .map(|c| format!("vd{c}"))
+            .find(|t| !r.volumes.iter().any(|v| &v.target == t))
+            .ok_or_else(|| InstanceError::Invalid(format!("{id} has no free device left")))?;
+        let socket = relays
+            .start(connection)
+            .await
+            .map_err(InstanceError::Volume)?;
+        let xml = volume_disk_xml(&VolumeDisk {
+            volume_id: volume_id.to_string(),
+            target: target.clone(),
+            socket,
+        });
+        let name = id.to_string();
+        match self.blocking(move |hv| hv.attach_device(&name, &xml)).await {
+            Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {}
+            Err(e) => {
+                relays.stop(volume_id);
+                return Err(e);
+            }
+        }
+        r.volumes.push(VolumeAttachment {
+            volume_id: volume_id.to_string(),
+            target: target.clone(),
+            connection: connection.to_string(),
+        });
+        self.table.put(&r)?;
+        tracing::info!(instance_id = %id, volume = %volume_id, %target, "volume attached");
+        Ok(target)
+    }
+
+    /// Detaches `volume_id` from instance `id`; one not attached is gone
+    /// already. The guest is asked to let go; `force` takes it away even
+    /// when the hypervisor refuses.
+    pub async fn detach_volume(
+        &self,
+        id: &str,
+        volume_id: &str,
+        force: bool,
+    ) -> Result<(), InstanceError> {
+        let _turn = self.volume_turn.lock().await;
+        let mut r = self.record(id)?;
+        let Some(v) = r.volumes.iter().find(|v| v.volume_id == volume_id).cloned() else {
+            return Ok(());
+        };
+        if let Some(relays) = self.relays.get() {
+            let xml = volume_disk_xml(&VolumeDisk {
+                volume_id: v.volume_id.clone(),
+                target: v.target.clone(),
+                socket: relays.socket(volume_id),
+            });
+            let name = id.to_string();
+            match self.blocking(move |hv| hv.detach_device(&name, &xml)).await {
+                Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {}
+                Err(e) if force => {
+                    tracing::warn!(instance_id = %id, volume = %volume_id, error = %e, "forced detach: the guest did not let go");
+                }
+                Err(e) => return Err(e),
+            }
+            relays.stop(volume_id);
+        }
+        r.volumes.retain(|a| a.volume_id != volume_id);
+        self.table.put(&r)?;
+        tracing::info!(instance_id = %id, volume = %volume_id, "volume detached");
+        Ok(())
     }
 
     /// Enforces security group rules and public addresses on this node's
@@ -507,6 +636,29 @@ impl Instances {
         }
     }
 
+    /// Starts the relays of every attached volume again (after a restart:
+    /// they live in this process; QEMU reconnects to them).
+    pub async fn relay_volumes(&self) {
+        let Some(relays) = self.relays.get() else {
+            return;
+        };
+        let Ok(records) = self.table.list() else {
+            return;
+        };
+        for r in records {
+            for v in &r.volumes {
+                match relays.start(&v.connection).await {
+                    Ok(_) => {
+                        tracing::info!(instance_id = %r.instance_id, volume = %v.volume_id, "volume relay restored")
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance_id = %r.instance_id, volume = %v.volume_id, error = %e, "volume relay not restored")
+                    }
+                }
+            }
+        }
+    }
+
     /// Fetches the images, makes the disk and starts the domain.
     pub async fn launch(
         &self,
@@ -570,6 +722,7 @@ impl Instances {
             created_ms: time::unix_ms(),
             stopped: false,
             network: l.network.as_ref().map(NetworkRecord::from),
+            volumes: Vec::new(),
         };
         let recorded = self.table.put(&record);
         done_fetching();
@@ -629,6 +782,11 @@ impl Instances {
         }
         if let Some(r) = record {
             let _turn = self.firewall_turn.lock().await;
+            if let Some(relays) = self.relays.get() {
+                for v in &r.volumes {
+                    relays.stop(&v.volume_id);
+                }
+            }
             self.table.delete(&id.to_string())?;
             self.pin(&r, false);
             if let (Some(hn), Some(net)) = (&self.network, r.net()) {

@@ -11,3 +11,4 @@ pub mod instances;
 pub mod network;
 pub mod resources;
 pub mod virt;
+pub mod volumes;

@@ -113,6 +113,17 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .context("opening the instance records")?,
     );
     instances.reattach().await;
+    let relays = node_controller::volumes::VolumeRelays::new(
+        &config.state_dir.join("volumes"),
+        started.trust.tls.clone(),
+    )
+    .context("the volume relay directory")?;
+    instances.serve_volumes(Arc::new(relays));
+    {
+        // QEMU reconnects to the relays of attached volumes once they are back.
+        let instances = instances.clone();
+        tokio::spawn(async move { instances.relay_volumes().await });
+    }
     let node = Node::new(images, instances.clone(), started.trust.clone());
     let heartbeat = Duration::from_secs(config.heartbeat_secs.max(1));
     let report = NodeReport {

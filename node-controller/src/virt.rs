@@ -193,6 +193,7 @@ pub fn boot_with_libvirt(
         disk: None,
         console_log: console.clone(),
         nic: None,
+        volumes: Vec::new(),
     };
     let _ = hv.remove(&name);
     let started = Instant::now();

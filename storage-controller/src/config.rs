@@ -18,6 +18,9 @@ pub struct StorageConfig {
     /// Address the CLC is told to use, when `listen` is not reachable as is.
     /// Default: the bound address.
     pub advertise: String,
+    /// Where nodes reach the volumes they attach (mutual TLS). Default: the
+    /// host of `listen` (or of `advertise`), a free port.
+    pub export_listen: String,
     /// The cloud controller's gRPC address. Default `127.0.0.1:8780`.
     pub clc: String,
     /// Where volumes and the database live. Default `/var/lib/gumtree/sc`.
@@ -41,6 +44,7 @@ impl Default for StorageConfig {
             partition: "zone-1".into(),
             listen: "127.0.0.1:8776".into(),
             advertise: String::new(),
+            export_listen: String::new(),
             clc: "127.0.0.1:8780".into(),
             state_dir: "/var/lib/gumtree/sc".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),

@@ -7,12 +7,16 @@ use proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::volumes::{VolumeError, VolumeRecord, Volumes};
+use crate::{
+    exports::{ExportError, Exports},
+    volumes::{VolumeError, VolumeRecord, Volumes},
+};
 
 /// The storage controller's service.
 #[derive(Clone, Debug)]
 pub struct Storage {
     pub volumes: Volumes,
+    pub exports: Exports,
 }
 
 fn not_yet(what: &str) -> Status {
@@ -29,6 +33,21 @@ impl From<VolumeError> for Status {
             VolumeError::Conflict { .. } => Status::already_exists(e.to_string()),
             VolumeError::Backend(_) | VolumeError::Store(_) => {
                 tracing::error!(error = %e, "volume operation failed");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<ExportError> for Status {
+    fn from(e: ExportError) -> Self {
+        match e {
+            ExportError::Volume(v) => v.into(),
+            ExportError::NotAvailable(..) | ExportError::Elsewhere(..) => {
+                Status::failed_precondition(e.to_string())
+            }
+            ExportError::Server(..) | ExportError::Store(_) => {
+                tracing::error!(error = %e, "export failed");
                 Status::internal(e.to_string())
             }
         }
@@ -74,6 +93,11 @@ impl StorageService for Storage {
         request: Request<VolumeRef>,
     ) -> Result<Response<VolumeStatus>, Status> {
         let id = request.into_inner().volume_id;
+        if self.exports.exported(&id).map_err(Status::from)? {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is exported to a node"
+            )));
+        }
         let volumes = self.volumes.clone();
         let id2 = id.clone();
         blocking(move || volumes.delete(&id2)).await?;
@@ -87,16 +111,35 @@ impl StorageService for Storage {
 
     async fn export_volume(
         &self,
-        _request: Request<ExportVolumeRequest>,
+        request: Request<ExportVolumeRequest>,
     ) -> Result<Response<VolumeExport>, Status> {
-        Err(not_yet("ExportVolume"))
+        let req = request.into_inner();
+        let connection = self
+            .exports
+            .export(&req.volume_id, &req.node_name)
+            .map_err(Status::from)?;
+        tracing::info!(volume = %req.volume_id, node = %req.node_name, "volume exported");
+        Ok(Response::new(VolumeExport {
+            volume_id: req.volume_id,
+            connection,
+        }))
     }
 
     async fn unexport_volume(
         &self,
-        _request: Request<ExportVolumeRequest>,
+        request: Request<ExportVolumeRequest>,
     ) -> Result<Response<VolumeStatus>, Status> {
-        Err(not_yet("UnexportVolume"))
+        let req = request.into_inner();
+        self.exports
+            .unexport(&req.volume_id, &req.node_name)
+            .map_err(Status::from)?;
+        tracing::info!(volume = %req.volume_id, node = %req.node_name, "volume export ended");
+        let r = self
+            .volumes
+            .get(&req.volume_id)
+            .map_err(Status::from)?
+            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+        Ok(Response::new(status(&r)))
     }
 
     async fn create_snapshot(

@@ -4,5 +4,6 @@
 
 pub mod backend;
 pub mod config;
+pub mod exports;
 pub mod grpc;
 pub mod volumes;

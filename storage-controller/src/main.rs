@@ -9,7 +9,11 @@ use common::{
 };
 use proto::{storage_service_server::StorageServiceServer, ServiceReport};
 use storage_controller::{
-    backend::FileBackend, config::StorageConfig, grpc::Storage, volumes::Volumes,
+    backend::FileBackend,
+    config::StorageConfig,
+    exports::{self, Exports},
+    grpc::Storage,
+    volumes::Volumes,
 };
 
 fn main() -> std::process::ExitCode {
@@ -24,6 +28,30 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
     let backend = FileBackend::open(&config.state_dir.join("volumes"))?;
     let volumes = Volumes::open(&store, std::sync::Arc::new(backend))?;
     let held = volumes.list()?.len();
+    // Exports listen on the advertised host unless told otherwise.
+    let host = started
+        .advertise
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_else(|| started.addr.ip().to_string());
+    let export_listen = if config.export_listen.is_empty() {
+        format!("{}:0", started.addr.ip())
+    } else {
+        config.export_listen.clone()
+    };
+    let (export_listener, export_addr) = rpc::bind(&export_listen).await?;
+    let exports = Exports::open(
+        &store,
+        volumes.clone(),
+        &config.state_dir.join("exports"),
+        format!("{host}:{}", export_addr.port()),
+    )?;
+    tokio::spawn(exports::serve(
+        exports.clone(),
+        export_listener,
+        started.trust.tls.clone(),
+    ));
+    tokio::spawn(exports.clone().supervise());
     tokio::spawn(report_service_to_clc(
         ReportSettings {
             parent: config.clc.clone(),
@@ -41,7 +69,7 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
             ..Default::default()
         },
     ));
-    tracing::info!(name = %config.name, volumes = held, listen = %started.addr, clc = %config.clc, "storage controller ready");
+    tracing::info!(name = %config.name, volumes = held, exports = %exports.endpoint, listen = %started.addr, clc = %config.clc, "storage controller ready");
     let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
         started
@@ -49,6 +77,7 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
             .server()
             .add_service(StorageServiceServer::new(Storage {
                 volumes: volumes.clone(),
+                exports: exports.clone(),
             }))
             .serve_with_incoming_shutdown(incoming, stop)
     })

@@ -288,3 +288,306 @@ print(" ".join(sorted(ids)))
     let left = v2(&["ec2", "describe-volumes"]);
     assert_eq!(left["Volumes"].as_array().map(Vec::len), Some(1), "{left}");
 }
+
+/// Destroys whatever guests this cloud's nodes left, if the test failed.
+struct Sweep(PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for i in 1..=2 {
+            let dir = self.0.join(format!("nc-{i}/instances"));
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                for verb in ["destroy", "undefine"] {
+                    let _ = std::process::Command::new("virsh")
+                        .args(["-c", "qemu:///system", verb, &name])
+                        .output();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
+    let tiny = clients::tiny_guest();
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes: 2,
+        node_cores: 2,
+        node_memory_mib: 2048,
+        real_libvirt: true,
+        ..Default::default()
+    });
+    let _sweep = Sweep(cloud.dir().to_path_buf());
+    wait_for("the cloud ENABLED", Duration::from_secs(30), || {
+        let nodes = cloud.admin_json(&["describe-nodes"]);
+        let ready = nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["state"] == "ENABLED")
+            .count();
+        (ready == 2
+            && cloud.service_state("walrus").as_deref() == Some("ENABLED")
+            && cloud.service_state("sc-1").as_deref() == Some("ENABLED"))
+        .then_some(())
+    });
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-attach");
+    fs::create_dir_all(&home).expect("home");
+    let ec2 = cloud.ec2_endpoint();
+    let s3 = cloud.s3_endpoint();
+    let aws =
+        |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
+    let v2 = |args: &[&str]| json(&aws(&ec2, args).expect_ok());
+
+    // The tiny guest, as users register it.
+    aws(&s3, &["s3", "mb", "s3://tiny"]).expect_ok();
+    for (file, kind) in [
+        ("vmlinuz", "kernel"),
+        ("initrd.gz", "ramdisk"),
+        ("disk.img", ""),
+    ] {
+        let mut args = vec![
+            "s3".to_string(),
+            "cp".to_string(),
+            tiny.join(file).display().to_string(),
+            format!("s3://tiny/{file}"),
+        ];
+        if !kind.is_empty() {
+            args.push("--metadata".into());
+            args.push(format!("image-type={kind}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        aws(&s3, &args).expect_ok();
+    }
+    let register = |location: &str, name: &str, extra: &[&str]| -> String {
+        let mut args = vec![
+            "ec2",
+            "register-image",
+            "--image-location",
+            location,
+            "--name",
+            name,
+            "--query",
+            "ImageId",
+            "--output",
+            "text",
+        ];
+        args.extend(extra);
+        aws(&ec2, &args).expect_ok().trim().to_string()
+    };
+    let aki = register("tiny/vmlinuz", "tiny-kernel", &[]);
+    let ari = register("tiny/initrd.gz", "tiny-ramdisk", &[]);
+    let ami = register(
+        "tiny/disk.img",
+        "tiny",
+        &["--kernel-id", &aki, "--ramdisk-id", &ari],
+    );
+
+    let console = |id: &str| -> String {
+        let out = v2(&["ec2", "get-console-output", "--instance-id", id, "--latest"]);
+        out["Output"].as_str().unwrap_or_default().replace('\r', "")
+    };
+    let wait_console = |id: &str, what: &str, needle: &str| -> String {
+        wait_for(what, Duration::from_secs(120), || {
+            let text = console(id);
+            text.contains(needle).then_some(text)
+        })
+    };
+    let launch = |user_data: Option<&str>| -> String {
+        let mut args = vec![
+            "ec2",
+            "run-instances",
+            "--image-id",
+            &ami,
+            "--query",
+            "Instances[0].InstanceId",
+            "--output",
+            "text",
+        ];
+        if let Some(u) = user_data {
+            args.extend(["--user-data", u]);
+        }
+        let id = aws(&ec2, &args).expect_ok().trim().to_string();
+        aws(
+            &ec2,
+            &["ec2", "wait", "instance-running", "--instance-ids", &id],
+        )
+        .expect_ok();
+        id
+    };
+    let node_of = |id: &str| -> String {
+        let all = cloud.admin_json(&["describe-instances"]);
+        all.as_array()
+            .and_then(|a| a.iter().find(|i| i["instance_id"] == id))
+            .and_then(|i| i["node"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // A guest whose user-data leaves a mark for the disks it is given.
+    let a = launch(Some("#!/bin/sh\necho from-a > /tmp/mark\n"));
+    wait_console(&a, "guest a's user-data", "GUMTREE-USER-DATA-RAN");
+    let vol = v2(&[
+        "ec2",
+        "create-volume",
+        "--size",
+        "1",
+        "--availability-zone",
+        "zone-1",
+    ])["VolumeId"]
+        .as_str()
+        .expect("VolumeId")
+        .to_string();
+    aws(
+        &ec2,
+        &["ec2", "wait", "volume-available", "--volume-ids", &vol],
+    )
+    .expect_ok();
+
+    let attached = v2(&[
+        "ec2",
+        "attach-volume",
+        "--volume-id",
+        &vol,
+        "--instance-id",
+        &a,
+        "--device",
+        "/dev/sdf",
+    ]);
+    assert_eq!(attached["State"], "attaching", "{attached}");
+    assert_eq!(attached["Device"], "/dev/sdf", "{attached}");
+    aws(
+        &ec2,
+        &["ec2", "wait", "volume-in-use", "--volume-ids", &vol],
+    )
+    .expect_ok();
+    wait_for("the attachment attached", Duration::from_secs(60), || {
+        let d = v2(&["ec2", "describe-volumes", "--volume-ids", &vol]);
+        (d["Volumes"][0]["Attachments"][0]["State"] == "attached").then_some(())
+    });
+    let text = wait_console(&a, "guest a marks the new disk", "marked GUMTREE-MARK");
+    assert!(
+        text.contains(&format!("disk added vdb 1024 MiB serial {vol}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("disk vdb marked GUMTREE-MARK from-a"),
+        "{text}"
+    );
+    let described = v2(&["ec2", "describe-instances", "--instance-ids", &a]);
+    let mapping = &described["Reservations"][0]["Instances"][0]["BlockDeviceMappings"][0];
+    assert_eq!(mapping["DeviceName"], "/dev/sdf", "{described}");
+    assert_eq!(mapping["Ebs"]["VolumeId"], vol.as_str(), "{described}");
+
+    // In use: EC2's answers, nothing changed.
+    aws(
+        &ec2,
+        &[
+            "ec2",
+            "attach-volume",
+            "--volume-id",
+            &vol,
+            "--instance-id",
+            &a,
+            "--device",
+            "/dev/sdg",
+        ],
+    )
+    .expect_err("VolumeInUse");
+    aws(&ec2, &["ec2", "delete-volume", "--volume-id", &vol]).expect_err("VolumeInUse");
+    aws(
+        &ec2,
+        &[
+            "ec2",
+            "attach-volume",
+            "--volume-id",
+            &vol,
+            "--instance-id",
+            &a,
+            "--device",
+            "/dev/foo",
+        ],
+    )
+    .expect_err("InvalidParameterValue");
+
+    // The export serves only the node it was made for: another node's
+    // certificate is refused at the storage controller.
+    let sc_log = fs::read_to_string(cloud.dir().join("sc-1.log")).unwrap_or_default();
+    let endpoint = sc_log
+        .split("exports=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the SC logs its export address")
+        .to_string();
+    let (host, port) = endpoint.rsplit_once(':').expect("host:port");
+    let other_node = if node_of(&a) == "nc-1" {
+        "nc-2"
+    } else {
+        "nc-1"
+    };
+    let stranger = cloud.trust(common::pki::Role::Nc, other_node);
+    let answer = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let port: u16 = port.parse().expect("port");
+            let mut s = common::mtls::dial(&stranger.tls, host, port, common::pki::Role::Sc)
+                .await
+                .expect("TLS to the SC");
+            s.write_all(format!("{vol}\n").as_bytes())
+                .await
+                .expect("ask");
+            let mut line = String::new();
+            let mut r = tokio::io::BufReader::new(s);
+            let _ = r.read_line(&mut line).await;
+            line
+        });
+    assert!(
+        answer.starts_with("ERR"),
+        "{other_node} was served: {answer:?}"
+    );
+
+    // Detached: the guest sees the disk go.
+    let detached = v2(&["ec2", "detach-volume", "--volume-id", &vol]);
+    assert_eq!(detached["State"], "detaching", "{detached}");
+    aws(
+        &ec2,
+        &["ec2", "wait", "volume-available", "--volume-ids", &vol],
+    )
+    .expect_ok();
+    wait_console(&a, "guest a loses the disk", "disk removed vdb");
+
+    // Another guest, on the other node, finds the mark.
+    let b = launch(None);
+    if node_of(&b) == node_of(&a) {
+        eprintln!("note: both guests landed on {}", node_of(&a));
+    }
+    v2(&[
+        "ec2",
+        "attach-volume",
+        "--volume-id",
+        &vol,
+        "--instance-id",
+        &b,
+        "--device",
+        "/dev/sdh",
+    ]);
+    let text = wait_console(&b, "guest b reads the mark", "holds GUMTREE-MARK");
+    assert!(
+        text.contains("disk vdb holds GUMTREE-MARK from-a"),
+        "{text}"
+    );
+
+    // Its instance gone, the volume is free again.
+    aws(
+        &ec2,
+        &["ec2", "terminate-instances", "--instance-ids", &a, &b],
+    )
+    .expect_ok();
+    wait_for("the volume freed", Duration::from_secs(60), || {
+        let d = v2(&["ec2", "describe-volumes", "--volume-ids", &vol]);
+        (d["Volumes"][0]["State"] == "available").then_some(())
+    });
+    v2(&["ec2", "delete-volume", "--volume-id", &vol]);
+}

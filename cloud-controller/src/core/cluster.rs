@@ -135,6 +135,24 @@ pub trait ClusterApi: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ClusterError>;
     /// Powers off guest `id` on `node`, which the cloud has no record of.
     async fn stop_guest(&self, cluster: &str, node: &str, id: &str) -> Result<(), ClusterError>;
+    /// Attaches the volume exported at `connection` to instance `id`;
+    /// returns the guest's device.
+    async fn attach_volume(
+        &self,
+        cluster: &str,
+        id: &str,
+        volume_id: &str,
+        connection: &str,
+    ) -> Result<String, ClusterError>;
+    /// Detaches `volume_id` from instance `id` (`force`: even if the guest
+    /// does not let go).
+    async fn detach_volume(
+        &self,
+        cluster: &str,
+        id: &str,
+        volume_id: &str,
+        force: bool,
+    ) -> Result<(), ClusterError>;
 }
 
 type Client = ClusterServiceClient<common::rpc::Client>;
@@ -324,6 +342,44 @@ impl ClusterApi for GrpcClusters {
             .stop_guest(proto::NodeGuest {
                 node: node.to_string(),
                 instance_id: id.to_string(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| ClusterError::from_status(cluster, &s))
+    }
+
+    async fn attach_volume(
+        &self,
+        cluster: &str,
+        id: &str,
+        volume_id: &str,
+        connection: &str,
+    ) -> Result<String, ClusterError> {
+        self.client(cluster)?
+            .attach_volume(proto::VolumeAttach {
+                instance_id: id.to_string(),
+                volume_id: volume_id.to_string(),
+                connection: connection.to_string(),
+                force: false,
+            })
+            .await
+            .map(|r| r.into_inner().device)
+            .map_err(|s| ClusterError::from_status(cluster, &s))
+    }
+
+    async fn detach_volume(
+        &self,
+        cluster: &str,
+        id: &str,
+        volume_id: &str,
+        force: bool,
+    ) -> Result<(), ClusterError> {
+        self.client(cluster)?
+            .detach_volume(proto::VolumeAttach {
+                instance_id: id.to_string(),
+                volume_id: volume_id.to_string(),
+                connection: String::new(),
+                force,
             })
             .await
             .map(|_| ())

@@ -165,6 +165,8 @@ pub struct InstanceListing {
     pub names: Names,
     /// The images of the listed instances, by id.
     pub images: HashMap<String, Image>,
+    /// The volumes attached to the listed instances, by instance id.
+    pub volumes: HashMap<String, Vec<VolumeRecord>>,
 }
 
 /// A DescribeImages query.
@@ -339,6 +341,16 @@ impl Cloud {
                 }
             }
         }
+        let mut volumes: HashMap<String, Vec<VolumeRecord>> = HashMap::new();
+        let listed: std::collections::HashSet<&str> =
+            kept.iter().map(|t| t.item.instance_id.as_str()).collect();
+        for v in self.volumes.list()? {
+            if let Some(a) = &v.attachment {
+                if listed.contains(a.instance_id.as_str()) {
+                    volumes.entry(a.instance_id.clone()).or_default().push(v);
+                }
+            }
+        }
         Ok(InstanceListing {
             page: Page {
                 items: kept,
@@ -346,6 +358,7 @@ impl Cloud {
             },
             names,
             images,
+            volumes,
         })
     }
 

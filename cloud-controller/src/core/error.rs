@@ -154,6 +154,12 @@ pub enum CoreError {
     /// The volume is not in a state the operation can use.
     #[error("{0}")]
     IncorrectVolumeState(String),
+    /// The volume and the instance are in different zones.
+    #[error("{0}")]
+    ZoneMismatch(String),
+    /// The volume is not attached to that instance.
+    #[error("{0}")]
+    AttachmentNotFound(String),
     /// The state of record failed.
     #[error("{0}")]
     Store(String),

@@ -30,6 +30,8 @@ pub struct FakeState {
     pub pushed: Vec<InstanceFirewall>,
     /// Instances terminated.
     pub terminated: Vec<String>,
+    /// Volumes attached: (instance id, volume id).
+    pub attached: Vec<(String, String)>,
     /// The latest membership pushed of each group, by group id.
     pub members: BTreeMap<String, Vec<String>>,
     /// Instance ids of every spec `place` was sent, per call.
@@ -202,6 +204,34 @@ impl ClusterApi for FakeCluster {
     async fn stop_guest(&self, cluster: &str, _node: &str, _id: &str) -> Result<(), ClusterError> {
         self.check(cluster)
     }
+
+    async fn attach_volume(
+        &self,
+        cluster: &str,
+        id: &str,
+        volume_id: &str,
+        _connection: &str,
+    ) -> Result<String, ClusterError> {
+        self.check(cluster)?;
+        let mut s = self.lock();
+        let n = s.attached.iter().filter(|(i, _)| i == id).count();
+        s.attached.push((id.to_string(), volume_id.to_string()));
+        Ok(format!("vd{}", (b'b' + n as u8) as char))
+    }
+
+    async fn detach_volume(
+        &self,
+        cluster: &str,
+        id: &str,
+        volume_id: &str,
+        _force: bool,
+    ) -> Result<(), ClusterError> {
+        self.check(cluster)?;
+        self.lock()
+            .attached
+            .retain(|(i, v)| !(i == id && v == volume_id));
+        Ok(())
+    }
 }
 
 /// A cloud over a temporary store and a [`FakeCluster`], with an image
@@ -324,6 +354,8 @@ pub struct FakeStorage {
 #[derive(Debug, Default)]
 struct FakeStorageState {
     volumes: BTreeMap<String, u64>,
+    /// Volume id to the node it is exported to.
+    exports: BTreeMap<String, String>,
     /// No SC serves the zone.
     down: bool,
     /// The SC serves the zone but its calls fail.
@@ -333,6 +365,11 @@ struct FakeStorageState {
 impl FakeStorage {
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeStorageState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The volumes exported, with the node each is exported to.
+    pub fn exports(&self) -> Vec<(String, String)> {
+        self.lock().exports.clone().into_iter().collect()
     }
 
     /// The volumes held, by id, with their sizes in GiB.
@@ -380,7 +417,25 @@ impl StorageApi for FakeStorage {
     }
 
     async fn delete_volume(&self, zone: &str, id: &str) -> Result<(), StorageError> {
-        self.call(zone)?.volumes.remove(id);
+        let mut s = self.call(zone)?;
+        if s.exports.contains_key(id) {
+            return Err(StorageError::Refused(format!("{id} is exported")));
+        }
+        s.volumes.remove(id);
+        Ok(())
+    }
+
+    async fn export(&self, zone: &str, id: &str, node: &str) -> Result<String, StorageError> {
+        let mut s = self.call(zone)?;
+        if !s.volumes.contains_key(id) {
+            return Err(StorageError::Refused(format!("no volume {id}")));
+        }
+        s.exports.insert(id.to_string(), node.to_string());
+        Ok(format!("nbd+tls://127.0.0.1:1/{id}"))
+    }
+
+    async fn unexport(&self, zone: &str, id: &str, _node: &str) -> Result<(), StorageError> {
+        self.call(zone)?.exports.remove(id);
         Ok(())
     }
 }

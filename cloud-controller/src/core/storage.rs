@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use common::{pki::Role, rpc::Trust, time};
 use proto::{
-    storage_service_client::StorageServiceClient, CreateVolumeRequest, ServiceState, VolumeRef,
+    storage_service_client::StorageServiceClient, CreateVolumeRequest, ExportVolumeRequest,
+    ServiceState, VolumeRef,
 };
 use tonic::Code;
 
@@ -35,6 +36,10 @@ pub trait StorageApi: Send + Sync + std::fmt::Debug {
     async fn create_volume(&self, zone: &str, id: &str, size_gib: u64) -> Result<(), StorageError>;
     /// Deletes volume `id` in `zone` and its data; idempotent.
     async fn delete_volume(&self, zone: &str, id: &str) -> Result<(), StorageError>;
+    /// Exports volume `id` to node `node`; returns how the node reaches it.
+    async fn export(&self, zone: &str, id: &str, node: &str) -> Result<String, StorageError>;
+    /// Ends the export of volume `id` to `node`; idempotent.
+    async fn unexport(&self, zone: &str, id: &str, node: &str) -> Result<(), StorageError>;
 }
 
 /// The storage controllers the registry knows, over gRPC with mutual TLS.
@@ -79,9 +84,11 @@ impl GrpcStorage {
 fn from_status(zone: &str, s: tonic::Status) -> StorageError {
     let message = format!("storage controller of {zone}: {}", s.message());
     match s.code() {
-        Code::InvalidArgument | Code::AlreadyExists | Code::Unimplemented => {
-            StorageError::Refused(message)
-        }
+        Code::InvalidArgument
+        | Code::AlreadyExists
+        | Code::Unimplemented
+        | Code::FailedPrecondition
+        | Code::NotFound => StorageError::Refused(message),
         _ => StorageError::Failed(message),
     }
 }
@@ -112,5 +119,33 @@ impl StorageApi for GrpcStorage {
             .await
             .map_err(|s| from_status(zone, s))?;
         Ok(())
+    }
+
+    async fn export(&self, zone: &str, id: &str, node: &str) -> Result<String, StorageError> {
+        let reply = self
+            .client(zone)?
+            .export_volume(ExportVolumeRequest {
+                volume_id: id.to_string(),
+                node_name: node.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(zone, s))?;
+        Ok(reply.into_inner().connection)
+    }
+
+    async fn unexport(&self, zone: &str, id: &str, node: &str) -> Result<(), StorageError> {
+        match self
+            .client(zone)?
+            .unexport_volume(ExportVolumeRequest {
+                volume_id: id.to_string(),
+                node_name: node.to_string(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // A volume gone is no longer exported.
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(from_status(zone, s)),
+        }
     }
 }

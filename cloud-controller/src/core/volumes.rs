@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{error::IdKind, storage::StorageError, tags::TagPair, Cloud, CoreError};
+use super::{error::IdKind, storage::StorageError, tags::TagPair, Cloud, ClusterError, CoreError};
 use crate::{
     tags::Tag,
     volumes::{VolumeRecord, VolumeState},
@@ -258,7 +258,285 @@ impl Cloud {
             for v in pending {
                 if matches!(v.state, VolumeState::Creating | VolumeState::Deleting) {
                     self.carry_out_volume(&v.volume_id).await;
+                } else if v.attachment.is_some() {
+                    // Attachments in flight, and those whose instance is gone.
+                    self.carry_out_attachment(&v.volume_id).await;
                 }
+            }
+        }
+    }
+}
+
+/// True for the device names EC2 takes for EBS volumes (`/dev/sdf`,
+/// `/dev/xvdg`, `/dev/sdh1`, ...), the root's excepted.
+pub fn valid_device(d: &str) -> bool {
+    let Some(rest) = d
+        .strip_prefix("/dev/xvd")
+        .or_else(|| d.strip_prefix("/dev/sd"))
+        .or_else(|| d.strip_prefix("/dev/vd"))
+    else {
+        return false;
+    };
+    let mut chars = rest.chars();
+    let letter = chars.next();
+    let digits: String = chars.collect();
+    matches!(letter, Some('b'..='z'))
+        && digits.len() <= 2
+        && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl Cloud {
+    /// AttachVolume: checks the request, records the volume `in-use` and
+    /// the attachment `attaching`, then has the SC export the volume to the
+    /// instance's node and the cluster attach it to the guest.
+    pub async fn attach_volume(
+        &self,
+        account_id: &str,
+        volume_id: &str,
+        instance_id: &str,
+        device: &str,
+        dry_run: bool,
+    ) -> Result<VolumeRecord, CoreError> {
+        let v = self.own_volume(account_id, volume_id)?;
+        let instance = self
+            .own_instances(account_id, &[instance_id.to_string()])?
+            .remove(0);
+        if !valid_device(device) {
+            return Err(CoreError::InvalidValue {
+                param: "device",
+                value: device.to_string(),
+                why: format!("{device} is not a valid EBS device name."),
+            });
+        }
+        if v.attachment.is_some() || v.state == VolumeState::InUse {
+            return Err(CoreError::VolumeInUse(format!(
+                "{volume_id} is already attached to an instance"
+            )));
+        }
+        if v.state != VolumeState::Available {
+            return Err(CoreError::IncorrectVolumeState(format!(
+                "{volume_id} is not 'available'."
+            )));
+        }
+        if !matches!(
+            instance.state,
+            crate::instances::InstanceState::Running | crate::instances::InstanceState::Stopped
+        ) || instance.node.is_empty()
+        {
+            return Err(CoreError::IncorrectState {
+                id: instance_id.to_string(),
+                wanted: "attached to",
+            });
+        }
+        if instance.zone != v.zone {
+            return Err(CoreError::ZoneMismatch(format!(
+                "The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'"
+            )));
+        }
+        if self
+            .volumes
+            .of(account_id)?
+            .iter()
+            .filter_map(|o| o.attachment.as_ref())
+            .any(|a| a.instance_id == instance_id && a.device == device)
+        {
+            return Err(CoreError::InvalidValue {
+                param: "device",
+                value: device.to_string(),
+                why: format!("Attachment point {device} is already in use"),
+            });
+        }
+        if dry_run {
+            return Err(CoreError::DryRun);
+        }
+        let attaching = VolumeRecord {
+            state: VolumeState::InUse,
+            attachment: Some(crate::volumes::Attachment {
+                instance_id: instance_id.to_string(),
+                device: device.to_string(),
+                state: "attaching".into(),
+                attach_ms: common::time::unix_ms(),
+                delete_on_termination: false,
+            }),
+            ..v
+        };
+        self.volumes.put(&attaching)?;
+        let cloud = self.clone();
+        let id = volume_id.to_string();
+        tokio::spawn(async move { cloud.carry_out_attachment(&id).await });
+        Ok(attaching)
+    }
+
+    /// DetachVolume: records the attachment `detaching`; the cluster takes
+    /// the disk from the guest and the SC ends the export.
+    pub async fn detach_volume(
+        &self,
+        account_id: &str,
+        volume_id: &str,
+        instance_id: Option<&str>,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<VolumeRecord, CoreError> {
+        let v = self.own_volume(account_id, volume_id)?;
+        let Some(a) = v.attachment.clone() else {
+            return Err(CoreError::IncorrectVolumeState(format!(
+                "Volume '{volume_id}' is in the '{}' state.",
+                v.state.name()
+            )));
+        };
+        if let Some(i) = instance_id {
+            if i != a.instance_id {
+                return Err(CoreError::AttachmentNotFound(format!(
+                    "The volume {volume_id} is not attached to instance {i}"
+                )));
+            }
+        }
+        if dry_run {
+            return Err(CoreError::DryRun);
+        }
+        let detaching = VolumeRecord {
+            attachment: Some(crate::volumes::Attachment {
+                state: if force {
+                    "force-detaching"
+                } else {
+                    "detaching"
+                }
+                .into(),
+                ..a
+            }),
+            ..v
+        };
+        self.volumes.put(&detaching)?;
+        let cloud = self.clone();
+        let id = volume_id.to_string();
+        tokio::spawn(async move { cloud.carry_out_attachment(&id).await });
+        let mut shown = detaching;
+        if let Some(a) = shown.attachment.as_mut() {
+            a.state = "detaching".into();
+        }
+        Ok(shown)
+    }
+
+    /// Carries out what volume `id`'s attachment asks (attach, detach), or
+    /// detaches it from an instance that is gone; what cannot be done now
+    /// is left for [`Cloud::finish_volumes`].
+    pub(super) async fn carry_out_attachment(&self, id: &str) {
+        let Ok(Some(v)) = self.volumes.get(id) else {
+            return;
+        };
+        let Some(a) = v.attachment.clone() else {
+            return;
+        };
+        let instance = self.instances.get(&a.instance_id).ok().flatten();
+        let gone = instance.as_ref().is_none_or(|r| {
+            matches!(
+                r.state,
+                crate::instances::InstanceState::Terminated
+                    | crate::instances::InstanceState::ShuttingDown
+            )
+        });
+        let node = instance
+            .as_ref()
+            .map(|r| r.node.clone())
+            .unwrap_or_default();
+        let cluster = instance
+            .as_ref()
+            .map(|r| r.cluster.clone())
+            .unwrap_or_default();
+        let outcome: Result<Option<VolumeRecord>, String> = match a.state.as_str() {
+            _ if gone => {
+                // The instance is gone: the export ends and the volume is
+                // free again (or deleted, as its attachment asked).
+                match self.storage.unexport(&v.zone, id, &node).await {
+                    Ok(()) if a.delete_on_termination => Ok(Some(VolumeRecord {
+                        state: VolumeState::Deleting,
+                        attachment: None,
+                        ..v.clone()
+                    })),
+                    Ok(()) => Ok(Some(VolumeRecord {
+                        state: VolumeState::Available,
+                        attachment: None,
+                        ..v.clone()
+                    })),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            "attaching" => {
+                let attached = async {
+                    let connection = self
+                        .storage
+                        .export(&v.zone, id, &node)
+                        .await
+                        .map_err(|e| (e.to_string(), matches!(e, StorageError::Refused(_))))?;
+                    self.clusters
+                        .attach_volume(&cluster, &a.instance_id, id, &connection)
+                        .await
+                        .map_err(|e| (e.to_string(), !e.retry()))
+                }
+                .await;
+                match attached {
+                    Ok(target) => {
+                        tracing::info!(volume = %id, instance_id = %a.instance_id, %target, "volume attached");
+                        let mut done = v.clone();
+                        if let Some(at) = done.attachment.as_mut() {
+                            at.state = "attached".into();
+                        }
+                        Ok(Some(done))
+                    }
+                    Err((why, true)) => {
+                        // Refused for good: the volume is free again.
+                        tracing::warn!(volume = %id, instance_id = %a.instance_id, %why, "volume not attached");
+                        let _ = self.storage.unexport(&v.zone, id, &node).await;
+                        Ok(Some(VolumeRecord {
+                            state: VolumeState::Available,
+                            attachment: None,
+                            ..v.clone()
+                        }))
+                    }
+                    Err((why, false)) => Err(why),
+                }
+            }
+            "detaching" | "force-detaching" => {
+                let force = a.state == "force-detaching";
+                let detached = match self
+                    .clusters
+                    .detach_volume(&cluster, &a.instance_id, id, force)
+                    .await
+                {
+                    Ok(()) | Err(ClusterError::NotFound(_)) => Ok(()),
+                    Err(e) if force => {
+                        tracing::warn!(volume = %id, error = %e, "forced detach without the node");
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match detached {
+                    Ok(()) => match self.storage.unexport(&v.zone, id, &node).await {
+                        Ok(()) => Ok(Some(VolumeRecord {
+                            state: VolumeState::Available,
+                            attachment: None,
+                            ..v.clone()
+                        })),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(None),
+        };
+        match outcome {
+            Ok(Some(next)) => {
+                let deleting = next.state == VolumeState::Deleting;
+                if let Err(e) = self.volumes.put(&next) {
+                    tracing::error!(volume = %id, error = %e, "volume record not updated");
+                }
+                if deleting {
+                    self.carry_out_volume(id).await;
+                }
+            }
+            Ok(None) => {}
+            Err(why) => {
+                tracing::info!(volume = %id, %why, "volume attachment change left for later");
             }
         }
     }
@@ -269,7 +547,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::core::fake::{system_account, test_cloud, FakeCluster, FakeStorage};
+    use crate::core::fake::{launch, system_account, test_cloud, FakeCluster, FakeStorage};
 
     async fn settle() {
         for _ in 0..50 {
@@ -397,5 +675,114 @@ mod tests {
             cloud.volumes.get(&id).expect("get").map(|v| v.state),
             Some(VolumeState::Available)
         );
+    }
+
+    #[tokio::test]
+    async fn a_volume_is_attached_detached_and_freed_when_its_instance_goes() {
+        let fake = Arc::new(FakeCluster::new(1, 8));
+        let (mut cloud, _dir) = test_cloud(fake.clone());
+        let storage = Arc::new(FakeStorage::default());
+        cloud.storage = storage.clone();
+        let me = system_account(&cloud);
+        let made = cloud
+            .create_volume(
+                NewVolume {
+                    account_id: me.clone(),
+                    zone: "zone-1".into(),
+                    size_gib: Some(1),
+                    ..Default::default()
+                },
+                false,
+            )
+            .await
+            .expect("create");
+        settle().await;
+        let vol = made.volume.volume_id;
+        let launched = launch(&cloud, &me, 1, Default::default()).await;
+        let r = &launched.records[0];
+        let id = r.instance_id.clone();
+        // Pending: not yet.
+        assert!(matches!(
+            cloud.attach_volume(&me, &vol, &id, "/dev/sdf", false).await,
+            Err(CoreError::IncorrectState { .. })
+        ));
+        cloud
+            .instances
+            .set_state(
+                &id,
+                crate::instances::InstanceState::Running,
+                "",
+                Some(&r.node),
+            )
+            .expect("running");
+        for (device, why) in [
+            ("/dev/sda1", "the root"),
+            ("/dev/foo", "no EBS name"),
+            ("sdf", "no /dev"),
+        ] {
+            assert!(
+                matches!(
+                    cloud.attach_volume(&me, &vol, &id, device, false).await,
+                    Err(CoreError::InvalidValue { .. })
+                ),
+                "{why}"
+            );
+        }
+        let v = cloud
+            .attach_volume(&me, &vol, &id, "/dev/sdf", false)
+            .await
+            .expect("attach");
+        assert_eq!(v.state, VolumeState::InUse);
+        assert_eq!(
+            v.attachment.as_ref().map(|a| a.state.as_str()),
+            Some("attaching")
+        );
+        settle().await;
+        let v = cloud.volumes.get(&vol).expect("get").expect("there");
+        assert_eq!(
+            v.attachment.as_ref().map(|a| a.state.as_str()),
+            Some("attached")
+        );
+        assert_eq!(storage.exports(), vec![(vol.clone(), r.node.clone())]);
+        assert_eq!(fake.state().attached, vec![(id.clone(), vol.clone())]);
+        // In use: not twice, not deleted.
+        assert!(matches!(
+            cloud.attach_volume(&me, &vol, &id, "/dev/sdg", false).await,
+            Err(CoreError::VolumeInUse(_))
+        ));
+        assert!(matches!(
+            cloud.delete_volume(&me, &vol, false).await,
+            Err(CoreError::VolumeInUse(_))
+        ));
+        assert!(matches!(
+            cloud
+                .detach_volume(&me, &vol, Some("i-0000000000000000f"), false, false)
+                .await,
+            Err(CoreError::AttachmentNotFound(_))
+        ));
+        cloud
+            .detach_volume(&me, &vol, Some(&id), false, false)
+            .await
+            .expect("detach");
+        settle().await;
+        let v = cloud.volumes.get(&vol).expect("get").expect("there");
+        assert_eq!(v.state, VolumeState::Available);
+        assert!(v.attachment.is_none());
+        assert!(storage.exports().is_empty());
+        assert!(fake.state().attached.is_empty());
+        // Attached again, then the instance terminates: the volume is freed.
+        cloud
+            .attach_volume(&me, &vol, &id, "/dev/sdf", false)
+            .await
+            .expect("attach again");
+        settle().await;
+        cloud
+            .terminate(&me, std::slice::from_ref(&id), false)
+            .await
+            .expect("terminate");
+        cloud.carry_out_attachment(&vol).await;
+        let v = cloud.volumes.get(&vol).expect("get").expect("there");
+        assert_eq!(v.state, VolumeState::Available);
+        assert!(storage.exports().is_empty());
     }
 }

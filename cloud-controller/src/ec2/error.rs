@@ -219,6 +219,8 @@ impl From<CoreError> for Ec2Error {
                 }
             }
             CoreError::Missing(name) => Self::missing(name),
+            CoreError::ZoneMismatch(m) => Self::new("InvalidVolume.ZoneMismatch", m),
+            CoreError::AttachmentNotFound(m) => Self::new("InvalidAttachment.NotFound", m),
             CoreError::VolumeInUse(m) => Self::new("VolumeInUse", m),
             CoreError::IncorrectVolumeState(m) => Self::new("IncorrectState", m),
             CoreError::InvalidValue { param, value, why } => {

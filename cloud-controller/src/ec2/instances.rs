@@ -96,6 +96,7 @@ fn write_groups(w: &mut Writer, ids: &[String], names: &HashMap<String, String>)
 fn write_instance(
     w: &mut Writer,
     r: &InstanceRecord,
+    volumes: &[crate::volumes::VolumeRecord],
     image: Option<&Image>,
     tags: &[Tag],
     region: &str,
@@ -144,8 +145,21 @@ fn write_instance(
             image.map_or("x86_64", |i| i.architecture.as_str()),
         )
         .elem("rootDeviceType", "instance-store")
-        .open("blockDeviceMapping")
-        .close("blockDeviceMapping")
+        .open("blockDeviceMapping");
+    for v in volumes {
+        if let Some(a) = &v.attachment {
+            w.open("item")
+                .elem("deviceName", &a.device)
+                .open("ebs")
+                .elem("volumeId", &v.volume_id)
+                .elem("status", &a.state)
+                .elem("attachTime", &time::iso8601_ms(a.attach_ms))
+                .bool("deleteOnTermination", a.delete_on_termination)
+                .close("ebs")
+                .close("item");
+        }
+    }
+    w.close("blockDeviceMapping")
         .elem(
             "virtualizationType",
             image.map_or("paravirtual", |i| i.virtualization_type.as_str()),
@@ -182,7 +196,7 @@ fn reservation_response(
             .filter(|t| t.resource_id == r.instance_id)
             .cloned()
             .collect();
-        write_instance(&mut w, r, None, &mine, region, groups);
+        write_instance(&mut w, r, &[], None, &mine, region, groups);
     }
     w.close("instancesSet");
     w.finish()
@@ -226,6 +240,10 @@ pub fn describe_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             write_instance(
                 &mut w,
                 r,
+                listing
+                    .volumes
+                    .get(&r.instance_id)
+                    .map_or(&[][..], Vec::as_slice),
                 listing.images.get(&r.image_id),
                 &kept[i].tags,
                 &ec2.cloud.settings.region,

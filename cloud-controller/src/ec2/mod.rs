@@ -279,6 +279,8 @@ impl Ec2 {
             "DescribeAddresses" => addresses::describe_addresses(self, call),
             "CreateVolume" => volumes::create_volume(self, call).await,
             "DeleteVolume" => volumes::delete_volume(self, call).await,
+            "AttachVolume" => volumes::attach_volume(self, call).await,
+            "DetachVolume" => volumes::detach_volume(self, call).await,
             "DescribeVolumes" => volumes::describe_volumes(self, call),
             "DescribeVolumeStatus" => volumes::describe_volume_status(self, call),
             "DescribeVolumeAttribute" => volumes::describe_volume_attribute(self, call),

@@ -205,3 +205,49 @@ pub fn modify_volume_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Erro
     w.bool("return", true);
     Ok(w.finish())
 }
+
+/// The answer of AttachVolume and DetachVolume.
+fn attachment_response(call: &Call, v: &VolumeRecord) -> String {
+    let mut w = call.writer();
+    if let Some(a) = &v.attachment {
+        w.elem("volumeId", &v.volume_id)
+            .elem("instanceId", &a.instance_id)
+            .elem("device", &a.device)
+            .elem("status", &a.state)
+            .elem("attachTime", &time::iso8601_ms(a.attach_ms))
+            .bool("deleteOnTermination", a.delete_on_termination);
+    }
+    w.finish()
+}
+
+/// AttachVolume.
+pub async fn attach_volume(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let v = ec2
+        .cloud
+        .attach_volume(
+            &call.caller.account_id,
+            p.required("VolumeId")?,
+            p.required("InstanceId")?,
+            p.required("Device")?,
+            p.flag("DryRun")?,
+        )
+        .await?;
+    Ok(attachment_response(call, &v))
+}
+
+/// DetachVolume.
+pub async fn detach_volume(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let v = ec2
+        .cloud
+        .detach_volume(
+            &call.caller.account_id,
+            p.required("VolumeId")?,
+            p.get("InstanceId").filter(|i| !i.is_empty()),
+            p.flag("Force")?,
+            p.flag("DryRun")?,
+        )
+        .await?;
+    Ok(attachment_response(call, &v))
+}

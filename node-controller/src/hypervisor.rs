@@ -67,6 +67,12 @@ pub struct VolumeDisk {
     pub socket: PathBuf,
 }
 
+/// The serial number a guest sees for a volume: its id without the dash
+/// (as EC2's NVMe volumes show it; virtio-blk keeps 20 characters).
+pub fn volume_serial(volume_id: &str) -> String {
+    volume_id.replacen('-', "", 1)
+}
+
 /// The libvirt `<disk>` of a volume. QEMU reconnects to the socket for a
 /// while when the relay goes away (a node controller restart), so the
 /// guest's I/O pauses rather than fails.
@@ -75,7 +81,7 @@ pub fn volume_disk_xml(v: &VolumeDisk) -> String {
         "<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none' io='threads'/><source protocol='nbd'><host transport='unix' socket='{}'/><reconnect delay='2'/></source><target dev='{}' bus='virtio'/><serial>{}</serial></disk>",
         esc(&v.socket.display().to_string()),
         esc(&v.target),
-        esc(&v.volume_id)
+        esc(&volume_serial(&v.volume_id))
     )
 }
 
@@ -377,7 +383,7 @@ impl Hypervisor for Fake {
             .and_then(|s| s.split('\'').next())
             .unwrap_or_default();
         d.0.volumes.push(VolumeDisk {
-            volume_id: serial.to_string(),
+            volume_id: serial.replacen("vol", "vol-", 1),
             target: target.to_string(),
             socket: socket.into(),
         });

@@ -18,5 +18,6 @@ pub mod keypairs;
 pub mod metadata;
 pub mod registry;
 pub mod security_groups;
+pub mod snapshots;
 pub mod tags;
 pub mod volumes;

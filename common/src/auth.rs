@@ -209,7 +209,7 @@ pub fn allowed(method: &str, role: Role) -> bool {
         // Nodes fetch images (and Walrus asks the CLC which ones), the CLC
         // reads manifests, the SC stores and reads snapshots.
         ("WalrusInternal", "GetObject" | "HeadObject") => &[Clc, Nc, Sc],
-        ("WalrusInternal", "PutObject") => &[Sc],
+        ("WalrusInternal", "PutObject" | "EnsureSystemBucket" | "DeleteSystemObject") => &[Sc],
         ("WalrusInternal", "ListBuckets" | "DeleteBuckets") => &[Clc],
         ("StorageService", _) => &[Clc, Cc],
         _ => &[],

@@ -50,6 +50,11 @@ pub trait VolumeBackend: Send + Sync + std::fmt::Debug {
     /// A file QEMU can open for volume `id`, when the backend keeps
     /// volumes as files.
     fn local_path(&self, id: &str) -> Option<PathBuf>;
+    /// False when `len` bytes of volume `id` from `offset` surely read as
+    /// zeros (never written: a hole), so snapshots need not read them.
+    fn may_hold_data(&self, _id: &str, _offset: u64, _len: u64) -> Result<bool, BackendError> {
+        Ok(true)
+    }
 }
 
 fn check_range(id: &str, offset: u64, len: u64, size: u64) -> Result<(), BackendError> {
@@ -172,6 +177,19 @@ impl VolumeBackend for FileBackend {
     fn local_path(&self, id: &str) -> Option<PathBuf> {
         Some(self.path(id))
     }
+
+    fn may_hold_data(&self, id: &str, offset: u64, len: u64) -> Result<bool, BackendError> {
+        use std::os::fd::AsRawFd;
+        let f = self.open_file(id, false)?;
+        // The next byte of data at or after `offset`, as the file system
+        // knows it (ENXIO: none before the end).
+        match nix::unistd::lseek(f.as_raw_fd(), offset as i64, nix::unistd::Whence::SeekData) {
+            Ok(next) => Ok((next as u64) < offset + len),
+            Err(nix::errno::Errno::ENXIO) => Ok(false),
+            // A file system that cannot tell: read it.
+            Err(_) => Ok(true),
+        }
+    }
 }
 
 /// Bytes per chunk of [`MemoryBackend`].
@@ -268,6 +286,17 @@ impl VolumeBackend for MemoryBackend {
     fn local_path(&self, _id: &str) -> Option<PathBuf> {
         None
     }
+
+    fn may_hold_data(&self, id: &str, offset: u64, len: u64) -> Result<bool, BackendError> {
+        let v = self.lock();
+        let (_, chunks) = v
+            .get(id)
+            .ok_or_else(|| BackendError::Missing(id.to_string()))?;
+        Ok(chunks
+            .range(offset / CHUNK..=(offset + len.max(1) - 1) / CHUNK)
+            .next()
+            .is_some())
+    }
 }
 
 /// What every backend must do; panics on the first departure.
@@ -305,6 +334,8 @@ pub fn conformance(b: &dyn VolumeBackend) {
         b.read_at(id, u64::MAX, 2),
         Err(BackendError::OutOfRange { .. })
     ));
+    // What was never written may be skipped; what was written may not.
+    assert!(b.may_hold_data(id, at, 1).expect("data"));
     let other = "vol-00000000000000002";
     b.create(other, 4096).expect("create another");
     assert_eq!(b.read_at(other, 0, 4096).expect("read"), vec![0; 4096]);

@@ -119,6 +119,21 @@ impl Exports {
             .ok_or_else(|| ExportError::Server(volume_id.into(), "no file to serve".into()))?;
         let socket = self.socket(volume_id);
         let _ = std::fs::remove_file(&socket);
+        // A server an earlier SC started (and was killed before it could
+        // stop it) goes first.
+        let pid_file = self.dir.join(format!("{volume_id}.pid"));
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "qemu-nbd" && !servers.contains_key(volume_id) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
         let child = Command::new("qemu-nbd")
             .arg(format!("--socket={}", socket.display()))
             .args([
@@ -132,6 +147,9 @@ impl Exports {
             .stdin(std::process::Stdio::null())
             .spawn()
             .map_err(|e| ExportError::Server(volume_id.into(), format!("qemu-nbd: {e}")))?;
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(&pid_file, pid.to_string());
+        }
         servers.insert(volume_id.to_string(), child);
         Ok(())
     }
@@ -180,6 +198,7 @@ impl Exports {
             let _ = child.start_kill();
         }
         let _ = std::fs::remove_file(self.socket(volume_id));
+        let _ = std::fs::remove_file(self.dir.join(format!("{volume_id}.pid")));
         Ok(())
     }
 

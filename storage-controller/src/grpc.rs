@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     exports::{ExportError, Exports},
+    snapshots::{SnapshotError, SnapshotRecord, Snapshots},
     volumes::{VolumeError, VolumeRecord, Volumes},
 };
 
@@ -17,10 +18,7 @@ use crate::{
 pub struct Storage {
     pub volumes: Volumes,
     pub exports: Exports,
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release"))
+    pub snapshots: Snapshots,
 }
 
 impl From<VolumeError> for Status {
@@ -54,6 +52,29 @@ impl From<ExportError> for Status {
     }
 }
 
+impl From<SnapshotError> for Status {
+    fn from(e: SnapshotError) -> Self {
+        match e {
+            SnapshotError::Volume(v) => v.into(),
+            SnapshotError::InvalidId(_) => Status::invalid_argument(e.to_string()),
+            SnapshotError::Missing(_) => Status::not_found(e.to_string()),
+            SnapshotError::Walrus(_) => Status::unavailable(e.to_string()),
+            SnapshotError::Bad(..) | SnapshotError::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+fn snapshot_status(r: &SnapshotRecord) -> SnapshotStatus {
+    SnapshotStatus {
+        snapshot_id: r.snapshot_id.clone(),
+        state: r.state.name().into(),
+        progress: format!("{}%", r.progress),
+        reason: r.reason.clone(),
+        volume_size_gib: r.volume_size_gib,
+        stored_bytes: r.stored_bytes,
+    }
+}
+
 fn status(r: &VolumeRecord) -> VolumeStatus {
     VolumeStatus {
         volume_id: r.volume_id.clone(),
@@ -80,7 +101,12 @@ impl StorageService for Storage {
     ) -> Result<Response<VolumeStatus>, Status> {
         let req = request.into_inner();
         if !req.snapshot_id.is_empty() {
-            return Err(not_yet("CreateVolume from a snapshot"));
+            let r = self
+                .snapshots
+                .create_volume(&req.volume_id, req.size_gib, &req.snapshot_id, &req.walrus)
+                .map_err(Status::from)?;
+            tracing::info!(volume = %r.volume_id, snapshot = %req.snapshot_id, state = r.state.name(), "volume from a snapshot");
+            return Ok(Response::new(status(&r)));
         }
         let volumes = self.volumes.clone();
         let r = blocking(move || volumes.create(&req.volume_id, req.size_gib)).await?;
@@ -144,15 +170,30 @@ impl StorageService for Storage {
 
     async fn create_snapshot(
         &self,
-        _request: Request<CreateSnapshotRequest>,
+        request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<SnapshotStatus>, Status> {
-        Err(not_yet("CreateSnapshot"))
+        let req = request.into_inner();
+        let r = self
+            .snapshots
+            .create(&req.snapshot_id, &req.volume_id, &req.walrus)
+            .map_err(Status::from)?;
+        Ok(Response::new(snapshot_status(&r)))
     }
 
     async fn delete_snapshot(
         &self,
-        _request: Request<SnapshotRef>,
+        request: Request<SnapshotRef>,
     ) -> Result<Response<SnapshotStatus>, Status> {
-        Err(not_yet("DeleteSnapshot"))
+        let req = request.into_inner();
+        self.snapshots
+            .delete(&req.snapshot_id, &req.walrus)
+            .await
+            .map_err(Status::from)?;
+        tracing::info!(snapshot = %req.snapshot_id, "snapshot deleted");
+        Ok(Response::new(SnapshotStatus {
+            snapshot_id: req.snapshot_id,
+            state: "deleted".into(),
+            ..Default::default()
+        }))
     }
 }

@@ -6,4 +6,5 @@ pub mod backend;
 pub mod config;
 pub mod exports;
 pub mod grpc;
+pub mod snapshots;
 pub mod volumes;

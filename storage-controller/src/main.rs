@@ -13,6 +13,7 @@ use storage_controller::{
     config::StorageConfig,
     exports::{self, Exports},
     grpc::Storage,
+    snapshots::Snapshots,
     volumes::Volumes,
 };
 
@@ -52,6 +53,7 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
         started.trust.tls.clone(),
     ));
     tokio::spawn(exports.clone().supervise());
+    let snapshots = Snapshots::open(&store, volumes.clone(), started.trust.clone())?;
     tokio::spawn(report_service_to_clc(
         ReportSettings {
             parent: config.clc.clone(),
@@ -78,6 +80,7 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
             .add_service(StorageServiceServer::new(Storage {
                 volumes: volumes.clone(),
                 exports: exports.clone(),
+                snapshots: snapshots.clone(),
             }))
             .serve_with_incoming_shutdown(incoming, stop)
     })

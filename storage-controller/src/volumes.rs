@@ -22,6 +22,8 @@ pub enum VolumeState {
     Creating,
     Available,
     Deleting,
+    /// Its snapshot could not be restored.
+    Error,
 }
 
 impl VolumeState {
@@ -31,6 +33,7 @@ impl VolumeState {
             Self::Creating => "creating",
             Self::Available => "available",
             Self::Deleting => "deleting",
+            Self::Error => "error",
         }
     }
 }
@@ -42,6 +45,14 @@ pub struct VolumeRecord {
     pub size_gib: u64,
     pub state: VolumeState,
     pub created_ms: i64,
+    /// The snapshot it is made from, if any, and Walrus's address.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    #[serde(default)]
+    pub walrus: String,
+    /// Why it is in error.
+    #[serde(default)]
+    pub reason: String,
 }
 
 impl Record for VolumeRecord {
@@ -87,6 +98,10 @@ impl Volumes {
         };
         for r in v.table.list()? {
             match r.state {
+                VolumeState::Creating if r.snapshot_id.is_some() => {
+                    // Filled again from its snapshot (see `snapshots`).
+                    v.backend.create(&r.volume_id, r.size_gib * GIB)?;
+                }
                 VolumeState::Creating => {
                     v.backend.create(&r.volume_id, r.size_gib * GIB)?;
                     v.table.put(&VolumeRecord {
@@ -100,7 +115,7 @@ impl Volumes {
                     v.table.delete(&r.volume_id)?;
                     tracing::info!(volume = %r.volume_id, "finished a delete a restart interrupted");
                 }
-                VolumeState::Available => {}
+                VolumeState::Available | VolumeState::Error => {}
             }
         }
         Ok(v)
@@ -130,6 +145,9 @@ impl Volumes {
             size_gib,
             state: VolumeState::Creating,
             created_ms: common::time::unix_ms(),
+            snapshot_id: None,
+            walrus: String::new(),
+            reason: String::new(),
         };
         if !self.table.insert_new(&creating)? {
             return match self.get(id)? {
@@ -148,6 +166,61 @@ impl Volumes {
         };
         self.table.put(&available)?;
         Ok(available)
+    }
+
+    /// Makes volume `id` of `size_gib` GiB, empty and `creating`, to be
+    /// filled from `snapshot_id` ([`Volumes::filled`] ends it). Idempotent.
+    pub fn create_from(
+        &self,
+        id: &str,
+        size_gib: u64,
+        snapshot_id: &str,
+        walrus: &str,
+    ) -> Result<VolumeRecord, VolumeError> {
+        if !common::ids::well_formed(id, &["vol"]) {
+            return Err(VolumeError::InvalidId(id.to_string()));
+        }
+        if !(1..=MAX_GIB).contains(&size_gib) {
+            return Err(VolumeError::InvalidSize(size_gib));
+        }
+        let creating = VolumeRecord {
+            volume_id: id.to_string(),
+            size_gib,
+            state: VolumeState::Creating,
+            created_ms: common::time::unix_ms(),
+            snapshot_id: Some(snapshot_id.to_string()),
+            walrus: walrus.to_string(),
+            reason: String::new(),
+        };
+        if !self.table.insert_new(&creating)? {
+            return match self.get(id)? {
+                Some(r) if r.size_gib == size_gib => Ok(r),
+                Some(r) => Err(VolumeError::Conflict {
+                    id: id.to_string(),
+                    have: r.size_gib,
+                }),
+                None => Err(VolumeError::NotFound(id.to_string())),
+            };
+        }
+        self.backend.create(id, size_gib * GIB)?;
+        Ok(creating)
+    }
+
+    /// Ends the filling of volume `id`: available, or in error with `failed`.
+    pub fn filled(&self, id: &str, failed: Option<String>) -> Result<(), VolumeError> {
+        let Some(r) = self.get(id)? else {
+            return Ok(());
+        };
+        self.table.put(&VolumeRecord {
+            state: if failed.is_some() {
+                VolumeState::Error
+            } else {
+                VolumeState::Available
+            },
+            reason: failed.unwrap_or_default(),
+            ..r
+        })?;
+        Ok(())
     }
 
     /// Deletes volume `id` and its data; one not held here is gone already.
@@ -215,6 +288,9 @@ mod tests {
                 size_gib: 1,
                 state: VolumeState::Creating,
                 created_ms: 1,
+                snapshot_id: None,
+                walrus: String::new(),
+                reason: String::new(),
             })
             .expect("put");
         let gone = "vol-0123456789abcdef1";
@@ -225,6 +301,9 @@ mod tests {
                 size_gib: 1,
                 state: VolumeState::Deleting,
                 created_ms: 1,
+                snapshot_id: None,
+                walrus: String::new(),
+                reason: String::new(),
             })
             .expect("put");
         let v = Volumes::open(&store, backend.clone()).expect("open");

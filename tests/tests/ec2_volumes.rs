@@ -11,6 +11,23 @@ use tests::{
 
 const GIB: u64 = 1 << 30;
 
+/// Waits until volume `id` shows `state` (the CLI's waiters poll every
+/// 15 s; this polls faster).
+fn wait_volume(aws: &dyn Fn(&[&str]) -> clients::Run, id: &str, state: &str) {
+    wait_for(&format!("{id} {state}"), Duration::from_secs(60), || {
+        let d = json(&aws(&["ec2", "describe-volumes", "--volume-ids", id]).stdout());
+        (d["Volumes"][0]["State"] == state).then_some(())
+    });
+}
+
+/// Waits until snapshot `id` is completed.
+fn wait_snapshot(aws: &dyn Fn(&[&str]) -> clients::Run, id: &str) {
+    wait_for(&format!("{id} completed"), Duration::from_secs(120), || {
+        let d = json(&aws(&["ec2", "describe-snapshots", "--snapshot-ids", id]).stdout());
+        (d["Snapshots"][0]["State"] == "completed").then_some(())
+    });
+}
+
 fn json(out: &str) -> serde_json::Value {
     if out.trim().is_empty() {
         return serde_json::Value::Null;
@@ -87,11 +104,7 @@ fn volumes_are_made_listed_and_deleted_by_the_storage_controller() {
         .expect_ok(),
     );
     let other_id = other["VolumeId"].as_str().expect("VolumeId").to_string();
-    aws(
-        AwsCli::V2,
-        &["ec2", "wait", "volume-available", "--volume-ids", &other_id],
-    )
-    .expect_ok();
+    wait_volume(&|a: &[&str]| aws(AwsCli::V2, a), &other_id, "available");
 
     // Listed, by id and by filters.
     let listed = v2(&["ec2", "describe-volumes"]);
@@ -279,11 +292,19 @@ print(" ".join(sorted(ids)))
         v2(&["ec2", "delete-volume", "--volume-id", &id]),
         serde_json::Value::Null
     );
+    wait_for("the volume gone", Duration::from_secs(60), || {
+        (!aws(
+            AwsCli::V2,
+            &["ec2", "describe-volumes", "--volume-ids", &id],
+        )
+        .ok())
+        .then_some(())
+    });
     aws(
         AwsCli::V2,
-        &["ec2", "wait", "volume-deleted", "--volume-ids", &id],
+        &["ec2", "describe-volumes", "--volume-ids", &id],
     )
-    .expect_ok();
+    .expect_err("InvalidVolume.NotFound");
     assert!(!volume_file(&id).exists(), "the SC removed its data");
     let left = v2(&["ec2", "describe-volumes"]);
     assert_eq!(left["Volumes"].as_array().map(Vec::len), Some(1), "{left}");
@@ -409,11 +430,9 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
             args.extend(["--user-data", u]);
         }
         let id = aws(&ec2, &args).expect_ok().trim().to_string();
-        aws(
-            &ec2,
-            &["ec2", "wait", "instance-running", "--instance-ids", &id],
-        )
-        .expect_ok();
+        wait_for("the instance running", Duration::from_secs(120), || {
+            (clients::instance_state(&|a| aws(&ec2, a), &id) == "running").then_some(())
+        });
         id
     };
     let node_of = |id: &str| -> String {
@@ -439,11 +458,7 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
         .as_str()
         .expect("VolumeId")
         .to_string();
-    aws(
-        &ec2,
-        &["ec2", "wait", "volume-available", "--volume-ids", &vol],
-    )
-    .expect_ok();
+    wait_volume(&|a: &[&str]| aws(&ec2, a), &vol, "available");
 
     let attached = v2(&[
         "ec2",
@@ -457,11 +472,7 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     ]);
     assert_eq!(attached["State"], "attaching", "{attached}");
     assert_eq!(attached["Device"], "/dev/sdf", "{attached}");
-    aws(
-        &ec2,
-        &["ec2", "wait", "volume-in-use", "--volume-ids", &vol],
-    )
-    .expect_ok();
+    wait_volume(&|a: &[&str]| aws(&ec2, a), &vol, "in-use");
     wait_for("the attachment attached", Duration::from_secs(60), || {
         let d = v2(&["ec2", "describe-volumes", "--volume-ids", &vol]);
         (d["Volumes"][0]["Attachments"][0]["State"] == "attached").then_some(())
@@ -554,15 +565,12 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     // Detached: the guest sees the disk go.
     let detached = v2(&["ec2", "detach-volume", "--volume-id", &vol]);
     assert_eq!(detached["State"], "detaching", "{detached}");
-    aws(
-        &ec2,
-        &["ec2", "wait", "volume-available", "--volume-ids", &vol],
-    )
-    .expect_ok();
+    wait_volume(&|a: &[&str]| aws(&ec2, a), &vol, "available");
     wait_console(&a, "guest a loses the disk", "disk removed vdb");
 
     // Another guest, on the other node, finds the mark.
     let b = launch(None);
+    wait_console(&b, "guest b booted", "GUMTREE-BOOT-OK");
     if node_of(&b) == node_of(&a) {
         eprintln!("note: both guests landed on {}", node_of(&a));
     }
@@ -593,4 +601,231 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
         (d["Volumes"][0]["State"] == "available").then_some(())
     });
     v2(&["ec2", "delete-volume", "--volume-id", &vol]);
+}
+
+#[test]
+fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes: 1,
+        ..Default::default()
+    });
+    wait_for(
+        "walrus and the storage controller ENABLED",
+        Duration::from_secs(30),
+        || {
+            (cloud.service_state("walrus").as_deref() == Some("ENABLED")
+                && cloud.service_state("sc-1").as_deref() == Some("ENABLED")
+                && cloud.service_state("cluster-1").as_deref() == Some("ENABLED"))
+            .then_some(())
+        },
+    );
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-snapshots");
+    fs::create_dir_all(&home).expect("home");
+    let ec2 = cloud.ec2_endpoint();
+    let aws = |args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, &ec2, args);
+    let v2 = |args: &[&str]| json(&aws(args).expect_ok());
+    let sc_volumes = cloud.dir().join("sc-1").join("volumes");
+    let file = |id: &str| sc_volumes.join(format!("{id}.img"));
+    let write_at = |id: &str, at: u64, data: &[u8]| {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(file(id))
+            .expect("volume file");
+        f.write_all_at(data, at).expect("write");
+        f.sync_all().expect("sync");
+    };
+    let read_at = |id: &str, at: u64, len: usize| -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(file(id)).expect("volume file");
+        let mut buf = vec![0; len];
+        f.read_exact_at(&mut buf, at).expect("read");
+        buf
+    };
+    let new_volume = |args: &[&str]| -> String {
+        let mut all = vec!["ec2", "create-volume", "--availability-zone", "zone-1"];
+        all.extend(args);
+        let id = v2(&all)["VolumeId"].as_str().expect("VolumeId").to_string();
+        wait_volume(&aws, &id, "available");
+        id
+    };
+    let snapshot = |vol: &str, description: &str| -> String {
+        let made = v2(&[
+            "ec2",
+            "create-snapshot",
+            "--volume-id",
+            vol,
+            "--description",
+            description,
+            "--tag-specifications",
+            "ResourceType=snapshot,Tags=[{Key=Name,Value=backup}]",
+        ]);
+        assert_eq!(made["State"], "pending", "{made}");
+        assert_eq!(made["VolumeSize"], 1, "{made}");
+        let id = made["SnapshotId"].as_str().expect("SnapshotId").to_string();
+        wait_snapshot(&aws, &id);
+        id
+    };
+    let stored = |snap: &str| -> u64 {
+        let log = fs::read_to_string(cloud.dir().join("sc-1.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("snapshot completed") && l.contains(snap))
+            .find_map(|l| {
+                l.split("stored_bytes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("the SC logs what a snapshot stored")
+    };
+
+    // A 1 GiB volume with 3 MiB of data in it.
+    let vol = new_volume(&["--size", "1"]);
+    let pattern: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 253) as u8).collect();
+    write_at(&vol, 100 << 20, &pattern);
+    let first = snapshot(&vol, "first");
+    assert_eq!(
+        stored(&first),
+        3 << 20,
+        "only the chunks with data are stored"
+    );
+    // 1 MiB changed: the next snapshot stores that chunk alone.
+    write_at(&vol, 101 << 20, &[0xAB; 1 << 20]);
+    let second = snapshot(&vol, "second");
+    assert_eq!(stored(&second), 1 << 20, "an incremental snapshot");
+
+    let listed = v2(&["ec2", "describe-snapshots", "--owner-ids", "self"]);
+    assert_eq!(
+        listed["Snapshots"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    let filtered = v2(&[
+        "ec2",
+        "describe-snapshots",
+        "--filters",
+        "Name=description,Values=sec*",
+        "Name=tag:Name,Values=backup",
+    ]);
+    assert_eq!(
+        filtered["Snapshots"][0]["SnapshotId"],
+        second.as_str(),
+        "{filtered}"
+    );
+    assert_eq!(filtered["Snapshots"][0]["Progress"], "100%", "{filtered}");
+
+    // A volume from the first snapshot holds the first data, at any size
+    // from the snapshot's up; smaller is refused.
+    aws(&[
+        "ec2",
+        "create-volume",
+        "--availability-zone",
+        "zone-1",
+        "--snapshot-id",
+        &first,
+        "--size",
+        "0",
+    ])
+    .expect_err("InvalidParameterValue");
+    let restored = new_volume(&["--snapshot-id", &first, "--size", "2"]);
+    let described = v2(&["ec2", "describe-volumes", "--volume-ids", &restored]);
+    assert_eq!(
+        described["Volumes"][0]["SnapshotId"],
+        first.as_str(),
+        "{described}"
+    );
+    assert_eq!(described["Volumes"][0]["Size"], 2, "{described}");
+    assert_eq!(read_at(&restored, 100 << 20, 3 << 20), pattern);
+    assert_eq!(read_at(&restored, 0, 4096), vec![0; 4096]);
+    let by_snapshot = v2(&[
+        "ec2",
+        "describe-volumes",
+        "--filters",
+        &format!("Name=snapshot-id,Values={first}"),
+    ]);
+    assert_eq!(by_snapshot["Volumes"].as_array().map(Vec::len), Some(1));
+
+    // Another account: none of it, until it may make volumes from one.
+    let (key, secret) = cloud.new_account("other");
+    let theirs = Credentials::new((key, secret));
+    let as_other = |args: &[&str]| clients::aws(AwsCli::V2, &theirs, &home, &ec2, args);
+    let seen = json(&as_other(&["ec2", "describe-snapshots"]).expect_ok());
+    assert_eq!(seen["Snapshots"], serde_json::json!([]), "{seen}");
+    as_other(&[
+        "ec2",
+        "create-volume",
+        "--availability-zone",
+        "zone-1",
+        "--snapshot-id",
+        &second,
+    ])
+    .expect_err("InvalidSnapshot.NotFound");
+    let other_id = json(&as_other(&["sts", "get-caller-identity"]).stdout())["Account"]
+        .as_str()
+        .map(str::to_string);
+    let other_id = match other_id {
+        Some(id) => id,
+        None => cloud
+            .admin_json(&["describe-accounts"])
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == "other"))
+            .and_then(|x| x["account_id"].as_str())
+            .expect("other's id")
+            .to_string(),
+    };
+    aws(&[
+        "ec2",
+        "modify-snapshot-attribute",
+        "--snapshot-id",
+        &second,
+        "--attribute",
+        "createVolumePermission",
+        "--operation-type",
+        "add",
+        "--user-ids",
+        &other_id,
+    ])
+    .expect_ok();
+    let attr = v2(&[
+        "ec2",
+        "describe-snapshot-attribute",
+        "--snapshot-id",
+        &second,
+        "--attribute",
+        "createVolumePermission",
+    ]);
+    assert_eq!(
+        attr["CreateVolumePermissions"][0]["UserId"],
+        other_id.as_str(),
+        "{attr}"
+    );
+    let shared = json(
+        &as_other(&[
+            "ec2",
+            "create-volume",
+            "--availability-zone",
+            "zone-1",
+            "--snapshot-id",
+            &second,
+        ])
+        .expect_ok(),
+    );
+    let shared_id = shared["VolumeId"].as_str().expect("VolumeId").to_string();
+    wait_volume(&as_other, &shared_id, "available");
+    assert_eq!(read_at(&shared_id, 101 << 20, 1 << 20), vec![0xAB; 1 << 20]);
+    as_other(&["ec2", "delete-snapshot", "--snapshot-id", &second])
+        .expect_err("InvalidSnapshot.NotFound");
+
+    // Deleted: gone, and the chunks only it held with it; the first
+    // snapshot still makes whole volumes.
+    aws(&["ec2", "delete-snapshot", "--snapshot-id", &second]).expect_ok();
+    aws(&["ec2", "describe-snapshots", "--snapshot-ids", &second])
+        .expect_err("InvalidSnapshot.NotFound");
+    aws(&["ec2", "delete-snapshot", "--snapshot-id", "snap-bad"])
+        .expect_err("InvalidSnapshotID.Malformed");
+    let again = new_volume(&["--snapshot-id", &first]);
+    assert_eq!(read_at(&again, 100 << 20, 3 << 20), pattern);
 }

@@ -306,4 +306,66 @@ impl WalrusInternal for Internal {
         }
         Ok(Response::new(proto::BucketNames { names: buckets }))
     }
+
+    async fn ensure_system_bucket(
+        &self,
+        request: Request<proto::ObjectRef>,
+    ) -> Result<Response<proto::ObjectRef>, Status> {
+        let r = request.into_inner();
+        if !r.bucket.starts_with(SYSTEM_PREFIX) {
+            return Err(Status::invalid_argument(format!(
+                "system buckets are named {SYSTEM_PREFIX}*"
+            )));
+        }
+        match self.objects.bucket(&r.bucket).map_err(internal)? {
+            Some(b) if b.owner_id == SYSTEM_OWNER => {}
+            Some(_) => {
+                return Err(Status::already_exists(format!(
+                    "bucket {} belongs to an account",
+                    r.bucket
+                )))
+            }
+            None => {
+                self.objects
+                    .create_bucket(&crate::objects::Bucket {
+                        name: r.bucket.clone(),
+                        owner_id: SYSTEM_OWNER.into(),
+                        owner_name: SYSTEM_OWNER.into(),
+                        created_ms: time::unix_ms(),
+                        location: String::new(),
+                        acl: "private".into(),
+                    })
+                    .map_err(internal)?;
+                tracing::info!(bucket = %r.bucket, "system bucket made");
+            }
+        }
+        Ok(Response::new(r))
+    }
+
+    async fn delete_system_object(
+        &self,
+        request: Request<proto::ObjectRef>,
+    ) -> Result<Response<proto::ObjectRef>, Status> {
+        let r = request.into_inner();
+        match self.objects.bucket(&r.bucket).map_err(internal)? {
+            Some(b) if b.owner_id == SYSTEM_OWNER => {}
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "{} is no system bucket",
+                    r.bucket
+                )))
+            }
+        }
+        self.objects
+            .delete_object(&r.bucket, &r.key)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(r))
+    }
 }
+
+/// System buckets (snapshots) are named so: a name S3 refuses, so no
+/// account can make or reach one.
+pub const SYSTEM_PREFIX: &str = "gumtree_";
+/// The owner of system buckets: no account's id.
+pub const SYSTEM_OWNER: &str = "gumtree-system";

@@ -13,6 +13,7 @@ use crate::{
     keypairs::KeyPair,
     metadata::private_dns,
     security_groups::{Rule, SecurityGroup},
+    snapshots::SnapshotRecord,
     tags::Tag,
     volumes::VolumeRecord,
 };
@@ -753,6 +754,111 @@ impl Cloud {
             if kept.len() > max {
                 kept.truncate(max);
                 next_token = kept.last().map(|v| v.item.volume_id.clone());
+            }
+        }
+        Ok(Page {
+            items: kept,
+            next_token,
+        })
+    }
+}
+
+/// A DescribeSnapshots query.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotQuery {
+    pub account_id: String,
+    pub ids: Vec<String>,
+    /// Owner account ids, or `self`.
+    pub owners: Vec<String>,
+    /// Accounts (or `self`) that must be able to make volumes from them.
+    pub restorable_by: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub paging: Paging,
+}
+
+impl Cloud {
+    /// DescribeSnapshots: the snapshots the account owns or may make
+    /// volumes from, in id order.
+    pub fn describe_snapshots(&self, q: SnapshotQuery) -> Result<Page<SnapshotRecord>, CoreError> {
+        if q.paging.max.is_some() && !q.ids.is_empty() {
+            return Err(CoreError::Combination(
+                "The parameter snapshotSet cannot be used with the parameter maxResults".into(),
+            ));
+        }
+        let me = q.account_id.as_str();
+        let mut snapshots: Vec<SnapshotRecord> = if q.ids.is_empty() {
+            self.snapshots
+                .list()?
+                .into_iter()
+                .filter(|s| s.restorable_by(me))
+                .collect()
+        } else {
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for id in &q.ids {
+                if !IdKind::Snapshot.well_formed(id) {
+                    return Err(CoreError::Malformed {
+                        kind: IdKind::Snapshot,
+                        id: id.clone(),
+                    });
+                }
+                match self.snapshots.get(id)? {
+                    Some(s) if s.restorable_by(me) => found.push(s),
+                    _ => missing.push(id.clone()),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(CoreError::NotFound {
+                    kind: IdKind::Snapshot,
+                    ids: missing,
+                });
+            }
+            found
+        };
+        snapshots.retain(|s| {
+            q.owners.is_empty()
+                || q.owners
+                    .iter()
+                    .any(|o| (o == "self" && s.account_id == me) || *o == s.account_id)
+        });
+        snapshots.retain(|s| {
+            q.restorable_by.is_empty()
+                || q.restorable_by.iter().any(|r| match r.as_str() {
+                    "self" => s.restorable_by(me),
+                    other => s.restorable_by(other),
+                })
+        });
+        snapshots.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        snapshots.dedup_by(|a, b| a.snapshot_id == b.snapshot_id);
+        if let Some(token) = &q.paging.token {
+            snapshots.retain(|s| &s.snapshot_id > token);
+        }
+        // Tags as the caller set them.
+        let mut tags = self.tags_by_resource(me)?;
+        let mut kept = select(
+            snapshots,
+            &mut tags,
+            &q.filters,
+            "DescribeSnapshots",
+            |s| &s.snapshot_id,
+            |s, name| match name {
+                "snapshot-id" => one(&s.snapshot_id),
+                "volume-id" => one(&s.volume_id),
+                "status" => one(s.state.name()),
+                "owner-id" => one(&s.account_id),
+                "progress" => one(&s.progress),
+                "volume-size" => one(&s.volume_size_gib.to_string()),
+                "start-time" => one(&common::time::iso8601_ms(s.start_ms)),
+                "description" => one(&s.description),
+                "encrypted" => one("false"),
+                _ => None,
+            },
+        )?;
+        let mut next_token = None;
+        if let Some(max) = q.paging.max {
+            if kept.len() > max {
+                kept.truncate(max);
+                next_token = kept.last().map(|s| s.item.snapshot_id.clone());
             }
         }
         Ok(Page {

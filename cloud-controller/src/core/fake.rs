@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 use proto::{GroupMembers, InstanceFirewall, InstanceSpec};
 
 use super::cluster::{ClusterApi, ClusterError, ClusterInfo, NotStarted, Placement, Power};
-use super::storage::{StorageApi, StorageError};
+use super::storage::{SnapshotProgress, StorageApi, StorageError};
 use crate::instances::InstanceType;
 
 /// One fake cluster (zone `zone-1`, named `cluster-1`).
@@ -356,6 +356,8 @@ struct FakeStorageState {
     volumes: BTreeMap<String, u64>,
     /// Volume id to the node it is exported to.
     exports: BTreeMap<String, String>,
+    /// Snapshot id to its volume's size.
+    snapshots: BTreeMap<String, u64>,
     /// No SC serves the zone.
     down: bool,
     /// The SC serves the zone but its calls fail.
@@ -411,8 +413,52 @@ impl StorageApi for FakeStorage {
         !s.down && zone == "zone-1"
     }
 
-    async fn create_volume(&self, zone: &str, id: &str, size_gib: u64) -> Result<(), StorageError> {
-        self.call(zone)?.volumes.insert(id.to_string(), size_gib);
+    async fn create_volume(
+        &self,
+        zone: &str,
+        id: &str,
+        size_gib: u64,
+        from: Option<(&str, &str)>,
+    ) -> Result<String, StorageError> {
+        let mut s = self.call(zone)?;
+        if let Some((snap, _)) = from {
+            if !s.snapshots.contains_key(snap) {
+                return Err(StorageError::Refused(format!("no snapshot {snap}")));
+            }
+        }
+        s.volumes.insert(id.to_string(), size_gib);
+        Ok("available".into())
+    }
+
+    async fn create_snapshot(
+        &self,
+        zone: &str,
+        id: &str,
+        volume_id: &str,
+        _walrus: &str,
+    ) -> Result<SnapshotProgress, StorageError> {
+        let mut s = self.call(zone)?;
+        let size = *s
+            .volumes
+            .get(volume_id)
+            .ok_or_else(|| StorageError::Refused(format!("no volume {volume_id}")))?;
+        s.snapshots.insert(id.to_string(), size);
+        Ok(SnapshotProgress {
+            state: "completed".into(),
+            progress: "100%".into(),
+            reason: String::new(),
+            volume_size_gib: size,
+            stored_bytes: 0,
+        })
+    }
+
+    async fn delete_snapshot(
+        &self,
+        zone: &str,
+        id: &str,
+        _walrus: &str,
+    ) -> Result<(), StorageError> {
+        self.call(zone)?.snapshots.remove(id);
         Ok(())
     }
 

@@ -19,6 +19,7 @@
 //! - [`keypairs`]: key pairs, made here or imported.
 //! - [`accounts`]: deleting and purging accounts.
 //! - [`upkeep`]: the background reconciliations (unknown guests, liveness).
+//! - [`snapshots`]: EBS snapshots, written into Walrus by the SC.
 //! - [`volumes`]: EBS volumes, made and deleted by the zone's storage
 //!   controller ([`StorageApi`], over gRPC in [`storage`]).
 //! - [`cluster`]: how the core calls the clusters below ([`ClusterApi`]),
@@ -36,6 +37,7 @@ pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
 pub mod security_groups;
+pub mod snapshots;
 pub mod storage;
 pub mod tags;
 pub mod upkeep;
@@ -67,6 +69,7 @@ pub struct Cloud {
     pub addresses: Arc<crate::addresses::Addresses>,
     pub tags: Arc<crate::tags::Tags>,
     pub volumes: Arc<crate::volumes::Volumes>,
+    pub snapshots: Arc<crate::snapshots::Snapshots>,
     /// Guests nodes report that the cloud has no record of (or only a
     /// terminated one), and what the policy did about them.
     pub unknown_guests: Arc<std::sync::Mutex<UnknownGuests>>,
@@ -175,6 +178,7 @@ impl Cloud {
         });
         Ok(Self {
             volumes: Arc::new(crate::volumes::Volumes::open(store)?),
+            snapshots: Arc::new(crate::snapshots::Snapshots::open(store)?),
             storage,
             instances: Arc::new(crate::instances::Instances::open(store)?),
             images: Arc::new(crate::images::Images::open(store)?),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use common::{pki::Role, rpc::Trust, time};
 use proto::{
-    storage_service_client::StorageServiceClient, CreateVolumeRequest, ExportVolumeRequest,
-    ServiceState, VolumeRef,
+    storage_service_client::StorageServiceClient, CreateSnapshotRequest, CreateVolumeRequest,
+    ExportVolumeRequest, ServiceState, SnapshotRef, VolumeRef,
 };
 use tonic::Code;
 
@@ -27,13 +27,45 @@ pub enum StorageError {
     Failed(String),
 }
 
+/// How far a snapshot is, as its storage controller says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// `pending`, `completed` or `error`.
+    pub state: String,
+    /// `0%` to `100%`.
+    pub progress: String,
+    pub reason: String,
+    pub volume_size_gib: u64,
+    pub stored_bytes: u64,
+}
+
 /// The storage controllers, as the core calls them.
 #[tonic::async_trait]
 pub trait StorageApi: Send + Sync + std::fmt::Debug {
     /// True when an ENABLED storage controller serves `zone`.
     fn serves(&self, zone: &str) -> bool;
-    /// Makes volume `id` of `size_gib` GiB in `zone`; idempotent.
-    async fn create_volume(&self, zone: &str, id: &str, size_gib: u64) -> Result<(), StorageError>;
+    /// Makes volume `id` of `size_gib` GiB in `zone`, empty or from a
+    /// snapshot (its id and Walrus's address); idempotent, so asked again it
+    /// answers how far it is: `creating`, `available` or `error`.
+    async fn create_volume(
+        &self,
+        zone: &str,
+        id: &str,
+        size_gib: u64,
+        from: Option<(&str, &str)>,
+    ) -> Result<String, StorageError>;
+    /// Starts (or, asked again, reports on) snapshot `id` of `volume_id`
+    /// into the Walrus at `walrus`.
+    async fn create_snapshot(
+        &self,
+        zone: &str,
+        id: &str,
+        volume_id: &str,
+        walrus: &str,
+    ) -> Result<SnapshotProgress, StorageError>;
+    /// Deletes snapshot `id` from Walrus; idempotent.
+    async fn delete_snapshot(&self, zone: &str, id: &str, walrus: &str)
+        -> Result<(), StorageError>;
     /// Deletes volume `id` in `zone` and its data; idempotent.
     async fn delete_volume(&self, zone: &str, id: &str) -> Result<(), StorageError>;
     /// Exports volume `id` to node `node`; returns how the node reaches it.
@@ -99,12 +131,63 @@ impl StorageApi for GrpcStorage {
         self.endpoint(zone).is_some()
     }
 
-    async fn create_volume(&self, zone: &str, id: &str, size_gib: u64) -> Result<(), StorageError> {
-        self.client(zone)?
+    async fn create_volume(
+        &self,
+        zone: &str,
+        id: &str,
+        size_gib: u64,
+        from: Option<(&str, &str)>,
+    ) -> Result<String, StorageError> {
+        let (snapshot_id, walrus) = from.unwrap_or_default();
+        let reply = self
+            .client(zone)?
             .create_volume(CreateVolumeRequest {
                 volume_id: id.to_string(),
                 size_gib,
-                snapshot_id: String::new(),
+                snapshot_id: snapshot_id.to_string(),
+                walrus: walrus.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(zone, s))?;
+        Ok(reply.into_inner().state)
+    }
+
+    async fn create_snapshot(
+        &self,
+        zone: &str,
+        id: &str,
+        volume_id: &str,
+        walrus: &str,
+    ) -> Result<SnapshotProgress, StorageError> {
+        let s = self
+            .client(zone)?
+            .create_snapshot(CreateSnapshotRequest {
+                snapshot_id: id.to_string(),
+                volume_id: volume_id.to_string(),
+                walrus: walrus.to_string(),
+            })
+            .await
+            .map_err(|s| from_status(zone, s))?
+            .into_inner();
+        Ok(SnapshotProgress {
+            state: s.state,
+            progress: s.progress,
+            reason: s.reason,
+            volume_size_gib: s.volume_size_gib,
+            stored_bytes: s.stored_bytes,
+        })
+    }
+
+    async fn delete_snapshot(
+        &self,
+        zone: &str,
+        id: &str,
+        walrus: &str,
+    ) -> Result<(), StorageError> {
+        self.client(zone)?
+            .delete_snapshot(SnapshotRef {
+                snapshot_id: id.to_string(),
+                walrus: walrus.to_string(),
             })
             .await
             .map_err(|s| from_status(zone, s))?;

@@ -42,6 +42,10 @@ impl Cloud {
                 self.own_volume(account_id, id)?;
                 Ok("volume")
             }
+            "snap" => {
+                self.own_snapshot(account_id, id)?;
+                Ok("snapshot")
+            }
             "sg" => {
                 self.own_group(account_id, Some(id), None)?;
                 Ok("security-group")

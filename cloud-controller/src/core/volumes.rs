@@ -72,20 +72,25 @@ impl Cloud {
                 why: "This cloud offers the volume types standard and gp2.".into(),
             });
         }
-        if let Some(snapshot) = &req.snapshot_id {
-            if !IdKind::Snapshot.well_formed(snapshot) {
-                return Err(CoreError::Malformed {
-                    kind: IdKind::Snapshot,
-                    id: snapshot.clone(),
-                });
+        let snapshot = match &req.snapshot_id {
+            Some(id) => Some(self.restorable_snapshot(&req.account_id, id)?),
+            None => None,
+        };
+        let size_gib = match (&snapshot, req.size_gib) {
+            (Some(s), Some(size)) if size < s.volume_size_gib => {
+                return Err(CoreError::InvalidValue {
+                    param: "Size",
+                    value: size.to_string(),
+                    why: format!(
+                        "The volume size is invalid for the snapshot: it is {} GiB.",
+                        s.volume_size_gib
+                    ),
+                })
             }
-            // No snapshot exists yet in this cloud.
-            return Err(CoreError::NotFound {
-                kind: IdKind::Snapshot,
-                ids: vec![snapshot.clone()],
-            });
-        }
-        let size_gib = req.size_gib.ok_or(CoreError::Missing("Size"))?;
+            (Some(s), None) => s.volume_size_gib,
+            (_, Some(size)) => size,
+            (None, None) => return Err(CoreError::Missing("Size")),
+        };
         let max = max_gib(&volume_type);
         if !(1..=max).contains(&size_gib) {
             return Err(CoreError::InvalidValue {
@@ -130,7 +135,7 @@ impl Cloud {
             account_id: req.account_id.clone(),
             zone: req.zone.clone(),
             size_gib,
-            snapshot_id: None,
+            snapshot_id: snapshot.map(|s| s.snapshot_id),
             volume_type,
             state: VolumeState::Creating,
             created_ms: common::time::unix_ms(),
@@ -211,11 +216,23 @@ impl Cloud {
             return;
         };
         let outcome = match v.state {
-            VolumeState::Creating => self
-                .storage
-                .create_volume(&v.zone, id, v.size_gib)
-                .await
-                .map(|()| Some(VolumeState::Available)),
+            VolumeState::Creating => {
+                let walrus = self.registry.known_walrus().unwrap_or_default();
+                let from = v.snapshot_id.as_deref().map(|s| (s, walrus.as_str()));
+                match self
+                    .storage
+                    .create_volume(&v.zone, id, v.size_gib, from)
+                    .await
+                {
+                    Ok(state) if state == "available" => Ok(Some(VolumeState::Available)),
+                    Ok(state) if state == "error" => Err(StorageError::Refused(
+                        "the storage controller could not make it".into(),
+                    )),
+                    // Still being filled from its snapshot: asked again later.
+                    Ok(_) => return,
+                    Err(e) => Err(e),
+                }
+            }
             VolumeState::Deleting => self.storage.delete_volume(&v.zone, id).await.map(|()| None),
             _ => return,
         };
@@ -248,6 +265,7 @@ impl Cloud {
     pub async fn finish_volumes(self, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
+            self.follow_snapshots().await;
             let pending = match self.volumes.list() {
                 Ok(all) => all,
                 Err(e) => {

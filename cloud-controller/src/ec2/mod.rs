@@ -15,6 +15,7 @@ pub mod keypairs;
 pub mod params;
 pub mod regions;
 pub mod security_groups;
+pub mod snapshots;
 pub mod tags;
 pub mod volumes;
 pub mod xml;
@@ -285,6 +286,12 @@ impl Ec2 {
             "DescribeVolumeStatus" => volumes::describe_volume_status(self, call),
             "DescribeVolumeAttribute" => volumes::describe_volume_attribute(self, call),
             "ModifyVolumeAttribute" => volumes::modify_volume_attribute(self, call),
+            "CreateSnapshot" => snapshots::create_snapshot(self, call).await,
+            "DeleteSnapshot" => snapshots::delete_snapshot(self, call).await,
+            "DescribeSnapshots" => snapshots::describe_snapshots(self, call),
+            "DescribeSnapshotAttribute" => snapshots::describe_snapshot_attribute(self, call),
+            "ModifySnapshotAttribute" => snapshots::modify_snapshot_attribute(self, call),
+            "ResetSnapshotAttribute" => snapshots::reset_snapshot_attribute(self, call),
             "CreateTags" => tags::create_tags(self, call),
             "DeleteTags" => tags::delete_tags(self, call),
             "DescribeTags" => tags::describe_tags(self, call),

@@ -135,7 +135,13 @@ pub fn specified(
             out.extend(tags);
         } else if !matches!(
             kind,
-            "instance" | "volume" | "network-interface" | "image" | "key-pair" | "security-group"
+            "instance"
+                | "volume"
+                | "snapshot"
+                | "network-interface"
+                | "image"
+                | "key-pair"
+                | "security-group"
         ) {
             return Err(Ec2Error::invalid_value(
                 "ResourceType",

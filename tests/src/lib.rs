@@ -2,6 +2,7 @@
 //! [`clients`] runs the real clients against them.
 
 pub mod clients;
+pub mod ec2client;
 pub mod harness;
 pub mod node;
 pub mod rawhttp;

@@ -174,6 +174,9 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     fn attach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError>;
     /// Removes a device (`<disk>` XML) from domain `name`.
     fn detach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError>;
+    /// True while domain `name` has a disk with serial `serial` (a detach
+    /// ends once the guest lets go).
+    fn has_disk(&self, name: &str, serial: &str) -> Result<bool, HypervisorError>;
 }
 
 /// libvirt, through one connection.
@@ -254,6 +257,11 @@ impl Hypervisor for Libvirt {
             let d = c.lookup_domain_by_name(name)?;
             d.detach_device_flags(xml, affect(&d)?)
         })
+    }
+
+    fn has_disk(&self, name: &str, serial: &str) -> Result<bool, HypervisorError> {
+        let xml = self.with(|c| c.lookup_domain_by_name(name)?.xml_desc(0))?;
+        Ok(xml.contains(&format!("<serial>{}</serial>", esc(serial))))
     }
 
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
@@ -388,6 +396,17 @@ impl Hypervisor for Fake {
             socket: socket.into(),
         });
         Ok(())
+    }
+
+    fn has_disk(&self, name: &str, serial: &str) -> Result<bool, HypervisorError> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let d = domains
+            .get(name)
+            .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
+        Ok(d.0
+            .volumes
+            .iter()
+            .any(|v| volume_serial(&v.volume_id) == serial))
     }
 
     fn detach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError> {

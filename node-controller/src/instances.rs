@@ -504,12 +504,40 @@ impl Instances {
                 socket: relays.socket(volume_id),
             });
             let name = id.to_string();
+            let serial = crate::hypervisor::volume_serial(volume_id);
             match self.blocking(move |hv| hv.detach_device(&name, &xml)).await {
                 Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {}
                 Err(e) if force => {
                     tracing::warn!(instance_id = %id, volume = %volume_id, error = %e, "forced detach: the guest did not let go");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Gone already (an earlier request the guest honoured late).
+                    let (name, serial) = (id.to_string(), serial.clone());
+                    if !matches!(
+                        self.blocking(move |hv| hv.has_disk(&name, &serial)).await,
+                        Ok(false)
+                    ) {
+                        return Err(e);
+                    }
+                }
+            }
+            // The guest lets go of a hot-plugged disk in its own time; the
+            // volume is free only once it has (or when forced).
+            let mut released = false;
+            for _ in 0..100 {
+                let (name, serial) = (id.to_string(), serial.clone());
+                match self.blocking(move |hv| hv.has_disk(&name, &serial)).await {
+                    Ok(true) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    Ok(false) | Err(_) => {
+                        released = true;
+                        break;
+                    }
+                }
+            }
+            if !released && !force {
+                return Err(InstanceError::Volume(format!(
+                    "the guest has not released {volume_id} yet"
+                )));
             }
             relays.stop(volume_id);
         }

@@ -181,6 +181,22 @@ impl Exports {
         Ok(format!("nbd+tls://{}/{volume_id}", self.endpoint))
     }
 
+    /// Waits (up to 10 s) until the server of `volume_id` listens: a node
+    /// told about the export right away must find it served.
+    pub async fn served(&self, volume_id: &str) -> Result<(), ExportError> {
+        let socket = self.socket(volume_id);
+        for _ in 0..1000 {
+            if UnixStream::connect(&socket).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(ExportError::Server(
+            volume_id.into(),
+            "qemu-nbd did not start listening".into(),
+        ))
+    }
+
     /// Ends the export of `volume_id` (to `node`, or any node when empty).
     pub fn unexport(&self, volume_id: &str, node: &str) -> Result<(), ExportError> {
         match self.table.get(&volume_id.to_string())? {

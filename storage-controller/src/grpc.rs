@@ -144,6 +144,10 @@ impl StorageService for Storage {
             .exports
             .export(&req.volume_id, &req.node_name)
             .map_err(Status::from)?;
+        self.exports
+            .served(&req.volume_id)
+            .await
+            .map_err(Status::from)?;
         tracing::info!(volume = %req.volume_id, node = %req.node_name, "volume exported");
         Ok(Response::new(VolumeExport {
             volume_id: req.volume_id,

@@ -131,9 +131,16 @@ impl Volumes {
         Ok(self.table.list()?)
     }
 
-    /// Makes volume `id` of `size_gib` GiB, empty. Idempotent: the same
+    /// Checks the id and size, records volume `id` `creating` (from
+    /// `snapshot`, with Walrus's address, when given) and makes its empty
+    /// data. `Ok(Err(record))` when it was recorded already: the same
     /// request again answers the volume as it is.
-    pub fn create(&self, id: &str, size_gib: u64) -> Result<VolumeRecord, VolumeError> {
+    fn begin_create(
+        &self,
+        id: &str,
+        size_gib: u64,
+        snapshot: Option<(&str, &str)>,
+    ) -> Result<Result<VolumeRecord, VolumeRecord>, VolumeError> {
         if !common::ids::well_formed(id, &["vol"]) {
             return Err(VolumeError::InvalidId(id.to_string()));
         }
@@ -145,13 +152,13 @@ impl Volumes {
             size_gib,
             state: VolumeState::Creating,
             created_ms: common::time::unix_ms(),
-            snapshot_id: None,
-            walrus: String::new(),
+            snapshot_id: snapshot.map(|(s, _)| s.to_string()),
+            walrus: snapshot.map(|(_, w)| w.to_string()).unwrap_or_default(),
             reason: String::new(),
         };
         if !self.table.insert_new(&creating)? {
             return match self.get(id)? {
-                Some(r) if r.size_gib == size_gib => Ok(r),
+                Some(r) if r.size_gib == size_gib => Ok(Err(r)),
                 Some(r) => Err(VolumeError::Conflict {
                     id: id.to_string(),
                     have: r.size_gib,
@@ -160,6 +167,16 @@ impl Volumes {
             };
         }
         self.backend.create(id, size_gib * GIB)?;
+        Ok(Ok(creating))
+    }
+
+    /// Makes volume `id` of `size_gib` GiB, empty. Idempotent: the same
+    /// request again answers the volume as it is.
+    pub fn create(&self, id: &str, size_gib: u64) -> Result<VolumeRecord, VolumeError> {
+        let creating = match self.begin_create(id, size_gib, None)? {
+            Ok(new) => new,
+            Err(existing) => return Ok(existing),
+        };
         let available = VolumeRecord {
             state: VolumeState::Available,
             ..creating
@@ -177,33 +194,9 @@ impl Volumes {
         snapshot_id: &str,
         walrus: &str,
     ) -> Result<VolumeRecord, VolumeError> {
-        if !common::ids::well_formed(id, &["vol"]) {
-            return Err(VolumeError::InvalidId(id.to_string()));
-        }
-        if !(1..=MAX_GIB).contains(&size_gib) {
-            return Err(VolumeError::InvalidSize(size_gib));
-        }
-        let creating = VolumeRecord {
-            volume_id: id.to_string(),
-            size_gib,
-            state: VolumeState::Creating,
-            created_ms: common::time::unix_ms(),
-            snapshot_id: Some(snapshot_id.to_string()),
-            walrus: walrus.to_string(),
-            reason: String::new(),
-        };
-        if !self.table.insert_new(&creating)? {
-            return match self.get(id)? {
-                Some(r) if r.size_gib == size_gib => Ok(r),
-                Some(r) => Err(VolumeError::Conflict {
-                    id: id.to_string(),
-                    have: r.size_gib,
-                }),
-                None => Err(VolumeError::NotFound(id.to_string())),
-            };
-        }
-        self.backend.create(id, size_gib * GIB)?;
-        Ok(creating)
+        Ok(self
+            .begin_create(id, size_gib, Some((snapshot_id, walrus)))?
+            .unwrap_or_else(|existing| existing))
     }
 
     /// Ends the filling of volume `id`: available, or in error with `failed`.

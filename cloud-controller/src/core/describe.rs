@@ -131,6 +131,48 @@ fn select<T>(
     Ok(kept)
 }
 
+/// The resources `ids` name, each looked up by `lookup`; the ids of every
+/// one not found go into one `NotFound` of `kind` (other errors at once).
+fn named<T>(
+    ids: &[String],
+    kind: IdKind,
+    mut lookup: impl FnMut(&str) -> Result<T, CoreError>,
+) -> Result<Vec<T>, CoreError> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for id in ids {
+        match lookup(id) {
+            Ok(t) => found.push(t),
+            Err(CoreError::NotFound { .. }) => missing.push(id.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(CoreError::NotFound { kind, ids: missing });
+    }
+    Ok(found)
+}
+
+/// The first `max` of `kept` (in id order, past any token already), with
+/// the last one's id as the next page's token when more remain.
+fn first_page<T>(
+    mut kept: Vec<Tagged<T>>,
+    max: Option<usize>,
+    id_of: impl Fn(&T) -> &str,
+) -> Page<T> {
+    let mut next_token = None;
+    if let Some(max) = max {
+        if kept.len() > max {
+            kept.truncate(max);
+            next_token = kept.last().map(|t| id_of(&t.item).to_string());
+        }
+    }
+    Page {
+        items: kept,
+        next_token,
+    }
+}
+
 fn one(s: &str) -> Option<Vec<String>> {
     Some(vec![s.to_string()])
 }
@@ -380,22 +422,7 @@ impl Cloud {
                 .filter(|i| i.launchable_by(me))
                 .collect()
         } else {
-            let mut found = Vec::new();
-            let mut missing = Vec::new();
-            for id in &q.ids {
-                match self.visible_image(me, id) {
-                    Ok(i) => found.push(i),
-                    Err(CoreError::NotFound { .. }) => missing.push(id.clone()),
-                    Err(e) => return Err(e),
-                }
-            }
-            if !missing.is_empty() {
-                return Err(CoreError::NotFound {
-                    kind: IdKind::Image,
-                    ids: missing,
-                });
-            }
-            found
+            named(&q.ids, IdKind::Image, |id| self.visible_image(me, id))?
         };
         images.retain(|i| {
             q.owners.is_empty()
@@ -419,7 +446,7 @@ impl Cloud {
             images.retain(|i| &i.image_id > token);
         }
         let mut tags = self.tags_by_resource(me)?;
-        let mut kept = select(
+        let kept = select(
             images,
             &mut tags,
             &q.filters,
@@ -443,17 +470,7 @@ impl Cloud {
                 _ => None,
             },
         )?;
-        let mut next_token = None;
-        if let Some(max) = q.paging.max {
-            if kept.len() > max {
-                kept.truncate(max);
-                next_token = kept.last().map(|i| i.item.image_id.clone());
-            }
-        }
-        Ok(Page {
-            items: kept,
-            next_token,
-        })
+        Ok(first_page(kept, q.paging.max, |x| &x.image_id))
     }
 
     /// DescribeTags: the account's tags, by resource id and key. Tags of
@@ -695,22 +712,9 @@ impl Cloud {
         let mut volumes = if q.ids.is_empty() {
             self.volumes.of(&q.account_id)?
         } else {
-            let mut found = Vec::new();
-            let mut missing = Vec::new();
-            for id in &q.ids {
-                match self.own_volume(&q.account_id, id) {
-                    Ok(v) => found.push(v),
-                    Err(CoreError::NotFound { .. }) => missing.push(id.clone()),
-                    Err(e) => return Err(e),
-                }
-            }
-            if !missing.is_empty() {
-                return Err(CoreError::NotFound {
-                    kind: IdKind::Volume,
-                    ids: missing,
-                });
-            }
-            found
+            named(&q.ids, IdKind::Volume, |id| {
+                self.own_volume(&q.account_id, id)
+            })?
         };
         volumes.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
         volumes.dedup_by(|a, b| a.volume_id == b.volume_id);
@@ -718,7 +722,7 @@ impl Cloud {
             volumes.retain(|v| &v.volume_id > token);
         }
         let mut tags = self.tags_by_resource(&q.account_id)?;
-        let mut kept = select(
+        let kept = select(
             volumes,
             &mut tags,
             &q.filters,
@@ -749,17 +753,7 @@ impl Cloud {
                 }
             },
         )?;
-        let mut next_token = None;
-        if let Some(max) = q.paging.max {
-            if kept.len() > max {
-                kept.truncate(max);
-                next_token = kept.last().map(|v| v.item.volume_id.clone());
-            }
-        }
-        Ok(Page {
-            items: kept,
-            next_token,
-        })
+        Ok(first_page(kept, q.paging.max, |x| &x.volume_id))
     }
 }
 
@@ -793,27 +787,21 @@ impl Cloud {
                 .filter(|s| s.restorable_by(me))
                 .collect()
         } else {
-            let mut found = Vec::new();
-            let mut missing = Vec::new();
-            for id in &q.ids {
+            named(&q.ids, IdKind::Snapshot, |id| {
                 if !IdKind::Snapshot.well_formed(id) {
                     return Err(CoreError::Malformed {
                         kind: IdKind::Snapshot,
-                        id: id.clone(),
+                        id: id.to_string(),
                     });
                 }
                 match self.snapshots.get(id)? {
-                    Some(s) if s.restorable_by(me) => found.push(s),
-                    _ => missing.push(id.clone()),
+                    Some(s) if s.restorable_by(me) => Ok(s),
+                    _ => Err(CoreError::NotFound {
+                        kind: IdKind::Snapshot,
+                        ids: vec![id.to_string()],
+                    }),
                 }
-            }
-            if !missing.is_empty() {
-                return Err(CoreError::NotFound {
-                    kind: IdKind::Snapshot,
-                    ids: missing,
-                });
-            }
-            found
+            })?
         };
         snapshots.retain(|s| {
             q.owners.is_empty()
@@ -835,7 +823,7 @@ impl Cloud {
         }
         // Tags as the caller set them.
         let mut tags = self.tags_by_resource(me)?;
-        let mut kept = select(
+        let kept = select(
             snapshots,
             &mut tags,
             &q.filters,
@@ -854,17 +842,7 @@ impl Cloud {
                 _ => None,
             },
         )?;
-        let mut next_token = None;
-        if let Some(max) = q.paging.max {
-            if kept.len() > max {
-                kept.truncate(max);
-                next_token = kept.last().map(|s| s.item.snapshot_id.clone());
-            }
-        }
-        Ok(Page {
-            items: kept,
-            next_token,
-        })
+        Ok(first_page(kept, q.paging.max, |x| &x.snapshot_id))
     }
 }
 

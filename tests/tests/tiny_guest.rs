@@ -103,6 +103,9 @@ fn the_guest_reads_its_metadata_with_imdsv2() {
         "{console}"
     );
     assert_eq!(user_data_of(&console), USER_DATA);
+    // No disk came or went, so the console reports none.
+    assert!(!console.contains("disk removed"), "{console}");
+    assert!(!console.contains("disk added"), "{console}");
     // A user-data script is run, as cloud-init runs it.
     let after = console.split("GUMTREE-NET-OK").nth(1).unwrap_or_default();
     assert!(after.contains("hello from user-data"), "{console}");

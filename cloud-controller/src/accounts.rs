@@ -26,6 +26,12 @@ pub struct Quota {
     pub cores: Option<u32>,
     /// Memory of those instances, MiB.
     pub memory_mib: Option<u64>,
+    /// EBS volumes held (in any state).
+    #[serde(default)]
+    pub volumes: Option<u32>,
+    /// GiB of those volumes.
+    #[serde(default)]
+    pub volume_gib: Option<u64>,
 }
 
 impl Record for Account {
@@ -309,6 +315,8 @@ mod tests {
             instances: Some(2),
             cores: None,
             memory_mib: Some(512),
+            volumes: Some(3),
+            volume_gib: None,
         };
         assert_eq!(a.set_quota("lab", q.clone()).expect("set").quota, q);
         assert_eq!(a.find("lab").expect("find").quota, q);

@@ -46,6 +46,8 @@ fn account_proto(a: accounts::Account) -> proto::Account {
             instances: a.quota.instances,
             cores: a.quota.cores,
             memory_mib: a.quota.memory_mib,
+            volumes: a.quota.volumes,
+            volume_gib: a.quota.volume_gib,
         }),
     }
 }
@@ -170,6 +172,8 @@ impl AdminService for Cloud {
                     instances: q.instances,
                     cores: q.cores,
                     memory_mib: q.memory_mib,
+                    volumes: q.volumes,
+                    volume_gib: q.volume_gib,
                 },
             )
             .map_err(account_status)?;

@@ -46,6 +46,31 @@ impl ImageKind {
     }
 }
 
+/// An EBS volume a block device mapping makes at launch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EbsDevice {
+    /// The snapshot it is made from; empty when none.
+    pub snapshot_id: Option<String>,
+    /// GiB; the snapshot's size when not given.
+    pub volume_size: Option<u64>,
+    pub delete_on_termination: bool,
+    /// `standard` or `gp2`.
+    pub volume_type: Option<String>,
+}
+
+/// A block device mapping of an image or a launch (EC2's
+/// `BlockDeviceMapping`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDevice {
+    /// `/dev/sda1`, `/dev/sdf`, ...
+    pub device_name: String,
+    pub ebs: Option<EbsDevice>,
+    /// `ephemeralN`, for an instance-store disk.
+    pub virtual_name: Option<String>,
+    /// A launch's way to drop a mapping the image has.
+    pub no_device: bool,
+}
+
 /// A registered image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
@@ -64,6 +89,10 @@ pub struct Image {
     pub ramdisk_id: Option<String>,
     pub root_device_name: Option<String>,
     pub virtualization_type: String,
+    /// Its block device mappings; an EBS-backed image maps its root
+    /// device to a snapshot (and has no bytes in Walrus).
+    #[serde(default)]
+    pub block_devices: Vec<BlockDevice>,
     /// Anyone may launch it.
     pub public: bool,
     /// Accounts (ids) the owner shared it with.
@@ -81,6 +110,24 @@ impl Record for Image {
 }
 
 impl Image {
+    /// The EBS mapping of its root device, when it is EBS-backed.
+    pub fn ebs_root(&self) -> Option<&EbsDevice> {
+        let root = self.root_device_name.as_deref()?;
+        self.block_devices
+            .iter()
+            .find(|b| b.device_name == root)
+            .and_then(|b| b.ebs.as_ref())
+    }
+
+    /// EC2's `rootDeviceType`: `ebs` or `instance-store`.
+    pub fn root_device_type(&self) -> &'static str {
+        if self.ebs_root().is_some() {
+            "ebs"
+        } else {
+            "instance-store"
+        }
+    }
+
     /// True when `account_id` may see and launch this image.
     pub fn launchable_by(&self, account_id: &str) -> bool {
         self.owner_id == account_id || self.public || self.launch_permissions.contains(account_id)
@@ -172,6 +219,7 @@ mod tests {
             ramdisk_id: None,
             root_device_name: None,
             virtualization_type: "paravirtual".into(),
+            block_devices: Vec::new(),
             public: false,
             launch_permissions: BTreeSet::new(),
             created_ms: 0,

@@ -98,6 +98,10 @@ pub struct InstanceRecord {
     /// TerminateInstances refuses it while set (EC2's termination protection).
     #[serde(default)]
     pub disable_api_termination: bool,
+    /// The root device (`/dev/sda1`) of an EBS-backed instance, whose
+    /// root is a volume; none for an instance-store one.
+    #[serde(default)]
+    pub root_device: Option<String>,
 }
 
 impl Record for InstanceRecord {
@@ -640,6 +644,7 @@ mod tests {
             security_groups: Vec::new(),
             desired: None,
             disable_api_termination: false,
+            root_device: None,
         }
     }
 

@@ -406,6 +406,7 @@ mod tests {
             security_groups: vec!["sg-1".into()],
             desired: None,
             disable_api_termination: false,
+            root_device: None,
         }
     }
 

@@ -122,7 +122,12 @@ impl NodeService for Node {
             cores: spec.cores,
             memory_mib: spec.memory_mib,
             disk_gib: spec.disk_gib,
-            image: image_ref(spec.image)?.ok_or_else(|| Status::invalid_argument("no image"))?,
+            image: match image_ref(spec.image)? {
+                Some(image) => Some(image),
+                None if !spec.root_volume_id.is_empty() => None,
+                None => return Err(Status::invalid_argument("no image")),
+            },
+            root_volume: Some(spec.root_volume_id).filter(|v| !v.is_empty()),
             kernel: image_ref(spec.kernel)?,
             ramdisk: image_ref(spec.ramdisk)?,
             network: match &spec.network {

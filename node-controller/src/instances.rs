@@ -55,6 +55,10 @@ pub struct InstanceRecord {
     /// EBS volumes attached to it.
     #[serde(default)]
     pub volumes: Vec<VolumeAttachment>,
+    /// The EBS volume it boots from (as `vda`), when it is EBS-backed: it
+    /// starts once that volume is attached.
+    #[serde(default)]
+    pub root_volume: Option<String>,
 }
 
 /// An EBS volume attached to an instance of this node.
@@ -117,6 +121,13 @@ impl Record for InstanceRecord {
 }
 
 impl InstanceRecord {
+    /// True while it is EBS-backed and its root volume is not attached.
+    fn waits_for_root(&self) -> bool {
+        self.root_volume
+            .as_ref()
+            .is_some_and(|root| !self.volumes.iter().any(|v| &v.volume_id == root))
+    }
+
     fn net(&self) -> Option<NetSpec> {
         let n = self.network.as_ref()?;
         NetSpec::new(&n.bridge, &n.gateway, n.prefix).ok()
@@ -170,7 +181,10 @@ pub struct Launch {
     pub cores: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
-    pub image: ImageRef,
+    /// The machine image its disk is made from; none for an EBS-backed
+    /// instance, which boots from `root_volume`.
+    pub image: Option<ImageRef>,
+    pub root_volume: Option<String>,
     pub kernel: Option<ImageRef>,
     pub ramdisk: Option<ImageRef>,
     pub mac: String,
@@ -403,7 +417,11 @@ impl Instances {
             kernel: cache(&r.kernel_sha256),
             ramdisk: cache(&r.ramdisk_sha256),
             cmdline: "console=ttyS0 root=/dev/vda ro panic=1".into(),
-            disk: Some(self.instance_dir(&r.instance_id).join("disk.qcow2")),
+            // An EBS-backed instance's root is its root volume, as vda.
+            disk: r
+                .root_volume
+                .is_none()
+                .then(|| self.instance_dir(&r.instance_id).join("disk.qcow2")),
             console_log: self.console_path(&r.instance_id),
             nic: r
                 .network
@@ -452,10 +470,15 @@ impl Instances {
         if let Some(v) = r.volumes.iter().find(|v| v.volume_id == volume_id) {
             return Ok(v.target.clone());
         }
-        let target = ('b'..='z')
-            .map(|c| format!("vd{c}"))
-            .find(|t| !r.volumes.iter().any(|v| &v.target == t))
-            .ok_or_else(|| InstanceError::Invalid(format!("{id} has no free device left")))?;
+        let root = r.root_volume.as_deref() == Some(volume_id);
+        let target = if root {
+            "vda".to_string()
+        } else {
+            ('b'..='z')
+                .map(|c| format!("vd{c}"))
+                .find(|t| !r.volumes.iter().any(|v| &v.target == t))
+                .ok_or_else(|| InstanceError::Invalid(format!("{id} has no free device left")))?
+        };
         let socket = relays
             .start(connection)
             .await
@@ -466,7 +489,14 @@ impl Instances {
             socket,
         });
         let name = id.to_string();
-        match self.blocking(move |hv| hv.attach_device(&name, &xml)).await {
+        // The root volume comes before the guest has a domain: it is part
+        // of the domain defined below.
+        let hot = if root {
+            Ok(())
+        } else {
+            self.blocking(move |hv| hv.attach_device(&name, &xml)).await
+        };
+        match hot {
             Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {}
             Err(e) => {
                 relays.stop(volume_id);
@@ -480,6 +510,14 @@ impl Instances {
         });
         self.table.put(&r)?;
         tracing::info!(instance_id = %id, volume = %volume_id, %target, "volume attached");
+        if root && !r.stopped {
+            // Its root is there: the EBS-backed instance boots.
+            if let Err(e) = self.boot(&r).await {
+                tracing::warn!(instance_id = %id, error = %e, "the EBS-backed instance did not start");
+                return Err(e);
+            }
+            tracing::info!(instance_id = %id, virt = %self.virt.current().0, "instance started from its root volume");
+        }
         Ok(target)
     }
 
@@ -713,7 +751,11 @@ impl Instances {
             .unwrap_or_else(|p| p.into_inner())
             .insert(l.instance_id.clone(), (l.private_ip.clone(), l.mac.clone()));
         let fetched = async {
-            let image = self.images.get(source, &l.image).await?;
+            let image = match &l.image {
+                Some(i) => Some(self.images.get(source, i).await?),
+                None if l.root_volume.is_some() => None,
+                None => return Err(InstanceError::Invalid("no image to boot".into())),
+            };
             if let Some(k) = &l.kernel {
                 self.images.get(source, k).await?;
             }
@@ -742,7 +784,11 @@ impl Instances {
             cores: l.cores,
             memory_mib: l.memory_mib,
             disk_gib: l.disk_gib,
-            image_sha256: l.image.sha256.clone(),
+            image_sha256: l
+                .image
+                .as_ref()
+                .map(|i| i.sha256.clone())
+                .unwrap_or_default(),
             kernel_sha256: l.kernel.as_ref().map(|k| k.sha256.clone()),
             ramdisk_sha256: l.ramdisk.as_ref().map(|r| r.sha256.clone()),
             mac: l.mac.clone(),
@@ -751,6 +797,7 @@ impl Instances {
             stopped: false,
             network: l.network.as_ref().map(NetworkRecord::from),
             volumes: Vec::new(),
+            root_volume: l.root_volume.clone(),
         };
         let recorded = self.table.put(&record);
         done_fetching();
@@ -759,7 +806,9 @@ impl Instances {
         let launched = async {
             let dir = self.instance_dir(&l.instance_id);
             tokio::fs::create_dir_all(&dir).await?;
-            make_overlay(&image.path, &dir.join("disk.qcow2"), l.disk_gib).await?;
+            if let Some(image) = &image {
+                make_overlay(&image.path, &dir.join("disk.qcow2"), l.disk_gib).await?;
+            }
             if let (Some(hn), Some(net)) = (&self.network, &l.network) {
                 hn.attach(net, &l.mac, &l.private_ip)
                     .await
@@ -776,6 +825,10 @@ impl Instances {
                     return Err(InstanceError::NotFound(l.instance_id.clone()));
                 }
                 self.apply_policy(hn.as_ref(), &record, &policy).await?;
+            }
+            if record.waits_for_root() {
+                // Pending until its root volume is attached.
+                return Ok(());
             }
             self.boot(&record).await
         }
@@ -878,6 +931,10 @@ impl Instances {
                 .await?;
         }
         drop(turn);
+        if r.waits_for_root() {
+            // It boots once its root volume is attached.
+            return self.status(id);
+        }
         self.boot(&r).await?;
         self.status(id)
     }
@@ -1315,7 +1372,8 @@ mod tests {
             cores: 1,
             memory_mib: 256,
             disk_gib: 1,
-            image: image("disk image bytes"),
+            image: Some(image("disk image bytes")),
+            root_volume: None,
             kernel: Some(image("kernel bytes")),
             ramdisk: None,
             mac: "d0:0d:00:00:00:01".into(),

@@ -311,6 +311,59 @@ print(" ".join(sorted(ids)))
 }
 
 /// Destroys whatever guests this cloud's nodes left, if the test failed.
+/// Uploads the tiny guest to Walrus and registers its kernel, ramdisk and
+/// instance-store image as users do; answers (aki, ari, ami).
+fn register_tiny(
+    tiny: &std::path::Path,
+    aws: &dyn Fn(&str, &[&str]) -> clients::Run,
+    s3: &str,
+    ec2: &str,
+) -> (String, String, String) {
+    aws(s3, &["s3", "mb", "s3://tiny"]).expect_ok();
+    for (file, kind) in [
+        ("vmlinuz", "kernel"),
+        ("initrd.gz", "ramdisk"),
+        ("disk.img", ""),
+    ] {
+        let mut args = vec![
+            "s3".to_string(),
+            "cp".to_string(),
+            tiny.join(file).display().to_string(),
+            format!("s3://tiny/{file}"),
+        ];
+        if !kind.is_empty() {
+            args.push("--metadata".into());
+            args.push(format!("image-type={kind}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        aws(s3, &args).expect_ok();
+    }
+    let register = |location: &str, name: &str, extra: &[&str]| -> String {
+        let mut args = vec![
+            "ec2",
+            "register-image",
+            "--image-location",
+            location,
+            "--name",
+            name,
+            "--query",
+            "ImageId",
+            "--output",
+            "text",
+        ];
+        args.extend(extra);
+        aws(ec2, &args).expect_ok().trim().to_string()
+    };
+    let aki = register("tiny/vmlinuz", "tiny-kernel", &[]);
+    let ari = register("tiny/initrd.gz", "tiny-ramdisk", &[]);
+    let ami = register(
+        "tiny/disk.img",
+        "tiny",
+        &["--kernel-id", &aki, "--ramdisk-id", &ari],
+    );
+    (aki, ari, ami)
+}
+
 struct Sweep(PathBuf);
 
 impl Drop for Sweep {
@@ -362,48 +415,7 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     let v2 = |args: &[&str]| json(&aws(&ec2, args).expect_ok());
 
     // The tiny guest, as users register it.
-    aws(&s3, &["s3", "mb", "s3://tiny"]).expect_ok();
-    for (file, kind) in [
-        ("vmlinuz", "kernel"),
-        ("initrd.gz", "ramdisk"),
-        ("disk.img", ""),
-    ] {
-        let mut args = vec![
-            "s3".to_string(),
-            "cp".to_string(),
-            tiny.join(file).display().to_string(),
-            format!("s3://tiny/{file}"),
-        ];
-        if !kind.is_empty() {
-            args.push("--metadata".into());
-            args.push(format!("image-type={kind}"));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        aws(&s3, &args).expect_ok();
-    }
-    let register = |location: &str, name: &str, extra: &[&str]| -> String {
-        let mut args = vec![
-            "ec2",
-            "register-image",
-            "--image-location",
-            location,
-            "--name",
-            name,
-            "--query",
-            "ImageId",
-            "--output",
-            "text",
-        ];
-        args.extend(extra);
-        aws(&ec2, &args).expect_ok().trim().to_string()
-    };
-    let aki = register("tiny/vmlinuz", "tiny-kernel", &[]);
-    let ari = register("tiny/initrd.gz", "tiny-ramdisk", &[]);
-    let ami = register(
-        "tiny/disk.img",
-        "tiny",
-        &["--kernel-id", &aki, "--ramdisk-id", &ari],
-    );
+    let (_, _, ami) = register_tiny(&tiny, &|e: &str, a: &[&str]| aws(e, a), &s3, &ec2);
 
     let console = |id: &str| -> String {
         let out = v2(&["ec2", "get-console-output", "--instance-id", id, "--latest"]);
@@ -828,4 +840,235 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
         .expect_err("InvalidSnapshotID.Malformed");
     let again = new_volume(&["--snapshot-id", &first]);
     assert_eq!(read_at(&again, 100 << 20, 3 << 20), pattern);
+}
+
+/// The instance-store tiny guest's root disk, copied onto a volume from
+/// inside a running guest and snapshotted, becomes an EBS-backed image (as
+/// users turn an instance-store AMI into an EBS one); instances of it boot
+/// from their own root volume, keep it through stop and start, and lose it
+/// on termination as its mapping says.
+#[test]
+fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_start() {
+    let tiny = clients::tiny_guest();
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes: 1,
+        node_cores: 2,
+        node_memory_mib: 2048,
+        real_libvirt: true,
+        ..Default::default()
+    });
+    let _sweep = Sweep(cloud.dir().to_path_buf());
+    wait_for("the cloud ENABLED", Duration::from_secs(30), || {
+        let nodes = cloud.admin_json(&["describe-nodes"]);
+        let ready = nodes.as_array()?.iter().any(|n| n["state"] == "ENABLED");
+        (ready
+            && cloud.service_state("walrus").as_deref() == Some("ENABLED")
+            && cloud.service_state("sc-1").as_deref() == Some("ENABLED"))
+        .then_some(())
+    });
+    let creds = Credentials::new(cloud.admin_key());
+    let home = cloud.dir().join("home-ebs");
+    fs::create_dir_all(&home).expect("home");
+    let ec2 = cloud.ec2_endpoint();
+    let s3 = cloud.s3_endpoint();
+    let aws =
+        |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
+    let v2 = |args: &[&str]| json(&aws(&ec2, args).expect_ok());
+    let ec2_run = |a: &[&str]| aws(&ec2, a);
+    let (aki, ari, ami) = register_tiny(&tiny, &|e: &str, a: &[&str]| aws(e, a), &s3, &ec2);
+    let console = |id: &str| -> String {
+        let out = v2(&["ec2", "get-console-output", "--instance-id", id, "--latest"]);
+        out["Output"].as_str().unwrap_or_default().replace('\r', "")
+    };
+    let wait_console = |id: &str, what: &str, needle: &str| -> String {
+        wait_for(what, Duration::from_secs(180), || {
+            let text = console(id);
+            text.contains(needle).then_some(text)
+        })
+    };
+    let wait_state = |id: &str, state: &str| {
+        wait_for(&format!("{id} {state}"), Duration::from_secs(180), || {
+            (clients::instance_state(&ec2_run, id) == state).then_some(())
+        });
+    };
+
+    // A running instance-store guest copies its root disk onto a volume.
+    let copier = v2(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ami,
+        "--user-data",
+        "#!/bin/sh\nwhile [ ! -b /dev/vdb ]; do sleep 1; done\ndd if=/dev/vda of=/dev/vdb bs=1M count=16 conv=fsync 2>/dev/null\necho GUMTREE-ROOT-COPIED\n",
+    ])["Instances"][0]["InstanceId"]
+        .as_str()
+        .expect("InstanceId")
+        .to_string();
+    let vol = v2(&[
+        "ec2",
+        "create-volume",
+        "--size",
+        "1",
+        "--availability-zone",
+        "zone-1",
+    ])["VolumeId"]
+        .as_str()
+        .expect("VolumeId")
+        .to_string();
+    wait_volume(&ec2_run, &vol, "available");
+    wait_state(&copier, "running");
+    v2(&[
+        "ec2",
+        "attach-volume",
+        "--volume-id",
+        &vol,
+        "--instance-id",
+        &copier,
+        "--device",
+        "/dev/sdf",
+    ]);
+    wait_console(&copier, "the root disk copied", "GUMTREE-ROOT-COPIED");
+    v2(&["ec2", "detach-volume", "--volume-id", &vol]);
+    wait_volume(&ec2_run, &vol, "available");
+    let snap = v2(&["ec2", "create-snapshot", "--volume-id", &vol])["SnapshotId"]
+        .as_str()
+        .expect("SnapshotId")
+        .to_string();
+    wait_snapshot(&ec2_run, &snap);
+    aws(
+        &ec2,
+        &["ec2", "terminate-instances", "--instance-ids", &copier],
+    )
+    .expect_ok();
+
+    // Registered with its root device mapped to the snapshot.
+    let mapping = format!("DeviceName=/dev/sda1,Ebs={{SnapshotId={snap}}}");
+    aws(
+        &ec2,
+        &[
+            "ec2",
+            "register-image",
+            "--name",
+            "tiny-ebs-bad",
+            "--root-device-name",
+            "/dev/sda1",
+            "--block-device-mappings",
+            "DeviceName=/dev/sda1,Ebs={SnapshotId=snap-0123456789abcdef0}",
+        ],
+    )
+    .expect_err("InvalidSnapshot.NotFound");
+    aws(
+        &ec2,
+        &[
+            "ec2",
+            "register-image",
+            "--name",
+            "tiny-ebs-bad",
+            "--root-device-name",
+            "/dev/sda1",
+            "--block-device-mappings",
+            "DeviceName=/dev/sdz9z,Ebs={VolumeSize=1}",
+        ],
+    )
+    .expect_err("InvalidBlockDeviceMapping");
+    let ebs_ami = v2(&[
+        "ec2",
+        "register-image",
+        "--name",
+        "tiny-ebs",
+        "--root-device-name",
+        "/dev/sda1",
+        "--block-device-mappings",
+        &mapping,
+        "--kernel-id",
+        &aki,
+        "--ramdisk-id",
+        &ari,
+    ])["ImageId"]
+        .as_str()
+        .expect("ImageId")
+        .to_string();
+    let image = &v2(&["ec2", "describe-images", "--image-ids", &ebs_ami])["Images"][0];
+    assert_eq!(image["RootDeviceType"], "ebs", "{image}");
+    assert_eq!(image["RootDeviceName"], "/dev/sda1", "{image}");
+    let root_map = &image["BlockDeviceMappings"][0];
+    assert_eq!(root_map["DeviceName"], "/dev/sda1", "{image}");
+    assert_eq!(root_map["Ebs"]["SnapshotId"], snap.as_str(), "{image}");
+    assert_eq!(root_map["Ebs"]["VolumeSize"], 1, "{image}");
+    assert_eq!(root_map["Ebs"]["DeleteOnTermination"], true, "{image}");
+    aws(&ec2, &["ec2", "delete-snapshot", "--snapshot-id", &snap])
+        .expect_err("InvalidSnapshot.InUse");
+
+    // Launched with one more volume from the launch's own mapping.
+    let id = v2(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &ebs_ami,
+        "--block-device-mappings",
+        "DeviceName=/dev/sdg,Ebs={VolumeSize=2,DeleteOnTermination=false}",
+        "--user-data",
+        "#!/bin/sh\nprintf 'GUMTREE-MARK kept\\n' | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null\necho GUMTREE-ROOT-MARKED\n",
+    ])["Instances"][0]["InstanceId"]
+        .as_str()
+        .expect("InstanceId")
+        .to_string();
+    wait_state(&id, "running");
+    let text = wait_console(&id, "the EBS guest marks its root", "GUMTREE-ROOT-MARKED");
+    assert!(
+        text.contains("root disk: gumtree tiny guest root disk"),
+        "the root came from the snapshot:\n{text}"
+    );
+    assert!(text.contains("disk added vdb 2048 MiB"), "{text}");
+    assert!(!text.contains("disk vda holds"), "a fresh root: {text}");
+    let described = v2(&["ec2", "describe-instances", "--instance-ids", &id]);
+    let instance = &described["Reservations"][0]["Instances"][0];
+    assert_eq!(instance["RootDeviceType"], "ebs", "{instance}");
+    assert_eq!(instance["RootDeviceName"], "/dev/sda1", "{instance}");
+    let mappings = instance["BlockDeviceMappings"]
+        .as_array()
+        .expect("mappings");
+    let volume_at = |device: &str| -> String {
+        mappings
+            .iter()
+            .find(|m| m["DeviceName"] == device)
+            .and_then(|m| m["Ebs"]["VolumeId"].as_str())
+            .unwrap_or_else(|| panic!("no {device} in {instance}"))
+            .to_string()
+    };
+    let root = volume_at("/dev/sda1");
+    let extra = volume_at("/dev/sdg");
+    let root_volume = &v2(&["ec2", "describe-volumes", "--volume-ids", &root])["Volumes"][0];
+    assert_eq!(root_volume["SnapshotId"], snap.as_str(), "{root_volume}");
+    assert_eq!(root_volume["State"], "in-use", "{root_volume}");
+    assert_eq!(
+        root_volume["Attachments"][0]["DeleteOnTermination"], true,
+        "{root_volume}"
+    );
+    aws(&ec2, &["ec2", "detach-volume", "--volume-id", &root]).expect_err("IncorrectState");
+
+    // Stopped and started: the same root, with what the guest wrote.
+    v2(&["ec2", "stop-instances", "--instance-ids", &id]);
+    wait_state(&id, "stopped");
+    v2(&["ec2", "start-instances", "--instance-ids", &id]);
+    wait_state(&id, "running");
+    wait_console(
+        &id,
+        "the restarted guest finds its mark",
+        "disk vda holds GUMTREE-MARK kept",
+    );
+
+    // Terminated: the root goes with it; the extra volume stays, free.
+    aws(&ec2, &["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
+    wait_for("the root volume deleted", Duration::from_secs(120), || {
+        aws(&ec2, &["ec2", "describe-volumes", "--volume-ids", &root])
+            .stderr()
+            .contains("InvalidVolume.NotFound")
+            .then_some(())
+    });
+    wait_volume(&ec2_run, &extra, "available");
+    v2(&["ec2", "delete-volume", "--volume-id", &extra]);
+    v2(&["ec2", "deregister-image", "--image-id", &ebs_ami]);
+    v2(&["ec2", "delete-snapshot", "--snapshot-id", &snap]);
+    v2(&["ec2", "delete-volume", "--volume-id", &vol]);
 }

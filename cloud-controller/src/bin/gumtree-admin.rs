@@ -103,7 +103,8 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
-    /// Set an account's quota, enforced on RunInstances (a limit left out is no limit).
+    /// Set an account's quota, enforced on RunInstances and CreateVolume (a
+    /// limit left out is no limit).
     SetQuota {
         account: String,
         /// Most instances not yet terminated.
@@ -115,6 +116,12 @@ enum Command {
         /// Most memory of those instances, MiB.
         #[arg(long)]
         memory_mib: Option<u64>,
+        /// Most EBS volumes held.
+        #[arg(long)]
+        volumes: Option<u32>,
+        /// Most GiB of EBS volumes held.
+        #[arg(long)]
+        volume_gib: Option<u64>,
     },
     /// Create an access key for a user of an account.
     CreateAccessKey {
@@ -189,6 +196,8 @@ struct AccountOut {
     max_instances: Option<u32>,
     max_cores: Option<u32>,
     max_memory_mib: Option<u64>,
+    max_volumes: Option<u32>,
+    max_volume_gib: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -524,6 +533,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instances,
             cores,
             memory_mib,
+            volumes,
+            volume_gib,
         } => {
             let a = client
                 .set_account_quota(SetAccountQuotaRequest {
@@ -532,6 +543,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         instances,
                         cores,
                         memory_mib,
+                        volumes,
+                        volume_gib,
                     }),
                 })
                 .await?
@@ -607,6 +620,8 @@ fn print_accounts(out: Output, accounts: Vec<proto::Account>) -> anyhow::Result<
                 max_instances: q.instances,
                 max_cores: q.cores,
                 max_memory_mib: q.memory_mib,
+                max_volumes: q.volumes,
+                max_volume_gib: q.volume_gib,
             }
         })
         .collect();
@@ -620,6 +635,8 @@ fn print_accounts(out: Output, accounts: Vec<proto::Account>) -> anyhow::Result<
             "INSTANCES",
             "CORES",
             "MEMORY-MIB",
+            "VOLUMES",
+            "VOLUME-GIB",
         ],
         &rows,
         |a| {
@@ -630,6 +647,8 @@ fn print_accounts(out: Output, accounts: Vec<proto::Account>) -> anyhow::Result<
                 limit(a.max_instances.map(|v| v.to_string())),
                 limit(a.max_cores.map(|v| v.to_string())),
                 limit(a.max_memory_mib.map(|v| v.to_string())),
+                limit(a.max_volumes.map(|v| v.to_string())),
+                limit(a.max_volume_gib.map(|v| v.to_string())),
             ]
         },
     )

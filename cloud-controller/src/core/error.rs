@@ -160,6 +160,15 @@ pub enum CoreError {
     /// The volume is not attached to that instance.
     #[error("{0}")]
     AttachmentNotFound(String),
+    /// A snapshot an image uses (the message names it).
+    #[error("{0}")]
+    SnapshotInUse(String),
+    /// A block device mapping that cannot be (the message says why).
+    #[error("{0}")]
+    BlockDeviceMapping(String),
+    /// The account's volume quota (count or GiB) is reached.
+    #[error("{0}")]
+    VolumeLimit(String),
     /// The state of record failed.
     #[error("{0}")]
     Store(String),

@@ -306,6 +306,7 @@ pub(crate) fn test_cloud(fake: std::sync::Arc<FakeCluster>) -> (super::Cloud, te
             ramdisk_id: None,
             root_device_name: None,
             virtualization_type: "hvm".into(),
+            block_devices: Vec::new(),
             public: true,
             launch_permissions: Default::default(),
             created_ms: 0,

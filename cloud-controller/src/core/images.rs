@@ -8,7 +8,7 @@ use proto::ObjectRef;
 use tonic::Code;
 
 use super::{Cloud, CoreError, IdKind};
-use crate::images::{Image, ImageError, ImageKind};
+use crate::images::{BlockDevice, Image, ImageError, ImageKind};
 
 /// RegisterImage's request.
 #[derive(Debug, Clone, Default)]
@@ -17,8 +17,9 @@ pub struct RegisterRequest {
     /// The caller is the cloud's administrator (may register what only
     /// `aws-exec-read` lets the cloud read).
     pub admin: bool,
-    /// `bucket/key` in Walrus (`s3://` and a leading `/` allowed).
-    pub location: String,
+    /// `bucket/key` in Walrus (`s3://` and a leading `/` allowed); none
+    /// for an EBS-backed image, whose root device maps to a snapshot.
+    pub location: Option<String>,
     pub name: String,
     pub description: Option<String>,
     /// Default `x86_64`.
@@ -28,9 +29,39 @@ pub struct RegisterRequest {
     pub kernel_id: Option<String>,
     pub ramdisk_id: Option<String>,
     pub root_device_name: Option<String>,
+    pub block_devices: Vec<BlockDevice>,
 }
 
-/// Who an image's launch permission names.
+/// True for a device name EC2 takes in a block device mapping:
+/// `/dev/sda1`, `/dev/xvdf`, `/dev/vdb`, ...
+pub fn valid_device_name(d: &str) -> bool {
+    let Some(rest) = d
+        .strip_prefix("/dev/xvd")
+        .or_else(|| d.strip_prefix("/dev/sd"))
+        .or_else(|| d.strip_prefix("/dev/vd"))
+    else {
+        return false;
+    };
+    let mut chars = rest.chars();
+    let letter = chars.next();
+    let digits: String = chars.collect();
+    matches!(letter, Some('a'..='z'))
+        && digits.len() <= 2
+        && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The mappings a launch of `image` makes: the image's, with `asked`'s
+/// replacing those of the same device (and `NoDevice` dropping them).
+pub fn launch_devices(image: &Image, asked: &[BlockDevice]) -> Vec<BlockDevice> {
+    let mut out: Vec<BlockDevice> = image
+        .block_devices
+        .iter()
+        .filter(|b| !asked.iter().any(|a| a.device_name == b.device_name))
+        .cloned()
+        .collect();
+    out.extend(asked.iter().filter(|a| !a.no_device).cloned());
+    out
+}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launcher {
     /// A group; the only one is `all` (the image is public).
@@ -56,6 +87,87 @@ fn invalid(param: &'static str, value: &str, why: &str) -> CoreError {
 }
 
 impl Cloud {
+    /// Checks block device mappings for `account_id` and fills in what a
+    /// snapshot implies (its size, when none is given). The snapshots of
+    /// `image`'s own mappings are usable by whoever may launch it (as with
+    /// a public EBS-backed image in EC2).
+    pub fn check_block_devices(
+        &self,
+        account_id: &str,
+        devices: &[BlockDevice],
+        image: Option<&Image>,
+    ) -> Result<Vec<BlockDevice>, CoreError> {
+        let granted = |id: &str| {
+            image.is_some_and(|i| {
+                i.block_devices
+                    .iter()
+                    .filter_map(|b| b.ebs.as_ref())
+                    .any(|e| e.snapshot_id.as_deref() == Some(id))
+            })
+        };
+        let mut out: Vec<BlockDevice> = Vec::with_capacity(devices.len());
+        for d in devices {
+            if !valid_device_name(&d.device_name) {
+                return Err(CoreError::BlockDeviceMapping(format!(
+                    "Invalid device name {}",
+                    d.device_name
+                )));
+            }
+            if out.iter().any(|o| o.device_name == d.device_name) {
+                return Err(CoreError::BlockDeviceMapping(format!(
+                    "The device {} is mapped more than once",
+                    d.device_name
+                )));
+            }
+            let mut checked = d.clone();
+            if let Some(ebs) = checked.ebs.as_mut() {
+                let volume_type = ebs.volume_type.as_deref().unwrap_or("gp2");
+                if !matches!(volume_type, "standard" | "gp2") {
+                    return Err(invalid(
+                        "VolumeType",
+                        volume_type,
+                        "This cloud offers the volume types standard and gp2.",
+                    ));
+                }
+                let smallest = match ebs.snapshot_id.as_deref().filter(|s| !s.is_empty()) {
+                    Some(id) if granted(id) => match self.snapshots.get(id)? {
+                        Some(s) if s.state == crate::snapshots::SnapshotState::Completed => {
+                            Some(s.volume_size_gib)
+                        }
+                        _ => return Err(Self::no_snapshot(id)),
+                    },
+                    Some(id) => Some(self.restorable_snapshot(account_id, id)?.volume_size_gib),
+                    None => None,
+                };
+                let size = match (ebs.volume_size, smallest) {
+                    (Some(size), Some(min)) if size < min => {
+                        return Err(CoreError::BlockDeviceMapping(format!(
+                            "Volume of size {size} GiB is smaller than snapshot '{}', expect size >= {min}",
+                            ebs.snapshot_id.as_deref().unwrap_or_default()
+                        )))
+                    }
+                    (Some(size), _) => size,
+                    (None, Some(min)) => min,
+                    (None, None) => {
+                        return Err(CoreError::BlockDeviceMapping(format!(
+                            "The device {} needs a volume size or a snapshot",
+                            d.device_name
+                        )))
+                    }
+                };
+                let max = super::volumes::max_gib(volume_type);
+                if !(1..=max).contains(&size) {
+                    return Err(CoreError::BlockDeviceMapping(format!(
+                        "A {volume_type} volume is 1 to {max} GiB, not {size}"
+                    )));
+                }
+                ebs.volume_size = Some(size);
+            }
+            out.push(checked);
+        }
+        Ok(out)
+    }
+
     /// Image `id`, if `account_id` may see it (and launch it).
     pub fn visible_image(&self, account_id: &str, id: &str) -> Result<Image, CoreError> {
         if !IdKind::Image.well_formed(id) {
@@ -138,12 +250,7 @@ impl Cloud {
                 "Use paravirtual or hvm.",
             ));
         }
-        let location = &req.location;
-        let trimmed = location.trim_start_matches("s3://").trim_start_matches('/');
-        let (bucket, key) = trimmed
-            .split_once('/')
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .ok_or_else(|| invalid("ImageLocation", location, "Expected bucket/key."))?;
+        let block_devices = self.check_block_devices(&req.account_id, &req.block_devices, None)?;
         let linked = |id: &Option<String>, kind: ImageKind, id_kind: IdKind| {
             let Some(id) = id.as_deref().filter(|v| !v.is_empty()) else {
                 return Ok(None);
@@ -158,6 +265,72 @@ impl Cloud {
         };
         let kernel_id = linked(&req.kernel_id, ImageKind::Kernel, IdKind::Kernel)?;
         let ramdisk_id = linked(&req.ramdisk_id, ImageKind::Ramdisk, IdKind::Ramdisk)?;
+        let ebs_root = req.root_device_name.as_deref().is_some_and(|root| {
+            block_devices
+                .iter()
+                .any(|b| b.device_name == root && b.ebs.is_some())
+        });
+        let Some(location) = req.location.as_deref() else {
+            // EBS-backed: its root is made from a snapshot at each launch.
+            let root = req
+                .root_device_name
+                .as_deref()
+                .ok_or(CoreError::Missing("RootDeviceName"))?;
+            if !valid_device_name(root) {
+                return Err(invalid(
+                    "RootDeviceName",
+                    root,
+                    "Expected a device name such as /dev/sda1.",
+                ));
+            }
+            let from_snapshot = block_devices.iter().any(|b| {
+                b.device_name == root && b.ebs.as_ref().is_some_and(|e| e.snapshot_id.is_some())
+            });
+            if !from_snapshot {
+                return Err(CoreError::BlockDeviceMapping(format!(
+                    "Without an ImageLocation, the root device {root} must map to a snapshot"
+                )));
+            }
+            if dry_run {
+                return Err(CoreError::DryRun);
+            }
+            let image = Image {
+                image_id: common::ids::resource_id(ImageKind::Machine.prefix()),
+                kind: ImageKind::Machine,
+                name: name.clone(),
+                description: req.description.clone().unwrap_or_default(),
+                owner_id: req.account_id.clone(),
+                bucket: String::new(),
+                key: String::new(),
+                sha256: String::new(),
+                size: 0,
+                architecture: architecture.to_string(),
+                kernel_id,
+                ramdisk_id,
+                root_device_name: Some(root.to_string()),
+                virtualization_type: virtualization_type.to_string(),
+                block_devices,
+                public: false,
+                launch_permissions: BTreeSet::new(),
+                created_ms: time::unix_ms(),
+            };
+            self.images.register(&image).map_err(|e| match e {
+                ImageError::DuplicateName { .. } => CoreError::DuplicateImageName(e.to_string()),
+                ImageError::Store(e) => CoreError::from(e),
+            })?;
+            tracing::info!(image_id = %image.image_id, root, "EBS-backed image registered");
+            return Ok(image);
+        };
+        if ebs_root {
+            return Err(CoreError::Combination(
+                "An image with an ImageLocation has an instance-store root; do not map its root device to a volume".into(),
+            ));
+        }
+        let trimmed = location.trim_start_matches("s3://").trim_start_matches('/');
+        let (bucket, key) = trimmed
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| invalid("ImageLocation", location, "Expected bucket/key."))?;
 
         let mut walrus = self.walrus().map_err(CoreError::Unavailable)?;
         let info = walrus
@@ -219,6 +392,7 @@ impl Cloud {
             ramdisk_id,
             root_device_name: req.root_device_name.clone(),
             virtualization_type: virtualization_type.to_string(),
+            block_devices,
             public: false,
             launch_permissions: BTreeSet::new(),
             created_ms: time::unix_ms(),

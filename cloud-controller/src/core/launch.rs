@@ -48,6 +48,8 @@ pub struct LaunchRequest {
     /// Tags for the new instances.
     pub tags: Vec<(String, Option<String>)>,
     pub disable_api_termination: bool,
+    /// Volumes to make for each instance, over the image's mappings.
+    pub block_devices: Vec<crate::images::BlockDevice>,
     pub dry_run: bool,
 }
 
@@ -295,6 +297,25 @@ impl Cloud {
                 Some((u.trim().to_string(), decoded))
             }
         };
+        // The EBS volumes each instance gets (its root first, when the
+        // image is EBS-backed).
+        let mut devices = self.check_block_devices(
+            &me,
+            &super::images::launch_devices(&image, &req.block_devices),
+            Some(&image),
+        )?;
+        devices.retain(|d| d.ebs.is_some());
+        let root_device = image
+            .root_device_name
+            .clone()
+            .filter(|root| devices.iter().any(|d| &d.device_name == root));
+        if image.key.is_empty() && root_device.is_none() {
+            return Err(CoreError::BlockDeviceMapping(format!(
+                "{} is EBS-backed: its root device cannot be left out",
+                image.image_id
+            )));
+        }
+        devices.sort_by_key(|d| Some(&d.device_name) != root_device.as_ref());
         let groups = self.launch_groups(&req)?;
         let group_names: HashMap<String, String> = groups
             .iter()
@@ -341,6 +362,19 @@ impl Cloud {
             }
         }
         let max = max.min(self.quota_allows(&me, &itype, min)?);
+        if !devices.is_empty() {
+            let per_instance: u64 = devices
+                .iter()
+                .filter_map(|d| d.ebs.as_ref()?.volume_size)
+                .sum();
+            self.volume_quota_allows(&me, devices.len() * min, per_instance * min as u64)?;
+            if !self.storage.serves(&cluster.zone) {
+                return Err(CoreError::Unavailable(format!(
+                    "no storage controller serves {} now",
+                    cluster.zone
+                )));
+            }
+        }
         if req.dry_run {
             return Err(CoreError::DryRun);
         }
@@ -379,7 +413,14 @@ impl Cloud {
                     security_groups: groups.iter().map(|g| g.group_id.clone()).collect(),
                     desired: None,
                     disable_api_termination: req.disable_api_termination,
+                    root_device: root_device.clone(),
                 })
+                .collect();
+            // An EBS-backed instance's root volume id travels with its spec.
+            let root_volumes: HashMap<String, String> = records
+                .iter()
+                .filter(|_| root_device.is_some())
+                .map(|r| (r.instance_id.clone(), common::ids::resource_id("vol")))
                 .collect();
             let specs: Vec<InstanceSpec> = records
                 .iter()
@@ -399,6 +440,10 @@ impl Cloud {
                     public_key: key_pair
                         .as_ref()
                         .map(|k| k.public_key.clone())
+                        .unwrap_or_default(),
+                    root_volume_id: root_volumes
+                        .get(&r.instance_id)
+                        .cloned()
                         .unwrap_or_default(),
                     ..Default::default()
                 })
@@ -451,6 +496,9 @@ impl Cloud {
                         tracing::error!(error = %e, %reservation_id, "placements not recorded; the cluster's reports will tell");
                     }
                     tracing::info!(%reservation_id, count, image_id = %image.image_id, instance_type = %itype.name, zone = %cluster.zone, "instances placed");
+                    if !devices.is_empty() {
+                        self.make_launch_volumes(&records, &devices, &root_volumes, &image);
+                    }
                     let mut public_ips = HashMap::new();
                     for r in &records {
                         if let Some(ip) = self.give_public_ip(&me, &r.instance_id) {
@@ -508,6 +556,55 @@ impl Cloud {
             "There is not enough capacity to fulfill your request for {min} instance(s) of {}. {last_error}",
             itype.name
         )))
+    }
+
+    /// Records the EBS volumes of just-placed instances (`creating`, each
+    /// already attaching to its instance) and has the storage controller
+    /// make them; an EBS-backed instance boots once its root arrives.
+    fn make_launch_volumes(
+        &self,
+        records: &[InstanceRecord],
+        devices: &[crate::images::BlockDevice],
+        root_volumes: &HashMap<String, String>,
+        image: &Image,
+    ) {
+        let now = time::unix_ms();
+        for r in records {
+            for d in devices {
+                let Some(ebs) = &d.ebs else { continue };
+                let root = image.root_device_name.as_ref() == Some(&d.device_name);
+                let volume_id = match root_volumes.get(&r.instance_id) {
+                    Some(id) if root => id.clone(),
+                    _ => common::ids::resource_id("vol"),
+                };
+                let volume = crate::volumes::VolumeRecord {
+                    volume_id: volume_id.clone(),
+                    account_id: r.account_id.clone(),
+                    zone: r.zone.clone(),
+                    size_gib: ebs.volume_size.unwrap_or(1),
+                    snapshot_id: ebs.snapshot_id.clone(),
+                    volume_type: ebs.volume_type.clone().unwrap_or_else(|| "gp2".into()),
+                    state: crate::volumes::VolumeState::Creating,
+                    created_ms: now,
+                    attachment: Some(crate::volumes::Attachment {
+                        instance_id: r.instance_id.clone(),
+                        device: d.device_name.clone(),
+                        state: "attaching".into(),
+                        attach_ms: now,
+                        delete_on_termination: ebs.delete_on_termination,
+                    }),
+                    reason: String::new(),
+                    client_token: None,
+                    auto_enable_io: false,
+                };
+                if let Err(e) = self.volumes.insert(&volume) {
+                    tracing::error!(instance_id = %r.instance_id, volume = %volume_id, error = %e, "launch volume not recorded");
+                    continue;
+                }
+                let cloud = self.clone();
+                tokio::spawn(async move { cloud.follow_volume(&volume_id).await });
+            }
+        }
     }
 
     /// Has `cluster` start instances it placed; those it cannot start are

@@ -39,7 +39,7 @@ impl Cloud {
         }
     }
 
-    fn no_snapshot(id: &str) -> CoreError {
+    pub(super) fn no_snapshot(id: &str) -> CoreError {
         CoreError::NotFound {
             kind: IdKind::Snapshot,
             ids: vec![id.to_string()],
@@ -196,6 +196,17 @@ impl Cloud {
         if s.state == SnapshotState::Pending {
             return Err(CoreError::IncorrectVolumeState(format!(
                 "Snapshot {id} is still pending."
+            )));
+        }
+        if let Some(image) = self.images.list()?.into_iter().find(|i| {
+            i.block_devices
+                .iter()
+                .filter_map(|b| b.ebs.as_ref())
+                .any(|e| e.snapshot_id.as_deref() == Some(id))
+        }) {
+            return Err(CoreError::SnapshotInUse(format!(
+                "The snapshot {id} is currently in use by {}",
+                image.image_id
             )));
         }
         if dry_run {

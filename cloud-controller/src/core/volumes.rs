@@ -32,7 +32,7 @@ pub struct CreatedVolume {
 }
 
 /// The largest volume of each type, in GiB.
-fn max_gib(volume_type: &str) -> u64 {
+pub(super) fn max_gib(volume_type: &str) -> u64 {
     match volume_type {
         "standard" => 1024,
         _ => 16384,
@@ -40,6 +40,43 @@ fn max_gib(volume_type: &str) -> u64 {
 }
 
 impl Cloud {
+    /// Checks that `account_id`'s volume quota leaves room for `count`
+    /// more volumes of `gib` GiB in all.
+    pub(super) fn volume_quota_allows(
+        &self,
+        account_id: &str,
+        count: usize,
+        gib: u64,
+    ) -> Result<(), CoreError> {
+        let quota = self
+            .accounts
+            .find(account_id)
+            .map_err(|e| CoreError::Store(e.to_string()))?
+            .quota;
+        if quota.volumes.is_none() && quota.volume_gib.is_none() {
+            return Ok(());
+        }
+        let held = self.volumes.of(account_id)?;
+        let used_gib: u64 = held.iter().map(|v| v.size_gib).sum();
+        if let Some(most) = quota.volumes {
+            if held.len() + count > most as usize {
+                return Err(CoreError::VolumeLimit(format!(
+                    "You have reached your quota of {most} volume(s) ({} held).",
+                    held.len()
+                )));
+            }
+        }
+        if let Some(most) = quota.volume_gib {
+            if used_gib + gib > most {
+                return Err(CoreError::VolumeLimit(format!(
+                    "Your quota of {most} GiB of volume storage allows {} GiB more ({used_gib} GiB held); {gib} GiB asked.",
+                    most.saturating_sub(used_gib)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Volume `id` of account `account_id`.
     pub fn own_volume(&self, account_id: &str, id: &str) -> Result<VolumeRecord, CoreError> {
         if !IdKind::Volume.well_formed(id) {
@@ -121,6 +158,7 @@ impl Cloud {
                 return Ok(CreatedVolume { volume: v, tags });
             }
         }
+        self.volume_quota_allows(&req.account_id, 1, size_gib)?;
         if !self.storage.serves(&req.zone) {
             return Err(CoreError::Unavailable(format!(
                 "no storage controller serves {} now",
@@ -152,7 +190,7 @@ impl Cloud {
         )?;
         let cloud = self.clone();
         let id = volume.volume_id.clone();
-        tokio::spawn(async move { cloud.carry_out_volume(&id).await });
+        tokio::spawn(async move { cloud.follow_volume(&id).await });
         Ok(CreatedVolume { volume, tags })
     }
 
@@ -208,6 +246,26 @@ impl Cloud {
         Ok(())
     }
 
+    /// Carries out volume `id`'s creation and follows it (a volume filled
+    /// from a snapshot takes a while) for up to a minute; what is left
+    /// then is [`Cloud::finish_volumes`]'s.
+    pub(super) async fn follow_volume(&self, id: &str) {
+        let mut wait = Duration::from_millis(100);
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            self.carry_out_volume(id).await;
+            let creating = matches!(
+                self.volumes.get(id),
+                Ok(Some(v)) if v.state == VolumeState::Creating
+            );
+            if !creating || tokio::time::Instant::now() + wait > until {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// Carries out what volume `id`'s state asks of its storage controller
     /// (make it, delete it); leaves it for [`Cloud::finish_volumes`] when the
     /// SC cannot be reached.
@@ -224,6 +282,10 @@ impl Cloud {
                     .create_volume(&v.zone, id, v.size_gib, from)
                     .await
                 {
+                    // A launch's volume is attaching to its instance already.
+                    Ok(state) if state == "available" && v.attachment.is_some() => {
+                        Ok(Some(VolumeState::InUse))
+                    }
                     Ok(state) if state == "available" => Ok(Some(VolumeState::Available)),
                     Ok(state) if state == "error" => Err(StorageError::Refused(
                         "the storage controller could not make it".into(),
@@ -236,6 +298,7 @@ impl Cloud {
             VolumeState::Deleting => self.storage.delete_volume(&v.zone, id).await.map(|()| None),
             _ => return,
         };
+        let attach = matches!(outcome, Ok(Some(VolumeState::InUse)));
         let result = match outcome {
             Ok(Some(state)) => self.volumes.put(&VolumeRecord { state, ..v }),
             Ok(None) => self
@@ -244,9 +307,11 @@ impl Cloud {
                 .and_then(|()| self.tags.forget(id).map(|_| ())),
             Err(StorageError::Refused(why)) => {
                 tracing::warn!(volume = %id, %why, "storage controller refused the volume");
+                self.root_volume_failed(&v, &why).await;
                 self.volumes.put(&VolumeRecord {
                     state: VolumeState::Error,
                     reason: why,
+                    attachment: None,
                     ..v
                 })
             }
@@ -257,7 +322,34 @@ impl Cloud {
         };
         if let Err(e) = result {
             tracing::error!(volume = %id, error = %e, "volume record not updated");
+        } else if attach {
+            Box::pin(self.carry_out_attachment(id)).await;
         }
+    }
+
+    /// An EBS-backed instance whose root volume could not be made ends:
+    /// terminated, with the reason.
+    async fn root_volume_failed(&self, v: &VolumeRecord, why: &str) {
+        let Some(a) = &v.attachment else { return };
+        let Ok(Some(r)) = self.instances.get(&a.instance_id) else {
+            return;
+        };
+        if r.root_device.as_deref() != Some(a.device.as_str()) {
+            return;
+        }
+        tracing::warn!(instance_id = %r.instance_id, volume = %v.volume_id, %why, "the root volume could not be made; the instance ends");
+        if let Err(e) = self
+            .terminate(&r.account_id, std::slice::from_ref(&r.instance_id), false)
+            .await
+        {
+            tracing::error!(instance_id = %r.instance_id, error = %e, "instance not terminated");
+        }
+        let _ = self.instances.set_state(
+            &r.instance_id,
+            crate::instances::InstanceState::Terminated,
+            &format!("Server.InternalError: its root volume could not be made: {why}"),
+            None,
+        );
     }
 
     /// Forever (run it in its own task): every `every`, carries out the
@@ -409,6 +501,16 @@ impl Cloud {
                 )));
             }
         }
+        if let Ok(Some(r)) = self.instances.get(&a.instance_id) {
+            if r.root_device.as_deref() == Some(a.device.as_str())
+                && r.state != crate::instances::InstanceState::Terminated
+            {
+                return Err(CoreError::IncorrectVolumeState(format!(
+                    "Unable to detach root volume '{volume_id}' from instance '{}'",
+                    a.instance_id
+                )));
+            }
+        }
         if dry_run {
             return Err(CoreError::DryRun);
         }
@@ -479,6 +581,10 @@ impl Cloud {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            "attaching" if node.is_empty() || v.state == VolumeState::Creating => {
+                // Not placed, or not made, yet.
+                Ok(None)
+            }
             "attaching" => {
                 let attached = async {
                     let connection = self
@@ -500,6 +606,15 @@ impl Cloud {
                             at.state = "attached".into();
                         }
                         Ok(Some(done))
+                    }
+                    Err((why, true))
+                        if instance.as_ref().is_some_and(|r| {
+                            r.state == crate::instances::InstanceState::Pending
+                        }) =>
+                    {
+                        // A launch's volume may come before its node has
+                        // recorded the instance: asked again later.
+                        Err(why)
                     }
                     Err((why, true)) => {
                         // Refused for good: the volume is free again.
@@ -802,5 +917,208 @@ mod tests {
         let v = cloud.volumes.get(&vol).expect("get").expect("there");
         assert_eq!(v.state, VolumeState::Available);
         assert!(storage.exports().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ebs_backed_image_launches_on_its_own_root_volume() {
+        use crate::core::images::RegisterRequest;
+        use crate::images::{BlockDevice, EbsDevice};
+        let fake = Arc::new(FakeCluster::new(1, 8));
+        let (mut cloud, _dir) = test_cloud(fake.clone());
+        let storage = Arc::new(FakeStorage::default());
+        cloud.storage = storage.clone();
+        let me = system_account(&cloud);
+        let source = cloud
+            .create_volume(
+                NewVolume {
+                    account_id: me.clone(),
+                    zone: "zone-1".into(),
+                    size_gib: Some(2),
+                    ..Default::default()
+                },
+                false,
+            )
+            .await
+            .expect("volume")
+            .volume
+            .volume_id;
+        settle().await;
+        let snap = cloud
+            .create_snapshot(&me, &source, "root", &[], false)
+            .await
+            .expect("snapshot")
+            .snapshot
+            .snapshot_id;
+        for _ in 0..100 {
+            settle().await;
+            if cloud.snapshots.get(&snap).expect("get").map(|s| s.state)
+                == Some(crate::snapshots::SnapshotState::Completed)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let root = |snapshot: &str, size: Option<u64>| BlockDevice {
+            device_name: "/dev/sda1".into(),
+            ebs: Some(EbsDevice {
+                snapshot_id: Some(snapshot.into()),
+                volume_size: size,
+                delete_on_termination: true,
+                volume_type: None,
+            }),
+            ..Default::default()
+        };
+        let register = |name: &str, devices: Vec<BlockDevice>| RegisterRequest {
+            account_id: me.clone(),
+            name: name.into(),
+            root_device_name: Some("/dev/sda1".into()),
+            block_devices: devices,
+            ..Default::default()
+        };
+        // Refused: a smaller volume than the snapshot, a bad device name, a
+        // root that maps to no snapshot.
+        for (req, why) in [
+            (register("small", vec![root(&snap, Some(1))]), "too small"),
+            (
+                register(
+                    "bad-name",
+                    vec![BlockDevice {
+                        device_name: "/dev/hda".into(),
+                        ..root(&snap, None)
+                    }],
+                ),
+                "device name",
+            ),
+            (register("no-root", Vec::new()), "no root snapshot"),
+        ] {
+            assert!(
+                matches!(
+                    cloud.register_image(req, false).await,
+                    Err(CoreError::BlockDeviceMapping(_))
+                ),
+                "{why}"
+            );
+        }
+        let image = cloud
+            .register_image(register("tiny-ebs", vec![root(&snap, None)]), false)
+            .await
+            .expect("register");
+        assert_eq!(image.root_device_type(), "ebs");
+        assert_eq!(
+            image.block_devices[0]
+                .ebs
+                .as_ref()
+                .and_then(|e| e.volume_size),
+            Some(2)
+        );
+        assert!(matches!(
+            cloud.delete_snapshot(&me, &snap, false).await,
+            Err(CoreError::SnapshotInUse(_))
+        ));
+
+        let launched = cloud
+            .launch(crate::core::launch::LaunchRequest {
+                account_id: me.clone(),
+                image_id: image.image_id.clone(),
+                min: 1,
+                max: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("launch");
+        let r = &launched.records[0];
+        assert_eq!(r.root_device.as_deref(), Some("/dev/sda1"));
+        settle().await;
+        let volumes = cloud.volumes.of(&me).expect("volumes");
+        let root_volume = volumes
+            .iter()
+            .find(|v| {
+                v.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.instance_id == r.instance_id)
+            })
+            .expect("a root volume")
+            .clone();
+        assert_eq!(root_volume.snapshot_id.as_deref(), Some(snap.as_str()));
+        assert_eq!(root_volume.size_gib, 2);
+        assert_eq!(root_volume.state, VolumeState::InUse);
+        let a = root_volume.attachment.clone().expect("attachment");
+        assert_eq!(
+            (a.device.as_str(), a.state.as_str()),
+            ("/dev/sda1", "attached")
+        );
+        assert!(a.delete_on_termination);
+        assert_eq!(
+            fake.state().attached,
+            vec![(r.instance_id.clone(), root_volume.volume_id.clone())]
+        );
+        assert!(matches!(
+            cloud
+                .detach_volume(&me, &root_volume.volume_id, None, false, false)
+                .await,
+            Err(CoreError::IncorrectVolumeState(_))
+        ));
+        // Terminated: the root goes with it.
+        cloud
+            .terminate(&me, std::slice::from_ref(&r.instance_id), false)
+            .await
+            .expect("terminate");
+        cloud.carry_out_attachment(&root_volume.volume_id).await;
+        assert_eq!(
+            cloud.volumes.get(&root_volume.volume_id).expect("get"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn the_volume_quota_counts_volumes_and_gib() {
+        let (mut cloud, _dir) = test_cloud(Arc::new(FakeCluster::new(1, 8)));
+        cloud.storage = Arc::new(FakeStorage::default());
+        cloud.accounts.create("lab").expect("lab");
+        let lab = cloud.accounts.find("lab").expect("lab").account_id;
+        cloud
+            .accounts
+            .set_quota(
+                "lab",
+                crate::accounts::Quota {
+                    volumes: Some(2),
+                    volume_gib: Some(5),
+                    ..Default::default()
+                },
+            )
+            .expect("quota");
+        let create = |size: u64| NewVolume {
+            account_id: lab.clone(),
+            zone: "zone-1".into(),
+            size_gib: Some(size),
+            ..Default::default()
+        };
+        assert!(matches!(
+            cloud.create_volume(create(6), false).await,
+            Err(CoreError::VolumeLimit(_))
+        ));
+        cloud.create_volume(create(4), false).await.expect("4 GiB");
+        assert!(matches!(
+            cloud.create_volume(create(2), false).await,
+            Err(CoreError::VolumeLimit(_))
+        ));
+        cloud.create_volume(create(1), false).await.expect("1 GiB");
+        assert!(matches!(
+            cloud.create_volume(create(1), false).await,
+            Err(CoreError::VolumeLimit(_))
+        ));
+        assert_eq!(cloud.volumes.of(&lab).expect("list").len(), 2);
+        // Another account is not limited by lab's quota.
+        let me = system_account(&cloud);
+        cloud
+            .create_volume(
+                NewVolume {
+                    account_id: me,
+                    ..create(8)
+                },
+                false,
+            )
+            .await
+            .expect("another account");
     }
 }

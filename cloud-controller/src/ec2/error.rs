@@ -296,6 +296,9 @@ impl From<CoreError> for Ec2Error {
                     crate::tags::MAX_TAGS
                 ),
             ),
+            CoreError::SnapshotInUse(m) => Self::new("InvalidSnapshot.InUse", m),
+            CoreError::BlockDeviceMapping(m) => Self::new("InvalidBlockDeviceMapping", m),
+            CoreError::VolumeLimit(m) => Self::new("VolumeLimitExceeded", m),
             CoreError::Store(_) => Self::internal(),
         }
     }

@@ -32,7 +32,7 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
     let request = RegisterRequest {
         account_id: call.caller.account_id.clone(),
         admin: call.caller.admin,
-        location: p.required("ImageLocation")?.to_string(),
+        location: owned("ImageLocation").filter(|l| !l.is_empty()),
         name: p.required("Name")?.to_string(),
         description: owned("Description"),
         architecture: owned("Architecture"),
@@ -40,6 +40,7 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
         kernel_id: owned("KernelId"),
         ramdisk_id: owned("RamdiskId"),
         root_device_name: owned("RootDeviceName"),
+        block_devices: p.block_devices()?,
     };
     let image = ec2.cloud.register_image(request, p.flag("DryRun")?).await?;
     let mut w = call.writer();
@@ -47,10 +48,44 @@ pub async fn register_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> 
     Ok(w.finish())
 }
 
+/// A `blockDeviceMapping` of an image, as EC2 writes it.
+pub(super) fn write_block_devices(w: &mut Writer, devices: &[crate::images::BlockDevice]) {
+    w.open("blockDeviceMapping");
+    for d in devices {
+        w.open("item").elem("deviceName", &d.device_name);
+        if let Some(v) = &d.virtual_name {
+            w.elem("virtualName", v);
+        }
+        if let Some(e) = &d.ebs {
+            w.open("ebs")
+                .opt("snapshotId", e.snapshot_id.as_deref())
+                .opt(
+                    "volumeSize",
+                    e.volume_size.map(|s| s.to_string()).as_deref(),
+                )
+                .bool("deleteOnTermination", e.delete_on_termination)
+                .elem("volumeType", e.volume_type.as_deref().unwrap_or("gp2"))
+                .bool("encrypted", false)
+                .close("ebs");
+        }
+        if d.no_device {
+            w.elem("noDevice", "");
+        }
+        w.close("item");
+    }
+    w.close("blockDeviceMapping");
+}
+
 fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
+    // An EBS-backed image has no object: EC2 shows `owner/name`.
+    let location = if i.key.is_empty() {
+        format!("{}/{}", i.owner_id, i.name)
+    } else {
+        format!("{}/{}", i.bucket, i.key)
+    };
     w.open("item")
         .elem("imageId", &i.image_id)
-        .elem("imageLocation", &format!("{}/{}", i.bucket, i.key))
+        .elem("imageLocation", &location)
         .elem("imageState", "available")
         .elem("imageOwnerId", &i.owner_id)
         .elem("creationDate", &time::iso8601_ms(i.created_ms))
@@ -61,11 +96,10 @@ fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
         .opt("ramdiskId", i.ramdisk_id.as_deref())
         .elem("name", &i.name)
         .opt("description", Some(&i.description))
-        .elem("rootDeviceType", "instance-store")
-        .opt("rootDeviceName", i.root_device_name.as_deref())
-        .open("blockDeviceMapping")
-        .close("blockDeviceMapping")
-        .elem("virtualizationType", &i.virtualization_type)
+        .elem("rootDeviceType", i.root_device_type())
+        .opt("rootDeviceName", i.root_device_name.as_deref());
+    write_block_devices(w, &i.block_devices);
+    w.elem("virtualizationType", &i.virtualization_type)
         .elem("hypervisor", "kvm");
     write_tag_set(w, tags);
     w.close("item");
@@ -145,9 +179,7 @@ pub fn describe_image_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
         "productCodes" => {
             w.open("productCodes").close("productCodes");
         }
-        "blockDeviceMapping" => {
-            w.open("blockDeviceMapping").close("blockDeviceMapping");
-        }
+        "blockDeviceMapping" => write_block_devices(&mut w, &image.block_devices),
         other => {
             return Err(Ec2Error::invalid_value(
                 "Attribute",

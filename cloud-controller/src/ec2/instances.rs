@@ -63,6 +63,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         client_token: owned("ClientToken"),
         tags: specified(p, "instance")?,
         disable_api_termination: p.flag("DisableApiTermination")?,
+        block_devices: p.block_devices()?,
         dry_run: p.flag("DryRun")?,
     };
     let launched = ec2.cloud.launch(request).await?;
@@ -144,7 +145,15 @@ fn write_instance(
             "architecture",
             image.map_or("x86_64", |i| i.architecture.as_str()),
         )
-        .elem("rootDeviceType", "instance-store")
+        .elem(
+            "rootDeviceType",
+            if r.root_device.is_some() {
+                "ebs"
+            } else {
+                "instance-store"
+            },
+        )
+        .opt("rootDeviceName", r.root_device.as_deref())
         .open("blockDeviceMapping");
     for v in volumes {
         if let Some(a) = &v.attachment {
@@ -489,7 +498,11 @@ pub fn describe_instance_attribute(ec2: &Ec2, call: &Call) -> Result<String, Ec2
         "instanceInitiatedShutdownBehavior" => {
             value(&mut w, "instanceInitiatedShutdownBehavior", Some("stop"))
         }
-        "rootDeviceName" => value(&mut w, "rootDeviceName", Some("/dev/vda")),
+        "rootDeviceName" => value(
+            &mut w,
+            "rootDeviceName",
+            Some(r.root_device.as_deref().unwrap_or("/dev/vda")),
+        ),
         "blockDeviceMapping" => {
             w.open("blockDeviceMapping").close("blockDeviceMapping");
         }

@@ -94,6 +94,54 @@ impl Params {
         items.into_iter().map(|(_, v)| v).collect()
     }
 
+    /// `BlockDeviceMapping.N.*` (DeviceName, VirtualName, NoDevice,
+    /// Ebs.SnapshotId, Ebs.VolumeSize, Ebs.DeleteOnTermination (default
+    /// true), Ebs.VolumeType), in numeric order.
+    pub fn block_devices(&self) -> Result<Vec<crate::images::BlockDevice>, Ec2Error> {
+        let mut numbers: Vec<u64> = self
+            .map
+            .keys()
+            .filter_map(|k| {
+                let rest = k.strip_prefix("BlockDeviceMapping.")?;
+                rest.split('.').next()?.parse().ok()
+            })
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let mut out = Vec::with_capacity(numbers.len());
+        for n in numbers {
+            let at = |field: &str| format!("BlockDeviceMapping.{n}.{field}");
+            let device_name = self.required(&at("DeviceName"))?.to_string();
+            let ebs_given = self
+                .map
+                .keys()
+                .any(|k| k.starts_with(&format!("BlockDeviceMapping.{n}.Ebs.")));
+            let ebs = if ebs_given {
+                let size = self.int(&at("Ebs.VolumeSize"), 1..=16384)?;
+                Some(crate::images::EbsDevice {
+                    snapshot_id: self
+                        .get(&at("Ebs.SnapshotId"))
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                    volume_size: size.map(|s| s as u64),
+                    delete_on_termination: self.get(&at("Ebs.DeleteOnTermination")).is_none()
+                        || self.flag(&at("Ebs.DeleteOnTermination"))?,
+                    volume_type: self.get(&at("Ebs.VolumeType")).map(str::to_string),
+                })
+            } else {
+                None
+            };
+            out.push(crate::images::BlockDevice {
+                device_name,
+                ebs,
+                virtual_name: self.get(&at("VirtualName")).map(str::to_string),
+                // Any value (EC2 sends an empty one) drops the mapping.
+                no_device: self.get(&at("NoDevice")).is_some(),
+            });
+        }
+        Ok(out)
+    }
+
     /// `Filter.N.Name` with `Filter.N.Value.M`.
     pub fn filters(&self) -> Result<Vec<Filter>, Ec2Error> {
         let mut numbers: Vec<u64> = self

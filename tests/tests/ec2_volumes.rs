@@ -1019,8 +1019,8 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
         text.contains("root disk: gumtree tiny guest root disk"),
         "the root came from the snapshot:\n{text}"
     );
-    assert!(text.contains("disk added vdb 2048 MiB"), "{text}");
     assert!(!text.contains("disk vda holds"), "a fresh root: {text}");
+    wait_console(&id, "the launch's extra volume", "disk added vdb 2048 MiB");
     let described = v2(&["ec2", "describe-instances", "--instance-ids", &id]);
     let instance = &described["Reservations"][0]["Instances"][0];
     assert_eq!(instance["RootDeviceType"], "ebs", "{instance}");

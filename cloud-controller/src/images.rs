@@ -46,6 +46,28 @@ impl ImageKind {
     }
 }
 
+/// An image's state, as EC2 names it: CreateImage's are `pending` until
+/// their snapshots are complete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageState {
+    Pending,
+    #[default]
+    Available,
+    Failed,
+}
+
+impl ImageState {
+    /// EC2's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Available => "available",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// An EBS volume a block device mapping makes at launch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EbsDevice {
@@ -93,6 +115,11 @@ pub struct Image {
     /// device to a snapshot (and has no bytes in Walrus).
     #[serde(default)]
     pub block_devices: Vec<BlockDevice>,
+    #[serde(default)]
+    pub state: ImageState,
+    /// Why it failed, when it did.
+    #[serde(default)]
+    pub state_reason: String,
     /// Anyone may launch it.
     pub public: bool,
     /// Accounts (ids) the owner shared it with.
@@ -220,6 +247,8 @@ mod tests {
             root_device_name: None,
             virtualization_type: "paravirtual".into(),
             block_devices: Vec::new(),
+            state: ImageState::Available,
+            state_reason: String::new(),
             public: false,
             launch_permissions: BTreeSet::new(),
             created_ms: 0,

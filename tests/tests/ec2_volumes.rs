@@ -1058,6 +1058,78 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
         "disk vda holds GUMTREE-MARK kept",
     );
 
+    // CreateImage: the instance is stopped, its volumes snapshotted, and it
+    // runs again; an instance of the new image boots from a copy of the root
+    // as it was, mark included.
+    let copy = v2(&[
+        "ec2",
+        "create-image",
+        "--instance-id",
+        &id,
+        "--name",
+        "tiny-ebs-copy",
+    ])["ImageId"]
+        .as_str()
+        .expect("ImageId")
+        .to_string();
+    wait_for("the new image available", Duration::from_secs(240), || {
+        let d = v2(&["ec2", "describe-images", "--image-ids", &copy]);
+        let state = d["Images"][0]["State"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_ne!(state, "failed", "{d}");
+        (state == "available").then_some(d)
+    });
+    wait_state(&id, "running");
+    let image = &v2(&["ec2", "describe-images", "--image-ids", &copy])["Images"][0];
+    assert_eq!(image["RootDeviceType"], "ebs", "{image}");
+    let devices = image["BlockDeviceMappings"].as_array().expect("mappings");
+    assert_eq!(devices.len(), 2, "{image}");
+    let copied_root = devices
+        .iter()
+        .find(|d| d["DeviceName"] == "/dev/sda1")
+        .expect("the root mapping");
+    let copied_snap = copied_root["Ebs"]["SnapshotId"]
+        .as_str()
+        .expect("a snapshot")
+        .to_string();
+    let from = &v2(&["ec2", "describe-snapshots", "--snapshot-ids", &copied_snap])["Snapshots"][0];
+    assert_eq!(from["VolumeId"], root.as_str(), "{from}");
+    let second = v2(&[
+        "ec2",
+        "run-instances",
+        "--image-id",
+        &copy,
+        "--block-device-mappings",
+        "DeviceName=/dev/sdg,NoDevice=\"\"",
+    ])["Instances"][0]["InstanceId"]
+        .as_str()
+        .expect("InstanceId")
+        .to_string();
+    wait_console(
+        &second,
+        "the image's copy of the root boots with the mark",
+        "disk vda holds GUMTREE-MARK kept",
+    );
+    aws(
+        &ec2,
+        &["ec2", "terminate-instances", "--instance-ids", &second],
+    )
+    .expect_ok();
+    aws(
+        &ec2,
+        &[
+            "ec2",
+            "create-image",
+            "--instance-id",
+            &copier,
+            "--name",
+            "from-instance-store",
+        ],
+    )
+    .expect_err("UnsupportedOperation");
+
     // Terminated: the root goes with it; the extra volume stays, free.
     aws(&ec2, &["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
     wait_for("the root volume deleted", Duration::from_secs(120), || {
@@ -1070,5 +1142,6 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
     v2(&["ec2", "delete-volume", "--volume-id", &extra]);
     v2(&["ec2", "deregister-image", "--image-id", &ebs_ami]);
     v2(&["ec2", "delete-snapshot", "--snapshot-id", &snap]);
+    v2(&["ec2", "deregister-image", "--image-id", &copy]);
     v2(&["ec2", "delete-volume", "--volume-id", &vol]);
 }

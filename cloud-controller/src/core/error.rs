@@ -169,6 +169,12 @@ pub enum CoreError {
     /// The account's volume quota (count or GiB) is reached.
     #[error("{0}")]
     VolumeLimit(String),
+    /// The image cannot be launched yet (or any more).
+    #[error("{0}")]
+    ImageUnavailable(String),
+    /// Not something this kind of resource does (the message says why).
+    #[error("{0}")]
+    Unsupported(String),
     /// The state of record failed.
     #[error("{0}")]
     Store(String),

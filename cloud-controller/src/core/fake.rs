@@ -307,6 +307,8 @@ pub(crate) fn test_cloud(fake: std::sync::Arc<FakeCluster>) -> (super::Cloud, te
             root_device_name: None,
             virtualization_type: "hvm".into(),
             block_devices: Vec::new(),
+            state: Default::default(),
+            state_reason: String::new(),
             public: true,
             launch_permissions: Default::default(),
             created_ms: 0,
@@ -485,4 +487,50 @@ impl StorageApi for FakeStorage {
         self.call(zone)?.exports.remove(id);
         Ok(())
     }
+}
+
+/// A completed snapshot of a new volume of `size_gib` GiB of `account_id`
+/// (the cloud's storage must be a [`FakeStorage`]).
+#[cfg(test)]
+pub(crate) async fn completed_snapshot(
+    cloud: &super::Cloud,
+    account_id: &str,
+    size_gib: u64,
+) -> String {
+    let source = cloud
+        .create_volume(
+            super::volumes::NewVolume {
+                account_id: account_id.to_string(),
+                zone: "zone-1".into(),
+                size_gib: Some(size_gib),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .expect("volume")
+        .volume
+        .volume_id;
+    let snap = loop {
+        match cloud
+            .create_snapshot(account_id, &source, "root", &[], false)
+            .await
+        {
+            Ok(made) => break made.snapshot.snapshot_id,
+            // Not available yet.
+            Err(super::CoreError::IncorrectVolumeState(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
+            Err(e) => panic!("snapshot: {e}"),
+        }
+    };
+    for _ in 0..200 {
+        if cloud.snapshots.get(&snap).expect("get").map(|s| s.state)
+            == Some(crate::snapshots::SnapshotState::Completed)
+        {
+            return snap;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("snapshot {snap} not completed");
 }

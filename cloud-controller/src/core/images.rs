@@ -32,6 +32,22 @@ pub struct RegisterRequest {
     pub block_devices: Vec<BlockDevice>,
 }
 
+/// Checks an AMI name as EC2 does.
+pub fn check_image_name(name: &str) -> Result<(), CoreError> {
+    if !(3..=128).contains(&name.chars().count())
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c))
+    {
+        return Err(invalid(
+            "Name",
+            name,
+            "AMI names must be 3 to 128 characters of letters, numbers, ( ) [ ] space . / - ' @ _",
+        ));
+    }
+    Ok(())
+}
+
 /// True for a device name EC2 takes in a block device mapping:
 /// `/dev/sda1`, `/dev/xvdf`, `/dev/vdb`, ...
 pub fn valid_device_name(d: &str) -> bool {
@@ -199,6 +215,12 @@ impl Cloud {
                 ids: vec![id.to_string()],
             });
         }
+        if image.state != crate::images::ImageState::Available {
+            return Err(CoreError::ImageUnavailable(format!(
+                "Image {id} is not available: it is {}.",
+                image.state.name()
+            )));
+        }
         Ok(image)
     }
 
@@ -223,17 +245,7 @@ impl Cloud {
         dry_run: bool,
     ) -> Result<Image, CoreError> {
         let name = &req.name;
-        if !(3..=128).contains(&name.chars().count())
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c))
-        {
-            return Err(invalid(
-                "Name",
-                name,
-                "AMI names must be 3 to 128 characters of letters, numbers, ( ) [ ] space . / - ' @ _",
-            ));
-        }
+        check_image_name(name)?;
         let architecture = req.architecture.as_deref().unwrap_or("x86_64");
         if !matches!(architecture, "x86_64" | "i386" | "arm64") {
             return Err(invalid(
@@ -310,6 +322,8 @@ impl Cloud {
                 root_device_name: Some(root.to_string()),
                 virtualization_type: virtualization_type.to_string(),
                 block_devices,
+                state: crate::images::ImageState::Available,
+                state_reason: String::new(),
                 public: false,
                 launch_permissions: BTreeSet::new(),
                 created_ms: time::unix_ms(),
@@ -393,6 +407,8 @@ impl Cloud {
             root_device_name: req.root_device_name.clone(),
             virtualization_type: virtualization_type.to_string(),
             block_devices,
+            state: crate::images::ImageState::Available,
+            state_reason: String::new(),
             public: false,
             launch_permissions: BTreeSet::new(),
             created_ms: time::unix_ms(),

@@ -28,6 +28,7 @@
 pub mod accounts;
 pub mod addresses;
 pub mod cluster;
+pub mod create_image;
 pub mod describe;
 pub mod error;
 pub mod fake;

@@ -358,6 +358,8 @@ impl Cloud {
         loop {
             tokio::time::sleep(every).await;
             self.follow_snapshots().await;
+            self.follow_images();
+            self.follow_images();
             let pending = match self.volumes.list() {
                 Ok(all) => all,
                 Err(e) => {
@@ -928,36 +930,7 @@ mod tests {
         let storage = Arc::new(FakeStorage::default());
         cloud.storage = storage.clone();
         let me = system_account(&cloud);
-        let source = cloud
-            .create_volume(
-                NewVolume {
-                    account_id: me.clone(),
-                    zone: "zone-1".into(),
-                    size_gib: Some(2),
-                    ..Default::default()
-                },
-                false,
-            )
-            .await
-            .expect("volume")
-            .volume
-            .volume_id;
-        settle().await;
-        let snap = cloud
-            .create_snapshot(&me, &source, "root", &[], false)
-            .await
-            .expect("snapshot")
-            .snapshot
-            .snapshot_id;
-        for _ in 0..100 {
-            settle().await;
-            if cloud.snapshots.get(&snap).expect("get").map(|s| s.state)
-                == Some(crate::snapshots::SnapshotState::Completed)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let snap = super::super::fake::completed_snapshot(&cloud, &me, 2).await;
         let root = |snapshot: &str, size: Option<u64>| BlockDevice {
             device_name: "/dev/sda1".into(),
             ebs: Some(EbsDevice {

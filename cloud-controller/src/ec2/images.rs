@@ -12,6 +12,7 @@ use common::time;
 use super::tags::write_tag_set;
 use super::{xml::Writer, Call, Ec2, Ec2Error};
 use crate::core::{
+    create_image::CreateImageRequest,
     describe::{ImageQuery, Paging},
     images::{ImageChange, Launcher, RegisterRequest},
 };
@@ -76,6 +77,22 @@ pub(super) fn write_block_devices(w: &mut Writer, devices: &[crate::images::Bloc
     w.close("blockDeviceMapping");
 }
 
+/// CreateImage.
+pub async fn create_image(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let request = CreateImageRequest {
+        account_id: call.caller.account_id.clone(),
+        instance_id: p.required("InstanceId")?.to_string(),
+        name: p.required("Name")?.to_string(),
+        description: p.get("Description").map(str::to_string),
+        no_reboot: p.flag("NoReboot")?,
+    };
+    let image = ec2.cloud.create_image(request, p.flag("DryRun")?).await?;
+    let mut w = call.writer();
+    w.elem("imageId", &image.image_id);
+    Ok(w.finish())
+}
+
 fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
     // An EBS-backed image has no object: EC2 shows `owner/name`.
     let location = if i.key.is_empty() {
@@ -86,7 +103,7 @@ fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
     w.open("item")
         .elem("imageId", &i.image_id)
         .elem("imageLocation", &location)
-        .elem("imageState", "available")
+        .elem("imageState", i.state.name())
         .elem("imageOwnerId", &i.owner_id)
         .elem("creationDate", &time::iso8601_ms(i.created_ms))
         .bool("isPublic", i.public)
@@ -101,6 +118,12 @@ fn write_image(w: &mut Writer, i: &Image, tags: &[Tag]) {
     write_block_devices(w, &i.block_devices);
     w.elem("virtualizationType", &i.virtualization_type)
         .elem("hypervisor", "kvm");
+    if !i.state_reason.is_empty() {
+        w.open("stateReason")
+            .elem("code", "Client.CreateImageFailed")
+            .elem("message", &i.state_reason)
+            .close("stateReason");
+    }
     write_tag_set(w, tags);
     w.close("item");
 }

@@ -244,6 +244,7 @@ impl Ec2 {
         }
         match call.action.as_str() {
             "RegisterImage" => images::register_image(self, call).await,
+            "CreateImage" => images::create_image(self, call).await,
             "DescribeImages" => images::describe_images(self, call),
             "DeregisterImage" => images::deregister_image(self, call),
             "DescribeImageAttribute" => images::describe_image_attribute(self, call),

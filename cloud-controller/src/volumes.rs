@@ -124,3 +124,37 @@ impl Volumes {
         self.table.delete(&id.to_string()).map(|_| ())
     }
 }
+
+/// A root volume replacement (CreateReplaceRootVolumeTask): an instance's
+/// root volume swapped for a new one made from a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaceRootTask {
+    /// `replacevol-` and 17 hex digits.
+    pub task_id: String,
+    pub account_id: String,
+    pub instance_id: String,
+    /// EC2's `taskState`: `pending`, `in-progress`, `succeeded`, `failed`.
+    pub state: String,
+    pub start_ms: i64,
+    pub complete_ms: Option<i64>,
+    /// The snapshot the new root is made from.
+    pub snapshot_id: String,
+    /// The image asked for, when one was.
+    pub image_id: Option<String>,
+    /// Whether the snapshot was asked for (else the launch state's).
+    pub snapshot_asked: bool,
+    pub delete_replaced: bool,
+    pub old_volume_id: String,
+    pub new_volume_id: Option<String>,
+    /// Why it failed, when it did.
+    pub reason: String,
+}
+
+impl Record for ReplaceRootTask {
+    const TABLE: &'static str = "replace_root_tasks";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        self.task_id.clone()
+    }
+}

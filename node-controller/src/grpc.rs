@@ -200,7 +200,7 @@ impl NodeService for Node {
         let r = request.into_inner();
         let device = self
             .instances
-            .attach_volume(&r.instance_id, &r.volume_id, &r.connection)
+            .attach_volume(&r.instance_id, &r.volume_id, &r.connection, r.root)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::VolumeAttached {

@@ -453,12 +453,15 @@ impl Instances {
 
     /// Attaches the volume exported at `connection` to instance `id` (hot,
     /// when it runs); returns the guest's device. Attaching it again
-    /// answers the same device.
+    /// answers the same device. A `root` volume becomes the instance's
+    /// root device, `vda` (a new root only while it is stopped, the old one
+    /// detached).
     pub async fn attach_volume(
         &self,
         id: &str,
         volume_id: &str,
         connection: &str,
+        root: bool,
     ) -> Result<String, InstanceError> {
         let relays = self
             .relays
@@ -469,6 +472,20 @@ impl Instances {
         let mut r = self.record(id)?;
         if let Some(v) = r.volumes.iter().find(|v| v.volume_id == volume_id) {
             return Ok(v.target.clone());
+        }
+        if root && r.root_volume.as_deref() != Some(volume_id) {
+            // A replacement root.
+            if r.volumes.iter().any(|v| v.target == "vda") || r.root_volume.is_none() {
+                return Err(InstanceError::Invalid(format!(
+                    "{id} still has its root device, or boots from its own disk"
+                )));
+            }
+            if !r.stopped {
+                return Err(InstanceError::Invalid(format!(
+                    "{id} must be stopped to get a new root volume"
+                )));
+            }
+            r.root_volume = Some(volume_id.to_string());
         }
         let root = r.root_volume.as_deref() == Some(volume_id);
         let target = if root {

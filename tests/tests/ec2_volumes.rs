@@ -1130,6 +1130,71 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
     )
     .expect_err("UnsupportedOperation");
 
+    // Reverted to its launch state: a new root from the image's snapshot,
+    // the same instance, its extra volume still there; the old root stays.
+    // The console keeps its last 64 KiB: the boot before is told apart by
+    // its text, not counted.
+    let boot_before = console(&id)
+        .rsplit("Linux version")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let task = v2(&[
+        "ec2",
+        "create-replace-root-volume-task",
+        "--instance-id",
+        &id,
+    ])["ReplaceRootVolumeTask"]["ReplaceRootVolumeTaskId"]
+        .as_str()
+        .expect("ReplaceRootVolumeTaskId")
+        .to_string();
+    wait_for("the root replaced", Duration::from_secs(240), || {
+        let d = v2(&[
+            "ec2",
+            "describe-replace-root-volume-tasks",
+            "--filters",
+            &format!("Name=instance-id,Values={id}"),
+        ]);
+        let t = &d["ReplaceRootVolumeTasks"][0];
+        assert_eq!(t["ReplaceRootVolumeTaskId"], task.as_str(), "{d}");
+        assert_ne!(t["TaskState"], "failed", "{d}");
+        (t["TaskState"] == "succeeded").then_some(())
+    });
+    wait_state(&id, "running");
+    let text = wait_for(
+        "the reverted guest booted",
+        Duration::from_secs(180),
+        || {
+            let text = console(&id);
+            let last = text.rsplit("Linux version").next().unwrap_or_default();
+            (last != boot_before && last.contains("GUMTREE-ROOT-MARKED")).then_some(text)
+        },
+    );
+    let last_boot = text.rsplit("Linux version").next().unwrap_or_default();
+    assert!(
+        last_boot.contains("GUMTREE-BOOT-OK") && !last_boot.contains("disk vda holds"),
+        "the reverted root has no mark:\n{last_boot}"
+    );
+    let described = v2(&["ec2", "describe-instances", "--instance-ids", &id]);
+    let instance = &described["Reservations"][0]["Instances"][0];
+    let mappings = instance["BlockDeviceMappings"]
+        .as_array()
+        .expect("mappings");
+    let now_root = mappings
+        .iter()
+        .find(|m| m["DeviceName"] == "/dev/sda1")
+        .and_then(|m| m["Ebs"]["VolumeId"].as_str())
+        .expect("a root")
+        .to_string();
+    assert_ne!(now_root, root, "{instance}");
+    assert!(
+        mappings.iter().any(|m| m["DeviceName"] == "/dev/sdg"),
+        "{instance}"
+    );
+    wait_volume(&ec2_run, &root, "available");
+    v2(&["ec2", "delete-volume", "--volume-id", &root]);
+    let root = now_root;
+
     // Terminated: the root goes with it; the extra volume stays, free.
     aws(&ec2, &["ec2", "terminate-instances", "--instance-ids", &id]).expect_ok();
     wait_for("the root volume deleted", Duration::from_secs(120), || {

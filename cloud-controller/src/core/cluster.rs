@@ -135,14 +135,15 @@ pub trait ClusterApi: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ClusterError>;
     /// Powers off guest `id` on `node`, which the cloud has no record of.
     async fn stop_guest(&self, cluster: &str, node: &str, id: &str) -> Result<(), ClusterError>;
-    /// Attaches the volume exported at `connection` to instance `id`;
-    /// returns the guest's device.
+    /// Attaches the volume exported at `connection` to instance `id` (as
+    /// its root device when `root`); returns the guest's device.
     async fn attach_volume(
         &self,
         cluster: &str,
         id: &str,
         volume_id: &str,
         connection: &str,
+        root: bool,
     ) -> Result<String, ClusterError>;
     /// Detaches `volume_id` from instance `id` (`force`: even if the guest
     /// does not let go).
@@ -354,6 +355,7 @@ impl ClusterApi for GrpcClusters {
         id: &str,
         volume_id: &str,
         connection: &str,
+        root: bool,
     ) -> Result<String, ClusterError> {
         self.client(cluster)?
             .attach_volume(proto::VolumeAttach {
@@ -361,6 +363,7 @@ impl ClusterApi for GrpcClusters {
                 volume_id: volume_id.to_string(),
                 connection: connection.to_string(),
                 force: false,
+                root,
             })
             .await
             .map(|r| r.into_inner().device)
@@ -380,6 +383,7 @@ impl ClusterApi for GrpcClusters {
                 volume_id: volume_id.to_string(),
                 connection: String::new(),
                 force,
+                root: false,
             })
             .await
             .map(|_| ())

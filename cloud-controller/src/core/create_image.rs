@@ -156,7 +156,11 @@ impl Cloud {
     }
 
     /// Waits until `instance_id` is in `state` (at most two minutes).
-    async fn wait_instance(&self, instance_id: &str, state: InstanceState) -> Result<(), String> {
+    pub(super) async fn wait_instance(
+        &self,
+        instance_id: &str,
+        state: InstanceState,
+    ) -> Result<(), String> {
         for _ in 0..240 {
             match self.instances.get(instance_id) {
                 Ok(Some(r)) if r.state == state => return Ok(()),

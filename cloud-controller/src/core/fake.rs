@@ -211,11 +211,15 @@ impl ClusterApi for FakeCluster {
         id: &str,
         volume_id: &str,
         _connection: &str,
+        root: bool,
     ) -> Result<String, ClusterError> {
         self.check(cluster)?;
         let mut s = self.lock();
         let n = s.attached.iter().filter(|(i, _)| i == id).count();
         s.attached.push((id.to_string(), volume_id.to_string()));
+        if root {
+            return Ok("vda".into());
+        }
         Ok(format!("vd{}", (b'b' + n as u8) as char))
     }
 

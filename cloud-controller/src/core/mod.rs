@@ -37,6 +37,7 @@ pub mod images;
 pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
+pub mod replace_root;
 pub mod security_groups;
 pub mod snapshots;
 pub mod storage;
@@ -71,6 +72,8 @@ pub struct Cloud {
     pub tags: Arc<crate::tags::Tags>,
     pub volumes: Arc<crate::volumes::Volumes>,
     pub snapshots: Arc<crate::snapshots::Snapshots>,
+    /// Root volume replacements (CreateReplaceRootVolumeTask).
+    pub root_tasks: Arc<common::store::Table<crate::volumes::ReplaceRootTask>>,
     /// Guests nodes report that the cloud has no record of (or only a
     /// terminated one), and what the policy did about them.
     pub unknown_guests: Arc<std::sync::Mutex<UnknownGuests>>,
@@ -180,6 +183,7 @@ impl Cloud {
         Ok(Self {
             volumes: Arc::new(crate::volumes::Volumes::open(store)?),
             snapshots: Arc::new(crate::snapshots::Snapshots::open(store)?),
+            root_tasks: Arc::new(store.table()?),
             storage,
             instances: Arc::new(crate::instances::Instances::open(store)?),
             images: Arc::new(crate::images::Images::open(store)?),

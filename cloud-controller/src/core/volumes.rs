@@ -565,6 +565,9 @@ impl Cloud {
             .as_ref()
             .map(|r| r.cluster.clone())
             .unwrap_or_default();
+        let root = instance
+            .as_ref()
+            .is_some_and(|r| r.root_device.as_deref() == Some(a.device.as_str()));
         let outcome: Result<Option<VolumeRecord>, String> = match a.state.as_str() {
             _ if gone => {
                 // The instance is gone: the export ends and the volume is
@@ -595,7 +598,7 @@ impl Cloud {
                         .await
                         .map_err(|e| (e.to_string(), matches!(e, StorageError::Refused(_))))?;
                     self.clusters
-                        .attach_volume(&cluster, &a.instance_id, id, &connection)
+                        .attach_volume(&cluster, &a.instance_id, id, &connection, root)
                         .await
                         .map_err(|e| (e.to_string(), !e.retry()))
                 }

@@ -284,6 +284,12 @@ impl Ec2 {
             "AttachVolume" => volumes::attach_volume(self, call).await,
             "DetachVolume" => volumes::detach_volume(self, call).await,
             "DescribeVolumes" => volumes::describe_volumes(self, call),
+            "CreateReplaceRootVolumeTask" => {
+                volumes::create_replace_root_volume_task(self, call).await
+            }
+            "DescribeReplaceRootVolumeTasks" => {
+                volumes::describe_replace_root_volume_tasks(self, call)
+            }
             "DescribeVolumeStatus" => volumes::describe_volume_status(self, call),
             "DescribeVolumeAttribute" => volumes::describe_volume_attribute(self, call),
             "ModifyVolumeAttribute" => volumes::modify_volume_attribute(self, call),

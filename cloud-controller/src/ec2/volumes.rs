@@ -251,3 +251,84 @@ pub async fn detach_volume(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         .await?;
     Ok(attachment_response(call, &v))
 }
+
+fn write_root_task(w: &mut Writer, name: &str, t: &crate::volumes::ReplaceRootTask) {
+    w.open(name)
+        .elem("replaceRootVolumeTaskId", &t.task_id)
+        .elem("instanceId", &t.instance_id)
+        .elem("taskState", &t.state)
+        .elem("startTime", &time::iso8601_ms(t.start_ms))
+        .opt(
+            "completeTime",
+            t.complete_ms.map(time::iso8601_ms).as_deref(),
+        )
+        .open("tagSet")
+        .close("tagSet")
+        .opt("imageId", t.image_id.as_deref())
+        .opt(
+            "snapshotId",
+            t.snapshot_asked.then_some(t.snapshot_id.as_str()),
+        )
+        .bool("deleteReplacedRootVolume", t.delete_replaced)
+        .close(name);
+}
+
+/// CreateReplaceRootVolumeTask.
+pub async fn create_replace_root_volume_task(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let request = crate::core::replace_root::ReplaceRootRequest {
+        account_id: call.caller.account_id.clone(),
+        instance_id: p.required("InstanceId")?.to_string(),
+        snapshot_id: p
+            .get("SnapshotId")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        image_id: p
+            .get("ImageId")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        delete_replaced: p.flag("DeleteReplacedRootVolume")?,
+    };
+    let task = ec2
+        .cloud
+        .replace_root_volume(request, p.flag("DryRun")?)
+        .await?;
+    let mut w = call.writer();
+    write_root_task(&mut w, "replaceRootVolumeTask", &task);
+    Ok(w.finish())
+}
+
+/// DescribeReplaceRootVolumeTasks (filter `instance-id`).
+pub fn describe_replace_root_volume_tasks(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
+    let p = &call.params;
+    let mut instance_ids = Vec::new();
+    for f in p.filters()? {
+        if f.name != "instance-id" {
+            return Err(Ec2Error::invalid_value(
+                "Filter",
+                &f.name,
+                "The filter is invalid for DescribeReplaceRootVolumeTasks.",
+            ));
+        }
+        instance_ids.extend(f.values);
+    }
+    let paging = Paging {
+        max: p.int("MaxResults", 1..=50)?.map(|m| m as usize),
+        token: p.get("NextToken").map(str::to_string),
+    };
+    call.dry_run_check()?;
+    let (tasks, next) = ec2.cloud.describe_root_tasks(
+        &call.caller.account_id,
+        &p.list("ReplaceRootVolumeTaskId"),
+        &instance_ids,
+        &paging,
+    )?;
+    let mut w = call.writer();
+    w.open("replaceRootVolumeTaskSet");
+    for t in &tasks {
+        write_root_task(&mut w, "item", t);
+    }
+    w.close("replaceRootVolumeTaskSet")
+        .opt("nextToken", next.as_deref());
+    Ok(w.finish())
+}

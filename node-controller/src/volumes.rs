@@ -120,7 +120,20 @@ impl VolumeRelays {
                 let tls = tls.clone();
                 let c = c.clone();
                 tokio::spawn(async move {
-                    match open(&tls, &c).await {
+                    // QEMU (re)connects while the export is away (a storage
+                    // controller restart): the connection is held while the
+                    // export is tried again, so the guest's I/O pauses
+                    // rather than fails.
+                    let patience = std::time::Duration::from_secs(
+                        u64::from(crate::hypervisor::VOLUME_RECONNECT_SECS).saturating_sub(5),
+                    );
+                    let until = tokio::time::Instant::now() + patience;
+                    let mut opened = open(&tls, &c).await;
+                    while opened.is_err() && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        opened = open(&tls, &c).await;
+                    }
+                    match opened {
                         Ok(export) => {
                             // The export may have spoken already (NBD's greeting).
                             let early = export.buffer().to_vec();

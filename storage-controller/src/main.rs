@@ -35,12 +35,31 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
         .rsplit_once(':')
         .map(|(h, _)| h.to_string())
         .unwrap_or_else(|| started.addr.ip().to_string());
-    let export_listen = if config.export_listen.is_empty() {
-        format!("{}:0", started.addr.ip())
+    // Without a configured address, exports take a free port once and keep
+    // it: the nodes' relays of attached volumes hold it, and must find the
+    // export there again after a restart (or a kill -9).
+    let remembered = std::fs::read_to_string(config.state_dir.join("exports.addr"))
+        .ok()
+        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    let (export_listener, export_addr) = if !config.export_listen.is_empty() {
+        rpc::bind(&config.export_listen).await?
     } else {
-        config.export_listen.clone()
+        let ip = started.addr.ip();
+        match remembered {
+            Some(port) => match rpc::bind(&format!("{ip}:{port}")).await {
+                Ok(bound) => bound,
+                Err(e) => {
+                    tracing::error!(error = %e, port, "the exports' port of last time is taken: attached volumes must be attached again");
+                    rpc::bind(&format!("{ip}:0")).await?
+                }
+            },
+            None => rpc::bind(&format!("{ip}:0")).await?,
+        }
     };
-    let (export_listener, export_addr) = rpc::bind(&export_listen).await?;
+    if config.export_listen.is_empty() && remembered != Some(export_addr.port()) {
+        rpc::write_named_addr_file(&config.state_dir, "exports.addr", export_addr)?;
+    }
     let exports = Exports::open(
         &store,
         volumes.clone(),

@@ -101,6 +101,32 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Polls `fetch` every 100 ms until its text contains `needle` and returns
+/// that text; after `timeout`, panics with the end of the last text (a
+/// guest's console, say), so a failure shows what there was instead.
+pub fn wait_for_text(
+    what: &str,
+    timeout: Duration,
+    mut fetch: impl FnMut() -> String,
+    needle: &str,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fetch();
+        if text.contains(needle) {
+            return text;
+        }
+        if Instant::now() >= deadline {
+            let tail: String = {
+                let chars: Vec<char> = text.chars().collect();
+                chars[chars.len().saturating_sub(4000)..].iter().collect()
+            };
+            panic!("timed out after {timeout:?} waiting for {what} ({needle:?}); the text ends:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -231,6 +231,61 @@ pub fn tiny_guest() -> PathBuf {
     dir
 }
 
+/// Uploads the tiny guest (from `tiny`) to the bucket `tiny` of Walrus and
+/// registers its kernel, ramdisk and instance-store image as users do,
+/// with the AWS CLI that `aws` runs (endpoint first); answers (aki, ari,
+/// ami).
+pub fn register_tiny(
+    tiny: &std::path::Path,
+    aws: &dyn Fn(&str, &[&str]) -> Run,
+    s3: &str,
+    ec2: &str,
+) -> (String, String, String) {
+    aws(s3, &["s3", "mb", "s3://tiny"]).expect_ok();
+    for (file, kind) in [
+        ("vmlinuz", "kernel"),
+        ("initrd.gz", "ramdisk"),
+        ("disk.img", ""),
+    ] {
+        let mut args = vec![
+            "s3".to_string(),
+            "cp".to_string(),
+            tiny.join(file).display().to_string(),
+            format!("s3://tiny/{file}"),
+        ];
+        if !kind.is_empty() {
+            args.push("--metadata".into());
+            args.push(format!("image-type={kind}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        aws(s3, &args).expect_ok();
+    }
+    let register = |location: &str, name: &str, extra: &[&str]| -> String {
+        let mut args = vec![
+            "ec2",
+            "register-image",
+            "--image-location",
+            location,
+            "--name",
+            name,
+            "--query",
+            "ImageId",
+            "--output",
+            "text",
+        ];
+        args.extend(extra);
+        aws(ec2, &args).expect_ok().trim().to_string()
+    };
+    let aki = register("tiny/vmlinuz", "tiny-kernel", &[]);
+    let ari = register("tiny/initrd.gz", "tiny-ramdisk", &[]);
+    let ami = register(
+        "tiny/disk.img",
+        "tiny",
+        &["--kernel-id", &aki, "--ramdisk-id", &ari],
+    );
+    (aki, ari, ami)
+}
+
 /// Registers the object at `location` (`bucket/key`) as image `name` with
 /// the AWS CLI that `ec2` runs: its id.
 pub fn register_image(ec2: &dyn Fn(&[&str]) -> Run, location: &str, name: &str) -> String {

@@ -311,57 +311,29 @@ print(" ".join(sorted(ids)))
 }
 
 /// Destroys whatever guests this cloud's nodes left, if the test failed.
-/// Uploads the tiny guest to Walrus and registers its kernel, ramdisk and
-/// instance-store image as users do; answers (aki, ari, ami).
-fn register_tiny(
-    tiny: &std::path::Path,
-    aws: &dyn Fn(&str, &[&str]) -> clients::Run,
-    s3: &str,
-    ec2: &str,
-) -> (String, String, String) {
-    aws(s3, &["s3", "mb", "s3://tiny"]).expect_ok();
-    for (file, kind) in [
-        ("vmlinuz", "kernel"),
-        ("initrd.gz", "ramdisk"),
-        ("disk.img", ""),
-    ] {
-        let mut args = vec![
-            "s3".to_string(),
-            "cp".to_string(),
-            tiny.join(file).display().to_string(),
-            format!("s3://tiny/{file}"),
-        ];
-        if !kind.is_empty() {
-            args.push("--metadata".into());
-            args.push(format!("image-type={kind}"));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        aws(s3, &args).expect_ok();
-    }
-    let register = |location: &str, name: &str, extra: &[&str]| -> String {
-        let mut args = vec![
-            "ec2",
-            "register-image",
-            "--image-location",
-            location,
-            "--name",
-            name,
-            "--query",
-            "ImageId",
-            "--output",
-            "text",
-        ];
-        args.extend(extra);
-        aws(ec2, &args).expect_ok().trim().to_string()
-    };
-    let aki = register("tiny/vmlinuz", "tiny-kernel", &[]);
-    let ari = register("tiny/initrd.gz", "tiny-ramdisk", &[]);
-    let ami = register(
-        "tiny/disk.img",
-        "tiny",
-        &["--kernel-id", &aki, "--ramdisk-id", &ari],
-    );
-    (aki, ari, ami)
+/// A cloud of `nodes` nodes on real libvirt, with Walrus and the SC
+/// ENABLED.
+fn guest_cloud(nodes: usize) -> Cloud {
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes,
+        node_cores: 2,
+        node_memory_mib: 2048,
+        real_libvirt: true,
+        ..Default::default()
+    });
+    wait_for("the cloud ENABLED", Duration::from_secs(30), || {
+        let listed = cloud.admin_json(&["describe-nodes"]);
+        let ready = listed
+            .as_array()?
+            .iter()
+            .filter(|n| n["state"] == "ENABLED")
+            .count();
+        (ready == nodes
+            && cloud.service_state("walrus").as_deref() == Some("ENABLED")
+            && cloud.service_state("sc-1").as_deref() == Some("ENABLED"))
+        .then_some(())
+    });
+    cloud
 }
 
 struct Sweep(PathBuf);
@@ -385,26 +357,8 @@ impl Drop for Sweep {
 #[test]
 fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     let tiny = clients::tiny_guest();
-    let mut cloud = Cloud::start_with(CloudOptions {
-        nodes: 2,
-        node_cores: 2,
-        node_memory_mib: 2048,
-        real_libvirt: true,
-        ..Default::default()
-    });
+    let mut cloud = guest_cloud(2);
     let _sweep = Sweep(cloud.dir().to_path_buf());
-    wait_for("the cloud ENABLED", Duration::from_secs(30), || {
-        let nodes = cloud.admin_json(&["describe-nodes"]);
-        let ready = nodes
-            .as_array()?
-            .iter()
-            .filter(|n| n["state"] == "ENABLED")
-            .count();
-        (ready == 2
-            && cloud.service_state("walrus").as_deref() == Some("ENABLED")
-            && cloud.service_state("sc-1").as_deref() == Some("ENABLED"))
-        .then_some(())
-    });
     let creds = Credentials::new(cloud.admin_key());
     let home = cloud.dir().join("home-attach");
     fs::create_dir_all(&home).expect("home");
@@ -415,7 +369,7 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     let v2 = |args: &[&str]| json(&aws(&ec2, args).expect_ok());
 
     // The tiny guest, as users register it.
-    let (_, _, ami) = register_tiny(&tiny, &|e: &str, a: &[&str]| aws(e, a), &s3, &ec2);
+    let (_, _, ami) = clients::register_tiny(&tiny, &|e: &str, a: &[&str]| aws(e, a), &s3, &ec2);
 
     let console = |id: &str| -> String {
         let out = v2(&["ec2", "get-console-output", "--instance-id", id, "--latest"]);
@@ -892,22 +846,8 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
 #[test]
 fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_start() {
     let tiny = clients::tiny_guest();
-    let cloud = Cloud::start_with(CloudOptions {
-        nodes: 1,
-        node_cores: 2,
-        node_memory_mib: 2048,
-        real_libvirt: true,
-        ..Default::default()
-    });
+    let cloud = guest_cloud(1);
     let _sweep = Sweep(cloud.dir().to_path_buf());
-    wait_for("the cloud ENABLED", Duration::from_secs(30), || {
-        let nodes = cloud.admin_json(&["describe-nodes"]);
-        let ready = nodes.as_array()?.iter().any(|n| n["state"] == "ENABLED");
-        (ready
-            && cloud.service_state("walrus").as_deref() == Some("ENABLED")
-            && cloud.service_state("sc-1").as_deref() == Some("ENABLED"))
-        .then_some(())
-    });
     let creds = Credentials::new(cloud.admin_key());
     let home = cloud.dir().join("home-ebs");
     fs::create_dir_all(&home).expect("home");
@@ -917,7 +857,8 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
         |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
     let v2 = |args: &[&str]| json(&aws(&ec2, args).expect_ok());
     let ec2_run = |a: &[&str]| aws(&ec2, a);
-    let (aki, ari, ami) = register_tiny(&tiny, &|e: &str, a: &[&str]| aws(e, a), &s3, &ec2);
+    let (aki, ari, ami) =
+        clients::register_tiny(&tiny, &|e: &str, a: &[&str]| aws(e, a), &s3, &ec2);
     let console = |id: &str| -> String {
         let out = v2(&["ec2", "get-console-output", "--instance-id", id, "--latest"]);
         out["Output"].as_str().unwrap_or_default().replace('\r', "")

@@ -12,7 +12,7 @@ use common::time;
 
 use super::{images::check_image_name, Cloud, CoreError};
 use crate::{
-    images::{BlockDevice, EbsDevice, Image, ImageError, ImageKind, ImageState},
+    images::{BlockDevice, EbsDevice, Image, ImageKind, ImageState},
     instances::InstanceState,
     snapshots::SnapshotState,
     volumes::VolumeRecord,
@@ -118,10 +118,7 @@ impl Cloud {
             launch_permissions: Default::default(),
             created_ms: time::unix_ms(),
         };
-        self.images.register(&image).map_err(|e| match e {
-            ImageError::DuplicateName { .. } => CoreError::DuplicateImageName(e.to_string()),
-            ImageError::Store(e) => CoreError::from(e),
-        })?;
+        self.record_image(&image)?;
         tracing::info!(image_id = %image.image_id, instance_id = %r.instance_id, no_reboot = req.no_reboot, "creating an image");
         let cloud = self.clone();
         let (made, reboot) = (

@@ -48,22 +48,22 @@ pub fn check_image_name(name: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// True for a device name EC2 takes in a block device mapping:
-/// `/dev/sda1`, `/dev/xvdf`, `/dev/vdb`, ...
-pub fn valid_device_name(d: &str) -> bool {
-    let Some(rest) = d
+/// The drive letter of a device name EC2 takes in a block device mapping
+/// (`/dev/sda1`, `/dev/xvdf`, `/dev/vdb`, ...); None for any other name.
+pub fn device_letter(d: &str) -> Option<char> {
+    let rest = d
         .strip_prefix("/dev/xvd")
         .or_else(|| d.strip_prefix("/dev/sd"))
-        .or_else(|| d.strip_prefix("/dev/vd"))
-    else {
-        return false;
-    };
+        .or_else(|| d.strip_prefix("/dev/vd"))?;
     let mut chars = rest.chars();
-    let letter = chars.next();
+    let letter = chars.next().filter(char::is_ascii_lowercase)?;
     let digits: String = chars.collect();
-    matches!(letter, Some('a'..='z'))
-        && digits.len() <= 2
-        && digits.bytes().all(|b| b.is_ascii_digit())
+    (digits.len() <= 2 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(letter)
+}
+
+/// True for a device name EC2 takes in a block device mapping.
+pub fn valid_device_name(d: &str) -> bool {
+    device_letter(d).is_some()
 }
 
 /// The mappings a launch of `image` makes: the image's, with `asked`'s
@@ -103,6 +103,14 @@ fn invalid(param: &'static str, value: &str, why: &str) -> CoreError {
 }
 
 impl Cloud {
+    /// Records a new image, its name unique among its owner's.
+    pub(super) fn record_image(&self, image: &Image) -> Result<(), CoreError> {
+        self.images.register(image).map_err(|e| match e {
+            ImageError::DuplicateName { .. } => CoreError::DuplicateImageName(e.to_string()),
+            ImageError::Store(e) => CoreError::from(e),
+        })
+    }
+
     /// Checks block device mappings for `account_id` and fills in what a
     /// snapshot implies (its size, when none is given). The snapshots of
     /// `image`'s own mappings are usable by whoever may launch it (as with
@@ -328,10 +336,7 @@ impl Cloud {
                 launch_permissions: BTreeSet::new(),
                 created_ms: time::unix_ms(),
             };
-            self.images.register(&image).map_err(|e| match e {
-                ImageError::DuplicateName { .. } => CoreError::DuplicateImageName(e.to_string()),
-                ImageError::Store(e) => CoreError::from(e),
-            })?;
+            self.record_image(&image)?;
             tracing::info!(image_id = %image.image_id, root, "EBS-backed image registered");
             return Ok(image);
         };
@@ -413,10 +418,7 @@ impl Cloud {
             launch_permissions: BTreeSet::new(),
             created_ms: time::unix_ms(),
         };
-        self.images.register(&image).map_err(|e| match e {
-            ImageError::DuplicateName { .. } => CoreError::DuplicateImageName(e.to_string()),
-            ImageError::Store(e) => CoreError::from(e),
-        })?;
+        self.record_image(&image)?;
         tracing::info!(image_id = %image.image_id, kind = image.kind.wire(), location = %trimmed, size = image.size, "image registered");
         Ok(image)
     }

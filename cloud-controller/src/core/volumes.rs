@@ -382,19 +382,7 @@ impl Cloud {
 /// True for the device names EC2 takes for EBS volumes (`/dev/sdf`,
 /// `/dev/xvdg`, `/dev/sdh1`, ...), the root's excepted.
 pub fn valid_device(d: &str) -> bool {
-    let Some(rest) = d
-        .strip_prefix("/dev/xvd")
-        .or_else(|| d.strip_prefix("/dev/sd"))
-        .or_else(|| d.strip_prefix("/dev/vd"))
-    else {
-        return false;
-    };
-    let mut chars = rest.chars();
-    let letter = chars.next();
-    let digits: String = chars.collect();
-    matches!(letter, Some('b'..='z'))
-        && digits.len() <= 2
-        && digits.bytes().all(|b| b.is_ascii_digit())
+    matches!(super::images::device_letter(d), Some(letter) if letter != 'a')
 }
 
 impl Cloud {

@@ -155,49 +155,7 @@ fn main() {
     let ec2 = cloud.ec2_endpoint();
     let aws =
         |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
-    aws(&s3, &["s3", "mb", "s3://bench"]).expect_ok();
-    let mut ids: Vec<String> = Vec::new();
-    for (file, kind) in [
-        ("vmlinuz", "kernel"),
-        ("initrd.gz", "ramdisk"),
-        ("disk.img", ""),
-    ] {
-        let path = tiny.join(file).display().to_string();
-        let target = format!("s3://bench/{file}");
-        let meta = format!("image-type={kind}");
-        let mut cp = vec!["s3", "cp", &path, &target];
-        if !kind.is_empty() {
-            cp.extend(["--metadata", &meta]);
-        }
-        aws(&s3, &cp).expect_ok();
-        let location = format!("bench/{file}");
-        let name = format!("bench-{file}");
-        let mut reg = vec![
-            "ec2",
-            "register-image",
-            "--image-location",
-            &location,
-            "--name",
-            &name,
-            "--query",
-            "ImageId",
-            "--output",
-            "text",
-        ];
-        let extra: Vec<String> = if kind.is_empty() {
-            vec![
-                "--kernel-id".into(),
-                ids[0].clone(),
-                "--ramdisk-id".into(),
-                ids[1].clone(),
-            ]
-        } else {
-            Vec::new()
-        };
-        reg.extend(extra.iter().map(String::as_str));
-        ids.push(aws(&ec2, &reg).expect_ok().trim().to_string());
-    }
-    let ami = ids[2].clone();
+    let (_, _, ami) = clients::register_tiny(&tiny, &|e: &str, a: &[&str]| aws(e, a), &s3, &ec2);
     let mut c = Ec2::new(&ec2, cloud.admin_key());
 
     // 1. CreateVolume to available.

@@ -73,17 +73,17 @@ pub fn volume_serial(volume_id: &str) -> String {
     volume_id.replacen('-', "", 1)
 }
 
-/// How long (seconds) a volume's relay keeps trying to reach its export
-/// for a QEMU that reconnects (a storage controller restart), and the
-/// `reconnect delay` asked of QEMU.
+/// How long (seconds) a volume's relay keeps dialling its export when it
+/// goes away (a storage controller restart) while the guest's I/O waits,
+/// and the `reconnect delay` asked of QEMU.
 pub const VOLUME_RECONNECT_SECS: u32 = 60;
 
-/// The libvirt `<disk>` of a volume. QEMU reconnects to the socket when the
-/// relay or the export behind it goes away (a node or storage controller
-/// restart) and the guest's I/O goes on once it is back. The `<reconnect>`
-/// element would also make I/O wait meanwhile instead of failing, but
-/// libvirt 9.0 (Debian 12) accepts it only for vhost-user disks and drops
-/// it here: until then the guest sees I/O errors while the export is away.
+/// The libvirt `<disk>` of a volume, opened through its relay's socket.
+/// The relay ([`crate::nbd`]) hides a lost export from QEMU (the guest's
+/// I/O waits). QEMU reconnects to the socket by itself when the relay goes
+/// away (a node controller restart); the `<reconnect>` element would make
+/// its I/O wait meanwhile too, but libvirt 9.0 (Debian 12) takes it only
+/// for vhost-user disks and drops it here.
 pub fn volume_disk_xml(v: &VolumeDisk) -> String {
     format!(
         "<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none' io='threads'/><source protocol='nbd'><host transport='unix' socket='{}'/><reconnect delay='{}'/></source><target dev='{}' bus='virtio'/><serial>{}</serial></disk>",

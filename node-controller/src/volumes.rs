@@ -114,40 +114,22 @@ impl VolumeRelays {
         let volume_id = c.volume_id.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut qemu, _)) = listener.accept().await else {
+                let Ok((qemu, _)) = listener.accept().await else {
                     continue;
                 };
                 let tls = tls.clone();
                 let c = c.clone();
-                tokio::spawn(async move {
-                    // QEMU (re)connects while the export is away (a storage
-                    // controller restart): the connection is held while the
-                    // export is tried again, so the guest's I/O pauses
-                    // rather than fails.
-                    let patience = std::time::Duration::from_secs(
-                        u64::from(crate::hypervisor::VOLUME_RECONNECT_SECS).saturating_sub(5),
-                    );
-                    let until = tokio::time::Instant::now() + patience;
-                    let mut opened = open(&tls, &c).await;
-                    while opened.is_err() && tokio::time::Instant::now() < until {
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                        opened = open(&tls, &c).await;
-                    }
-                    match opened {
-                        Ok(export) => {
-                            // The export may have spoken already (NBD's greeting).
-                            let early = export.buffer().to_vec();
-                            if qemu.write_all(&early).await.is_err() {
-                                return;
-                            }
-                            let mut export = export.into_inner();
-                            let _ = tokio::io::copy_bidirectional(&mut qemu, &mut export).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(volume = %c.volume_id, error = %e, "volume not reached")
-                        }
-                    }
-                });
+                // The relay speaks NBD: it dials the export again when it
+                // goes away (a storage controller restart) and QEMU's I/O
+                // waits meanwhile.
+                let dial = move || {
+                    let (tls, c) = (tls.clone(), c.clone());
+                    async move { open(&tls, &c).await }
+                };
+                let patience = std::time::Duration::from_secs(u64::from(
+                    crate::hypervisor::VOLUME_RECONNECT_SECS,
+                ));
+                tokio::spawn(crate::nbd::relay(qemu, dial, patience));
             }
         });
         self.relays

@@ -87,6 +87,9 @@ struct Inner {
     clusters: HashMap<String, ClusterReport>,
     /// Which service each open stream belongs to.
     streams: HashMap<StreamId, (String, String)>,
+    /// Each storage controller's room for volumes from its last report:
+    /// (capacity, provisioned) GiB.
+    room: HashMap<String, (u64, u64)>,
 }
 
 /// The CLC's view of the cloud.
@@ -292,6 +295,12 @@ impl Registry {
         }
         check_name(&report.service_type, &report.name)?;
         let mut inner = self.lock();
+        if report.service_type == STORAGE && report.capacity_gib > 0 {
+            inner.room.insert(
+                report.name.clone(),
+                (report.capacity_gib, report.provisioned_gib),
+            );
+        }
         self.upsert(
             &mut inner,
             stream,
@@ -379,7 +388,17 @@ impl Registry {
                         Some(r) if record.service_type == CLUSTER => {
                             format!("placement {}; {}", r.placement_policy, l.detail)
                         }
-                        _ => l.detail.clone(),
+                        _ => match inner.room.get(&record.name) {
+                            Some((capacity, provisioned)) if record.service_type == STORAGE => {
+                                let room = format!("volumes take {provisioned} of {capacity} GiB");
+                                if l.detail.is_empty() {
+                                    room
+                                } else {
+                                    format!("{room}; {}", l.detail)
+                                }
+                            }
+                            _ => l.detail.clone(),
+                        },
                     };
                     (ServiceState::Enabled, l.last_report_ms, detail)
                 }
@@ -410,6 +429,17 @@ impl Registry {
             .get(&(CLUSTER.to_string(), cluster.to_string()))
             .and_then(|(_, l)| l.as_ref())
             .is_some_and(|l| l.ready)
+    }
+
+    /// The room for volumes (capacity, provisioned GiB) of zone `zone`'s
+    /// storage controller, as it last reported it.
+    pub fn storage_room(&self, zone: &str) -> Option<(u64, u64)> {
+        let inner = self.lock();
+        inner
+            .services
+            .values()
+            .find(|(r, _)| r.service_type == STORAGE && r.partition == zone)
+            .and_then(|(r, _)| inner.room.get(&r.name).copied())
     }
 
     /// The internal endpoint of an ENABLED Walrus, if there is one.

@@ -447,6 +447,15 @@ where
 pub async fn report_service_to_clc(settings: ReportSettings, report: ServiceReport) {
     // The report of such a service does not change while it runs.
     let (_keep, updates) = watch::channel(report);
+    report_service_changes(settings, updates).await
+}
+
+/// Keeps a service's report stream to the CLC open, sending each report
+/// `updates` gives (a storage controller's room for volumes changes).
+pub async fn report_service_changes(
+    settings: ReportSettings,
+    updates: watch::Receiver<ServiceReport>,
+) {
     keep_reporting(settings, updates, |client, reports| async move {
         proto::cloud_service_client::CloudServiceClient::new(client)
             .report_service(reports)

@@ -31,6 +31,10 @@ pub struct StorageConfig {
     /// `internal_tls = { dir = "/var/lib/gumtree/pki" }` finds `ca.pem`,
     /// `sc-<name>.pem` and `sc-<name>.key` there.
     pub internal_tls: common::pki::TlsFiles,
+    /// GiB its volumes may take in all (their full sizes, though their
+    /// files are sparse). Default 0: the size of the file system that holds
+    /// `state_dir`.
+    pub capacity_gib: u64,
     /// Seconds between reports to the CLC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
@@ -49,6 +53,7 @@ impl Default for StorageConfig {
             state_dir: "/var/lib/gumtree/sc".into(),
             cluster_secret_file: "/var/lib/gumtree/cluster.secret".into(),
             internal_tls: Default::default(),
+            capacity_gib: 0,
             heartbeat_secs: 2,
             log_filter: "info".into(),
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use common::{
     pki::Role,
-    report::{report_service_to_clc, ReportSettings},
+    report::{report_service_changes, ReportSettings},
     rpc,
 };
 use proto::{storage_service_server::StorageServiceServer, ServiceReport};
@@ -73,7 +73,34 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
     ));
     tokio::spawn(exports.clone().supervise());
     let snapshots = Snapshots::open(&store, volumes.clone(), started.trust.clone())?;
-    tokio::spawn(report_service_to_clc(
+    // Its room for volumes: the configured capacity, else the size of the
+    // file system that holds them.
+    let capacity = if config.capacity_gib > 0 {
+        config.capacity_gib
+    } else {
+        let fs = nix::sys::statvfs::statvfs(&config.state_dir)?;
+        (fs.blocks() as u64 * fs.fragment_size() as u64) >> 30
+    };
+    volumes.set_capacity(capacity);
+    let report = {
+        let (name, partition, endpoint) = (
+            config.name.clone(),
+            config.partition.clone(),
+            started.advertise.clone(),
+        );
+        move |provisioned: u64| ServiceReport {
+            service_type: "storage".into(),
+            name: name.clone(),
+            partition: partition.clone(),
+            endpoint: endpoint.clone(),
+            version: common::VERSION.into(),
+            capacity_gib: capacity,
+            provisioned_gib: provisioned,
+            ..Default::default()
+        }
+    };
+    let (room, updates) = tokio::sync::watch::channel(report(volumes.provisioned_gib()?));
+    tokio::spawn(report_service_changes(
         ReportSettings {
             parent: config.clc.clone(),
             parent_kind: "cloud controller",
@@ -81,16 +108,28 @@ async fn run(config: StorageConfig) -> anyhow::Result<()> {
             trust: started.trust.clone(),
             heartbeat: Duration::from_secs(config.heartbeat_secs.max(1)),
         },
-        ServiceReport {
-            service_type: "storage".into(),
-            name: config.name.clone(),
-            partition: config.partition.clone(),
-            endpoint: started.advertise.clone(),
-            version: common::VERSION.into(),
-            ..Default::default()
-        },
+        updates,
     ));
-    tracing::info!(name = %config.name, volumes = held, exports = %exports.endpoint, listen = %started.addr, clc = %config.clc, "storage controller ready");
+    {
+        // What its volumes take, told to the CLC when it changes.
+        let volumes = volumes.clone();
+        let report = report.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(now) = volumes.provisioned_gib() {
+                    room.send_if_modified(|r| {
+                        let changed = r.provisioned_gib != now;
+                        if changed {
+                            *r = report(now);
+                        }
+                        changed
+                    });
+                }
+            }
+        });
+    }
+    tracing::info!(name = %config.name, volumes = held, capacity_gib = capacity, exports = %exports.endpoint, listen = %started.addr, clc = %config.clc, "storage controller ready");
     let incoming = started.trust.incoming(started.listener);
     rpc::serve_until_signal(|stop| {
         started

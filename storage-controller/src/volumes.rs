@@ -75,6 +75,8 @@ pub enum VolumeError {
     NotFound(String),
     #[error("volume {id} exists with {have} GiB")]
     Conflict { id: String, have: u64 },
+    #[error("{asked} GiB asked, {free} GiB of this storage controller's capacity free")]
+    Capacity { asked: u64, free: u64 },
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
@@ -86,6 +88,11 @@ pub enum VolumeError {
 pub struct Volumes {
     table: Table<VolumeRecord>,
     backend: Arc<dyn VolumeBackend>,
+    /// GiB its volumes may take in all (their full sizes); no limit unless
+    /// set.
+    capacity_gib: Arc<std::sync::atomic::AtomicU64>,
+    /// Held from a create's capacity check to its record.
+    admit: Arc<std::sync::Mutex<()>>,
 }
 
 impl Volumes {
@@ -95,6 +102,8 @@ impl Volumes {
         let v = Self {
             table: store.table()?,
             backend,
+            capacity_gib: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            admit: Arc::default(),
         };
         for r in v.table.list()? {
             match r.state {
@@ -131,6 +140,22 @@ impl Volumes {
         Ok(self.table.list()?)
     }
 
+    /// Limits what its volumes may take in all to `gib` GiB.
+    pub fn set_capacity(&self, gib: u64) {
+        self.capacity_gib
+            .store(gib, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What its volumes may take in all, GiB.
+    pub fn capacity_gib(&self) -> u64 {
+        self.capacity_gib.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What its volumes take (their full sizes), GiB.
+    pub fn provisioned_gib(&self) -> Result<u64, VolumeError> {
+        Ok(self.table.list()?.iter().map(|v| v.size_gib).sum())
+    }
+
     /// Checks the id and size, records volume `id` `creating` (from
     /// `snapshot`, with Walrus's address, when given) and makes its empty
     /// data. `Ok(Err(record))` when it was recorded already: the same
@@ -156,7 +181,19 @@ impl Volumes {
             walrus: snapshot.map(|(_, w)| w.to_string()).unwrap_or_default(),
             reason: String::new(),
         };
-        if !self.table.insert_new(&creating)? {
+        let admitted = self.admit.lock().unwrap_or_else(|p| p.into_inner());
+        if self.get(id)?.is_none() {
+            let (capacity, used) = (self.capacity_gib(), self.provisioned_gib()?);
+            if used.saturating_add(size_gib) > capacity {
+                return Err(VolumeError::Capacity {
+                    asked: size_gib,
+                    free: capacity.saturating_sub(used),
+                });
+            }
+        }
+        let inserted = self.table.insert_new(&creating)?;
+        drop(admitted);
+        if !inserted {
             return match self.get(id)? {
                 Some(r) if r.size_gib == size_gib => Ok(Err(r)),
                 Some(r) => Err(VolumeError::Conflict {
@@ -266,6 +303,25 @@ mod tests {
         v.delete(ID).expect("delete again");
         assert_eq!(v.get(ID).expect("get"), None);
         assert_eq!(v.backend().size(ID).expect("size"), None);
+    }
+
+    #[test]
+    fn creates_stop_at_the_capacity() {
+        let store = Store::in_memory();
+        let v = Volumes::open(&store, Arc::new(MemoryBackend::default())).expect("open");
+        v.set_capacity(3);
+        v.create(ID, 2).expect("2 of 3 GiB");
+        let other = "vol-0000000000000000f";
+        assert!(matches!(
+            v.create(other, 2),
+            Err(VolumeError::Capacity { asked: 2, free: 1 })
+        ));
+        assert_eq!(v.get(other).expect("get"), None, "nothing recorded");
+        assert_eq!(v.provisioned_gib().expect("provisioned"), 2);
+        v.create(ID, 2).expect("the same create again is no new room");
+        v.create(other, 1).expect("1 GiB fits");
+        v.delete(ID).expect("delete");
+        assert_eq!(v.provisioned_gib().expect("provisioned"), 1);
     }
 
     #[test]

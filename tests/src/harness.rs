@@ -194,6 +194,8 @@ pub struct CloudOptions {
     pub cc_config: String,
     /// More lines for Walrus's configuration.
     pub walrus_config: String,
+    /// More lines for the storage controller's configuration.
+    pub sc_config: String,
     /// Files put into every node's image cache before it starts, as if
     /// fetched before (tests that drive a node directly, with no instance
     /// record at the CLC, which Walrus would refuse the download).
@@ -216,6 +218,7 @@ impl Default for CloudOptions {
             clc_config: String::new(),
             cc_config: String::new(),
             walrus_config: String::new(),
+            sc_config: String::new(),
             cached_images: Vec::new(),
         }
     }
@@ -391,7 +394,10 @@ impl Cloud {
         cloud.add(
             "sc-1",
             Tier::Storage,
-            &format!("name = \"sc-1\"\npartition = \"zone-1\"\nclc = \"{clc}\"\n"),
+            &format!(
+                "name = \"sc-1\"\npartition = \"zone-1\"\nclc = \"{clc}\"\n{}",
+                options.sc_config
+            ),
         );
         let mut cc = format!(
             "name = \"cluster-1\"\nzone = \"zone-1\"\nclc = \"{clc}\"\nnode_timeout_secs = 6\n"

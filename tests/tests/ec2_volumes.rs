@@ -39,6 +39,7 @@ fn json(out: &str) -> serde_json::Value {
 fn volumes_are_made_listed_and_deleted_by_the_storage_controller() {
     let mut cloud = Cloud::start_with(CloudOptions {
         nodes: 1,
+        sc_config: "capacity_gib = 20\n".into(),
         ..Default::default()
     });
     wait_for(
@@ -207,7 +208,22 @@ fn volumes_are_made_listed_and_deleted_by_the_storage_controller() {
             ],
             "InvalidSnapshot.NotFound",
         ),
+        // More than the SC's capacity (20 GiB here).
+        (
+            vec!["--size", "30", "--availability-zone", "zone-1"],
+            "InsufficientVolumeCapacity",
+        ),
     ];
+    // The SC tells what its volumes take of its capacity.
+    wait_for("the SC's room reported", Duration::from_secs(10), || {
+        let services = cloud.admin_json(&["describe-services"]);
+        let sc = services
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "sc-1")?
+            .clone();
+        sc["detail"].as_str()?.contains("of 20 GiB").then_some(())
+    });
     for (args, code) in bad {
         let mut all = vec!["ec2", "create-volume"];
         all.extend(args);

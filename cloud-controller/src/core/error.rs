@@ -169,6 +169,9 @@ pub enum CoreError {
     /// The account's volume quota (count or GiB) is reached.
     #[error("{0}")]
     VolumeLimit(String),
+    /// The zone's storage controller has no room for the volume(s).
+    #[error("{0}")]
+    VolumeCapacity(String),
     /// The image cannot be launched yet (or any more).
     #[error("{0}")]
     ImageUnavailable(String),

@@ -368,6 +368,7 @@ impl Cloud {
                 .filter_map(|d| d.ebs.as_ref()?.volume_size)
                 .sum();
             self.volume_quota_allows(&me, devices.len() * min, per_instance * min as u64)?;
+            self.storage_room_for(&cluster.zone, per_instance * min as u64)?;
             if !self.storage.serves(&cluster.zone) {
                 return Err(CoreError::Unavailable(format!(
                     "no storage controller serves {} now",

@@ -120,6 +120,7 @@ fn from_status(zone: &str, s: tonic::Status) -> StorageError {
         | Code::AlreadyExists
         | Code::Unimplemented
         | Code::FailedPrecondition
+        | Code::ResourceExhausted
         | Code::NotFound => StorageError::Refused(message),
         _ => StorageError::Failed(message),
     }

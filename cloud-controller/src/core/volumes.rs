@@ -77,6 +77,20 @@ impl Cloud {
         Ok(())
     }
 
+    /// Checks that zone `zone`'s storage controller has room for `gib` GiB
+    /// more, as it last reported (it checks again when it makes them).
+    pub(super) fn storage_room_for(&self, zone: &str, gib: u64) -> Result<(), CoreError> {
+        match self.registry.storage_room(zone) {
+            Some((capacity, provisioned)) if provisioned.saturating_add(gib) > capacity => {
+                Err(CoreError::VolumeCapacity(format!(
+                    "There is not enough free volume capacity in {zone}: {} GiB of {capacity} GiB free, {gib} GiB asked.",
+                    capacity.saturating_sub(provisioned)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Volume `id` of account `account_id`.
     pub fn own_volume(&self, account_id: &str, id: &str) -> Result<VolumeRecord, CoreError> {
         if !IdKind::Volume.well_formed(id) {
@@ -159,6 +173,7 @@ impl Cloud {
             }
         }
         self.volume_quota_allows(&req.account_id, 1, size_gib)?;
+        self.storage_room_for(&req.zone, size_gib)?;
         if !self.storage.serves(&req.zone) {
             return Err(CoreError::Unavailable(format!(
                 "no storage controller serves {} now",

@@ -299,6 +299,7 @@ impl From<CoreError> for Ec2Error {
             CoreError::SnapshotInUse(m) => Self::new("InvalidSnapshot.InUse", m),
             CoreError::BlockDeviceMapping(m) => Self::new("InvalidBlockDeviceMapping", m),
             CoreError::VolumeLimit(m) => Self::new("VolumeLimitExceeded", m),
+            CoreError::VolumeCapacity(m) => Self::new("InsufficientVolumeCapacity", m),
             CoreError::ImageUnavailable(m) => Self::new("InvalidAMIID.Unavailable", m),
             CoreError::Unsupported(m) => Self::new("UnsupportedOperation", m),
             CoreError::Store(_) => Self::internal(),

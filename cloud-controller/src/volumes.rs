@@ -56,7 +56,7 @@ pub struct VolumeRecord {
     pub state: VolumeState,
     pub created_ms: i64,
     pub attachment: Option<Attachment>,
-    /// Why it is in `error`, if it is.
+    /// Why it is in `error`, or why its last attachment was refused.
     #[serde(default)]
     pub reason: String,
     /// The `ClientToken` it was created with, if any.

@@ -318,7 +318,8 @@ mod tests {
         ));
         assert_eq!(v.get(other).expect("get"), None, "nothing recorded");
         assert_eq!(v.provisioned_gib().expect("provisioned"), 2);
-        v.create(ID, 2).expect("the same create again is no new room");
+        v.create(ID, 2)
+            .expect("the same create again is no new room");
         v.create(other, 1).expect("1 GiB fits");
         v.delete(ID).expect("delete");
         assert_eq!(v.provisioned_gib().expect("provisioned"), 1);

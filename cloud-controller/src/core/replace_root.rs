@@ -304,21 +304,37 @@ impl Cloud {
                 }),
                 ..volume.clone()
             };
-            let made = self
-                .volumes
-                .get(&new_id)
-                .map_err(|e| e.to_string())?
-                .ok_or("the new root is gone")?;
-            self.volumes
-                .put(&attach(&made))
-                .map_err(|e| e.to_string())?;
-            self.carry_out_attachment(&new_id).await;
-            if let Err(why) = self
-                .wait_volume(&new_id, 120, "attached", |v| {
-                    v.attachment.as_ref().is_some_and(|a| a.state == "attached")
-                })
-                .await
-            {
+            // A refusal may be the node still settling the stop: asked a
+            // few times.
+            let mut attached = Err(String::from("not tried"));
+            for _ in 0..5 {
+                let made = self
+                    .volumes
+                    .get(&new_id)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the new root is gone")?;
+                self.volumes
+                    .put(&attach(&made))
+                    .map_err(|e| e.to_string())?;
+                self.carry_out_attachment(&new_id).await;
+                attached = self
+                    .wait_volume(&new_id, 120, "attached", |v| {
+                        v.attachment.is_none()
+                            || v.attachment.as_ref().is_some_and(|a| a.state == "attached")
+                    })
+                    .await
+                    .and_then(|()| match self.volumes.get(&new_id) {
+                        Ok(Some(v)) if v.attachment.is_some() => Ok(()),
+                        Ok(Some(v)) => Err(format!("{new_id} {}", v.reason)),
+                        _ => Err(format!("{new_id} is gone")),
+                    });
+                if attached.is_ok() {
+                    break;
+                }
+                tracing::info!(task = %task.task_id, why = ?attached, "the new root is not attached yet");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            if let Err(why) = attached {
                 // The old root goes back.
                 if let Ok(Some(back)) = self.volumes.get(&old.volume_id) {
                     let _ = self.volumes.put(&attach(&back));

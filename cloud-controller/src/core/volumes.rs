@@ -631,6 +631,7 @@ impl Cloud {
                         Ok(Some(VolumeRecord {
                             state: VolumeState::Available,
                             attachment: None,
+                            reason: format!("not attached: {why}"),
                             ..v.clone()
                         }))
                     }

@@ -78,6 +78,31 @@ pub fn launch_devices(image: &Image, asked: &[BlockDevice]) -> Vec<BlockDevice> 
     out.extend(asked.iter().filter(|a| !a.no_device).cloned());
     out
 }
+
+/// An image's bytes in Walrus; none (a machine image, empty) for an
+/// EBS-backed one.
+#[derive(Debug)]
+struct ImageObject {
+    kind: ImageKind,
+    bucket: String,
+    key: String,
+    sha256: String,
+    size: u64,
+}
+
+impl Default for ImageObject {
+    fn default() -> Self {
+        Self {
+            kind: ImageKind::Machine,
+            bucket: String::new(),
+            key: String::new(),
+            sha256: String::new(),
+            size: 0,
+        }
+    }
+}
+
+/// Who an image's launch permission names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launcher {
     /// A group; the only one is `all` (the image is public).
@@ -290,67 +315,92 @@ impl Cloud {
                 .iter()
                 .any(|b| b.device_name == root && b.ebs.is_some())
         });
-        let Some(location) = req.location.as_deref() else {
-            // EBS-backed: its root is made from a snapshot at each launch.
-            let root = req
-                .root_device_name
-                .as_deref()
-                .ok_or(CoreError::Missing("RootDeviceName"))?;
-            if !valid_device_name(root) {
-                return Err(invalid(
-                    "RootDeviceName",
-                    root,
-                    "Expected a device name such as /dev/sda1.",
-                ));
+        let object = match req.location.as_deref() {
+            Some(location) => {
+                if ebs_root {
+                    return Err(CoreError::Combination(
+                        "An image with an ImageLocation has an instance-store root; do not map its root device to a volume".into(),
+                    ));
+                }
+                let linked = kernel_id.is_some() || ramdisk_id.is_some();
+                Some(self.image_object(&req, location, linked).await?)
             }
-            let from_snapshot = block_devices.iter().any(|b| {
-                b.device_name == root && b.ebs.as_ref().is_some_and(|e| e.snapshot_id.is_some())
-            });
-            if !from_snapshot {
-                return Err(CoreError::BlockDeviceMapping(format!(
-                    "Without an ImageLocation, the root device {root} must map to a snapshot"
-                )));
+            None => {
+                // EBS-backed: its root is made from a snapshot at each launch.
+                let root = req
+                    .root_device_name
+                    .as_deref()
+                    .ok_or(CoreError::Missing("RootDeviceName"))?;
+                if !valid_device_name(root) {
+                    return Err(invalid(
+                        "RootDeviceName",
+                        root,
+                        "Expected a device name such as /dev/sda1.",
+                    ));
+                }
+                let from_snapshot = block_devices.iter().any(|b| {
+                    b.device_name == root && b.ebs.as_ref().is_some_and(|e| e.snapshot_id.is_some())
+                });
+                if !from_snapshot {
+                    return Err(CoreError::BlockDeviceMapping(format!(
+                        "Without an ImageLocation, the root device {root} must map to a snapshot"
+                    )));
+                }
+                None
             }
-            if dry_run {
-                return Err(CoreError::DryRun);
-            }
-            let image = Image {
-                image_id: common::ids::resource_id(ImageKind::Machine.prefix()),
-                kind: ImageKind::Machine,
-                name: name.clone(),
-                description: req.description.clone().unwrap_or_default(),
-                owner_id: req.account_id.clone(),
-                bucket: String::new(),
-                key: String::new(),
-                sha256: String::new(),
-                size: 0,
-                architecture: architecture.to_string(),
-                kernel_id,
-                ramdisk_id,
-                root_device_name: Some(root.to_string()),
-                virtualization_type: virtualization_type.to_string(),
-                block_devices,
-                state: crate::images::ImageState::Available,
-                state_reason: String::new(),
-                public: false,
-                launch_permissions: BTreeSet::new(),
-                created_ms: time::unix_ms(),
-            };
-            self.record_image(&image)?;
-            tracing::info!(image_id = %image.image_id, root, "EBS-backed image registered");
-            return Ok(image);
         };
-        if ebs_root {
-            return Err(CoreError::Combination(
-                "An image with an ImageLocation has an instance-store root; do not map its root device to a volume".into(),
-            ));
+        if dry_run {
+            return Err(CoreError::DryRun);
         }
+        let ImageObject {
+            kind,
+            bucket,
+            key,
+            sha256,
+            size,
+        } = object.unwrap_or_default();
+        let image = Image {
+            image_id: common::ids::resource_id(kind.prefix()),
+            kind,
+            name: name.clone(),
+            description: req.description.clone().unwrap_or_default(),
+            owner_id: req.account_id.clone(),
+            bucket,
+            key,
+            sha256,
+            size,
+            architecture: architecture.to_string(),
+            kernel_id,
+            ramdisk_id,
+            root_device_name: req.root_device_name.clone(),
+            virtualization_type: virtualization_type.to_string(),
+            block_devices,
+            state: crate::images::ImageState::Available,
+            state_reason: String::new(),
+            public: false,
+            launch_permissions: BTreeSet::new(),
+            created_ms: time::unix_ms(),
+        };
+        self.record_image(&image)?;
+        tracing::info!(image_id = %image.image_id, kind = image.kind.wire(), root_device_type = image.root_device_type(), bucket = %image.bucket, key = %image.key, size = image.size, "image registered");
+        Ok(image)
+    }
+
+    /// The Walrus object `location` (`bucket/key`) names, checked for
+    /// RegisterImage: it exists, `req`'s caller may read it, and its
+    /// `image-type` metadata says what it is (a kernel or ramdisk cannot
+    /// link others, which `linked` says the request does).
+    async fn image_object(
+        &self,
+        req: &RegisterRequest,
+        location: &str,
+        linked: bool,
+    ) -> Result<ImageObject, CoreError> {
         let trimmed = location.trim_start_matches("s3://").trim_start_matches('/');
         let (bucket, key) = trimmed
             .split_once('/')
             .filter(|(b, k)| !b.is_empty() && !k.is_empty())
             .ok_or_else(|| invalid("ImageLocation", location, "Expected bucket/key."))?;
-
         let mut walrus = self.walrus().map_err(CoreError::Unavailable)?;
         let info = walrus
             .head_object(ObjectRef {
@@ -388,39 +438,18 @@ impl Cloud {
                 )
             })?,
         };
-        if kind != ImageKind::Machine && (kernel_id.is_some() || ramdisk_id.is_some()) {
+        if kind != ImageKind::Machine && linked {
             return Err(CoreError::Combination(
                 "A kernel or ramdisk image cannot name a kernel or ramdisk".into(),
             ));
         }
-        if dry_run {
-            return Err(CoreError::DryRun);
-        }
-        let image = Image {
-            image_id: common::ids::resource_id(kind.prefix()),
+        Ok(ImageObject {
             kind,
-            name: name.clone(),
-            description: req.description.clone().unwrap_or_default(),
-            owner_id: req.account_id.clone(),
             bucket: bucket.to_string(),
             key: key.to_string(),
             sha256: info.sha256,
             size: info.size,
-            architecture: architecture.to_string(),
-            kernel_id,
-            ramdisk_id,
-            root_device_name: req.root_device_name.clone(),
-            virtualization_type: virtualization_type.to_string(),
-            block_devices,
-            state: crate::images::ImageState::Available,
-            state_reason: String::new(),
-            public: false,
-            launch_permissions: BTreeSet::new(),
-            created_ms: time::unix_ms(),
-        };
-        self.record_image(&image)?;
-        tracing::info!(image_id = %image.image_id, kind = image.kind.wire(), location = %trimmed, size = image.size, "image registered");
-        Ok(image)
+        })
     }
 
     /// ModifyImageAttribute: who may launch the account's image `id`, and

@@ -7,34 +7,7 @@ use std::collections::BTreeSet;
 use common::store::{Record, Store, StoreError, Table};
 use serde::{Deserialize, Serialize};
 
-/// A snapshot's state, as EC2 names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotState {
-    Pending,
-    Completed,
-    Error,
-}
-
-impl SnapshotState {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Completed => "completed",
-            Self::Error => "error",
-        }
-    }
-
-    /// From the storage controller's name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(Self::Pending),
-            "completed" => Some(Self::Completed),
-            "error" => Some(Self::Error),
-            _ => None,
-        }
-    }
-}
+pub use common::snapshot::SnapshotState;
 
 /// A snapshot of an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ pub mod rpc;
 pub mod shutdown;
 pub mod sigv2;
 pub mod sigv4;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod time;

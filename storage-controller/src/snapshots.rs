@@ -31,24 +31,7 @@ pub const CHUNK: u64 = 1 << 20;
 /// The system bucket snapshots live in.
 pub const BUCKET: &str = "gumtree_snapshots";
 
-/// Where a snapshot is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotState {
-    Pending,
-    Completed,
-    Error,
-}
-
-impl SnapshotState {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Completed => "completed",
-            Self::Error => "error",
-        }
-    }
-}
+pub use common::snapshot::SnapshotState;
 
 /// A snapshot this SC took (or is taking).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

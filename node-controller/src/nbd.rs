@@ -254,8 +254,23 @@ where
                 *w = None;
                 tracing::warn!(error = %e, "volume export lost; dialling it again");
                 let again = async {
-                    let mut s = redial().await?;
-                    replay_handshake(&mut s, &said).await?;
+                    // Dialled and greeted again until the export takes the
+                    // handshake (one just restarted may drop a first
+                    // connection), for as long as a dial is tried.
+                    let until = tokio::time::Instant::now() + patience;
+                    let s = loop {
+                        let attempt = async {
+                            let mut s = dial().await?;
+                            replay_handshake(&mut s, &said).await?;
+                            Ok::<_, String>(s)
+                        }
+                        .await;
+                        match attempt {
+                            Ok(s) => break s,
+                            Err(e) if tokio::time::Instant::now() >= until => return Err(e),
+                            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                        }
+                    };
                     let (r, mut wr) = tokio::io::split(s);
                     let resend: Vec<Vec<u8>> = pending
                         .lock()

@@ -84,6 +84,19 @@ async fn open(
     }
 }
 
+/// The runtime the relays run on, for as long as the process does.
+fn relay_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("volume-relays")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("the volume relays' runtime: {e}"))
+    })
+}
+
 impl VolumeRelays {
     /// Relays with sockets under `dir`, dialling as `tls` says.
     pub fn new(dir: &Path, tls: Arc<Tls>) -> std::io::Result<Self> {
@@ -108,12 +121,21 @@ impl VolumeRelays {
         let socket = self.socket(&c.volume_id);
         self.stop(&c.volume_id);
         let _ = std::fs::remove_file(&socket);
-        let listener =
-            UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+        // Relays run on a runtime of their own: QEMU waits on a relay while
+        // libvirt starts or hot-plugs a disk, and that can hold the node's
+        // libvirt connection, on which the node's other tasks may block.
+        let rt = relay_runtime();
+        let listener = {
+            let _in_relays = rt.enter();
+            UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?
+        };
         let tls = self.tls.clone();
         let volume_id = c.volume_id.clone();
-        let task = tokio::spawn(async move {
+        let task = rt.spawn(async move {
+            // The relay's connections end with it (a detach stops it).
+            let mut connections = tokio::task::JoinSet::new();
             loop {
+                while connections.try_join_next().is_some() {}
                 let Ok((qemu, _)) = listener.accept().await else {
                     continue;
                 };
@@ -129,7 +151,7 @@ impl VolumeRelays {
                 let patience = std::time::Duration::from_secs(u64::from(
                     crate::hypervisor::VOLUME_RECONNECT_SECS,
                 ));
-                tokio::spawn(crate::nbd::relay(qemu, dial, patience));
+                connections.spawn(crate::nbd::relay(qemu, dial, patience));
             }
         });
         self.relays

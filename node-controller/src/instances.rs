@@ -570,7 +570,7 @@ impl Instances {
                     let (name, serial) = (id.to_string(), serial.clone());
                     if !matches!(
                         self.blocking(move |hv| hv.has_disk(&name, &serial)).await,
-                        Ok(false)
+                        Ok(false) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_)))
                     ) {
                         return Err(e);
                     }
@@ -582,10 +582,14 @@ impl Instances {
             for _ in 0..100 {
                 let (name, serial) = (id.to_string(), serial.clone());
                 match self.blocking(move |hv| hv.has_disk(&name, &serial)).await {
-                    Ok(true) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-                    Ok(false) | Err(_) => {
+                    Ok(false) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {
                         released = true;
                         break;
+                    }
+                    // Still held, or libvirt could not tell (busy with the
+                    // guest): only a domain without the disk releases it.
+                    Ok(true) | Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await
                     }
                 }
             }
@@ -761,7 +765,7 @@ impl Instances {
         }
         if self.table.get(&l.instance_id)?.is_some() {
             // A retried launch: report what there is.
-            return self.status(&l.instance_id);
+            return self.status(&l.instance_id).await;
         }
         self.launching
             .lock()
@@ -856,7 +860,7 @@ impl Instances {
             return Err(e);
         }
         tracing::info!(instance_id = %l.instance_id, virt = %self.virt.current().0, cores = l.cores, memory_mib = l.memory_mib, "instance started");
-        self.status(&l.instance_id)
+        self.status(&l.instance_id).await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -929,14 +933,14 @@ impl Instances {
             Ok(()) | Err(InstanceError::Hypervisor(HypervisorError::NoDomain(_))) => {}
             Err(e) => return Err(e),
         }
-        self.status(id)
+        self.status(id).await
     }
 
     /// Starts a stopped instance; redefines its domain if libvirt lost it.
     pub async fn start(&self, id: &str) -> Result<GuestStatus, InstanceError> {
         let turn = self.firewall_turn.lock().await;
         let mut r = self.record(id)?;
-        let now = self.status(id)?;
+        let now = self.status(id).await?;
         if !r.stopped && now.state == InstanceState::Running {
             // Already running: starting it is a no-op (as in EC2), not a reset.
             return Ok(now);
@@ -950,10 +954,10 @@ impl Instances {
         drop(turn);
         if r.waits_for_root() {
             // It boots once its root volume is attached.
-            return self.status(id);
+            return self.status(id).await;
         }
         self.boot(&r).await?;
-        self.status(id)
+        self.status(id).await
     }
 
     /// Defines `r`'s domain afresh (the node's virtualization may have
@@ -1113,7 +1117,7 @@ impl Instances {
         self.record(id)?;
         let name = id.to_string();
         self.blocking(move |hv| hv.reboot(&name)).await?;
-        self.status(id)
+        self.status(id).await
     }
 
     /// Changes CPU and memory of a stopped instance.
@@ -1125,7 +1129,7 @@ impl Instances {
         memory_mib: u64,
     ) -> Result<GuestStatus, InstanceError> {
         let mut r = self.record(id)?;
-        if self.status(id)?.state != InstanceState::Stopped {
+        if self.status(id).await?.state != InstanceState::Stopped {
             return Err(InstanceError::Invalid(format!("{id} is not stopped")));
         }
         r.instance_type = instance_type.to_string();
@@ -1135,7 +1139,7 @@ impl Instances {
         // The domain is defined again, with the new size, on the next start.
         let name = id.to_string();
         self.blocking(move |hv| hv.remove(&name)).await?;
-        self.status(id)
+        self.status(id).await
     }
 
     /// The last `CONSOLE_BYTES` of the serial console.
@@ -1152,8 +1156,9 @@ impl Instances {
     }
 
     /// The status of `id`.
-    pub fn status(&self, id: &str) -> Result<GuestStatus, InstanceError> {
-        self.statuses()?
+    pub async fn status(&self, id: &str) -> Result<GuestStatus, InstanceError> {
+        self.statuses()
+            .await?
             .into_iter()
             .find(|s| s.instance_id == id)
             .ok_or_else(|| InstanceError::NotFound(id.to_string()))
@@ -1161,8 +1166,8 @@ impl Instances {
 
     /// libvirt domains named like instances that this node has no record
     /// of (and is not launching), with the state libvirt shows.
-    pub fn unknown_guests(&self) -> Result<Vec<GuestStatus>, InstanceError> {
-        Ok(self.survey()?.unknown)
+    pub async fn unknown_guests(&self) -> Result<Vec<GuestStatus>, InstanceError> {
+        Ok(self.survey().await?.unknown)
     }
 
     fn unknown_of(
@@ -1208,14 +1213,19 @@ impl Instances {
     }
 
     /// Every recorded instance with the state libvirt shows.
-    pub fn statuses(&self) -> Result<Vec<GuestStatus>, InstanceError> {
-        Ok(self.survey()?.statuses)
+    pub async fn statuses(&self) -> Result<Vec<GuestStatus>, InstanceError> {
+        Ok(self.survey().await?.statuses)
     }
 
     /// What the node's reports say of its guests, from one read of the
-    /// records and one of libvirt's domains.
-    pub fn survey(&self) -> Result<Survey, InstanceError> {
-        let domains: BTreeMap<String, DomainState> = self.hv.domains("i-")?.into_iter().collect();
+    /// records and one of libvirt's domains (read off the async runtime:
+    /// libvirt may take its time while a guest starts or stops).
+    pub async fn survey(&self) -> Result<Survey, InstanceError> {
+        let domains: BTreeMap<String, DomainState> = self
+            .blocking(|hv| hv.domains("i-"))
+            .await?
+            .into_iter()
+            .collect();
         let records = self.table.list()?;
         let statuses = self.statuses_of(&records, &domains);
         let stopped: std::collections::HashSet<&str> = statuses
@@ -1319,8 +1329,8 @@ impl Instances {
     }
 
     /// Cores and memory held by instances that are not stopped.
-    pub fn held(&self) -> Result<(u32, u64), InstanceError> {
-        let s = self.survey()?;
+    pub async fn held(&self) -> Result<(u32, u64), InstanceError> {
+        let s = self.survey().await?;
         Ok((s.cores_held, s.memory_held))
     }
 }
@@ -1555,17 +1565,17 @@ mod tests {
             Some(cache.path_of(&image("kernel bytes").sha256))
         );
         assert!(spec.disk.is_some_and(|d| d.exists()), "the overlay exists");
-        assert_eq!(instances.held().expect("held"), (1, 256));
+        assert_eq!(instances.held().await.expect("held"), (1, 256));
         // The guest powers itself off: EC2 shows it stopped, by the instance.
         hv.set_state(id, DomainState::Shutoff);
-        let s = instances.status(id).expect("status");
+        let s = instances.status(id).await.expect("status");
         assert_eq!(s.state, InstanceState::Stopped);
         assert!(
             s.reason.contains("InstanceInitiatedShutdown"),
             "{}",
             s.reason
         );
-        assert_eq!(instances.held().expect("held"), (0, 0));
+        assert_eq!(instances.held().await.expect("held"), (0, 0));
         instances.start(id).await.expect("start");
         // Starting a running instance leaves its domain alone (a domain
         // made again would come back Running).
@@ -1592,7 +1602,7 @@ mod tests {
         instances.remove(id).await.expect("remove");
         assert!(hv.spec(id).is_none());
         assert!(!dir.path().join("instances").join(id).exists());
-        assert!(instances.statuses().expect("statuses").is_empty());
+        assert!(instances.statuses().await.expect("statuses").is_empty());
         assert!(matches!(
             instances.console(id).await,
             Err(InstanceError::NotFound(_))
@@ -1639,7 +1649,7 @@ mod tests {
         let mut stray = hv.spec(ours).expect("domain");
         stray.name = "i-0badc0ffee0000002".into();
         hv.launch(&stray).expect("a stray domain");
-        let unknown = instances.unknown_guests().expect("unknown");
+        let unknown = instances.unknown_guests().await.expect("unknown");
         assert_eq!(unknown.len(), 1, "{unknown:?}");
         assert_eq!(unknown[0].instance_id, "i-0badc0ffee0000002");
         assert_eq!(unknown[0].state, InstanceState::Running);
@@ -1647,12 +1657,12 @@ mod tests {
             .stop_guest("i-0badc0ffee0000002")
             .await
             .expect("stop the stray");
-        let unknown = instances.unknown_guests().expect("unknown");
+        let unknown = instances.unknown_guests().await.expect("unknown");
         assert_eq!(unknown[0].state, InstanceState::Stopped);
         // The node's own instance is stopped as by StopInstances.
         instances.stop_guest(ours).await.expect("stop ours");
         assert_eq!(
-            instances.status(ours).expect("status").state,
+            instances.status(ours).await.expect("status").state,
             InstanceState::Stopped
         );
         assert!(instances.stop_guest("not-a-guest").await.is_err());
@@ -1713,7 +1723,7 @@ mod tests {
             "restarted under TCG"
         );
         assert_eq!(
-            instances.status(silent).expect("status").state,
+            instances.status(silent).await.expect("status").state,
             InstanceState::Running
         );
         let console =
@@ -1745,7 +1755,7 @@ mod tests {
         assert!(why.contains("paused"), "{why}");
         assert_eq!(hv.spec(id).expect("domain").virt, Virt::Qemu);
         assert_eq!(
-            instances.status(id).expect("status").state,
+            instances.status(id).await.expect("status").state,
             InstanceState::Running
         );
     }
@@ -1768,7 +1778,7 @@ mod tests {
         let id = "i-0123456789abcdef6";
         let watch = async {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            instances.statuses().expect("statuses")
+            instances.statuses().await.expect("statuses")
         };
         let (launched, during) = tokio::join!(instances.launch(&SlowSource, launch(id)), watch);
         assert_eq!(launched.expect("launch").state, InstanceState::Running);
@@ -1776,7 +1786,7 @@ mod tests {
         assert_eq!(during[0].instance_id, id);
         assert_eq!(during[0].state, InstanceState::Pending);
         assert_eq!(during[0].private_ip, "10.0.0.2");
-        let after = instances.statuses().expect("statuses");
+        let after = instances.statuses().await.expect("statuses");
         assert_eq!(after.len(), 1, "reported once: {after:?}");
     }
 }

@@ -156,10 +156,8 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let mut measure_failed: Option<String> = None;
         loop {
             tick.tick().await;
-            let w = watched.clone();
-            let seen = tokio::task::spawn_blocking(move || w.survey()).await;
-            let (statuses, (cores, memory), unknown) = match seen {
-                Ok(Ok(s)) => (
+            let (statuses, (cores, memory), unknown) = match watched.survey().await {
+                Ok(s) => (
                     s.statuses
                         .into_iter()
                         .map(proto::InstanceStatus::from)
@@ -170,11 +168,10 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
                         .map(proto::InstanceStatus::from)
                         .collect::<Vec<_>>(),
                 ),
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "cannot read instance states");
                     continue;
                 }
-                Err(_) => continue,
             };
             // A directory removed under us is made again (its file
             // system is what the node offers); a failure is logged once.

@@ -149,6 +149,23 @@ impl Tls {
         }))
     }
 
+    /// The CA, certificate and key files it was loaded from (a helper
+    /// process of the same component loads them too, with `load_files`).
+    pub fn files(&self) -> &[PathBuf; 3] {
+        &self.paths
+    }
+
+    /// Loads the CA, certificate and key `files`, whoever the certificate
+    /// names.
+    pub fn load_files(files: [PathBuf; 3]) -> Result<Arc<Self>, MtlsError> {
+        let (identity, loaded) = build(&files)?;
+        Ok(Arc::new(Self {
+            identity,
+            paths: files,
+            loaded: Mutex::new(loaded),
+        }))
+    }
+
     /// Who this component is.
     pub fn identity(&self) -> &Identity {
         &self.identity

@@ -723,8 +723,9 @@ impl Instances {
         }
     }
 
-    /// Starts the relays of every attached volume again (after a restart:
-    /// they live in this process; QEMU reconnects to them).
+    /// Finds the relays of every attached volume after a restart (they
+    /// outlive the node controller), starts any that is missing (QEMU
+    /// reconnects to it), and ends those of volumes no instance holds.
     pub async fn relay_volumes(&self) {
         let Some(relays) = self.relays.get() else {
             return;
@@ -732,6 +733,12 @@ impl Instances {
         let Ok(records) = self.table.list() else {
             return;
         };
+        relays.keep_only(
+            &records
+                .iter()
+                .flat_map(|r| r.volumes.iter().map(|v| v.volume_id.clone()))
+                .collect(),
+        );
         for r in records {
             for v in &r.volumes {
                 match relays.start(&v.connection).await {
@@ -966,6 +973,16 @@ impl Instances {
     /// started under KVM is watched until its console shows it runs.
     async fn boot(&self, r: &InstanceRecord) -> Result<(), InstanceError> {
         let id = r.instance_id.clone();
+        if let Some(relays) = self.relays.get() {
+            // A relay ends when its guest is long gone and no node
+            // controller watched over it: a stopped instance's may have.
+            for v in &r.volumes {
+                relays
+                    .start(&v.connection)
+                    .await
+                    .map_err(InstanceError::Volume)?;
+            }
+        }
         let spec = self.spec(r);
         let virt = spec.virt;
         let console = self.console_len(&id);

@@ -116,11 +116,13 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let relays = node_controller::volumes::VolumeRelays::new(
         &config.state_dir.join("volumes"),
         started.trust.tls.clone(),
+        &node_controller::volumes::VolumeRelays::program_beside_this(),
     )
     .context("the volume relay directory")?;
     instances.serve_volumes(Arc::new(relays));
     {
-        // QEMU reconnects to the relays of attached volumes once they are back.
+        // The relays of attached volumes outlive a restart; any missing is
+        // started again (QEMU reconnects to it).
         let instances = instances.clone();
         tokio::spawn(async move { instances.relay_volumes().await });
     }

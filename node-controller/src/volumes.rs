@@ -2,19 +2,32 @@
 //! UNIX socket QEMU opens as an NBD disk to the storage controller's
 //! export, over mutual TLS with this node's certificate (the SC serves a
 //! volume only to the node it exported it to).
+//!
+//! Each relay is a process of its own (`gumtree-volume-relay`), so that a
+//! restart of the node controller leaves QEMU's connections alone: the
+//! node controller finds its relays again when it comes back. A relay ends
+//! when the node controller stops it (detach, termination), when its socket
+//! is removed or taken by another, or when no node controller runs and no
+//! QEMU has used it for a while (its guest is gone).
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use common::{mtls::Tls, pki::Role};
+use nix::{sys::signal, unistd::Pid};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::UnixListener,
-    task::JoinHandle,
 };
+
+/// How long a relay whose node controller is gone waits for QEMU to come
+/// back before it ends.
+const ORPHAN_IDLE: Duration = Duration::from_secs(30);
 
 /// Where an export is: the SC's `host:port` and the volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +61,13 @@ impl Connection {
     }
 }
 
-/// The relays of this node's attached volumes.
+/// The relays of this node's attached volumes: their processes, sockets
+/// and pid files under one directory.
 #[derive(Debug)]
 pub struct VolumeRelays {
     dir: PathBuf,
     tls: Arc<Tls>,
-    relays: Mutex<HashMap<String, JoinHandle<()>>>,
+    program: PathBuf,
 }
 
 /// One stream to the export, past the SC's check.
@@ -84,63 +98,33 @@ async fn open(
     }
 }
 
-/// The runtime the relays run on, for as long as the process does.
-fn relay_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("volume-relays")
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("the volume relays' runtime: {e}"))
-    })
+/// Whether process `pid` is alive.
+fn alive(pid: i32) -> bool {
+    pid > 0 && signal::kill(Pid::from_raw(pid), None).is_ok()
 }
 
-impl VolumeRelays {
-    /// Relays with sockets under `dir`, dialling as `tls` says.
-    pub fn new(dir: &Path, tls: Arc<Tls>) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            tls,
-            relays: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// The socket QEMU opens for `volume_id`.
-    pub fn socket(&self, volume_id: &str) -> PathBuf {
-        self.dir.join(format!("{volume_id}.sock"))
-    }
-
-    /// Checks the export answers, then relays `connection` on its socket
-    /// (again, if a relay ran); returns the socket.
-    pub async fn start(&self, connection: &str) -> Result<PathBuf, String> {
-        let c = Connection::parse(connection)?;
-        drop(open(&self.tls, &c).await?);
-        let socket = self.socket(&c.volume_id);
-        self.stop(&c.volume_id);
-        let _ = std::fs::remove_file(&socket);
-        // Relays run on a runtime of their own: QEMU waits on a relay while
-        // libvirt starts or hot-plugs a disk, and that can hold the node's
-        // libvirt connection, on which the node's other tasks may block.
-        let rt = relay_runtime();
-        let listener = {
-            let _in_relays = rt.enter();
-            UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?
-        };
-        let tls = self.tls.clone();
-        let volume_id = c.volume_id.clone();
-        let task = rt.spawn(async move {
-            // The relay's connections end with it (a detach stops it).
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                while connections.try_join_next().is_some() {}
-                let Ok((qemu, _)) = listener.accept().await else {
-                    continue;
-                };
-                let tls = tls.clone();
-                let c = c.clone();
+/// Serves `connection` on `socket` until the relay has no reason to run
+/// on (see the module's doc); `node_pid` names the file holding the node
+/// controller's pid. This is the relay process's work.
+pub async fn serve(
+    socket: &Path,
+    c: Connection,
+    tls: Arc<Tls>,
+    node_pid: &Path,
+) -> Result<(), String> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let ours = std::fs::metadata(socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?
+        .ino();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut idle_since = Some(Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((qemu, _)) = accepted else { continue };
+                let (tls, c) = (tls.clone(), c.clone());
                 // The relay speaks NBD: it dials the export again when it
                 // goes away (a storage controller restart) and QEMU's I/O
                 // waits meanwhile.
@@ -148,29 +132,175 @@ impl VolumeRelays {
                     let (tls, c) = (tls.clone(), c.clone());
                     async move { open(&tls, &c).await }
                 };
-                let patience = std::time::Duration::from_secs(u64::from(
-                    crate::hypervisor::VOLUME_RECONNECT_SECS,
-                ));
+                let patience =
+                    Duration::from_secs(u64::from(crate::hypervisor::VOLUME_RECONNECT_SECS));
                 connections.spawn(crate::nbd::relay(qemu, dial, patience));
+                idle_since = None;
             }
-        });
-        self.relays
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(volume_id, task);
+            _ = tick.tick() => {
+                while connections.try_join_next().is_some() {}
+                if std::fs::metadata(socket).map(|m| m.ino()).ok() != Some(ours) {
+                    tracing::info!(volume = %c.volume_id, "the relay's socket is gone; relay ends");
+                    return Ok(());
+                }
+                if !connections.is_empty() {
+                    idle_since = None;
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                let node = std::fs::read_to_string(node_pid)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok());
+                if since.elapsed() >= ORPHAN_IDLE && !node.is_some_and(alive) {
+                    tracing::info!(volume = %c.volume_id, "no node controller and no guest; relay ends");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl VolumeRelays {
+    /// Relays with sockets under `dir`, dialling as `tls` says, run as
+    /// `program`. Records this process as their node controller.
+    pub fn new(dir: &Path, tls: Arc<Tls>, program: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let relays = Self {
+            dir: dir.to_path_buf(),
+            tls,
+            program: program.to_path_buf(),
+        };
+        std::fs::write(relays.node_pid(), std::process::id().to_string())?;
+        Ok(relays)
+    }
+
+    /// The relay program beside this one's executable.
+    pub fn program_beside_this() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("gumtree-volume-relay")))
+            .unwrap_or_else(|| PathBuf::from("gumtree-volume-relay"))
+    }
+
+    fn node_pid(&self) -> PathBuf {
+        self.dir.join("node.pid")
+    }
+
+    /// The socket QEMU opens for `volume_id`.
+    pub fn socket(&self, volume_id: &str) -> PathBuf {
+        self.dir.join(format!("{volume_id}.sock"))
+    }
+
+    fn pid_file(&self, volume_id: &str) -> PathBuf {
+        self.dir.join(format!("{volume_id}.pid"))
+    }
+
+    /// The relay of `volume_id` that runs, as (pid, connection).
+    fn running(&self, volume_id: &str) -> Option<(i32, String)> {
+        let text = std::fs::read_to_string(self.pid_file(volume_id)).ok()?;
+        let mut lines = text.lines();
+        let pid: i32 = lines.next()?.trim().parse().ok()?;
+        let connection = lines.next()?.trim().to_string();
+        // The pid is a relay of this volume's (not a process that got the
+        // number since).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let socket = self.socket(volume_id);
+        let ours = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|a| Path::new(a) == socket);
+        (ours && alive(pid)).then_some((pid, connection))
+    }
+
+    /// Relays `connection` on its socket, with the relay that runs already
+    /// when there is one for it (after a node controller restart), else a
+    /// new one once the export answers; returns the socket.
+    pub async fn start(&self, connection: &str) -> Result<PathBuf, String> {
+        let c = Connection::parse(connection)?;
+        let socket = self.socket(&c.volume_id);
+        if let Some((_, running)) = self.running(&c.volume_id) {
+            if running == connection && socket.exists() {
+                return Ok(socket);
+            }
+        }
+        drop(open(&self.tls, &c).await?);
+        self.stop(&c.volume_id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", c.volume_id)))
+            .map_err(|e| format!("the relay's log: {e}"))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let [ca, cert, key] = self.tls.files();
+        let mut child = tokio::process::Command::new(&self.program)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--connection", connection])
+            .arg("--ca")
+            .arg(ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg("--node-pid")
+            .arg(self.node_pid())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            // Its own process group: what stops the node controller's
+            // group (a terminal's ^C) leaves the guests' disks alone.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.program.display()))?;
+        let pid = child.id().map_or(0, |p| p as i32);
+        std::fs::write(
+            self.pid_file(&c.volume_id),
+            format!("{pid}\n{connection}\n"),
+        )
+        .map_err(|e| format!("the relay's pid file: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the relay of {} ended at once ({status}); see {}",
+                    c.volume_id,
+                    self.dir.join(format!("{}.log", c.volume_id)).display()
+                ));
+            }
+            if Instant::now() > deadline {
+                self.stop(&c.volume_id);
+                return Err(format!("the relay of {} did not start", c.volume_id));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Dropped, the child is reaped by tokio when it ends (it is not
+        // killed: it outlives this process by design).
+        drop(child);
         Ok(socket)
     }
 
-    /// Ends the relay of `volume_id`.
+    /// Ends the relay of `volume_id` (and with it QEMU's connection).
     pub fn stop(&self, volume_id: &str) {
-        if let Some(task) = self
-            .relays
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(volume_id)
-        {
-            task.abort();
-            let _ = std::fs::remove_file(self.socket(volume_id));
+        if let Some((pid, _)) = self.running(volume_id) {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
+        }
+        let _ = std::fs::remove_file(self.pid_file(volume_id));
+        let _ = std::fs::remove_file(self.socket(volume_id));
+    }
+
+    /// Ends every relay but those of `keep` (a node controller that starts
+    /// finds relays of volumes detached while it was away).
+    pub fn keep_only(&self, keep: &HashSet<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(volume_id) = name.strip_suffix(".pid") {
+                if volume_id.starts_with("vol-") && !keep.contains(volume_id) {
+                    tracing::info!(volume = %volume_id, "relay of a volume no instance holds ended");
+                    self.stop(volume_id);
+                }
+            }
         }
     }
 }

@@ -333,6 +333,25 @@ static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A cloud of `nodes` nodes on real libvirt, with Walrus and the SC
 /// ENABLED.
+/// Writes a mark on the first sector of `vol`'s file on the SC, behind
+/// the guest's back (a guest that probes its disks shows it).
+fn write_mark(cloud: &Cloud, vol: &str, mark: &str) {
+    use std::io::Write;
+    let file = cloud
+        .dir()
+        .join("sc-1")
+        .join("volumes")
+        .join(format!("{vol}.img"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("the volume's file");
+    let mut sector = format!("GUMTREE-MARK {mark}\n").into_bytes();
+    sector.resize(512, 0);
+    f.write_all(&sector).expect("write");
+    f.sync_all().expect("sync");
+}
+
 fn guest_cloud(nodes: usize) -> Cloud {
     let cloud = Cloud::start_with(CloudOptions {
         nodes,
@@ -559,22 +578,7 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
         "disk vdb now holds GUMTREE-MARK from-a",
     );
     cloud.kill("sc-1");
-    {
-        use std::io::Write;
-        let file = cloud
-            .dir()
-            .join("sc-1")
-            .join("volumes")
-            .join(format!("{vol}.img"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(&file)
-            .expect("the volume's file");
-        let mut sector = b"GUMTREE-MARK after-restart\n".to_vec();
-        sector.resize(512, 0);
-        f.write_all(&sector).expect("write");
-        f.sync_all().expect("sync");
-    }
+    write_mark(&cloud, &vol, "after-restart");
     std::thread::sleep(Duration::from_secs(2));
     cloud.restart("sc-1");
     let text = wait_console(
@@ -590,6 +594,64 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     assert_eq!(
         d["Volumes"][0]["Attachments"][0]["State"], "attached",
         "{d}"
+    );
+
+    // kill -9 of guest a's node controller: the volume's relay is a
+    // process of its own, so the guest goes on reading its volume while
+    // the node controller is away (it sees a mark written meanwhile), and
+    // the restarted node controller takes the same relay back.
+    let node = node_of(&cloud, &a);
+    let pid_file = cloud
+        .dir()
+        .join(&node)
+        .join("volumes")
+        .join(format!("{vol}.pid"));
+    let relay_pid = || {
+        fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let relay_before = relay_pid();
+    assert!(
+        !relay_before.is_empty(),
+        "no relay pid file at {}",
+        pid_file.display()
+    );
+    cloud.kill(&node);
+    write_mark(&cloud, &vol, "while-the-node-was-away");
+    // (The console is read from its file: the API asks the node for it.)
+    let console_file = cloud
+        .dir()
+        .join(&node)
+        .join("instances")
+        .join(&a)
+        .join("console.log");
+    let text = wait_for_text(
+        "guest a reads its volume with its node controller gone",
+        Duration::from_secs(60),
+        || String::from_utf8_lossy(&fs::read(&console_file).unwrap_or_default()).replace('\r', ""),
+        "disk vdb now holds GUMTREE-MARK while-the-node-was-away",
+    );
+    assert!(
+        !text.contains("disk vdb now holds \n") && !text.contains("I/O error, dev vdb"),
+        "a read failed while the node controller was away:\n{text}"
+    );
+    cloud.restart(&node);
+    wait_for_text(
+        "the node controller takes its relay back",
+        Duration::from_secs(60),
+        || cloud.log(&node),
+        "volume relay restored",
+    );
+    assert_eq!(relay_pid(), relay_before, "the relay was started again");
+    write_mark(&cloud, &vol, "after-the-node-restart");
+    wait_console(
+        &a,
+        "guest a reads its volume after the node controller's restart",
+        "disk vdb now holds GUMTREE-MARK after-the-node-restart",
     );
 
     // Detached: the guest sees the disk go.
@@ -620,7 +682,7 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     cloud.restart("sc-1");
     let text = wait_console(&b, "guest b reads the mark", "holds GUMTREE-MARK");
     assert!(
-        text.contains("disk vdb holds GUMTREE-MARK after-restart"),
+        text.contains("disk vdb holds GUMTREE-MARK after-the-node-restart"),
         "{text}"
     );
 

@@ -80,7 +80,13 @@ fn stamps(paths: &[PathBuf; 3]) -> Vec<Option<SystemTime>> {
 fn build(paths: &[PathBuf; 3]) -> Result<(Identity, Loaded), MtlsError> {
     let [ca, cert, key] = paths;
     let stamps = stamps(paths);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // AES-128-GCM first: the cheapest of TLS 1.3's suites with AES-NI, and
+    // volumes' data goes through it (the other suites stay allowed).
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let provider = Arc::new(provider);
     let mut roots = rustls::RootCertStore::empty();
     let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())

@@ -59,7 +59,8 @@ struct Pending {
     handle: u64,
     kind: u16,
     length: u32,
-    bytes: Vec<u8>,
+    /// Shared with the write to the export (a write's payload is large).
+    bytes: Arc<Vec<u8>>,
 }
 
 async fn read_u16<R: AsyncRead + Unpin>(r: &mut R) -> Io<u16> {
@@ -72,6 +73,17 @@ async fn read_u32<R: AsyncRead + Unpin>(r: &mut R) -> Io<u32> {
 
 async fn read_u64<R: AsyncRead + Unpin>(r: &mut R) -> Io<u64> {
     r.read_u64().await.map_err(io)
+}
+
+/// Reads a payload of `len` bytes onto the end of `out`.
+async fn read_payload_into<R: AsyncRead + Unpin>(r: &mut R, len: u32, out: &mut Vec<u8>) -> Io<()> {
+    if len > MAX_PAYLOAD {
+        return Err(format!("an NBD payload of {len} bytes"));
+    }
+    let at = out.len();
+    out.resize(at + len as usize, 0);
+    r.read_exact(&mut out[at..]).await.map_err(io)?;
+    Ok(())
 }
 
 async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> Io<Vec<u8>> {
@@ -233,7 +245,9 @@ where
             return;
         }
     };
-    let (mut from_qemu, mut to_qemu) = tokio::io::split(qemu);
+    let (from_qemu, mut to_qemu) = tokio::io::split(qemu);
+    // Requests' headers come in small reads: buffered.
+    let mut from_qemu = tokio::io::BufReader::with_capacity(256 << 10, from_qemu);
     let (mut from_server, to_server) = tokio::io::split(server);
     // The writer to the export (None while it is away) and the requests
     // not yet answered, changed together under the writer's lock.
@@ -272,7 +286,7 @@ where
                         }
                     };
                     let (r, mut wr) = tokio::io::split(s);
-                    let resend: Vec<Vec<u8>> = pending
+                    let resend: Vec<Arc<Vec<u8>>> = pending
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .iter()
@@ -311,35 +325,35 @@ enum Lost {
 
 /// Reads QEMU's requests, keeps each until answered and sends it to the
 /// export (when it is there).
-async fn forward_requests<C, S>(
-    qemu: &mut ReadHalf<C>,
+async fn forward_requests<R, S>(
+    qemu: &mut R,
     writer: &Mutex<Option<WriteHalf<S>>>,
     pending: &std::sync::Mutex<Vec<Pending>>,
 ) -> Io<()>
 where
-    C: AsyncRead + AsyncWrite,
+    R: AsyncRead + Unpin,
     S: AsyncRead + AsyncWrite,
 {
     loop {
-        let magic = read_u32(qemu).await?;
+        // magic u32, flags u16, type u16, handle u64, offset u64, length u32
+        let mut head = [0u8; 28];
+        qemu.read_exact(&mut head).await.map_err(io)?;
+        let be32 =
+            |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        let magic = be32(0);
         if magic != REQUEST_MAGIC {
             return Err(format!("not an NBD request: {magic:#x}"));
         }
-        let flags = read_u16(qemu).await?;
-        let kind = read_u16(qemu).await?;
-        let handle = read_u64(qemu).await?;
-        let offset = read_u64(qemu).await?;
-        let length = read_u32(qemu).await?;
-        let mut bytes = Vec::with_capacity(28);
-        bytes.extend_from_slice(&magic.to_be_bytes());
-        bytes.extend_from_slice(&flags.to_be_bytes());
-        bytes.extend_from_slice(&kind.to_be_bytes());
-        bytes.extend_from_slice(&handle.to_be_bytes());
-        bytes.extend_from_slice(&offset.to_be_bytes());
-        bytes.extend_from_slice(&length.to_be_bytes());
+        let kind = u16::from_be_bytes([head[6], head[7]]);
+        let mut handle = [0u8; 8];
+        handle.copy_from_slice(&head[8..16]);
+        let handle = u64::from_be_bytes(handle);
+        let length = be32(24);
+        let mut bytes = head.to_vec();
         if kind == CMD_WRITE {
-            bytes.extend_from_slice(&read_payload(qemu, length).await?);
+            read_payload_into(qemu, length, &mut bytes).await?;
         }
+        let bytes = Arc::new(bytes);
         let mut w = writer.lock().await;
         if kind != CMD_DISC {
             pending
@@ -394,7 +408,9 @@ where
                     .find(|p| p.handle == handle && p.kind == CMD_READ)
                     .map(|p| p.length);
                 if let (0, Some(len)) = (error, read_len) {
-                    reply.extend_from_slice(&read_payload(server, len).await.map_err(lost)?);
+                    read_payload_into(server, len, &mut reply)
+                        .await
+                        .map_err(lost)?;
                 }
                 (handle, reply, true)
             }
@@ -403,14 +419,13 @@ where
                 let kind = read_u16(server).await.map_err(lost)?;
                 let handle = read_u64(server).await.map_err(lost)?;
                 let len = read_u32(server).await.map_err(lost)?;
-                let data = read_payload(server, len).await.map_err(lost)?;
                 let chunk = chunks.entry(handle).or_default();
                 chunk.extend_from_slice(&magic.to_be_bytes());
                 chunk.extend_from_slice(&flags.to_be_bytes());
                 chunk.extend_from_slice(&kind.to_be_bytes());
                 chunk.extend_from_slice(&handle.to_be_bytes());
                 chunk.extend_from_slice(&len.to_be_bytes());
-                chunk.extend_from_slice(&data);
+                read_payload_into(server, len, chunk).await.map_err(lost)?;
                 if flags & REPLY_FLAG_DONE == 0 {
                     continue;
                 }

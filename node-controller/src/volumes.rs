@@ -82,7 +82,8 @@ async fn open(
         .write_all(format!("{}\n", c.volume_id).as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let mut stream = BufReader::new(stream);
+    // Replies carry up to megabytes: read in large pieces.
+    let mut stream = BufReader::with_capacity(256 << 10, stream);
     let mut line = String::new();
     stream
         .read_line(&mut line)

@@ -304,7 +304,9 @@ async fn connect(exports: &Exports, conn: common::mtls::TlsConn) -> Result<(), S
     let buffered = conn.buffer().to_vec();
     nbd.write_all(&buffered).await.map_err(|e| e.to_string())?;
     let mut conn = conn.into_inner();
-    let _ = tokio::io::copy_bidirectional(&mut conn, &mut nbd).await;
+    // Large buffers: a request or reply carries up to megabytes.
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut nbd, 256 << 10, 256 << 10).await;
     Ok(())
 }
 

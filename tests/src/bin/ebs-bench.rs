@@ -81,6 +81,38 @@ fn create_volume(c: &mut Ec2, gib: &str) -> (String, f64) {
     (id, t.elapsed().as_secs_f64() * 1000.0)
 }
 
+/// Seconds `qemu-img bench` takes for 256 MiB in 1 MiB requests, one at
+/// a time, on the NBD export at `socket` (`write` or read).
+fn qemu_img_bench(socket: &Path, write: bool) -> f64 {
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(["bench", "-f", "raw", "-s", "1M", "-c", "256", "-d", "1"]);
+    if write {
+        cmd.arg("-w");
+    }
+    let out = cmd
+        .arg(format!("nbd+unix:///?socket={}", socket.display()))
+        .output()
+        .expect("qemu-img");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "qemu-img bench: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.split("Run completed in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("qemu-img bench's time")
+}
+
+/// Stops the bench when the guest says its I/O failed.
+fn no_failed_bench(console: &str) {
+    if let Some(line) = console.lines().find(|l| l.contains("bench failed")) {
+        panic!("in the guest: {line}");
+    }
+}
+
 /// The guest's figures for `disk`: (write ms, read ms) for 128 MiB.
 fn guest_figures(text: &str, disk: &str) -> (f64, f64) {
     let line = text
@@ -195,7 +227,11 @@ fn main() {
     // 2. AttachVolume until the guest sees it, and 3. I/O on it.
     let mut attach = Vec::new();
     let mut nbd = Vec::new();
+    let mut host_path: Vec<String> = Vec::new();
     for vol in vols.iter().take(3) {
+        // Figures of earlier disks (named alike: one disk at a time) are
+        // on the console already; this one's come after them.
+        let benched = console(&mut c, &instance).matches("bench write-ms").count();
         let t = Instant::now();
         c.ok(
             "AttachVolume",
@@ -213,13 +249,11 @@ fn main() {
             Duration::from_secs(120),
         );
         attach.push(t.elapsed().as_secs_f64() * 1000.0);
-        let text = wait_console(
-            &mut c,
-            &instance,
-            "bench write-ms",
-            Duration::from_secs(600),
-        );
-        // The newest bench line is this disk's (one disk at a time).
+        let text = wait_for("the guest's figures", Duration::from_secs(600), || {
+            let t = console(&mut c, &instance);
+            no_failed_bench(&t);
+            (t.matches("bench write-ms").count() > benched).then_some(t)
+        });
         let disk = text
             .lines()
             .rev()
@@ -231,14 +265,23 @@ fn main() {
             .and_then(|r| r.split_whitespace().next())
             .expect("disk name")
             .to_string();
-        let before = text.matches("bench write-ms").count();
-        let text = wait_for("the guest's figures", Duration::from_secs(600), || {
-            let t = console(&mut c, &instance);
-            (t.matches("bench write-ms").count() >= before
-                && t.contains(&format!("disk {disk} bench")))
-            .then_some(t)
-        });
         nbd.push(guest_figures(&text, &disk));
+        if host_path.is_empty() {
+            // The same path without the guest: qemu-img on the host, on
+            // the node's relay socket (relay, TLS, the SC, qemu-nbd) and
+            // on qemu-nbd's own socket.
+            let relay = cloud.dir().join("nc-1/volumes").join(format!("{vol}.sock"));
+            let direct = cloud.dir().join("sc-1/exports").join(format!("{vol}.sock"));
+            for (what, socket) in [("relay", &relay), ("qemu-nbd", &direct)] {
+                let w = qemu_img_bench(socket, true);
+                let r = qemu_img_bench(socket, false);
+                host_path.push(format!(
+                    "{what} write {:.0} MiB/s, read {:.0} MiB/s",
+                    256.0 / w,
+                    256.0 / r
+                ));
+            }
+        }
         let removed = console(&mut c, &instance)
             .matches(&format!("disk removed {disk}"))
             .count();
@@ -258,6 +301,10 @@ fn main() {
         "AttachVolume to the disk on the guest's console: median {:.0} ms of {}",
         median(attach.clone()),
         attach.len()
+    );
+    println!(
+        "On the host, qemu-img bench, 1 MiB requests one at a time: {}",
+        host_path.join("; ")
     );
     // The same kind of file, attached straight to the domain.
     let benched = console(&mut c, &instance).matches("bench write-ms").count();
@@ -279,6 +326,7 @@ fn main() {
     // The guest names it as it likes (the next vdX): the newest figures.
     let text = wait_for("the local disk's figures", Duration::from_secs(600), || {
         let t = console(&mut c, &instance);
+        no_failed_bench(&t);
         (t.matches("bench write-ms").count() > benched).then_some(t)
     });
     let disk = text

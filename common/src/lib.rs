@@ -13,6 +13,7 @@ pub mod http;
 pub mod ids;
 pub mod instance;
 pub mod mtls;
+pub mod nbd;
 pub mod pki;
 pub mod report;
 pub mod rpc;

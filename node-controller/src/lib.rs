@@ -8,7 +8,6 @@ pub mod grpc;
 pub mod hypervisor;
 pub mod images;
 pub mod instances;
-pub mod nbd;
 pub mod network;
 pub mod resources;
 pub mod virt;

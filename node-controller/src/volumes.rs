@@ -135,7 +135,7 @@ pub async fn serve(
                 };
                 let patience =
                     Duration::from_secs(u64::from(crate::hypervisor::VOLUME_RECONNECT_SECS));
-                connections.spawn(crate::nbd::relay(qemu, dial, patience));
+                connections.spawn(common::nbd::relay(qemu, dial, patience));
                 idle_since = None;
             }
             _ = tick.tick() => {

@@ -6,6 +6,8 @@
 //! it is with its certificate from the cluster CA, names the volume on the
 //! first line, and gets the NBD stream only when the volume is exported to
 //! that very node. Exports are durable: a restarted SC serves them again.
+//! The SC follows the NBD stream: a change to a volume while a snapshot of
+//! it is being taken waits until the snapshot has kept what it replaces.
 
 use std::{
     collections::HashMap,
@@ -286,7 +288,7 @@ async fn connect(exports: &Exports, conn: common::mtls::TlsConn) -> Result<(), S
             peer.identity
         ));
     }
-    let mut nbd = match UnixStream::connect(exports.socket(&volume_id)).await {
+    let nbd = match UnixStream::connect(exports.socket(&volume_id)).await {
         Ok(s) => s,
         Err(e) => {
             let _ = conn
@@ -300,13 +302,21 @@ async fn connect(exports: &Exports, conn: common::mtls::TlsConn) -> Result<(), S
         .write_all(b"OK\n")
         .await
         .map_err(|e| e.to_string())?;
-    // Anything the node sent after its line is already buffered.
-    let buffered = conn.buffer().to_vec();
-    nbd.write_all(&buffered).await.map_err(|e| e.to_string())?;
-    let mut conn = conn.into_inner();
-    // Large buffers: a request or reply carries up to megabytes.
-    let _ =
-        tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut nbd, 256 << 10, 256 << 10).await;
+    // The NBD stream, watched: a change to the volume while a snapshot of
+    // it is taken first keeps what it replaces (see `fleece`).
+    let fleeces = exports.volumes.fleeces().clone();
+    let before_change = move |offset: u64, len: u32| {
+        let (f, v) = (fleeces.clone(), volume_id.clone());
+        async move {
+            if f.watched(&v) {
+                let _ = tokio::task::spawn_blocking(move || {
+                    f.before_change(&v, offset, u64::from(len))
+                })
+                .await;
+            }
+        }
+    };
+    let _ = common::nbd::watch_changes(conn, nbd, before_change).await;
     Ok(())
 }
 

@@ -30,7 +30,7 @@ impl From<VolumeError> for Status {
             VolumeError::NotFound(_) => Status::not_found(e.to_string()),
             VolumeError::Conflict { .. } => Status::already_exists(e.to_string()),
             VolumeError::Capacity { .. } => Status::resource_exhausted(e.to_string()),
-            VolumeError::Backend(_) | VolumeError::Store(_) => {
+            VolumeError::Backend(_) | VolumeError::Store(_) | VolumeError::Fleece(_) => {
                 tracing::error!(error = %e, "volume operation failed");
                 Status::internal(e.to_string())
             }

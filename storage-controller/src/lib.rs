@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod config;
 pub mod exports;
+pub mod fleece;
 pub mod grpc;
 pub mod snapshots;
 pub mod volumes;

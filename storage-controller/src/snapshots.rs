@@ -139,6 +139,17 @@ impl Snapshots {
             running: Arc::default(),
             progress: Arc::default(),
         };
+        // Watched for a snapshot that is not being taken (its record was
+        // never written, or it ended before the watch did): let go.
+        for snap in s.volumes.fleeces().snapshots() {
+            let pending = s
+                .table
+                .get(&snap)?
+                .is_some_and(|r| r.state == SnapshotState::Pending);
+            if !pending {
+                s.volumes.fleeces().end(&snap).map_err(VolumeError::from)?;
+            }
+        }
         for r in s.table.list()? {
             if r.state == SnapshotState::Pending {
                 tracing::info!(snapshot = %r.snapshot_id, "taking a snapshot a restart interrupted again");
@@ -198,6 +209,12 @@ impl Snapshots {
             stored_bytes: 0,
             created_ms: common::time::unix_ms(),
         };
+        // The snapshot holds the volume of this moment: its changes from
+        // now on keep what they replace until it is taken.
+        self.volumes
+            .fleeces()
+            .begin(id, volume_id)
+            .map_err(VolumeError::from)?;
         self.table.put(&r)?;
         self.spawn_take(id.to_string());
         Ok(r)
@@ -215,6 +232,10 @@ impl Snapshots {
         let this = self.clone();
         tokio::spawn(async move {
             let outcome = this.take(&id).await;
+            // Taken or failed, the volume's changes need not wait for it.
+            if let Err(e) = this.volumes.fleeces().end(&id) {
+                tracing::warn!(snapshot = %id, error = %e, "what the snapshot saved was not dropped");
+            }
             this.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -257,6 +278,7 @@ impl Snapshots {
             .await
             .map_err(walrus_error)?;
         let backend = self.volumes.backend().clone();
+        let fleeces = self.volumes.fleeces().clone();
         let size = backend
             .size(&r.volume_id)
             .map_err(VolumeError::from)?
@@ -267,19 +289,15 @@ impl Snapshots {
         let mut sent_here = BTreeSet::new();
         for n in 0..count {
             let len = CHUNK.min(size - n * CHUNK);
-            if !backend
-                .may_hold_data(&r.volume_id, n * CHUNK, len)
-                .map_err(VolumeError::from)?
-            {
-                chunks.push(None);
-                continue;
-            }
-            let b = backend.clone();
-            let vol = r.volume_id.clone();
-            let data = tokio::task::spawn_blocking(move || b.read_at(&vol, n * CHUNK, len))
+            let (f, vol, snap) = (fleeces.clone(), r.volume_id.clone(), id.to_string());
+            let data = tokio::task::spawn_blocking(move || f.read_chunk(&snap, &vol, n, len))
                 .await
                 .map_err(|e| SnapshotError::Bad(id.into(), e.to_string()))?
                 .map_err(VolumeError::from)?;
+            let Some(data) = data else {
+                chunks.push(None);
+                continue;
+            };
             if data.iter().all(|b| *b == 0) {
                 chunks.push(None);
             } else {

@@ -81,6 +81,8 @@ pub enum VolumeError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Fleece(#[from] crate::fleece::FleeceError),
 }
 
 /// The volumes of this SC.
@@ -93,6 +95,8 @@ pub struct Volumes {
     capacity_gib: Arc<std::sync::atomic::AtomicU64>,
     /// Held from a create's capacity check to its record.
     admit: Arc<std::sync::Mutex<()>>,
+    /// The snapshots being taken, and what they saved.
+    fleeces: crate::fleece::Fleeces,
 }
 
 impl Volumes {
@@ -101,9 +105,10 @@ impl Volumes {
     pub fn open(store: &Store, backend: Arc<dyn VolumeBackend>) -> Result<Self, VolumeError> {
         let v = Self {
             table: store.table()?,
-            backend,
             capacity_gib: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
             admit: Arc::default(),
+            fleeces: crate::fleece::Fleeces::open(store, backend.clone())?,
+            backend,
         };
         for r in v.table.list()? {
             match r.state {
@@ -270,6 +275,11 @@ impl Volumes {
     /// The backend, for exports and snapshots.
     pub fn backend(&self) -> &Arc<dyn VolumeBackend> {
         &self.backend
+    }
+
+    /// The snapshots being taken of volumes in use (copy before write).
+    pub fn fleeces(&self) -> &crate::fleece::Fleeces {
+        &self.fleeces
     }
 }
 

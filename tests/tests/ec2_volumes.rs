@@ -333,23 +333,35 @@ static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A cloud of `nodes` nodes on real libvirt, with Walrus and the SC
 /// ENABLED.
-/// Writes a mark on the first sector of `vol`'s file on the SC, behind
-/// the guest's back (a guest that probes its disks shows it).
-fn write_mark(cloud: &Cloud, vol: &str, mark: &str) {
-    use std::io::Write;
-    let file = cloud
-        .dir()
-        .join("sc-1")
-        .join("volumes")
-        .join(format!("{vol}.img"));
-    let mut f = fs::OpenOptions::new()
+/// Writes `data` at `offset` of `vol`'s file on the SC, behind the
+/// guest's back.
+fn write_at(cloud: &Cloud, vol: &str, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = cloud.dir().join("sc-1/volumes").join(format!("{vol}.img"));
+    let f = fs::OpenOptions::new()
         .write(true)
         .open(&file)
         .expect("the volume's file");
+    f.write_all_at(data, offset).expect("write");
+    f.sync_all().expect("sync");
+}
+
+/// `len` bytes at `offset` of `vol`'s file on the SC.
+fn read_at(cloud: &Cloud, vol: &str, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let file = cloud.dir().join("sc-1/volumes").join(format!("{vol}.img"));
+    let f = fs::File::open(&file).expect("the volume's file");
+    let mut buf = vec![0; len];
+    f.read_exact_at(&mut buf, offset).expect("read");
+    buf
+}
+
+/// Writes a mark on the first sector of `vol`'s file on the SC, behind
+/// the guest's back (a guest that probes its disks shows it).
+fn write_mark(cloud: &Cloud, vol: &str, mark: &str) {
     let mut sector = format!("GUMTREE-MARK {mark}\n").into_bytes();
     sector.resize(512, 0);
-    f.write_all(&sector).expect("write");
-    f.sync_all().expect("sync");
+    write_at(cloud, vol, 0, &sector);
 }
 
 fn guest_cloud(nodes: usize) -> Cloud {
@@ -653,6 +665,56 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
         "guest a reads its volume after the node controller's restart",
         "disk vdb now holds GUMTREE-MARK after-the-node-restart",
     );
+
+    // A snapshot holds its volume as it was when asked for: a write that
+    // comes through the volume's export while the snapshot is read (here
+    // qemu-io's, on the node's end of the export, beside the guest's
+    // QEMU) is not in it.
+    let data: Vec<u8> = (0..32 << 20).map(|i: u32| (i % 241) as u8).collect();
+    write_at(&cloud, &vol, 1 << 20, &data);
+    let moment = v2(&["ec2", "create-snapshot", "--volume-id", &vol])["SnapshotId"]
+        .as_str()
+        .expect("SnapshotId")
+        .to_string();
+    let socket = cloud
+        .dir()
+        .join(&node)
+        .join("volumes")
+        .join(format!("{vol}.sock"));
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x77 33554432 1M"])
+        .arg(format!("nbd+unix:///?socket={}", socket.display()))
+        .output()
+        .expect("qemu-io");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("wrote 1048576/1048576 bytes"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_at(&cloud, &vol, 32 << 20, 1 << 20),
+        vec![0x77; 1 << 20],
+        "the write reached the volume"
+    );
+    wait_snapshot(&|a: &[&str]| aws(&ec2, a), &moment);
+    let then = v2(&[
+        "ec2",
+        "create-volume",
+        "--snapshot-id",
+        &moment,
+        "--availability-zone",
+        "zone-1",
+    ])["VolumeId"]
+        .as_str()
+        .expect("VolumeId")
+        .to_string();
+    wait_volume(&|a: &[&str]| aws(&ec2, a), &then, "available");
+    assert!(
+        read_at(&cloud, &then, 1 << 20, 32 << 20) == data,
+        "the snapshot holds the volume of its moment, not a write that came after"
+    );
+    v2(&["ec2", "delete-volume", "--volume-id", &then]);
 
     // Detached: the guest sees the disk go.
     let detached = v2(&["ec2", "detach-volume", "--volume-id", &vol]);

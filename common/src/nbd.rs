@@ -33,6 +33,8 @@ const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
 const REPLY_FLAG_DONE: u16 = 1;
 /// The largest payload a request or reply chunk may carry here.
 const MAX_PAYLOAD: u32 = 64 << 20;
@@ -325,6 +327,97 @@ enum Lost {
 
 /// Reads QEMU's requests, keeps each until answered and sends it to the
 /// export (when it is there).
+/// An NBD request's header (the compact form, 28 bytes) and what it says.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub head: [u8; 28],
+    pub kind: u16,
+    pub handle: u64,
+    pub offset: u64,
+    pub length: u32,
+}
+
+impl Request {
+    /// Whether it changes the export's data (a write, a trim, a write of
+    /// zeros), so that a point-in-time copy must keep what it replaces.
+    pub fn changes_data(&self) -> bool {
+        matches!(self.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES)
+    }
+}
+
+/// Reads one request's header from `r`.
+pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> Io<Request> {
+    // magic u32, flags u16, type u16, handle u64, offset u64, length u32
+    let mut head = [0u8; 28];
+    r.read_exact(&mut head).await.map_err(io)?;
+    let mut at = &head[..];
+    let magic = read_u32(&mut at).await?;
+    if magic != REQUEST_MAGIC {
+        return Err(format!("not an NBD request: {magic:#x}"));
+    }
+    let _flags = read_u16(&mut at).await?;
+    let kind = read_u16(&mut at).await?;
+    let handle = read_u64(&mut at).await?;
+    let offset = read_u64(&mut at).await?;
+    let length = read_u32(&mut at).await?;
+    Ok(Request {
+        head,
+        kind,
+        handle,
+        offset,
+        length,
+    })
+}
+
+/// Passes an NBD connection from `client` to `server` (the handshake as
+/// it comes, then each request), and runs `before_change(offset, length)`
+/// before a request that changes data reaches the server. Ends when
+/// either side does.
+pub async fn watch_changes<C, S, F, Fut>(mut client: C, mut server: S, before_change: F) -> Io<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(u64, u32) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    pass_handshake(&mut client, &mut server).await?;
+    let (client_r, mut client_w) = tokio::io::split(client);
+    let (server_r, mut server_w) = tokio::io::split(server);
+    let mut client_r = tokio::io::BufReader::with_capacity(256 << 10, client_r);
+    let mut server_r = tokio::io::BufReader::with_capacity(256 << 10, server_r);
+    let requests = async {
+        loop {
+            let req = read_request(&mut client_r).await?;
+            if req.changes_data() {
+                before_change(req.offset, req.length).await;
+            }
+            server_w.write_all(&req.head).await.map_err(io)?;
+            if req.kind == CMD_WRITE {
+                if req.length > MAX_PAYLOAD {
+                    return Err(format!("an NBD payload of {} bytes", req.length));
+                }
+                let mut payload = (&mut client_r).take(u64::from(req.length));
+                tokio::io::copy(&mut payload, &mut server_w)
+                    .await
+                    .map_err(io)?;
+            }
+            if req.kind == CMD_DISC {
+                return Ok::<(), String>(());
+            }
+        }
+    };
+    let replies = async {
+        tokio::io::copy_buf(&mut server_r, &mut client_w)
+            .await
+            .map_err(io)?;
+        Ok::<(), String>(())
+    };
+    tokio::select! {
+        r = requests => r,
+        r = replies => r,
+    }
+}
+
 async fn forward_requests<R, S>(
     qemu: &mut R,
     writer: &Mutex<Option<WriteHalf<S>>>,
@@ -335,20 +428,13 @@ where
     S: AsyncRead + AsyncWrite,
 {
     loop {
-        // magic u32, flags u16, type u16, handle u64, offset u64, length u32
-        let mut head = [0u8; 28];
-        qemu.read_exact(&mut head).await.map_err(io)?;
-        let be32 =
-            |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
-        let magic = be32(0);
-        if magic != REQUEST_MAGIC {
-            return Err(format!("not an NBD request: {magic:#x}"));
-        }
-        let kind = u16::from_be_bytes([head[6], head[7]]);
-        let mut handle = [0u8; 8];
-        handle.copy_from_slice(&head[8..16]);
-        let handle = u64::from_be_bytes(handle);
-        let length = be32(24);
+        let Request {
+            head,
+            kind,
+            handle,
+            length,
+            ..
+        } = read_request(qemu).await?;
         let mut bytes = head.to_vec();
         if kind == CMD_WRITE {
             read_payload_into(qemu, length, &mut bytes).await?;
@@ -561,5 +647,66 @@ mod tests {
         let on_disk = std::fs::read(&file).expect("file");
         assert_eq!(&on_disk[4096..8192], &[0x5a; 4096][..]);
         let _ = stdin.write_all(b"quit\n").await;
+    }
+
+    #[tokio::test]
+    async fn changes_are_seen_before_they_reach_the_export() {
+        if !have("qemu-nbd") || !have("qemu-io") {
+            panic!("qemu-nbd and qemu-io (Debian's qemu-utils) are needed");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("vol.img");
+        std::fs::write(&file, vec![b'a'; 1 << 20]).expect("image");
+        let export = dir.path().join("export.sock");
+        let front = dir.path().join("front.sock");
+        let _nbd = serve(&file, &export).await;
+        let listener = UnixListener::bind(&front).expect("bind");
+        // Each change as the hook saw it, with the byte the file held at its
+        // offset then (the change has not reached it yet).
+        let seen: Arc<std::sync::Mutex<Vec<(u64, u32, u8)>>> = Arc::default();
+        {
+            let (seen, file, export) = (seen.clone(), file.clone(), export.clone());
+            tokio::spawn(async move {
+                let (client, _) = listener.accept().await.expect("accept");
+                let server = UnixStream::connect(&export).await.expect("export");
+                let hook = move |offset: u64, len: u32| {
+                    let (seen, file) = (seen.clone(), file.clone());
+                    async move {
+                        let held = std::fs::read(&file).expect("file")[offset as usize];
+                        seen.lock().expect("seen").push((offset, len, held));
+                    }
+                };
+                let _ = watch_changes(client, server, hook).await;
+            });
+        }
+        let mut client = Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .arg(format!("nbd+unix:///?socket={}", front.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("qemu-io");
+        let mut stdin = client.stdin.take().expect("stdin");
+        let mut out = BufReader::new(client.stdout.take().expect("stdout")).lines();
+        let said = run(&mut stdin, &mut out, "read -P 0x61 0 4096").await;
+        assert!(said.contains("read 4096/4096 bytes"), "{said}");
+        let said = run(&mut stdin, &mut out, "write -P 0x62 8192 65536").await;
+        assert!(said.contains("wrote 65536/65536 bytes"), "{said}");
+        let said = run(&mut stdin, &mut out, "write -z 131072 4096").await;
+        assert!(said.contains("wrote 4096/4096 bytes"), "{said}");
+        let said = run(&mut stdin, &mut out, "read -P 0x62 8192 65536").await;
+        assert!(said.contains("read 65536/65536 bytes"), "{said}");
+        let _ = stdin.write_all(b"quit\n").await;
+        let seen = seen.lock().expect("seen").clone();
+        assert_eq!(
+            seen,
+            vec![(8192, 65536, b'a'), (131072, 4096, b'a')],
+            "reads are not changes; writes and zeros are, seen before they land"
+        );
+        let on_disk = std::fs::read(&file).expect("file");
+        assert_eq!(&on_disk[8192..8192 + 65536], &[b'b'; 65536][..]);
+        assert_eq!(&on_disk[131072..131072 + 4096], &[0; 4096][..]);
     }
 }

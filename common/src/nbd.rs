@@ -397,7 +397,7 @@ where
                     return Err(format!("an NBD payload of {} bytes", req.length));
                 }
                 let mut payload = (&mut client_r).take(u64::from(req.length));
-                tokio::io::copy(&mut payload, &mut server_w)
+                tokio::io::copy_buf(&mut payload, &mut server_w)
                     .await
                     .map_err(io)?;
             }
@@ -565,6 +565,25 @@ mod tests {
         child
     }
 
+    type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+    /// qemu-io on the NBD export at `socket`: the process, its input and
+    /// its output's lines.
+    fn qemu_io(socket: &Path) -> (Child, tokio::process::ChildStdin, Lines) {
+        let mut client = Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .arg(format!("nbd+unix:///?socket={}", socket.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("qemu-io");
+        let stdin = client.stdin.take().expect("stdin");
+        let out = BufReader::new(client.stdout.take().expect("stdout")).lines();
+        (client, stdin, out)
+    }
+
     /// Gives qemu-io `cmd`; answers what it said, up to its figures line
     /// (or a failure).
     async fn run(
@@ -616,17 +635,7 @@ mod tests {
             };
             relay(qemu, dial, Duration::from_secs(20)).await;
         });
-        let mut client = Command::new("qemu-io")
-            .args(["-f", "raw"])
-            .arg(format!("nbd+unix:///?socket={}", front.display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("qemu-io");
-        let mut stdin = client.stdin.take().expect("stdin");
-        let mut out = BufReader::new(client.stdout.take().expect("stdout")).lines();
+        let (_client, mut stdin, mut out) = qemu_io(&front);
         let said = run(&mut stdin, &mut out, "read -P 0x47 0 1").await;
         assert!(said.contains("read 1/1 bytes"), "{said}");
         // The export goes away and comes back while a write waits.
@@ -679,17 +688,7 @@ mod tests {
                 let _ = watch_changes(client, server, hook).await;
             });
         }
-        let mut client = Command::new("qemu-io")
-            .args(["-f", "raw"])
-            .arg(format!("nbd+unix:///?socket={}", front.display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("qemu-io");
-        let mut stdin = client.stdin.take().expect("stdin");
-        let mut out = BufReader::new(client.stdout.take().expect("stdout")).lines();
+        let (_client, mut stdin, mut out) = qemu_io(&front);
         let said = run(&mut stdin, &mut out, "read -P 0x61 0 4096").await;
         assert!(said.contains("read 4096/4096 bytes"), "{said}");
         let said = run(&mut stdin, &mut out, "write -P 0x62 8192 65536").await;

@@ -464,18 +464,15 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
         "#!/bin/sh\necho from-a > /tmp/mark\ntouch /tmp/probe\n",
     ));
     wait_console(&a, "guest a's user-data", "GUMTREE-USER-DATA-RAN");
-    let vol = v2(&[
-        "ec2",
-        "create-volume",
-        "--size",
-        "1",
-        "--availability-zone",
-        "zone-1",
-    ])["VolumeId"]
-        .as_str()
-        .expect("VolumeId")
-        .to_string();
-    wait_volume(&|a: &[&str]| aws(&ec2, a), &vol, "available");
+    // A volume made with `args`, once available.
+    let new_volume = |args: &[&str]| -> String {
+        let mut all = vec!["ec2", "create-volume", "--availability-zone", "zone-1"];
+        all.extend(args);
+        let id = v2(&all)["VolumeId"].as_str().expect("VolumeId").to_string();
+        wait_volume(&|a: &[&str]| aws(&ec2, a), &id, "available");
+        id
+    };
+    let vol = new_volume(&["--size", "1"]);
 
     let attached = v2(&[
         "ec2",
@@ -698,18 +695,7 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
         "the write reached the volume"
     );
     wait_snapshot(&|a: &[&str]| aws(&ec2, a), &moment);
-    let then = v2(&[
-        "ec2",
-        "create-volume",
-        "--snapshot-id",
-        &moment,
-        "--availability-zone",
-        "zone-1",
-    ])["VolumeId"]
-        .as_str()
-        .expect("VolumeId")
-        .to_string();
-    wait_volume(&|a: &[&str]| aws(&ec2, a), &then, "available");
+    let then = new_volume(&["--snapshot-id", &moment]);
     assert!(
         read_at(&cloud, &then, 1 << 20, 32 << 20) == data,
         "the snapshot holds the volume of its moment, not a write that came after"

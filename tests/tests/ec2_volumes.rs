@@ -272,16 +272,50 @@ fn volumes_are_made_listed_and_deleted_by_the_storage_controller() {
     assert_eq!(seen["Volumes"], serde_json::json!([]), "{seen}");
     run_theirs(&["ec2", "delete-volume", "--volume-id", &id]).expect_err("InvalidVolume.NotFound");
 
-    // boto3 sees the same, paged.
+    // boto3 sees the same, paged; boto 2 too, and makes, snapshots and
+    // restores volumes.
     let script = home.join("volumes.py");
     fs::write(
         &script,
         r#"
-import os, boto3
+import os, time, urllib.parse, boto, boto3
 ec2 = boto3.client("ec2", endpoint_url=os.environ["GUMTREE_EC2_ENDPOINT"], region_name="gumtree")
 pages = ec2.get_paginator("describe_volumes").paginate(PaginationConfig={"PageSize": 5})
 ids = [v["VolumeId"] for p in pages for v in p["Volumes"]]
 print(" ".join(sorted(ids)))
+
+# boto 2.49's connect_euca (SigV2, /services/Eucalyptus), as older
+# Eucalyptus scripts do it: volumes, a snapshot and a volume made from it.
+u = urllib.parse.urlparse(os.environ["GUMTREE_EC2_ENDPOINT"])
+conn = boto.connect_euca(host=u.hostname, port=u.port, is_secure=False, path="/services/Eucalyptus",
+                         aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+print("boto2 " + " ".join(sorted(v.id for v in conn.get_all_volumes())))
+def wait(what, get, want):
+    for _ in range(300):
+        if get() == want:
+            return
+        time.sleep(0.2)
+    raise AssertionError("%s never %s" % (what, want))
+v = conn.create_volume(2, "zone-1")
+assert v.size == 2 and v.zone == "zone-1" and v.status in ("creating", "available"), vars(v)
+wait(v.id, v.update, "available")
+snap = conn.create_snapshot(v.id, "from boto 2")
+assert snap.volume_id == v.id and snap.description == "from boto 2", vars(snap)
+wait(snap.id, lambda: (snap.update(), snap.status)[1], "completed")
+assert snap.progress == "100%" and snap.volume_size == 2, vars(snap)
+assert snap.id in [s.id for s in conn.get_all_snapshots(owner="self")]
+w = conn.create_volume(3, "zone-1", snapshot=snap.id)
+wait(w.id, w.update, "available")
+assert w.snapshot_id == snap.id and w.size == 3, vars(w)
+assert conn.delete_volume(w.id) and conn.delete_volume(v.id) and conn.delete_snapshot(snap.id)
+wait("the volumes gone", lambda: {w.id, v.id} & {x.id for x in conn.get_all_volumes()}, set())
+try:
+    conn.get_all_volumes(["vol-00000000000000000"])
+    raise AssertionError("an unknown volume must fail")
+except boto.exception.EC2ResponseError as e:
+    assert e.error_code == "InvalidVolume.NotFound", e.error_code
+print("boto2 ok")
 "#,
     )
     .expect("script");
@@ -289,7 +323,18 @@ print(" ".join(sorted(ids)))
         .expect_ok();
     let mut want = [id.clone(), other_id.clone()];
     want.sort();
-    assert_eq!(boto.trim(), want.join(" "));
+    let lines: Vec<&str> = boto.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(want.join(" ").as_str()),
+        "{boto}"
+    );
+    assert_eq!(
+        lines.get(1).copied(),
+        Some(format!("boto2 {}", want.join(" ")).as_str()),
+        "{boto}"
+    );
+    assert_eq!(lines.last().copied(), Some("boto2 ok"), "{boto}");
 
     // kill -9 of the SC and a CLC restart lose nothing.
     cloud.kill("sc-1");
@@ -326,13 +371,10 @@ print(" ".join(sorted(ids)))
     assert_eq!(left["Volumes"].as_array().map(Vec::len), Some(1), "{left}");
 }
 
-/// Destroys whatever guests this cloud's nodes left, if the test failed.
 /// Held by each test that runs guests: on a small host under TCG, guests
 /// of two such tests at once starve each other.
 static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A cloud of `nodes` nodes on real libvirt, with Walrus and the SC
-/// ENABLED.
 /// Writes `data` at `offset` of `vol`'s file on the SC, behind the
 /// guest's back.
 fn write_at(cloud: &Cloud, vol: &str, offset: u64, data: &[u8]) {
@@ -364,6 +406,8 @@ fn write_mark(cloud: &Cloud, vol: &str, mark: &str) {
     write_at(cloud, vol, 0, &sector);
 }
 
+/// A cloud of `nodes` nodes on real libvirt, with Walrus and the SC
+/// ENABLED.
 fn guest_cloud(nodes: usize) -> Cloud {
     let cloud = Cloud::start_with(CloudOptions {
         nodes,
@@ -387,6 +431,7 @@ fn guest_cloud(nodes: usize) -> Cloud {
     cloud
 }
 
+/// Destroys whatever guests this cloud's nodes left, if the test failed.
 struct Sweep(PathBuf);
 
 impl Drop for Sweep {

@@ -196,6 +196,10 @@ impl VolumeRelays {
         self.dir.join(format!("{volume_id}.pid"))
     }
 
+    fn log_file(&self, volume_id: &str) -> PathBuf {
+        self.dir.join(format!("{volume_id}.log"))
+    }
+
     /// The relay of `volume_id` that runs, as (pid, connection).
     fn running(&self, volume_id: &str) -> Option<(i32, String)> {
         let text = std::fs::read_to_string(self.pid_file(volume_id)).ok()?;
@@ -228,7 +232,7 @@ impl VolumeRelays {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("{}.log", c.volume_id)))
+            .open(self.log_file(&c.volume_id))
             .map_err(|e| format!("the relay's log: {e}"))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let [ca, cert, key] = self.tls.files();
@@ -264,7 +268,7 @@ impl VolumeRelays {
                 return Err(format!(
                     "the relay of {} ended at once ({status}); see {}",
                     c.volume_id,
-                    self.dir.join(format!("{}.log", c.volume_id)).display()
+                    self.log_file(&c.volume_id).display()
                 ));
             }
             if Instant::now() > deadline {

@@ -57,8 +57,6 @@ fn volumes_are_made_listed_and_deleted_by_the_storage_controller() {
     let ec2 = cloud.ec2_endpoint();
     let aws = |which: AwsCli, args: &[&str]| clients::aws(which, &creds, &home, &ec2, args);
     let v2 = |args: &[&str]| json(&aws(AwsCli::V2, args).expect_ok());
-    let sc_volumes = cloud.dir().join("sc-1").join("volumes");
-    let volume_file = |id: &str| -> PathBuf { sc_volumes.join(format!("{id}.img")) };
 
     // Made: creating at once, then available, its data a 2 GiB file on the SC.
     let made = v2(&[
@@ -82,7 +80,7 @@ fn volumes_are_made_listed_and_deleted_by_the_storage_controller() {
         &["ec2", "wait", "volume-available", "--volume-ids", &id],
     )
     .expect_ok();
-    let size = fs::metadata(volume_file(&id))
+    let size = fs::metadata(volume_file(&cloud, &id))
         .expect("the SC holds the volume")
         .len();
     assert_eq!(size, 2 * GIB);
@@ -346,7 +344,7 @@ print("boto2 ok")
     });
     let kept = v2(&["ec2", "describe-volumes", "--volume-ids", &id, &other_id]);
     assert_eq!(kept["Volumes"].as_array().map(Vec::len), Some(2), "{kept}");
-    assert!(volume_file(&id).exists());
+    assert!(volume_file(&cloud, &id).exists());
 
     // Deleted: gone from the listing and from the SC's disk.
     assert_eq!(
@@ -366,7 +364,10 @@ print("boto2 ok")
         &["ec2", "describe-volumes", "--volume-ids", &id],
     )
     .expect_err("InvalidVolume.NotFound");
-    assert!(!volume_file(&id).exists(), "the SC removed its data");
+    assert!(
+        !volume_file(&cloud, &id).exists(),
+        "the SC removed its data"
+    );
     let left = v2(&["ec2", "describe-volumes"]);
     assert_eq!(left["Volumes"].as_array().map(Vec::len), Some(1), "{left}");
 }
@@ -375,14 +376,18 @@ print("boto2 ok")
 /// of two such tests at once starve each other.
 static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The file of `vol` on the SC (sc-1).
+fn volume_file(cloud: &Cloud, vol: &str) -> PathBuf {
+    cloud.dir().join("sc-1/volumes").join(format!("{vol}.img"))
+}
+
 /// Writes `data` at `offset` of `vol`'s file on the SC, behind the
 /// guest's back.
 fn write_at(cloud: &Cloud, vol: &str, offset: u64, data: &[u8]) {
     use std::os::unix::fs::FileExt;
-    let file = cloud.dir().join("sc-1/volumes").join(format!("{vol}.img"));
     let f = fs::OpenOptions::new()
         .write(true)
-        .open(&file)
+        .open(volume_file(cloud, vol))
         .expect("the volume's file");
     f.write_all_at(data, offset).expect("write");
     f.sync_all().expect("sync");
@@ -391,8 +396,7 @@ fn write_at(cloud: &Cloud, vol: &str, offset: u64, data: &[u8]) {
 /// `len` bytes at `offset` of `vol`'s file on the SC.
 fn read_at(cloud: &Cloud, vol: &str, offset: u64, len: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
-    let file = cloud.dir().join("sc-1/volumes").join(format!("{vol}.img"));
-    let f = fs::File::open(&file).expect("the volume's file");
+    let f = fs::File::open(volume_file(cloud, vol)).expect("the volume's file");
     let mut buf = vec![0; len];
     f.read_exact_at(&mut buf, offset).expect("read");
     buf
@@ -814,24 +818,6 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
     let ec2 = cloud.ec2_endpoint();
     let aws = |args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, &ec2, args);
     let v2 = |args: &[&str]| json(&aws(args).expect_ok());
-    let sc_volumes = cloud.dir().join("sc-1").join("volumes");
-    let file = |id: &str| sc_volumes.join(format!("{id}.img"));
-    let write_at = |id: &str, at: u64, data: &[u8]| {
-        use std::os::unix::fs::FileExt;
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(file(id))
-            .expect("volume file");
-        f.write_all_at(data, at).expect("write");
-        f.sync_all().expect("sync");
-    };
-    let read_at = |id: &str, at: u64, len: usize| -> Vec<u8> {
-        use std::os::unix::fs::FileExt;
-        let f = fs::File::open(file(id)).expect("volume file");
-        let mut buf = vec![0; len];
-        f.read_exact_at(&mut buf, at).expect("read");
-        buf
-    };
     let new_volume = |args: &[&str]| -> String {
         let mut all = vec!["ec2", "create-volume", "--availability-zone", "zone-1"];
         all.extend(args);
@@ -874,7 +860,7 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
     // A 1 GiB volume with 3 MiB of data in it.
     let vol = new_volume(&["--size", "1"]);
     let pattern: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 253) as u8).collect();
-    write_at(&vol, 100 << 20, &pattern);
+    write_at(&cloud, &vol, 100 << 20, &pattern);
     let first = snapshot(&vol, "first");
     assert_eq!(
         stored(&first),
@@ -882,7 +868,7 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
         "only the chunks with data are stored"
     );
     // 1 MiB changed: the next snapshot stores that chunk alone.
-    write_at(&vol, 101 << 20, &[0xAB; 1 << 20]);
+    write_at(&cloud, &vol, 101 << 20, &[0xAB; 1 << 20]);
     let second = snapshot(&vol, "second");
     assert_eq!(stored(&second), 1 << 20, "an incremental snapshot");
 
@@ -927,8 +913,8 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
         "{described}"
     );
     assert_eq!(described["Volumes"][0]["Size"], 2, "{described}");
-    assert_eq!(read_at(&restored, 100 << 20, 3 << 20), pattern);
-    assert_eq!(read_at(&restored, 0, 4096), vec![0; 4096]);
+    assert_eq!(read_at(&cloud, &restored, 100 << 20, 3 << 20), pattern);
+    assert_eq!(read_at(&cloud, &restored, 0, 4096), vec![0; 4096]);
     let by_snapshot = v2(&[
         "ec2",
         "describe-volumes",
@@ -1004,7 +990,10 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
     );
     let shared_id = shared["VolumeId"].as_str().expect("VolumeId").to_string();
     wait_volume(&as_other, &shared_id, "available");
-    assert_eq!(read_at(&shared_id, 101 << 20, 1 << 20), vec![0xAB; 1 << 20]);
+    assert_eq!(
+        read_at(&cloud, &shared_id, 101 << 20, 1 << 20),
+        vec![0xAB; 1 << 20]
+    );
     as_other(&["ec2", "delete-snapshot", "--snapshot-id", &second])
         .expect_err("InvalidSnapshot.NotFound");
 
@@ -1016,14 +1005,14 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
     aws(&["ec2", "delete-snapshot", "--snapshot-id", "snap-bad"])
         .expect_err("InvalidSnapshotID.Malformed");
     let again = new_volume(&["--snapshot-id", &first]);
-    assert_eq!(read_at(&again, 100 << 20, 3 << 20), pattern);
+    assert_eq!(read_at(&cloud, &again, 100 << 20, 3 << 20), pattern);
 
     // kill -9 of the SC in the middle of a snapshot: after its restart the
     // snapshot completes (never `completed` with data missing) and holds
     // the volume's data.
     let big = new_volume(&["--size", "1"]);
     let data: Vec<u8> = (0..64 << 20).map(|i: u32| (i % 251) as u8).collect();
-    write_at(&big, 0, &data);
+    write_at(&cloud, &big, 0, &data);
     let made = v2(&["ec2", "create-snapshot", "--volume-id", &big]);
     let cut = made["SnapshotId"].as_str().expect("SnapshotId").to_string();
     std::thread::sleep(Duration::from_millis(300));
@@ -1032,7 +1021,7 @@ fn snapshots_go_to_walrus_incrementally_and_make_volumes() {
     wait_snapshot(&aws, &cut);
     let restored = new_volume(&["--snapshot-id", &cut]);
     assert!(
-        read_at(&restored, 0, 64 << 20) == data,
+        read_at(&cloud, &restored, 0, 64 << 20) == data,
         "the snapshot cut off by kill -9 holds the volume's data"
     );
 }

@@ -105,7 +105,10 @@ start_libvirt() {
       # also remount /sys, hiding the cgroup mounts from libvirtd).
       in_ns=(nsenter "--net=/run/netns/$ns")
     fi
+    # scripts/host-libvirt starts the libvirtds of simulated hosts alike.
+    export GUMTREE_KVM_WORKS=0
     if kvm_usable "$probe" "$tiny"; then
+      GUMTREE_KVM_WORKS=1
       "${in_ns[@]}" libvirtd -d && touch "$marks/libvirtd.started"
     else
       say "KVM is missing or does not work here: guests run under QEMU TCG"

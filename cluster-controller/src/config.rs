@@ -80,6 +80,10 @@ pub struct ClusterConfig {
     /// Name of the bridge nodes make for the private network (at most 15
     /// characters). Default `gtbr0`.
     pub bridge: String,
+    /// VXLAN network id of the tunnels that join the nodes' bridges across
+    /// hosts (UDP 4789 between the nodes' `tunnel_address`es); 0: no
+    /// tunnels. Default 1.
+    pub tunnel_id: u32,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -104,6 +108,7 @@ impl Default for ClusterConfig {
             network_mode: crate::network::NetworkMode::ManagedNoVlan,
             private_subnet: "172.31.0.0/20".into(),
             bridge: "gtbr0".into(),
+            tunnel_id: 1,
             log_filter: "info".into(),
         }
     }

@@ -45,6 +45,8 @@ pub struct ClusterInstances {
     trust: Trust,
     /// The private network (subnet and bridge name), when instances get addresses.
     network: Option<(Subnet, String)>,
+    /// VXLAN id of the tunnels between the nodes' bridges (0: none).
+    tunnel_id: u32,
     /// Placed instances their ready node has stopped reporting, since when.
     missing_since: Mutex<HashMap<String, i64>>,
 }
@@ -123,8 +125,15 @@ impl ClusterInstances {
             placing: Mutex::new(0),
             trust,
             network,
+            tunnel_id: 1,
             missing_since: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The VXLAN id of the tunnels between the nodes' bridges (0: none).
+    pub fn with_tunnel_id(mut self, id: u32) -> Self {
+        self.tunnel_id = id;
+        self
     }
 
     /// Follows what the nodes report: an instance its ready node has not
@@ -179,14 +188,46 @@ impl ClusterInstances {
         Ok(NodeServiceClient::new(channel))
     }
 
-    fn network_spec(&self) -> Option<proto::NetworkSpec> {
-        self.network
-            .as_ref()
-            .map(|(subnet, bridge)| proto::NetworkSpec {
-                bridge: bridge.clone(),
-                gateway: subnet.gateway().to_string(),
-                prefix: u32::from(subnet.prefix()),
-            })
+    /// The cluster's private network as nodes build it now: the bridge,
+    /// and the tunnel addresses of the ENABLED nodes that have one (each
+    /// node leaves out its own).
+    pub fn network_spec(&self) -> Option<proto::NetworkSpec> {
+        let (subnet, bridge) = self.network.as_ref()?;
+        let mut tunnel_peers: Vec<String> = self
+            .views()
+            .into_iter()
+            .filter(|v| v.state == ServiceState::Enabled as i32 && !v.tunnel_address.is_empty())
+            .map(|v| v.tunnel_address)
+            .collect();
+        tunnel_peers.sort();
+        tunnel_peers.dedup();
+        Some(proto::NetworkSpec {
+            bridge: bridge.clone(),
+            gateway: subnet.gateway().to_string(),
+            prefix: u32::from(subnet.prefix()),
+            tunnel_id: self.tunnel_id,
+            tunnel_peers,
+        })
+    }
+
+    /// Sends every ENABLED node the network as it is now (`network_spec`),
+    /// so that each bridge's tunnels reach the nodes that came since.
+    pub async fn push_network(&self) {
+        let Some(spec) = self.network_spec() else {
+            return;
+        };
+        for v in self
+            .views()
+            .into_iter()
+            .filter(|v| v.state == ServiceState::Enabled as i32)
+        {
+            let Ok(mut client) = self.client(&v.endpoint) else {
+                continue;
+            };
+            if let Err(e) = client.set_network(spec.clone()).await {
+                tracing::warn!(node = %v.name, error = %e.message(), "node could not apply the network");
+            }
+        }
     }
 
     /// Each node's name, endpoint, state and resources: what placement and
@@ -203,6 +244,7 @@ impl ClusterInstances {
                 endpoint: v.endpoint.clone(),
                 state: v.state,
                 resources: v.resources,
+                tunnel_address: v.tunnel_address.clone(),
                 ..Default::default()
             })
             .collect()

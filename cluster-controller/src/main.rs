@@ -36,33 +36,64 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?);
-    let instances = Arc::new(ClusterInstances::open(
-        nodes.clone(),
-        &store,
-        placement::Settings {
-            policy: config.placement_policy,
-            cpu_ratio: config.cpu_overcommit.max(0.1),
-            memory_ratio: config.memory_overcommit.max(0.1),
-            threshold: config.placement_threshold,
-        },
-        started.trust.clone(),
-        match config.network_mode {
-            NetworkMode::ManagedNoVlan => Some((
-                config.private_subnet.parse::<Subnet>()?,
-                config.bridge.clone(),
-            )),
-            NetworkMode::None => None,
-        },
-    )?);
+    let instances = Arc::new(
+        ClusterInstances::open(
+            nodes.clone(),
+            &store,
+            placement::Settings {
+                policy: config.placement_policy,
+                cpu_ratio: config.cpu_overcommit.max(0.1),
+                memory_ratio: config.memory_overcommit.max(0.1),
+                threshold: config.placement_threshold,
+            },
+            started.trust.clone(),
+            match config.network_mode {
+                NetworkMode::ManagedNoVlan => Some((
+                    config.private_subnet.parse::<Subnet>()?,
+                    config.bridge.clone(),
+                )),
+                NetworkMode::None => None,
+            },
+        )?
+        .with_tunnel_id(config.tunnel_id),
+    );
     let cluster = Cluster {
         nodes: nodes.clone(),
-        instances,
+        instances: instances.clone(),
     };
     tokio::spawn(
         cluster
             .clone()
             .watch_liveness(Duration::from_secs(config.node_timeout_secs.max(1))),
     );
+    {
+        // Each node's bridge learns of the nodes that come (and forgets
+        // those that go): at once when the set of ENABLED nodes changes,
+        // and every 10 s in case a node missed it.
+        let instances = instances.clone();
+        let mut changes = nodes.subscribe();
+        tokio::spawn(async move {
+            let mut last = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let spec = instances.network_spec();
+                        let now = spec.map(|s| s.tunnel_peers).unwrap_or_default();
+                        if now == last {
+                            continue;
+                        }
+                        last = now;
+                    }
+                }
+                instances.push_network().await;
+            }
+        });
+    }
     tokio::spawn(keep_reporting(
         ReportSettings {
             parent: config.clc.clone(),

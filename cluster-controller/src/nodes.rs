@@ -61,6 +61,7 @@ impl NodeLive {
             instances: r.map(|r| r.instances.clone()).unwrap_or_default(),
             unknown_guests: r.map(|r| r.unknown_guests.clone()).unwrap_or_default(),
             gone: Vec::new(),
+            tunnel_address: r.map(|r| r.tunnel_address.clone()).unwrap_or_default(),
         }
     }
 }
@@ -75,6 +76,7 @@ fn differ(a: &NodeView, b: &NodeView) -> bool {
         || a.virt_reason != b.virt_reason
         || a.instances != b.instances
         || a.unknown_guests != b.unknown_guests
+        || a.tunnel_address != b.tunnel_address
 }
 
 #[derive(Default)]

@@ -131,6 +131,7 @@ impl Snapshot for NodeReport {
             unknown_guests: self.unknown_guests.clone(),
             delta: true,
             gone,
+            tunnel_address: self.tunnel_address.clone(),
         }
     }
 }
@@ -154,6 +155,7 @@ pub fn merge_node_report(kept: &mut NodeReport, incoming: NodeReport) {
         unknown_guests,
         delta: _,
         gone,
+        tunnel_address,
     } = incoming;
     merge_instances(&mut kept.instances, instances, &gone);
     kept.node_name = node_name;
@@ -164,6 +166,7 @@ pub fn merge_node_report(kept: &mut NodeReport, incoming: NodeReport) {
     kept.version = version;
     kept.virt_reason = virt_reason;
     kept.unknown_guests = unknown_guests;
+    kept.tunnel_address = tunnel_address;
 }
 
 /// A cluster's state as its CC reports it: each node's view shared, so that
@@ -200,6 +203,7 @@ fn node_header(view: &NodeView) -> NodeView {
         virt_reason: view.virt_reason.clone(),
         unknown_guests: view.unknown_guests.clone(),
         gone: Vec::new(),
+        tunnel_address: view.tunnel_address.clone(),
     }
 }
 

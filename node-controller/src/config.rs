@@ -79,6 +79,12 @@ pub struct NodeConfig {
     /// so the node answers for them; empty: the network routes them to
     /// the node. Default empty.
     pub public_interface: String,
+    /// Address (in `netns`) this node's VXLAN tunnels to the other nodes'
+    /// bridges start from, reported to the CC; empty: the host of
+    /// `advertise` unless that is a loopback address (then no tunnels: the
+    /// node controllers of one host share one bridge). "none": no tunnels.
+    /// Default empty.
+    pub tunnel_address: String,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -112,6 +118,7 @@ impl Default for NodeConfig {
             clc: "127.0.0.1:8780".into(),
             metadata_port: 8781,
             public_interface: String::new(),
+            tunnel_address: String::new(),
             log_filter: "info".into(),
         }
     }
@@ -135,6 +142,25 @@ impl NodeConfig {
         self.image_cache_dir
             .clone()
             .unwrap_or_else(|| self.state_dir.join("images"))
+    }
+
+    /// The tunnel address (see `tunnel_address`), given the advertised
+    /// endpoint; None: no tunnels.
+    pub fn tunnel_address(&self, advertise: &str) -> Result<Option<std::net::Ipv4Addr>, String> {
+        match self.tunnel_address.as_str() {
+            "none" => Ok(None),
+            "" => {
+                let host = advertise.rsplit_once(':').map_or(advertise, |(h, _)| h);
+                Ok(host
+                    .parse::<std::net::Ipv4Addr>()
+                    .ok()
+                    .filter(|a| !a.is_loopback() && !a.is_unspecified()))
+            }
+            a => a
+                .parse::<std::net::Ipv4Addr>()
+                .map(Some)
+                .map_err(|_| format!("tunnel_address {a:?} is not an IPv4 address")),
+        }
     }
 
     /// Where instance disks live.

@@ -33,6 +33,13 @@ impl From<GuestStatus> for InstanceStatus {
     }
 }
 
+/// A private network as the CC sent it.
+fn net_spec(n: &proto::NetworkSpec) -> Result<NetSpec, Status> {
+    NetSpec::new(&n.bridge, &n.gateway, n.prefix)
+        .and_then(|s| s.with_tunnel(n.tunnel_id, &n.tunnel_peers))
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 /// A guest's firewall as the CLC sent it.
 fn policy(f: &proto::InstanceFirewall) -> Policy {
     let flows = |rules: &[proto::FirewallRule]| {
@@ -131,10 +138,9 @@ impl NodeService for Node {
             kernel: image_ref(spec.kernel)?,
             ramdisk: image_ref(spec.ramdisk)?,
             network: match &spec.network {
-                Some(n) if !spec.private_ip.is_empty() && !spec.mac.is_empty() => Some(
-                    NetSpec::new(&n.bridge, &n.gateway, n.prefix)
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
-                ),
+                Some(n) if !spec.private_ip.is_empty() && !spec.mac.is_empty() => {
+                    Some(net_spec(n)?)
+                }
                 _ => None,
             },
             firewall: spec.firewall.as_ref().map(policy),
@@ -169,6 +175,16 @@ impl NodeService for Node {
             .await
             .map_err(status)?;
         Ok(Response::new(proto::FirewallsApplied { applied }))
+    }
+
+    async fn set_network(
+        &self,
+        request: Request<proto::NetworkSpec>,
+    ) -> Result<Response<proto::NetworkSpec>, Status> {
+        let spec = request.into_inner();
+        let net = net_spec(&spec)?;
+        self.instances.set_network(&net).await.map_err(status)?;
+        Ok(Response::new(spec))
     }
 
     async fn terminate_instance(

@@ -612,6 +612,17 @@ impl Instances {
     /// whose rules name a group that changed gets its rules again). Returns
     /// how many firewalls were applied (one that fails is logged and the
     /// rest still applied).
+    /// The cluster's network as the CC says it is now (its tunnels' peers).
+    pub async fn set_network(&self, net: &NetSpec) -> Result<(), InstanceError> {
+        match &self.network {
+            Some(hn) => hn
+                .set_network(net)
+                .await
+                .map_err(|e| InstanceError::Network(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     pub async fn set_firewalls(
         &self,
         firewalls: &[(String, Policy)],

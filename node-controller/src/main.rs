@@ -84,6 +84,10 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     } else {
         tracing::warn!(virt = %virt_type, %why, "no KVM acceleration: guests run under QEMU TCG (slower)");
     }
+    let tunnel_address = config
+        .tunnel_address(&started.advertise)
+        .map_err(anyhow::Error::msg)?
+        .filter(|_| config.manage_network);
     let network = config.manage_network.then(|| -> Arc<dyn HostNetwork> {
         Arc::new(
             LinuxNetwork::new(
@@ -97,7 +101,8 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
             )
             .with_public_interface(
                 (!config.public_interface.is_empty()).then(|| config.public_interface.clone()),
-            ),
+            )
+            .with_tunnel_address(tunnel_address),
         )
     });
     let instances = Arc::new(
@@ -135,6 +140,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         hypervisor: virt_type.to_string(),
         virt_reason: why,
         version: common::VERSION.into(),
+        tunnel_address: tunnel_address.map(|a| a.to_string()).unwrap_or_default(),
         ..Default::default()
     };
     let (updates, reports) = watch::channel(report);

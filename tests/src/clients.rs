@@ -147,7 +147,7 @@ impl Run {
     }
 }
 
-fn run(what: String, mut cmd: Command) -> Run {
+pub fn run(what: String, mut cmd: Command) -> Run {
     let output = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));

@@ -920,7 +920,7 @@ fn pin_port(config: &str, field: &str, addr: SocketAddr) -> String {
 
 /// The daemon dies with the test if the test process is killed outright.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {

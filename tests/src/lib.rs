@@ -4,5 +4,6 @@
 pub mod clients;
 pub mod ec2client;
 pub mod harness;
+pub mod hosts;
 pub mod node;
 pub mod rawhttp;

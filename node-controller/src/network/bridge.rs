@@ -15,10 +15,14 @@ impl LinuxNetwork {
         if self
             .run("ip", &["link", "show", "dev", &net.bridge])
             .await
-            .is_ok()
+            .is_err()
         {
-            return Ok(());
+            self.make_bridge(net).await?;
         }
+        self.ensure_tunnel(net).await
+    }
+
+    async fn make_bridge(&self, net: &NetSpec) -> Result<(), NetError> {
         // Never put the cluster's subnet over a network this host already
         // routes: that would cut the host off from it.
         let routes = self.run("ip", &["-4", "-o", "route", "show"]).await?;
@@ -32,11 +36,163 @@ impl LinuxNetwork {
         let addr = format!("{}/{}", net.gateway, net.prefix);
         self.run("ip", &["link", "add", &net.bridge, "type", "bridge"])
             .await?;
+        self.run(
+            "ip",
+            &["link", "set", &net.bridge, "address", &net.bridge_mac()],
+        )
+        .await?;
         self.run("ip", &["addr", "add", &addr, "dev", &net.bridge])
             .await?;
         self.run("ip", &["link", "set", &net.bridge, "up"]).await?;
         tracing::info!(bridge = %net.bridge, address = %addr, netns = ?self.netns, "bridge made");
         Ok(())
+    }
+
+    /// The bridge's VXLAN port and its peers, as the CC last said (`net`'s
+    /// tunnels, else those remembered): frames for guests on other nodes
+    /// go to every peer until the port learns where each MAC is. The port
+    /// takes 1500-byte frames, as guests send them: where the nodes'
+    /// network carries less than 1550, the kernel fragments the tunnel's
+    /// packets. Nothing when this node has no tunnel address.
+    pub(super) async fn ensure_tunnel(&self, net: &NetSpec) -> Result<(), NetError> {
+        let Some(local) = self.tunnel_address else {
+            return Ok(());
+        };
+        let tunnel = {
+            let mut kept = self.tunnel.lock().unwrap_or_else(|p| p.into_inner());
+            if net.tunnel.is_some() {
+                kept.clone_from(&net.tunnel);
+            }
+            kept.clone()
+        };
+        let Some(tunnel) = tunnel else {
+            return Ok(());
+        };
+        let port = net.tunnel_port();
+        if self
+            .run("ip", &["link", "show", "dev", &port])
+            .await
+            .is_err()
+        {
+            let (id, local) = (tunnel.id.to_string(), local.to_string());
+            self.run(
+                "ip",
+                &[
+                    "link", "add", &port, "type", "vxlan", "id", &id, "local", &local, "dstport",
+                    "4789",
+                ],
+            )
+            .await?;
+            self.run("ip", &["link", "set", &port, "mtu", "1500"])
+                .await?;
+            self.run("ip", &["link", "set", &port, "master", &net.bridge])
+                .await?;
+            self.run("ip", &["link", "set", &port, "up"]).await?;
+            tracing::info!(bridge = %net.bridge, %port, %local, id = tunnel.id, "tunnel port made");
+        }
+        self.fence_tunnel(net, &port).await?;
+        let listed = self
+            .run("bridge", &["fdb", "show", "dev", &port])
+            .await
+            .unwrap_or_default();
+        let have = flood_peers(&listed);
+        let want: Vec<std::net::Ipv4Addr> = tunnel
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| *p != local)
+            .collect();
+        for p in want.iter().filter(|p| !have.contains(p)) {
+            let dst = p.to_string();
+            self.run(
+                "bridge",
+                &["fdb", "append", FLOOD, "dev", &port, "dst", &dst],
+            )
+            .await?;
+            tracing::info!(bridge = %net.bridge, peer = %dst, "tunnel peer added");
+        }
+        for p in have.iter().filter(|p| !want.contains(p)) {
+            let dst = p.to_string();
+            let _ = self
+                .run("bridge", &["fdb", "del", FLOOD, "dev", &port, "dst", &dst])
+                .await;
+            tracing::info!(bridge = %net.bridge, peer = %dst, "tunnel peer removed");
+        }
+        Ok(())
+    }
+
+    /// What each node serves its own guests stays off the tunnel: DHCP
+    /// (another node's dnsmasq would refuse a lease it does not hold) and
+    /// ARP for the gateway (every node's bridge is the gateway).
+    async fn fence_tunnel(&self, net: &NetSpec, port: &str) -> Result<(), NetError> {
+        let chain = tunnel_chain(net);
+        let _ = self.run("ebtables", &["-N", &chain, "-P", "RETURN"]).await;
+        self.run("ebtables", &["-F", &chain]).await?;
+        let gw = net.gateway.to_string();
+        let rules: [&[&str]; 3] = [
+            &[
+                "-p",
+                "IPv4",
+                "--ip-proto",
+                "udp",
+                "--ip-dport",
+                "67:68",
+                "-j",
+                "DROP",
+            ],
+            &["-p", "ARP", "--arp-ip-dst", &gw, "-j", "DROP"],
+            &["-p", "ARP", "--arp-ip-src", &gw, "-j", "DROP"],
+        ];
+        for rule in rules {
+            self.run("ebtables", &[&["-A", chain.as_str()][..], rule].concat())
+                .await?;
+        }
+        for (hook, dir) in TUNNEL_HOOKS {
+            let jump = [dir, port, "-j", chain.as_str()];
+            // Once each, last (after the guests' guards).
+            while self
+                .run("ebtables", &[&["-D", hook][..], &jump].concat())
+                .await
+                .is_ok()
+            {}
+            self.run("ebtables", &[&["-A", hook][..], &jump].concat())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn unfence_tunnel(&self, net: &NetSpec) {
+        let (chain, port) = (tunnel_chain(net), net.tunnel_port());
+        for (hook, dir) in TUNNEL_HOOKS {
+            while self
+                .run("ebtables", &["-D", hook, dir, &port, "-j", &chain])
+                .await
+                .is_ok()
+            {}
+        }
+        let _ = self.run("ebtables", &["-F", &chain]).await;
+        let _ = self.run("ebtables", &["-X", &chain]).await;
+    }
+
+    /// The cluster's network as the CC says it is now: an existing bridge's
+    /// tunnels follow it at once, a bridge made later starts with it.
+    pub async fn set_network(&self, net: &NetSpec) -> Result<(), NetError> {
+        if net.tunnel.is_some() {
+            self.tunnel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone_from(&net.tunnel);
+        }
+        let _changing = self.changing.lock().await;
+        if self
+            .run("ip", &["link", "show", "dev", &net.bridge])
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let _host = self.host_lock(&net.bridge).await?;
+        self.ensure_tunnel(net).await
     }
 
     pub(super) fn dnsmasq_pid(&self, bridge: &str) -> Option<i32> {
@@ -204,6 +360,8 @@ impl LinuxNetwork {
         self.stop_dnsmasq(&net.bridge).await;
         let rule = self.nat_rule(net);
         while self.iptables("-D", &rule).await.is_ok() {}
+        self.unfence_tunnel(net).await;
+        let _ = self.run("ip", &["link", "del", &net.tunnel_port()]).await;
         let _ = self.run("ip", &["link", "del", &net.bridge]).await;
         // The dispatch chains go when no guest's chains are left in them.
         let _host = self.firewall_lock().await;
@@ -231,6 +389,35 @@ impl LinuxNetwork {
         }
         tracing::info!(bridge = %net.bridge, "network torn down");
     }
+}
+
+/// Where frames cross a bridge's tunnel port: in, out (bridged), to this
+/// node and from it.
+const TUNNEL_HOOKS: [(&str, &str); 4] = [
+    ("FORWARD", "-i"),
+    ("FORWARD", "-o"),
+    ("INPUT", "-i"),
+    ("OUTPUT", "-o"),
+];
+
+/// The ebtables chain that fences `net`'s tunnel port.
+fn tunnel_chain(net: &NetSpec) -> String {
+    format!("GTT-{}", net.bridge)
+}
+
+/// The MAC of a VXLAN port's flood entries (one per peer).
+const FLOOD: &str = "00:00:00:00:00:00";
+
+/// The peers of a VXLAN port's flood entries in `bridge fdb show` output.
+pub(super) fn flood_peers(listed: &str) -> Vec<std::net::Ipv4Addr> {
+    listed
+        .lines()
+        .filter(|l| l.starts_with(FLOOD))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| *w != "dst");
+            words.nth(1)?.parse().ok()
+        })
+        .collect()
 }
 
 /// The first route of `ip -4 -o route show` output (not on `net`'s own

@@ -57,6 +57,9 @@ pub trait HostNetwork: Send + Sync + std::fmt::Debug {
     ) -> Result<(), NetError>;
     /// Removes everything `apply_firewall` put in place for `g`.
     async fn remove_firewall(&self, g: &Guest);
+    /// The cluster's network as its CC sees it now: the bridge's tunnels
+    /// follow its peers (when the bridge is there; else at its making).
+    async fn set_network(&self, net: &NetSpec) -> Result<(), NetError>;
 }
 
 #[tonic::async_trait]
@@ -77,6 +80,9 @@ impl HostNetwork for LinuxNetwork {
     }
     async fn remove_firewall(&self, g: &Guest) {
         LinuxNetwork::remove_firewall(self, g).await
+    }
+    async fn set_network(&self, net: &NetSpec) -> Result<(), NetError> {
+        LinuxNetwork::set_network(self, net).await
     }
 }
 
@@ -129,6 +135,11 @@ impl HostNetwork for Fake {
     async fn remove_firewall(&self, g: &Guest) {
         self.record(format!("unfirewall {}", g.instance_id));
     }
+    async fn set_network(&self, net: &NetSpec) -> Result<(), NetError> {
+        let peers = net.tunnel.as_ref().map(|t| t.peers.len()).unwrap_or(0);
+        self.record(format!("network {} {peers}", net.bridge));
+        Ok(())
+    }
 }
 
 /// The metadata service's address, as guests see it.
@@ -140,6 +151,18 @@ pub struct NetSpec {
     pub bridge: String,
     pub gateway: Ipv4Addr,
     pub prefix: u8,
+    /// The VXLAN tunnels joining this bridge to the other nodes' bridges,
+    /// when the CC said (records do not keep it: it changes as nodes come
+    /// and go, and the CC tells it again).
+    pub tunnel: Option<Tunnel>,
+}
+
+/// The VXLAN segment of a cluster's bridges: its id and the other nodes'
+/// tunnel addresses (this node's own may be among them: it is left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub id: u32,
+    pub peers: Vec<Ipv4Addr>,
 }
 
 impl NetSpec {
@@ -162,7 +185,56 @@ impl NetSpec {
             bridge: bridge.to_string(),
             gateway,
             prefix: prefix as u8,
+            tunnel: None,
         })
+    }
+
+    /// With the tunnels the CC sent (`id` 0: none); checks the peers.
+    pub fn with_tunnel(mut self, id: u32, peers: &[String]) -> Result<Self, NetError> {
+        if id == 0 {
+            return Ok(self);
+        }
+        if id >= 1 << 24 {
+            return Err(NetError::Invalid(format!("tunnel id {id}")));
+        }
+        let mut parsed = Vec::with_capacity(peers.len());
+        for p in peers {
+            parsed.push(
+                p.parse::<Ipv4Addr>()
+                    .map_err(|_| NetError::Invalid(format!("tunnel peer {p:?}")))?,
+            );
+        }
+        parsed.sort();
+        parsed.dedup();
+        self.tunnel = Some(Tunnel { id, peers: parsed });
+        Ok(self)
+    }
+
+    /// The bridge's MAC address: the same on every node of the cluster (a
+    /// locally administered address from the bridge's name and gateway), so
+    /// that whichever node answers a guest's ARP for the gateway, the guest
+    /// reaches its own node's bridge, never another node's through a tunnel.
+    pub fn bridge_mac(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .bridge
+            .bytes()
+            .chain(self.gateway.octets())
+            .chain([self.prefix])
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let b = h.to_be_bytes();
+        format!(
+            "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4]
+        )
+    }
+
+    /// The name of the bridge's VXLAN port.
+    pub fn tunnel_port(&self) -> String {
+        let cut = self.bridge.len().min(13);
+        format!("vx{}", &self.bridge[..cut])
     }
 
     pub fn mask(&self) -> Ipv4Addr {
@@ -196,6 +268,10 @@ pub struct LinuxNetwork {
     changing: tokio::sync::Mutex<()>,
     /// Interface public addresses are put on (None: routed to the host).
     public_interface: Option<String>,
+    /// This node's tunnel address (None: no tunnels).
+    tunnel_address: Option<Ipv4Addr>,
+    /// The tunnels the CC last sent, for bridges made from records.
+    tunnel: Mutex<Option<Tunnel>>,
     /// The policy last applied to each guest by this process.
     applied: Mutex<HashMap<String, AppliedPolicy>>,
     /// IPv4 forwarding was turned on.
@@ -219,9 +295,18 @@ impl LinuxNetwork {
             proxies: Mutex::new(HashMap::new()),
             changing: tokio::sync::Mutex::new(()),
             public_interface: None,
+            tunnel_address: None,
+            tunnel: Mutex::new(None),
             applied: Mutex::new(HashMap::new()),
             forwarding: Default::default(),
         }
+    }
+
+    /// Tunnels to the other nodes' bridges start from `address` (in the
+    /// plumbing's namespace); None: no tunnels.
+    pub fn with_tunnel_address(mut self, address: Option<Ipv4Addr>) -> Self {
+        self.tunnel_address = address;
+        self
     }
 
     /// Public addresses go on `iface` (in the plumbing's namespace).
@@ -360,7 +445,7 @@ impl Guest {
 #[cfg(test)]
 mod tests {
     use super::{
-        bridge::overlapping_route,
+        bridge::{flood_peers, overlapping_route},
         firewall::{chain_lines, guest_chains, nat_lines},
         *,
     };
@@ -374,6 +459,51 @@ mod tests {
         assert!(NetSpec::new("averyveryverylongname", "172.31.0.1", 20).is_err());
         assert!(NetSpec::new("gtbr0", "x", 20).is_err());
         assert!(NetSpec::new("gtbr0", "172.31.0.1", 8).is_err());
+    }
+
+    #[test]
+    fn tunnels_are_checked_and_bridges_share_a_mac() {
+        let n = NetSpec::new("gtbr0", "172.31.0.1", 20).expect("spec");
+        let peers = ["10.0.0.3".to_string(), "10.0.0.2".into(), "10.0.0.3".into()];
+        let t = n.clone().with_tunnel(7, &peers).expect("tunnel");
+        let tunnel = t.tunnel.as_ref().expect("a tunnel");
+        assert_eq!(tunnel.id, 7);
+        assert_eq!(
+            tunnel.peers,
+            [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+        assert_eq!(n.clone().with_tunnel(0, &peers).expect("none").tunnel, None);
+        assert!(n.clone().with_tunnel(1 << 24, &peers).is_err());
+        assert!(n
+            .clone()
+            .with_tunnel(1, &["10.0.0.1; reboot".into()])
+            .is_err());
+        // Every node computes the same locally administered MAC for a
+        // cluster's bridge; another cluster's differs.
+        let mac = n.bridge_mac();
+        assert_eq!(mac, t.bridge_mac());
+        assert_eq!(mac.len(), 17);
+        assert!(mac.starts_with("02:"));
+        let other = NetSpec::new("gtbr0", "172.31.16.1", 20).expect("spec");
+        assert_ne!(mac, other.bridge_mac());
+        assert_eq!(n.tunnel_port(), "vxgtbr0");
+        let long = NetSpec::new("abcdefghijklmno", "172.31.0.1", 20).expect("spec");
+        assert_eq!(long.tunnel_port().len(), 15);
+    }
+
+    #[test]
+    fn flood_entries_name_the_peers() {
+        let listed = "\
+00:00:00:00:00:00 dst 10.99.0.11 self permanent
+00:00:00:00:00:00 dst 10.99.0.12 self permanent
+d0:0d:12:34:56:78 dst 10.99.0.12 self
+d0:0d:12:34:56:78 master gtbr0
+";
+        assert_eq!(
+            flood_peers(listed),
+            [Ipv4Addr::new(10, 99, 0, 11), Ipv4Addr::new(10, 99, 0, 12)]
+        );
+        assert!(flood_peers("").is_empty());
     }
 
     #[test]

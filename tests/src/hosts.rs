@@ -1,0 +1,229 @@
+//! Hosts of their own on one machine: each a network namespace with its own
+//! address on a switch (a bridge in a namespace of its own), like a small
+//! data-centre network, for tests that run the tiers apart as on separate
+//! machines. A node host gets its own libvirtd (`scripts/host-libvirt`).
+//! Nothing of it touches the machine's own network, and dropping the
+//! [`DataCentre`] removes all of it: processes, libvirtds, namespaces.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use crate::harness::die_with_parent;
+
+/// The switch's subnet: host `n` is 10.77.0.`n + 1`.
+const SUBNET: [u8; 3] = [10, 77, 0];
+
+/// Simulated hosts joined by one switch.
+pub struct DataCentre {
+    tag: String,
+    dir: tempfile::TempDir,
+    hosts: Vec<(String, Ipv4Addr)>,
+    libvirts: Vec<PathBuf>,
+    procs: Vec<(String, Child)>,
+}
+
+impl DataCentre {
+    /// A switch and no hosts yet.
+    pub fn new() -> Self {
+        let mut b = [0u8; 3];
+        if let Ok(mut f) = fs::File::open("/dev/urandom") {
+            use std::io::Read;
+            let _ = f.read_exact(&mut b);
+        }
+        let dc = Self {
+            tag: hex::encode(b),
+            dir: tempfile::Builder::new()
+                .prefix("gumtree-hosts-")
+                .tempdir()
+                .expect("tempdir"),
+            hosts: Vec::new(),
+            libvirts: Vec::new(),
+            procs: Vec::new(),
+        };
+        let sw = dc.netns("switch");
+        sh(&["ip", "netns", "add", &sw]);
+        sh(&["ip", "-n", &sw, "link", "add", "sw", "type", "bridge"]);
+        sh(&["ip", "-n", &sw, "link", "set", "sw", "up"]);
+        sh(&["ip", "-n", &sw, "link", "set", "lo", "up"]);
+        dc
+    }
+
+    /// The directory for the hosts' files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The network namespace of host `name`.
+    pub fn netns(&self, name: &str) -> String {
+        format!("gthost-{}-{name}", self.tag)
+    }
+
+    /// Adds host `name` (at most 15 characters) on the switch: its address.
+    pub fn host(&mut self, name: &str) -> Ipv4Addr {
+        let addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], self.hosts.len() as u8 + 2);
+        let (ns, sw) = (self.netns(name), self.netns("switch"));
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "-n", &sw, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        sh(&["ip", "-n", &sw, "link", "set", name, "master", "sw", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        self.hosts.push((name.to_string(), addr));
+        addr
+    }
+
+    /// A command that runs `program` on host `name`.
+    pub fn command(&self, name: &str, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns(name)])
+            .arg(program)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts `program` with `args` on host `name`, its output in `log`; it
+    /// ends with the test, or when the data centre goes.
+    pub fn spawn(&mut self, name: &str, program: &Path, args: &[&str], log: &Path) {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let mut cmd = self.command(name, program);
+        cmd.args(args)
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("spawn on a host");
+        self.procs.push((name.to_string(), child));
+    }
+
+    /// Host `name`'s own libvirtd, with host UUID `uuid`: the libvirt URI
+    /// its node controller uses.
+    pub fn start_libvirt(&mut self, name: &str, uuid: &str) -> String {
+        let dir = self.dir.path().join(name).join("libvirt");
+        fs::create_dir_all(&dir).expect("libvirt dir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/host-libvirt");
+        let out = Command::new(&script)
+            .args(["start"])
+            .arg(&dir)
+            .args([&self.netns(name), uuid])
+            .output()
+            .expect("scripts/host-libvirt");
+        self.libvirts.push(dir.clone());
+        assert!(
+            out.status.success(),
+            "host-libvirt start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!(
+            "qemu:///system?socket={}",
+            dir.join("run/libvirt-sock").display()
+        )
+    }
+
+    /// virsh against host `name`'s libvirtd.
+    pub fn virsh(&self, name: &str, args: &[&str]) -> Output {
+        let uri = format!(
+            "qemu:///system?socket={}",
+            self.dir
+                .path()
+                .join(name)
+                .join("libvirt/run/libvirt-sock")
+                .display()
+        );
+        Command::new("virsh")
+            .args(["-c", &uri])
+            .args(args)
+            .output()
+            .expect("virsh")
+    }
+}
+
+impl Default for DataCentre {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for DataCentre {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.procs {
+            let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        for (_, child) in &mut self.procs {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/host-libvirt");
+        for dir in &self.libvirts {
+            let _ = Command::new(&script).arg("stop").arg(dir).output();
+        }
+        // Whatever still runs on a host (guests' QEMU, dnsmasq) goes with it.
+        let names: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(["switch".to_string()])
+            .collect();
+        for name in names {
+            let ns = self.netns(&name);
+            for _ in 0..50 {
+                let pids = Command::new("ip")
+                    .args(["netns", "pids", &ns])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let pids: Vec<i32> = pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

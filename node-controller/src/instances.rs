@@ -216,6 +216,10 @@ pub struct Instances {
     /// address and MAC: reported as pending, so no tier above takes them
     /// for gone while a large image comes.
     launching: Mutex<BTreeMap<String, (String, String)>>,
+    /// Launches recorded whose disk and network are still being made: an
+    /// EBS-backed one whose root volume comes meanwhile boots when its
+    /// launch is done, not before (its bridge may not be there yet).
+    setting_up: Mutex<std::collections::HashSet<String>>,
     /// When each instance last changed state, for reports.
     changed: Mutex<BTreeMap<String, (InstanceState, i64)>>,
     /// The private network plumbing, when the node builds it.
@@ -364,6 +368,7 @@ impl Instances {
             console_at_start: Mutex::new(HashMap::new()),
             running_under: Mutex::new(HashMap::new()),
             launching: Mutex::new(BTreeMap::new()),
+            setting_up: Mutex::new(Default::default()),
             changed: Mutex::new(BTreeMap::new()),
             network,
             policies: Mutex::new(HashMap::new()),
@@ -527,7 +532,14 @@ impl Instances {
         });
         self.table.put(&r)?;
         tracing::info!(instance_id = %id, volume = %volume_id, %target, "volume attached");
-        if root && !r.stopped {
+        let launch_boots_it = self
+            .setting_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        if root && launch_boots_it {
+            tracing::info!(instance_id = %id, "root volume attached; the instance boots when its launch is done");
+        } else if root && !r.stopped {
             // Its root is there: the EBS-backed instance boots.
             if let Err(e) = self.boot(&r).await {
                 tracing::warn!(instance_id = %id, error = %e, "the EBS-backed instance did not start");
@@ -838,9 +850,16 @@ impl Instances {
             volumes: Vec::new(),
             root_volume: l.root_volume.clone(),
         };
+        self.setting_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(l.instance_id.clone());
         let recorded = self.table.put(&record);
         done_fetching();
-        recorded?;
+        if let Err(e) = recorded {
+            self.set_up(&l.instance_id);
+            return Err(e.into());
+        }
         self.pin(&record, true);
         let launched = async {
             let dir = self.instance_dir(&l.instance_id);
@@ -865,13 +884,25 @@ impl Instances {
                 }
                 self.apply_policy(hn.as_ref(), &record, &policy).await?;
             }
-            if record.waits_for_root() {
+            // Its root volume may have come while this launch made the rest
+            // (attach_volume left the boot to it): read the record again,
+            // under the same lock attach_volume decides under.
+            let now = {
+                let mut setting_up = self.setting_up.lock().unwrap_or_else(|p| p.into_inner());
+                setting_up.remove(&l.instance_id);
+                self.table.get(&l.instance_id)?
+            };
+            let Some(now) = now else {
+                return Err(InstanceError::NotFound(l.instance_id.clone()));
+            };
+            if now.waits_for_root() || now.stopped {
                 // Pending until its root volume is attached.
                 return Ok(());
             }
-            self.boot(&record).await
+            self.boot(&now).await
         }
         .await;
+        self.set_up(&l.instance_id);
         if let Err(e) = launched {
             tracing::warn!(instance_id = %l.instance_id, error = %e, "launch failed; cleaning up");
             let _ = self.remove(&l.instance_id).await;
@@ -879,6 +910,14 @@ impl Instances {
         }
         tracing::info!(instance_id = %l.instance_id, virt = %self.virt.current().0, cores = l.cores, memory_mib = l.memory_mib, "instance started");
         self.status(&l.instance_id).await
+    }
+
+    /// The launch of `id` is done making its disk and network.
+    fn set_up(&self, id: &str) {
+        self.setting_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     async fn blocking<T: Send + 'static>(

@@ -285,6 +285,11 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         clients::run(format!("aws {}", args.join(" ")), cmd)
     };
     let (_, _, ami) = register_tiny(&tiny, &aws, &s3, &ec2);
+    // An EC2 call written as its command line (no argument has a space).
+    let ec2_call = |line: &str| -> String {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        aws(&ec2, &args).expect_ok()
+    };
     let launch = |user_data: &str| -> String {
         aws(
             &ec2,
@@ -306,23 +311,13 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         .to_string()
     };
     let describe = |id: &str| -> serde_json::Value {
-        let out = aws(&ec2, &["ec2", "describe-instances", "--instance-ids", id]).expect_ok();
+        let out = ec2_call(&format!("ec2 describe-instances --instance-ids {id}"));
         let d: serde_json::Value = serde_json::from_str(&out).expect("json");
         d["Reservations"][0]["Instances"][0].clone()
     };
     let console = |id: &str| -> String {
-        aws(
-            &ec2,
-            &[
-                "ec2",
-                "get-console-output",
-                "--instance-id",
-                id,
-                "--output",
-                "text",
-            ],
-        )
-        .stdout()
+        let line = format!("ec2 get-console-output --instance-id {id} --output text");
+        aws(&ec2, &line.split_whitespace().collect::<Vec<_>>()).stdout()
     };
     let a = launch("guest a");
     let a_ip = wait_for("guest a running", Duration::from_secs(240), || {
@@ -382,26 +377,13 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     assert!(said.contains(&format!("instance-id {b}")), "{said}");
     assert!(console(&a).contains(&format!("instance-id {a}")));
     // A volume of the SC's host appears in guest b on its node's host.
-    let vol = aws(
-        &ec2,
-        &[
-            "ec2",
-            "create-volume",
-            "--size",
-            "1",
-            "--availability-zone",
-            "zone-1",
-            "--query",
-            "VolumeId",
-            "--output",
-            "text",
-        ],
+    let vol = ec2_call(
+        "ec2 create-volume --size 1 --availability-zone zone-1 --query VolumeId --output text",
     )
-    .expect_ok()
     .trim()
     .to_string();
     let volume_state = |field: &str| -> String {
-        let out = aws(&ec2, &["ec2", "describe-volumes", "--volume-ids", &vol]).expect_ok();
+        let out = ec2_call(&format!("ec2 describe-volumes --volume-ids {vol}"));
         let d: serde_json::Value = serde_json::from_str(&out).expect("json");
         let v = &d["Volumes"][0];
         match field {
@@ -414,34 +396,19 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     wait_for("the volume available", Duration::from_secs(60), || {
         (volume_state("state") == "available").then_some(())
     });
-    aws(
-        &ec2,
-        &[
-            "ec2",
-            "attach-volume",
-            "--volume-id",
-            &vol,
-            "--instance-id",
-            &b,
-            "--device",
-            "/dev/sdf",
-        ],
-    )
-    .expect_ok();
+    ec2_call(&format!(
+        "ec2 attach-volume --volume-id {vol} --instance-id {b} --device /dev/sdf"
+    ));
     let serial = format!("serial {}", vol.replace('-', ""));
     wait_for("the volume in guest b", Duration::from_secs(120), || {
         (volume_state("attachment") == "attached" && console(&b).contains(&serial)).then_some(())
     });
-    aws(&ec2, &["ec2", "detach-volume", "--volume-id", &vol]).expect_ok();
+    ec2_call(&format!("ec2 detach-volume --volume-id {vol}"));
     wait_for("the volume detached", Duration::from_secs(120), || {
         (volume_state("state") == "available").then_some(())
     });
-    aws(&ec2, &["ec2", "delete-volume", "--volume-id", &vol]).expect_ok();
-    aws(
-        &ec2,
-        &["ec2", "terminate-instances", "--instance-ids", &a, &b],
-    )
-    .expect_ok();
+    ec2_call(&format!("ec2 delete-volume --volume-id {vol}"));
+    ec2_call(&format!("ec2 terminate-instances --instance-ids {a} {b}"));
     wait_for("both terminated", Duration::from_secs(120), || {
         (describe(&a)["State"]["Name"] == "terminated"
             && describe(&b)["State"]["Name"] == "terminated")

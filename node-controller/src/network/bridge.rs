@@ -69,11 +69,17 @@ impl LinuxNetwork {
             return Ok(());
         };
         let port = net.tunnel_port();
+        // The fence goes up with the port, and again if it went.
+        let mut fence = self
+            .run("ebtables", &["-L", &tunnel_chain(net)])
+            .await
+            .is_err();
         if self
             .run("ip", &["link", "show", "dev", &port])
             .await
             .is_err()
         {
+            fence = true;
             let (id, local) = (tunnel.id.to_string(), local.to_string());
             self.run(
                 "ip",
@@ -87,10 +93,13 @@ impl LinuxNetwork {
                 .await?;
             self.run("ip", &["link", "set", &port, "master", &net.bridge])
                 .await?;
-            self.run("ip", &["link", "set", &port, "up"]).await?;
             tracing::info!(bridge = %net.bridge, %port, %local, id = tunnel.id, "tunnel port made");
         }
-        self.fence_tunnel(net, &port).await?;
+        if fence {
+            self.fence_tunnel(net, &port).await?;
+        }
+        // Up only once fenced.
+        self.run("ip", &["link", "set", &port, "up"]).await?;
         let listed = self
             .run("bridge", &["fdb", "show", "dev", &port])
             .await
@@ -148,15 +157,8 @@ impl LinuxNetwork {
                 .await?;
         }
         for (hook, dir) in TUNNEL_HOOKS {
-            let jump = [dir, port, "-j", chain.as_str()];
-            // Once each, last (after the guests' guards).
-            while self
-                .run("ebtables", &[&["-D", hook][..], &jump].concat())
-                .await
-                .is_ok()
-            {}
-            self.run("ebtables", &[&["-A", hook][..], &jump].concat())
-                .await?;
+            // After the guests' guards.
+            self.jump_once(hook, &[dir, port, "-j", &chain]).await?;
         }
         Ok(())
     }

@@ -28,16 +28,21 @@ impl LinuxNetwork {
             self.run("ebtables", &args).await?;
         }
         for hook in ["FORWARD", "INPUT"] {
-            let jump = ["-i", tap.as_str(), "-j", chain.as_str()];
-            while self
-                .run("ebtables", &[&["-D", hook][..], &jump].concat())
-                .await
-                .is_ok()
-            {}
-            self.run("ebtables", &[&["-A", hook][..], &jump].concat())
-                .await?;
+            self.jump_once(hook, &["-i", &tap, "-j", &chain]).await?;
         }
         Ok(())
+    }
+
+    /// Puts the ebtables rule `jump` in `hook` once, last.
+    pub(super) async fn jump_once(&self, hook: &str, jump: &[&str]) -> Result<(), NetError> {
+        while self
+            .run("ebtables", &[&["-D", hook][..], jump].concat())
+            .await
+            .is_ok()
+        {}
+        self.run("ebtables", &[&["-A", hook][..], jump].concat())
+            .await
+            .map(drop)
     }
 
     pub(super) async fn unguard(&self, instance_id: &str) {

@@ -118,20 +118,11 @@ start_libvirt() {
       # a stand-in file bound over /dev/kvm either looks usable (and makes
       # it re-probe QEMU, ~16 s, on every definition) or breaks the private
       # /dev it builds for each guest.
-      "${in_ns[@]}" unshare --mount --propagation private sh -c '
+      "${in_ns[@]}" unshare --mount --propagation private bash -c '
         set -e
-        d=/run/gumtree-dev
-        mkdir -p "$d"
-        mount -t tmpfs -o mode=0755,nosuid gumtree-dev "$d"
-        cp -ax /dev/. "$d"/
-        rm -f "$d/kvm"
-        for m in $(awk '"'"'$2 ~ "^/dev/" {print $2}'"'"' /proc/self/mounts); do
-          [ -d "$m" ] || continue
-          mkdir -p "$d${m#/dev}"
-          mount --rbind "$m" "$d${m#/dev}"
-        done
-        mount --move "$d" /dev
-        exec libvirtd -d' \
+        . "$1"
+        mount_dev_without_kvm /run/gumtree-dev
+        exec libvirtd -d' _ "${BASH_SOURCE[0]}" \
         && touch "$marks/libvirtd.started"
     fi
   fi
@@ -141,6 +132,23 @@ start_libvirt() {
     sleep 0.2
   done
   die "libvirtd did not open its socket; see /var/log/libvirt/libvirtd.log"
+}
+
+# mount_dev_without_kvm STAGING: in a mount namespace of its own, puts
+# over /dev a copy of it without kvm: its device nodes and links on a tmpfs
+# mounted at STAGING first, the mounts below /dev bound in again.
+mount_dev_without_kvm() {
+  local d=$1 m
+  mkdir -p "$d"
+  mount -t tmpfs -o mode=0755,nosuid gumtree-dev "$d"
+  cp -ax /dev/. "$d"/
+  rm -f "$d/kvm"
+  for m in $(awk '$2 ~ "^/dev/" {print $2}' /proc/self/mounts); do
+    [ -d "$m" ] || continue
+    mkdir -p "$d${m#/dev}"
+    mount --rbind "$m" "$d${m#/dev}"
+  done
+  mount --move "$d" /dev
 }
 
 # stop_libvirt MARKER_DIR: stops the libvirt daemons start_libvirt started.

@@ -618,12 +618,6 @@ impl Instances {
         Ok(())
     }
 
-    /// Enforces security group rules and public addresses on this node's
-    /// instances among `firewalls`, with the group memberships `groups`
-    /// (which replace those held for each group listed; every instance
-    /// whose rules name a group that changed gets its rules again). Returns
-    /// how many firewalls were applied (one that fails is logged and the
-    /// rest still applied).
     /// The cluster's network as the CC says it is now (its tunnels' peers).
     pub async fn set_network(&self, net: &NetSpec) -> Result<(), InstanceError> {
         match &self.network {
@@ -635,6 +629,12 @@ impl Instances {
         }
     }
 
+    /// Enforces security group rules and public addresses on this node's
+    /// instances among `firewalls`, with the group memberships `groups`
+    /// (which replace those held for each group listed; every instance
+    /// whose rules name a group that changed gets its rules again). Returns
+    /// how many firewalls were applied (one that fails is logged and the
+    /// rest still applied).
     pub async fn set_firewalls(
         &self,
         firewalls: &[(String, Policy)],

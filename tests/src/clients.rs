@@ -308,7 +308,13 @@ pub fn register_image(ec2: &dyn Fn(&[&str]) -> Run, location: &str, name: &str) 
 
 /// Launches one instance of `ami` with the AWS CLI that `ec2` runs: its id.
 pub fn launch_one(ec2: &dyn Fn(&[&str]) -> Run, ami: &str) -> String {
-    ec2(&[
+    launch_one_with(ec2, ami, &[])
+}
+
+/// Launches one instance of `ami` with more `run-instances` arguments
+/// (`--user-data ...`, say): its id.
+pub fn launch_one_with(ec2: &dyn Fn(&[&str]) -> Run, ami: &str, more: &[&str]) -> String {
+    let mut args = vec![
         "ec2",
         "run-instances",
         "--image-id",
@@ -317,10 +323,9 @@ pub fn launch_one(ec2: &dyn Fn(&[&str]) -> Run, ami: &str) -> String {
         "Instances[0].InstanceId",
         "--output",
         "text",
-    ])
-    .expect_ok()
-    .trim()
-    .to_string()
+    ];
+    args.extend(more);
+    ec2(&args).expect_ok().trim().to_string()
 }
 
 /// The state name of instance `id`, as the AWS CLI that `ec2` runs shows it.

@@ -291,24 +291,7 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         aws(&ec2, &args).expect_ok()
     };
     let launch = |user_data: &str| -> String {
-        aws(
-            &ec2,
-            &[
-                "ec2",
-                "run-instances",
-                "--image-id",
-                &ami,
-                "--user-data",
-                user_data,
-                "--query",
-                "Instances[0].InstanceId",
-                "--output",
-                "text",
-            ],
-        )
-        .expect_ok()
-        .trim()
-        .to_string()
+        clients::launch_one_with(&|args| aws(&ec2, args), &ami, &["--user-data", user_data])
     };
     let describe = |id: &str| -> serde_json::Value {
         let out = ec2_call(&format!("ec2 describe-instances --instance-ids {id}"));

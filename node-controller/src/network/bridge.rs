@@ -58,14 +58,7 @@ impl LinuxNetwork {
         let Some(local) = self.tunnel_address else {
             return Ok(());
         };
-        let tunnel = {
-            let mut kept = self.tunnel.lock().unwrap_or_else(|p| p.into_inner());
-            if net.tunnel.is_some() {
-                kept.clone_from(&net.tunnel);
-            }
-            kept.clone()
-        };
-        let Some(tunnel) = tunnel else {
+        let Some(tunnel) = self.remember_tunnel(net) else {
             return Ok(());
         };
         let port = net.tunnel_port();
@@ -130,6 +123,16 @@ impl LinuxNetwork {
         Ok(())
     }
 
+    /// The tunnels to use for `net`: its own (kept for later), else those
+    /// kept from the CC's last word.
+    fn remember_tunnel(&self, net: &NetSpec) -> Option<super::Tunnel> {
+        let mut kept = self.tunnel.lock().unwrap_or_else(|p| p.into_inner());
+        if net.tunnel.is_some() {
+            kept.clone_from(&net.tunnel);
+        }
+        kept.clone()
+    }
+
     /// What each node serves its own guests stays off the tunnel: DHCP
     /// (another node's dnsmasq would refuse a lease it does not hold) and
     /// ARP for the gateway (every node's bridge is the gateway).
@@ -179,12 +182,7 @@ impl LinuxNetwork {
     /// The cluster's network as the CC says it is now: an existing bridge's
     /// tunnels follow it at once, a bridge made later starts with it.
     pub async fn set_network(&self, net: &NetSpec) -> Result<(), NetError> {
-        if net.tunnel.is_some() {
-            self.tunnel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone_from(&net.tunnel);
-        }
+        self.remember_tunnel(net);
         let _changing = self.changing.lock().await;
         if self
             .run("ip", &["link", "show", "dev", &net.bridge])

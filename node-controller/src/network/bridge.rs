@@ -286,11 +286,11 @@ impl LinuxNetwork {
         let _changing = self.changing.lock().await;
         let _host = self.host_lock(&net.bridge).await?;
         self.ensure_bridge(net).await?;
-        let entry = format!("{mac},{ip}");
-        self.write_hosts(&net.bridge, |lines| {
-            lines.retain(|l| !l.starts_with(&format!("{mac},")) && !l.is_empty());
-            lines.push(entry.clone());
-        })?;
+        let mut others = Vec::new();
+        self.write_hosts(&net.bridge, |lines| others = set_host(lines, mac, ip))?;
+        if !others.is_empty() {
+            self.forget_leases(&net.bridge, &others, Some(ip)).await?;
+        }
         self.ensure_dnsmasq(net).await?;
         self.ensure_metadata(net).await?;
         Ok(())
@@ -315,18 +315,31 @@ impl LinuxNetwork {
             // dnsmasq keeps the gone guest's lease and would refuse its
             // address to the next guest the CC gives it to: restart it
             // without that lease.
-            self.stop_dnsmasq(&net.bridge).await;
-            let leases = self.bridge_dir(&net.bridge).join("leases");
-            if let Ok(text) = std::fs::read_to_string(&leases) {
-                let kept: Vec<&str> = text
-                    .lines()
-                    .filter(|l| !l.to_ascii_lowercase().contains(&mac.to_ascii_lowercase()))
-                    .collect();
-                std::fs::write(&leases, kept.join("\n") + "\n")?;
-            }
+            self.forget_leases(&net.bridge, &[mac.to_string()], None)
+                .await?;
             self.ensure_dnsmasq(net).await?;
         }
         drop(host);
+        Ok(())
+    }
+
+    /// Stops the bridge's dnsmasq and drops the leases of `macs` (and of
+    /// `ip`) from its lease file; the caller starts dnsmasq again.
+    async fn forget_leases(
+        &self,
+        bridge: &str,
+        macs: &[String],
+        ip: Option<&str>,
+    ) -> Result<(), NetError> {
+        self.stop_dnsmasq(bridge).await;
+        let leases = self.bridge_dir(bridge).join("leases");
+        if let Ok(text) = std::fs::read_to_string(&leases) {
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| !lease_matches(l, macs, ip))
+                .collect();
+            std::fs::write(&leases, kept.join("\n") + "\n")?;
+        }
         Ok(())
     }
 
@@ -401,6 +414,32 @@ const TUNNEL_HOOKS: [(&str, &str); 4] = [
 ];
 
 /// The ebtables chain that fences `net`'s tunnel port.
+/// Makes `mac,ip` the one DHCP host entry of `mac` and of `ip`. Returns
+/// the other MACs that held `ip`: guests gone without their detach (a node
+/// controller stopped mid-way), whose leases must go too, since the CC gave
+/// the address to this guest.
+pub(super) fn set_host(lines: &mut Vec<String>, mac: &str, ip: &str) -> Vec<String> {
+    let (ours, holds) = (format!("{mac},"), format!(",{ip}"));
+    let others = lines
+        .iter()
+        .filter(|l| l.ends_with(&holds) && !l.starts_with(&ours))
+        .filter_map(|l| l.split(',').next().map(str::to_string))
+        .collect();
+    lines.retain(|l| !l.is_empty() && !l.starts_with(&ours) && !l.ends_with(&holds));
+    lines.push(format!("{mac},{ip}"));
+    others
+}
+
+/// Whether a dnsmasq lease line (`expiry mac ip name client-id`) is one
+/// of `macs`' or holds `ip`.
+pub(super) fn lease_matches(line: &str, macs: &[String], ip: Option<&str>) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(mac), Some(addr)) = (words.get(1), words.get(2)) else {
+        return false;
+    };
+    macs.iter().any(|m| m.eq_ignore_ascii_case(mac)) || ip == Some(*addr)
+}
+
 fn tunnel_chain(net: &NetSpec) -> String {
     format!("GTT-{}", net.bridge)
 }

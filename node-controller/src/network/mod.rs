@@ -445,7 +445,7 @@ impl Guest {
 #[cfg(test)]
 mod tests {
     use super::{
-        bridge::{flood_peers, overlapping_route},
+        bridge::{flood_peers, lease_matches, overlapping_route, set_host},
         firewall::{chain_lines, guest_chains, nat_lines},
         *,
     };
@@ -489,6 +489,44 @@ mod tests {
         assert_eq!(n.tunnel_port(), "vxgtbr0");
         let long = NetSpec::new("abcdefghijklmno", "172.31.0.1", 20).expect("spec");
         assert_eq!(long.tunnel_port().len(), 15);
+    }
+
+    #[test]
+    fn an_address_given_to_a_new_guest_leaves_the_old_holder() {
+        let mut lines: Vec<String> = [
+            "d0:0d:00:00:00:01,172.31.0.2",
+            "d0:0d:00:00:00:02,172.31.0.3",
+            "",
+        ]
+        .map(str::to_string)
+        .into();
+        // The same guest again: nothing else goes.
+        assert!(set_host(&mut lines, "d0:0d:00:00:00:02", "172.31.0.3").is_empty());
+        assert_eq!(
+            lines,
+            [
+                "d0:0d:00:00:00:01,172.31.0.2",
+                "d0:0d:00:00:00:02,172.31.0.3"
+            ]
+        );
+        // A new guest with .2: the old holder's entry goes, and its lease.
+        let others = set_host(&mut lines, "d0:0d:00:00:00:09", "172.31.0.2");
+        assert_eq!(others, ["d0:0d:00:00:00:01"]);
+        assert_eq!(
+            lines,
+            [
+                "d0:0d:00:00:00:02,172.31.0.3",
+                "d0:0d:00:00:00:09,172.31.0.2"
+            ]
+        );
+        // Leases: by MAC (any case) or by address; short lines never match.
+        let lease = "1700000000 d0:0d:00:00:00:01 172.31.0.2 * 01:d0:0d:00:00:00:01";
+        assert!(lease_matches(lease, &others, None));
+        assert!(lease_matches(&lease.to_uppercase(), &others, None));
+        assert!(lease_matches(lease, &[], Some("172.31.0.2")));
+        assert!(!lease_matches(lease, &[], Some("172.31.0.20")));
+        assert!(!lease_matches(lease, &["d0:0d:00:00:00:02".into()], None));
+        assert!(!lease_matches("duid 00:01", &others, Some("172.31.0.2")));
     }
 
     #[test]

@@ -170,3 +170,115 @@ stop_libvirt() {
     rm -f "$marks/netns.created"
   fi
 }
+
+# free_slash24 LINK KEEP CANDIDATE...: a /24 (its first three octets) for a
+# network of the caller's own: KEEP when set (what the caller already uses),
+# else the first CANDIDATE whose /24 overlaps no address and no route of
+# this host in any table, the routes through LINK (the caller's own) aside.
+# A CANDIDATE may also be rfc6598 (100.64.0.0/10) or rfc2544
+# (198.18.0.0/15): each of their /24s in turn.
+free_slash24() {
+  local link=$1 keep=$2; shift 2
+  [ -n "$keep" ] && { echo "$keep"; return 0; }
+  { ip -4 -o addr show | awk -v l="$link" '$2 != l {print "addr", $4}'
+    { ip -4 route show table all | grep -v " dev $link\( \|$\)" || true; } | sed 's/^/route /'; } \
+    | python3 -c '
+import ipaddress, sys
+taken = []
+for line in sys.stdin:
+    words = line.split()
+    if words[0] == "addr":
+        taken.append(ipaddress.ip_interface(words[1]).network)
+        continue
+    words = words[1:]
+    if words and words[0] in ("unicast", "local", "broadcast", "multicast", "blackhole",
+                              "unreachable", "prohibit", "throw", "nat", "anycast"):
+        words = words[1:]
+    if words and words[0] != "default":
+        try:
+            taken.append(ipaddress.ip_network(words[0], strict=False))
+        except ValueError:
+            pass
+ranges = {"rfc6598": "100.64.0.0/10", "rfc2544": "198.18.0.0/15"}
+for c in sys.argv[1:]:
+    nets = ipaddress.ip_network(ranges[c]).subnets(new_prefix=24) if c in ranges \
+        else [ipaddress.ip_network(c + ".0/24")]
+    for pool in nets:
+        if not any(pool.overlaps(t) for t in taken):
+            print(str(pool.network_address).rsplit(".", 1)[0])
+            sys.exit(0)
+' "$@"
+}
+
+# write_eucarc_file FILE EC2_URL S3_URL CA_FILE CLC SECRET_FILE PKI_DIR BIN_DIR:
+# the eucarc of a cloud (sourced by users), with the eucalyptus account's
+# admin key pair, which `admin` (the caller's gumtree-admin for that cloud)
+# reads.
+write_eucarc_file() {
+  local file=$1 ec2=$2 s3=$3 ca=$4 clc=$5 secret_file=$6 pki=$7 bin=$8 line key secret
+  line=$(admin describe-access-keys --show-secrets --account eucalyptus | awk '$2 == "admin" {print $3, $4; exit}')
+  key=${line% *}; secret=${line#* }
+  [ -n "$key" ] && [ -n "$secret" ] || die "could not read the admin access key"
+  local ca_line=""
+  case "$ec2$s3" in *https:*) ca_line="export AWS_CA_BUNDLE=$ca" ;; esac
+  (umask 077; cat > "$file" <<RC
+# Credentials and endpoints of a Gumtree cloud: source this file.
+export AWS_ACCESS_KEY_ID=$key
+export AWS_SECRET_ACCESS_KEY=$secret
+export AWS_DEFAULT_REGION=gumtree
+export AWS_ENDPOINT_URL_EC2=$ec2/
+export AWS_ENDPOINT_URL_S3=$s3/
+$ca_line
+export EC2_URL=$ec2/services/compute
+export S3_URL=$s3/services/objectstorage
+export EC2_ACCESS_KEY=\$AWS_ACCESS_KEY_ID
+export EC2_SECRET_KEY=\$AWS_SECRET_ACCESS_KEY
+export GUMTREE_CLC=$clc
+export GUMTREE_SECRET_FILE=$secret_file
+export GUMTREE_PKI_DIR=$pki
+export PATH=$bin:\$PATH
+RC
+  )
+}
+
+# register_tiny_guest EUCARC TINY_DIR: uploads the tiny guest's kernel,
+# ramdisk and disk to the cloud's Walrus and registers them as public
+# images, once; prints the machine image's id.
+register_tiny_guest() {
+  local eucarc=$1 dir=$2
+  # shellcheck disable=SC1090
+  . "$eucarc"
+  local aws=(env -u AWS_PROFILE "$(aws_cli)")
+  [ -n "${AWS_CA_BUNDLE:-}" ] && aws+=(--ca-bundle "$AWS_CA_BUNDLE")
+  local ec2=(--endpoint-url "$AWS_ENDPOINT_URL_EC2" --region "$AWS_DEFAULT_REGION")
+  local s3=(--endpoint-url "$AWS_ENDPOINT_URL_S3" --region "$AWS_DEFAULT_REGION")
+  local have
+  have=$("${aws[@]}" "${ec2[@]}" ec2 describe-images --owners self \
+    --filters Name=name,Values=gumtree-tiny --query 'Images[0].ImageId' --output text 2>&1) \
+    || die "describe-images failed: $have"
+  if [ -n "$have" ] && [ "$have" != "None" ]; then
+    echo "$have"
+    return 0
+  fi
+  local bucket=gumtree-images
+  "${aws[@]}" "${s3[@]}" s3 mb "s3://$bucket" >/dev/null 2>&1 || true
+  "${aws[@]}" "${s3[@]}" s3 cp --quiet --metadata image-type=kernel "$dir/vmlinuz" "s3://$bucket/tiny/vmlinuz"
+  "${aws[@]}" "${s3[@]}" s3 cp --quiet --metadata image-type=ramdisk "$dir/initrd.gz" "s3://$bucket/tiny/initrd.gz"
+  "${aws[@]}" "${s3[@]}" s3 cp --quiet "$dir/disk.img" "s3://$bucket/tiny/disk.img"
+  local aki ari ami
+  aki=$("${aws[@]}" "${ec2[@]}" ec2 register-image --name gumtree-tiny-kernel \
+    --image-location "$bucket/tiny/vmlinuz" --query ImageId --output text)
+  ari=$("${aws[@]}" "${ec2[@]}" ec2 register-image --name gumtree-tiny-ramdisk \
+    --image-location "$bucket/tiny/initrd.gz" --query ImageId --output text)
+  ami=$("${aws[@]}" "${ec2[@]}" ec2 register-image --name gumtree-tiny \
+    --description "Gumtree tiny guest: Debian cloud kernel, busybox" \
+    --image-location "$bucket/tiny/disk.img" --kernel-id "$aki" --ramdisk-id "$ari" \
+    --query ImageId --output text)
+  local id
+  for id in "$aki" "$ari" "$ami"; do
+    "${aws[@]}" "${ec2[@]}" ec2 modify-image-attribute --image-id "$id" \
+      --launch-permission 'Add=[{Group=all}]'
+  done
+  say "registered the tiny guest: $ami (kernel $aki, ramdisk $ari)"
+  echo "$ami"
+}

@@ -171,6 +171,13 @@ stop_libvirt() {
   fi
 }
 
+# set_figure FILE WHAT SECONDS: the line of FILE (a cloud's measured
+# figures, which scripts/nested-demo prints next to its own) for WHAT.
+set_figure() {
+  { grep -v "^$2 " "$1" 2>/dev/null || true; printf '%-46s %s s\n' "$2" "$3"; } > "$1.tmp"
+  mv "$1.tmp" "$1"
+}
+
 # free_slash24 LINK KEEP CANDIDATE...: a /24 (its first three octets) for a
 # network of the caller's own: KEEP when set (what the caller already uses),
 # else the first CANDIDATE whose /24 overlaps no address and no route of

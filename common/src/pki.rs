@@ -328,6 +328,18 @@ fn pem_certificates(
 /// `out` (certificate, key); replaces earlier ones atomically, which every
 /// running daemon picks up on its next connection.
 pub fn issue(dir: &Path, who: &Identity, out: (&Path, &Path)) -> Result<(), PkiError> {
+    issue_for_addresses(dir, who, &[], out)
+}
+
+/// As [`issue`], with `ips` in the certificate too: for peers that check a
+/// certificate against the address they dialled (libvirt's TLS, between
+/// nodes for live migration).
+pub fn issue_for_addresses(
+    dir: &Path,
+    who: &Identity,
+    ips: &[std::net::IpAddr],
+    out: (&Path, &Path),
+) -> Result<(), PkiError> {
     check_name(&who.name)?;
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
     let ca_cert = ca_params(&ca_key)?.self_signed(&ca_key)?;
@@ -338,12 +350,20 @@ pub fn issue(dir: &Path, who: &Identity, out: (&Path, &Path)) -> Result<(), PkiE
             .try_into()
             .map_err(|e| PkiError::Invalid(format!("{}: {e}", who.uri())))?,
     ));
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Gumtree");
     dn.push(DnType::OrganizationalUnitName, who.role.as_str());
     dn.push(DnType::CommonName, who.name.as_str());
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // keyEncipherment means nothing to an ECDSA key, but libvirt's TLS
+    // refuses a certificate whose key usage leaves it out.
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -396,6 +416,39 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    #[test]
+    fn certificates_may_name_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init_ca(dir.path(), false).expect("init");
+        let who = Identity {
+            role: Role::Nc,
+            name: "node-8".into(),
+        };
+        let files = TlsFiles::in_dir(dir.path());
+        let ip: std::net::IpAddr = "10.77.0.5".parse().expect("ip");
+        issue_for_addresses(
+            dir.path(),
+            &who,
+            &[ip],
+            (&files.cert(&who), &files.key(&who)),
+        )
+        .expect("issue");
+        let pem = std::fs::read_to_string(files.cert(&who)).expect("cert");
+        let certs = pem_certificates(&pem).expect("pem");
+        // Still the same component; and an iPAddress name ([7] IMPLICIT,
+        // four octets) with the address.
+        assert_eq!(Identity::of_certificate(&certs[0]).expect("identity"), who);
+        let der: &[u8] = certs[0].as_ref();
+        assert!(der.windows(6).any(|w| w == [0x87, 4, 10, 77, 0, 5]));
+        issue_in(dir.path(), &who).expect("again, without");
+        let pem = std::fs::read_to_string(files.cert(&who)).expect("cert");
+        let der = pem_certificates(&pem).expect("pem").remove(0);
+        assert!(!der
+            .as_ref()
+            .windows(6)
+            .any(|w| w == [0x87, 4, 10, 77, 0, 5]));
     }
 
     #[test]

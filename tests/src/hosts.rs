@@ -91,6 +91,15 @@ impl DataCentre {
         addr
     }
 
+    /// The address of host `name`, added before.
+    pub fn address(&self, name: &str) -> Ipv4Addr {
+        self.hosts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
     /// A command that runs `program` on host `name`.
     pub fn command(&self, name: &str, program: &Path) -> Command {
         let mut cmd = Command::new("ip");
@@ -118,17 +127,22 @@ impl DataCentre {
     }
 
     /// Host `name`'s own libvirtd, with host UUID `uuid`: the libvirt URI
-    /// its node controller uses.
-    pub fn start_libvirt(&mut self, name: &str, uuid: &str) -> String {
+    /// its node controller uses. With `tls` (the node's internal_tls
+    /// directory and its node name) it also takes other nodes' libvirtds on
+    /// its address, port 16514, as scripts/host-libvirt says.
+    pub fn start_libvirt(&mut self, name: &str, uuid: &str, tls: Option<(&Path, &str)>) -> String {
         let dir = self.dir.path().join(name).join("libvirt");
         fs::create_dir_all(&dir).expect("libvirt dir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/host-libvirt");
-        let out = Command::new(&script)
-            .args(["start"])
+        let mut cmd = Command::new(&script);
+        cmd.args(["start"])
             .arg(&dir)
-            .args([&self.netns(name), uuid])
-            .output()
-            .expect("scripts/host-libvirt");
+            .args([&self.netns(name), uuid]);
+        if let Some((pki, node)) = tls {
+            let address = self.address(name).to_string();
+            cmd.arg(pki).args([node, &address]);
+        }
+        let out = cmd.output().expect("scripts/host-libvirt");
         self.libvirts.push(dir.clone());
         assert!(
             out.status.success(),

@@ -8,7 +8,7 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
     time::Duration,
 };
 
@@ -108,10 +108,17 @@ fn set_up() -> Setup {
     let mut issued = vec![("admin", "admin")];
     issued.extend(TIERS.iter().map(|(_, role, name)| (*role, *name)));
     for (role, name) in &issued {
+        // Nodes' certificates name their addresses too: their libvirtds
+        // are dialled by address (live migration).
+        let ip: Vec<String> = match addr.get(name) {
+            Some(a) if *role == "nc" => vec!["--ip".into(), a.clone()],
+            _ => vec![],
+        };
         run(Command::new(&admin)
             .arg("--pki-dir")
             .arg(&pki)
-            .args(["pki", "issue", role, name]));
+            .args(["pki", "issue", role, name])
+            .args(&ip));
     }
     assert!(
         pki.join("ca.key").exists(),
@@ -190,9 +197,11 @@ fn set_up() -> Setup {
         );
     }
     for (i, node) in ["node-a", "node-b"].into_iter().enumerate() {
+        let pki = root.join(node).join("pki");
         let uri = dc.start_libvirt(
             node,
             &format!("6a6d7c1e-0000-4000-8000-00000000000{}", i + 1),
+            Some((&pki, node)),
         );
         let text = format!(
             "name = \"{node}\"\nlisten = \"0.0.0.0:8775\"\nadvertise = \"{}:8775\"\ncc = \"{cc}:8774\"\nclc = \"{clc}:8780\"\nlibvirt_uri = \"{uri}\"\nhypervisor = \"qemu\"\nnetwork_dir = {:?}\ncores = 2\nmemory_mib = 2048\n{}",
@@ -343,6 +352,56 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
             "{node}'s libvirtd has not its own host UUID"
         );
     }
+    // The nodes' libvirtds take each other over TLS with the nodes'
+    // certificates (live migration's transport), and refuse another
+    // component's certificate.
+    let dial = |from: &str, pki: &Path, to: &str| -> Output {
+        let uri = format!(
+            "qemu+tls://{}/system?pkipath={}&no_tty=1",
+            s.dc.address(to),
+            pki.display()
+        );
+        s.dc.command(from, Path::new("virsh"))
+            .args(["-c", &uri, "hostname"])
+            .output()
+            .expect("virsh")
+    };
+    let node_tls = |node: &str| s.dc.dir().join(node).join("libvirt/tls");
+    let out = dial("node-a", &node_tls("node-a"), "node-b");
+    assert!(
+        out.status.success(),
+        "node-a's libvirt TLS credentials did not reach node-b's libvirtd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dial("node-b", &node_tls("node-b"), "node-a");
+    assert!(
+        out.status.success(),
+        "node-b to node-a: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stranger = s.dc.dir().join("sc-as-libvirt-client");
+    fs::create_dir_all(&stranger).expect("dir");
+    let sc_pki = s.dc.dir().join("sc").join("pki");
+    for (from, to) in [
+        ("ca.pem", "cacert.pem"),
+        ("sc-sc-1.pem", "clientcert.pem"),
+        ("sc-sc-1.key", "clientkey.pem"),
+    ] {
+        fs::copy(sc_pki.join(from), stranger.join(to)).expect("copy");
+    }
+    let out = dial("sc", &stranger, "node-a");
+    assert!(
+        !out.status.success(),
+        "node-a's libvirtd took a storage controller's certificate"
+    );
+    // (From the same host, a node's certificate gets in: the refusal was
+    // the certificate's.)
+    let out = dial("sc", &node_tls("node-b"), "node-a");
+    assert!(
+        out.status.success(),
+        "sc to node-a with node-b's certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = wait_for("guest b to reach guest a", Duration::from_secs(240), || {
         let out = console(&b);
         (out.contains("GUMTREE-USER-DATA-RAN")).then_some(out)

@@ -71,6 +71,10 @@ enum PkiCommand {
         cert: Option<PathBuf>,
         #[arg(long)]
         key: Option<PathBuf>,
+        /// An address the certificate is also for (repeatable): a node's
+        /// libvirtd is dialled by address for live migration.
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
     },
     /// Trust only the current CA from now on (after a rotation, once every
     /// component has a certificate from it).
@@ -364,6 +368,7 @@ fn run_pki(dir: &std::path::Path, command: PkiCommand) -> anyhow::Result<()> {
             name,
             cert,
             key,
+            ips,
         } => {
             let who = Identity {
                 role: role.parse::<Role>()?,
@@ -375,7 +380,7 @@ fn run_pki(dir: &std::path::Path, command: PkiCommand) -> anyhow::Result<()> {
                 ..TlsFiles::in_dir(dir)
             };
             let (cert, key) = (files.cert(&who), files.key(&who));
-            pki::issue(dir, &who, (&cert, &key))?;
+            pki::issue_for_addresses(dir, &who, &ips, (&cert, &key))?;
             write_stdout(&format!(
                 "issued {who}: {} and {}\n",
                 cert.display(),

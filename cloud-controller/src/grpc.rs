@@ -315,6 +315,61 @@ impl AdminService for Cloud {
         }))
     }
 
+    async fn migrate_instances(
+        &self,
+        request: Request<proto::MigrateInstancesRequest>,
+    ) -> Result<Response<proto::MigrateInstancesReply>, Status> {
+        let r = request.into_inner();
+        let ids: Vec<String> = match (r.instance_id.is_empty(), r.source_host.is_empty()) {
+            (false, true) => vec![r.instance_id.clone()],
+            (true, false) => self
+                .instances
+                .list()
+                .map_err(|e| Status::unavailable(format!("cannot read the instances: {e}")))?
+                .into_iter()
+                .filter(|i| i.node == r.source_host && i.state == InstanceState::Running)
+                .map(|i| i.instance_id)
+                .collect(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name one instance or one source host",
+                ))
+            }
+        };
+        let mut migrations = Vec::new();
+        // One at a time: each move takes the network and the nodes' time.
+        for id in ids {
+            let m = match self.migrate_instance(&id, &r.destination_hosts).await {
+                Ok(done) => proto::InstanceMigration {
+                    instance_id: id,
+                    source: done.source,
+                    destination: done.destination,
+                    seconds: done.seconds,
+                    error: String::new(),
+                },
+                Err(e) if !r.instance_id.is_empty() => {
+                    return Err(match e {
+                        crate::core::CoreError::NotFound { .. } => Status::not_found(e.to_string()),
+                        crate::core::CoreError::IncorrectState { .. } => {
+                            Status::failed_precondition(e.to_string())
+                        }
+                        crate::core::CoreError::Capacity(_) => {
+                            Status::resource_exhausted(e.to_string())
+                        }
+                        _ => Status::unavailable(e.to_string()),
+                    })
+                }
+                Err(e) => proto::InstanceMigration {
+                    instance_id: id,
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            };
+            migrations.push(m);
+        }
+        Ok(Response::new(proto::MigrateInstancesReply { migrations }))
+    }
+
     async fn deregister_node(
         &self,
         request: Request<proto::DeregisterNodeRequest>,

@@ -171,6 +171,21 @@ impl ClusterService for Cluster {
         ))
     }
 
+    async fn migrate_instance(
+        &self,
+        request: Request<proto::MigrateInstanceOrder>,
+    ) -> Result<Response<proto::MigrationDone>, Status> {
+        let r = request.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no instance to migrate"))?;
+        Ok(Response::new(
+            self.instances
+                .migrate(spec, &r.walrus, &r.destinations)
+                .await?,
+        ))
+    }
+
     async fn get_console_output(
         &self,
         request: Request<InstanceRef>,

@@ -555,6 +555,165 @@ impl ClusterInstances {
         }
     }
 
+    /// Moves running instance `spec` live to another ENABLED node with room
+    /// for it: one of `allowed`, or (none named) the one placement chooses
+    /// among the others. The target prepares it (images, disk, network,
+    /// firewall, console log so far), the source moves its domain there,
+    /// and the target takes it as its own; on any failure the target drops
+    /// what it prepared and the instance runs on the source as before.
+    pub async fn migrate(
+        &self,
+        mut spec: InstanceSpec,
+        walrus: &str,
+        allowed: &[String],
+    ) -> Result<proto::MigrationDone, ClusterError> {
+        let started = std::time::Instant::now();
+        let id = spec.instance_id.clone();
+        let placed = self
+            .ledger
+            .get(&id)
+            .ok_or_else(|| ClusterError::NotFound(format!("{id} is not in this cluster")))?;
+        let views = self.views();
+        let endpoint_of = |node: &str| {
+            views
+                .iter()
+                .find(|v| v.name == node)
+                .map(|v| v.endpoint.clone())
+        };
+        let source_endpoint = endpoint_of(&placed.node)
+            .ok_or_else(|| ClusterError::Unavailable(format!("node {} is unknown", placed.node)))?;
+        let target = {
+            let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+            let candidates: Vec<Candidate> = views
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.state == ServiceState::Enabled as i32 && v.name != placed.node)
+                .filter(|(_, v)| allowed.is_empty() || allowed.contains(&v.name))
+                .filter_map(|(i, v)| {
+                    let r = v.resources.as_ref()?;
+                    let used = self.ledger.usage(&v.name);
+                    Some(Candidate {
+                        name: v.name.clone(),
+                        joined: i,
+                        cores_total: r.cores_total,
+                        memory_mib_total: r.memory_mib_total,
+                        disk_gib_total: r.disk_gib_total,
+                        cores_used: used.cores,
+                        memory_mib_used: used.memory_mib,
+                        disk_gib_used: used.disk_gib,
+                    })
+                })
+                .collect();
+            if candidates.is_empty() {
+                return Err(ClusterError::Refused(if allowed.is_empty() {
+                    format!("no other enabled node to move {id} to")
+                } else {
+                    format!(
+                        "none of {} is an enabled node of this cluster other than {id}'s",
+                        allowed.join(", ")
+                    )
+                }));
+            }
+            let need = Need {
+                cores: placed.cores,
+                memory_mib: placed.memory_mib,
+                disk_gib: placed.disk_gib,
+            };
+            placement::place(&candidates, need, 1, &self.settings, &mut cursor)
+                .and_then(|v| v.into_iter().next())
+                .ok_or_else(|| {
+                    ClusterError::Capacity(format!(
+                        "no node among {} has room for {id} ({} core(s), {} MiB, {} GiB)",
+                        candidates
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        placed.cores,
+                        placed.memory_mib,
+                        placed.disk_gib
+                    ))
+                })?
+        };
+        let target_endpoint = endpoint_of(&target)
+            .ok_or_else(|| ClusterError::Unavailable(format!("node {target} is unknown")))?;
+        // The instance as its node has it: address, MAC, network.
+        spec.private_ip = placed.private_ip.clone();
+        spec.network = self.network_spec();
+        if spec.mac.is_empty() {
+            spec.mac = mac_for(&id);
+        }
+        tracing::info!(instance_id = %id, source = %placed.node, target = %target, "live migration starts");
+        let mut source = self.client(&source_endpoint)?;
+        let mut dest = self.client(&target_endpoint)?;
+        let console = source
+            .get_console_output(proto::InstanceRef {
+                instance_id: id.clone(),
+            })
+            .await
+            .map(|c| c.into_inner().output)
+            .unwrap_or_default();
+        let prepared = dest
+            .prepare_migration(proto::PrepareMigrationRequest {
+                run: Some(RunInstanceRequest {
+                    spec: Some(spec),
+                    walrus: walrus.to_string(),
+                }),
+                console,
+            })
+            .await
+            .map_err(|e| {
+                ClusterError::Refused(format!(
+                    "node {target} could not prepare {id}: {}",
+                    e.message()
+                ))
+            })?
+            .into_inner();
+        let moved = source
+            .migrate_instance(proto::MigrateInstanceRequest {
+                instance_id: id.clone(),
+                target: Some(prepared),
+            })
+            .await;
+        if let Err(e) = moved {
+            let _ = dest
+                .finish_migration(proto::FinishMigrationRequest {
+                    instance_id: id.clone(),
+                    succeeded: false,
+                })
+                .await;
+            tracing::warn!(instance_id = %id, source = %placed.node, target = %target, error = %e.message(), "live migration failed; the instance stays where it was");
+            return Err(ClusterError::Refused(format!(
+                "{id} did not move to {target} and runs on {} as before: {}",
+                placed.node,
+                e.message()
+            )));
+        }
+        // It runs on the target now, whatever the rest says.
+        self.ledger
+            .put(&Placed {
+                node: target.clone(),
+                ..placed.clone()
+            })
+            .map_err(store_status)?;
+        let status = dest
+            .finish_migration(proto::FinishMigrationRequest {
+                instance_id: id.clone(),
+                succeeded: true,
+            })
+            .await
+            .map_err(ClusterError::Node)?
+            .into_inner();
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(instance_id = %id, source = %placed.node, target = %target, seconds, "live migration done");
+        Ok(proto::MigrationDone {
+            instance: Some(status),
+            source: placed.node,
+            destination: target,
+            seconds,
+        })
+    }
+
     /// Passes each instance's firewall to the node that hosts it.
     pub async fn set_firewalls(
         &self,

@@ -85,6 +85,12 @@ pub struct NodeConfig {
     /// node controllers of one host share one bridge). "none": no tunnels.
     /// Default empty.
     pub tunnel_address: String,
+    /// Directory with this node's libvirt TLS credentials (`cacert.pem`,
+    /// `clientcert.pem`, `clientkey.pem`, as `scripts/host-libvirt` makes
+    /// them) for dialling other nodes' libvirtds in live migrations; empty:
+    /// the node takes no part in migrations. Migrations reach the node at
+    /// its tunnel address. Default empty.
+    pub migration_tls_dir: String,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -119,6 +125,7 @@ impl Default for NodeConfig {
             metadata_port: 8781,
             public_interface: String::new(),
             tunnel_address: String::new(),
+            migration_tls_dir: String::new(),
             log_filter: "info".into(),
         }
     }

@@ -119,34 +119,8 @@ impl NodeService for Node {
         request: Request<RunInstanceRequest>,
     ) -> Result<Response<InstanceStatus>, Status> {
         let request = request.into_inner();
-        let spec = request
-            .spec
-            .ok_or_else(|| Status::invalid_argument("no instance spec"))?;
         let source = self.source(&request.walrus)?;
-        let launch = Launch {
-            instance_id: spec.instance_id,
-            instance_type: spec.instance_type,
-            cores: spec.cores,
-            memory_mib: spec.memory_mib,
-            disk_gib: spec.disk_gib,
-            image: match image_ref(spec.image)? {
-                Some(image) => Some(image),
-                None if !spec.root_volume_id.is_empty() => None,
-                None => return Err(Status::invalid_argument("no image")),
-            },
-            root_volume: Some(spec.root_volume_id).filter(|v| !v.is_empty()),
-            kernel: image_ref(spec.kernel)?,
-            ramdisk: image_ref(spec.ramdisk)?,
-            network: match &spec.network {
-                Some(n) if !spec.private_ip.is_empty() && !spec.mac.is_empty() => {
-                    Some(net_spec(n)?)
-                }
-                _ => None,
-            },
-            firewall: spec.firewall.as_ref().map(policy),
-            mac: spec.mac,
-            private_ip: spec.private_ip,
-        };
+        let launch = launch_of(request.spec, false)?;
         self.instances
             .launch(&source, launch)
             .await
@@ -175,6 +149,68 @@ impl NodeService for Node {
             .await
             .map_err(status)?;
         Ok(Response::new(proto::FirewallsApplied { applied }))
+    }
+
+    async fn prepare_migration(
+        &self,
+        request: Request<proto::PrepareMigrationRequest>,
+    ) -> Result<Response<proto::MigrationTarget>, Status> {
+        let request = request.into_inner();
+        let run = request
+            .run
+            .ok_or_else(|| Status::invalid_argument("no instance to prepare"))?;
+        let source = self.source(&run.walrus)?;
+        let launch = launch_of(run.spec, true)?;
+        let id = launch.instance_id.clone();
+        let target = self
+            .instances
+            .prepare_incoming(&source, launch, &request.console)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::MigrationTarget {
+            instance_id: id,
+            address: target.address,
+            disk: target.paths.disk,
+            kernel: target.paths.kernel,
+            ramdisk: target.paths.ramdisk,
+            console_log: target.paths.console_log,
+        }))
+    }
+
+    async fn migrate_instance(
+        &self,
+        request: Request<proto::MigrateInstanceRequest>,
+    ) -> Result<Response<InstanceStatus>, Status> {
+        let request = request.into_inner();
+        let t = request
+            .target
+            .ok_or_else(|| Status::invalid_argument("no migration target"))?;
+        let target = crate::instances::MigrationTarget {
+            address: t.address,
+            paths: crate::instances::MigrationPaths {
+                disk: t.disk,
+                kernel: t.kernel,
+                ramdisk: t.ramdisk,
+                console_log: t.console_log,
+            },
+        };
+        self.instances
+            .migrate_out(&request.instance_id, &target)
+            .await
+            .map(|s| Response::new(s.into()))
+            .map_err(status)
+    }
+
+    async fn finish_migration(
+        &self,
+        request: Request<proto::FinishMigrationRequest>,
+    ) -> Result<Response<InstanceStatus>, Status> {
+        let request = request.into_inner();
+        self.instances
+            .finish_incoming(&request.instance_id, request.succeeded)
+            .await
+            .map(|s| Response::new(s.into()))
+            .map_err(status)
     }
 
     async fn set_network(
@@ -324,4 +360,33 @@ impl NodeService for Node {
         }
         Ok(Response::new(PrepareImagesReply { images: out }))
     }
+}
+
+/// The launch a RunInstance request asks for; `incoming`: a live
+/// migration's target, prepared but not started.
+fn launch_of(spec: Option<proto::InstanceSpec>, incoming: bool) -> Result<Launch, Status> {
+    let spec = spec.ok_or_else(|| Status::invalid_argument("no instance spec"))?;
+    Ok(Launch {
+        instance_id: spec.instance_id,
+        instance_type: spec.instance_type,
+        cores: spec.cores,
+        memory_mib: spec.memory_mib,
+        disk_gib: spec.disk_gib,
+        image: match image_ref(spec.image)? {
+            Some(image) => Some(image),
+            None if !spec.root_volume_id.is_empty() => None,
+            None => return Err(Status::invalid_argument("no image")),
+        },
+        root_volume: Some(spec.root_volume_id).filter(|v| !v.is_empty()),
+        kernel: image_ref(spec.kernel)?,
+        ramdisk: image_ref(spec.ramdisk)?,
+        network: match &spec.network {
+            Some(n) if !spec.private_ip.is_empty() && !spec.mac.is_empty() => Some(net_spec(n)?),
+            _ => None,
+        },
+        firewall: spec.firewall.as_ref().map(policy),
+        mac: spec.mac,
+        private_ip: spec.private_ip,
+        incoming,
+    })
 }

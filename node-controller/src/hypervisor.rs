@@ -166,6 +166,19 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
     )
 }
 
+/// Where and how a running domain moves to another node (live migration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The target's libvirt (`qemu+tls://ADDRESS/system?pkipath=DIR`),
+    /// which this node's libvirtd dials itself (peer to peer).
+    pub dest_uri: String,
+    /// Where QEMU sends the guest's memory (`tcp://ADDRESS`).
+    pub migrate_uri: String,
+    /// This node's paths in the domain's definition, each with the
+    /// target's path for it.
+    pub rewrite: Vec<(String, String)>,
+}
+
 /// A hypervisor.
 pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// Defines the domain and starts it.
@@ -186,6 +199,10 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// True while domain `name` has a disk with serial `serial` (a detach
     /// ends once the guest lets go).
     fn has_disk(&self, name: &str, serial: &str) -> Result<bool, HypervisorError>;
+    /// Moves running domain `name` live to another node, with its disks'
+    /// top layers (the target has their backing images); once the target
+    /// runs it, it is defined there and no longer here.
+    fn migrate(&self, name: &str, m: &Migration) -> Result<(), HypervisorError>;
 }
 
 /// libvirt, through one connection.
@@ -271,6 +288,31 @@ impl Hypervisor for Libvirt {
     fn has_disk(&self, name: &str, serial: &str) -> Result<bool, HypervisorError> {
         let xml = self.with(|c| c.lookup_domain_by_name(name)?.xml_desc(0))?;
         Ok(xml.contains(&format!("<serial>{}</serial>", esc(serial))))
+    }
+
+    fn migrate(&self, name: &str, m: &Migration) -> Result<(), HypervisorError> {
+        // The domain's handle, so the migration's seconds do not hold the
+        // connection from every other call.
+        let d = self.with(|c| c.lookup_domain_by_name(name))?;
+        let mut xml = d
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_MIGRATABLE)
+            .map_err(lv)?;
+        for (from, to) in &m.rewrite {
+            xml = xml.replace(&format!("'{}'", esc(from)), &format!("'{}'", esc(to)));
+            xml = xml.replace(&format!(">{}<", esc(from)), &format!(">{}<", esc(to)));
+        }
+        let params = virt::domain::MigrateParameters {
+            dest_xml: Some(xml),
+            uri: Some(m.migrate_uri.clone()),
+            ..Default::default()
+        };
+        let flags = virt::sys::VIR_MIGRATE_LIVE
+            | virt::sys::VIR_MIGRATE_PEER2PEER
+            | virt::sys::VIR_MIGRATE_NON_SHARED_INC
+            | virt::sys::VIR_MIGRATE_PERSIST_DEST
+            | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        d.migrate_to_uri3(Some(&m.dest_uri), params, flags)
+            .map_err(lv)
     }
 
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
@@ -425,6 +467,16 @@ impl Hypervisor for Fake {
             .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
         d.0.volumes.retain(|v| volume_disk_xml(v) != xml);
         Ok(())
+    }
+
+    fn migrate(&self, name: &str, _m: &Migration) -> Result<(), HypervisorError> {
+        // It leaves this hypervisor (the target's is another one).
+        self.domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))
     }
 
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {

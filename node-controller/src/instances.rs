@@ -59,6 +59,10 @@ pub struct InstanceRecord {
     /// starts once that volume is attached.
     #[serde(default)]
     pub root_volume: Option<String>,
+    /// Prepared as a live migration's target: its domain comes from the
+    /// source node (until FinishMigration says how it went).
+    #[serde(default)]
+    pub incoming: bool,
 }
 
 /// An EBS volume attached to an instance of this node.
@@ -192,6 +196,25 @@ pub struct Launch {
     pub network: Option<NetSpec>,
     /// Its security group rules and public address at launch.
     pub firewall: Option<Policy>,
+    /// A live migration's target: everything but the domain, which comes
+    /// from the source node.
+    pub incoming: bool,
+}
+
+/// A node's files of an instance, as a live migration maps them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MigrationPaths {
+    pub disk: String,
+    pub kernel: String,
+    pub ramdisk: String,
+    pub console_log: String,
+}
+
+/// A prepared migration target: where it is reached, where its files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTarget {
+    pub address: String,
+    pub paths: MigrationPaths,
 }
 
 /// The node's instances.
@@ -238,6 +261,9 @@ pub struct Instances {
     firewall_turn: tokio::sync::Mutex<()>,
     /// Held while a volume is attached or detached.
     volume_turn: tokio::sync::Mutex<()>,
+    /// This node's address for live migration and its libvirt TLS
+    /// directory (`pkipath`), when it takes part in migrations.
+    migration: std::sync::OnceLock<(String, PathBuf)>,
 }
 
 /// What the node knows about one of its guests, read from libvirt.
@@ -376,6 +402,7 @@ impl Instances {
             relays: std::sync::OnceLock::new(),
             firewall_turn: tokio::sync::Mutex::new(()),
             volume_turn: tokio::sync::Mutex::new(()),
+            migration: std::sync::OnceLock::new(),
         };
         for r in this.table.list()? {
             this.pin(&r, true);
@@ -449,6 +476,171 @@ impl Instances {
                 socket: relays.socket(&v.volume_id),
             })
             .collect()
+    }
+
+    /// Takes part in live migrations from now on: reached at `address` (its
+    /// libvirtd's TLS listener and QEMU's migration stream), dialling other
+    /// nodes' libvirtds with the credentials in `tls_dir`.
+    pub fn serve_migrations(&self, address: String, tls_dir: PathBuf) {
+        let _ = self.migration.set((address, tls_dir));
+    }
+
+    fn migration_paths(&self, r: &InstanceRecord) -> MigrationPaths {
+        let spec = self.spec(r);
+        let text = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        MigrationPaths {
+            disk: text(&spec.disk),
+            kernel: text(&spec.kernel),
+            ramdisk: text(&spec.ramdisk),
+            console_log: spec.console_log.display().to_string(),
+        }
+    }
+
+    /// Live migration, target side: everything a launch makes but the
+    /// domain (images from the cache, the disk's top layer over them, the
+    /// guest's network, firewall and guard), and its console log so far.
+    pub async fn prepare_incoming(
+        &self,
+        source: &dyn ImageSource,
+        l: Launch,
+        console: &[u8],
+    ) -> Result<MigrationTarget, InstanceError> {
+        let Some((address, _)) = self.migration.get().cloned() else {
+            return Err(InstanceError::Invalid(
+                "this node takes no live migrations (no migration address and libvirt TLS directory)".into(),
+            ));
+        };
+        if !l.incoming {
+            return Err(InstanceError::Invalid("not an incoming instance".into()));
+        }
+        if l.root_volume.is_some() {
+            return Err(InstanceError::Invalid(
+                "EBS-backed instances do not migrate yet".into(),
+            ));
+        }
+        let id = l.instance_id.clone();
+        if let Some(r) = self.table.get(&id)? {
+            if !r.incoming {
+                return Err(InstanceError::Invalid(format!(
+                    "{id} runs on this node already"
+                )));
+            }
+        } else {
+            tokio::fs::create_dir_all(self.console_path(&id).parent().unwrap_or(&self.dir)).await?;
+            tokio::fs::write(self.console_path(&id), console).await?;
+            self.launch(source, l).await?;
+        }
+        let r = self.record(&id)?;
+        Ok(MigrationTarget {
+            address,
+            paths: self.migration_paths(&r),
+        })
+    }
+
+    /// Live migration, source side: moves running instance `id` to the
+    /// prepared `target` (its memory, and its disk's top layer by NBD),
+    /// then forgets it here: its network, firewall and files go. On failure
+    /// it runs here as before.
+    pub async fn migrate_out(
+        &self,
+        id: &str,
+        target: &MigrationTarget,
+    ) -> Result<GuestStatus, InstanceError> {
+        let Some((_, tls_dir)) = self.migration.get().cloned() else {
+            return Err(InstanceError::Invalid(
+                "this node takes no part in live migrations (no libvirt TLS directory)".into(),
+            ));
+        };
+        let r = self.record(id)?;
+        if !r.volumes.is_empty() || r.root_volume.is_some() {
+            return Err(InstanceError::Invalid(format!(
+                "{id} has EBS volumes: instances with volumes do not migrate yet"
+            )));
+        }
+        if self.status(id).await?.state != InstanceState::Running {
+            return Err(InstanceError::Invalid(format!("{id} is not running")));
+        }
+        let address: std::net::IpAddr = target.address.parse().map_err(|_| {
+            InstanceError::Invalid(format!("bad target address {:?}", target.address))
+        })?;
+        let ours = self.migration_paths(&r);
+        let pairs = [
+            (&ours.disk, &target.paths.disk),
+            (&ours.kernel, &target.paths.kernel),
+            (&ours.ramdisk, &target.paths.ramdisk),
+            (&ours.console_log, &target.paths.console_log),
+        ];
+        let mut rewrite = Vec::new();
+        for (from, to) in pairs {
+            if from.is_empty() != to.is_empty() {
+                return Err(InstanceError::Invalid(format!(
+                    "the target's files do not match this node's ({from:?} and {to:?})"
+                )));
+            }
+            if !from.is_empty() {
+                rewrite.push((from.clone(), to.clone()));
+            }
+        }
+        let m = crate::hypervisor::Migration {
+            dest_uri: format!(
+                "qemu+tls://{address}/system?pkipath={}&no_tty=1",
+                tls_dir.display()
+            ),
+            migrate_uri: format!("tcp://{address}"),
+            rewrite,
+        };
+        let name = id.to_string();
+        let started = Instant::now();
+        self.blocking(move |hv| hv.migrate(&name, &m)).await?;
+        tracing::info!(instance_id = %id, target = %address, secs = started.elapsed().as_secs_f64(), "instance migrated out");
+        // Its domain runs on the target now: what is left here goes.
+        self.remove(id).await?;
+        Ok(GuestStatus::new(
+            id,
+            InstanceState::Running,
+            &target.address,
+        ))
+    }
+
+    /// Live migration, target side, once the source answered: the
+    /// instance is this node's own from now on, or (`succeeded` false)
+    /// what preparing it made goes.
+    pub async fn finish_incoming(
+        &self,
+        id: &str,
+        succeeded: bool,
+    ) -> Result<GuestStatus, InstanceError> {
+        let mut r = self.record(id)?;
+        if !r.incoming {
+            return self.status(id).await;
+        }
+        if !succeeded {
+            return self.remove(id).await;
+        }
+        let name = id.to_string();
+        let here = self.blocking(move |hv| hv.domains(&name)).await?;
+        if !here.iter().any(|(n, _)| n == id) {
+            return Err(InstanceError::Invalid(format!(
+                "{id} has not arrived on this node"
+            )));
+        }
+        r.incoming = false;
+        self.table.put(&r)?;
+        self.running_under
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), self.virt.current().0);
+        let console = self.console_len(id);
+        self.console_at_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), console);
+        tracing::info!(instance_id = %id, "instance migrated in");
+        self.status(id).await
     }
 
     /// Serves EBS volumes through `relays` from now on.
@@ -849,6 +1041,7 @@ impl Instances {
             network: l.network.as_ref().map(NetworkRecord::from),
             volumes: Vec::new(),
             root_volume: l.root_volume.clone(),
+            incoming: l.incoming,
         };
         self.setting_up
             .lock()
@@ -895,8 +1088,9 @@ impl Instances {
             let Some(now) = now else {
                 return Err(InstanceError::NotFound(l.instance_id.clone()));
             };
-            if now.waits_for_root() || now.stopped {
-                // Pending until its root volume is attached.
+            if now.waits_for_root() || now.stopped || now.incoming {
+                // Pending until its root volume is attached, or its domain
+                // comes from the node it migrates from.
                 return Ok(());
             }
             self.boot(&now).await
@@ -907,6 +1101,14 @@ impl Instances {
             tracing::warn!(instance_id = %l.instance_id, error = %e, "launch failed; cleaning up");
             let _ = self.remove(&l.instance_id).await;
             return Err(e);
+        }
+        if l.incoming {
+            tracing::info!(instance_id = %l.instance_id, "prepared for an incoming live migration");
+            return Ok(GuestStatus::new(
+                &l.instance_id,
+                InstanceState::Pending,
+                &self.node,
+            ));
         }
         tracing::info!(instance_id = %l.instance_id, virt = %self.virt.current().0, cores = l.cores, memory_mib = l.memory_mib, "instance started");
         self.status(&l.instance_id).await
@@ -997,6 +1199,11 @@ impl Instances {
     pub async fn start(&self, id: &str) -> Result<GuestStatus, InstanceError> {
         let turn = self.firewall_turn.lock().await;
         let mut r = self.record(id)?;
+        if r.incoming {
+            return Err(InstanceError::Invalid(format!(
+                "{id} is migrating to this node"
+            )));
+        }
         let now = self.status(id).await?;
         if !r.stopped && now.state == InstanceState::Running {
             // Already running: starting it is a no-op (as in EC2), not a reset.
@@ -1331,7 +1538,8 @@ impl Instances {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut out = Vec::new();
-        for r in records {
+        // An incoming migration is the source's until it is finished.
+        for r in records.iter().filter(|r| !r.incoming) {
             let (state, reason) = match domains.get(&r.instance_id) {
                 Some(DomainState::Running) | Some(DomainState::Paused) => {
                     (InstanceState::Running, "")
@@ -1474,6 +1682,7 @@ mod tests {
             private_ip: "10.0.0.2".into(),
             network: None,
             firewall: None,
+            incoming: false,
         }
     }
 

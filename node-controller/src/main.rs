@@ -118,6 +118,16 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .context("opening the instance records")?,
     );
     instances.reattach().await;
+    match (&tunnel_address, config.migration_tls_dir.as_str()) {
+        (_, "") => {}
+        (Some(address), dir) => {
+            instances.serve_migrations(address.to_string(), dir.into());
+            tracing::info!(%address, tls_dir = dir, "live migrations to and from this node");
+        }
+        (None, _) => tracing::warn!(
+            "migration_tls_dir is set but the node has no tunnel address: it takes no part in live migrations"
+        ),
+    }
     let relays = node_controller::volumes::VolumeRelays::new(
         &config.state_dir.join("volumes"),
         started.trust.tls.clone(),

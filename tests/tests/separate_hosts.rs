@@ -204,9 +204,10 @@ fn set_up() -> Setup {
             Some((&pki, node)),
         );
         let text = format!(
-            "name = \"{node}\"\nlisten = \"0.0.0.0:8775\"\nadvertise = \"{}:8775\"\ncc = \"{cc}:8774\"\nclc = \"{clc}:8780\"\nlibvirt_uri = \"{uri}\"\nhypervisor = \"qemu\"\nnetwork_dir = {:?}\ncores = 2\nmemory_mib = 2048\n{}",
+            "name = \"{node}\"\nlisten = \"0.0.0.0:8775\"\nadvertise = \"{}:8775\"\ncc = \"{cc}:8774\"\nclc = \"{clc}:8780\"\nlibvirt_uri = \"{uri}\"\nhypervisor = \"qemu\"\nnetwork_dir = {:?}\nmigration_tls_dir = {:?}\ncores = 2\nmemory_mib = 2048\n{}",
             addr[node],
             root.join(node).join("net"),
+            root.join(node).join("libvirt/tls"),
             common(node)
         );
         let file = root.join(node).join("config.toml");
@@ -450,10 +451,66 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         (volume_state("state") == "available").then_some(())
     });
     ec2_call(&format!("ec2 delete-volume --volume-id {vol}"));
-    ec2_call(&format!("ec2 terminate-instances --instance-ids {a} {b}"));
-    wait_for("both terminated", Duration::from_secs(120), || {
+    // Live migration: guest a moves to the other node's host, its memory
+    // and its disk's top layer over the nodes' libvirt TLS.
+    let (from, to) = if on("node-a").contains(&a) {
+        ("node-a", "node-b")
+    } else {
+        ("node-b", "node-a")
+    };
+    let before = console(&a);
+    // Nowhere to go: refused, and it stays where it is.
+    let refused = s
+        .try_admin(&["migrate", &a, "--to", "no-such-node"])
+        .expect_err("a migration to a node that does not exist");
+    assert!(refused.contains("no-such-node"), "{refused}");
+    assert!(on(from).contains(&a));
+    let moved = s.admin(&["migrate", &a, "--to", to]);
+    eprintln!("gumtree-admin migrate {a} --to {to}:\n{moved}");
+    assert!(
+        moved
+            .lines()
+            .any(|l| l.starts_with(&a) && l.contains(from) && l.contains(to)),
+        "gumtree-admin migrate: {moved}\n{}",
+        logs(&s)
+    );
+    assert!(
+        on(to).contains(&a),
+        "{a} is not in {to}'s libvirtd after the migration"
+    );
+    assert!(!on(from).contains(&a), "{a} is still in {from}'s libvirtd");
+    // The same boot, its console log in one piece and going on.
+    let after = console(&a);
+    assert_eq!(after.matches("GUMTREE-BOOT-OK").count(), 1, "{after}");
+    assert!(
+        after.contains(&format!("instance-id {a}")) && after.len() >= before.len(),
+        "{after}"
+    );
+    assert_eq!(describe(&a)["State"]["Name"], "running");
+    // Still on its private address: a new guest fetches its page.
+    let c = launch(&format!(
+        "#!/bin/sh\nfor i in $(seq 1 60); do\n  if got=$(timeout 5 wget -q -O - http://{a_ip}/); then echo \"GUMTREE-PEER-SAYS $got\"; break; fi\n  sleep 1\ndone\n"
+    ));
+    let said = wait_for(
+        "guest c to reach the moved guest a",
+        Duration::from_secs(240),
+        || {
+            let out = console(&c);
+            (out.contains("GUMTREE-USER-DATA-RAN")).then_some(out)
+        },
+    );
+    assert!(
+        said.contains(&format!("GUMTREE-PEER-SAYS {a}")),
+        "guest a is not reachable at {a_ip} after its migration:\n{said}\n{}",
+        logs(&s)
+    );
+    ec2_call(&format!(
+        "ec2 terminate-instances --instance-ids {a} {b} {c}"
+    ));
+    wait_for("all terminated", Duration::from_secs(120), || {
         (describe(&a)["State"]["Name"] == "terminated"
-            && describe(&b)["State"]["Name"] == "terminated")
+            && describe(&b)["State"]["Name"] == "terminated"
+            && describe(&c)["State"]["Name"] == "terminated")
             .then_some(())
     });
     for node in ["node-a", "node-b"] {

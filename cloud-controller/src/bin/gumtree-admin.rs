@@ -95,6 +95,14 @@ enum Command {
     /// Remove a node that is gone for good (refused while it still reports
     /// or holds instances).
     DeregisterNode { node: String },
+    /// Move a running instance live to another node of its cluster
+    /// (MigrateInstances); the cluster chooses the node unless --to says.
+    Migrate {
+        instance: String,
+        /// A node it may go to (repeatable).
+        #[arg(long = "to")]
+        to: Vec<String>,
+    },
     /// Create an account.
     CreateAccount { name: String },
     /// List accounts.
@@ -518,6 +526,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     ]
                 },
             )
+        }
+        Command::Migrate { instance, to } => {
+            #[derive(Serialize)]
+            struct MigrationOut {
+                instance_id: String,
+                source: String,
+                destination: String,
+                seconds: f64,
+            }
+            let reply = client
+                .migrate_instances(proto::MigrateInstancesRequest {
+                    instance_id: instance,
+                    source_host: String::new(),
+                    destination_hosts: to,
+                })
+                .await?
+                .into_inner();
+            let rows: Vec<MigrationOut> = reply
+                .migrations
+                .into_iter()
+                .map(|m| MigrationOut {
+                    instance_id: m.instance_id,
+                    source: m.source,
+                    destination: m.destination,
+                    seconds: m.seconds,
+                })
+                .collect();
+            print(out, &["INSTANCE", "FROM", "TO", "SECONDS"], &rows, |m| {
+                vec![
+                    m.instance_id.clone(),
+                    m.source.clone(),
+                    m.destination.clone(),
+                    format!("{:.1}", m.seconds),
+                ]
+            })
         }
         Command::DeregisterNode { node } => {
             let view = client

@@ -135,6 +135,15 @@ pub trait ClusterApi: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ClusterError>;
     /// Powers off guest `id` on `node`, which the cloud has no record of.
     async fn stop_guest(&self, cluster: &str, node: &str, id: &str) -> Result<(), ClusterError>;
+    /// Moves running instance `spec` live to another node of `cluster` (one
+    /// of `destinations`, or the cluster's choice).
+    async fn migrate(
+        &self,
+        cluster: &str,
+        spec: InstanceSpec,
+        walrus: &str,
+        destinations: &[String],
+    ) -> Result<super::migrate::Migrated, ClusterError>;
     /// Attaches the volume exported at `connection` to instance `id` (as
     /// its root device when `root`); returns the guest's device.
     async fn attach_volume(
@@ -295,6 +304,32 @@ impl ClusterApi for GrpcClusters {
         answer
             .map(|_| ())
             .map_err(|s| ClusterError::from_status(cluster, &s))
+    }
+
+    async fn migrate(
+        &self,
+        cluster: &str,
+        spec: InstanceSpec,
+        walrus: &str,
+        destinations: &[String],
+    ) -> Result<super::migrate::Migrated, ClusterError> {
+        let id = spec.instance_id.clone();
+        let done = self
+            .client(cluster)?
+            .migrate_instance(proto::MigrateInstanceOrder {
+                spec: Some(spec),
+                walrus: walrus.to_string(),
+                destinations: destinations.to_vec(),
+            })
+            .await
+            .map_err(|s| ClusterError::from_status(cluster, &s))?
+            .into_inner();
+        Ok(super::migrate::Migrated {
+            instance_id: id,
+            source: done.source,
+            destination: done.destination,
+            seconds: done.seconds,
+        })
     }
 
     async fn console_output(&self, cluster: &str, id: &str) -> Result<Vec<u8>, ClusterError> {

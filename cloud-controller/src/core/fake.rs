@@ -205,6 +205,25 @@ impl ClusterApi for FakeCluster {
         self.check(cluster)
     }
 
+    async fn migrate(
+        &self,
+        cluster: &str,
+        spec: InstanceSpec,
+        _walrus: &str,
+        destinations: &[String],
+    ) -> Result<crate::core::migrate::Migrated, ClusterError> {
+        self.check(cluster)?;
+        Ok(crate::core::migrate::Migrated {
+            instance_id: spec.instance_id,
+            source: "fake-node".into(),
+            destination: destinations
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "fake-node-2".into()),
+            seconds: 0.0,
+        })
+    }
+
     async fn attach_volume(
         &self,
         cluster: &str,

@@ -37,6 +37,7 @@ pub mod images;
 pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
+pub mod migrate;
 pub mod replace_root;
 pub mod security_groups;
 pub mod snapshots;

@@ -267,6 +267,30 @@ impl ClusterInstances {
     /// Places every spec not placed yet, or none, and records the placement
     /// durably. Returns each spec (with its MAC) and its node's name and
     /// endpoint.
+    /// The ENABLED nodes that `wanted` takes, with their room, in the order
+    /// they joined, for placement.
+    fn candidates(&self, views: &[NodeView], wanted: impl Fn(&str) -> bool) -> Vec<Candidate> {
+        views
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.state == ServiceState::Enabled as i32 && wanted(&v.name))
+            .filter_map(|(i, v)| {
+                let r = v.resources.as_ref()?;
+                let used = self.ledger.usage(&v.name);
+                Some(Candidate {
+                    name: v.name.clone(),
+                    joined: i,
+                    cores_total: r.cores_total,
+                    memory_mib_total: r.memory_mib_total,
+                    disk_gib_total: r.disk_gib_total,
+                    cores_used: used.cores,
+                    memory_mib_used: used.memory_mib,
+                    disk_gib_used: used.disk_gib,
+                })
+            })
+            .collect()
+    }
+
     pub fn place(
         &self,
         specs: Vec<InstanceSpec>,
@@ -299,25 +323,7 @@ impl ClusterInstances {
             already.push((spec, node, endpoint));
         }
         let placed: Vec<(InstanceSpec, String, String)> = {
-            let mut candidates: Vec<Candidate> = views
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.state == ServiceState::Enabled as i32)
-                .filter_map(|(i, v)| {
-                    let r = v.resources.as_ref()?;
-                    let used = self.ledger.usage(&v.name);
-                    Some(Candidate {
-                        name: v.name.clone(),
-                        joined: i,
-                        cores_total: r.cores_total,
-                        memory_mib_total: r.memory_mib_total,
-                        disk_gib_total: r.disk_gib_total,
-                        cores_used: used.cores,
-                        memory_mib_used: used.memory_mib,
-                        disk_gib_used: used.disk_gib,
-                    })
-                })
-                .collect();
+            let mut candidates = self.candidates(&views, |_| true);
             let mut chosen = Vec::with_capacity(specs.len());
             let cursor = &mut *cursor;
             for spec in &specs {
@@ -584,26 +590,9 @@ impl ClusterInstances {
             .ok_or_else(|| ClusterError::Unavailable(format!("node {} is unknown", placed.node)))?;
         let target = {
             let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
-            let candidates: Vec<Candidate> = views
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.state == ServiceState::Enabled as i32 && v.name != placed.node)
-                .filter(|(_, v)| allowed.is_empty() || allowed.contains(&v.name))
-                .filter_map(|(i, v)| {
-                    let r = v.resources.as_ref()?;
-                    let used = self.ledger.usage(&v.name);
-                    Some(Candidate {
-                        name: v.name.clone(),
-                        joined: i,
-                        cores_total: r.cores_total,
-                        memory_mib_total: r.memory_mib_total,
-                        disk_gib_total: r.disk_gib_total,
-                        cores_used: used.cores,
-                        memory_mib_used: used.memory_mib,
-                        disk_gib_used: used.disk_gib,
-                    })
-                })
-                .collect();
+            let candidates = self.candidates(&views, |name| {
+                name != placed.node && (allowed.is_empty() || allowed.iter().any(|a| a == name))
+            });
             if candidates.is_empty() {
                 return Err(ClusterError::Refused(if allowed.is_empty() {
                     format!("no other enabled node to move {id} to")

@@ -64,7 +64,8 @@ pub struct Launched {
     pub tags: Vec<Tag>,
 }
 
-fn image_ref(image: &Image) -> ImageRef {
+/// How a node finds an image (in Walrus, or its cache by digest).
+pub(super) fn image_ref(image: &Image) -> ImageRef {
     ImageRef {
         id: image.image_id.clone(),
         bucket: image.bucket.clone(),

@@ -44,13 +44,7 @@ impl Cloud {
                     kind,
                     ids: vec![image_id.to_string()],
                 })?;
-            Ok(ImageRef {
-                id: i.image_id.clone(),
-                bucket: i.bucket.clone(),
-                key: i.key.clone(),
-                sha256: i.sha256.clone(),
-                size: i.size,
-            })
+            Ok(super::launch::image_ref(&i))
         };
         let itype = self
             .instances

@@ -119,7 +119,7 @@ fn instances_run_boot_stop_start_and_terminate() {
     fs::write(&config, format!("{text}metadata_tokens_required = true\n")).expect("config");
     cloud.terminate("clc", Duration::from_secs(10));
     cloud.restart("clc");
-    let tokenless = "#!/bin/sh\necho \"TOKENLESS-READ: $(timeout 5 wget -O - http://169.254.169.254/latest/meta-data/instance-id 2>&1 | tr '\\n' ' ')\"\n";
+    let tokenless = "#!/bin/sh\necho \"TOKENLESS-READ: $(timeout 5 wget -O - http://169.254.169.254/latest/meta-data/instance-id 2>&1 | tr '\\n' ' ') TOKENLESS-END\"\n";
 
     // The AWS CLIs, as a user types them.
     let ami = {
@@ -179,7 +179,11 @@ fn instances_run_boot_stop_start_and_terminate() {
                 ])
                 .expect_ok();
                 let ran = text.split("GUMTREE-NET-OK").nth(1)?.to_string();
-                let line = ran.lines().find(|l| l.starts_with("TOKENLESS-READ: "))?;
+                // The whole line: a slow serial console may be read while
+                // the guest is still writing it.
+                let line = ran
+                    .lines()
+                    .find(|l| l.starts_with("TOKENLESS-READ: ") && l.contains(" TOKENLESS-END"))?;
                 Some((text.clone(), line.to_string()))
             },
         );

@@ -171,6 +171,23 @@ stop_libvirt() {
   fi
 }
 
+# tier_binary TIER: the program a tier (clc, walrus, sc, cc, nc or nc-K) runs.
+tier_binary() {
+  case $1 in
+    clc) echo cloud-controller ;; cc) echo cluster-controller ;; nc|nc-*) echo node-controller ;;
+    sc) echo storage-controller ;; walrus) echo walrus ;;
+  esac
+}
+
+# virt_line: what the cloud's first node runs guests under, and why, from
+# the caller's `admin` (its gumtree-admin).
+virt_line() {
+  admin -o json describe-nodes 2>/dev/null | python3 -c '
+import json, sys
+for n in json.load(sys.stdin):
+    print(n["hypervisor"] + ": " + n["virt_reason"]); break' 2>/dev/null || echo unknown
+}
+
 # set_figure FILE WHAT SECONDS: the line of FILE (a cloud's measured
 # figures, which scripts/nested-demo prints next to its own) for WHAT.
 set_figure() {

@@ -120,7 +120,7 @@ impl NodeService for Node {
     ) -> Result<Response<InstanceStatus>, Status> {
         let request = request.into_inner();
         let source = self.source(&request.walrus)?;
-        let launch = launch_of(request.spec, false)?;
+        let launch = launch_of(request.spec)?;
         self.instances
             .launch(&source, launch)
             .await
@@ -160,7 +160,7 @@ impl NodeService for Node {
             .run
             .ok_or_else(|| Status::invalid_argument("no instance to prepare"))?;
         let source = self.source(&run.walrus)?;
-        let launch = launch_of(run.spec, true)?;
+        let launch = launch_of(run.spec)?;
         let id = launch.instance_id.clone();
         let target = self
             .instances
@@ -362,9 +362,8 @@ impl NodeService for Node {
     }
 }
 
-/// The launch a RunInstance request asks for; `incoming`: a live
-/// migration's target, prepared but not started.
-fn launch_of(spec: Option<proto::InstanceSpec>, incoming: bool) -> Result<Launch, Status> {
+/// The launch a RunInstance request asks for.
+fn launch_of(spec: Option<proto::InstanceSpec>) -> Result<Launch, Status> {
     let spec = spec.ok_or_else(|| Status::invalid_argument("no instance spec"))?;
     Ok(Launch {
         instance_id: spec.instance_id,
@@ -387,6 +386,6 @@ fn launch_of(spec: Option<proto::InstanceSpec>, incoming: bool) -> Result<Launch
         firewall: spec.firewall.as_ref().map(policy),
         mac: spec.mac,
         private_ip: spec.private_ip,
-        incoming,
+        incoming: false,
     })
 }

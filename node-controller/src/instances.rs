@@ -506,7 +506,7 @@ impl Instances {
     pub async fn prepare_incoming(
         &self,
         source: &dyn ImageSource,
-        l: Launch,
+        mut l: Launch,
         console: &[u8],
     ) -> Result<MigrationTarget, InstanceError> {
         let Some((address, _)) = self.migration.get().cloned() else {
@@ -514,9 +514,7 @@ impl Instances {
                 "this node takes no live migrations (no migration address and libvirt TLS directory)".into(),
             ));
         };
-        if !l.incoming {
-            return Err(InstanceError::Invalid("not an incoming instance".into()));
-        }
+        l.incoming = true;
         if l.root_volume.is_some() {
             return Err(InstanceError::Invalid(
                 "EBS-backed instances do not migrate yet".into(),

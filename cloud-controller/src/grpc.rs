@@ -269,9 +269,23 @@ impl AdminService for Cloud {
             .list()
             .map_err(|e| Status::unavailable(format!("cannot read the instances: {e}")))?;
         records.sort_by(|a, b| (a.launch_ms, &a.instance_id).cmp(&(b.launch_ms, &b.instance_id)));
+        // Migrating instances are `migrating` here (users see `running`).
+        let migrating = self
+            .migrating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let instances = records
             .into_iter()
             .map(|r| proto::AdminInstance {
+                state: match migrating.get(&r.instance_id) {
+                    Some(_) if r.state == InstanceState::Running => "migrating".into(),
+                    _ => r.state.name().to_string(),
+                },
+                detail: match migrating.get(&r.instance_id) {
+                    Some(from) => format!("migrating from {from}"),
+                    None => String::new(),
+                },
                 account_name: names.get(&r.account_id).cloned().unwrap_or_default(),
                 virt: if r.state == InstanceState::Running {
                     virt.get(&r.instance_id).cloned().unwrap_or_default()
@@ -284,10 +298,8 @@ impl AdminService for Cloud {
                 zone: r.zone,
                 cluster: r.cluster,
                 node: r.node,
-                state: r.state.name().to_string(),
                 private_ip: r.private_ip,
                 launch_unix_ms: r.launch_ms,
-                detail: String::new(),
             })
             .collect::<Vec<_>>();
         let mut instances = instances;
@@ -320,54 +332,79 @@ impl AdminService for Cloud {
         request: Request<proto::MigrateInstancesRequest>,
     ) -> Result<Response<proto::MigrateInstancesReply>, Status> {
         let r = request.into_inner();
-        let ids: Vec<String> = match (r.instance_id.is_empty(), r.source_host.is_empty()) {
-            (false, true) => vec![r.instance_id.clone()],
-            (true, false) => self
-                .instances
-                .list()
-                .map_err(|e| Status::unavailable(format!("cannot read the instances: {e}")))?
-                .into_iter()
-                .filter(|i| i.node == r.source_host && i.state == InstanceState::Running)
-                .map(|i| i.instance_id)
-                .collect(),
+        let mut migrations = Vec::new();
+        match (r.instance_id.is_empty(), r.source_host.is_empty()) {
+            (false, true) => {
+                let done = self
+                    .migrate_instance(&r.instance_id, &r.destination_hosts)
+                    .await
+                    .map_err(admin_status)?;
+                migrations.push(migration_proto(&r.instance_id, &Ok(done)));
+            }
+            (true, false) => {
+                self.migrate_host(&r.source_host, &r.destination_hosts, &mut |id, done| {
+                    migrations.push(migration_proto(id, done))
+                })
+                .await
+                .map_err(admin_status)?;
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "name one instance or one source host",
                 ))
             }
-        };
-        let mut migrations = Vec::new();
-        // One at a time: each move takes the network and the nodes' time.
-        for id in ids {
-            let m = match self.migrate_instance(&id, &r.destination_hosts).await {
-                Ok(done) => proto::InstanceMigration {
-                    instance_id: id,
-                    source: done.source,
-                    destination: done.destination,
-                    seconds: done.seconds,
-                    error: String::new(),
-                },
-                Err(e) if !r.instance_id.is_empty() => {
-                    return Err(match e {
-                        crate::core::CoreError::NotFound { .. } => Status::not_found(e.to_string()),
-                        crate::core::CoreError::IncorrectState { .. } => {
-                            Status::failed_precondition(e.to_string())
-                        }
-                        crate::core::CoreError::Capacity(_) => {
-                            Status::resource_exhausted(e.to_string())
-                        }
-                        _ => Status::unavailable(e.to_string()),
-                    })
-                }
-                Err(e) => proto::InstanceMigration {
-                    instance_id: id,
-                    error: e.to_string(),
-                    ..Default::default()
-                },
-            };
-            migrations.push(m);
         }
         Ok(Response::new(proto::MigrateInstancesReply { migrations }))
+    }
+
+    type EvacuateNodeStream =
+        tokio_stream::wrappers::UnboundedReceiverStream<Result<proto::InstanceMigration, Status>>;
+
+    async fn evacuate_node(
+        &self,
+        request: Request<proto::EvacuateNodeRequest>,
+    ) -> Result<Response<Self::EvacuateNodeStream>, Status> {
+        let r = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cloud = self.clone();
+        // Each migration as it ends; the evacuation goes on if the caller
+        // stops listening.
+        tokio::spawn(async move {
+            let progress = tx.clone();
+            let done = cloud
+                .evacuate_node(&r.node, &r.destination_hosts, &mut |id, done| {
+                    let _ = progress.send(Ok(migration_proto(id, done)));
+                })
+                .await;
+            match done {
+                Ok(moved) => tracing::info!(node = %r.node, moved, "node evacuated"),
+                Err(e) => {
+                    let _ = tx.send(Err(admin_status(e)));
+                }
+            }
+        });
+        Ok(Response::new(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
+    }
+
+    async fn enable_node(
+        &self,
+        request: Request<proto::EnableNodeRequest>,
+    ) -> Result<Response<proto::ClusterNodeView>, Status> {
+        let name = request.into_inner().node;
+        self.enable_node(&name).await.map_err(admin_status)?;
+        let mut view = self
+            .registry
+            .nodes()
+            .into_iter()
+            .find(|v| v.node.as_ref().is_some_and(|n| n.name == name))
+            .unwrap_or_default();
+        // Its cluster has put it back; its next report says so too.
+        if let Some(n) = view.node.as_mut() {
+            n.disabled = false;
+        }
+        Ok(Response::new(view))
     }
 
     async fn deregister_node(
@@ -453,6 +490,40 @@ impl IdentityService for Cloud {
             }
         }
         Ok(Response::new(proto::NodeReadReply { allowed }))
+    }
+}
+
+/// A core error as an admin call's status.
+fn admin_status(e: crate::core::CoreError) -> Status {
+    use crate::core::CoreError;
+    match e {
+        CoreError::NotFound { .. } | CoreError::InvalidValue { .. } => {
+            Status::not_found(e.to_string())
+        }
+        CoreError::IncorrectState { .. } => Status::failed_precondition(e.to_string()),
+        CoreError::Capacity(_) => Status::resource_exhausted(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+/// One instance's migration, or why it did not move.
+fn migration_proto(
+    id: &str,
+    done: &Result<crate::core::migrate::Migrated, crate::core::CoreError>,
+) -> proto::InstanceMigration {
+    match done {
+        Ok(m) => proto::InstanceMigration {
+            instance_id: id.to_string(),
+            source: m.source.clone(),
+            destination: m.destination.clone(),
+            seconds: m.seconds,
+            error: String::new(),
+        },
+        Err(e) => proto::InstanceMigration {
+            instance_id: id.to_string(),
+            error: e.to_string(),
+            ..Default::default()
+        },
     }
 }
 

@@ -242,6 +242,16 @@ impl ClusterService for Cluster {
         self.instances.deregister_node(&node.name)?;
         Ok(Response::new(node))
     }
+
+    async fn set_node_disabled(
+        &self,
+        request: Request<proto::NodeDisabled>,
+    ) -> Result<Response<proto::NodeView>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.instances.set_node_disabled(&r.name, r.disabled)?,
+        ))
+    }
 }
 
 /// What StopInstances, StartInstances and RebootInstances ask of a node.

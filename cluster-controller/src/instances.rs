@@ -49,6 +49,26 @@ pub struct ClusterInstances {
     tunnel_id: u32,
     /// Placed instances their ready node has stopped reporting, since when.
     missing_since: Mutex<HashMap<String, i64>>,
+    /// Instances migrating, with their target and what they hold there
+    /// (room taken on the target until the move ends).
+    moving: Mutex<HashMap<String, (String, Need)>>,
+}
+
+/// An instance's place in [`ClusterInstances::moving`], given up when the
+/// migration ends, however it ends.
+struct Moving<'a> {
+    of: &'a ClusterInstances,
+    id: String,
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.of
+            .moving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// How long a ready node may leave a placed instance out of its reports
@@ -127,6 +147,7 @@ impl ClusterInstances {
             network,
             tunnel_id: 1,
             missing_since: Mutex::new(HashMap::new()),
+            moving: Mutex::new(HashMap::new()),
         })
     }
 
@@ -270,14 +291,17 @@ impl ClusterInstances {
     /// The ENABLED nodes that `wanted` takes, with their room, in the order
     /// they joined, for placement.
     fn candidates(&self, views: &[NodeView], wanted: impl Fn(&str) -> bool) -> Vec<Candidate> {
+        let moving = self.moving.lock().unwrap_or_else(|p| p.into_inner());
         views
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.state == ServiceState::Enabled as i32 && wanted(&v.name))
+            .filter(|(_, v)| {
+                v.state == ServiceState::Enabled as i32 && !v.disabled && wanted(&v.name)
+            })
             .filter_map(|(i, v)| {
                 let r = v.resources.as_ref()?;
                 let used = self.ledger.usage(&v.name);
-                Some(Candidate {
+                let mut c = Candidate {
                     name: v.name.clone(),
                     joined: i,
                     cores_total: r.cores_total,
@@ -286,8 +310,31 @@ impl ClusterInstances {
                     cores_used: used.cores,
                     memory_mib_used: used.memory_mib,
                     disk_gib_used: used.disk_gib,
-                })
+                };
+                // Instances on their way here hold their room already.
+                for (_, need) in moving.values().filter(|(to, _)| *to == v.name) {
+                    c.cores_used += need.cores;
+                    c.memory_mib_used += need.memory_mib;
+                    c.disk_gib_used += need.disk_gib;
+                }
+                Some(c)
             })
+            .collect()
+    }
+
+    /// Takes node `name` out of placement and migrations to it
+    /// (`disabled`), or puts it back.
+    pub fn set_node_disabled(&self, name: &str, disabled: bool) -> Result<NodeView, ClusterError> {
+        self.nodes.set_disabled(name, disabled)
+    }
+
+    /// The instances migrating now, each with its target node.
+    pub fn migrating(&self) -> Vec<(String, String)> {
+        self.moving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, (to, _))| (id.clone(), to.clone()))
             .collect()
     }
 
@@ -588,41 +635,67 @@ impl ClusterInstances {
         };
         let source_endpoint = endpoint_of(&placed.node)
             .ok_or_else(|| ClusterError::Unavailable(format!("node {} is unknown", placed.node)))?;
-        let target = {
+        let need = Need {
+            cores: placed.cores,
+            memory_mib: placed.memory_mib,
+            disk_gib: placed.disk_gib,
+        };
+        let (target, _moving) = {
             let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+            if self
+                .moving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&id)
+            {
+                return Err(ClusterError::Refused(format!("{id} is migrating already")));
+            }
             let candidates = self.candidates(&views, |name| {
                 name != placed.node && (allowed.is_empty() || allowed.iter().any(|a| a == name))
             });
             if candidates.is_empty() {
                 return Err(ClusterError::Refused(if allowed.is_empty() {
-                    format!("no other enabled node to move {id} to")
+                    format!("no other enabled node in placement to move {id} to")
                 } else {
                     format!(
-                        "none of {} is an enabled node of this cluster other than {id}'s",
+                        "none of {} is an enabled node in placement of this cluster other than {id}'s",
                         allowed.join(", ")
                     )
                 }));
             }
-            let need = Need {
-                cores: placed.cores,
-                memory_mib: placed.memory_mib,
-                disk_gib: placed.disk_gib,
-            };
-            placement::place(&candidates, need, 1, &self.settings, &mut cursor)
+            let target = placement::place(&candidates, need, 1, &self.settings, &mut cursor)
                 .and_then(|v| v.into_iter().next())
                 .ok_or_else(|| {
                     ClusterError::Capacity(format!(
-                        "no node among {} has room for {id} ({} core(s), {} MiB, {} GiB)",
-                        candidates
-                            .iter()
-                            .map(|c| c.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        "no room for {id} ({} core(s), {} MiB, {} GiB) on {}",
                         placed.cores,
                         placed.memory_mib,
-                        placed.disk_gib
+                        placed.disk_gib,
+                        candidates
+                            .iter()
+                            .map(|c| format!(
+                                "{} ({} of {} core(s), {} of {} MiB free)",
+                                c.name,
+                                c.cores_total.saturating_sub(c.cores_used),
+                                c.cores_total,
+                                c.memory_mib_total.saturating_sub(c.memory_mib_used),
+                                c.memory_mib_total
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
-                })?
+                })?;
+            self.moving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), (target.clone(), need));
+            (
+                target,
+                Moving {
+                    of: self,
+                    id: id.clone(),
+                },
+            )
         };
         let target_endpoint = endpoint_of(&target)
             .ok_or_else(|| ClusterError::Unavailable(format!("node {target} is unknown")))?;

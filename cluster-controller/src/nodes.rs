@@ -20,14 +20,20 @@ pub struct NodeRecord {
     pub name: String,
     pub endpoint: String,
     pub first_seen_ms: i64,
+    /// Out of placement (an administrator's evacuation) until enabled.
+    pub disabled: bool,
 }
 
 impl Record for NodeRecord {
     const TABLE: &'static str = "nodes";
-    const SCHEMA: u32 = 1;
+    /// 2: `disabled` added.
+    const SCHEMA: u32 = 2;
     type Key = String;
     fn key(&self) -> String {
         self.name.clone()
+    }
+    fn migrate(from: u32, value: serde_json::Value) -> Result<serde_json::Value, String> {
+        common::store::add_field(from, value, &[("disabled", serde_json::Value::from(false))])
     }
 }
 
@@ -62,6 +68,7 @@ impl NodeLive {
             unknown_guests: r.map(|r| r.unknown_guests.clone()).unwrap_or_default(),
             gone: Vec::new(),
             tunnel_address: r.map(|r| r.tunnel_address.clone()).unwrap_or_default(),
+            disabled: self.record.disabled,
         }
     }
 }
@@ -77,6 +84,7 @@ fn differ(a: &NodeView, b: &NodeView) -> bool {
         || a.instances != b.instances
         || a.unknown_guests != b.unknown_guests
         || a.tunnel_address != b.tunnel_address
+        || a.disabled != b.disabled
 }
 
 #[derive(Default)]
@@ -203,7 +211,8 @@ impl Nodes {
                 let record = NodeRecord {
                     name: name.clone(),
                     endpoint: report.endpoint.clone(),
-                    first_seen_ms: other.map_or(now_ms, |r| r.first_seen_ms),
+                    first_seen_ms: other.as_ref().map_or(now_ms, |r| r.first_seen_ms),
+                    disabled: other.is_some_and(|r| r.disabled),
                 };
                 self.table.put(&record).map_err(|e| {
                     tracing::error!(error = %e, "store write failed");
@@ -282,6 +291,37 @@ impl Nodes {
                 ))
             })
             .collect()
+    }
+
+    /// Takes node `name` out of placement (`disabled`) or puts it back,
+    /// durably: its view as it is now.
+    pub fn set_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+    ) -> Result<NodeView, crate::instances::ClusterError> {
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return Err(crate::instances::ClusterError::NotFound(format!(
+                "no node {name} in this cluster"
+            )));
+        };
+        if node.record.disabled != disabled {
+            let record = NodeRecord {
+                disabled,
+                ..node.record.clone()
+            };
+            self.table.put(&record).map_err(|e| {
+                tracing::error!(error = %e, "store write failed");
+                crate::instances::ClusterError::Unavailable(format!("cannot record the node: {e}"))
+            })?;
+            node.record = record;
+            node.view = None;
+            tracing::info!(node = %name, disabled, "node {}", if disabled { "taken out of placement" } else { "back in placement" });
+        }
+        let view = node.view();
+        self.publish(&mut inner, true);
+        Ok(view)
     }
 
     /// Forgets node `name` (durably): NOT_FOUND when unknown,
@@ -460,5 +500,33 @@ mod tests {
         assert!(n
             .node_report(StreamId(3), report("bad name", 1), 1)
             .is_err());
+    }
+
+    #[test]
+    fn a_disabled_node_stays_disabled_across_restarts_and_reports_until_enabled() {
+        let store = Store::temporary().expect("store");
+        let view = |n: &Nodes| n.subscribe().borrow().nodes[0].as_ref().clone();
+        {
+            let n = nodes(&store);
+            assert!(n.set_disabled("nc-1", true).is_err(), "an unknown node");
+            n.node_report(StreamId(1), report("nc-1", 4), 1_000)
+                .expect("report");
+            assert!(n.set_disabled("nc-1", true).expect("disable").disabled);
+            assert!(view(&n).disabled);
+            // A new endpoint (the node moved) keeps it out of placement.
+            let moved = NodeReport {
+                endpoint: "127.0.0.1:10".into(),
+                ..report("nc-1", 4)
+            };
+            n.node_report(StreamId(2), moved, 2_000).expect("report");
+            assert!(view(&n).disabled);
+        }
+        let n = nodes(&store);
+        n.node_report(StreamId(3), report("nc-1", 4), 3_000)
+            .expect("report");
+        let v = view(&n);
+        assert!(v.disabled && v.state == ServiceState::Enabled as i32);
+        assert!(!n.set_disabled("nc-1", false).expect("enable").disabled);
+        assert!(!view(&nodes(&store)).disabled, "enabled durably");
     }
 }

@@ -203,6 +203,7 @@ fn node_header(view: &NodeView) -> NodeView {
         virt_reason: view.virt_reason.clone(),
         unknown_guests: view.unknown_guests.clone(),
         gone: Vec::new(),
+        disabled: view.disabled,
         tunnel_address: view.tunnel_address.clone(),
     }
 }

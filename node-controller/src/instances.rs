@@ -596,7 +596,7 @@ impl Instances {
         self.blocking(move |hv| hv.migrate(&name, &m)).await?;
         tracing::info!(instance_id = %id, target = %address, secs = started.elapsed().as_secs_f64(), "instance migrated out");
         // Its domain runs on the target now: what is left here goes.
-        self.remove(id).await?;
+        self.forget(id, "instance left for another node").await?;
         Ok(GuestStatus::new(
             id,
             InstanceState::Running,
@@ -617,7 +617,12 @@ impl Instances {
             return self.status(id).await;
         }
         if !succeeded {
-            return self.remove(id).await;
+            return self
+                .forget(
+                    id,
+                    "incoming migration dropped: the instance stays at its source",
+                )
+                .await;
         }
         let name = id.to_string();
         let here = self.blocking(move |hv| hv.domains(&name)).await?;
@@ -628,6 +633,14 @@ impl Instances {
         }
         r.incoming = false;
         self.table.put(&r)?;
+        // Its public address moves here now (with a gratuitous ARP).
+        if let Some(hn) = &self.network {
+            let _turn = self.firewall_turn.lock().await;
+            let policy = self.policy_of(id);
+            if let Err(e) = self.apply_policy(hn.as_ref(), &r, &policy).await {
+                tracing::warn!(instance_id = %id, error = %e, "firewall not applied after the migration");
+            }
+        }
         self.running_under
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -639,6 +652,30 @@ impl Instances {
             .insert(id.to_string(), console);
         tracing::info!(instance_id = %id, "instance migrated in");
         self.status(id).await
+    }
+
+    /// After a restart, settles the migrations this node was taking when
+    /// it stopped: an instance whose domain arrived and runs is taken as
+    /// this node's own; any other (its domain never came, or is still
+    /// coming: removing it ends that migration, and the instance runs on
+    /// at its source) goes.
+    pub async fn settle_incoming(&self) {
+        let Ok(records) = self.table.list() else {
+            return;
+        };
+        for r in records.into_iter().filter(|r| r.incoming) {
+            let name = r.instance_id.clone();
+            let arrived = self
+                .blocking(move |hv| hv.domains(&name))
+                .await
+                .map(|d| {
+                    d.iter()
+                        .any(|(n, s)| *n == r.instance_id && *s == DomainState::Running)
+                })
+                .unwrap_or(false);
+            let settled = self.finish_incoming(&r.instance_id, arrived).await;
+            tracing::info!(instance_id = %r.instance_id, taken = arrived, ok = settled.is_ok(), "settled a migration this node was taking when it stopped");
+        }
     }
 
     /// Serves EBS volumes through `relays` from now on.
@@ -894,13 +931,16 @@ impl Instances {
     }
 
     /// Puts `policy` on `r`'s tap; false when it is on no private network.
+    /// An instance migrating in gets its public address (and announces it)
+    /// only once it is here: until then the source answers for it.
     async fn apply_policy(
         &self,
         hn: &dyn HostNetwork,
         r: &InstanceRecord,
         policy: &Policy,
     ) -> Result<bool, InstanceError> {
-        let Some(guest) = r.guest(&policy.public_ip)? else {
+        let public_ip = if r.incoming { "" } else { &policy.public_ip };
+        let Some(guest) = r.guest(public_ip)? else {
             return Ok(false);
         };
         let (ingress, egress) = (self.resolve(&policy.ingress), self.resolve(&policy.egress));
@@ -1132,6 +1172,12 @@ impl Instances {
 
     /// Destroys the domain, deletes its files and forgets it.
     pub async fn remove(&self, id: &str) -> Result<GuestStatus, InstanceError> {
+        self.forget(id, "instance terminated").await
+    }
+
+    /// What [`Self::remove`] does, logged as `what` (the instance may live
+    /// on elsewhere: it migrated away, or never arrived).
+    async fn forget(&self, id: &str, what: &'static str) -> Result<GuestStatus, InstanceError> {
         let record = self.table.get(&id.to_string())?;
         let name = id.to_string();
         self.blocking(move |hv| hv.remove(&name)).await?;
@@ -1156,7 +1202,7 @@ impl Instances {
                     tracing::warn!(instance_id = %id, error = %e, "network cleanup failed");
                 }
             }
-            tracing::info!(instance_id = %id, "instance terminated");
+            tracing::info!(instance_id = %id, "{what}");
         }
         self.changed
             .lock()

@@ -118,6 +118,7 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .context("opening the instance records")?,
     );
     instances.reattach().await;
+    instances.settle_incoming().await;
     match (&tunnel_address, config.migration_tls_dir.as_str()) {
         (_, "") => {}
         (Some(address), dir) => {

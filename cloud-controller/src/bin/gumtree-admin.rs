@@ -103,6 +103,16 @@ enum Command {
         #[arg(long = "to")]
         to: Vec<String>,
     },
+    /// Take a node out of placement for maintenance and move every running
+    /// instance off it live, printing each move as it ends.
+    Evacuate {
+        node: String,
+        /// A node the instances may go to (repeatable).
+        #[arg(long = "to")]
+        to: Vec<String>,
+    },
+    /// Put a node taken out of placement (evacuate) back in.
+    Enable { node: String },
     /// Create an account.
     CreateAccount { name: String },
     /// List accounts.
@@ -230,6 +240,53 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// A node's state: DISABLED when it reports but is out of placement.
+fn node_state(n: &proto::NodeView) -> &'static str {
+    match state_name(n.state) {
+        "ENABLED" if n.disabled => "DISABLED",
+        s => s,
+    }
+}
+
+#[derive(Serialize)]
+struct MigrationOut {
+    instance_id: String,
+    source: String,
+    destination: String,
+    seconds: f64,
+    /// Why it did not move (it runs where it was).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
+}
+
+impl From<proto::InstanceMigration> for MigrationOut {
+    fn from(m: proto::InstanceMigration) -> Self {
+        Self {
+            instance_id: m.instance_id,
+            source: m.source,
+            destination: m.destination,
+            seconds: m.seconds,
+            error: m.error,
+        }
+    }
+}
+
+const MIGRATION_HEADER: &[&str] = &["INSTANCE", "FROM", "TO", "SECONDS", "ERROR"];
+
+fn migration_cells(m: &MigrationOut) -> Vec<String> {
+    vec![
+        m.instance_id.clone(),
+        m.source.clone(),
+        m.destination.clone(),
+        if m.error.is_empty() {
+            format!("{:.1}", m.seconds)
+        } else {
+            String::new()
+        },
+        m.error.clone(),
+    ]
+}
+
 fn when(ms: i64) -> String {
     if ms <= 0 {
         "never".into()
@@ -248,7 +305,7 @@ fn print_nodes(out: Output, nodes: Vec<ClusterNodeView>) -> anyhow::Result<()> {
             NodeOut {
                 cluster: v.cluster_name,
                 zone: v.zone,
-                state: state_name(n.state),
+                state: node_state(&n),
                 name: n.name,
                 endpoint: n.endpoint,
                 hypervisor: n.hypervisor,
@@ -528,13 +585,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
         }
         Command::Migrate { instance, to } => {
-            #[derive(Serialize)]
-            struct MigrationOut {
-                instance_id: String,
-                source: String,
-                destination: String,
-                seconds: f64,
-            }
             let reply = client
                 .migrate_instances(proto::MigrateInstancesRequest {
                     instance_id: instance,
@@ -543,24 +593,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            let rows: Vec<MigrationOut> = reply
-                .migrations
-                .into_iter()
-                .map(|m| MigrationOut {
-                    instance_id: m.instance_id,
-                    source: m.source,
-                    destination: m.destination,
-                    seconds: m.seconds,
+            let rows: Vec<MigrationOut> = reply.migrations.into_iter().map(Into::into).collect();
+            print(out, MIGRATION_HEADER, &rows, migration_cells)
+        }
+        Command::Evacuate { node, to } => {
+            let mut stream = client
+                .evacuate_node(proto::EvacuateNodeRequest {
+                    node: node.clone(),
+                    destination_hosts: to,
                 })
-                .collect();
-            print(out, &["INSTANCE", "FROM", "TO", "SECONDS"], &rows, |m| {
-                vec![
-                    m.instance_id.clone(),
-                    m.source.clone(),
-                    m.destination.clone(),
-                    format!("{:.1}", m.seconds),
-                ]
-            })
+                .await?
+                .into_inner();
+            if let Output::Table = out {
+                write_stdout(&format!(
+                    "{node} is out of placement; moving its running instances off it\n"
+                ))?;
+            }
+            let mut rows = Vec::new();
+            while let Some(m) = stream.message().await? {
+                let m = MigrationOut::from(m);
+                if let Output::Table = out {
+                    let line = if m.error.is_empty() {
+                        format!(
+                            "{} moved from {} to {} in {:.1} s\n",
+                            m.instance_id, m.source, m.destination, m.seconds
+                        )
+                    } else {
+                        format!("{} did not move: {}\n", m.instance_id, m.error)
+                    };
+                    write_stdout(&line)?;
+                }
+                rows.push(m);
+            }
+            let stayed = rows.iter().filter(|m| !m.error.is_empty()).count();
+            match out {
+                Output::Json => print(out, MIGRATION_HEADER, &rows, migration_cells)?,
+                Output::Table => write_stdout(&format!(
+                    "{} of {} instance(s) moved; {node} stays out of placement until `gumtree-admin enable {node}`\n",
+                    rows.len() - stayed,
+                    rows.len()
+                ))?,
+            }
+            if stayed > 0 {
+                anyhow::bail!("{stayed} instance(s) did not move off {node}");
+            }
+            Ok(())
+        }
+        Command::Enable { node } => {
+            let view = client
+                .enable_node(proto::EnableNodeRequest { node })
+                .await?
+                .into_inner();
+            print_nodes(out, vec![view])
         }
         Command::DeregisterNode { node } => {
             let view = client

@@ -144,6 +144,14 @@ pub trait ClusterApi: Send + Sync + std::fmt::Debug {
         walrus: &str,
         destinations: &[String],
     ) -> Result<super::migrate::Migrated, ClusterError>;
+    /// Takes `node` of `cluster` out of placement and migrations to it
+    /// (`disabled`), or puts it back.
+    async fn set_node_disabled(
+        &self,
+        cluster: &str,
+        node: &str,
+        disabled: bool,
+    ) -> Result<(), ClusterError>;
     /// Attaches the volume exported at `connection` to instance `id` (as
     /// its root device when `root`); returns the guest's device.
     async fn attach_volume(
@@ -302,6 +310,22 @@ impl ClusterApi for GrpcClusters {
             Power::Reboot => c.reboot_instances(refs(id)).await,
         };
         answer
+            .map(|_| ())
+            .map_err(|s| ClusterError::from_status(cluster, &s))
+    }
+
+    async fn set_node_disabled(
+        &self,
+        cluster: &str,
+        node: &str,
+        disabled: bool,
+    ) -> Result<(), ClusterError> {
+        self.client(cluster)?
+            .set_node_disabled(proto::NodeDisabled {
+                name: node.to_string(),
+                disabled,
+            })
+            .await
             .map(|_| ())
             .map_err(|s| ClusterError::from_status(cluster, &s))
     }

@@ -205,6 +205,15 @@ impl ClusterApi for FakeCluster {
         self.check(cluster)
     }
 
+    async fn set_node_disabled(
+        &self,
+        cluster: &str,
+        _node: &str,
+        _disabled: bool,
+    ) -> Result<(), ClusterError> {
+        self.check(cluster)
+    }
+
     async fn migrate(
         &self,
         cluster: &str,

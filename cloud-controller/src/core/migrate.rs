@@ -17,6 +17,20 @@ pub struct Migrated {
     pub seconds: f64,
 }
 
+/// An instance's place in [`Cloud::migrating`], given up when its
+/// migration ends, however it ends.
+struct Migrating<'a>(&'a Cloud, &'a str);
+
+impl Drop for Migrating<'_> {
+    fn drop(&mut self) {
+        self.0
+            .migrating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.1);
+    }
+}
+
 impl Cloud {
     /// Moves running instance `id` (of any account) live to another node of
     /// its cluster: one of `destinations`, or the cluster's choice.
@@ -36,6 +50,23 @@ impl Cloud {
                 wanted: "running",
             });
         }
+        {
+            let mut migrating = self.migrating.lock().unwrap_or_else(|p| p.into_inner());
+            if migrating.contains_key(id) {
+                return Err(CoreError::Unavailable(format!("{id} is migrating already")));
+            }
+            migrating.insert(id.to_string(), r.node.clone());
+        }
+        let _migrating = Migrating(self, id);
+        self.move_instance(&r, destinations).await
+    }
+
+    async fn move_instance(
+        &self,
+        r: &crate::instances::InstanceRecord,
+        destinations: &[String],
+    ) -> Result<Migrated, CoreError> {
+        let id = r.instance_id.as_str();
         let image = |image_id: &str, kind: IdKind| -> Result<ImageRef, CoreError> {
             let i = self
                 .images
@@ -75,7 +106,7 @@ impl Cloud {
                 .map(|k| image(k, IdKind::Ramdisk))
                 .transpose()?,
             security_groups: r.security_groups.clone(),
-            firewall: self.firewalls_of(std::slice::from_ref(&r))?.remove(id),
+            firewall: self.firewalls_of(std::slice::from_ref(r))?.remove(id),
             mac: r.mac.clone(),
             private_ip: r.private_ip.clone(),
             ..Default::default()
@@ -88,7 +119,85 @@ impl Cloud {
                 super::cluster::ClusterError::Capacity(m) => CoreError::Capacity(m),
                 e => CoreError::Unavailable(e.to_string()),
             })?;
+        // Where it runs now (the cluster's reports say so too, later).
+        self.instances
+            .set_state(id, InstanceState::Running, "", Some(&done.destination))?;
         tracing::info!(instance_id = %id, source = %done.source, destination = %done.destination, seconds = done.seconds, "instance migrated");
         Ok(done)
+    }
+}
+
+/// A node to migrate instances off.
+fn unknown_node(node: &str) -> CoreError {
+    CoreError::InvalidValue {
+        param: "node",
+        value: node.to_string(),
+        why: "no node of that name in this cloud".into(),
+    }
+}
+
+impl Cloud {
+    /// The running instances on `node`, oldest first.
+    pub fn running_on(&self, node: &str) -> Result<Vec<String>, CoreError> {
+        let mut on: Vec<_> = self
+            .instances
+            .list()?
+            .into_iter()
+            .filter(|i| i.node == node && i.state == InstanceState::Running)
+            .collect();
+        on.sort_by(|a, b| (a.launch_ms, &a.instance_id).cmp(&(b.launch_ms, &b.instance_id)));
+        Ok(on.into_iter().map(|i| i.instance_id).collect())
+    }
+
+    /// Moves every running instance off `node`, one at a time (each move
+    /// takes the network and both nodes' time), telling `progress` of each
+    /// as it ends; one that does not move runs on where it was and the
+    /// rest are still tried. How many moved.
+    pub async fn migrate_host(
+        &self,
+        node: &str,
+        destinations: &[String],
+        progress: &mut (dyn FnMut(&str, &Result<Migrated, CoreError>) + Send),
+    ) -> Result<usize, CoreError> {
+        self.registry
+            .cluster_of_node(node)
+            .ok_or_else(|| unknown_node(node))?;
+        let mut moved = 0;
+        for id in self.running_on(node)? {
+            let done = self.migrate_instance(&id, destinations).await;
+            moved += usize::from(done.is_ok());
+            progress(&id, &done);
+        }
+        Ok(moved)
+    }
+
+    /// Takes `node` out of placement for maintenance (no launch and no
+    /// migration goes to it until [`Self::enable_node`]) and moves every
+    /// running instance off it. Whatever could not move is in `progress`.
+    pub async fn evacuate_node(
+        &self,
+        node: &str,
+        destinations: &[String],
+        progress: &mut (dyn FnMut(&str, &Result<Migrated, CoreError>) + Send),
+    ) -> Result<usize, CoreError> {
+        self.set_node_disabled(node, true).await?;
+        tracing::info!(%node, "evacuating the node");
+        self.migrate_host(node, destinations, progress).await
+    }
+
+    /// Puts `node` back in placement.
+    pub async fn enable_node(&self, node: &str) -> Result<(), CoreError> {
+        self.set_node_disabled(node, false).await
+    }
+
+    async fn set_node_disabled(&self, node: &str, disabled: bool) -> Result<(), CoreError> {
+        let (cluster, _) = self
+            .registry
+            .cluster_of_node(node)
+            .ok_or_else(|| unknown_node(node))?;
+        self.clusters
+            .set_node_disabled(&cluster, node, disabled)
+            .await
+            .map_err(|e| CoreError::Unavailable(e.to_string()))
     }
 }

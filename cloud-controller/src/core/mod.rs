@@ -87,6 +87,9 @@ pub struct Cloud {
     pub launches: Arc<tokio::sync::Mutex<()>>,
     /// Wakes the task that pushes security group rules to the nodes.
     pub firewall_changed: Arc<tokio::sync::Notify>,
+    /// Instances migrating now (shown to administrators as `migrating`),
+    /// each with the node it leaves.
+    pub migrating: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     pub settings: Settings,
 }
 
@@ -199,6 +202,7 @@ impl Cloud {
             clusters,
             launches: Default::default(),
             firewall_changed: Default::default(),
+            migrating: Default::default(),
             settings: parts.settings,
         })
     }

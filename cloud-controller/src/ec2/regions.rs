@@ -112,7 +112,7 @@ pub fn describe_account_attributes(ec2: &Ec2, call: &Call) -> Result<String, Ec2
                     .nodes()
                     .iter()
                     .filter_map(|n| n.node.as_ref())
-                    .filter(|n| n.state == ServiceState::Enabled as i32)
+                    .filter(|n| n.state == ServiceState::Enabled as i32 && !n.disabled)
                     .map(|n| {
                         let r = n.resources.unwrap_or_default();
                         fits(
@@ -238,7 +238,8 @@ pub fn describe_availability_zones(ec2: &Ec2, call: &Call) -> Result<String, Ec2
                 let (mut free, mut max) = (0u64, 0u64);
                 for n in nodes.iter().filter(|n| &n.zone == zone) {
                     let Some(node) = &n.node else { continue };
-                    if node.state != ServiceState::Enabled as i32 {
+                    // A node out of placement takes no launch.
+                    if node.state != ServiceState::Enabled as i32 || node.disabled {
                         continue;
                     }
                     let r = node.resources.unwrap_or_default();

@@ -266,6 +266,7 @@ impl ClusterInstances {
                 state: v.state,
                 resources: v.resources,
                 tunnel_address: v.tunnel_address.clone(),
+                disabled: v.disabled,
                 ..Default::default()
             })
             .collect()

@@ -6,4 +6,5 @@ pub mod ec2client;
 pub mod harness;
 pub mod hosts;
 pub mod node;
+pub mod probe;
 pub mod rawhttp;

@@ -16,6 +16,7 @@ use tests::{
     clients::{self, aws_binary, register_tiny, AwsCli, Credentials, Run},
     harness::{binary, guest_netns, wait_for},
     hosts::DataCentre,
+    probe::{http_get, Prober},
 };
 
 /// The hosts: name, and the tier with its certificate role and name.
@@ -27,6 +28,9 @@ const TIERS: &[(&str, &str, &str)] = &[
     ("node-a", "nc", "node-a"),
     ("node-b", "nc", "node-b"),
 ];
+
+/// The elastic IPs: addresses of the switch's subnet no host has.
+const POOL: &str = "10.77.0.200-10.77.0.209";
 
 struct Setup {
     dc: DataCentre,
@@ -152,8 +156,11 @@ fn set_up() -> Setup {
     let configs = [
         (
             "clc",
-            "listen = \"0.0.0.0:8780\"\nec2_listen = \"0.0.0.0:8773\"\nreport_timeout_secs = 6\n"
-                .to_string(),
+            // Elastic IPs on the switch's subnet: the node that holds one
+            // answers for it there.
+            format!(
+                "listen = \"0.0.0.0:8780\"\nec2_listen = \"0.0.0.0:8773\"\nreport_timeout_secs = 6\npublic_ips = [\"{POOL}\"]\nassign_public_ips = false\n"
+            ),
         ),
         (
             "walrus",
@@ -204,7 +211,7 @@ fn set_up() -> Setup {
             Some((&pki, node)),
         );
         let text = format!(
-            "name = \"{node}\"\nlisten = \"0.0.0.0:8775\"\nadvertise = \"{}:8775\"\ncc = \"{cc}:8774\"\nclc = \"{clc}:8780\"\nlibvirt_uri = \"{uri}\"\nhypervisor = \"qemu\"\nnetwork_dir = {:?}\nmigration_tls_dir = {:?}\ncores = 2\nmemory_mib = 2048\n{}",
+            "name = \"{node}\"\nlisten = \"0.0.0.0:8775\"\nadvertise = \"{}:8775\"\ncc = \"{cc}:8774\"\nclc = \"{clc}:8780\"\nlibvirt_uri = \"{uri}\"\nhypervisor = \"qemu\"\nnetwork_dir = {:?}\npublic_interface = \"eth0\"\nmigration_tls_dir = {:?}\ncores = 2\nmemory_mib = 2048\n{}",
             addr[node],
             root.join(node).join("net"),
             root.join(node).join("libvirt/tls"),
@@ -452,12 +459,51 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     });
     ec2_call(&format!("ec2 delete-volume --volume-id {vol}"));
     // Live migration: guest a moves to the other node's host, its memory
-    // and its disk's top layer over the nodes' libvirt TLS.
+    // and its disk's top layer over the nodes' libvirt TLS, while the
+    // client host asks its page through an elastic IP all along.
     let (from, to) = if on("node-a").contains(&a) {
         ("node-a", "node-b")
     } else {
         ("node-b", "node-a")
     };
+    let eip = ec2_call("ec2 allocate-address --domain standard --query PublicIp --output text")
+        .trim()
+        .to_string();
+    ec2_call(&format!(
+        "ec2 associate-address --instance-id {a} --public-ip {eip}"
+    ));
+    ec2_call("ec2 authorize-security-group-ingress --group-name default --protocol tcp --port 80 --cidr 0.0.0.0/0");
+    let web: std::net::SocketAddr = format!("{eip}:80").parse().expect("address");
+    let client_ns = s.dc.netns("client");
+    let page = || http_get(&client_ns, web, Duration::from_secs(2)).unwrap_or_default();
+    wait_for(
+        "guest a's page through its elastic IP from the client host",
+        Duration::from_secs(90),
+        || page().contains(&a).then_some(()),
+    );
+    // Its address, DNAT and rules are on its node, and nowhere else.
+    let rules = |node: &str, table: &str| -> String {
+        run(s
+            .dc
+            .command(node, Path::new("iptables"))
+            .args(["-w", "-t", table, "-S"]))
+    };
+    let tap = format!(
+        "gi{}",
+        a.trim_start_matches("i-")
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(13)
+            .collect::<String>()
+    );
+    let holds = |node: &str| -> (bool, bool) {
+        (
+            rules(node, "nat").contains(&format!("-d {eip}/32")),
+            rules(node, "filter").contains(&format!("GTI-{tap}")),
+        )
+    };
+    assert_eq!(holds(from), (true, true), "{from} has not a's rules");
+    assert_eq!(holds(to), (false, false), "{to} has a's rules already");
     let before = console(&a);
     // Nowhere to go: refused, and it stays where it is.
     let refused = s
@@ -465,7 +511,19 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         .expect_err("a migration to a node that does not exist");
     assert!(refused.contains("no-such-node"), "{refused}");
     assert!(on(from).contains(&a));
+    let probe = Prober::start(
+        &client_ns,
+        web,
+        &a,
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
     let moved = s.admin(&["migrate", &a, "--to", to]);
+    let ended = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let samples = probe.stop();
     eprintln!("gumtree-admin migrate {a} --to {to}:\n{moved}");
     assert!(
         moved
@@ -474,11 +532,30 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         "gumtree-admin migrate: {moved}\n{}",
         logs(&s)
     );
+    let gap = samples.longest_gap(started, ended);
+    let (tries, failed) = samples.counts();
+    eprintln!(
+        "migration: {:.2} s; through the elastic IP from outside, the longest time without an answer was {gap:?} ({failed} of {tries} tries, 0.1 s apart with 1 s to answer, failed)",
+        (ended - started).as_secs_f64()
+    );
+    let gap = gap.unwrap_or_else(|| {
+        panic!(
+            "guest a's page stopped answering through {eip} after the migration\n{}",
+            logs(&s)
+        )
+    });
+    assert!(
+        gap < Duration::from_secs(20),
+        "guest a was unreachable through {eip} for {gap:?}"
+    );
     assert!(
         on(to).contains(&a),
         "{a} is not in {to}'s libvirtd after the migration"
     );
     assert!(!on(from).contains(&a), "{a} is still in {from}'s libvirtd");
+    // Its address and rules moved with it.
+    assert_eq!(holds(to), (true, true), "{to} has not a's rules");
+    assert_eq!(holds(from), (false, false), "{from} kept a's rules");
     // The same boot, its console log in one piece and going on.
     let after = console(&a);
     assert_eq!(after.matches("GUMTREE-BOOT-OK").count(), 1, "{after}");
@@ -486,8 +563,41 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         after.contains(&format!("instance-id {a}")) && after.len() >= before.len(),
         "{after}"
     );
-    assert_eq!(describe(&a)["State"]["Name"], "running");
-    // Still on its private address: a new guest fetches its page.
+    let d = describe(&a);
+    assert_eq!(d["State"]["Name"], "running");
+    assert_eq!(d["PublicIpAddress"], eip.as_str());
+    let admin_node = |id: &str| -> String {
+        let out = s.admin(&["-o", "json", "describe-instances"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["instance_id"] == id)
+            .and_then(|i| i["node"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(admin_node(&a), to, "the admin view's node of {a}");
+    // Its security group still decides: closed, then open again, on its
+    // new node.
+    ec2_call("ec2 revoke-security-group-ingress --group-name default --protocol tcp --port 80 --cidr 0.0.0.0/0");
+    wait_for(
+        "port 80 closed through the elastic IP after the revoke",
+        Duration::from_secs(60),
+        || {
+            http_get(&client_ns, web, Duration::from_secs(1))
+                .is_none()
+                .then_some(())
+        },
+    );
+    ec2_call("ec2 authorize-security-group-ingress --group-name default --protocol tcp --port 80 --cidr 0.0.0.0/0");
+    wait_for(
+        "port 80 open again through the elastic IP",
+        Duration::from_secs(60),
+        || page().contains(&a).then_some(()),
+    );
+    // Still on its private address: a new guest fetches its page. It lands
+    // on the other node: a and b fill this one (two cores, one each).
     let c = launch(&format!(
         "#!/bin/sh\nfor i in $(seq 1 60); do\n  if got=$(timeout 5 wget -q -O - http://{a_ip}/); then echo \"GUMTREE-PEER-SAYS $got\"; break; fi\n  sleep 1\ndone\n"
     ));
@@ -504,13 +614,76 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         "guest a is not reachable at {a_ip} after its migration:\n{said}\n{}",
         logs(&s)
     );
+    assert!(on(from).contains(&c), "c is not on {from}");
+    // A full node takes no migration: refused with the room it has, and c
+    // runs on where it was.
+    let full = s
+        .try_admin(&["migrate", &c, "--to", to])
+        .expect_err("a migration to a full node");
+    assert!(
+        full.contains("no room") && full.contains(&format!("{to} (0 of 2 core(s)")),
+        "{full}"
+    );
+    assert!(on(from).contains(&c) && !on(to).contains(&c));
+    assert_eq!(describe(&c)["State"]["Name"], "running");
+    // Evacuate: b goes, and c moves off its node, which leaves placement.
+    ec2_call(&format!("ec2 terminate-instances --instance-ids {b}"));
+    wait_for("b gone from its node", Duration::from_secs(120), || {
+        (!on(to).contains(&b)).then_some(())
+    });
+    // (The CC counts b's room free once it is terminated.)
+    let evacuated = wait_for(
+        "an evacuation that moves c",
+        Duration::from_secs(60),
+        || s.try_admin(&["evacuate", from]).ok(),
+    );
+    eprintln!("gumtree-admin evacuate {from}:\n{evacuated}");
+    assert!(
+        evacuated.contains(&format!("{c} moved from {from} to {to}")),
+        "{evacuated}"
+    );
+    assert!(on(to).contains(&c) && !on(from).contains(&c));
+    let node_state = |node: &str| -> String {
+        let out = s.admin(&["-o", "json", "describe-nodes"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == node)
+            .and_then(|n| n["state"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("the node shown DISABLED", Duration::from_secs(30), || {
+        (node_state(from) == "DISABLED").then_some(())
+    });
+    // Placement avoids it: with a gone, the next launch goes to the other
+    // node though this one is empty.
+    ec2_call(&format!("ec2 terminate-instances --instance-ids {a}"));
+    wait_for("a gone from its node", Duration::from_secs(120), || {
+        (!on(to).contains(&a)).then_some(())
+    });
+    let d = launch("guest d");
+    wait_for("guest d placed", Duration::from_secs(60), || {
+        Some(admin_node(&d)).filter(|n| !n.is_empty())
+    });
+    assert_eq!(admin_node(&d), to, "d was placed on the evacuated node");
+    // Enabled again, it takes the next launch (the other node is full).
+    let enabled = s.admin(&["enable", from]);
+    assert!(enabled.contains("ENABLED"), "{enabled}");
+    let e = launch("guest e");
+    wait_for("guest e placed", Duration::from_secs(60), || {
+        Some(admin_node(&e)).filter(|n| !n.is_empty())
+    });
+    assert_eq!(admin_node(&e), from, "e was not placed on the enabled node");
     ec2_call(&format!(
-        "ec2 terminate-instances --instance-ids {a} {b} {c}"
+        "ec2 terminate-instances --instance-ids {c} {d} {e}"
     ));
+    ec2_call(&format!("ec2 release-address --public-ip {eip}"));
     wait_for("all terminated", Duration::from_secs(120), || {
-        (describe(&a)["State"]["Name"] == "terminated"
-            && describe(&b)["State"]["Name"] == "terminated"
-            && describe(&c)["State"]["Name"] == "terminated")
+        [&a, &b, &c, &d, &e]
+            .iter()
+            .all(|i| describe(i)["State"]["Name"] == "terminated")
             .then_some(())
     });
     for node in ["node-a", "node-b"] {

@@ -471,8 +471,18 @@ impl IdentityService for Cloud {
         let r = request.into_inner();
         let internal = |e: common::store::StoreError| Status::internal(e.to_string());
         let mut wanted = std::collections::HashSet::new();
+        // A node of the cluster an instance migrates in prepares its images
+        // (the cluster chose it; the instance is still the source's).
+        let migrating = self
+            .migrating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let cluster = self.registry.cluster_of_node(&r.node).map(|(c, _)| c);
         for record in self.instances.list().map_err(internal)? {
-            if record.node == r.node && record.state != InstanceState::Terminated {
+            let incoming = migrating.contains_key(&record.instance_id)
+                && cluster.as_deref() == Some(record.cluster.as_str());
+            if (record.node == r.node || incoming) && record.state != InstanceState::Terminated {
                 wanted.insert(record.image_id);
                 wanted.extend(record.kernel_id);
                 wanted.extend(record.ramdisk_id);

@@ -8,3 +8,4 @@ pub mod hosts;
 pub mod node;
 pub mod probe;
 pub mod rawhttp;
+pub mod separate;

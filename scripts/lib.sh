@@ -90,7 +90,18 @@ kvm_usable() {
 # the host's network.
 start_libvirt() {
   local marks=$1 probe=$2 tiny=$3 ns=${GUMTREE_LIBVIRT_NETNS:-}
+  # With GUMTREE_LIBVIRT_TLS="PKI_DIR NODE ADDRESS", libvirtd also listens
+  # for other nodes' libvirtds (libvirt_tls; its pkipath is MARKER_DIR/
+  # libvirt-tls), with a configuration of its own in MARKER_DIR.
+  local args=()
   mkdir -p "$marks"
+  if [ -n "${GUMTREE_LIBVIRT_TLS:-}" ]; then
+    local pki node address
+    read -r pki node address <<< "$GUMTREE_LIBVIRT_TLS"
+    cp /etc/libvirt/libvirtd.conf "$marks/libvirtd.conf"
+    libvirt_tls "$marks/libvirtd.conf" "$marks/libvirt-tls" "$pki" "$node" "$address"
+    args=(--listen -f "$marks/libvirtd.conf")
+  fi
   if ! alive virtlogd; then
     virtlogd -d && touch "$marks/virtlogd.started"
   fi
@@ -109,7 +120,7 @@ start_libvirt() {
     export GUMTREE_KVM_WORKS=0
     if kvm_usable "$probe" "$tiny"; then
       GUMTREE_KVM_WORKS=1
-      "${in_ns[@]}" libvirtd -d && touch "$marks/libvirtd.started"
+      "${in_ns[@]}" libvirtd -d "${args[@]}" && touch "$marks/libvirtd.started"
     else
       say "KVM is missing or does not work here: guests run under QEMU TCG"
       # libvirtd gets a /dev without kvm: a copy of /dev (device nodes,
@@ -122,7 +133,8 @@ start_libvirt() {
         set -e
         . "$1"
         mount_dev_without_kvm /run/gumtree-dev
-        exec libvirtd -d' _ "${BASH_SOURCE[0]}" \
+        shift
+        exec libvirtd -d "$@"' _ "${BASH_SOURCE[0]}" "${args[@]}" \
         && touch "$marks/libvirtd.started"
     fi
   fi
@@ -149,6 +161,34 @@ mount_dev_without_kvm() {
     mount --rbind "$m" "$d${m#/dev}"
   done
   mount --move "$d" /dev
+}
+
+# libvirt_tls CONF TLS_DIR PKI_DIR NODE ADDRESS: makes libvirtd.conf CONF
+# listen with TLS on ADDRESS:16514 with node NODE's certificate (from its
+# internal_tls directory PKI_DIR: ca.pem, nc-NODE.pem and .key, issued with
+# `pki issue nc NODE --ip ADDRESS`; 0.0.0.0 listens on every address of
+# its namespace) and take only peers whose certificates
+# the cluster CA issued to nodes; TLS_DIR gets the files libvirt wants, and
+# is the pkipath for dialling another node (live migration).
+libvirt_tls() {
+  local conf=$1 tls=$2 pki=$3 node=$4 address=$5 f
+  for f in ca.pem "nc-$node.pem" "nc-$node.key"; do
+    [ -s "$pki/$f" ] || die "no $pki/$f for the node's libvirt TLS"
+  done
+  mkdir -p "$tls"
+  install -m 644 "$pki/ca.pem" "$tls/cacert.pem"
+  install -m 644 "$pki/nc-$node.pem" "$tls/clientcert.pem"
+  install -m 600 "$pki/nc-$node.key" "$tls/clientkey.pem"
+  sed -i '/^[# ]*\(listen_tls\|listen_tcp\|listen_addr\|key_file\|cert_file\|ca_file\|tls_allowed_dn_list\) *=/d' "$conf"
+  cat >> "$conf" <<CONF
+listen_tls = 1
+listen_tcp = 0
+listen_addr = "$address"
+key_file = "$tls/clientkey.pem"
+cert_file = "$tls/clientcert.pem"
+ca_file = "$tls/cacert.pem"
+tls_allowed_dn_list = ["O=Gumtree,OU=nc,CN=*"]
+CONF
 }
 
 # stop_libvirt MARKER_DIR: stops the libvirt daemons start_libvirt started.

@@ -732,26 +732,59 @@ impl ClusterInstances {
                 ))
             })?
             .into_inner();
-        let moved = source
-            .migrate_instance(proto::MigrateInstanceRequest {
-                instance_id: id.clone(),
-                target: Some(prepared),
-            })
-            .await;
-        if let Err(e) = moved {
-            let _ = dest
-                .finish_migration(proto::FinishMigrationRequest {
-                    instance_id: id.clone(),
-                    succeeded: false,
-                })
-                .await;
-            tracing::warn!(instance_id = %id, source = %placed.node, target = %target, error = %e.message(), "live migration failed; the instance stays where it was");
-            return Err(ClusterError::Refused(format!(
-                "{id} did not move to {target} and runs on {} as before: {}",
-                placed.node,
-                e.message()
-            )));
-        }
+        // The source moves it; meanwhile the target must stay: a target
+        // gone mid-way (its node controller died) ends the migration, and
+        // the instance runs on at the source.
+        let mut aborter = source.clone();
+        let mut watch = dest.clone();
+        let migrating = source.migrate_instance(proto::MigrateInstanceRequest {
+            instance_id: id.clone(),
+            target: Some(prepared),
+        });
+        tokio::pin!(migrating);
+        let mut target_gone: Option<String> = None;
+        let moved = loop {
+            tokio::select! {
+                moved = &mut migrating => break moved,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)), if target_gone.is_none() => {
+                    let asked = watch.get_console_output(proto::InstanceRef { instance_id: id.clone() });
+                    if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(2), asked).await {
+                        tracing::warn!(instance_id = %id, %target, error = %e.message(), "the target stopped answering during the migration; ending it");
+                        target_gone = Some(e.message().to_string());
+                        if let Err(e) = aborter
+                            .abort_migration(proto::InstanceRef { instance_id: id.clone() })
+                            .await
+                        {
+                            tracing::warn!(instance_id = %id, error = %e.message(), "the migration was not aborted");
+                        }
+                    }
+                }
+            }
+        };
+        let moved = match moved {
+            Ok(m) => m.into_inner(),
+            Err(e) => {
+                let why = match &target_gone {
+                    Some(gone) => format!(
+                        "node {target} stopped answering during the migration ({gone}): {}",
+                        e.message()
+                    ),
+                    None => e.message().to_string(),
+                };
+                let _ = dest
+                    .finish_migration(proto::FinishMigrationRequest {
+                        instance_id: id.clone(),
+                        succeeded: false,
+                        console: Vec::new(),
+                    })
+                    .await;
+                tracing::warn!(instance_id = %id, source = %placed.node, target = %target, error = %e.message(), "live migration failed; the instance stays where it was");
+                return Err(ClusterError::Refused(format!(
+                    "{id} did not move to {target} and runs on {} as before: {why}",
+                    placed.node,
+                )));
+            }
+        };
         // It runs on the target now, whatever the rest says.
         self.ledger
             .put(&Placed {
@@ -763,6 +796,7 @@ impl ClusterInstances {
             .finish_migration(proto::FinishMigrationRequest {
                 instance_id: id.clone(),
                 succeeded: true,
+                console: moved.console,
             })
             .await
             .map_err(ClusterError::Node)?

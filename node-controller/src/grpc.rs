@@ -180,7 +180,7 @@ impl NodeService for Node {
     async fn migrate_instance(
         &self,
         request: Request<proto::MigrateInstanceRequest>,
-    ) -> Result<Response<InstanceStatus>, Status> {
+    ) -> Result<Response<proto::MigratedOut>, Status> {
         let request = request.into_inner();
         let t = request
             .target
@@ -197,7 +197,12 @@ impl NodeService for Node {
         self.instances
             .migrate_out(&request.instance_id, &target)
             .await
-            .map(|s| Response::new(s.into()))
+            .map(|(s, console)| {
+                Response::new(proto::MigratedOut {
+                    instance: Some(s.into()),
+                    console,
+                })
+            })
             .map_err(status)
     }
 
@@ -207,10 +212,22 @@ impl NodeService for Node {
     ) -> Result<Response<InstanceStatus>, Status> {
         let request = request.into_inner();
         self.instances
-            .finish_incoming(&request.instance_id, request.succeeded)
+            .finish_incoming(&request.instance_id, request.succeeded, &request.console)
             .await
             .map(|s| Response::new(s.into()))
             .map_err(status)
+    }
+
+    async fn abort_migration(
+        &self,
+        request: Request<InstanceRef>,
+    ) -> Result<Response<InstanceRef>, Status> {
+        let r = request.into_inner();
+        self.instances
+            .abort_migration(&r.instance_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(r))
     }
 
     async fn set_network(

@@ -203,6 +203,9 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// top layers (the target has their backing images); once the target
     /// runs it, it is defined there and no longer here.
     fn migrate(&self, name: &str, m: &Migration) -> Result<(), HypervisorError>;
+    /// Ends the migration of domain `name` in progress (its `migrate`
+    /// fails and it runs on here).
+    fn abort_migration(&self, name: &str) -> Result<(), HypervisorError>;
 }
 
 /// libvirt, through one connection.
@@ -313,6 +316,22 @@ impl Hypervisor for Libvirt {
             | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE;
         d.migrate_to_uri3(Some(&m.dest_uri), params, flags)
             .map_err(lv)
+    }
+
+    fn abort_migration(&self, name: &str) -> Result<(), HypervisorError> {
+        // The virt crate has no safe virDomainAbortJob: virsh calls it.
+        let out = std::process::Command::new("virsh")
+            .args(["-c", &self.uri, "domjobabort", name])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| HypervisorError::Libvirt(format!("virsh domjobabort: {e}")))?;
+        if !out.status.success() {
+            return Err(HypervisorError::Libvirt(format!(
+                "virsh domjobabort {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     fn launch(&self, spec: &DomainSpec) -> Result<(), HypervisorError> {
@@ -466,6 +485,10 @@ impl Hypervisor for Fake {
             .get_mut(name)
             .ok_or_else(|| HypervisorError::NoDomain(name.to_string()))?;
         d.0.volumes.retain(|v| volume_disk_xml(v) != xml);
+        Ok(())
+    }
+
+    fn abort_migration(&self, _name: &str) -> Result<(), HypervisorError> {
         Ok(())
     }
 

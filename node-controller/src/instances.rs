@@ -432,6 +432,12 @@ impl Instances {
         self.instance_dir(id).join("console.log")
     }
 
+    /// What the console of `id` printed on the node it migrated from, up
+    /// to the switch: [`Self::console`] puts the log after it.
+    fn console_before_path(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("console.before")
+    }
+
     fn record(&self, id: &str) -> Result<InstanceRecord, InstanceError> {
         self.table
             .get(&id.to_string())?
@@ -528,8 +534,11 @@ impl Instances {
                 )));
             }
         } else {
-            tokio::fs::create_dir_all(self.console_path(&id).parent().unwrap_or(&self.dir)).await?;
-            tokio::fs::write(self.console_path(&id), console).await?;
+            // Its console so far, until the source's at the switch replaces
+            // it; the domain's own log starts afresh.
+            tokio::fs::create_dir_all(self.instance_dir(&id)).await?;
+            tokio::fs::write(self.console_before_path(&id), console).await?;
+            let _ = tokio::fs::remove_file(self.console_path(&id)).await;
             self.launch(source, l).await?;
         }
         let r = self.record(&id)?;
@@ -541,13 +550,14 @@ impl Instances {
 
     /// Live migration, source side: moves running instance `id` to the
     /// prepared `target` (its memory, and its disk's top layer by NBD),
-    /// then forgets it here: its network, firewall and files go. On failure
-    /// it runs here as before.
+    /// then forgets it here: its network, firewall and files go. Returns
+    /// its console log as it was at the switch. On failure it runs here as
+    /// before.
     pub async fn migrate_out(
         &self,
         id: &str,
         target: &MigrationTarget,
-    ) -> Result<GuestStatus, InstanceError> {
+    ) -> Result<(GuestStatus, Vec<u8>), InstanceError> {
         let Some((_, tls_dir)) = self.migration.get().cloned() else {
             return Err(InstanceError::Invalid(
                 "this node takes no part in live migrations (no libvirt TLS directory)".into(),
@@ -595,13 +605,24 @@ impl Instances {
         let started = Instant::now();
         self.blocking(move |hv| hv.migrate(&name, &m)).await?;
         tracing::info!(instance_id = %id, target = %address, secs = started.elapsed().as_secs_f64(), "instance migrated out");
-        // Its domain runs on the target now: what is left here goes.
+        // Its domain runs on the target now: its console so far goes with
+        // it, and what is left here goes.
+        let console = self.console(id).await.unwrap_or_default();
         self.forget(id, "instance left for another node").await?;
-        Ok(GuestStatus::new(
-            id,
-            InstanceState::Running,
-            &target.address,
+        Ok((
+            GuestStatus::new(id, InstanceState::Running, &target.address),
+            console,
         ))
+    }
+
+    /// Live migration, source side: ends the migration of `id` in
+    /// progress (its target is gone); it runs on here.
+    pub async fn abort_migration(&self, id: &str) -> Result<(), InstanceError> {
+        self.record(id)?;
+        let name = id.to_string();
+        self.blocking(move |hv| hv.abort_migration(&name)).await?;
+        tracing::warn!(instance_id = %id, "migration aborted: its target is gone");
+        Ok(())
     }
 
     /// Live migration, target side, once the source answered: the
@@ -611,10 +632,16 @@ impl Instances {
         &self,
         id: &str,
         succeeded: bool,
+        console: &[u8],
     ) -> Result<GuestStatus, InstanceError> {
         let mut r = self.record(id)?;
         if !r.incoming {
             return self.status(id).await;
+        }
+        if succeeded && !console.is_empty() {
+            // The source's console up to the switch; this node's log goes
+            // on from there.
+            tokio::fs::write(self.console_before_path(id), console).await?;
         }
         if !succeeded {
             return self
@@ -673,7 +700,7 @@ impl Instances {
                         .any(|(n, s)| *n == r.instance_id && *s == DomainState::Running)
                 })
                 .unwrap_or(false);
-            let settled = self.finish_incoming(&r.instance_id, arrived).await;
+            let settled = self.finish_incoming(&r.instance_id, arrived, &[]).await;
             tracing::info!(instance_id = %r.instance_id, taken = arrived, ok = settled.is_ok(), "settled a migration this node was taking when it stopped");
         }
     }
@@ -1463,12 +1490,15 @@ impl Instances {
     /// The last `CONSOLE_BYTES` of the serial console.
     pub async fn console(&self, id: &str) -> Result<Vec<u8>, InstanceError> {
         self.record(id)?;
-        let path = self.console_path(id);
-        let data = match tokio::fs::read(&path).await {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let mut data = Vec::new();
+        // What it printed on the node it migrated from, then here.
+        for path in [self.console_before_path(id), self.console_path(id)] {
+            match tokio::fs::read(&path).await {
+                Ok(d) => data.extend(d),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let start = data.len().saturating_sub(CONSOLE_BYTES as usize);
         Ok(data[start..].to_vec())
     }

@@ -10,6 +10,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -20,13 +21,18 @@ use crate::harness::die_with_parent;
 /// The switch's subnet: host `n` is 10.77.0.`n + 1`.
 const SUBNET: [u8; 3] = [10, 77, 0];
 
+/// A program started on a host: (host, program, args, log).
+type Started = (String, PathBuf, Vec<String>, PathBuf);
+
 /// Simulated hosts joined by one switch.
 pub struct DataCentre {
     tag: String,
     dir: tempfile::TempDir,
     hosts: Vec<(String, Ipv4Addr)>,
     libvirts: Vec<PathBuf>,
-    procs: Vec<(String, Child)>,
+    procs: Mutex<Vec<(String, Child)>>,
+    /// What was started on each host, to start it again.
+    started: Mutex<Vec<Started>>,
 }
 
 impl DataCentre {
@@ -45,7 +51,8 @@ impl DataCentre {
                 .expect("tempdir"),
             hosts: Vec::new(),
             libvirts: Vec::new(),
-            procs: Vec::new(),
+            procs: Mutex::new(Vec::new()),
+            started: Mutex::new(Vec::new()),
         };
         let sw = dc.netns("switch");
         sh(&["ip", "netns", "add", &sw]);
@@ -111,7 +118,7 @@ impl DataCentre {
 
     /// Starts `program` with `args` on host `name`, its output in `log`; it
     /// ends with the test, or when the data centre goes.
-    pub fn spawn(&mut self, name: &str, program: &Path, args: &[&str], log: &Path) {
+    pub fn spawn(&self, name: &str, program: &Path, args: &[&str], log: &Path) {
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -123,7 +130,38 @@ impl DataCentre {
             .stderr(out);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawn on a host");
-        self.procs.push((name.to_string(), child));
+        lock(&self.procs).push((name.to_string(), child));
+        lock(&self.started).push((
+            name.to_string(),
+            program.to_path_buf(),
+            args.iter().map(|a| a.to_string()).collect(),
+            log.to_path_buf(),
+        ));
+    }
+
+    /// Kills (SIGKILL) what was started on host `name`, as a crash would.
+    pub fn kill(&self, name: &str) {
+        for (_, child) in lock(&self.procs).iter().filter(|(n, _)| n == name) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        }
+    }
+
+    /// Starts again what was started on host `name` (after [`Self::kill`]).
+    pub fn restart(&self, name: &str) {
+        let again: Vec<_> = {
+            let mut started = lock(&self.started);
+            let again = started
+                .iter()
+                .filter(|(n, ..)| n == name)
+                .cloned()
+                .collect();
+            started.retain(|(n, ..)| n != name);
+            again
+        };
+        for (_, program, args, log) in again {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.spawn(name, &program, &args, &log);
+        }
     }
 
     /// Host `name`'s own libvirtd, with host UUID `uuid`: the libvirt URI
@@ -182,10 +220,10 @@ impl Default for DataCentre {
 
 impl Drop for DataCentre {
     fn drop(&mut self) {
-        for (_, child) in &mut self.procs {
+        for (_, child) in lock(&self.procs).iter_mut() {
             let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         }
-        for (_, child) in &mut self.procs {
+        for (_, child) in lock(&self.procs).iter_mut() {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline
             {
@@ -228,6 +266,10 @@ impl Drop for DataCentre {
             let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn sh(args: &[&str]) {

@@ -1096,7 +1096,9 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
         "--device",
         "/dev/sdf",
     ]);
-    wait_console(&copier, "the root disk copied", "GUMTREE-ROOT-COPIED");
+    // (At a line's start: the user-data, printed on the console before it
+    // runs, has the words after an `echo`.)
+    wait_console(&copier, "the root disk copied", "\nGUMTREE-ROOT-COPIED");
     v2(&["ec2", "detach-volume", "--volume-id", &vol]);
     wait_volume(&ec2_run, &vol, "available");
     let snap = v2(&["ec2", "create-snapshot", "--volume-id", &vol])["SnapshotId"]
@@ -1183,7 +1185,7 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
         .expect("InstanceId")
         .to_string();
     wait_state(&id, "running");
-    let text = wait_console(&id, "the EBS guest marks its root", "GUMTREE-ROOT-MARKED");
+    let text = wait_console(&id, "the EBS guest marks its root", "\nGUMTREE-ROOT-MARKED");
     assert!(
         text.contains("root disk: gumtree tiny guest root disk"),
         "the root came from the snapshot:\n{text}"
@@ -1343,7 +1345,7 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
         || {
             let text = console(&id);
             let last = text.rsplit("Linux version").next().unwrap_or_default();
-            (last != boot_before && last.contains("GUMTREE-ROOT-MARKED")).then_some(text)
+            (last != boot_before && last.contains("\nGUMTREE-ROOT-MARKED")).then_some(text)
         },
     );
     let last_boot = text.rsplit("Linux version").next().unwrap_or_default();

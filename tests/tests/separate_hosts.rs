@@ -38,7 +38,10 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         let line = format!("ec2 get-console-output --instance-id {id} --output text");
         aws(&ec2, &line.split_whitespace().collect::<Vec<_>>()).stdout()
     };
-    let a = launch("guest a");
+    // Guest a counts on its console, with its uptime, once a second.
+    let a = launch(
+        "#!/bin/sh\n(i=0; while :; do i=$((i+1)); echo \"GUMTREE-COUNT $i $(cut -d' ' -f1 /proc/uptime)\"; sleep 1; done) > /dev/console 2>&1 &\n",
+    );
     let a_ip = wait_for("guest a running", Duration::from_secs(240), || {
         let d = describe(&a);
         (d["State"]["Name"] == "running")
@@ -131,7 +134,7 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         logs(&s)
     );
     assert!(
-        said.contains("GUMTREE-PEER-PINGED"),
+        said.contains("\nGUMTREE-PEER-PINGED"),
         "no ping across the nodes:\n{said}"
     );
     // Both read their metadata through their own node's relay to the CLC.
@@ -267,12 +270,32 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     // Its address and rules moved with it.
     assert_eq!(holds(to), (true, true), "{to} has not a's rules");
     assert_eq!(holds(from), (false, false), "{from} kept a's rules");
-    // The same boot, its console log in one piece and going on.
-    let after = console(&a);
+    // The same boot, still counting, its console log in one piece: every
+    // count from 1 on, and its uptime going on.
+    let last_before = counts(&before).last().copied().expect("guest a counts");
+    let after = wait_for(
+        "guest a counting on after its migration",
+        Duration::from_secs(60),
+        || {
+            let c = console(&a);
+            (counts(&c).last().is_some_and(|l| l.0 >= last_before.0 + 5)).then_some(c)
+        },
+    );
     assert_eq!(after.matches("GUMTREE-BOOT-OK").count(), 1, "{after}");
+    assert!(after.contains(&format!("instance-id {a}")), "{after}");
+    let seen = counts(&after);
+    let numbers: Vec<u64> = seen.iter().map(|c| c.0).collect();
+    // (One line may be cut by a kernel message printed into it.)
+    let missing = (1..=*numbers.last().expect("counts"))
+        .filter(|n| !numbers.contains(n))
+        .count();
     assert!(
-        after.contains(&format!("instance-id {a}")) && after.len() >= before.len(),
-        "{after}"
+        numbers.windows(2).all(|w| w[0] < w[1]) && numbers[0] <= 2 && missing <= 1,
+        "guest a's counts are not one run from 1 on: {numbers:?}\n{after}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].1 < w[1].1),
+        "guest a's uptime went back: {seen:?}"
     );
     let d = describe(&a);
     assert_eq!(d["State"]["Name"], "running");
@@ -342,7 +365,73 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     wait_for("b gone from its node", Duration::from_secs(120), || {
         (!on(to).contains(&b)).then_some(())
     });
-    // (The CC counts b's room free once it is terminated.)
+    // A target that dies mid-way: its node controller is killed (as a
+    // crash would) once it has prepared c. The migration ends, c runs on
+    // at its source, and the restarted node drops what it had prepared.
+    let to_log = s.dc.dir().join("logs").join(format!("{to}.log"));
+    let log_has = |what: &str| -> usize {
+        fs::read_to_string(&to_log)
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    };
+    let prepared = format!("prepared for an incoming live migration instance_id={c}");
+    let prepared_before = log_has(&prepared);
+    // (Tried again while the CC still counts b's room as taken.)
+    let died = wait_for(
+        "a migration of c that its target prepares",
+        Duration::from_secs(60),
+        || {
+            std::thread::scope(|scope| {
+                let moving = scope.spawn(|| s.try_admin(&["migrate", &c, "--to", to]));
+                loop {
+                    if log_has(&prepared) > prepared_before {
+                        s.dc.kill(to);
+                        return Some(moving.join().expect("the migrate thread"));
+                    }
+                    if moving.is_finished() {
+                        match moving.join().expect("the migrate thread") {
+                            Err(e) if e.contains("no room") => return None,
+                            other => panic!(
+                                "c's migration ended before its target prepared it: {other:?}"
+                            ),
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        },
+    );
+    let died = died.expect_err("a migration whose target died");
+    assert!(
+        died.contains("stopped answering") && died.contains(&format!("runs on {from} as before")),
+        "{died}\n{}",
+        logs(&s)
+    );
+    assert!(
+        on(from).contains(&c) && !on(to).contains(&c),
+        "c is not running on {from} alone: {from} has {:?}, {to} {:?}",
+        on(from),
+        on(to)
+    );
+    assert_eq!(describe(&c)["State"]["Name"], "running");
+    let settled = "settled a migration this node was taking when it stopped";
+    s.dc.restart(to);
+    wait_for(
+        "the restarted node to settle what it was taking",
+        Duration::from_secs(60),
+        || (log_has(settled) > 0).then_some(()),
+    );
+    assert!(
+        fs::read_to_string(&to_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(settled) && l.contains(&c) && l.contains("taken=false")),
+        "{to} did not drop the migration it was taking"
+    );
+    assert!(!on(to).contains(&c));
+    // (The CC counts b's room free once it is terminated, and the
+    // restarted node ENABLED once it reports.)
     let evacuated = wait_for(
         "an evacuation that moves c",
         Duration::from_secs(60),
@@ -400,4 +489,15 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     for node in ["node-a", "node-b"] {
         assert_eq!(on(node).trim(), "", "{node} keeps a domain");
     }
+}
+
+/// What guest a printed on its console: (count, uptime) a line.
+fn counts(console: &str) -> Vec<(u64, f64)> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.trim().strip_prefix("GUMTREE-COUNT ")?.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
 }

@@ -243,6 +243,20 @@ impl ClusterService for Cluster {
         Ok(Response::new(node))
     }
 
+    async fn plan_migration(
+        &self,
+        request: Request<proto::MigrateInstanceOrder>,
+    ) -> Result<Response<proto::NodeName>, Status> {
+        let r = request.into_inner();
+        let id = r
+            .spec
+            .map(|s| s.instance_id)
+            .ok_or_else(|| Status::invalid_argument("no instance to plan for"))?;
+        Ok(Response::new(proto::NodeName {
+            name: self.instances.plan_migration(&id, &r.destinations)?,
+        }))
+    }
+
     async fn set_node_disabled(
         &self,
         request: Request<proto::NodeDisabled>,

@@ -51,8 +51,15 @@ pub struct ClusterInstances {
     missing_since: Mutex<HashMap<String, i64>>,
     /// Instances migrating, with their target and what they hold there
     /// (room taken on the target until the move ends).
-    moving: Mutex<HashMap<String, (String, Need)>>,
+    moving: Mutex<HashMap<String, Reserved>>,
 }
+
+/// Room held on a migration's target: the node, what it holds, and until
+/// when, for a planned migration not started yet (None: moving now).
+type Reserved = (String, Need, Option<std::time::Instant>);
+
+/// How long a planned migration holds its target's room.
+const PLAN_HOLDS: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An instance's place in [`ClusterInstances::moving`], given up when the
 /// migration ends, however it ends.
@@ -313,7 +320,11 @@ impl ClusterInstances {
                     disk_gib_used: used.disk_gib,
                 };
                 // Instances on their way here hold their room already.
-                for (_, need) in moving.values().filter(|(to, _)| *to == v.name) {
+                let now = std::time::Instant::now();
+                for (_, need, _) in moving
+                    .values()
+                    .filter(|(to, _, until)| *to == v.name && until.is_none_or(|u| u > now))
+                {
                     c.cores_used += need.cores;
                     c.memory_mib_used += need.memory_mib;
                     c.disk_gib_used += need.disk_gib;
@@ -335,7 +346,8 @@ impl ClusterInstances {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(id, (to, _))| (id.clone(), to.clone()))
+            .filter(|(_, (_, _, until))| until.is_none())
+            .map(|(id, (to, _, _))| (id.clone(), to.clone()))
             .collect()
     }
 
@@ -609,6 +621,98 @@ impl ClusterInstances {
         }
     }
 
+    /// Chooses the node `id` would migrate to and holds its room there
+    /// for [`PLAN_HOLDS`], for what the CLC readies there first; a
+    /// migration naming that node alone then takes it.
+    pub fn plan_migration(&self, id: &str, allowed: &[String]) -> Result<String, ClusterError> {
+        let placed = self
+            .ledger
+            .get(id)
+            .ok_or_else(|| ClusterError::NotFound(format!("{id} is not in this cluster")))?;
+        let views = self.views();
+        self.choose_target(
+            &placed,
+            &views,
+            allowed,
+            Some(std::time::Instant::now() + PLAN_HOLDS),
+        )
+    }
+
+    /// The node `placed` moves to (one of `allowed`, or placement's choice
+    /// among the other nodes), its room held there: until `until`, or
+    /// (None) for as long as the migration runs. A migration planned for
+    /// one of `allowed` takes that plan.
+    fn choose_target(
+        &self,
+        placed: &Placed,
+        views: &[NodeView],
+        allowed: &[String],
+        until: Option<std::time::Instant>,
+    ) -> Result<String, ClusterError> {
+        let id = &placed.instance_id;
+        let need = Need {
+            cores: placed.cores,
+            memory_mib: placed.memory_mib,
+            disk_gib: placed.disk_gib,
+        };
+        let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut moving = self.moving.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            match moving.get(id).cloned() {
+                Some((to, _, Some(u))) if u > now && allowed.contains(&to) => {
+                    moving.insert(id.clone(), (to.clone(), need, until));
+                    return Ok(to);
+                }
+                Some((_, _, Some(u))) if u <= now => {
+                    moving.remove(id);
+                }
+                Some(_) => return Err(ClusterError::Refused(format!("{id} is migrating already"))),
+                None => {}
+            }
+        }
+        let candidates = self.candidates(views, |name| {
+            name != placed.node && (allowed.is_empty() || allowed.iter().any(|a| a == name))
+        });
+        if candidates.is_empty() {
+            return Err(ClusterError::Refused(if allowed.is_empty() {
+                format!("no other enabled node in placement to move {id} to")
+            } else {
+                format!(
+                    "none of {} is an enabled node in placement of this cluster other than {id}'s",
+                    allowed.join(", ")
+                )
+            }));
+        }
+        let target = placement::place(&candidates, need, 1, &self.settings, &mut cursor)
+            .and_then(|v| v.into_iter().next())
+            .ok_or_else(|| {
+                ClusterError::Capacity(format!(
+                    "no room for {id} ({} core(s), {} MiB, {} GiB) on {}",
+                    placed.cores,
+                    placed.memory_mib,
+                    placed.disk_gib,
+                    candidates
+                        .iter()
+                        .map(|c| format!(
+                            "{} ({} of {} core(s), {} of {} MiB free)",
+                            c.name,
+                            c.cores_total.saturating_sub(c.cores_used),
+                            c.cores_total,
+                            c.memory_mib_total.saturating_sub(c.memory_mib_used),
+                            c.memory_mib_total
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        self.moving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), (target.clone(), need, until));
+        Ok(target)
+    }
+
     /// Moves running instance `spec` live to another ENABLED node with room
     /// for it: one of `allowed`, or (none named) the one placement chooses
     /// among the others. The target prepares it (images, disk, network,
@@ -636,67 +740,10 @@ impl ClusterInstances {
         };
         let source_endpoint = endpoint_of(&placed.node)
             .ok_or_else(|| ClusterError::Unavailable(format!("node {} is unknown", placed.node)))?;
-        let need = Need {
-            cores: placed.cores,
-            memory_mib: placed.memory_mib,
-            disk_gib: placed.disk_gib,
-        };
-        let (target, _moving) = {
-            let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
-            if self
-                .moving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&id)
-            {
-                return Err(ClusterError::Refused(format!("{id} is migrating already")));
-            }
-            let candidates = self.candidates(&views, |name| {
-                name != placed.node && (allowed.is_empty() || allowed.iter().any(|a| a == name))
-            });
-            if candidates.is_empty() {
-                return Err(ClusterError::Refused(if allowed.is_empty() {
-                    format!("no other enabled node in placement to move {id} to")
-                } else {
-                    format!(
-                        "none of {} is an enabled node in placement of this cluster other than {id}'s",
-                        allowed.join(", ")
-                    )
-                }));
-            }
-            let target = placement::place(&candidates, need, 1, &self.settings, &mut cursor)
-                .and_then(|v| v.into_iter().next())
-                .ok_or_else(|| {
-                    ClusterError::Capacity(format!(
-                        "no room for {id} ({} core(s), {} MiB, {} GiB) on {}",
-                        placed.cores,
-                        placed.memory_mib,
-                        placed.disk_gib,
-                        candidates
-                            .iter()
-                            .map(|c| format!(
-                                "{} ({} of {} core(s), {} of {} MiB free)",
-                                c.name,
-                                c.cores_total.saturating_sub(c.cores_used),
-                                c.cores_total,
-                                c.memory_mib_total.saturating_sub(c.memory_mib_used),
-                                c.memory_mib_total
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
-            self.moving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone(), (target.clone(), need));
-            (
-                target,
-                Moving {
-                    of: self,
-                    id: id.clone(),
-                },
-            )
+        let target = self.choose_target(&placed, &views, allowed, None)?;
+        let _moving = Moving {
+            of: self,
+            id: id.clone(),
         };
         let target_endpoint = endpoint_of(&target)
             .ok_or_else(|| ClusterError::Unavailable(format!("node {target} is unknown")))?;
@@ -776,6 +823,7 @@ impl ClusterInstances {
                         instance_id: id.clone(),
                         succeeded: false,
                         console: Vec::new(),
+                        volumes: Vec::new(),
                     })
                     .await;
                 tracing::warn!(instance_id = %id, source = %placed.node, target = %target, error = %e.message(), "live migration failed; the instance stays where it was");
@@ -797,6 +845,7 @@ impl ClusterInstances {
                 instance_id: id.clone(),
                 succeeded: true,
                 console: moved.console,
+                volumes: moved.volumes,
             })
             .await
             .map_err(ClusterError::Node)?

@@ -174,6 +174,12 @@ impl NodeService for Node {
             kernel: target.paths.kernel,
             ramdisk: target.paths.ramdisk,
             console_log: target.paths.console_log,
+            volumes: target
+                .paths
+                .volumes
+                .into_iter()
+                .map(|(volume_id, socket)| proto::VolumeSocket { volume_id, socket })
+                .collect(),
         }))
     }
 
@@ -192,15 +198,28 @@ impl NodeService for Node {
                 kernel: t.kernel,
                 ramdisk: t.ramdisk,
                 console_log: t.console_log,
+                volumes: t
+                    .volumes
+                    .into_iter()
+                    .map(|v| (v.volume_id, v.socket))
+                    .collect(),
             },
         };
         self.instances
             .migrate_out(&request.instance_id, &target)
             .await
-            .map(|(s, console)| {
+            .map(|(s, console, volumes)| {
                 Response::new(proto::MigratedOut {
                     instance: Some(s.into()),
                     console,
+                    volumes: volumes
+                        .into_iter()
+                        .map(|v| proto::AttachedVolume {
+                            volume_id: v.volume_id,
+                            connection: v.connection,
+                            device: v.target,
+                        })
+                        .collect(),
                 })
             })
             .map_err(status)
@@ -212,7 +231,16 @@ impl NodeService for Node {
     ) -> Result<Response<InstanceStatus>, Status> {
         let request = request.into_inner();
         self.instances
-            .finish_incoming(&request.instance_id, request.succeeded, &request.console)
+            .finish_incoming(
+                &request.instance_id,
+                request.succeeded,
+                &request.console,
+                &request
+                    .volumes
+                    .into_iter()
+                    .map(attachment_of)
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map(|s| Response::new(s.into()))
             .map_err(status)
@@ -404,5 +432,14 @@ fn launch_of(spec: Option<proto::InstanceSpec>) -> Result<Launch, Status> {
         mac: spec.mac,
         private_ip: spec.private_ip,
         incoming: false,
+        volumes: spec.volumes.into_iter().map(attachment_of).collect(),
     })
+}
+
+fn attachment_of(v: proto::AttachedVolume) -> crate::instances::VolumeAttachment {
+    crate::instances::VolumeAttachment {
+        volume_id: v.volume_id,
+        target: v.device,
+        connection: v.connection,
+    }
 }

@@ -177,6 +177,10 @@ pub struct Migration {
     /// This node's paths in the domain's definition, each with the
     /// target's path for it.
     pub rewrite: Vec<(String, String)>,
+    /// The guest's devices whose disks are copied to the target (the
+    /// local disk's top layer); the rest (volumes) the target reaches
+    /// itself.
+    pub copy_disks: Vec<String>,
 }
 
 /// A hypervisor.
@@ -307,13 +311,16 @@ impl Hypervisor for Libvirt {
         let params = virt::domain::MigrateParameters {
             dest_xml: Some(xml),
             uri: Some(m.migrate_uri.clone()),
+            migrate_disks: m.copy_disks.clone(),
             ..Default::default()
         };
-        let flags = virt::sys::VIR_MIGRATE_LIVE
+        let mut flags = virt::sys::VIR_MIGRATE_LIVE
             | virt::sys::VIR_MIGRATE_PEER2PEER
-            | virt::sys::VIR_MIGRATE_NON_SHARED_INC
             | virt::sys::VIR_MIGRATE_PERSIST_DEST
             | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        if !m.copy_disks.is_empty() {
+            flags |= virt::sys::VIR_MIGRATE_NON_SHARED_INC;
+        }
         d.migrate_to_uri3(Some(&m.dest_uri), params, flags)
             .map_err(lv)
     }

@@ -199,6 +199,9 @@ pub struct Launch {
     /// A live migration's target: everything but the domain, which comes
     /// from the source node.
     pub incoming: bool,
+    /// A live migration's target: the instance's volumes, exported to this
+    /// node already (their devices come with the domain).
+    pub volumes: Vec<VolumeAttachment>,
 }
 
 /// A node's files of an instance, as a live migration maps them.
@@ -208,6 +211,8 @@ pub struct MigrationPaths {
     pub kernel: String,
     pub ramdisk: String,
     pub console_log: String,
+    /// Each volume's relay socket: (volume id, path).
+    pub volumes: Vec<(String, String)>,
 }
 
 /// A prepared migration target: where it is reached, where its files are.
@@ -503,6 +508,11 @@ impl Instances {
             kernel: text(&spec.kernel),
             ramdisk: text(&spec.ramdisk),
             console_log: spec.console_log.display().to_string(),
+            volumes: self
+                .volume_disks(r)
+                .into_iter()
+                .map(|v| (v.volume_id, v.socket.display().to_string()))
+                .collect(),
         }
     }
 
@@ -521,11 +531,14 @@ impl Instances {
             ));
         };
         l.incoming = true;
-        if l.root_volume.is_some() {
-            return Err(InstanceError::Invalid(
-                "EBS-backed instances do not migrate yet".into(),
-            ));
-        }
+        let volumes = std::mem::take(&mut l.volumes);
+        let relays = match (volumes.is_empty(), self.relays.get()) {
+            (true, _) => None,
+            (false, Some(relays)) => Some(relays.clone()),
+            (false, None) => {
+                return Err(InstanceError::Invalid("this node serves no volumes".into()))
+            }
+        };
         let id = l.instance_id.clone();
         if let Some(r) = self.table.get(&id)? {
             if !r.incoming {
@@ -540,6 +553,27 @@ impl Instances {
             tokio::fs::write(self.console_before_path(&id), console).await?;
             let _ = tokio::fs::remove_file(self.console_path(&id)).await;
             self.launch(source, l).await?;
+        }
+        // Its volumes' relays, to their exports to this node.
+        if let Some(relays) = relays {
+            let _turn = self.volume_turn.lock().await;
+            let mut r = self.record(&id)?;
+            for v in volumes {
+                if r.volumes.iter().any(|had| had.volume_id == v.volume_id) {
+                    continue;
+                }
+                if let Err(e) = relays.start(&v.connection).await {
+                    let _ = self
+                        .forget(
+                            &id,
+                            "incoming migration dropped: a volume's relay did not start",
+                        )
+                        .await;
+                    return Err(InstanceError::Volume(e));
+                }
+                r.volumes.push(v);
+            }
+            self.table.put(&r)?;
         }
         let r = self.record(&id)?;
         Ok(MigrationTarget {
@@ -557,18 +591,13 @@ impl Instances {
         &self,
         id: &str,
         target: &MigrationTarget,
-    ) -> Result<(GuestStatus, Vec<u8>), InstanceError> {
+    ) -> Result<(GuestStatus, Vec<u8>, Vec<VolumeAttachment>), InstanceError> {
         let Some((_, tls_dir)) = self.migration.get().cloned() else {
             return Err(InstanceError::Invalid(
                 "this node takes no part in live migrations (no libvirt TLS directory)".into(),
             ));
         };
         let r = self.record(id)?;
-        if !r.volumes.is_empty() || r.root_volume.is_some() {
-            return Err(InstanceError::Invalid(format!(
-                "{id} has EBS volumes: instances with volumes do not migrate yet"
-            )));
-        }
         if self.status(id).await?.state != InstanceState::Running {
             return Err(InstanceError::Invalid(format!("{id} is not running")));
         }
@@ -593,6 +622,18 @@ impl Instances {
                 rewrite.push((from.clone(), to.clone()));
             }
         }
+        // Its volumes' relays there.
+        for (volume_id, socket) in &ours.volumes {
+            let theirs = target
+                .paths
+                .volumes
+                .iter()
+                .find(|(v, _)| v == volume_id)
+                .ok_or_else(|| {
+                    InstanceError::Invalid(format!("the target has no relay for {volume_id}"))
+                })?;
+            rewrite.push((socket.clone(), theirs.1.clone()));
+        }
         let m = crate::hypervisor::Migration {
             dest_uri: format!(
                 "qemu+tls://{address}/system?pkipath={}&no_tty=1",
@@ -600,6 +641,13 @@ impl Instances {
             ),
             migrate_uri: format!("tcp://{address}"),
             rewrite,
+            // The local disk's top layer goes with it; volumes stay where
+            // they are (the target reaches them).
+            copy_disks: if ours.disk.is_empty() {
+                Vec::new()
+            } else {
+                vec!["vda".to_string()]
+            },
         };
         let name = id.to_string();
         let started = Instant::now();
@@ -612,6 +660,7 @@ impl Instances {
         Ok((
             GuestStatus::new(id, InstanceState::Running, &target.address),
             console,
+            r.volumes,
         ))
     }
 
@@ -633,10 +682,17 @@ impl Instances {
         id: &str,
         succeeded: bool,
         console: &[u8],
+        volumes: &[VolumeAttachment],
     ) -> Result<GuestStatus, InstanceError> {
         let mut r = self.record(id)?;
         if !r.incoming {
             return self.status(id).await;
+        }
+        // Its volumes' devices, as the source had them.
+        for v in r.volumes.iter_mut() {
+            if let Some(theirs) = volumes.iter().find(|s| s.volume_id == v.volume_id) {
+                v.target = theirs.target.clone();
+            }
         }
         if succeeded && !console.is_empty() {
             // The source's console up to the switch; this node's log goes
@@ -700,7 +756,9 @@ impl Instances {
                         .any(|(n, s)| *n == r.instance_id && *s == DomainState::Running)
                 })
                 .unwrap_or(false);
-            let settled = self.finish_incoming(&r.instance_id, arrived, &[]).await;
+            let settled = self
+                .finish_incoming(&r.instance_id, arrived, &[], &[])
+                .await;
             tracing::info!(instance_id = %r.instance_id, taken = arrived, ok = settled.is_ok(), "settled a migration this node was taking when it stopped");
         }
     }
@@ -1757,6 +1815,7 @@ mod tests {
             network: None,
             firewall: None,
             incoming: false,
+            volumes: Vec::new(),
         }
     }
 

@@ -37,14 +37,21 @@ pub struct ExportRecord {
     pub volume_id: String,
     pub node: String,
     pub created_ms: i64,
+    /// Live migrations' targets that may reach it too, until the
+    /// migration ends (one of the two is unexported).
+    pub also: Vec<String>,
 }
 
 impl Record for ExportRecord {
     const TABLE: &'static str = "exports";
-    const SCHEMA: u32 = 1;
+    /// 2: `also` added.
+    const SCHEMA: u32 = 2;
     type Key = String;
     fn key(&self) -> String {
         self.volume_id.clone()
+    }
+    fn migrate(from: u32, value: serde_json::Value) -> Result<serde_json::Value, String> {
+        common::store::add_field(from, value, &[("also", serde_json::json!([]))])
     }
 }
 
@@ -57,6 +64,8 @@ pub enum ExportError {
     NotAvailable(String, &'static str),
     #[error("volume {0} is exported to node {1}")]
     Elsewhere(String, String),
+    #[error("volume {0} is not exported to any node")]
+    NotExported(String),
     #[error("volume {0}: {1}")]
     Server(String, String),
     #[error(transparent)]
@@ -176,8 +185,24 @@ impl Exports {
                     volume_id: volume_id.to_string(),
                     node: node.to_string(),
                     created_ms: common::time::unix_ms(),
+                    also: Vec::new(),
                 })?;
             }
+        }
+        self.ensure_server(volume_id)?;
+        Ok(format!("nbd+tls://{}/{volume_id}", self.endpoint))
+    }
+
+    /// Exports `volume_id`, exported to another node, to `node` too: the
+    /// target of its instance's live migration. Returns how `node`
+    /// reaches it.
+    pub fn export_also(&self, volume_id: &str, node: &str) -> Result<String, ExportError> {
+        let Some(mut r) = self.table.get(&volume_id.to_string())? else {
+            return Err(ExportError::NotExported(volume_id.into()));
+        };
+        if r.node != node && !r.also.iter().any(|n| n == node) {
+            r.also.push(node.to_string());
+            self.table.put(&r)?;
         }
         self.ensure_server(volume_id)?;
         Ok(format!("nbd+tls://{}/{volume_id}", self.endpoint))
@@ -200,8 +225,21 @@ impl Exports {
     }
 
     /// Ends the export of `volume_id` (to `node`, or any node when empty).
+    /// A migration's node that also has it keeps it: the migration's
+    /// target once its source is unexported, or the source when the
+    /// target is.
     pub fn unexport(&self, volume_id: &str, node: &str) -> Result<(), ExportError> {
         match self.table.get(&volume_id.to_string())? {
+            Some(mut r) if !node.is_empty() && r.also.iter().any(|n| n == node) => {
+                r.also.retain(|n| n != node);
+                self.table.put(&r)?;
+                return Ok(());
+            }
+            Some(mut r) if !node.is_empty() && r.node == node && !r.also.is_empty() => {
+                r.node = r.also.remove(0);
+                self.table.put(&r)?;
+                return Ok(());
+            }
             Some(r) if node.is_empty() || r.node == node => {
                 self.table.delete(&volume_id.to_string())?;
             }
@@ -225,13 +263,14 @@ impl Exports {
         Ok(self.table.get(&volume_id.to_string())?.is_some())
     }
 
-    /// The node `volume_id` is exported to.
-    fn node_of(&self, volume_id: &str) -> Option<String> {
+    /// True when `volume_id` is exported to `node` (or to a migration's
+    /// target `node` too).
+    fn exported_to(&self, volume_id: &str, node: &str) -> bool {
         self.table
             .get(&volume_id.to_string())
             .ok()
             .flatten()
-            .map(|r| r.node)
+            .is_some_and(|r| r.node == node || r.also.iter().any(|n| n == node))
     }
 
     /// Forever: restarts servers that exited.
@@ -276,8 +315,8 @@ async fn connect(exports: &Exports, conn: common::mtls::TlsConn) -> Result<(), S
         return Err(format!("{}: no volume named", peer.identity));
     }
     let volume_id = line.trim().to_string();
-    let allowed = peer.identity.role == Role::Nc
-        && exports.node_of(&volume_id).as_deref() == Some(peer.identity.name.as_str());
+    let allowed =
+        peer.identity.role == Role::Nc && exports.exported_to(&volume_id, &peer.identity.name);
     if !allowed {
         let _ = conn
             .get_mut()

@@ -42,9 +42,9 @@ impl From<ExportError> for Status {
     fn from(e: ExportError) -> Self {
         match e {
             ExportError::Volume(v) => v.into(),
-            ExportError::NotAvailable(..) | ExportError::Elsewhere(..) => {
-                Status::failed_precondition(e.to_string())
-            }
+            ExportError::NotAvailable(..)
+            | ExportError::Elsewhere(..)
+            | ExportError::NotExported(..) => Status::failed_precondition(e.to_string()),
             ExportError::Server(..) | ExportError::Store(_) => {
                 tracing::error!(error = %e, "export failed");
                 Status::internal(e.to_string())
@@ -141,15 +141,17 @@ impl StorageService for Storage {
         request: Request<ExportVolumeRequest>,
     ) -> Result<Response<VolumeExport>, Status> {
         let req = request.into_inner();
-        let connection = self
-            .exports
-            .export(&req.volume_id, &req.node_name)
-            .map_err(Status::from)?;
+        let connection = if req.migrating {
+            self.exports.export_also(&req.volume_id, &req.node_name)
+        } else {
+            self.exports.export(&req.volume_id, &req.node_name)
+        }
+        .map_err(Status::from)?;
         self.exports
             .served(&req.volume_id)
             .await
             .map_err(Status::from)?;
-        tracing::info!(volume = %req.volume_id, node = %req.node_name, "volume exported");
+        tracing::info!(volume = %req.volume_id, node = %req.node_name, migrating = req.migrating, "volume exported");
         Ok(Response::new(VolumeExport {
             volume_id: req.volume_id,
             connection,

@@ -40,7 +40,7 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     };
     // Guest a counts on its console, with its uptime, once a second.
     let a = launch(
-        "#!/bin/sh\n(i=0; while :; do i=$((i+1)); echo \"GUMTREE-COUNT $i $(cut -d' ' -f1 /proc/uptime)\"; sleep 1; done) > /dev/console 2>&1 &\n",
+        "#!/bin/sh\n(i=0; while :; do i=$((i+1)); echo \"GUMTREE-COUNT $i $(cut -d' ' -f1 /proc/uptime)\"; if [ -b /dev/vdb ]; then echo \"count $i\" | dd of=/dev/vdb bs=512 count=1 conv=sync,fsync 2>/dev/null && echo \"GUMTREE-VDB-WROTE $i\"; fi; sleep 1; done) > /dev/console 2>&1 &\n",
     );
     let a_ip = wait_for("guest a running", Duration::from_secs(240), || {
         let d = describe(&a);
@@ -218,6 +218,31 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     };
     assert_eq!(holds(from), (true, true), "{from} has not a's rules");
     assert_eq!(holds(to), (false, false), "{to} has a's rules already");
+    // A volume attached to it, which it writes every second.
+    let va = ec2_call(
+        "ec2 create-volume --size 1 --availability-zone zone-1 --query VolumeId --output text",
+    )
+    .trim()
+    .to_string();
+    let va_state = || -> String {
+        let out = ec2_call(&format!("ec2 describe-volumes --volume-ids {va}"));
+        let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+        d["Volumes"][0]["State"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("a's volume available", Duration::from_secs(60), || {
+        (va_state() == "available").then_some(())
+    });
+    ec2_call(&format!(
+        "ec2 attach-volume --volume-id {va} --instance-id {a} --device /dev/sdf"
+    ));
+    wait_for(
+        "guest a writing its volume",
+        Duration::from_secs(120),
+        || console(&a).contains("\nGUMTREE-VDB-WROTE").then_some(()),
+    );
     let before = console(&a);
     // Nowhere to go: refused, and it stays where it is.
     let refused = s
@@ -300,6 +325,25 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     let d = describe(&a);
     assert_eq!(d["State"]["Name"], "running");
     assert_eq!(d["PublicIpAddress"], eip.as_str());
+    // Its volume came along: it goes on writing it from the new node, and
+    // detaches from there.
+    let wrote = |text: &str| -> u64 {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("GUMTREE-VDB-WROTE ")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let wrote_before = wrote(&before);
+    wait_for(
+        "guest a writing its volume on the new node",
+        Duration::from_secs(60),
+        || (wrote(&console(&a)) >= wrote_before + 5).then_some(()),
+    );
+    ec2_call(&format!("ec2 detach-volume --volume-id {va}"));
+    wait_for("a's volume detached", Duration::from_secs(120), || {
+        (va_state() == "available").then_some(())
+    });
+    ec2_call(&format!("ec2 delete-volume --volume-id {va}"));
     let admin_node = |id: &str| -> String {
         let out = s.admin(&["-o", "json", "describe-instances"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");

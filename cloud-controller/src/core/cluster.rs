@@ -144,6 +144,15 @@ pub trait ClusterApi: Send + Sync + std::fmt::Debug {
         walrus: &str,
         destinations: &[String],
     ) -> Result<super::migrate::Migrated, ClusterError>;
+    /// The node instance `id` of `cluster` would migrate to (one of
+    /// `destinations`, or the cluster's choice), its room held there for a
+    /// minute; a `migrate` naming that node alone takes it.
+    async fn plan_migration(
+        &self,
+        cluster: &str,
+        id: &str,
+        destinations: &[String],
+    ) -> Result<String, ClusterError>;
     /// Takes `node` of `cluster` out of placement and migrations to it
     /// (`disabled`), or puts it back.
     async fn set_node_disabled(
@@ -312,6 +321,28 @@ impl ClusterApi for GrpcClusters {
         answer
             .map(|_| ())
             .map_err(|s| ClusterError::from_status(cluster, &s))
+    }
+
+    async fn plan_migration(
+        &self,
+        cluster: &str,
+        id: &str,
+        destinations: &[String],
+    ) -> Result<String, ClusterError> {
+        Ok(self
+            .client(cluster)?
+            .plan_migration(proto::MigrateInstanceOrder {
+                spec: Some(InstanceSpec {
+                    instance_id: id.to_string(),
+                    ..Default::default()
+                }),
+                walrus: String::new(),
+                destinations: destinations.to_vec(),
+            })
+            .await
+            .map_err(|s| ClusterError::from_status(cluster, &s))?
+            .into_inner()
+            .name)
     }
 
     async fn set_node_disabled(

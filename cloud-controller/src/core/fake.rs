@@ -214,6 +214,19 @@ impl ClusterApi for FakeCluster {
         self.check(cluster)
     }
 
+    async fn plan_migration(
+        &self,
+        cluster: &str,
+        _id: &str,
+        destinations: &[String],
+    ) -> Result<String, ClusterError> {
+        self.check(cluster)?;
+        Ok(destinations
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "fake-node-2".into()))
+    }
+
     async fn migrate(
         &self,
         cluster: &str,
@@ -512,6 +525,14 @@ impl StorageApi for FakeStorage {
             return Err(StorageError::Refused(format!("no volume {id}")));
         }
         s.exports.insert(id.to_string(), node.to_string());
+        Ok(format!("nbd+tls://127.0.0.1:1/{id}"))
+    }
+
+    async fn export_also(&self, zone: &str, id: &str, _node: &str) -> Result<String, StorageError> {
+        let s = self.call(zone)?;
+        if !s.exports.contains_key(id) {
+            return Err(StorageError::Refused(format!("{id} is not exported")));
+        }
         Ok(format!("nbd+tls://127.0.0.1:1/{id}"))
     }
 

@@ -111,14 +111,104 @@ impl Cloud {
             private_ip: r.private_ip.clone(),
             ..Default::default()
         };
-        let done = self
+        let cluster_error = |e: super::cluster::ClusterError| match e {
+            super::cluster::ClusterError::Capacity(m) => CoreError::Capacity(m),
+            e => CoreError::Unavailable(e.to_string()),
+        };
+        // Its volumes (the root one of an EBS-backed instance too) go on
+        // from the same storage controller: exported to the target before
+        // the move, and handed over to it after (or taken back from it when
+        // the move fails).
+        let volumes: Vec<crate::volumes::VolumeRecord> = self
+            .volumes
+            .list()?
+            .into_iter()
+            .filter(|v| v.attachment.as_ref().is_some_and(|a| a.instance_id == id))
+            .collect();
+        if volumes.is_empty() {
+            let done = self
+                .clusters
+                .migrate(&r.cluster, spec, &walrus, destinations)
+                .await
+                .map_err(cluster_error)?;
+            return self.moved(id, done);
+        }
+        let mut spec = spec;
+        spec.root_volume_id = volumes
+            .iter()
+            .find(|v| {
+                v.attachment
+                    .as_ref()
+                    .is_some_and(|a| r.root_device.as_deref() == Some(a.device.as_str()))
+            })
+            .map(|v| v.volume_id.clone())
+            .unwrap_or_default();
+        let target = self
             .clusters
-            .migrate(&r.cluster, spec, &walrus, destinations)
+            .plan_migration(&r.cluster, id, destinations)
             .await
-            .map_err(|e| match e {
-                super::cluster::ClusterError::Capacity(m) => CoreError::Capacity(m),
-                e => CoreError::Unavailable(e.to_string()),
-            })?;
+            .map_err(cluster_error)?;
+        let target_ref = &target;
+        let take_back = |exported: Vec<crate::volumes::VolumeRecord>| async move {
+            for v in exported {
+                if let Err(e) = self
+                    .storage
+                    .unexport(&v.zone, &v.volume_id, target_ref)
+                    .await
+                {
+                    tracing::warn!(volume = %v.volume_id, error = %e, "a migration's export to its target not ended");
+                }
+            }
+        };
+        let mut exported = Vec::new();
+        for v in &volumes {
+            match self
+                .storage
+                .export_also(&v.zone, &v.volume_id, &target)
+                .await
+            {
+                Ok(connection) => {
+                    spec.volumes.push(proto::AttachedVolume {
+                        volume_id: v.volume_id.clone(),
+                        connection,
+                        device: String::new(),
+                    });
+                    exported.push(v.clone());
+                }
+                Err(e) => {
+                    take_back(exported).await;
+                    return Err(CoreError::Unavailable(format!(
+                        "{} could not be exported to {target}: {e}",
+                        v.volume_id
+                    )));
+                }
+            }
+        }
+        let done = match self
+            .clusters
+            .migrate(&r.cluster, spec, &walrus, std::slice::from_ref(&target))
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                take_back(exported).await;
+                return Err(cluster_error(e));
+            }
+        };
+        for v in &volumes {
+            if let Err(e) = self
+                .storage
+                .unexport(&v.zone, &v.volume_id, &done.source)
+                .await
+            {
+                tracing::warn!(volume = %v.volume_id, source = %done.source, error = %e, "a migrated instance's volume still exported to its source");
+            }
+        }
+        self.moved(id, done)
+    }
+
+    /// Records where migrated instance `id` runs now.
+    fn moved(&self, id: &str, done: Migrated) -> Result<Migrated, CoreError> {
         // Where it runs now (the cluster's reports say so too, later).
         self.instances
             .set_state(id, InstanceState::Running, "", Some(&done.destination))?;

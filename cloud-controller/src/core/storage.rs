@@ -70,6 +70,10 @@ pub trait StorageApi: Send + Sync + std::fmt::Debug {
     async fn delete_volume(&self, zone: &str, id: &str) -> Result<(), StorageError>;
     /// Exports volume `id` to node `node`; returns how the node reaches it.
     async fn export(&self, zone: &str, id: &str, node: &str) -> Result<String, StorageError>;
+    /// Exports volume `id`, exported to its instance's node, to `node` too:
+    /// the target of the instance's live migration. Unexporting one of the
+    /// two afterwards leaves it to the other.
+    async fn export_also(&self, zone: &str, id: &str, node: &str) -> Result<String, StorageError>;
     /// Ends the export of volume `id` to `node`; idempotent.
     async fn unexport(&self, zone: &str, id: &str, node: &str) -> Result<(), StorageError>;
 }
@@ -211,6 +215,20 @@ impl StorageApi for GrpcStorage {
             .export_volume(ExportVolumeRequest {
                 volume_id: id.to_string(),
                 node_name: node.to_string(),
+                migrating: false,
+            })
+            .await
+            .map_err(|s| from_status(zone, s))?;
+        Ok(reply.into_inner().connection)
+    }
+
+    async fn export_also(&self, zone: &str, id: &str, node: &str) -> Result<String, StorageError> {
+        let reply = self
+            .client(zone)?
+            .export_volume(ExportVolumeRequest {
+                volume_id: id.to_string(),
+                node_name: node.to_string(),
+                migrating: true,
             })
             .await
             .map_err(|s| from_status(zone, s))?;
@@ -223,6 +241,7 @@ impl StorageApi for GrpcStorage {
             .unexport_volume(ExportVolumeRequest {
                 volume_id: id.to_string(),
                 node_name: node.to_string(),
+                migrating: false,
             })
             .await
         {

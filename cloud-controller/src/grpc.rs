@@ -388,6 +388,31 @@ impl AdminService for Cloud {
         ))
     }
 
+    async fn describe_events(
+        &self,
+        request: Request<proto::DescribeEventsRequest>,
+    ) -> Result<Response<proto::DescribeEventsReply>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let events = self
+            .events
+            .newest(limit)
+            .map_err(|e| Status::unavailable(format!("cannot read the events: {e}")))?
+            .into_iter()
+            .map(|e| proto::CloudEvent {
+                unix_ms: e.unix_ms,
+                kind: e.kind,
+                cluster: e.cluster,
+                node: e.node,
+                instance_id: e.instance_id,
+                message: e.message,
+            })
+            .collect();
+        Ok(Response::new(proto::DescribeEventsReply { events }))
+    }
+
     async fn enable_node(
         &self,
         request: Request<proto::EnableNodeRequest>,

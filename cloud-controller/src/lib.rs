@@ -10,6 +10,7 @@ pub mod addresses;
 pub mod config;
 pub mod core;
 pub mod ec2;
+pub mod events;
 pub mod grpc;
 pub mod images;
 pub mod imds;

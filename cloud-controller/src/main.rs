@@ -94,6 +94,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     );
     tokio::spawn(ec2::serve(ec2_listener, None, ec2.clone()));
     tokio::spawn(cloud.clone().sync_firewalls());
+    tokio::spawn(cloud.clone().keep_rebalancing(Duration::from_secs(2)));
     tokio::spawn(cloud.clone().finish_requests(Duration::from_secs(5)));
     tokio::spawn(cloud.clone().finish_volumes(Duration::from_secs(5)));
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;

@@ -486,6 +486,18 @@ impl Registry {
 
     /// Every node of every cluster. A node of a cluster that is not ready is
     /// NOTREADY: nobody can vouch for it.
+    /// Each reporting cluster's rebalancing settings.
+    pub fn rebalance_settings(&self) -> Vec<(String, proto::RebalanceSettings)> {
+        let inner = self.lock();
+        let mut v: Vec<_> = inner
+            .clusters
+            .iter()
+            .filter_map(|(name, r)| Some((name.clone(), r.rebalance?)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     pub fn nodes(&self) -> Vec<ClusterNodeView> {
         let inner = self.lock();
         inner

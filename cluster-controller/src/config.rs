@@ -66,6 +66,17 @@ pub struct ClusterConfig {
     /// THRESHOLD policy: nodes whose core or memory usage is above this
     /// share are skipped. Default 0.8.
     pub placement_threshold: f64,
+    /// Automatic rebalancing: a node whose guests keep more than
+    /// `rebalance_threshold` percent of its cores busy for
+    /// `rebalance_window_secs` has an instance moved live off it (the CLC
+    /// decides, from the nodes' load). Default false.
+    pub rebalance: bool,
+    /// Percent of a node's cores. Default 80.
+    pub rebalance_threshold: f64,
+    /// Default 60.
+    pub rebalance_window_secs: u64,
+    /// A moved instance is not moved again for this long. Default 600.
+    pub rebalance_cooldown_secs: u64,
     /// Seconds between reports to the CLC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
     /// Seconds without a report before a node shows NOTREADY. Default 6.
@@ -103,6 +114,10 @@ impl Default for ClusterConfig {
             cpu_overcommit: 1.0,
             memory_overcommit: 1.0,
             placement_threshold: 0.8,
+            rebalance: false,
+            rebalance_threshold: 80.0,
+            rebalance_window_secs: 60,
+            rebalance_cooldown_secs: 600,
             heartbeat_secs: 2,
             node_timeout_secs: 6,
             network_mode: crate::network::NetworkMode::ManagedNoVlan,

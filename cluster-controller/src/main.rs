@@ -33,6 +33,12 @@ async fn run(config: ClusterConfig) -> anyhow::Result<()> {
             endpoint: started.advertise.clone(),
             placement_policy: config.placement_policy.as_str().into(),
             version: common::VERSION.into(),
+            rebalance: Some(proto::RebalanceSettings {
+                enabled: config.rebalance,
+                threshold_percent: config.rebalance_threshold,
+                window_secs: config.rebalance_window_secs,
+                cooldown_secs: config.rebalance_cooldown_secs,
+            }),
             ..Default::default()
         },
     )?);

@@ -69,6 +69,7 @@ impl NodeLive {
             gone: Vec::new(),
             tunnel_address: r.map(|r| r.tunnel_address.clone()).unwrap_or_default(),
             disabled: self.record.disabled,
+            load: r.and_then(|r| r.load.clone()),
         }
     }
 }
@@ -85,6 +86,7 @@ fn differ(a: &NodeView, b: &NodeView) -> bool {
         || a.unknown_guests != b.unknown_guests
         || a.tunnel_address != b.tunnel_address
         || a.disabled != b.disabled
+        || a.load != b.load
 }
 
 #[derive(Default)]

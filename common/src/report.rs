@@ -132,6 +132,7 @@ impl Snapshot for NodeReport {
             delta: true,
             gone,
             tunnel_address: self.tunnel_address.clone(),
+            load: self.load.clone(),
         }
     }
 }
@@ -156,6 +157,7 @@ pub fn merge_node_report(kept: &mut NodeReport, incoming: NodeReport) {
         delta: _,
         gone,
         tunnel_address,
+        load,
     } = incoming;
     merge_instances(&mut kept.instances, instances, &gone);
     kept.node_name = node_name;
@@ -167,6 +169,7 @@ pub fn merge_node_report(kept: &mut NodeReport, incoming: NodeReport) {
     kept.virt_reason = virt_reason;
     kept.unknown_guests = unknown_guests;
     kept.tunnel_address = tunnel_address;
+    kept.load = load;
 }
 
 /// A cluster's state as its CC reports it: each node's view shared, so that
@@ -205,6 +208,7 @@ fn node_header(view: &NodeView) -> NodeView {
         gone: Vec::new(),
         disabled: view.disabled,
         tunnel_address: view.tunnel_address.clone(),
+        load: view.load.clone(),
     }
 }
 

@@ -61,6 +61,9 @@ pub struct NodeConfig {
     pub emulator: Option<PathBuf>,
     /// Seconds between reports to the CC when nothing changes. Default 2.
     pub heartbeat_secs: u64,
+    /// Seconds between samples of what the guests use (their CPU time from
+    /// libvirt), reported up. Default 5.
+    pub load_sample_secs: u64,
     /// Build the cluster's private network for guests (bridge, DHCP,
     /// metadata relay). Default true.
     pub manage_network: bool,
@@ -118,6 +121,7 @@ impl Default for NodeConfig {
             kvm_watchdog_secs: 30,
             emulator: None,
             heartbeat_secs: 2,
+            load_sample_secs: 5,
             manage_network: true,
             netns: String::new(),
             network_dir: "/run/gumtree/net".into(),

@@ -210,6 +210,9 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// Ends the migration of domain `name` in progress (its `migrate`
     /// fails and it runs on here).
     fn abort_migration(&self, name: &str) -> Result<(), HypervisorError>;
+    /// Every running domain whose name starts with `prefix`: the CPU time
+    /// it has used (ns) and its memory (KiB).
+    fn cpu_times(&self, prefix: &str) -> Result<Vec<(String, u64, u64)>, HypervisorError>;
 }
 
 /// libvirt, through one connection.
@@ -381,6 +384,20 @@ impl Hypervisor for Libvirt {
         }
     }
 
+    fn cpu_times(&self, prefix: &str) -> Result<Vec<(String, u64, u64)>, HypervisorError> {
+        self.with(|c| {
+            let mut out = Vec::new();
+            for d in c.list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)? {
+                let name = d.name()?;
+                if name.starts_with(prefix) {
+                    let info = d.info()?;
+                    out.push((name, info.cpu_time, info.memory));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn domains(&self, prefix: &str) -> Result<Vec<(String, DomainState)>, HypervisorError> {
         self.with(|c| {
             let mut out = Vec::new();
@@ -497,6 +514,17 @@ impl Hypervisor for Fake {
 
     fn abort_migration(&self, _name: &str) -> Result<(), HypervisorError> {
         Ok(())
+    }
+
+    fn cpu_times(&self, prefix: &str) -> Result<Vec<(String, u64, u64)>, HypervisorError> {
+        Ok(self
+            .domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(n, (_, st))| n.starts_with(prefix) && *st == DomainState::Running)
+            .map(|(n, (spec, _))| (n.clone(), 0, spec.memory_mib * 1024))
+            .collect())
     }
 
     fn migrate(&self, name: &str, _m: &Migration) -> Result<(), HypervisorError> {

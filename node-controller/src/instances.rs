@@ -737,6 +737,20 @@ impl Instances {
         self.status(id).await
     }
 
+    /// The CPU time (ns) and memory (KiB) of each of this node's running
+    /// guests (not those migrating in).
+    pub async fn cpu_times(&self) -> Result<Vec<(String, u64, u64)>, InstanceError> {
+        let mine: std::collections::HashSet<String> = self
+            .table
+            .list()?
+            .into_iter()
+            .filter(|r| !r.incoming)
+            .map(|r| r.instance_id)
+            .collect();
+        let all = self.blocking(|hv| hv.cpu_times("i-")).await?;
+        Ok(all.into_iter().filter(|(n, ..)| mine.contains(n)).collect())
+    }
+
     /// After a restart, settles the migrations this node was taking when
     /// it stopped: an instance whose domain arrived and runs is taken as
     /// this node's own; any other (its domain never came, or is still

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod hypervisor;
 pub mod images;
 pub mod instances;
+pub mod load;
 pub mod network;
 pub mod resources;
 pub mod virt;

@@ -170,11 +170,32 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // too (a disk fills up): look every second, push only real changes.
     let measure_config = config.clone();
     let watched = instances.clone();
+    let load_every = config.load_sample_secs.max(1);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut measure_failed: Option<String> = None;
+        let mut sampler = node_controller::load::LoadSampler::default();
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
+            // What the guests used, every load_sample_secs.
+            let load = if ticks.is_multiple_of(load_every) {
+                match watched.cpu_times().await {
+                    Ok(times) => sampler.sample(
+                        std::time::Instant::now(),
+                        common::time::unix_ms(),
+                        &times,
+                        node_controller::load::host_cpu(),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the guests' CPU time");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            ticks += 1;
             let (statuses, (cores, memory), unknown) = match watched.survey().await {
                 Ok(s) => (
                     s.statuses
@@ -228,7 +249,11 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 r.resources = Some(now);
                 r.instances = statuses;
                 r.unknown_guests = unknown;
-                changed
+                let sampled = load.is_some();
+                if let Some(load) = load {
+                    r.load = Some(load);
+                }
+                changed || sampled
             });
         }
     });

@@ -87,6 +87,12 @@ fn copy_into(from: &Path, names: &[&str], to: &Path) {
 /// Steps 1 to 5 of the README: one secret and one CA, each host its
 /// certificate, listen/advertise/clc/cc, the tiers started in order.
 pub fn set_up() -> Setup {
+    set_up_with("")
+}
+
+/// As [`set_up`], with `cc_extra` lines in the cluster controller's
+/// configuration.
+pub fn set_up_with(cc_extra: &str) -> Setup {
     let mut dc = DataCentre::new();
     let mut addr = std::collections::HashMap::new();
     for (host, _, _) in TIERS {
@@ -178,7 +184,7 @@ pub fn set_up() -> Setup {
         (
             "cc",
             format!(
-                "name = \"cluster-1\"\nzone = \"zone-1\"\nlisten = \"0.0.0.0:8774\"\nadvertise = \"{cc}:8774\"\nclc = \"{clc}:8780\"\nplacement_policy = \"ROUNDROBIN\"\n"
+                "name = \"cluster-1\"\nzone = \"zone-1\"\nlisten = \"0.0.0.0:8774\"\nadvertise = \"{cc}:8774\"\nclc = \"{clc}:8780\"\nplacement_policy = \"ROUNDROBIN\"\n{cc_extra}"
             ),
         ),
     ];

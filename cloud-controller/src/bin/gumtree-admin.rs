@@ -113,6 +113,13 @@ enum Command {
     },
     /// Put a node taken out of placement (evacuate) back in.
     Enable { node: String },
+    /// What the cloud decided and did (rebalancing, migrations,
+    /// evacuations), newest first, with the figures behind each.
+    DescribeEvents {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Create an account.
     CreateAccount { name: String },
     /// List accounts.
@@ -191,6 +198,10 @@ struct NodeOut {
     disk_gib_total: u64,
     disk_gib_free: u64,
     instances: usize,
+    /// Cores its guests kept busy over the last sample, and the host's CPU
+    /// use (percent).
+    cpu_busy_cores: f64,
+    host_cpu_percent: f64,
     last_report: String,
 }
 
@@ -317,6 +328,8 @@ fn print_nodes(out: Output, nodes: Vec<ClusterNodeView>) -> anyhow::Result<()> {
                 disk_gib_total: r.disk_gib_total,
                 disk_gib_free: r.disk_gib_free,
                 instances: n.instances.len(),
+                cpu_busy_cores: n.load.as_ref().map_or(0.0, |l| l.cpu_busy_cores),
+                host_cpu_percent: n.load.as_ref().map_or(0.0, |l| l.host_cpu_percent),
                 last_report: when(n.last_report_unix_ms),
             }
         })
@@ -332,6 +345,7 @@ fn print_nodes(out: Output, nodes: Vec<ClusterNodeView>) -> anyhow::Result<()> {
             "MEMORY-MIB(FREE/TOTAL)",
             "DISK-GIB(FREE/TOTAL)",
             "INSTANCES",
+            "CPU-BUSY",
             "LAST-REPORT",
             "ENDPOINT",
             "VIRT",
@@ -348,6 +362,7 @@ fn print_nodes(out: Output, nodes: Vec<ClusterNodeView>) -> anyhow::Result<()> {
                 format!("{}/{}", n.memory_mib_free, n.memory_mib_total),
                 format!("{}/{}", n.disk_gib_free, n.disk_gib_total),
                 n.instances.to_string(),
+                format!("{:.2}", n.cpu_busy_cores),
                 n.last_report.clone(),
                 n.endpoint.clone(),
                 n.hypervisor.clone(),
@@ -638,6 +653,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("{stayed} instance(s) did not move off {node}");
             }
             Ok(())
+        }
+        Command::DescribeEvents { limit } => {
+            #[derive(Serialize)]
+            struct EventOut {
+                time: String,
+                kind: String,
+                cluster: String,
+                node: String,
+                instance_id: String,
+                message: String,
+            }
+            let reply = client
+                .describe_events(proto::DescribeEventsRequest { limit })
+                .await?
+                .into_inner();
+            let rows: Vec<EventOut> = reply
+                .events
+                .into_iter()
+                .map(|e| EventOut {
+                    time: when(e.unix_ms),
+                    kind: e.kind,
+                    cluster: e.cluster,
+                    node: e.node,
+                    instance_id: e.instance_id,
+                    message: e.message,
+                })
+                .collect();
+            print(
+                out,
+                &["TIME", "KIND", "CLUSTER", "NODE", "INSTANCE", "WHAT"],
+                &rows,
+                |e| {
+                    vec![
+                        e.time.clone(),
+                        e.kind.clone(),
+                        e.cluster.clone(),
+                        e.node.clone(),
+                        e.instance_id.clone(),
+                        e.message.clone(),
+                    ]
+                },
+            )
         }
         Command::Enable { node } => {
             let view = client

@@ -271,7 +271,23 @@ impl Cloud {
         progress: &mut (dyn FnMut(&str, &Result<Migrated, CoreError>) + Send),
     ) -> Result<usize, CoreError> {
         self.set_node_disabled(node, true).await?;
-        tracing::info!(%node, "evacuating the node");
+        let running = self.running_on(node)?;
+        let _ = self.events.record(crate::events::Event {
+            unix_ms: common::time::unix_ms(),
+            seq: 0,
+            kind: "evacuation".into(),
+            cluster: self
+                .registry
+                .cluster_of_node(node)
+                .map(|(c, _)| c)
+                .unwrap_or_default(),
+            node: node.to_string(),
+            instance_id: String::new(),
+            message: format!(
+                "{node} taken out of placement; moving {} running instance(s) off it",
+                running.len()
+            ),
+        });
         self.migrate_host(node, destinations, progress).await
     }
 

@@ -38,6 +38,7 @@ pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
 pub mod migrate;
+pub mod rebalance;
 pub mod replace_root;
 pub mod security_groups;
 pub mod snapshots;
@@ -90,6 +91,8 @@ pub struct Cloud {
     /// Instances migrating now (shown to administrators as `migrating`),
     /// each with the node it leaves.
     pub migrating: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// What the cloud decided and did (rebalancing, migrations).
+    pub events: Arc<crate::events::Events>,
     pub settings: Settings,
 }
 
@@ -203,6 +206,7 @@ impl Cloud {
             launches: Default::default(),
             firewall_changed: Default::default(),
             migrating: Default::default(),
+            events: Arc::new(crate::events::Events::open(store)?),
             settings: parts.settings,
         })
     }

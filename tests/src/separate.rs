@@ -302,6 +302,19 @@ impl Setup {
         }
     }
 
+    /// The row of `gumtree-admin -o json COMMAND` whose `field` is
+    /// `value` (null when there is none).
+    pub fn admin_row(&self, command: &str, field: &str, value: &str) -> serde_json::Value {
+        let out = self.admin(&["-o", "json", command]);
+        let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r[field] == value)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The domains in node `node`'s libvirtd, a name a line.
     pub fn on(&self, node: &str) -> String {
         let out = self.dc.virsh(node, &["list", "--name"]);

@@ -52,16 +52,7 @@ fn a_busy_node_sheds_its_busy_guest_to_an_idle_node_and_it_stays() {
         on_a.contains(&busy) && on_a.contains(&idle) && on_b.trim().is_empty(),
         "node-a has {on_a:?}, node-b {on_b:?}"
     );
-    let node = |name: &str| -> serde_json::Value {
-        let out = s.admin(&["-o", "json", "describe-nodes"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["name"] == name)
-            .cloned()
-            .unwrap_or_default()
-    };
+    let node = |name: &str| s.admin_row("describe-nodes", "name", name);
     // Its load shows: the busy guest keeps about a core of node-a's two.
     wait_for("node-a's load above 40%", Duration::from_secs(60), || {
         (node("node-a")["cpu_busy_cores"].as_f64()? > 0.8).then_some(())

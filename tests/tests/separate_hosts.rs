@@ -259,8 +259,24 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     );
     std::thread::sleep(Duration::from_secs(2));
     let started = std::time::Instant::now();
-    let moved = s.admin(&["migrate", &a, "--to", to]);
+    // While it moves, the admin sees it migrating (from its node); users
+    // see it running.
+    let (moved, shown) = std::thread::scope(|scope| {
+        let moving = scope.spawn(|| s.admin(&["migrate", &a, "--to", to]));
+        let mut shown = None;
+        while !moving.is_finished() && shown.is_none() {
+            let row = s.admin_row("describe-instances", "instance_id", &a);
+            if row["state"] == "migrating" {
+                shown = Some((row["detail"].clone(), describe(&a)["State"]["Name"].clone()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (moving.join().expect("the migrate thread"), shown)
+    });
     let ended = std::time::Instant::now();
+    let (detail, user_state) = shown.expect("the admin never saw a migrating");
+    assert_eq!(detail, format!("migrating from {from}").as_str());
+    assert_eq!(user_state, "running");
     std::thread::sleep(Duration::from_secs(5));
     let samples = probe.stop();
     eprintln!("gumtree-admin migrate {a} --to {to}:\n{moved}");
@@ -345,13 +361,8 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     });
     ec2_call(&format!("ec2 delete-volume --volume-id {va}"));
     let admin_node = |id: &str| -> String {
-        let out = s.admin(&["-o", "json", "describe-instances"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .find(|i| i["instance_id"] == id)
-            .and_then(|i| i["node"].as_str())
+        s.admin_row("describe-instances", "instance_id", id)["node"]
+            .as_str()
             .unwrap_or_default()
             .to_string()
     };
@@ -488,13 +499,8 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     );
     assert!(on(to).contains(&c) && !on(from).contains(&c));
     let node_state = |node: &str| -> String {
-        let out = s.admin(&["-o", "json", "describe-nodes"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["name"] == node)
-            .and_then(|n| n["state"].as_str())
+        s.admin_row("describe-nodes", "name", node)["state"]
+            .as_str()
             .unwrap_or_default()
             .to_string()
     };

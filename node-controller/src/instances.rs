@@ -1030,18 +1030,20 @@ impl Instances {
     }
 
     /// Puts `policy` on `r`'s tap; false when it is on no private network.
-    /// An instance migrating in gets its public address (and announces it)
-    /// only once it is here: until then the source answers for it.
+    /// An instance migrating in gets its public address's NAT at once (its
+    /// replies leave from here as soon as it runs here), but the address
+    /// itself (announced) only once it is here: until then the source
+    /// answers for it.
     async fn apply_policy(
         &self,
         hn: &dyn HostNetwork,
         r: &InstanceRecord,
         policy: &Policy,
     ) -> Result<bool, InstanceError> {
-        let public_ip = if r.incoming { "" } else { &policy.public_ip };
-        let Some(guest) = r.guest(public_ip)? else {
+        let Some(mut guest) = r.guest(&policy.public_ip)? else {
             return Ok(false);
         };
+        guest.hold_address = r.incoming;
         let (ingress, egress) = (self.resolve(&policy.ingress), self.resolve(&policy.egress));
         hn.apply_firewall(&guest, &ingress, &egress)
             .await

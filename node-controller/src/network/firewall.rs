@@ -206,6 +206,12 @@ impl LinuxNetwork {
         {
             return Ok(());
         }
+        // Its address is announced when it is new here, or was held back
+        // until now (a migration's target once the guest runs here), or
+        // after a restart.
+        let was_held = previous
+            .as_ref()
+            .is_none_or(|(_, (p, _, _))| p.hold_address);
         // The guard depends on the MAC and address only; rebuilding it
         // drops the guest's frames for a moment, so an old one is only
         // checked for.
@@ -236,8 +242,10 @@ impl LinuxNetwork {
                 .await;
         }
         if let Some(public) = g.public_ip {
-            self.public_address(public, old_public != Some(public))
-                .await?;
+            if !g.hold_address {
+                self.public_address(public, old_public != Some(public) || was_held)
+                    .await?;
+            }
             if !self.forwarding.load(std::sync::atomic::Ordering::SeqCst) {
                 self.run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])
                     .await?;

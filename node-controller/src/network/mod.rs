@@ -405,6 +405,10 @@ pub struct Guest {
     pub private_ip: Ipv4Addr,
     pub net: NetSpec,
     pub public_ip: Option<Ipv4Addr>,
+    /// Its public address's NAT is in place but the address is not put on
+    /// the public interface (nor announced) yet: a guest migrating in, for
+    /// which its source still answers.
+    pub hold_address: bool,
 }
 
 impl Guest {
@@ -438,6 +442,7 @@ impl Guest {
                 "" => None,
                 p => Some(ip("public address", p)?),
             },
+            hold_address: false,
         })
     }
 }

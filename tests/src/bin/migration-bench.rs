@@ -186,48 +186,33 @@ fn main() {
         .ec2("ec2 allocate-address --domain standard --query PublicIp --output text")
         .trim()
         .to_string();
-    wait_for("the guest running", Duration::from_secs(240), || {
-        (clients::instance_state(&|args| aws(&client.ec2, args), &id) == "running").then_some(())
-    });
-    client.ec2(&format!(
-        "ec2 associate-address --instance-id {id} --public-ip {eip}"
-    ));
     client.ec2("ec2 authorize-security-group-ingress --group-name default --protocol tcp --port 80 --cidr 0.0.0.0/0");
-    let web: std::net::SocketAddr = format!("{eip}:80").parse().expect("address");
+    let web: SocketAddr = format!("{eip}:80").parse().expect("address");
     let outside = s.dc.netns("client");
-    wait_for(
-        "the guest's page through its elastic IP",
-        Duration::from_secs(240),
-        || {
-            http_get(&outside, web, Duration::from_secs(2))
-                .filter(|p| p.contains(&id))
-                .map(|_| ())
-        },
-    );
+    // Running, with the elastic IP, its page answering through it.
+    let serving = |id: &str| {
+        wait_for(&format!("{id} running"), Duration::from_secs(240), || {
+            (clients::instance_state(&|args| aws(&client.ec2, args), id) == "running").then_some(())
+        });
+        client.ec2(&format!(
+            "ec2 associate-address --instance-id {id} --public-ip {eip}"
+        ));
+        wait_for(
+            &format!("{id}'s page through its elastic IP"),
+            Duration::from_secs(240),
+            || {
+                http_get(&outside, web, Duration::from_secs(2))
+                    .filter(|p| p.contains(id))
+                    .map(|_| ())
+            },
+        );
+    };
+    serving(&id);
     let (took, silent) = moves(&s, &outside, web, &id, rounds);
     // The same guest booting from an EBS volume: nothing to copy but its
     // memory (its root volume is exported to the target).
     let ebs = ebs_backed(&client, &ami);
-    wait_for(
-        "the EBS-backed guest running",
-        Duration::from_secs(240),
-        || {
-            (clients::instance_state(&|args| aws(&client.ec2, args), &ebs) == "running")
-                .then_some(())
-        },
-    );
-    client.ec2(&format!(
-        "ec2 associate-address --instance-id {ebs} --public-ip {eip}"
-    ));
-    wait_for(
-        "the EBS-backed guest's page through its elastic IP",
-        Duration::from_secs(240),
-        || {
-            http_get(&outside, web, Duration::from_secs(2))
-                .filter(|p| p.contains(&ebs))
-                .map(|_| ())
-        },
-    );
+    serving(&ebs);
     let (ebs_took, ebs_silent) = moves(&s, &outside, web, &ebs, rounds);
     summary(
         "the tiny guest (256 MiB, its disk's top layer copied)",

@@ -126,6 +126,14 @@ fn store_status(e: StoreError) -> ClusterError {
     ClusterError::Unavailable(format!("cannot record placement: {e}"))
 }
 
+/// Where node `node` among `views` is reached.
+fn endpoint_of(views: &[NodeView], node: &str) -> Option<String> {
+    views
+        .iter()
+        .find(|v| v.name == node)
+        .map(|v| v.endpoint.clone())
+}
+
 /// A MAC in the locally administered range, from the instance id.
 fn mac_for(instance_id: &str) -> String {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(instance_id.as_bytes());
@@ -285,12 +293,9 @@ impl ClusterInstances {
             .ledger
             .get(id)
             .ok_or_else(|| ClusterError::NotFound(format!("no instance {id} in this cluster")))?;
-        let view = self
-            .views()
-            .into_iter()
-            .find(|v| v.name == placed.node)
+        let endpoint = endpoint_of(&self.views(), &placed.node)
             .ok_or_else(|| ClusterError::Unavailable(format!("node {} is unknown", placed.node)))?;
-        Ok((placed.node, self.client(&view.endpoint)?))
+        Ok((placed.node, self.client(&endpoint)?))
     }
 
     /// Places every spec not placed yet, or none, and records the placement
@@ -357,13 +362,7 @@ impl ClusterInstances {
     ) -> Result<Vec<(InstanceSpec, String, String)>, ClusterError> {
         let mut cursor = self.placing.lock().unwrap_or_else(|p| p.into_inner());
         let views = self.views();
-        let endpoint_of = |node: &str| {
-            views
-                .iter()
-                .find(|v| v.name == node)
-                .map(|v| v.endpoint.clone())
-                .unwrap_or_default()
-        };
+        let endpoint_of = |node: &str| endpoint_of(&views, node).unwrap_or_default();
         let (mut done, specs): (Vec<_>, Vec<_>) = specs
             .into_iter()
             .partition(|s| self.ledger.contains(&s.instance_id));
@@ -732,20 +731,14 @@ impl ClusterInstances {
             .get(&id)
             .ok_or_else(|| ClusterError::NotFound(format!("{id} is not in this cluster")))?;
         let views = self.views();
-        let endpoint_of = |node: &str| {
-            views
-                .iter()
-                .find(|v| v.name == node)
-                .map(|v| v.endpoint.clone())
-        };
-        let source_endpoint = endpoint_of(&placed.node)
+        let source_endpoint = endpoint_of(&views, &placed.node)
             .ok_or_else(|| ClusterError::Unavailable(format!("node {} is unknown", placed.node)))?;
         let target = self.choose_target(&placed, &views, allowed, None)?;
         let _moving = Moving {
             of: self,
             id: id.clone(),
         };
-        let target_endpoint = endpoint_of(&target)
+        let target_endpoint = endpoint_of(&views, &target)
             .ok_or_else(|| ClusterError::Unavailable(format!("node {target} is unknown")))?;
         // The instance as its node has it: address, MAC, network.
         spec.private_ip = placed.private_ip.clone();

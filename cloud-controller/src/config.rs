@@ -58,6 +58,10 @@ pub struct CloudConfig {
     /// The metadata service refuses reads without an IMDSv2 session token.
     /// Default false (IMDSv1 and IMDSv2 both work).
     pub metadata_tokens_required: bool,
+    /// MiB of memory the metric store (`<state_dir>/metrics`) may cache;
+    /// what it keeps on disk is bounded by CloudWatch's retention
+    /// schedule. Default 64.
+    pub metrics_cache_mib: u64,
     /// Log filter (`RUST_LOG` syntax; `RUST_LOG` wins). Default `info`.
     pub log_filter: String,
 }
@@ -82,6 +86,7 @@ impl Default for CloudConfig {
             public_ips: Vec::new(),
             assign_public_ips: true,
             metadata_tokens_required: false,
+            metrics_cache_mib: 64,
             log_filter: "info".into(),
         }
     }

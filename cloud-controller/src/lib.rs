@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod addresses;
+pub mod cloudwatch;
 pub mod config;
 pub mod core;
 pub mod ec2;

@@ -69,6 +69,13 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             },
             clusters: None,
             storage: None,
+            metrics: Arc::new(
+                metric_store::MetricStore::open(
+                    &config.state_dir.join("metrics"),
+                    config.metrics_cache_mib.max(1) * 1024 * 1024,
+                )
+                .context("opening the metric store")?,
+            ),
         },
     )
     .context("opening the cloud's records")?;
@@ -97,6 +104,12 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     tokio::spawn(cloud.clone().keep_rebalancing(Duration::from_secs(2)));
     tokio::spawn(cloud.clone().finish_requests(Duration::from_secs(5)));
     tokio::spawn(cloud.clone().finish_volumes(Duration::from_secs(5)));
+    tokio::spawn(cloud.clone().keep_evaluating_alarms(Duration::from_secs(5)));
+    tokio::spawn(
+        cloud
+            .clone()
+            .keep_metrics_trimmed(Duration::from_secs(3600)),
+    );
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
     if let Some((acceptor, listener, addr)) = tls {
         tokio::spawn(ec2::serve(listener, Some(acceptor), ec2));

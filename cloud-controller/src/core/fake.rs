@@ -330,6 +330,9 @@ pub(crate) fn test_cloud(fake: std::sync::Arc<FakeCluster>) -> (super::Cloud, te
             },
             clusters: Some(fake),
             storage: Some(std::sync::Arc::new(FakeStorage::default())),
+            metrics: std::sync::Arc::new(
+                metric_store::MetricStore::temporary().expect("metric store"),
+            ),
         },
     )
     .expect("cloud");

@@ -22,11 +22,14 @@
 //! - [`snapshots`]: EBS snapshots, written into Walrus by the SC.
 //! - [`volumes`]: EBS volumes, made and deleted by the zone's storage
 //!   controller ([`StorageApi`], over gRPC in [`storage`]).
+//! - [`monitoring`]: metrics (published, measured, queried); [`alarms`]:
+//!   metric alarms and their actions.
 //! - [`cluster`]: how the core calls the clusters below ([`ClusterApi`]),
 //!   over gRPC; [`fake`] is an in-memory cluster for unit tests.
 
 pub mod accounts;
 pub mod addresses;
+pub mod alarms;
 pub mod cluster;
 pub mod create_image;
 pub mod describe;
@@ -38,6 +41,7 @@ pub mod keypairs;
 pub mod launch;
 pub mod lifecycle;
 pub mod migrate;
+pub mod monitoring;
 pub mod rebalance;
 pub mod replace_root;
 pub mod security_groups;
@@ -93,6 +97,8 @@ pub struct Cloud {
     pub migrating: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// What the cloud decided and did (rebalancing, migrations).
     pub events: Arc<crate::events::Events>,
+    /// Every account's metrics and alarms (CloudWatch).
+    pub metrics: Arc<metric_store::MetricStore>,
     pub settings: Settings,
 }
 
@@ -146,6 +152,8 @@ pub struct Parts {
     pub clusters: Option<Arc<dyn ClusterApi>>,
     /// The storage controllers; `None` for the gRPC ones the registry knows.
     pub storage: Option<Arc<dyn StorageApi>>,
+    /// The metric store (a database of its own).
+    pub metrics: Arc<metric_store::MetricStore>,
 }
 
 impl Cloud {
@@ -207,6 +215,7 @@ impl Cloud {
             firewall_changed: Default::default(),
             migrating: Default::default(),
             events: Arc::new(crate::events::Events::open(store)?),
+            metrics: parts.metrics,
             settings: parts.settings,
         })
     }

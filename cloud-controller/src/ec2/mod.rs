@@ -89,7 +89,7 @@ impl Call {
     }
 }
 
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
     format!(
@@ -120,6 +120,9 @@ pub async fn serve(
 impl Ec2 {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let id = request_id();
+        if crate::cloudwatch::is_cloudwatch(req.uri().path()) {
+            return crate::cloudwatch::handle(self, req, &id).await;
+        }
         let span = tracing::info_span!("ec2", request_id = %id);
         let _enter = span.enter();
         let iam = req.uri().path().trim_end_matches('/') == "/services/Euare";
@@ -204,14 +207,18 @@ impl Ec2 {
             .find(|(n, _)| n == "host")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
+        let iam = trimmed == "/services/Euare";
         let key = self.authenticate(
-            parts.method.as_str(),
-            &path,
-            &raw_query,
-            &headers,
-            &body,
-            &host,
-            &params,
+            &Signed {
+                method: parts.method.as_str(),
+                path: &path,
+                raw_query: &raw_query,
+                headers: &headers,
+                body: &body,
+                host: &host,
+                params: &params,
+            },
+            if iam { Service::Iam } else { Service::Ec2 },
         )?;
         let action = params.required("Action")?.to_string();
         let version = params.get("Version").unwrap_or(DEFAULT_VERSION).to_string();
@@ -225,12 +232,7 @@ impl Ec2 {
         let call = Call {
             action: action.clone(),
             version,
-            caller: Caller {
-                admin: key.account_name == self.cloud.settings.admin_account,
-                account_id: key.account_id,
-                account_name: key.account_name,
-                user_name: key.user_name,
-            },
+            caller: self.caller(key),
             params,
             request_id: id.to_string(),
         };
@@ -312,18 +314,21 @@ impl Ec2 {
         }
     }
 
-    /// The access key that signed the request.
-    #[allow(clippy::too_many_arguments)]
-    fn authenticate(
+    /// The access key that signed the request to `service`.
+    pub(crate) fn authenticate(
         &self,
-        method: &str,
-        path: &str,
-        raw_query: &str,
-        headers: &[(String, String)],
-        body: &[u8],
-        host: &str,
-        params: &Params,
+        signed: &Signed<'_>,
+        service: Service,
     ) -> Result<AccessKey, Ec2Error> {
+        let Signed {
+            method,
+            path,
+            raw_query,
+            headers,
+            body,
+            host,
+            params,
+        } = *signed;
         let req = sigv4::Request {
             method,
             raw_path: path,
@@ -336,11 +341,10 @@ impl Ec2 {
                 Ec2Error::new("IncompleteSignature", e.to_string()).status(StatusCode::BAD_REQUEST)
             })?;
             // Euare answers as IAM, which AWS signs in us-east-1.
-            let iam = path.trim_end_matches('/') == "/services/Euare";
-            let (also, services): (&[&str], &[&str]) = if iam {
-                (&["us-east-1"], &["iam"])
-            } else {
-                (&[], &["ec2"])
+            let (also, services): (&[&str], &[&str]) = match service {
+                Service::Iam => (&["us-east-1"], &["iam"]),
+                Service::Ec2 => (&[], &["ec2"]),
+                Service::CloudWatch => (&[], &["monitoring"]),
             };
             if let Err(wrong) =
                 pending
@@ -430,6 +434,16 @@ impl Ec2 {
         }
     }
 
+    /// The caller the access key `key` stands for.
+    pub(crate) fn caller(&self, key: AccessKey) -> Caller {
+        Caller {
+            admin: key.account_name == self.cloud.settings.admin_account,
+            account_id: key.account_id,
+            account_name: key.account_name,
+            user_name: key.user_name,
+        }
+    }
+
     fn key(&self, access_key_id: &str) -> Result<AccessKey, Ec2Error> {
         self.cloud
             .accounts
@@ -442,7 +456,30 @@ impl Ec2 {
     }
 }
 
-async fn read_body(body: Incoming) -> Result<Vec<u8>, Ec2Error> {
+/// The service a request is signed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Service {
+    Ec2,
+    /// Euare, signed as IAM.
+    Iam,
+    /// CloudWatch, signed as `monitoring`.
+    CloudWatch,
+}
+
+/// What a request's signature covers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Signed<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub raw_query: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    pub host: &'a str,
+    /// The Query parameters (for SigV2).
+    pub params: &'a Params,
+}
+
+pub(crate) async fn read_body(body: Incoming) -> Result<Vec<u8>, Ec2Error> {
     let mut body = body;
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {

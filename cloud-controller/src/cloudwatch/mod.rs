@@ -127,6 +127,24 @@ pub async fn handle(ec2: &Ec2, req: Request<Incoming>, id: &str) -> Response<Ful
     r
 }
 
+/// Most bytes a compressed body may grow to.
+const MAX_INFLATED: u64 = 4 * 1024 * 1024;
+
+fn gunzip(body: &[u8]) -> Result<Vec<u8>, CwError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_INFLATED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| CwError::format_body(format!("The gzip body does not inflate: {e}")))?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(CwError::format_body(format!(
+            "The request body inflates to more than {MAX_INFLATED} bytes."
+        )));
+    }
+    Ok(out)
+}
+
 async fn run(
     ec2: &Ec2,
     req: Request<Incoming>,
@@ -157,13 +175,22 @@ async fn run(
             )
         })
         .collect();
+    // Clients compress large PutMetricData bodies (and sign them as sent).
+    let gzipped = headers
+        .iter()
+        .any(|(n, v)| n == "content-encoding" && v.split(',').any(|e| e.trim() == "gzip"));
+    let inflated = if gzipped {
+        gunzip(&body)?
+    } else {
+        body.clone()
+    };
     let mut pairs = common::sigv4::parse_query(&raw_query);
     if protocol == Protocol::Query
         && headers
             .iter()
             .any(|(n, v)| n == "content-type" && v.starts_with("application/x-www-form-urlencoded"))
     {
-        let text = std::str::from_utf8(&body)
+        let text = std::str::from_utf8(&inflated)
             .map_err(|_| CwError::invalid_value("The body is not UTF-8."))?;
         pairs.extend(common::sigv4::parse_query(text));
     }
@@ -204,11 +231,11 @@ async fn run(
         }
         Protocol::Json => (
             named_op.unwrap_or_default(),
-            doc::from_json(&body).map_err(CwError::format_body)?,
+            doc::from_json(&inflated).map_err(CwError::format_body)?,
         ),
         Protocol::Cbor => (
             named_op.unwrap_or_default(),
-            doc::from_cbor(&body).map_err(CwError::format_body)?,
+            doc::from_cbor(&inflated).map_err(CwError::format_body)?,
         ),
     };
     *op_name = op.clone();

@@ -102,6 +102,10 @@ pub struct InstanceRecord {
     /// root is a volume; none for an instance-store one.
     #[serde(default)]
     pub root_device: Option<String>,
+    /// Detailed monitoring (MonitorInstances): its metrics every minute
+    /// rather than every five.
+    #[serde(default)]
+    pub monitoring: bool,
 }
 
 impl Record for InstanceRecord {
@@ -459,6 +463,11 @@ impl Instances {
             .map(|_| ())
     }
 
+    /// Turns `id`'s detailed monitoring on or off.
+    pub fn set_monitoring(&self, id: &str, on: bool) -> Result<(), StoreError> {
+        self.update_live(id, |r| r.monitoring = on).map(|_| ())
+    }
+
     /// Changes the type (and so the size) of `id`.
     pub fn set_type(&self, id: &str, instance_type: &str) -> Result<(), StoreError> {
         let mut index = self.write();
@@ -645,6 +654,7 @@ mod tests {
             desired: None,
             disable_api_termination: false,
             root_device: None,
+            monitoring: false,
         }
     }
 

@@ -108,6 +108,11 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     tokio::spawn(
         cloud
             .clone()
+            .keep_collecting_metrics(Duration::from_secs(2)),
+    );
+    tokio::spawn(
+        cloud
+            .clone()
             .keep_metrics_trimmed(Duration::from_secs(3600)),
     );
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;

@@ -407,6 +407,7 @@ mod tests {
             desired: None,
             disable_api_termination: false,
             root_device: None,
+            monitoring: false,
         }
     }
 

@@ -70,6 +70,7 @@ impl NodeLive {
             tunnel_address: r.map(|r| r.tunnel_address.clone()).unwrap_or_default(),
             disabled: self.record.disabled,
             load: r.and_then(|r| r.load.clone()),
+            samples: r.map(|r| r.samples.clone()).unwrap_or_default(),
         }
     }
 }
@@ -87,6 +88,7 @@ fn differ(a: &NodeView, b: &NodeView) -> bool {
         || a.tunnel_address != b.tunnel_address
         || a.disabled != b.disabled
         || a.load != b.load
+        || a.samples != b.samples
 }
 
 #[derive(Default)]

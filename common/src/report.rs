@@ -133,6 +133,7 @@ impl Snapshot for NodeReport {
             gone,
             tunnel_address: self.tunnel_address.clone(),
             load: self.load.clone(),
+            samples: self.samples.clone(),
         }
     }
 }
@@ -158,6 +159,7 @@ pub fn merge_node_report(kept: &mut NodeReport, incoming: NodeReport) {
         gone,
         tunnel_address,
         load,
+        samples,
     } = incoming;
     merge_instances(&mut kept.instances, instances, &gone);
     kept.node_name = node_name;
@@ -170,6 +172,7 @@ pub fn merge_node_report(kept: &mut NodeReport, incoming: NodeReport) {
     kept.unknown_guests = unknown_guests;
     kept.tunnel_address = tunnel_address;
     kept.load = load;
+    kept.samples = samples;
 }
 
 /// A cluster's state as its CC reports it: each node's view shared, so that
@@ -209,6 +212,7 @@ fn node_header(view: &NodeView) -> NodeView {
         disabled: view.disabled,
         tunnel_address: view.tunnel_address.clone(),
         load: view.load.clone(),
+        samples: view.samples.clone(),
     }
 }
 

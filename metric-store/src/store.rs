@@ -279,10 +279,23 @@ impl MetricStore {
         marks: &[(String, i64)],
         now_secs: i64,
     ) -> Result<(), StoreError> {
+        self.put_many(&[(account, points)], marks, now_secs)
+    }
+
+    /// [`MetricStore::put`] for several accounts' points in one batch.
+    pub fn put_many(
+        &self,
+        batches: &[(&str, &[Point])],
+        marks: &[(String, i64)],
+        now_secs: i64,
+    ) -> Result<(), StoreError> {
         let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut metas: HashMap<Vec<u8>, (SeriesMeta, bool)> = HashMap::new();
         let mut sums: HashMap<[u8; 18], Agg> = HashMap::new();
-        for p in points {
+        for (account, p) in batches
+            .iter()
+            .flat_map(|(a, ps)| ps.iter().map(move |p| (*a, p)))
+        {
             let sk = series_key(account, &p.metric);
             let (meta, changed) = match metas.get_mut(&sk) {
                 Some(m) => m,

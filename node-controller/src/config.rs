@@ -64,6 +64,9 @@ pub struct NodeConfig {
     /// Seconds between samples of what the guests use (their CPU time from
     /// libvirt), reported up. Default 5.
     pub load_sample_secs: u64,
+    /// Seconds between metric samples of every guest (CPU, disk, network,
+    /// volumes, memory) and of the host, sent up for CloudWatch. Default 10.
+    pub sample_secs: u64,
     /// Build the cluster's private network for guests (bridge, DHCP,
     /// metadata relay). Default true.
     pub manage_network: bool,
@@ -122,6 +125,7 @@ impl Default for NodeConfig {
             emulator: None,
             heartbeat_secs: 2,
             load_sample_secs: 5,
+            sample_secs: 10,
             manage_network: true,
             netns: String::new(),
             network_dir: "/run/gumtree/net".into(),

@@ -210,9 +210,90 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// Ends the migration of domain `name` in progress (its `migrate`
     /// fails and it runs on here).
     fn abort_migration(&self, name: &str) -> Result<(), HypervisorError>;
-    /// Every running domain whose name starts with `prefix`: the CPU time
-    /// it has used (ns) and its memory (KiB).
-    fn cpu_times(&self, prefix: &str) -> Result<Vec<(String, u64, u64)>, HypervisorError>;
+    /// Every running domain whose name starts with `prefix`, with its
+    /// counters so far (CPU time, disk and network I/O, memory).
+    fn guest_stats(&self, prefix: &str) -> Result<Vec<GuestCounters>, HypervisorError>;
+}
+
+/// Bytes and requests read and written, since the domain started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+impl IoCounters {
+    /// What passed from `before` to `self` (none if a counter went back:
+    /// the domain started again).
+    pub fn since(&self, before: &IoCounters) -> IoCounters {
+        IoCounters {
+            read_bytes: self.read_bytes.saturating_sub(before.read_bytes),
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+            read_ops: self.read_ops.saturating_sub(before.read_ops),
+            write_ops: self.write_ops.saturating_sub(before.write_ops),
+        }
+    }
+}
+
+/// A running domain's counters, as libvirt gives them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GuestCounters {
+    pub name: String,
+    /// CPU time used (ns).
+    pub cpu_ns: u64,
+    pub vcpus: u32,
+    /// Memory it holds (KiB): QEMU's resident set where libvirt has it,
+    /// else its allocation.
+    pub memory_kib: u64,
+    /// Its own disks (not EBS volumes).
+    pub disk: IoCounters,
+    /// Each EBS volume (by volume id).
+    pub volumes: Vec<(String, IoCounters)>,
+    /// As the guest sees it: received is in.
+    pub net_in_bytes: u64,
+    pub net_out_bytes: u64,
+    pub net_in_packets: u64,
+    pub net_out_packets: u64,
+}
+
+/// The devices of a domain's XML: each disk's target and serial, and each
+/// interface's target (tap) device.
+pub fn devices_of(xml: &str) -> (Vec<(String, Option<String>)>, Vec<String>) {
+    fn attr(seg: &str, tag: &str, name: &str) -> Option<String> {
+        let at = seg.find(&format!("<{tag} "))?;
+        let rest = &seg[at..];
+        let end = rest.find('>')?;
+        let el = &rest[..end];
+        let key = format!("{name}=");
+        let v = &el[el.find(&key)? + key.len()..];
+        let q = v.chars().next()?;
+        let v = &v[1..];
+        Some(v[..v.find(q)?].to_string())
+    }
+    let mut disks = Vec::new();
+    for seg in xml.split("<disk ").skip(1) {
+        let seg = seg.split("</disk>").next().unwrap_or(seg);
+        if !seg.contains("device='disk'") && !seg.contains("device=\"disk\"") {
+            continue;
+        }
+        if let Some(dev) = attr(seg, "target", "dev") {
+            let serial = seg
+                .split_once("<serial>")
+                .and_then(|(_, r)| r.split_once("</serial>"))
+                .map(|(s, _)| s.to_string());
+            disks.push((dev, serial));
+        }
+    }
+    let mut nics = Vec::new();
+    for seg in xml.split("<interface ").skip(1) {
+        let seg = seg.split("</interface>").next().unwrap_or(seg);
+        if let Some(dev) = attr(seg, "target", "dev") {
+            nics.push(dev);
+        }
+    }
+    (disks, nics)
 }
 
 /// libvirt, through one connection.
@@ -384,15 +465,57 @@ impl Hypervisor for Libvirt {
         }
     }
 
-    fn cpu_times(&self, prefix: &str) -> Result<Vec<(String, u64, u64)>, HypervisorError> {
+    fn guest_stats(&self, prefix: &str) -> Result<Vec<GuestCounters>, HypervisorError> {
         self.with(|c| {
             let mut out = Vec::new();
             for d in c.list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)? {
                 let name = d.name()?;
-                if name.starts_with(prefix) {
-                    let info = d.info()?;
-                    out.push((name, info.cpu_time, info.memory));
+                if !name.starts_with(prefix) {
+                    continue;
                 }
+                let info = d.info()?;
+                let rss = d.memory_stats(0).ok().and_then(|m| {
+                    m.iter()
+                        .find(|s| s.tag == virt::sys::VIR_DOMAIN_MEMORY_STAT_RSS)
+                        .map(|s| s.val)
+                });
+                let mut g = GuestCounters {
+                    name,
+                    cpu_ns: info.cpu_time,
+                    vcpus: info.nr_virt_cpu,
+                    memory_kib: rss.unwrap_or(info.memory),
+                    ..Default::default()
+                };
+                // A device can go between the XML and its counters.
+                let (disks, nics) = devices_of(&d.xml_desc(0)?);
+                for (dev, serial) in disks {
+                    let Ok(b) = d.block_stats(&dev) else { continue };
+                    let io = IoCounters {
+                        read_bytes: b.rd_bytes.max(0) as u64,
+                        write_bytes: b.wr_bytes.max(0) as u64,
+                        read_ops: b.rd_req.max(0) as u64,
+                        write_ops: b.wr_req.max(0) as u64,
+                    };
+                    match serial.filter(|s| s.starts_with("vol")) {
+                        Some(s) => g.volumes.push((s.replacen("vol", "vol-", 1), io)),
+                        None => {
+                            g.disk.read_bytes += io.read_bytes;
+                            g.disk.write_bytes += io.write_bytes;
+                            g.disk.read_ops += io.read_ops;
+                            g.disk.write_ops += io.write_ops;
+                        }
+                    }
+                }
+                for nic in nics {
+                    let Ok(n) = d.interface_stats(&nic) else {
+                        continue;
+                    };
+                    g.net_in_bytes += n.rx_bytes.max(0) as u64;
+                    g.net_out_bytes += n.tx_bytes.max(0) as u64;
+                    g.net_in_packets += n.rx_packets.max(0) as u64;
+                    g.net_out_packets += n.tx_packets.max(0) as u64;
+                }
+                out.push(g);
             }
             Ok(out)
         })
@@ -516,14 +639,19 @@ impl Hypervisor for Fake {
         Ok(())
     }
 
-    fn cpu_times(&self, prefix: &str) -> Result<Vec<(String, u64, u64)>, HypervisorError> {
+    fn guest_stats(&self, prefix: &str) -> Result<Vec<GuestCounters>, HypervisorError> {
         Ok(self
             .domains
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(n, (_, st))| n.starts_with(prefix) && *st == DomainState::Running)
-            .map(|(n, (spec, _))| (n.clone(), 0, spec.memory_mib * 1024))
+            .map(|(n, (spec, _))| GuestCounters {
+                name: n.clone(),
+                vcpus: spec.vcpus,
+                memory_kib: spec.memory_mib * 1024,
+                ..Default::default()
+            })
             .collect())
     }
 
@@ -645,6 +773,39 @@ mod tests {
             hv.reboot("i-1"),
             Err(HypervisorError::NoDomain(_))
         ));
+    }
+
+    #[test]
+    fn a_domains_disks_volumes_and_nics_are_found_in_its_xml() {
+        let mut s = spec("i-1");
+        s.nic = Some(("br0".into(), "d0:0d:00:00:00:01".into(), "tap-i1".into()));
+        s.volumes.push(VolumeDisk {
+            volume_id: "vol-0123".into(),
+            target: "vdb".into(),
+            socket: "/run/v.sock".into(),
+        });
+        let (disks, nics) = devices_of(&domain_xml(&s));
+        assert_eq!(
+            disks,
+            vec![
+                ("vda".to_string(), None),
+                ("vdb".to_string(), Some("vol0123".to_string()))
+            ]
+        );
+        assert_eq!(nics, vec!["tap-i1".to_string()]);
+    }
+
+    #[test]
+    fn libvirt_test_driver_gives_guest_counters() {
+        let hv = Libvirt::connect("test:///default").expect("test driver");
+        let stats = hv.guest_stats("").expect("stats");
+        // The driver's own domain `test` runs with one disk and a NIC.
+        let test = stats
+            .iter()
+            .find(|g| g.name == "test")
+            .expect("domain test");
+        assert!(test.vcpus >= 1 && test.memory_kib > 0, "{test:?}");
+        assert!(test.cpu_ns > 0, "{test:?}");
     }
 
     #[test]

@@ -737,9 +737,11 @@ impl Instances {
         self.status(id).await
     }
 
-    /// The CPU time (ns) and memory (KiB) of each of this node's running
+    /// The counters (CPU time, I/O, memory) of each of this node's running
     /// guests (not those migrating in).
-    pub async fn cpu_times(&self) -> Result<Vec<(String, u64, u64)>, InstanceError> {
+    pub async fn guest_stats(
+        &self,
+    ) -> Result<Vec<crate::hypervisor::GuestCounters>, InstanceError> {
         let mine: std::collections::HashSet<String> = self
             .table
             .list()?
@@ -747,8 +749,8 @@ impl Instances {
             .filter(|r| !r.incoming)
             .map(|r| r.instance_id)
             .collect();
-        let all = self.blocking(|hv| hv.cpu_times("i-")).await?;
-        Ok(all.into_iter().filter(|(n, ..)| mine.contains(n)).collect())
+        let all = self.blocking(|hv| hv.guest_stats("i-")).await?;
+        Ok(all.into_iter().filter(|g| mine.contains(&g.name)).collect())
     }
 
     /// After a restart, settles the migrations this node was taking when

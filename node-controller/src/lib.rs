@@ -9,6 +9,7 @@ pub mod hypervisor;
 pub mod images;
 pub mod instances;
 pub mod load;
+pub mod metrics;
 pub mod network;
 pub mod resources;
 pub mod virt;

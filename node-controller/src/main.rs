@@ -171,29 +171,65 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let measure_config = config.clone();
     let watched = instances.clone();
     let load_every = config.load_sample_secs.max(1);
+    let sample_every = config.sample_secs.max(1);
+    let sample_dir = instance_dir.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut measure_failed: Option<String> = None;
         let mut sampler = node_controller::load::LoadSampler::default();
+        let mut metrics = node_controller::metrics::MetricSampler::default();
         let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
-            // What the guests used, every load_sample_secs.
-            let load = if ticks.is_multiple_of(load_every) {
-                match watched.cpu_times().await {
-                    Ok(times) => sampler.sample(
-                        std::time::Instant::now(),
-                        common::time::unix_ms(),
-                        &times,
-                        node_controller::load::host_cpu(),
-                    ),
+            // What the guests used: the load every load_sample_secs, the
+            // metrics every sample_secs, from one reading of libvirt.
+            let (load_due, sample_due) = (
+                ticks.is_multiple_of(load_every),
+                ticks.is_multiple_of(sample_every),
+            );
+            let stats = if load_due || sample_due {
+                match watched.guest_stats().await {
+                    Ok(s) => Some(s),
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the guests' CPU time");
+                        tracing::warn!(error = %e, "cannot read the guests' counters");
                         None
                     }
                 }
             } else {
                 None
+            };
+            let (load, sampled_metrics) = match stats {
+                None => (None, None),
+                Some(stats) => {
+                    let now = std::time::Instant::now();
+                    let now_ms = common::time::unix_ms();
+                    let load = if load_due {
+                        let times: Vec<(String, u64, u64)> = stats
+                            .iter()
+                            .map(|g| (g.name.clone(), g.cpu_ns, g.memory_kib))
+                            .collect();
+                        sampler.sample(now, now_ms, &times, node_controller::load::host_cpu())
+                    } else {
+                        None
+                    };
+                    let sample = if sample_due {
+                        let dir = sample_dir.clone();
+                        let (host, state) = tokio::task::spawn_blocking(move || {
+                            (
+                                node_controller::metrics::host_counters(),
+                                node_controller::metrics::host_state(&dir),
+                            )
+                        })
+                        .await
+                        .unwrap_or_default();
+                        metrics
+                            .sample(now, now_ms, stats, host, state)
+                            .map(|_| metrics.recent())
+                    } else {
+                        None
+                    };
+                    (load, sample)
+                }
             };
             ticks += 1;
             let (statuses, (cores, memory), unknown) = match watched.survey().await {
@@ -249,9 +285,12 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 r.resources = Some(now);
                 r.instances = statuses;
                 r.unknown_guests = unknown;
-                let sampled = load.is_some();
+                let sampled = load.is_some() || sampled_metrics.is_some();
                 if let Some(load) = load {
                     r.load = Some(load);
+                }
+                if let Some(samples) = sampled_metrics {
+                    r.samples = samples;
                 }
                 changed || sampled
             });

@@ -50,6 +50,8 @@ pub struct LaunchRequest {
     pub disable_api_termination: bool,
     /// Volumes to make for each instance, over the image's mappings.
     pub block_devices: Vec<crate::images::BlockDevice>,
+    /// Detailed monitoring from the start (`Monitoring.Enabled`).
+    pub monitoring: bool,
     pub dry_run: bool,
 }
 
@@ -416,6 +418,7 @@ impl Cloud {
                     desired: None,
                     disable_api_termination: req.disable_api_termination,
                     root_device: root_device.clone(),
+                    monitoring: req.monitoring,
                 })
                 .collect();
             // An EBS-backed instance's root volume id travels with its spec.

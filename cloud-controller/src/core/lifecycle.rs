@@ -60,6 +60,21 @@ impl Cloud {
         Ok(out)
     }
 
+    /// MonitorInstances / UnmonitorInstances: the account's instances
+    /// `ids` get 1-minute metrics (on) or 5-minute ones.
+    pub fn set_monitoring(
+        &self,
+        account_id: &str,
+        ids: &[String],
+        on: bool,
+    ) -> Result<Vec<InstanceRecord>, CoreError> {
+        let records = self.own_instances(account_id, ids)?;
+        for r in &records {
+            self.instances.set_monitoring(&r.instance_id, on)?;
+        }
+        Ok(records)
+    }
+
     /// ModifyInstanceAttribute: termination protection (in any state), or
     /// the type of a stopped instance (its cores and memory change at its
     /// next start; its node must have room for them).

@@ -281,3 +281,323 @@ impl Cloud {
         }
     }
 }
+
+/// What the metrics of an instance need to know of it.
+#[derive(Clone, Debug)]
+pub struct InstanceInfo {
+    pub account_id: String,
+    pub image_id: String,
+    pub instance_type: String,
+    /// Detailed monitoring: 1-minute points (else 5-minute).
+    pub detailed: bool,
+}
+
+fn point(metric: MetricId, unit: &str, at: i64, v: f64) -> Point {
+    Point {
+        metric,
+        unit: unit.to_string(),
+        at_secs: at,
+        agg: Agg::of(v, 1.0),
+        high_res: false,
+    }
+}
+
+fn dim(name: &str, value: &str) -> metric_store::Dimension {
+    metric_store::Dimension::new(name, value)
+}
+
+/// The points one node sample makes: the host's for the system account
+/// (`admin_account`), each guest's for its owner in `AWS/EC2` (per
+/// instance, image, type and all together) and its volumes' in `AWS/EBS`.
+/// Guests the cloud has no record of are left out.
+pub fn points_of(
+    sample: &proto::MetricSample,
+    cluster: &str,
+    node: &str,
+    admin_account: &str,
+    instance: &dyn Fn(&str) -> Option<InstanceInfo>,
+) -> Vec<(String, Point)> {
+    let at = sample.at_unix_ms.div_euclid(1000);
+    let mut out = Vec::new();
+    if let Some(h) = &sample.host {
+        let m = |name: &str| {
+            MetricId::new(
+                NODE_NAMESPACE,
+                name,
+                vec![dim("Cluster", cluster), dim("NodeName", node)],
+            )
+        };
+        let pct = |used: u64, total: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                used as f64 / total as f64 * 100.0
+            }
+        };
+        for (name, unit, v) in [
+            ("CPUUtilization", "Percent", h.cpu_percent),
+            (
+                "MemoryUtilization",
+                "Percent",
+                pct(h.memory_used_bytes, h.memory_total_bytes),
+            ),
+            ("MemoryUsed", "Bytes", h.memory_used_bytes as f64),
+            (
+                "DiskUtilization",
+                "Percent",
+                pct(h.disk_used_bytes, h.disk_total_bytes),
+            ),
+            ("DiskUsed", "Bytes", h.disk_used_bytes as f64),
+            ("NetworkIn", "Bytes", h.net_in_bytes as f64),
+            ("NetworkOut", "Bytes", h.net_out_bytes as f64),
+            ("Instances", "Count", f64::from(h.guests)),
+        ] {
+            out.push((admin_account.to_string(), point(m(name), unit, at, v)));
+        }
+    }
+    for g in &sample.guests {
+        let Some(info) = instance(&g.instance_id) else {
+            continue;
+        };
+        // Basic monitoring: one point per 5 minutes, as EC2 keeps it.
+        let at = if info.detailed {
+            at
+        } else {
+            at.div_euclid(300) * 300
+        };
+        let disk = g.disk.unwrap_or_default();
+        let figures = [
+            ("CPUUtilization", "Percent", g.cpu_percent),
+            ("NetworkIn", "Bytes", g.net_in_bytes as f64),
+            ("NetworkOut", "Bytes", g.net_out_bytes as f64),
+            ("NetworkPacketsIn", "Count", g.net_in_packets as f64),
+            ("NetworkPacketsOut", "Count", g.net_out_packets as f64),
+            ("DiskReadBytes", "Bytes", disk.read_bytes as f64),
+            ("DiskWriteBytes", "Bytes", disk.write_bytes as f64),
+            ("DiskReadOps", "Count", disk.read_ops as f64),
+            ("DiskWriteOps", "Count", disk.write_ops as f64),
+            ("StatusCheckFailed", "Count", 0.0),
+            ("StatusCheckFailed_Instance", "Count", 0.0),
+            ("StatusCheckFailed_System", "Count", 0.0),
+        ];
+        let dimension_sets = [
+            vec![dim("InstanceId", &g.instance_id)],
+            vec![dim("ImageId", &info.image_id)],
+            vec![dim("InstanceType", &info.instance_type)],
+            vec![],
+        ];
+        for dims in &dimension_sets {
+            for (name, unit, v) in figures {
+                out.push((
+                    info.account_id.clone(),
+                    point(MetricId::new("AWS/EC2", name, dims.clone()), unit, at, v),
+                ));
+            }
+        }
+        for v in &g.volumes {
+            let io = v.io.unwrap_or_default();
+            let m =
+                |name: &str| MetricId::new("AWS/EBS", name, vec![dim("VolumeId", &v.volume_id)]);
+            for (name, unit, x) in [
+                ("VolumeReadBytes", "Bytes", io.read_bytes as f64),
+                ("VolumeWriteBytes", "Bytes", io.write_bytes as f64),
+                ("VolumeReadOps", "Count", io.read_ops as f64),
+                ("VolumeWriteOps", "Count", io.write_ops as f64),
+            ] {
+                out.push((info.account_id.clone(), point(m(name), unit, at, x)));
+            }
+        }
+    }
+    out
+}
+
+impl Cloud {
+    /// Stores the nodes' new samples every `every`: each node's samples
+    /// newer than the last one stored (a mark kept with the points, so a
+    /// sample that comes again after a restart counts once).
+    pub async fn keep_collecting_metrics(self, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        let mut marks: std::collections::HashMap<String, i64> = Default::default();
+        let admin = match self.accounts.find(&self.settings.admin_account) {
+            Ok(a) => a.account_id,
+            Err(e) => {
+                tracing::error!(error = %e, "no system account: node metrics are not kept");
+                String::new()
+            }
+        };
+        loop {
+            tick.tick().await;
+            for view in self.registry.nodes() {
+                let Some(node) = view.node else { continue };
+                if node.samples.is_empty() {
+                    continue;
+                }
+                let key = format!("node/{}/{}", view.cluster_name, node.name);
+                let mark = match marks.get(&key) {
+                    Some(m) => *m,
+                    None => self.metrics.mark(&key).ok().flatten().unwrap_or(0),
+                };
+                let fresh: Vec<&proto::MetricSample> = node
+                    .samples
+                    .iter()
+                    .filter(|s| s.at_unix_ms > mark)
+                    .collect();
+                let Some(newest) = fresh.iter().map(|s| s.at_unix_ms).max() else {
+                    continue;
+                };
+                let lookup = |id: &str| -> Option<InstanceInfo> {
+                    let r = self.instances.get(id).ok()??;
+                    Some(InstanceInfo {
+                        account_id: r.account_id,
+                        image_id: r.image_id,
+                        instance_type: r.instance_type,
+                        detailed: r.monitoring,
+                    })
+                };
+                let mut by_account: std::collections::BTreeMap<String, Vec<Point>> =
+                    Default::default();
+                for s in fresh {
+                    for (account, p) in
+                        points_of(s, &view.cluster_name, &node.name, &admin, &lookup)
+                    {
+                        if !account.is_empty() {
+                            by_account.entry(account).or_default().push(p);
+                        }
+                    }
+                }
+                let batches: Vec<(&str, &[Point])> = by_account
+                    .iter()
+                    .map(|(a, p)| (a.as_str(), p.as_slice()))
+                    .collect();
+                let metrics = self.metrics.clone();
+                let marks_now = vec![(key.clone(), newest)];
+                let stored = tokio::task::block_in_place(|| {
+                    metrics.put_many(&batches, &marks_now, common::time::unix_secs())
+                });
+                match stored {
+                    Ok(()) => {
+                        marks.insert(key, newest);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, node = %node.name, "cannot store a node's samples")
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_sample_makes_ec2_ebs_and_node_points_for_their_owners() {
+        let sample = proto::MetricSample {
+            at_unix_ms: 1_800_000_130_000,
+            secs: 10.0,
+            host: Some(proto::HostSample {
+                cpu_percent: 40.0,
+                memory_used_bytes: 1,
+                memory_total_bytes: 4,
+                guests: 2,
+                ..Default::default()
+            }),
+            guests: vec![
+                proto::GuestSample {
+                    instance_id: "i-basic".into(),
+                    cpu_percent: 99.5,
+                    net_out_bytes: 1500,
+                    volumes: vec![proto::VolumeIoSample {
+                        volume_id: "vol-1".into(),
+                        io: Some(proto::IoSample {
+                            write_bytes: 4096,
+                            ..Default::default()
+                        }),
+                    }],
+                    ..Default::default()
+                },
+                proto::GuestSample {
+                    instance_id: "i-detailed".into(),
+                    cpu_percent: 1.0,
+                    ..Default::default()
+                },
+                proto::GuestSample {
+                    instance_id: "i-unknown".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let lookup = |id: &str| -> Option<InstanceInfo> {
+            Some(InstanceInfo {
+                account_id: if id == "i-basic" { "111" } else { "222" }.into(),
+                image_id: "ami-1".into(),
+                instance_type: "m1.small".into(),
+                detailed: id == "i-detailed",
+            })
+            .filter(|_| id != "i-unknown")
+        };
+        let points = points_of(&sample, "cl", "node-a", "000", &lookup);
+        let find = |account: &str, ns: &str, name: &str, dims: Vec<metric_store::Dimension>| {
+            points
+                .iter()
+                .find(|(a, p)| a == account && p.metric == MetricId::new(ns, name, dims.clone()))
+                .map(|(_, p)| (p.at_secs, p.agg.sum))
+        };
+        let t = 1_800_000_130;
+        // Basic monitoring: the 5-minute bucket; detailed: the sample's time.
+        assert_eq!(
+            find(
+                "111",
+                "AWS/EC2",
+                "CPUUtilization",
+                vec![dim("InstanceId", "i-basic")]
+            ),
+            Some((t - t % 300, 99.5))
+        );
+        assert_eq!(
+            find(
+                "222",
+                "AWS/EC2",
+                "CPUUtilization",
+                vec![dim("InstanceId", "i-detailed")]
+            ),
+            Some((t, 1.0))
+        );
+        assert_eq!(
+            find(
+                "111",
+                "AWS/EC2",
+                "NetworkOut",
+                vec![dim("ImageId", "ami-1")]
+            ),
+            Some((t - t % 300, 1500.0))
+        );
+        assert!(find("111", "AWS/EC2", "CPUUtilization", vec![]).is_some());
+        assert_eq!(
+            find(
+                "111",
+                "AWS/EBS",
+                "VolumeWriteBytes",
+                vec![dim("VolumeId", "vol-1")]
+            ),
+            Some((t - t % 300, 4096.0))
+        );
+        assert_eq!(
+            find(
+                "000",
+                NODE_NAMESPACE,
+                "MemoryUtilization",
+                vec![dim("Cluster", "cl"), dim("NodeName", "node-a")]
+            ),
+            Some((t, 25.0))
+        );
+        // Nothing of an instance the cloud does not know, nothing crosses accounts.
+        assert!(!points
+            .iter()
+            .any(|(_, p)| p.metric.dimension("InstanceId") == Some("i-unknown")));
+        assert!(!points
+            .iter()
+            .any(|(a, p)| a == "222" && p.metric.dimension("InstanceId") == Some("i-basic")));
+    }
+}

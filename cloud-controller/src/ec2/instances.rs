@@ -64,6 +64,7 @@ pub async fn run_instances(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
         tags: specified(p, "instance")?,
         disable_api_termination: p.flag("DisableApiTermination")?,
         block_devices: p.block_devices()?,
+        monitoring: p.flag("Monitoring.Enabled")?,
         dry_run: p.flag("DryRun")?,
     };
     let launched = ec2.cloud.launch(request).await?;
@@ -134,7 +135,7 @@ fn write_instance(
         .opt("kernelId", r.kernel_id.as_deref())
         .opt("ramdiskId", r.ramdisk_id.as_deref())
         .open("monitoring")
-        .elem("state", "disabled")
+        .elem("state", if r.monitoring { "enabled" } else { "disabled" })
         .close("monitoring")
         .opt("privateIpAddress", Some(&r.private_ip))
         .opt(
@@ -633,5 +634,30 @@ pub fn describe_instance_status(ec2: &Ec2, call: &Call) -> Result<String, Ec2Err
         w.close("item");
     }
     w.close("instanceStatusSet");
+    Ok(w.finish())
+}
+
+/// MonitorInstances and UnmonitorInstances: detailed (1-minute) metrics
+/// on or off; EC2 answers `pending` and `disabling`.
+pub fn monitor_instances(ec2: &Ec2, call: &Call, on: bool) -> Result<String, Ec2Error> {
+    let ids = call.params.list("InstanceId");
+    if ids.is_empty() {
+        return Err(Ec2Error::missing("InstanceId"));
+    }
+    call.dry_run_check()?;
+    let records = ec2
+        .cloud
+        .set_monitoring(&call.caller.account_id, &ids, on)?;
+    let mut w = call.writer();
+    w.open("instancesSet");
+    for r in &records {
+        w.open("item")
+            .elem("instanceId", &r.instance_id)
+            .open("monitoring")
+            .elem("state", if on { "pending" } else { "disabling" })
+            .close("monitoring")
+            .close("item");
+    }
+    w.close("instancesSet");
     Ok(w.finish())
 }

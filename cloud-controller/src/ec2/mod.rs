@@ -262,6 +262,8 @@ impl Ec2 {
             "DescribeInstanceStatus" => instances::describe_instance_status(self, call),
             "DescribeInstanceAttribute" => instances::describe_instance_attribute(self, call),
             "GetPasswordData" => instances::get_password_data(self, call),
+            "MonitorInstances" => instances::monitor_instances(self, call, true),
+            "UnmonitorInstances" => instances::monitor_instances(self, call, false),
             "ModifyInstanceAttribute" => instances::modify_instance_attribute(self, call).await,
             "CreateKeyPair" => keypairs::create_key_pair(self, call),
             "ImportKeyPair" => keypairs::import_key_pair(self, call),

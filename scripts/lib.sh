@@ -292,9 +292,11 @@ export AWS_SECRET_ACCESS_KEY=$secret
 export AWS_DEFAULT_REGION=gumtree
 export AWS_ENDPOINT_URL_EC2=$ec2/
 export AWS_ENDPOINT_URL_S3=$s3/
+export AWS_ENDPOINT_URL_CLOUDWATCH=$ec2/services/CloudWatch
 $ca_line
 export EC2_URL=$ec2/services/compute
 export S3_URL=$s3/services/objectstorage
+export AWS_CLOUDWATCH_URL=$ec2/services/CloudWatch
 export EC2_ACCESS_KEY=\$AWS_ACCESS_KEY_ID
 export EC2_SECRET_KEY=\$AWS_SECRET_ACCESS_KEY
 export GUMTREE_CLC=$clc

@@ -388,6 +388,40 @@ impl AdminService for Cloud {
         ))
     }
 
+    async fn describe_node_metrics(
+        &self,
+        request: Request<proto::DescribeNodeMetricsRequest>,
+    ) -> Result<Response<proto::DescribeNodeMetricsReply>, Status> {
+        let minutes = match request.into_inner().minutes {
+            0 => 60,
+            n => i64::from(n.min(24 * 60)),
+        };
+        let nodes = self
+            .node_metrics(minutes)
+            .map_err(|e| Status::unavailable(format!("cannot read the node metrics: {e}")))?
+            .into_iter()
+            .map(|n| proto::NodeMetrics {
+                cluster: n.cluster,
+                node: n.node,
+                state: n.state,
+                sampled_unix_ms: n.sampled_unix_ms,
+                cpu_percent: n.cpu_percent,
+                memory_percent: n.memory_percent,
+                disk_percent: n.disk_percent,
+                instances: n.instances,
+                guests_busy_cores: n.guests_busy_cores,
+                cores: n.cores,
+                cpu_average: n.cpu_average,
+                cpu_maximum: n.cpu_maximum,
+                memory_average: n.memory_average,
+                net_in_bytes: n.net_in_bytes,
+                net_out_bytes: n.net_out_bytes,
+                cpu_by_minute: n.cpu_by_minute,
+            })
+            .collect();
+        Ok(Response::new(proto::DescribeNodeMetricsReply { nodes }))
+    }
+
     async fn describe_events(
         &self,
         request: Request<proto::DescribeEventsRequest>,

@@ -12,43 +12,24 @@ GUMTREE_OTHER_KEY / GUMTREE_OTHER_SECRET (another), GUMTREE_CW_ENDPOINT.
 """
 
 import datetime
-import gzip
 import json
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import boto3
-import botocore
-import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
 from checks import check, code_of
+from cw_clients import cbor_session
 
 CW = os.environ["GUMTREE_CW_ENDPOINT"]
 cfg = Config(retries={"max_attempts": 1})
-
-
-def cbor_session():
-    """A botocore session whose CloudWatch model offers only CBOR."""
-    src = os.path.join(os.path.dirname(botocore.__file__), "data", "cloudwatch", "2010-08-01")
-    root = tempfile.mkdtemp()
-    dst = os.path.join(root, "cloudwatch", "2010-08-01")
-    os.makedirs(dst)
-    with gzip.open(os.path.join(src, "service-2.json.gz")) as f:
-        model = json.load(f)
-    model["metadata"]["protocols"] = ["smithy-rpc-v2-cbor"]
-    with open(os.path.join(dst, "service-2.json"), "w") as f:
-        json.dump(model, f)
-    s = botocore.session.Session()
-    s.get_component("data_loader").search_paths.insert(0, root)
-    return boto3.Session(botocore_session=s)
 
 
 cw = cbor_session().client("cloudwatch", endpoint_url=CW, region_name="gumtree", config=cfg)

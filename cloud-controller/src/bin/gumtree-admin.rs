@@ -120,6 +120,14 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Each node's load now (its latest sample: CPU, memory, disk, the
+    /// cores its guests keep busy) and over the last minutes (CPU average
+    /// and peak, memory, network), from the cloud's metrics.
+    DescribeNodeMetrics {
+        /// The window of the recent figures, in minutes.
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+    },
     /// Create an account.
     CreateAccount { name: String },
     /// List accounts.
@@ -653,6 +661,103 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("{stayed} instance(s) did not move off {node}");
             }
             Ok(())
+        }
+        Command::DescribeNodeMetrics { minutes } => {
+            #[derive(Serialize)]
+            struct NodeMetricsOut {
+                cluster: String,
+                node: String,
+                state: String,
+                sampled: String,
+                cpu_percent: f64,
+                memory_percent: f64,
+                disk_percent: f64,
+                instances: u32,
+                guests_busy_cores: f64,
+                cores: u32,
+                cpu_average: f64,
+                cpu_maximum: f64,
+                memory_average: f64,
+                net_in_bytes: f64,
+                net_out_bytes: f64,
+                cpu_by_minute: Vec<f64>,
+            }
+            let reply = client
+                .describe_node_metrics(proto::DescribeNodeMetricsRequest { minutes })
+                .await?
+                .into_inner();
+            let r1 = |f: f64| (f * 10.0).round() / 10.0;
+            let rows: Vec<NodeMetricsOut> = reply
+                .nodes
+                .into_iter()
+                .map(|n| NodeMetricsOut {
+                    state: state_name(n.state).to_string(),
+                    sampled: if n.sampled_unix_ms > 0 {
+                        when(n.sampled_unix_ms)
+                    } else {
+                        String::new()
+                    },
+                    cpu_percent: r1(n.cpu_percent),
+                    memory_percent: r1(n.memory_percent),
+                    disk_percent: r1(n.disk_percent),
+                    guests_busy_cores: (n.guests_busy_cores * 100.0).round() / 100.0,
+                    cpu_average: r1(n.cpu_average),
+                    cpu_maximum: r1(n.cpu_maximum),
+                    memory_average: r1(n.memory_average),
+                    cpu_by_minute: n.cpu_by_minute.into_iter().map(r1).collect(),
+                    cluster: n.cluster,
+                    node: n.node,
+                    instances: n.instances,
+                    cores: n.cores,
+                    net_in_bytes: n.net_in_bytes,
+                    net_out_bytes: n.net_out_bytes,
+                })
+                .collect();
+            let bytes = |b: f64| {
+                if b >= 1e9 {
+                    format!("{:.1}G", b / 1e9)
+                } else if b >= 1e6 {
+                    format!("{:.1}M", b / 1e6)
+                } else if b >= 1e3 {
+                    format!("{:.1}K", b / 1e3)
+                } else {
+                    format!("{b:.0}")
+                }
+            };
+            print(
+                out,
+                &[
+                    "CLUSTER",
+                    "NODE",
+                    "STATE",
+                    "CPU%",
+                    "MEM%",
+                    "DISK%",
+                    "INSTANCES",
+                    "GUEST-CORES",
+                    "CPU-AVG%",
+                    "CPU-MAX%",
+                    "NET-IN",
+                    "NET-OUT",
+                ],
+                &rows,
+                |n| {
+                    vec![
+                        n.cluster.clone(),
+                        n.node.clone(),
+                        n.state.clone(),
+                        format!("{:.1}", n.cpu_percent),
+                        format!("{:.1}", n.memory_percent),
+                        format!("{:.1}", n.disk_percent),
+                        n.instances.to_string(),
+                        format!("{:.2}/{}", n.guests_busy_cores, n.cores),
+                        format!("{:.1}", n.cpu_average),
+                        format!("{:.1}", n.cpu_maximum),
+                        bytes(n.net_in_bytes),
+                        bytes(n.net_out_bytes),
+                    ]
+                },
+            )
         }
         Command::DescribeEvents { limit } => {
             #[derive(Serialize)]

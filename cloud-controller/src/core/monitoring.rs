@@ -487,6 +487,116 @@ impl Cloud {
     }
 }
 
+/// A node's load now and lately (`gumtree-admin describe-node-metrics`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeMetrics {
+    pub cluster: String,
+    pub node: String,
+    pub state: i32,
+    pub sampled_unix_ms: i64,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+    pub disk_percent: f64,
+    pub instances: u32,
+    pub guests_busy_cores: f64,
+    pub cores: u32,
+    pub cpu_average: f64,
+    pub cpu_maximum: f64,
+    pub memory_average: f64,
+    pub net_in_bytes: f64,
+    pub net_out_bytes: f64,
+    pub cpu_by_minute: Vec<f64>,
+}
+
+impl Cloud {
+    /// Every node's latest sample and its figures over the last `minutes`.
+    pub fn node_metrics(&self, minutes: i64) -> Result<Vec<NodeMetrics>, MonitoringError> {
+        let admin = self
+            .accounts
+            .find(&self.settings.admin_account)
+            .map_err(|e| MonitoringError::Invalid(e.to_string()))?
+            .account_id;
+        let now = common::time::unix_secs();
+        let span = Span {
+            start: now - minutes.max(1) * 60,
+            end: now + 60,
+            period: 60,
+        };
+        let mut out = Vec::new();
+        for view in self.registry.nodes() {
+            let Some(n) = view.node else { continue };
+            let metric = |name: &str| {
+                MetricId::new(
+                    NODE_NAMESPACE,
+                    name,
+                    vec![dim("Cluster", &view.cluster_name), dim("NodeName", &n.name)],
+                )
+            };
+            let cpu = self.metric_statistics(&admin, &metric("CPUUtilization"), span, None)?;
+            let memory =
+                self.metric_statistics(&admin, &metric("MemoryUtilization"), span, None)?;
+            let total = |b: &[metric_store::Bucket]| {
+                let mut all: Option<Agg> = None;
+                for x in b {
+                    match &mut all {
+                        Some(a) => a.merge(&x.agg),
+                        None => all = Some(x.agg.clone()),
+                    }
+                }
+                all
+            };
+            let sum_of = |name: &str| -> Result<f64, MonitoringError> {
+                let b = self.metric_statistics(&admin, &metric(name), span, None)?;
+                Ok(b.iter().map(|x| x.agg.sum).sum())
+            };
+            let latest = n.samples.last();
+            let host = latest.and_then(|s| s.host.as_ref());
+            let pct = |used: u64, total: u64| {
+                if total == 0 {
+                    0.0
+                } else {
+                    used as f64 / total as f64 * 100.0
+                }
+            };
+            let cpu_all = total(&cpu);
+            out.push(NodeMetrics {
+                cluster: view.cluster_name.clone(),
+                node: n.name.clone(),
+                state: n.state,
+                sampled_unix_ms: latest.map(|s| s.at_unix_ms).unwrap_or(0),
+                cpu_percent: host.map(|h| h.cpu_percent).unwrap_or(0.0),
+                memory_percent: host
+                    .map(|h| pct(h.memory_used_bytes, h.memory_total_bytes))
+                    .unwrap_or(0.0),
+                disk_percent: host
+                    .map(|h| pct(h.disk_used_bytes, h.disk_total_bytes))
+                    .unwrap_or(0.0),
+                instances: host.map(|h| h.guests).unwrap_or(0),
+                guests_busy_cores: n.load.as_ref().map(|l| l.cpu_busy_cores).unwrap_or(0.0),
+                cores: n.resources.map(|r| r.cores_total).unwrap_or(0),
+                cpu_average: cpu_all
+                    .as_ref()
+                    .and_then(|a| a.get(Statistic::Average))
+                    .unwrap_or(0.0),
+                cpu_maximum: cpu_all
+                    .as_ref()
+                    .and_then(|a| a.get(Statistic::Maximum))
+                    .unwrap_or(0.0),
+                memory_average: total(&memory)
+                    .and_then(|a| a.get(Statistic::Average))
+                    .unwrap_or(0.0),
+                net_in_bytes: sum_of("NetworkIn")?,
+                net_out_bytes: sum_of("NetworkOut")?,
+                cpu_by_minute: cpu
+                    .iter()
+                    .filter_map(|b| b.agg.get(Statistic::Average))
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! A minimal EC2 Query client for benchmarks: keep-alive HTTP/1.1, signed
-//! with SigV4, so the figures measured are the server's and not a CLI's.
+//! A minimal Query client for benchmarks (EC2, or CloudWatch's Query
+//! protocol): keep-alive HTTP/1.1, signed with SigV4, so the figures
+//! measured are the server's and not a CLI's.
 
 use std::{
     io::{BufReader, Read, Write},
@@ -13,6 +14,10 @@ pub struct Ec2 {
     key: String,
     secret: String,
     conn: Option<BufReader<TcpStream>>,
+    /// Where the API answers, the service it signs for, its version.
+    path: &'static str,
+    service: &'static str,
+    version: &'static str,
 }
 
 impl Ec2 {
@@ -27,6 +32,19 @@ impl Ec2 {
             key,
             secret,
             conn: None,
+            path: "/",
+            service: "ec2",
+            version: "2016-11-15",
+        }
+    }
+
+    /// A client of CloudWatch's Query protocol at the EC2 endpoint.
+    pub fn cloudwatch(endpoint: &str, key: (String, String)) -> Self {
+        Self {
+            path: "/services/CloudWatch",
+            service: "monitoring",
+            version: "2010-08-01",
+            ..Self::new(endpoint, key)
         }
     }
 
@@ -34,7 +52,7 @@ impl Ec2 {
     pub fn call(&mut self, action: &str, params: &[(&str, &str)]) -> (u16, String) {
         let mut pairs: Vec<(String, String)> = vec![
             ("Action".into(), action.into()),
-            ("Version".into(), "2016-11-15".into()),
+            ("Version".into(), self.version.into()),
         ];
         pairs.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let body = sigv4::canonical_query(&pairs);
@@ -42,16 +60,17 @@ impl Ec2 {
         let date = &amz_date[..8];
         let ctype = "application/x-www-form-urlencoded; charset=utf-8";
         let canonical = format!(
-            "POST\n/\n\ncontent-type:{ctype}\nhost:{}\nx-amz-date:{amz_date}\n\ncontent-type;host;x-amz-date\n{}",
+            "POST\n{}\n\ncontent-type:{ctype}\nhost:{}\nx-amz-date:{amz_date}\n\ncontent-type;host;x-amz-date\n{}",
+            self.path,
             self.addr,
             sigv4::sha256_hex(body.as_bytes())
         );
-        let scope = format!("{date}/gumtree/ec2/aws4_request");
+        let scope = format!("{date}/gumtree/{}/aws4_request", self.service);
         let sts = format!(
             "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
             sigv4::sha256_hex(canonical.as_bytes())
         );
-        let signing = sigv4::signing_key(&self.secret, date, "gumtree", "ec2");
+        let signing = sigv4::signing_key(&self.secret, date, "gumtree", self.service);
         let auth = format!(
             "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders=content-type;host;x-amz-date, Signature={}",
             self.key,
@@ -64,7 +83,8 @@ impl Ec2 {
         }
         let conn = self.conn.as_mut().expect("connected");
         let head = format!(
-            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nX-Amz-Date: {amz_date}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {ctype}\r\nX-Amz-Date: {amz_date}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.path,
             self.addr,
             body.len()
         );

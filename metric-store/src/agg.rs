@@ -149,9 +149,22 @@ impl Agg {
         })
     }
 
-    /// The bytes it is stored as.
+    /// The bytes it is stored as: 9 for a single value (most points), 17
+    /// for one value several times, else the whole set.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(33 + 16 * self.values.len());
+        if let [(v, c)] = self.values[..] {
+            if v == self.min && v == self.max && c == self.count && v * c == self.sum {
+                let mut out = Vec::with_capacity(17);
+                out.push(if c == 1.0 { 1 } else { 2 });
+                out.extend_from_slice(&v.to_le_bytes());
+                if c != 1.0 {
+                    out.extend_from_slice(&c.to_le_bytes());
+                }
+                return out;
+            }
+        }
+        let mut out = Vec::with_capacity(34 + 16 * self.values.len());
+        out.push(0);
         for f in [self.count, self.sum, self.min, self.max] {
             out.extend_from_slice(&f.to_le_bytes());
         }
@@ -165,11 +178,18 @@ impl Agg {
 
     /// Reads what [`Agg::encode`] wrote.
     pub fn decode(b: &[u8]) -> Option<Self> {
+        let (tag, b) = b.split_first()?;
         let f = |i: usize| -> Option<f64> {
             Some(f64::from_le_bytes(
                 b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
             ))
         };
+        match tag {
+            1 if b.len() == 8 => return Some(Agg::of(f(0)?, 1.0)),
+            2 if b.len() == 16 => return Some(Agg::of(f(0)?, f(1)?)),
+            0 => {}
+            _ => return None,
+        }
         let n = *b.get(32)? as usize;
         let rest = b.get(33..)?;
         if rest.len() != n * 16 {
@@ -214,6 +234,13 @@ mod tests {
         assert_eq!(a.get(Statistic::Percentile(50.0)), Some(4.0));
         assert_eq!(a.get(Statistic::Percentile(90.0)), Some(10.0));
         assert_eq!(Agg::decode(&a.encode()), Some(a));
+        let one = Agg::of(2.5, 1.0);
+        assert_eq!(one.encode().len(), 9);
+        assert_eq!(Agg::decode(&one.encode()), Some(one));
+        let thrice = Agg::of(-1.5, 3.0);
+        assert_eq!(thrice.encode().len(), 17);
+        assert_eq!(Agg::decode(&thrice.encode()), Some(thrice));
+        assert_eq!(Agg::decode(&[9, 0]), None);
     }
 
     #[test]

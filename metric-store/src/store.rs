@@ -5,10 +5,12 @@
 //! - `s` account `\0` namespace `\0` name `\0` (dimension `\x01` value `\0`)*:
 //!   the series ([`SeriesMeta`], JSON).
 //! - `p` series id (8) resolution (1) bucket start (8): a point ([`Agg`]).
-//!   Every point is kept at each resolution (one second only for
-//!   high-resolution series), each for as long as CloudWatch keeps it:
-//!   1-second points 3 hours, 1-minute 15 days, 5-minute 63 days, 1-hour
-//!   455 days. [`MetricStore::sweep`] drops what is older.
+//!   A moment lives in one table at a time: the finest that keeps its age
+//!   (1-second points, of high-resolution series only, 3 hours; 1-minute
+//!   15 days; 5-minute 63 days; 1-hour 455 days, CloudWatch's schedule).
+//!   A write touches one key; [`MetricStore::sweep`] rolls points up into
+//!   the next table as they age and drops what is past 455 days. Queries
+//!   read every table (no moment is in two).
 //! - `m` name: a high-water mark the writer keeps with its points (which
 //!   node samples are already stored), so a batch sent twice counts once.
 //! - `a` and `h`: alarms and their history ([`crate::alarm`]).
@@ -333,28 +335,25 @@ impl MetricStore {
                 meta.last_ms = at_ms.max(meta.last_ms);
                 *changed = true;
             }
-            for res in RESOLUTIONS {
-                if res.secs == 1 && !p.high_res {
-                    continue;
+            // One table holds a point: the finest that keeps its age.
+            let Some(res) = home_of(p.at_secs, now_secs, p.high_res) else {
+                continue;
+            };
+            let at = p.at_secs.div_euclid(res.secs) * res.secs;
+            let pk = point_key(meta.id, res, at);
+            let agg = match sums.get_mut(&pk) {
+                Some(a) => a,
+                None => {
+                    let now = match self.tree.get(pk)? {
+                        Some(v) => {
+                            Agg::decode(&v).ok_or_else(|| StoreError::Damaged("a point".into()))?
+                        }
+                        None => Agg::set(0.0, 0.0, 0.0, 0.0),
+                    };
+                    sums.entry(pk).or_insert(now)
                 }
-                let at = p.at_secs.div_euclid(res.secs) * res.secs;
-                if at < now_secs - res.keep_secs {
-                    continue;
-                }
-                let pk = point_key(meta.id, res, at);
-                let agg = match sums.get_mut(&pk) {
-                    Some(a) => a,
-                    None => {
-                        let now = match self.tree.get(pk)? {
-                            Some(v) => Agg::decode(&v)
-                                .ok_or_else(|| StoreError::Damaged("a point".into()))?,
-                            None => Agg::set(0.0, 0.0, 0.0, 0.0),
-                        };
-                        sums.entry(pk).or_insert(now)
-                    }
-                };
-                agg.merge(&p.agg);
-            }
+            };
+            agg.merge(&p.agg);
         }
         let mut batch = sled::Batch::default();
         for (k, (meta, changed)) in &metas {
@@ -412,16 +411,20 @@ impl MetricStore {
         }
         let origin = start.div_euclid(res.secs) * res.secs;
         let mut out: BTreeMap<i64, Agg> = BTreeMap::new();
-        let from = point_key(meta.id, res, origin);
-        let to = point_key(meta.id, res, end);
-        for kv in self.tree.range(from..to) {
-            let (k, v) = kv?;
-            let at = point_time(&k).ok_or_else(|| StoreError::Damaged("a point key".into()))?;
-            let agg = Agg::decode(&v).ok_or_else(|| StoreError::Damaged("a point".into()))?;
-            let bucket = origin + (at - origin).div_euclid(period) * period;
-            out.entry(bucket)
-                .and_modify(|a| a.merge(&agg))
-                .or_insert(agg);
+        // Each moment lives in one table (the sweep rolls points up as they
+        // age): read them all.
+        for table in RESOLUTIONS {
+            let from = point_key(meta.id, table, origin.div_euclid(table.secs) * table.secs);
+            let to = point_key(meta.id, table, end);
+            for kv in self.tree.range(from..to) {
+                let (k, v) = kv?;
+                let at = point_time(&k).ok_or_else(|| StoreError::Damaged("a point key".into()))?;
+                let agg = Agg::decode(&v).ok_or_else(|| StoreError::Damaged("a point".into()))?;
+                let bucket = origin + (at.max(origin) - origin).div_euclid(period) * period;
+                out.entry(bucket)
+                    .and_modify(|a| a.merge(&agg))
+                    .or_insert(agg);
+            }
         }
         Ok(out
             .into_iter()
@@ -494,9 +497,12 @@ impl MetricStore {
         Ok((out, None))
     }
 
-    /// Drops the points older than their resolution keeps and the series
-    /// with none left; returns how many keys went.
+    /// Rolls points up as they age (1-second points past 3 hours into
+    /// 1-minute ones, 1-minute past 15 days into 5-minute, 5-minute past 63
+    /// days into 1-hour), drops 1-hour points past 455 days and the series
+    /// with none left; returns how many points went or moved.
     pub fn sweep(&self, now_secs: i64) -> Result<usize, StoreError> {
+        let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut gone = 0;
         let series: Vec<(sled::IVec, SeriesMeta)> = self
             .tree
@@ -508,14 +514,37 @@ impl MetricStore {
             .collect();
         for (k, meta) in series {
             let mut batch = sled::Batch::default();
-            for res in RESOLUTIONS {
-                let from = point_key(meta.id, res, i64::MIN);
-                let to = point_key(meta.id, res, now_secs - res.keep_secs);
+            let mut coarser: BTreeMap<[u8; 18], Agg> = BTreeMap::new();
+            for (i, res) in RESOLUTIONS.iter().enumerate() {
+                let from = point_key(meta.id, *res, i64::MIN);
+                let to = point_key(meta.id, *res, now_secs - res.keep_secs);
                 for kv in self.tree.range(from..to) {
-                    let (pk, _) = kv?;
-                    batch.remove(pk);
+                    let (pk, v) = kv?;
+                    batch.remove(pk.clone());
                     gone += 1;
+                    let Some(next) = RESOLUTIONS.get(i + 1) else {
+                        continue;
+                    };
+                    let (Some(at), Some(agg)) = (point_time(&pk), Agg::decode(&v)) else {
+                        continue;
+                    };
+                    let nk = point_key(meta.id, *next, at.div_euclid(next.secs) * next.secs);
+                    match coarser.get_mut(&nk) {
+                        Some(a) => a.merge(&agg),
+                        None => {
+                            let mut a = match self.tree.get(nk)? {
+                                Some(v) => Agg::decode(&v)
+                                    .ok_or_else(|| StoreError::Damaged("a point".into()))?,
+                                None => Agg::set(0.0, 0.0, 0.0, 0.0),
+                            };
+                            a.merge(&agg);
+                            coarser.insert(nk, a);
+                        }
+                    }
                 }
+            }
+            for (nk, agg) in &coarser {
+                batch.insert(&nk[..], agg.encode());
             }
             if meta.last_ms < (now_secs - RESOLUTIONS[3].keep_secs) * 1000 {
                 batch.remove(k);
@@ -526,6 +555,15 @@ impl MetricStore {
         self.db.flush()?;
         Ok(gone)
     }
+}
+
+/// The table a point of `at` lives in: the finest that keeps that age
+/// (1-second ones only for high-resolution metrics); none past them all.
+fn home_of(at: i64, now: i64, high_res: bool) -> Option<Resolution> {
+    RESOLUTIONS
+        .into_iter()
+        .filter(|r| high_res || r.secs > 1)
+        .find(|r| at >= now - r.keep_secs)
 }
 
 #[cfg(test)]
@@ -659,36 +697,45 @@ mod tests {
     }
 
     #[test]
-    fn old_points_are_swept_by_resolution() {
+    fn points_roll_up_as_they_age_and_go_after_455_days() {
         let s = MetricStore::temporary().expect("works");
         let m = cpu("i-1");
+        let at = NOW - 14 * DAY;
         s.put(
             "111",
-            &[point(&m, NOW - 20 * DAY, 1.0)],
+            &[point(&m, at, 4.0), point(&m, at + 60, 6.0)],
             &[],
-            NOW - 20 * DAY,
+            NOW,
         )
         .expect("works");
-        // Stored at 1 minute, 5 minutes and 1 hour; the first is past 15 days.
-        let gone = s.sweep(NOW).expect("works");
-        assert_eq!(gone, 1);
-        assert_eq!(
-            s.statistics(
-                "111",
-                &m,
-                Span {
-                    start: NOW - 20 * DAY,
-                    end: NOW,
-                    period: 3600
-                },
-                None,
-                NOW
-            )
-            .expect("works")
-            .len(),
-            1
-        );
-        assert_eq!(s.sweep(NOW + 456 * DAY).expect("works"), 3);
+        let sum = |now: i64, period: i64| -> Option<f64> {
+            let b = s
+                .statistics(
+                    "111",
+                    &m,
+                    Span {
+                        start: at - at.rem_euclid(3600),
+                        end: at + 3600,
+                        period,
+                    },
+                    None,
+                    now,
+                )
+                .expect("works");
+            b.first()?.agg.get(Statistic::Sum)
+        };
+        assert_eq!(s.sweep(NOW).expect("works"), 0, "nothing is old yet");
+        assert_eq!(sum(NOW, 60), Some(4.0), "the first minute alone");
+        // Past 15 days: into a 5-minute point; 1-minute periods no longer answer.
+        assert_eq!(s.sweep(NOW + 2 * DAY).expect("works"), 2);
+        assert_eq!(sum(NOW + 2 * DAY, 300), Some(10.0));
+        assert_eq!(sum(NOW + 2 * DAY, 60), None);
+        // Past 63 days: a 1-hour point.
+        assert_eq!(s.sweep(NOW + 50 * DAY).expect("works"), 1);
+        assert_eq!(sum(NOW + 50 * DAY, 3600), Some(10.0));
+        assert_eq!(sum(NOW + 50 * DAY, 300), None);
+        // Past 455 days: gone, and the series with it.
+        assert_eq!(s.sweep(NOW + 460 * DAY).expect("works"), 2);
         assert!(s.series("111", &m).expect("works").is_none());
     }
 

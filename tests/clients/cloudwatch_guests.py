@@ -206,5 +206,8 @@ assert other.describe_alarms()["MetricAlarms"] == []
 check("another account sees none of these instances' metrics or alarms")
 
 ec2.terminate_instances(InstanceIds=[busy, idle])
+wait_for("both terminated", lambda: state(busy)[0] == "terminated" and state(idle)[0] == "terminated", 120)
+assert cpu_points(cw, busy, "Maximum")[-1]["Maximum"] >= 80, "a terminated instance's metrics stay"
+check("a terminated instance's metrics stay queryable")
 print(f"BUSY={busy} IDLE={idle}")
 print("cloudwatch guests: all checks passed")

@@ -300,4 +300,20 @@ except urllib.error.HTTPError as e:
     assert e.code == 403 and b"SignatureDoesNotMatch" in e.read(), e
 check("Query: GetMetricStatistics in XML, an error in <ErrorResponse>, signatures scoped to monitoring")
 
+# boto 2 (as older scripts and euca2ools' generation use it): the Query
+# protocol at the endpoint's path.
+import boto.ec2.cloudwatch  # noqa: E402
+from boto.regioninfo import RegionInfo  # noqa: E402
+
+u = urllib.parse.urlparse(CW)
+b2 = boto.ec2.cloudwatch.CloudWatchConnection(
+    aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key, is_secure=False,
+    region=RegionInfo(name="gumtree", endpoint=u.hostname), port=u.port, path=u.path)
+assert b2.put_metric_data("Lab/Boto2", "Hits", value=[3, 4], unit="Count", dimensions={"Page": "home"})
+got = b2.get_metric_statistics(3600, now - datetime.timedelta(minutes=30), now + datetime.timedelta(minutes=30),
+                               "Hits", "Lab/Boto2", ["Sum", "SampleCount"], dimensions={"Page": "home"})
+assert len(got) == 1 and got[0]["Sum"] == 7.0 and got[0]["SampleCount"] == 2.0, got
+assert [m.name for m in b2.list_metrics(namespace="Lab/Boto2")] == ["Hits"]
+check("boto 2: put_metric_data, get_metric_statistics, list_metrics")
+
 print("cloudwatch api: all checks passed")

@@ -247,10 +247,18 @@ fn xml_into(out: &mut String, name: &str, d: &Doc) {
         Doc::Int(i) => out.push_str(&format!("<{name}>{i}</{name}>")),
         Doc::Float(f) => out.push_str(&format!("<{name}>{}</{name}>", number(*f))),
         Doc::Str(s) => out.push_str(&format!("<{name}>{}</{name}>", escape(s))),
-        Doc::Time(t) => out.push_str(&format!(
-            "<{name}>{}</{name}>",
-            common::time::iso8601_ms((t * 1000.0).round() as i64)
-        )),
+        Doc::Time(t) => {
+            // Whole seconds as CloudWatch writes datapoints' times (boto 2
+            // parses no fraction there); milliseconds when there are some.
+            let ms = (t * 1000.0).round() as i64;
+            let text = common::time::iso8601_ms(ms);
+            let text = if ms % 1000 == 0 {
+                text.replace(".000Z", "Z")
+            } else {
+                text
+            };
+            out.push_str(&format!("<{name}>{text}</{name}>"))
+        }
         Doc::List(l) => {
             out.push_str(&format!("<{name}>"));
             for item in l {
@@ -388,7 +396,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&to_json(&d)).expect("json");
         assert_eq!(json["Datapoints"][0]["Timestamp"], 1.7e9);
         let xml = to_xml("GetMetricStatistics", Some(&d), "r-1");
-        assert!(xml.contains("<GetMetricStatisticsResult><Label>CPU</Label><Datapoints><member><Timestamp>2023-11-14T22:13:20.000Z</Timestamp><Sum>3.5</Sum></member></Datapoints></GetMetricStatisticsResult>"), "{xml}");
+        assert!(xml.contains("<GetMetricStatisticsResult><Label>CPU</Label><Datapoints><member><Timestamp>2023-11-14T22:13:20Z</Timestamp><Sum>3.5</Sum></member></Datapoints></GetMetricStatisticsResult>"), "{xml}");
         assert!(to_xml("DeleteAlarms", None, "r-2").contains("<DeleteAlarmsResponse xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\"><ResponseMetadata>"));
     }
 }

@@ -16,7 +16,11 @@ use node_controller::{
 /// This process's CPU time so far, all its threads (schedstat, in ns).
 fn cpu_secs() -> f64 {
     let mut ns: u64 = 0;
-    for t in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) {
             ns += text
                 .split_whitespace()

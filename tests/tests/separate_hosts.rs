@@ -258,6 +258,46 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         Duration::from_secs(1),
     );
     std::thread::sleep(Duration::from_secs(2));
+    // Its metrics: CPUUtilization samples under its instance id (summed
+    // over the last hours), from the node it runs on.
+    let cloudwatch = format!("{ec2}services/CloudWatch");
+    let samples_of = |id: &str| -> f64 {
+        let now = common::time::unix_secs();
+        let out = aws(
+            &cloudwatch,
+            &[
+                "cloudwatch",
+                "get-metric-statistics",
+                "--namespace",
+                "AWS/EC2",
+                "--metric-name",
+                "CPUUtilization",
+                "--dimensions",
+                &format!("Name=InstanceId,Value={id}"),
+                "--start-time",
+                &common::time::iso8601_ms((now - 7200) * 1000),
+                "--end-time",
+                &common::time::iso8601_ms((now + 3600) * 1000),
+                "--period",
+                "10800",
+                "--statistics",
+                "SampleCount",
+                "--output",
+                "json",
+            ],
+        )
+        .expect_ok();
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["Datapoints"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|p| p["SampleCount"].as_f64()).sum())
+            .unwrap_or(0.0)
+    };
+    let before_move = wait_for(
+        "guest a's CPUUtilization in CloudWatch",
+        Duration::from_secs(60),
+        || Some(samples_of(&a)).filter(|n| *n > 0.0),
+    );
     let started = std::time::Instant::now();
     // While it moves, the admin sees it migrating (from its node); users
     // see it running.
@@ -323,6 +363,15 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
         },
     );
     assert_eq!(after.matches("GUMTREE-BOOT-OK").count(), 1, "{after}");
+    // One series across the move: samples go on adding up under its id,
+    // now from the node it moved to (the other no longer has it).
+    let moved_at = samples_of(&a);
+    assert!(moved_at >= before_move, "{moved_at} < {before_move}");
+    wait_for(
+        "guest a's samples from its new node",
+        Duration::from_secs(60),
+        || (samples_of(&a) > moved_at).then_some(()),
+    );
     assert!(after.contains(&format!("instance-id {a}")), "{after}");
     let seen = counts(&after);
     let numbers: Vec<u64> = seen.iter().map(|c| c.0).collect();

@@ -14,6 +14,7 @@
 
 pub mod doc;
 pub mod error;
+pub mod fuzzing;
 pub mod ops;
 
 use bytes::Bytes;

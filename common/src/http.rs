@@ -36,6 +36,20 @@ pub fn headers_too_large<B>(req: &Request<B>) -> bool {
     bytes > MAX_HEADER_BYTES || req.headers().len() > MAX_HEADERS
 }
 
+/// A request's headers as (lower-case name, value) pairs, as the signature
+/// checks read them (a value that is not UTF-8 read lossily).
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Serves `handler` on `listener` (over TLS with `tls`) until the task is
 /// dropped.
 pub async fn serve<H, F, B>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H)

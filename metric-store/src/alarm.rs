@@ -47,12 +47,10 @@ pub const COMPARISONS: [&str; 4] = [
 /// What a period without a point counts as.
 pub const MISSING: [&str; 4] = ["breaching", "notBreaching", "ignore", "missing"];
 
-/// A metric alarm as PutMetricAlarm made it, with its state.
+/// What PutMetricAlarm sets: everything of an alarm but its state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Alarm {
-    pub account: String,
+pub struct AlarmSpec {
     pub name: String,
-    pub arn: String,
     pub description: Option<String>,
     pub actions_enabled: bool,
     pub ok_actions: Vec<String>,
@@ -69,6 +67,15 @@ pub struct Alarm {
     pub threshold: f64,
     pub comparison: String,
     pub treat_missing_data: Option<String>,
+}
+
+/// A metric alarm: its account's, as PutMetricAlarm made it, with its state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alarm {
+    pub account: String,
+    pub arn: String,
+    #[serde(flatten)]
+    pub spec: AlarmSpec,
     pub state: AlarmState,
     pub state_reason: String,
     pub state_reason_data: Option<String>,
@@ -121,19 +128,24 @@ fn phrase(comparison: &str) -> &'static str {
 /// at all is INSUFFICIENT_DATA; `ignore`: the state stays). `None` when
 /// the state stays as it is.
 pub fn evaluate(alarm: &Alarm, points: &[Option<f64>]) -> Option<Verdict> {
-    let n = alarm.evaluation_periods.max(1) as usize;
+    let n = alarm.spec.evaluation_periods.max(1) as usize;
     let m = alarm
+        .spec
         .datapoints_to_alarm
-        .unwrap_or(alarm.evaluation_periods)
+        .unwrap_or(alarm.spec.evaluation_periods)
         .max(1) as usize;
-    let treat = alarm.treat_missing_data.as_deref().unwrap_or("missing");
+    let treat = alarm
+        .spec
+        .treat_missing_data
+        .as_deref()
+        .unwrap_or("missing");
     let points = &points[points.len().saturating_sub(n)..];
     let present: Vec<f64> = points.iter().flatten().copied().collect();
     let missing = points.len() - present.len();
     let mut breaching: Vec<f64> = present
         .iter()
         .copied()
-        .filter(|v| breaches(&alarm.comparison, *v, alarm.threshold))
+        .filter(|v| breaches(&alarm.spec.comparison, *v, alarm.spec.threshold))
         .collect();
     let mut missing_breach = 0;
     match treat {
@@ -167,8 +179,8 @@ pub fn evaluate(alarm: &Alarm, points: &[Option<f64>]) -> Option<Verdict> {
                 n,
                 list(&breaching),
                 if breaching.len() + missing_breach == 1 { "was" } else { "were" },
-                phrase(&alarm.comparison),
-                alarm.threshold,
+                phrase(&alarm.spec.comparison),
+                alarm.spec.threshold,
                 if m == 1 { "" } else { "s" },
             ),
         });
@@ -182,8 +194,8 @@ pub fn evaluate(alarm: &Alarm, points: &[Option<f64>]) -> Option<Verdict> {
             if shown.len() == 1 { "" } else { "s" },
             list(&shown),
             if shown.len() == 1 { "was" } else { "were" },
-            phrase(&alarm.comparison),
-            alarm.threshold,
+            phrase(&alarm.spec.comparison),
+            alarm.spec.threshold,
         ),
     })
 }
@@ -211,7 +223,7 @@ impl MetricStore {
     pub fn put_alarm(&self, alarm: &Alarm, history: &[HistoryItem]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let v = serde_json::to_vec(alarm).map_err(|_| StoreError::Damaged("an alarm".into()))?;
-        batch.insert(alarm_key(&alarm.account, &alarm.name), v);
+        batch.insert(alarm_key(&alarm.account, &alarm.spec.name), v);
         self.history_into(&mut batch, &alarm.account, history)?;
         self.tree().apply_batch(batch)?;
         self.flush()
@@ -348,23 +360,25 @@ mod tests {
     fn alarm(n: u32, m: Option<u32>, treat: Option<&str>) -> Alarm {
         Alarm {
             account: "111".into(),
-            name: "cpu".into(),
             arn: "arn:aws:cloudwatch:r:111:alarm:cpu".into(),
-            description: None,
-            actions_enabled: true,
-            ok_actions: vec![],
-            alarm_actions: vec![],
-            insufficient_data_actions: vec![],
-            metric: MetricId::new("AWS/EC2", "CPUUtilization", vec![]),
-            statistic: "Average".into(),
-            extended: false,
-            period: 60,
-            unit: None,
-            evaluation_periods: n,
-            datapoints_to_alarm: m,
-            threshold: 80.0,
-            comparison: "GreaterThanThreshold".into(),
-            treat_missing_data: treat.map(str::to_string),
+            spec: AlarmSpec {
+                name: "cpu".into(),
+                description: None,
+                actions_enabled: true,
+                ok_actions: vec![],
+                alarm_actions: vec![],
+                insufficient_data_actions: vec![],
+                metric: MetricId::new("AWS/EC2", "CPUUtilization", vec![]),
+                statistic: "Average".into(),
+                extended: false,
+                period: 60,
+                unit: None,
+                evaluation_periods: n,
+                datapoints_to_alarm: m,
+                threshold: 80.0,
+                comparison: "GreaterThanThreshold".into(),
+                treat_missing_data: treat.map(str::to_string),
+            },
             state: AlarmState::InsufficientData,
             state_reason: String::new(),
             state_reason_data: None,

@@ -15,6 +15,32 @@ fn cw_endpoint(cloud: &Cloud) -> String {
     format!("{}services/CloudWatch", cloud.ec2_endpoint())
 }
 
+/// `get-metric-statistics` of the test's `Jobs` metric (Queue=main) in
+/// namespace `ns`: its Sum and SampleCount.
+fn jobs<'a>(ns: &'a str, start: &'a str, end: &'a str, period: &'a str) -> Vec<&'a str> {
+    vec![
+        "cloudwatch",
+        "get-metric-statistics",
+        "--namespace",
+        ns,
+        "--metric-name",
+        "Jobs",
+        "--dimensions",
+        "Name=Queue,Value=main",
+        "--start-time",
+        start,
+        "--end-time",
+        end,
+        "--period",
+        period,
+        "--statistics",
+        "Sum",
+        "SampleCount",
+        "--output",
+        "json",
+    ]
+}
+
 #[test]
 fn custom_metrics_alarms_and_errors_in_every_protocol() {
     let mut cloud = Cloud::start();
@@ -64,28 +90,7 @@ fn custom_metrics_alarms_and_errors_in_every_protocol() {
             ])
             .expect_ok();
         }
-        let got = aws(&[
-            "cloudwatch",
-            "get-metric-statistics",
-            "--namespace",
-            ns,
-            "--metric-name",
-            "Jobs",
-            "--dimensions",
-            "Name=Queue,Value=main",
-            "--start-time",
-            &start,
-            "--end-time",
-            &end,
-            "--period",
-            "3600",
-            "--statistics",
-            "Sum",
-            "SampleCount",
-            "--output",
-            "json",
-        ])
-        .expect_ok();
+        let got = aws(&jobs(ns, &start, &end, "3600")).expect_ok();
         let v: serde_json::Value = serde_json::from_str(&got).expect("json");
         let sum: f64 = value.parse::<f64>().expect("value") * 2.0;
         assert_eq!(v["Datapoints"][0]["Sum"], sum, "{cli:?}: {v}");
@@ -102,22 +107,7 @@ fn custom_metrics_alarms_and_errors_in_every_protocol() {
         .expect_ok();
         assert!(listed.contains("\"Queue\""), "{cli:?}: {listed}");
         // A bad period is refused with CloudWatch's code.
-        let refused = aws(&[
-            "cloudwatch",
-            "get-metric-statistics",
-            "--namespace",
-            ns,
-            "--metric-name",
-            "Jobs",
-            "--start-time",
-            &start,
-            "--end-time",
-            &end,
-            "--period",
-            "61",
-            "--statistics",
-            "Sum",
-        ]);
+        let refused = aws(&jobs(ns, &start, &end, "61"));
         refused.expect_err("InvalidParameterValue");
     }
 
@@ -133,26 +123,7 @@ fn custom_metrics_alarms_and_errors_in_every_protocol() {
                 &creds,
                 &home,
                 &cw_endpoint(&cloud),
-                &[
-                    "cloudwatch",
-                    "get-metric-statistics",
-                    "--namespace",
-                    "Lab/CliV2",
-                    "--metric-name",
-                    "Jobs",
-                    "--dimensions",
-                    "Name=Queue,Value=main",
-                    "--start-time",
-                    &start,
-                    "--end-time",
-                    &end,
-                    "--period",
-                    "3600",
-                    "--statistics",
-                    "Sum",
-                    "--output",
-                    "json",
-                ],
+                &jobs("Lab/CliV2", &start, &end, "3600"),
             );
             let v: serde_json::Value = serde_json::from_str(&run.stdout()).ok()?;
             v["Datapoints"][0]["Sum"].as_f64()

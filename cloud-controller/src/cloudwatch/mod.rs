@@ -166,16 +166,7 @@ async fn run(
         .await
         .map_err(CwError::from_auth)?;
     let raw_query = parts.uri.query().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = common::http::header_pairs(&parts.headers);
     // Clients compress large PutMetricData bodies (and sign them as sent).
     let gzipped = headers
         .iter()

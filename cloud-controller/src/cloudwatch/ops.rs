@@ -5,14 +5,14 @@
 //! (`MetricData.member.1.Value`), as CloudWatch writes them.
 
 use metric_store::{
-    alarm::{Alarm, AlarmState, COMPARISONS, MISSING},
+    alarm::{Alarm, AlarmSpec, AlarmState, COMPARISONS, MISSING},
     Agg, Dimension, ListFilter, MetricId, Span, Statistic,
 };
 
 use super::{doc::Doc, CwError};
 use crate::{
     core::{
-        alarms::{ec2_action, AlarmSpec},
+        alarms::ec2_action,
         monitoring::{DataQuery, DataSource, Datum, MonitoringError},
     },
     ec2::{Caller, Ec2},
@@ -120,6 +120,13 @@ fn checked<'a>(value: &'a str, param: &str, max: usize) -> Result<&'a str, CwErr
     Ok(value)
 }
 
+/// Member `name` of `d` (a parameter named `prefix` + `name`): there, and
+/// 1 to `max` characters without control characters.
+fn named<'a>(d: &'a Doc, name: &str, prefix: &str, max: usize) -> Result<&'a str, CwError> {
+    let param = format!("{prefix}{name}");
+    checked(required(d, name, &param)?, &param, max)
+}
+
 fn number(d: &Doc, name: &str, param: &str) -> Result<Option<f64>, CwError> {
     match d.get(name) {
         None => Ok(None),
@@ -197,16 +204,8 @@ fn dimensions(d: &Doc, prefix: &str) -> Result<Vec<Dimension>, CwError> {
     let mut out: Vec<Dimension> = Vec::new();
     for (i, dim) in items.iter().enumerate() {
         let p = format!("{prefix}Dimensions.member.{}", i + 1);
-        let name = checked(
-            required(dim, "Name", &format!("{p}.Name"))?,
-            &format!("{p}.Name"),
-            255,
-        )?;
-        let value = checked(
-            required(dim, "Value", &format!("{p}.Value"))?,
-            &format!("{p}.Value"),
-            1024,
-        )?;
+        let name = named(dim, "Name", &format!("{p}."), 255)?;
+        let value = named(dim, "Value", &format!("{p}."), 1024)?;
         if out.iter().any(|d| d.name == name) {
             return Err(CwError::invalid_value(
                 "No Metric may specify the same dimension twice.",
@@ -219,16 +218,8 @@ fn dimensions(d: &Doc, prefix: &str) -> Result<Vec<Dimension>, CwError> {
 
 /// `Namespace`, `MetricName` and `Dimensions` of `d` (at `prefix`).
 fn metric(d: &Doc, prefix: &str) -> Result<MetricId, CwError> {
-    let ns = checked(
-        required(d, "Namespace", &format!("{prefix}Namespace"))?,
-        &format!("{prefix}Namespace"),
-        255,
-    )?;
-    let name = checked(
-        required(d, "MetricName", &format!("{prefix}MetricName"))?,
-        &format!("{prefix}MetricName"),
-        255,
-    )?;
+    let ns = named(d, "Namespace", prefix, 255)?;
+    let name = named(d, "MetricName", prefix, 255)?;
     Ok(MetricId::new(ns, name, dimensions(d, prefix)?))
 }
 
@@ -271,7 +262,7 @@ fn span(d: &Doc) -> Result<(i64, i64), CwError> {
 // ---- metrics ----
 
 fn put_metric_data(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
-    let ns = checked(required(input, "Namespace", "Namespace")?, "Namespace", 255)?;
+    let ns = named(input, "Namespace", "", 255)?;
     if ns.starts_with("AWS/") || ns.starts_with(':') {
         return Err(CwError::bad("Namespace", ns));
     }
@@ -288,11 +279,7 @@ fn put_metric_data(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
     let mut data = Vec::with_capacity(items.len());
     for (i, m) in items.iter().enumerate() {
         let p = format!("MetricData.member.{}", i + 1);
-        let name = checked(
-            required(m, "MetricName", &format!("{p}.MetricName"))?,
-            &format!("{p}.MetricName"),
-            255,
-        )?;
+        let name = named(m, "MetricName", &format!("{p}."), 255)?;
         let dims = dimensions(m, &format!("{p}."))?;
         let at = time(m, "Timestamp", &format!("{p}.Timestamp"))?
             .map(|t| t.floor() as i64)
@@ -672,11 +659,7 @@ fn list_metrics(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
     let mut dimensions = Vec::new();
     for (i, d) in items.iter().enumerate() {
         let p = format!("Dimensions.member.{}", i + 1);
-        let n = checked(
-            required(d, "Name", &format!("{p}.Name"))?,
-            &format!("{p}.Name"),
-            255,
-        )?;
+        let n = named(d, "Name", &format!("{p}."), 255)?;
         let v = text(d, "Value", &format!("{p}.Value"))?
             .map(|v| checked(v, &format!("{p}.Value"), 1024).map(str::to_string))
             .transpose()?;
@@ -743,7 +726,7 @@ fn actions(ec2: &Ec2, input: &Doc, name: &str, metric: &MetricId) -> Result<Vec<
 }
 
 fn put_metric_alarm(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
-    let name = checked(required(input, "AlarmName", "AlarmName")?, "AlarmName", 255)?;
+    let name = named(input, "AlarmName", "", 255)?;
     if input.get("Metrics").is_some() {
         return Err(CwError::validation(
             "Alarms on metric math (Metrics) are not supported by this cloud; give MetricName and Namespace.",
@@ -845,38 +828,38 @@ fn put_metric_alarm(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
 
 fn alarm_doc(a: &Alarm) -> Doc {
     Doc::of(vec![
-        ("AlarmName", Doc::str(a.name.clone())),
+        ("AlarmName", Doc::str(a.spec.name.clone())),
         ("AlarmArn", Doc::str(a.arn.clone())),
-        ("AlarmDescription", Doc::opt_str(a.description.clone())),
+        ("AlarmDescription", Doc::opt_str(a.spec.description.clone())),
         (
             "AlarmConfigurationUpdatedTimestamp",
             Doc::time_ms(a.config_updated_ms),
         ),
-        ("ActionsEnabled", Doc::Bool(a.actions_enabled)),
-        ("OKActions", Doc::strs(&a.ok_actions)),
-        ("AlarmActions", Doc::strs(&a.alarm_actions)),
+        ("ActionsEnabled", Doc::Bool(a.spec.actions_enabled)),
+        ("OKActions", Doc::strs(&a.spec.ok_actions)),
+        ("AlarmActions", Doc::strs(&a.spec.alarm_actions)),
         (
             "InsufficientDataActions",
-            Doc::strs(&a.insufficient_data_actions),
+            Doc::strs(&a.spec.insufficient_data_actions),
         ),
         ("StateValue", Doc::str(a.state.as_str())),
         ("StateReason", Doc::str(a.state_reason.clone())),
         ("StateReasonData", Doc::opt_str(a.state_reason_data.clone())),
         ("StateUpdatedTimestamp", Doc::time_ms(a.state_updated_ms)),
-        ("MetricName", Doc::str(a.metric.name.clone())),
-        ("Namespace", Doc::str(a.metric.namespace.clone())),
+        ("MetricName", Doc::str(a.spec.metric.name.clone())),
+        ("Namespace", Doc::str(a.spec.metric.namespace.clone())),
         (
             "Statistic",
-            if a.extended {
+            if a.spec.extended {
                 Doc::Null
             } else {
-                Doc::str(a.statistic.clone())
+                Doc::str(a.spec.statistic.clone())
             },
         ),
         (
             "ExtendedStatistic",
-            if a.extended {
-                Doc::str(a.statistic.clone())
+            if a.spec.extended {
+                Doc::str(a.spec.statistic.clone())
             } else {
                 Doc::Null
             },
@@ -884,7 +867,8 @@ fn alarm_doc(a: &Alarm) -> Doc {
         (
             "Dimensions",
             Doc::List(
-                a.metric
+                a.spec
+                    .metric
                     .dimensions
                     .iter()
                     .map(|d| {
@@ -896,20 +880,24 @@ fn alarm_doc(a: &Alarm) -> Doc {
                     .collect(),
             ),
         ),
-        ("Period", Doc::Int(a.period)),
-        ("Unit", Doc::opt_str(a.unit.clone())),
-        ("EvaluationPeriods", Doc::Int(a.evaluation_periods as i64)),
+        ("Period", Doc::Int(a.spec.period)),
+        ("Unit", Doc::opt_str(a.spec.unit.clone())),
+        (
+            "EvaluationPeriods",
+            Doc::Int(a.spec.evaluation_periods as i64),
+        ),
         (
             "DatapointsToAlarm",
-            a.datapoints_to_alarm
+            a.spec
+                .datapoints_to_alarm
                 .map(|m| Doc::Int(m as i64))
                 .unwrap_or(Doc::Null),
         ),
-        ("Threshold", Doc::Float(a.threshold)),
-        ("ComparisonOperator", Doc::str(a.comparison.clone())),
+        ("Threshold", Doc::Float(a.spec.threshold)),
+        ("ComparisonOperator", Doc::str(a.spec.comparison.clone())),
         (
             "TreatMissingData",
-            Doc::opt_str(a.treat_missing_data.clone()),
+            Doc::opt_str(a.spec.treat_missing_data.clone()),
         ),
         (
             "StateTransitionedTimestamp",
@@ -960,19 +948,20 @@ fn describe_alarms(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
         vec![]
     };
     all.retain(|a| {
-        (names.is_empty() || names.contains(&a.name))
-            && prefix.is_none_or(|p| a.name.starts_with(p))
+        (names.is_empty() || names.contains(&a.spec.name))
+            && prefix.is_none_or(|p| a.spec.name.starts_with(p))
             && state.is_none_or(|s| a.state == s)
             && action_prefix.is_none_or(|p| {
-                a.alarm_actions
+                a.spec
+                    .alarm_actions
                     .iter()
-                    .chain(&a.ok_actions)
-                    .chain(&a.insufficient_data_actions)
+                    .chain(&a.spec.ok_actions)
+                    .chain(&a.spec.insufficient_data_actions)
                     .any(|x| x.starts_with(p))
             })
-            && after.as_ref().is_none_or(|after| a.name > *after)
+            && after.as_ref().is_none_or(|after| a.spec.name > *after)
     });
-    let next = (all.len() > max).then(|| hex::encode(&all[max - 1].name));
+    let next = (all.len() > max).then(|| hex::encode(&all[max - 1].spec.name));
     all.truncate(max);
     Ok(Some(Doc::of(vec![
         ("CompositeAlarms", Doc::List(vec![])),
@@ -992,11 +981,13 @@ fn describe_alarms_for_metric(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
     let unit = unit(input, "Unit")?;
     let mut all = ec2.cloud.alarms(account)?;
     all.retain(|a| {
-        a.metric == metric
-            && statistic.is_none_or(|s| !a.extended && a.statistic == s)
-            && extended.is_none_or(|s| a.extended && a.statistic == s)
-            && per.is_none_or(|p| a.period == p)
-            && unit.as_ref().is_none_or(|u| a.unit.as_ref() == Some(u))
+        a.spec.metric == metric
+            && statistic.is_none_or(|s| !a.spec.extended && a.spec.statistic == s)
+            && extended.is_none_or(|s| a.spec.extended && a.spec.statistic == s)
+            && per.is_none_or(|p| a.spec.period == p)
+            && unit
+                .as_ref()
+                .is_none_or(|u| a.spec.unit.as_ref() == Some(u))
     });
     Ok(Some(Doc::of(vec![(
         "MetricAlarms",
@@ -1059,7 +1050,7 @@ fn describe_alarm_history(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
 }
 
 async fn set_alarm_state(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
-    let name = checked(required(input, "AlarmName", "AlarmName")?, "AlarmName", 255)?;
+    let name = named(input, "AlarmName", "", 255)?;
     let s = required(input, "StateValue", "StateValue")?;
     let state = AlarmState::parse(s).ok_or_else(|| CwError::bad("StateValue", s))?;
     let reason = required(input, "StateReason", "StateReason")?;

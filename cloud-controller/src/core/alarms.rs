@@ -7,32 +7,11 @@
 use std::time::Duration;
 
 use metric_store::{
-    alarm::{evaluate, Alarm, AlarmState, HistoryItem, Verdict},
-    MetricId, Span, Statistic,
+    alarm::{evaluate, Alarm, AlarmSpec, AlarmState, HistoryItem, Verdict},
+    Span, Statistic,
 };
 
 use super::{monitoring::MonitoringError, Cloud};
-
-/// What PutMetricAlarm sets (everything but the state).
-#[derive(Clone, Debug)]
-pub struct AlarmSpec {
-    pub name: String,
-    pub description: Option<String>,
-    pub actions_enabled: bool,
-    pub ok_actions: Vec<String>,
-    pub alarm_actions: Vec<String>,
-    pub insufficient_data_actions: Vec<String>,
-    pub metric: MetricId,
-    pub statistic: String,
-    pub extended: bool,
-    pub period: i64,
-    pub unit: Option<String>,
-    pub evaluation_periods: u32,
-    pub datapoints_to_alarm: Option<u32>,
-    pub threshold: f64,
-    pub comparison: String,
-    pub treat_missing_data: Option<String>,
-}
 
 /// An EC2 action an alarm can take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,17 +51,17 @@ fn spec_json(a: &Alarm) -> serde_json::Value {
         "version": "1.0",
         "type": "Update",
         "updatedAlarm": {
-            "alarmName": a.name,
-            "namespace": a.metric.namespace,
-            "metricName": a.metric.name,
-            "dimensions": a.metric.dimensions.iter().map(|d| serde_json::json!({"name": d.name, "value": d.value})).collect::<Vec<_>>(),
-            "statistic": a.statistic,
-            "period": a.period,
-            "evaluationPeriods": a.evaluation_periods,
-            "threshold": a.threshold,
-            "comparisonOperator": a.comparison,
-            "actionsEnabled": a.actions_enabled,
-            "alarmActions": a.alarm_actions,
+            "alarmName": a.spec.name,
+            "namespace": a.spec.metric.namespace,
+            "metricName": a.spec.metric.name,
+            "dimensions": a.spec.metric.dimensions.iter().map(|d| serde_json::json!({"name": d.name, "value": d.value})).collect::<Vec<_>>(),
+            "statistic": a.spec.statistic,
+            "period": a.spec.period,
+            "evaluationPeriods": a.spec.evaluation_periods,
+            "threshold": a.spec.threshold,
+            "comparisonOperator": a.spec.comparison,
+            "actionsEnabled": a.spec.actions_enabled,
+            "alarmActions": a.spec.alarm_actions,
         }
     })
 }
@@ -120,22 +99,7 @@ impl Cloud {
         let alarm = Alarm {
             account: account_id.to_string(),
             arn: self.alarm_arn(account_id, &spec.name),
-            name: spec.name,
-            description: spec.description,
-            actions_enabled: spec.actions_enabled,
-            ok_actions: spec.ok_actions,
-            alarm_actions: spec.alarm_actions,
-            insufficient_data_actions: spec.insufficient_data_actions,
-            metric: spec.metric,
-            statistic: spec.statistic,
-            extended: spec.extended,
-            period: spec.period,
-            unit: spec.unit,
-            evaluation_periods: spec.evaluation_periods,
-            datapoints_to_alarm: spec.datapoints_to_alarm,
-            threshold: spec.threshold,
-            comparison: spec.comparison,
-            treat_missing_data: spec.treat_missing_data,
+            spec,
             state,
             state_reason: reason,
             state_reason_data: reason_data,
@@ -145,9 +109,9 @@ impl Cloud {
         };
         let verb = if old.is_some() { "updated" } else { "created" };
         let h = history(
-            &alarm.name,
+            &alarm.spec.name,
             "ConfigurationUpdate",
-            format!("Alarm \"{}\" {verb}", alarm.name),
+            format!("Alarm \"{}\" {verb}", alarm.spec.name),
             spec_json(&alarm),
         );
         self.metrics.put_alarm(&alarm, &[h])?;
@@ -192,8 +156,8 @@ impl Cloud {
     ) -> Result<(), MonitoringError> {
         for n in names {
             if let Some(mut a) = self.metrics.alarm(account_id, n)? {
-                if a.actions_enabled != on {
-                    a.actions_enabled = on;
+                if a.spec.actions_enabled != on {
+                    a.spec.actions_enabled = on;
                     a.config_updated_ms = common::time::unix_ms();
                     let h = history(
                         n,
@@ -233,20 +197,20 @@ impl Cloud {
         alarm: &Alarm,
         now_secs: i64,
     ) -> Result<Vec<Option<f64>>, MonitoringError> {
-        let p = alarm.period.max(1);
-        let n = alarm.evaluation_periods.max(1) as i64;
+        let p = alarm.spec.period.max(1);
+        let n = alarm.spec.evaluation_periods.max(1) as i64;
         let end = now_secs.div_euclid(p) * p + p;
         let start = end - (n + 1) * p;
-        let stat = Statistic::parse(&alarm.statistic).unwrap_or(Statistic::Average);
+        let stat = Statistic::parse(&alarm.spec.statistic).unwrap_or(Statistic::Average);
         let buckets = self.metrics.statistics(
             &alarm.account,
-            &alarm.metric,
+            &alarm.spec.metric,
             Span {
                 start,
                 end,
                 period: p,
             },
-            alarm.unit.as_deref(),
+            alarm.spec.unit.as_deref(),
             now_secs,
         )?;
         let mut points: Vec<Option<f64>> = (0..=n)
@@ -283,7 +247,7 @@ impl Cloud {
                 let points = match self.alarm_points(&alarm, now) {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::warn!(alarm = %alarm.name, error = %e, "cannot read an alarm's points");
+                        tracing::warn!(alarm = %alarm.spec.name, error = %e, "cannot read an alarm's points");
                         continue;
                     }
                 };
@@ -294,13 +258,13 @@ impl Cloud {
                     let data = serde_json::json!({
                         "version": "1.0",
                         "queryDate": common::time::iso8601_ms(now * 1000),
-                        "statistic": alarm.statistic,
-                        "period": alarm.period,
+                        "statistic": alarm.spec.statistic,
+                        "period": alarm.spec.period,
                         "recentDatapoints": points.iter().flatten().collect::<Vec<_>>(),
-                        "threshold": alarm.threshold,
+                        "threshold": alarm.spec.threshold,
                     })
                     .to_string();
-                    let (account, name) = (alarm.account.clone(), alarm.name.clone());
+                    let (account, name) = (alarm.account.clone(), alarm.spec.name.clone());
                     if let Err(e) = self.change_state(alarm, verdict, Some(data)).await {
                         tracing::warn!(account = %account, alarm = %name, error = %e, "cannot change an alarm's state");
                     }
@@ -320,7 +284,7 @@ impl Cloud {
         let now = common::time::unix_ms();
         let old = alarm.state;
         let h = history(
-            &alarm.name,
+            &alarm.spec.name,
             "StateUpdate",
             format!(
                 "Alarm updated from {} to {}",
@@ -341,14 +305,14 @@ impl Cloud {
             alarm.state_transitioned_ms = now;
         }
         self.metrics.put_alarm(&alarm, &[h])?;
-        tracing::info!(account = %alarm.account, alarm = %alarm.name, from = old.as_str(), to = v.state.as_str(), "alarm changed state");
-        if !alarm.actions_enabled || old == v.state {
+        tracing::info!(account = %alarm.account, alarm = %alarm.spec.name, from = old.as_str(), to = v.state.as_str(), "alarm changed state");
+        if !alarm.spec.actions_enabled || old == v.state {
             return Ok(());
         }
         let actions = match v.state {
-            AlarmState::Ok => &alarm.ok_actions,
-            AlarmState::Alarm => &alarm.alarm_actions,
-            AlarmState::InsufficientData => &alarm.insufficient_data_actions,
+            AlarmState::Ok => &alarm.spec.ok_actions,
+            AlarmState::Alarm => &alarm.spec.alarm_actions,
+            AlarmState::InsufficientData => &alarm.spec.insufficient_data_actions,
         };
         let mut done = Vec::new();
         for arn in actions {
@@ -360,9 +324,9 @@ impl Cloud {
                     false,
                 ),
             };
-            tracing::info!(alarm = %alarm.name, action = %arn, ok, "{summary}");
+            tracing::info!(alarm = %alarm.spec.name, action = %arn, ok, "{summary}");
             done.push(history(
-                &alarm.name,
+                &alarm.spec.name,
                 "Action",
                 summary,
                 serde_json::json!({"actionState": if ok {"Succeeded"} else {"Failed"}, "notificationResource": arn}),
@@ -376,7 +340,7 @@ impl Cloud {
         let Some(action) = ec2_action(arn, &self.settings.region) else {
             return Err(format!("{arn} is not an action this cloud can take"));
         };
-        let Some(id) = alarm.metric.dimension("InstanceId") else {
+        let Some(id) = alarm.spec.metric.dimension("InstanceId") else {
             return Err("the alarm watches no instance".into());
         };
         let ids = [id.to_string()];

@@ -181,16 +181,7 @@ impl Ec2 {
         }
         let body = read_body(body).await?;
         let raw_query = parts.uri.query().unwrap_or("").to_string();
-        let headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = common::http::header_pairs(&parts.headers);
         let form = parts.method == Method::POST
             && headers.iter().any(|(n, v)| {
                 n == "content-type" && v.starts_with("application/x-www-form-urlencoded")

@@ -162,16 +162,7 @@ impl S3 {
             ));
         }
         let (parts, body) = req.into_parts();
-        let headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = common::http::header_pairs(&parts.headers);
         let host = parts
             .headers
             .get("host")

@@ -298,7 +298,33 @@ try:
     raise AssertionError("a request signed for ec2 was taken")
 except urllib.error.HTTPError as e:
     assert e.code == 403 and b"SignatureDoesNotMatch" in e.read(), e
-check("Query: GetMetricStatistics in XML, an error in <ErrorResponse>, signatures scoped to monitoring")
+# SigV2 (euca2ools and boto 2 sign Query requests so): the form signed
+# with HmacSHA256 over method, host, path and the sorted parameters.
+import base64  # noqa: E402
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
+
+u = urllib.parse.urlparse(CW)
+v2 = {"Action": "ListMetrics", "Version": "2010-08-01", "Namespace": "Lab/App", "AWSAccessKeyId": creds.access_key,
+      "SignatureVersion": "2", "SignatureMethod": "HmacSHA256",
+      "Timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+canonical = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+                     for k, v in sorted(v2.items()))
+to_sign = f"POST\n{u.netloc}\n{u.path}\n{canonical}"
+v2["Signature"] = base64.b64encode(hmac.new(creds.secret_key.encode(), to_sign.encode(), hashlib.sha256).digest()).decode()
+req = urllib.request.Request(CW, data=urllib.parse.urlencode(v2).encode(), method="POST",
+                             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+with urllib.request.urlopen(req) as r:
+    listed = r.read().decode()
+assert "<MetricName>Latency</MetricName>" in listed and "<ListMetricsResult>" in listed, listed
+v2["Signature"] = base64.b64encode(b"x" * 32).decode()
+try:
+    urllib.request.urlopen(urllib.request.Request(CW, data=urllib.parse.urlencode(v2).encode(), method="POST",
+                                                  headers={"Content-Type": "application/x-www-form-urlencoded"}))
+    raise AssertionError("a wrong SigV2 signature was taken")
+except urllib.error.HTTPError as e:
+    assert e.code == 403, e
+check("Query: GetMetricStatistics in XML, an error in <ErrorResponse>, signatures scoped to monitoring, SigV2")
 
 # boto 2 (as older scripts and euca2ools' generation use it): the Query
 # protocol at the endpoint's path.

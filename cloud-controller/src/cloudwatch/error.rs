@@ -135,11 +135,15 @@ impl CwError {
 
     /// An authentication error of the EC2 front end, as CloudWatch names it.
     pub fn from_auth(e: crate::ec2::Ec2Error) -> Self {
-        let code = match e.code.as_str() {
-            "AuthFailure" => "SignatureDoesNotMatch",
-            other => other,
-        };
-        Self::new(code, code, e.status, e.message)
+        match e.code.as_str() {
+            "AuthFailure" => Self::new(
+                "SignatureDoesNotMatch",
+                "SignatureDoesNotMatch",
+                StatusCode::FORBIDDEN,
+                "The request signature we calculated does not match the signature you provided.",
+            ),
+            code => Self::new(code, code, e.status, e.message),
+        }
     }
 
     /// `Sender` or `Receiver`, as the Query error names the fault.

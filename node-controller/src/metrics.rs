@@ -180,12 +180,14 @@ impl MetricSampler {
                     .volumes
                     .iter()
                     .map(|(id, c)| {
+                        // A volume attached since the last sample: all its
+                        // I/O is of this period.
                         let b = was
                             .volumes
                             .iter()
                             .find(|(v, _)| v == id)
                             .map(|(_, c)| *c)
-                            .unwrap_or(*c);
+                            .unwrap_or_default();
                         VolumeIoSample {
                             volume_id: id.clone(),
                             io: Some(io(c.since(&b))),
@@ -279,17 +281,39 @@ mod tests {
         let h = m.host.as_ref().expect("host");
         assert_eq!((h.cpu_percent, h.net_in_bytes, h.guests), (50.0, 100, 2));
         assert_eq!(s.recent().len(), 1);
+        // A volume attached since: all its I/O counts.
+        let mut attached = guest("i-1", 17.0, 1100, 4096);
+        attached.volumes.push((
+            "vol-2".into(),
+            IoCounters {
+                read_ops: 3,
+                ..Default::default()
+            },
+        ));
+        let m = s
+            .sample(
+                t0 + Duration::from_secs(20),
+                20_000,
+                vec![attached],
+                host(60, 300, 105),
+                HostState::default(),
+            )
+            .expect("a sample");
+        assert_eq!(
+            m.guests[0].volumes[1].io.as_ref().map(|v| v.read_ops),
+            Some(3)
+        );
         // A minute on, the first sample has left the reports.
         s.sample(
-            t0 + Duration::from_secs(80),
-            80_000,
+            t0 + Duration::from_secs(90),
+            90_000,
             vec![],
             host(60, 300, 105),
             HostState::default(),
         );
         assert_eq!(
             s.recent().iter().map(|m| m.at_unix_ms).collect::<Vec<_>>(),
-            vec![80_000]
+            vec![90_000]
         );
     }
 

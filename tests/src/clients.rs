@@ -337,3 +337,45 @@ pub fn instance_state(ec2: &dyn Fn(&[&str]) -> Run, id: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// `statistic` of CloudWatch's `metric` in `namespace` with one dimension
+/// over the last two hours, summed over its datapoints (0 when there are
+/// none or the call failed), with the AWS CLI that `aws` runs against a
+/// CloudWatch endpoint.
+pub fn cloudwatch_total(
+    aws: &dyn Fn(&[&str]) -> Run,
+    namespace: &str,
+    metric: &str,
+    (name, value): (&str, &str),
+    statistic: &str,
+) -> f64 {
+    let now = common::time::unix_secs();
+    let out = aws(&[
+        "cloudwatch",
+        "get-metric-statistics",
+        "--namespace",
+        namespace,
+        "--metric-name",
+        metric,
+        "--dimensions",
+        &format!("Name={name},Value={value}"),
+        "--start-time",
+        &common::time::iso8601_ms((now - 7200) * 1000),
+        "--end-time",
+        &common::time::iso8601_ms((now + 3600) * 1000),
+        "--period",
+        "10800",
+        "--statistics",
+        statistic,
+        "--output",
+        "json",
+    ]);
+    serde_json::from_str::<serde_json::Value>(&out.stdout())
+        .ok()
+        .and_then(|v| {
+            v["Datapoints"]
+                .as_array()
+                .map(|d| d.iter().filter_map(|p| p[statistic].as_f64()).sum())
+        })
+        .unwrap_or(0.0)
+}

@@ -559,39 +559,14 @@ fn a_volume_moves_its_data_between_running_guests_on_two_nodes() {
     // Its I/O shows in CloudWatch per volume (AWS/EBS), as its node samples
     // it: the guest keeps reading it.
     let cloudwatch = format!("{ec2}services/CloudWatch");
-    let volume_io = |metric: &str| -> f64 {
-        let now = common::time::unix_secs();
-        let out = aws(
-            &cloudwatch,
-            &[
-                "cloudwatch",
-                "get-metric-statistics",
-                "--namespace",
-                "AWS/EBS",
-                "--metric-name",
-                metric,
-                "--dimensions",
-                &format!("Name=VolumeId,Value={vol}"),
-                "--start-time",
-                &common::time::iso8601_ms((now - 3600) * 1000),
-                "--end-time",
-                &common::time::iso8601_ms((now + 600) * 1000),
-                "--period",
-                "3600",
-                "--statistics",
-                "Sum",
-                "--output",
-                "json",
-            ],
-        );
-        serde_json::from_str::<serde_json::Value>(&out.stdout())
-            .ok()
-            .and_then(|v| {
-                v["Datapoints"]
-                    .as_array()
-                    .map(|d| d.iter().filter_map(|p| p["Sum"].as_f64()).sum())
-            })
-            .unwrap_or(0.0)
+    let volume_io = |metric: &str| {
+        clients::cloudwatch_total(
+            &|args| aws(&cloudwatch, args),
+            "AWS/EBS",
+            metric,
+            ("VolumeId", &vol),
+            "Sum",
+        )
     };
     wait_for(
         "the volume's I/O in CloudWatch",

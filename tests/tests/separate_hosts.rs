@@ -261,37 +261,14 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     // Its metrics: CPUUtilization samples under its instance id (summed
     // over the last hours), from the node it runs on.
     let cloudwatch = format!("{ec2}services/CloudWatch");
-    let samples_of = |id: &str| -> f64 {
-        let now = common::time::unix_secs();
-        let out = aws(
-            &cloudwatch,
-            &[
-                "cloudwatch",
-                "get-metric-statistics",
-                "--namespace",
-                "AWS/EC2",
-                "--metric-name",
-                "CPUUtilization",
-                "--dimensions",
-                &format!("Name=InstanceId,Value={id}"),
-                "--start-time",
-                &common::time::iso8601_ms((now - 7200) * 1000),
-                "--end-time",
-                &common::time::iso8601_ms((now + 3600) * 1000),
-                "--period",
-                "10800",
-                "--statistics",
-                "SampleCount",
-                "--output",
-                "json",
-            ],
+    let samples_of = |id: &str| {
+        clients::cloudwatch_total(
+            &|args| aws(&cloudwatch, args),
+            "AWS/EC2",
+            "CPUUtilization",
+            ("InstanceId", id),
+            "SampleCount",
         )
-        .expect_ok();
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v["Datapoints"]
-            .as_array()
-            .map(|d| d.iter().filter_map(|p| p["SampleCount"].as_f64()).sum())
-            .unwrap_or(0.0)
     };
     let before_move = wait_for(
         "guest a's CPUUtilization in CloudWatch",

@@ -622,24 +622,25 @@ fn get_metric_data(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
     ])))
 }
 
+/// Dimensions as CloudWatch lists them (`Name`, `Value`).
+fn dimensions_doc(dims: &[Dimension]) -> Doc {
+    Doc::List(
+        dims.iter()
+            .map(|d| {
+                Doc::of(vec![
+                    ("Name", Doc::str(d.name.clone())),
+                    ("Value", Doc::str(d.value.clone())),
+                ])
+            })
+            .collect(),
+    )
+}
+
 fn metric_doc(m: &MetricId) -> Doc {
     Doc::of(vec![
         ("Namespace", Doc::str(m.namespace.clone())),
         ("MetricName", Doc::str(m.name.clone())),
-        (
-            "Dimensions",
-            Doc::List(
-                m.dimensions
-                    .iter()
-                    .map(|d| {
-                        Doc::of(vec![
-                            ("Name", Doc::str(d.name.clone())),
-                            ("Value", Doc::str(d.value.clone())),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ),
+        ("Dimensions", dimensions_doc(&m.dimensions)),
     ])
 }
 
@@ -864,22 +865,7 @@ fn alarm_doc(a: &Alarm) -> Doc {
                 Doc::Null
             },
         ),
-        (
-            "Dimensions",
-            Doc::List(
-                a.spec
-                    .metric
-                    .dimensions
-                    .iter()
-                    .map(|d| {
-                        Doc::of(vec![
-                            ("Name", Doc::str(d.name.clone())),
-                            ("Value", Doc::str(d.value.clone())),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ),
+        ("Dimensions", dimensions_doc(&a.spec.metric.dimensions)),
         ("Period", Doc::Int(a.spec.period)),
         ("Unit", Doc::opt_str(a.spec.unit.clone())),
         (

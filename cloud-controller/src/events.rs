@@ -14,7 +14,7 @@ pub struct Event {
     pub unix_ms: i64,
     /// Orders events of the same millisecond.
     pub seq: u64,
-    /// `rebalance`, `migration`, `evacuation`.
+    /// `rebalance`, `migration`, `evacuation`, `alarm` (an alarm's EC2 action).
     pub kind: String,
     pub cluster: String,
     pub node: String,

@@ -121,7 +121,16 @@ assert all(m["StatusCode"] == "Complete" for m in r["MetricDataResults"])
 r = cw.get_metric_data(MetricDataQueries=[dict(q("a", "web-1"), ReturnData=True)],
                        StartTime=base, EndTime=base + datetime.timedelta(minutes=3))
 assert r["MetricDataResults"][0]["Values"] == [20.0, 10.0], r  # newest first by default
-check("GetMetricData: MetricStat, SUM(METRICS()), a / b, MAX(a), ScanBy")
+# Pages of at most one point, followed with NextToken by boto3's paginator.
+pages = list(cw.get_paginator("get_metric_data").paginate(
+    MetricDataQueries=[dict(q("a", "web-1"), ReturnData=True), dict(q("b", "web-2"), ReturnData=True)],
+    StartTime=base, EndTime=base + datetime.timedelta(minutes=3), MaxDatapoints=1))
+assert len(pages) == 4, pages
+got = sorted((m["Id"], v) for p in pages for m in p["MetricDataResults"] for v in m["Values"])
+assert got == [("a", 10.0), ("a", 20.0), ("b", 1.0), ("b", 2.0)], got
+assert code_of(cw.get_metric_data, MetricDataQueries=[q("a", "web-1")], StartTime=base, EndTime=now,
+               NextToken="not-ours") == ("InvalidNextToken", 400)
+check("GetMetricData: MetricStat, SUM(METRICS()), a / b, MAX(a), ScanBy, pages by MaxDatapoints")
 
 # ---- ListMetrics: filters and paging ----
 many = [{"MetricName": "Shard", "Dimensions": [{"Name": "Shard", "Value": f"s{i:04}"}], "Value": i}

@@ -104,6 +104,17 @@ fn guests_metrics_alarms_and_the_nodes_load() {
             .is_some_and(|m| !m.is_empty()),
         "{node}"
     );
+    // The alarm's stop is in the administrators' event log.
+    let events = cloud.admin_json(&["describe-events"]);
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "alarm"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("busy-cpu") && m.contains("ec2:stop")))),
+        "{events}"
+    );
     let table = cloud.admin(&["describe-node-metrics"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(

@@ -13,7 +13,7 @@ use super::{doc::Doc, CwError};
 use crate::{
     core::{
         alarms::ec2_action,
-        monitoring::{DataQuery, DataSource, Datum, MonitoringError},
+        monitoring::{DataQuery, DataResult, DataSource, Datum, MonitoringError},
     },
     ec2::{Caller, Ec2},
 };
@@ -519,9 +519,10 @@ fn get_metric_data(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
         ));
     }
     let (start, end) = span(input)?;
-    if text(input, "NextToken", "NextToken")?.is_some() {
-        return Err(CwError::next_token());
-    }
+    let from = match text(input, "NextToken", "NextToken")? {
+        None => (0, 0),
+        Some(t) => parse_data_token(t).ok_or_else(CwError::next_token)?,
+    };
     let max = integer(input, "MaxDatapoints", "MaxDatapoints")?.unwrap_or(100_800);
     if max < 1 {
         return Err(CwError::bad("MaxDatapoints", &max.to_string()));
@@ -587,17 +588,14 @@ fn get_metric_data(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
             what,
         });
     }
-    let results = ec2.cloud.metric_data(account, &queries, start, end)?;
-    let mut left = max as usize;
-    let out = results
+    let mut results = ec2.cloud.metric_data(account, &queries, start, end)?;
+    if descending {
+        results.iter_mut().for_each(|r| r.points.reverse());
+    }
+    let (page, next) = data_page(results, from, max as usize);
+    let out = page
         .into_iter()
-        .map(|mut r| {
-            if descending {
-                r.points.reverse();
-            }
-            let partial = r.points.len() > left;
-            r.points.truncate(left);
-            left -= r.points.len();
+        .map(|(r, partial)| {
             Doc::of(vec![
                 ("Id", Doc::str(r.id)),
                 ("Label", Doc::str(r.label)),
@@ -618,8 +616,47 @@ fn get_metric_data(ec2: &Ec2, account: &str, input: &Doc) -> Answer {
         .collect();
     Ok(Some(Doc::of(vec![
         ("MetricDataResults", Doc::List(out)),
+        (
+            "NextToken",
+            Doc::opt_str(next.map(|(i, o)| hex::encode(format!("{i}:{o}")))),
+        ),
         ("Messages", Doc::List(vec![])),
     ])))
+}
+
+/// (result, point) where a GetMetricData page starts, from its NextToken.
+fn parse_data_token(t: &str) -> Option<(usize, usize)> {
+    let text = String::from_utf8(hex::decode(t).ok()?).ok()?;
+    let (i, o) = text.split_once(':')?;
+    Some((i.parse().ok()?, o.parse().ok()?))
+}
+
+/// A page of GetMetricData's results: each with whether it goes on in the
+/// next page, and where that page starts (result, point).
+type DataPage = (Vec<(DataResult, bool)>, Option<(usize, usize)>);
+
+/// The page of GetMetricData's `results` that starts at `from` (result,
+/// point) and holds at most `max` points.
+fn data_page(results: Vec<DataResult>, from: (usize, usize), max: usize) -> DataPage {
+    let mut left = max;
+    let mut page = Vec::new();
+    for (i, mut r) in results.into_iter().enumerate().skip(from.0) {
+        let skip = if i == from.0 { from.1 } else { 0 };
+        r.points.drain(..skip.min(r.points.len()));
+        if left == 0 {
+            return (page, Some((i, 0)));
+        }
+        let total = r.points.len();
+        r.points.truncate(left);
+        left -= r.points.len();
+        let taken = r.points.len();
+        if taken < total {
+            page.push((r, true));
+            return (page, Some((i, skip + taken)));
+        }
+        page.push((r, false));
+    }
+    (page, None)
 }
 
 /// Dimensions as CloudWatch lists them (`Name`, `Value`).
@@ -1081,6 +1118,36 @@ mod tests {
             "InvalidParameterValue"
         );
         assert!(period(0, "Period").is_err());
+    }
+
+    #[test]
+    fn get_metric_data_pages_by_points() {
+        let r = |id: &str, n: i64| DataResult {
+            id: id.into(),
+            label: id.into(),
+            points: (0..n).map(|t| (t, t as f64)).collect(),
+        };
+        let all = || vec![r("a", 3), r("b", 4)];
+        let ids = |p: &[(DataResult, bool)]| -> Vec<(String, usize, bool)> {
+            p.iter()
+                .map(|(r, more)| (r.id.clone(), r.points.len(), *more))
+                .collect()
+        };
+        let (p1, next) = data_page(all(), (0, 0), 5);
+        assert_eq!(ids(&p1), [("a".into(), 3, false), ("b".into(), 2, true)]);
+        assert_eq!(next, Some((1, 2)));
+        let (p2, next) = data_page(all(), (1, 2), 5);
+        assert_eq!(ids(&p2), [("b".into(), 2, false)]);
+        assert_eq!(
+            p2[0].0.points[0].0, 2,
+            "it goes on where the last page stopped"
+        );
+        assert_eq!(next, None);
+        let (p3, next) = data_page(all(), (0, 0), 3);
+        assert_eq!(ids(&p3), [("a".into(), 3, false)]);
+        assert_eq!(next, Some((1, 0)));
+        assert_eq!(parse_data_token(&hex::encode("1:2")), Some((1, 2)));
+        assert_eq!(parse_data_token("zz"), None);
     }
 
     #[test]

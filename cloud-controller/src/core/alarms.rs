@@ -325,6 +325,29 @@ impl Cloud {
                 ),
             };
             tracing::info!(alarm = %alarm.spec.name, action = %arn, ok, "{summary}");
+            // What alarms do to instances shows in the cloud's event log too.
+            if let (Some(_), Some(id)) = (
+                ec2_action(arn, &self.settings.region),
+                alarm.spec.metric.dimension("InstanceId"),
+            ) {
+                let event = crate::events::Event {
+                    unix_ms: common::time::unix_ms(),
+                    seq: 0,
+                    kind: "alarm".into(),
+                    cluster: String::new(),
+                    node: String::new(),
+                    instance_id: id.to_string(),
+                    message: format!(
+                        "alarm {} of account {} went {}: {summary}",
+                        alarm.spec.name,
+                        alarm.account,
+                        v.state.as_str()
+                    ),
+                };
+                if let Err(e) = self.events.record(event) {
+                    tracing::warn!(error = %e, "cannot record an event");
+                }
+            }
             done.push(history(
                 &alarm.spec.name,
                 "Action",

@@ -171,10 +171,12 @@ async fn run(
     let gzipped = headers
         .iter()
         .any(|(n, v)| n == "content-encoding" && v.split(',').any(|e| e.trim() == "gzip"));
-    let inflated = if gzipped {
-        gunzip(&body)?
+    // The body as sent is what the signature covers; only a gzipped one
+    // is copied, inflated.
+    let inflated: std::borrow::Cow<[u8]> = if gzipped {
+        std::borrow::Cow::Owned(gunzip(&body)?)
     } else {
-        body.clone()
+        std::borrow::Cow::Borrowed(&body)
     };
     let mut pairs = common::sigv4::parse_query(&raw_query);
     if protocol == Protocol::Query

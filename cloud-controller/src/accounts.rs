@@ -67,6 +67,37 @@ impl Record for AccessKey {
     }
 }
 
+/// A user's console password: an Argon2id hash (PHC string), never the
+/// password. Keyed `<account id>/<user name>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginProfile {
+    pub account_id: String,
+    pub account_name: String,
+    pub user_name: String,
+    pub password_hash: String,
+    pub created_ms: i64,
+}
+
+impl Record for LoginProfile {
+    const TABLE: &'static str = "login_profiles";
+    const SCHEMA: u32 = 1;
+    type Key = String;
+    fn key(&self) -> String {
+        format!("{}/{}", self.account_id, self.user_name)
+    }
+}
+
+/// Who a password or an access key proved to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub account_id: String,
+    pub account_name: String,
+    pub user_name: String,
+}
+
+/// Shortest and longest passwords taken (IAM's default policy and limit).
+pub const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=128;
+
 /// Why an account operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -86,6 +117,12 @@ pub enum AccountError {
     /// What it holds cannot be checked now.
     #[error("{0}")]
     Unavailable(String),
+    #[error("the password must be 8 to 128 characters")]
+    PasswordPolicy,
+    #[error("user {0} has a login profile already")]
+    LoginExists(String),
+    #[error("user {0} has no login profile")]
+    NoLoginProfile(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -95,6 +132,7 @@ pub enum AccountError {
 pub struct Accounts {
     accounts: Table<Account>,
     keys: Table<AccessKey>,
+    logins: Table<LoginProfile>,
     admin_account: String,
 }
 
@@ -126,6 +164,7 @@ impl Accounts {
         Ok(Self {
             accounts: store.table()?,
             keys: store.table()?,
+            logins: store.table()?,
             admin_account: admin_account.into(),
         })
     }
@@ -208,6 +247,11 @@ impl Accounts {
         for key in self.keys_of(&account.name)? {
             self.keys.delete(&key.access_key_id)?;
         }
+        for login in self.logins.list()? {
+            if login.account_id == account.account_id {
+                self.logins.delete(&login.key())?;
+            }
+        }
         self.accounts.delete(&account.name)?;
         Ok(account)
     }
@@ -267,10 +311,108 @@ impl Accounts {
             .collect())
     }
 
+    /// Sets the console password of `user_name` of the account: `create`
+    /// makes a new login profile (refused when there is one), otherwise an
+    /// existing one is changed (refused when there is none).
+    pub fn set_password(
+        &self,
+        account: &str,
+        user_name: &str,
+        password: &str,
+        create: Option<bool>,
+    ) -> Result<LoginProfile, AccountError> {
+        if !valid_user_name(user_name) {
+            return Err(AccountError::InvalidUserName(user_name.into()));
+        }
+        if !PASSWORD_LEN.contains(&password.chars().count()) {
+            return Err(AccountError::PasswordPolicy);
+        }
+        let account = self.find(account)?;
+        let key = format!("{}/{user_name}", account.account_id);
+        let existing = self.logins.get(&key)?;
+        match (create, &existing) {
+            (Some(true), Some(_)) => return Err(AccountError::LoginExists(user_name.into())),
+            (Some(false), None) => return Err(AccountError::NoLoginProfile(user_name.into())),
+            _ => {}
+        }
+        let profile = LoginProfile {
+            account_id: account.account_id,
+            account_name: account.name,
+            user_name: user_name.into(),
+            password_hash: hash_password(password)?,
+            created_ms: existing.map_or_else(time::unix_ms, |e| e.created_ms),
+        };
+        self.logins.put(&profile)?;
+        Ok(profile)
+    }
+
+    /// The login profile of `user_name` of the account.
+    pub fn login_profile(&self, account: &str, user_name: &str) -> Result<LoginProfile, AccountError> {
+        let account = self.find(account)?;
+        self.logins
+            .get(&format!("{}/{user_name}", account.account_id))?
+            .ok_or_else(|| AccountError::NoLoginProfile(user_name.into()))
+    }
+
+    /// Removes the console password of `user_name` of the account.
+    pub fn delete_login_profile(&self, account: &str, user_name: &str) -> Result<(), AccountError> {
+        let profile = self.login_profile(account, user_name)?;
+        self.logins.delete(&profile.key())?;
+        Ok(())
+    }
+
+    /// Who `password` signs in as, when it is `user_name`'s of the account
+    /// (by name or id); None for any wrong part, alike.
+    pub fn check_password(
+        &self,
+        account: &str,
+        user_name: &str,
+        password: &str,
+    ) -> Result<Option<Identity>, AccountError> {
+        let profile = match self.login_profile(account, user_name) {
+            Ok(p) => Some(p),
+            Err(AccountError::NoSuchAccount(_)) | Err(AccountError::NoLoginProfile(_)) => None,
+            Err(e) => return Err(e),
+        };
+        // A missing user costs a hash too, so timing does not tell who exists.
+        let hash = profile
+            .as_ref()
+            .map_or(DUMMY_HASH, |p| p.password_hash.as_str());
+        let matches = verify_password(hash, password);
+        Ok(profile.filter(|_| matches).map(|p| Identity {
+            account_id: p.account_id,
+            account_name: p.account_name,
+            user_name: p.user_name,
+        }))
+    }
+
     /// The key with this id, for request authentication.
     pub fn key(&self, access_key_id: &str) -> Result<Option<AccessKey>, AccountError> {
         Ok(self.keys.get(&access_key_id.to_string())?)
     }
+}
+
+/// An Argon2id hash of a password nobody has, checked when the user is
+/// missing. (Argon2id, m=19456 KiB, t=2, p=1: the crate's defaults.)
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9sTbSlTio3Biev89thdrlKKiCaYsjjYVJxGAL3swxpg";
+
+fn hash_password(password: &str) -> Result<String, AccountError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AccountError::Unavailable(format!("cannot hash the password: {e}")))
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -324,6 +466,58 @@ mod tests {
         let migrated = Account::migrate(1, old).expect("migrate");
         let account: Account = serde_json::from_value(migrated).expect("parse");
         assert_eq!(account.quota, Quota::default());
+    }
+
+    #[test]
+    fn passwords_are_argon2id_hashes_checked_per_user() {
+        let a = accounts();
+        a.create("lab").expect("create");
+        assert!(matches!(
+            a.set_password("lab", "alice", "short", None),
+            Err(AccountError::PasswordPolicy)
+        ));
+        assert!(matches!(
+            a.set_password("lab", "alice", "long enough", Some(false)),
+            Err(AccountError::NoLoginProfile(_))
+        ));
+        let p = a
+            .set_password("lab", "alice", "long enough", Some(true))
+            .expect("create");
+        assert!(p.password_hash.starts_with("$argon2id$"), "{}", p.password_hash);
+        assert!(!p.password_hash.contains("long enough"));
+        assert!(matches!(
+            a.set_password("lab", "alice", "another one", Some(true)),
+            Err(AccountError::LoginExists(_))
+        ));
+        let who = a
+            .check_password("lab", "alice", "long enough")
+            .expect("check")
+            .expect("signed in");
+        assert_eq!((who.account_name.as_str(), who.user_name.as_str()), ("lab", "alice"));
+        let by_id = a.find("lab").expect("find").account_id;
+        assert!(a.check_password(&by_id, "alice", "long enough").expect("check").is_some());
+        for (acct, user, pw) in [
+            ("lab", "alice", "long enougH"),
+            ("lab", "bob", "long enough"),
+            ("nobody", "alice", "long enough"),
+        ] {
+            assert_eq!(a.check_password(acct, user, pw).expect("check"), None, "{acct} {user} {pw}");
+        }
+        a.set_password("lab", "alice", "changed it", Some(false)).expect("update");
+        assert_eq!(a.check_password("lab", "alice", "long enough").expect("check"), None);
+        assert!(a.check_password("lab", "alice", "changed it").expect("check").is_some());
+        a.delete("lab").expect("delete");
+        a.create("lab").expect("again");
+        assert!(matches!(
+            a.login_profile("lab", "alice"),
+            Err(AccountError::NoLoginProfile(_))
+        ));
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_valid_argon2id_hash() {
+        assert!(!verify_password(DUMMY_HASH, "anything"));
+        assert!(argon2::password_hash::PasswordHash::new(DUMMY_HASH).is_ok());
     }
 
     #[test]

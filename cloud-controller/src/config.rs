@@ -41,6 +41,13 @@ pub struct CloudConfig {
     /// `<state_dir>/ec2tls.addr`. Needs `tls_cert_file` and `tls_key_file`.
     /// Default: none.
     pub ec2_tls_listen: String,
+    /// The web console's HTTPS address (empty: no console), written to
+    /// `<state_dir>/console.addr`. Needs `tls_cert_file` and `tls_key_file`;
+    /// the console also trusts exactly the certificates in `tls_cert_file`
+    /// when it reaches Walrus over HTTPS. Default: none.
+    pub console_listen: String,
+    /// Minutes a console session lives unused. Default 30.
+    pub console_idle_minutes: u64,
     /// PEM certificate chain (leaf first) for HTTPS. Default: none.
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key for HTTPS. Default: none.
@@ -80,6 +87,8 @@ impl Default for CloudConfig {
             admin_account: "eucalyptus".into(),
             ec2_listen: "127.0.0.1:8773".into(),
             ec2_tls_listen: String::new(),
+            console_listen: String::new(),
+            console_idle_minutes: 30,
             tls_cert_file: None,
             tls_key_file: None,
             region: "gumtree".into(),

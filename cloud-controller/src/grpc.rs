@@ -30,6 +30,9 @@ fn account_status(e: AccountError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         AccountError::Unavailable(_) => Status::unavailable(e.to_string()),
+        AccountError::PasswordPolicy => Status::invalid_argument(e.to_string()),
+        AccountError::LoginExists(_) => Status::already_exists(e.to_string()),
+        AccountError::NoLoginProfile(_) => Status::not_found(e.to_string()),
         AccountError::Store(_) => {
             tracing::error!(error = %e, "account store failed");
             Status::unavailable(e.to_string())
@@ -241,6 +244,34 @@ impl AdminService for Cloud {
             .map_err(account_status)?;
         Ok(Response::new(DescribeAccessKeysReply {
             keys: keys.into_iter().map(key_proto).collect(),
+        }))
+    }
+
+    async fn set_login_profile(
+        &self,
+        request: Request<proto::SetLoginProfileRequest>,
+    ) -> Result<Response<proto::SetLoginProfileReply>, Status> {
+        let r = request.into_inner();
+        let user = if r.user_name.is_empty() {
+            accounts::ADMIN_USER
+        } else {
+            &r.user_name
+        };
+        let account = self.accounts.find(&r.account).map_err(account_status)?;
+        if r.password.is_empty() {
+            self.accounts
+                .delete_login_profile(&account.name, user)
+                .map_err(account_status)?;
+        } else {
+            self.accounts
+                .set_password(&account.name, user, &r.password, None)
+                .map_err(account_status)?;
+        }
+        tracing::info!(account = %account.name, user, removed = r.password.is_empty(), "console password set");
+        Ok(Response::new(proto::SetLoginProfileReply {
+            account_name: account.name,
+            user_name: user.to_string(),
+            has_password: !r.password.is_empty(),
         }))
     }
 

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod addresses;
 pub mod cloudwatch;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod ec2;
 pub mod events;

@@ -116,6 +116,37 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             .keep_metrics_trimmed(Duration::from_secs(3600)),
     );
     rpc::write_named_addr_file(&config.state_dir, "ec2.addr", ec2_addr)?;
+    let console_addr = if config.console_listen.is_empty() {
+        None
+    } else {
+        let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+            anyhow::bail!("console_listen needs tls_cert_file and tls_key_file");
+        };
+        let acceptor = common::tls::acceptor(cert, key).context("setting up the console's HTTPS")?;
+        let trusted = common::tls::certificates(cert).context("reading tls_cert_file")?;
+        let console = Arc::new(
+            cloud_controller::console::build(
+                ec2.clone(),
+                &store,
+                config.console_idle_minutes.max(1) * 60,
+                &trusted,
+            )
+            .context("setting up the console")?,
+        );
+        let (listener, addr) = rpc::bind(&config.console_listen).await?;
+        tokio::spawn(cloud_controller::console::serve(listener, acceptor, console.clone()));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(300));
+            loop {
+                tick.tick().await;
+                if let Err(e) = console.sessions.expire() {
+                    tracing::warn!(error = %e, "expiring console sessions failed");
+                }
+            }
+        });
+        rpc::write_named_addr_file(&config.state_dir, "console.addr", addr)?;
+        Some(addr)
+    };
     if let Some((acceptor, listener, addr)) = tls {
         tokio::spawn(ec2::serve(listener, Some(acceptor), ec2));
         rpc::write_named_addr_file(&config.state_dir, "ec2tls.addr", addr)?;
@@ -123,6 +154,7 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
     tracing::info!(
         listen = %started.addr,
         ec2 = %ec2_addr,
+        console = ?console_addr.map(|a| format!("https://{a}/")),
         admin_account = %config.admin_account,
         admin_access_key = %admin.access_key_id,
         "cloud controller ready"

@@ -90,6 +90,7 @@ where
                 None => {
                     builder
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await
                 }
                 Some(acceptor) => {
@@ -97,6 +98,7 @@ where
                         Ok(Ok(tls_stream)) => {
                             builder
                                 .serve_connection(TokioIo::new(tls_stream), service)
+                                .with_upgrades()
                                 .await
                         }
                         Ok(Err(e)) => {

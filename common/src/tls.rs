@@ -17,15 +17,20 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// The certificates in a PEM file.
+pub fn certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificates {
+            path: file.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// A TLS acceptor serving the chain in `cert_file` (PEM, leaf first) with
 /// the key in `key_file` (PEM: PKCS#8, PKCS#1 or SEC1), HTTP/1.1 only.
 pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Certificates {
-            path: cert_file.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let certs = certificates(cert_file)?;
     if certs.is_empty() {
         return Err(TlsError::Certificates {
             path: cert_file.display().to_string(),

@@ -168,6 +168,18 @@ enum Command {
         #[arg(long, default_value = "admin")]
         user: String,
     },
+    /// Set a user's password for the web console (read from standard
+    /// input, one line, so it stays out of the process list); `--remove`
+    /// takes it away.
+    SetPassword {
+        #[arg(long)]
+        account: String,
+        /// User name; the account's admin user by default.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[arg(long)]
+        remove: bool,
+    },
     /// List an account's access keys, with their secrets.
     DescribeAccessKeys {
         #[arg(long)]
@@ -888,6 +900,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             print_keys(out, vec![k], true)
+        }
+        Command::SetPassword {
+            account,
+            user,
+            remove,
+        } => {
+            let password = if remove {
+                String::new()
+            } else {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
+                let line = line.trim_end_matches(['\r', '\n']).to_string();
+                anyhow::ensure!(!line.is_empty(), "no password on standard input");
+                line
+            };
+            let r = client
+                .set_login_profile(proto::SetLoginProfileRequest {
+                    account,
+                    user_name: user,
+                    password,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{} {} {}",
+                r.account_name,
+                r.user_name,
+                if r.has_password { "password set" } else { "password removed" }
+            );
+            Ok(())
         }
         Command::DescribeAccessKeys {
             account,

@@ -3,7 +3,8 @@
 //! path by action name): CreateAccount, ListAccounts, DeleteAccount for the
 //! cloud's admin; CreateAccessKey, ListAccessKeys, DeleteAccessKey for an
 //! account's own users, and for any account's by the admin with
-//! `DelegateAccount`.
+//! `DelegateAccount`; and the console passwords of an account's users,
+//! as IAM's login profiles (Create/Update/Get/DeleteLoginProfile).
 
 use common::time;
 use http::StatusCode;
@@ -12,13 +13,17 @@ use super::{error::escape, Call, Ec2, Ec2Error};
 use crate::accounts::{AccessKey, Account, AccountError, ADMIN_USER};
 
 /// The actions served here.
-pub const ACTIONS: [&str; 6] = [
+pub const ACTIONS: [&str; 10] = [
     "CreateAccount",
     "ListAccounts",
     "DeleteAccount",
     "CreateAccessKey",
     "ListAccessKeys",
     "DeleteAccessKey",
+    "CreateLoginProfile",
+    "UpdateLoginProfile",
+    "GetLoginProfile",
+    "DeleteLoginProfile",
 ];
 
 fn account_error(e: AccountError) -> Ec2Error {
@@ -34,6 +39,15 @@ fn account_error(e: AccountError) -> Ec2Error {
         }
         AccountError::Protected(_) | AccountError::InUse(_) => {
             Ec2Error::new("DeleteConflict", e.to_string()).status(StatusCode::CONFLICT)
+        }
+        AccountError::PasswordPolicy => {
+            Ec2Error::new("PasswordPolicyViolation", e.to_string())
+        }
+        AccountError::LoginExists(_) => {
+            Ec2Error::new("EntityAlreadyExists", e.to_string()).status(StatusCode::CONFLICT)
+        }
+        AccountError::NoLoginProfile(_) => {
+            Ec2Error::new("NoSuchEntity", e.to_string()).status(StatusCode::NOT_FOUND)
         }
         AccountError::Unavailable(_) => Ec2Error::new("ServiceUnavailable", e.to_string())
             .status(StatusCode::SERVICE_UNAVAILABLE),
@@ -208,9 +222,65 @@ pub async fn run(ec2: &Ec2, call: &Call) -> Result<String, Ec2Error> {
             tracing::info!(account = %account.name, access_key_id = %key.access_key_id, "access key deleted (Euare)");
             Ok(response(call, ""))
         }
+        "CreateLoginProfile" | "UpdateLoginProfile" => {
+            let account = target_account(ec2, call)?;
+            let user = p.get("UserName").unwrap_or(&call.caller.user_name);
+            let create = call.action == "CreateLoginProfile";
+            let password = if create {
+                p.required("Password")?
+            } else {
+                // UpdateLoginProfile without a password changes nothing here.
+                match p.get("Password") {
+                    Some(pw) => pw,
+                    None => {
+                        accounts
+                            .login_profile(&account.name, user)
+                            .map_err(account_error)?;
+                        return Ok(response(call, ""));
+                    }
+                }
+            };
+            let profile = accounts
+                .set_password(&account.name, user, password, Some(create))
+                .map_err(account_error)?;
+            tracing::info!(account = %account.name, user, "console password set (Euare)");
+            Ok(response(
+                call,
+                &if create {
+                    login_profile_xml(&profile)
+                } else {
+                    String::new()
+                },
+            ))
+        }
+        "GetLoginProfile" => {
+            let account = target_account(ec2, call)?;
+            let user = p.get("UserName").unwrap_or(&call.caller.user_name);
+            let profile = accounts
+                .login_profile(&account.name, user)
+                .map_err(account_error)?;
+            Ok(response(call, &login_profile_xml(&profile)))
+        }
+        "DeleteLoginProfile" => {
+            let account = target_account(ec2, call)?;
+            let user = p.get("UserName").unwrap_or(&call.caller.user_name);
+            accounts
+                .delete_login_profile(&account.name, user)
+                .map_err(account_error)?;
+            tracing::info!(account = %account.name, user, "console password removed (Euare)");
+            Ok(response(call, ""))
+        }
         other => Err(Ec2Error::new(
             "InvalidAction",
             format!("The action {other} is not valid for this web service."),
         )),
     }
+}
+
+fn login_profile_xml(p: &crate::accounts::LoginProfile) -> String {
+    format!(
+        "<LoginProfile>{}{}<PasswordResetRequired>false</PasswordResetRequired></LoginProfile>",
+        el("UserName", &p.user_name),
+        el("CreateDate", &time::iso8601_ms(p.created_ms)),
+    )
 }

@@ -89,7 +89,7 @@ impl Call {
     }
 }
 
-pub(crate) fn request_id() -> String {
+pub fn request_id() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
     format!(
@@ -211,6 +211,17 @@ impl Ec2 {
             },
             if iam { Service::Iam } else { Service::Ec2 },
         )?;
+        self.call_as(self.caller(key), params, id).await
+    }
+
+    /// Runs the Query action `params` name for `caller`, who is known
+    /// already (authenticated by a signature, or by a console session).
+    pub async fn call_as(
+        &self,
+        caller: Caller,
+        params: Params,
+        request_id: &str,
+    ) -> Result<String, Ec2Error> {
         let action = params.required("Action")?.to_string();
         let version = params.get("Version").unwrap_or(DEFAULT_VERSION).to_string();
         if version.len() != 10 || !version.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
@@ -223,9 +234,9 @@ impl Ec2 {
         let call = Call {
             action: action.clone(),
             version,
-            caller: self.caller(key),
+            caller,
             params,
-            request_id: id.to_string(),
+            request_id: request_id.to_string(),
         };
         tracing::info!(action = %action, account = %call.caller.account_name, "request");
         self.run(&call).await

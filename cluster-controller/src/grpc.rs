@@ -186,6 +186,27 @@ impl ClusterService for Cluster {
         ))
     }
 
+    type OpenConsoleStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<proto::ConsoleBytes, Status>> + Send>,
+    >;
+
+    /// Joins the CLC's console stream to the instance's node's.
+    async fn open_console(
+        &self,
+        request: Request<Streaming<proto::ConsoleInput>>,
+    ) -> Result<Response<Self::OpenConsoleStream>, Status> {
+        use tokio_stream::StreamExt;
+        let mut typed = request.into_inner();
+        let first = typed
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("name the instance first"))?;
+        let (_, mut client) = self.instances.node_of(&first.instance_id)?;
+        let upstream = tokio_stream::once(first).chain(typed.map_while(|m| m.ok()));
+        let down = client.open_console(upstream).await?.into_inner();
+        Ok(Response::new(Box::pin(down)))
+    }
+
     async fn get_console_output(
         &self,
         request: Request<InstanceRef>,

@@ -288,7 +288,7 @@ impl ClusterInstances {
     }
 
     /// Where instance `id` runs, and a client for that node.
-    fn node_of(&self, id: &str) -> Result<(String, NodeClient), ClusterError> {
+    pub fn node_of(&self, id: &str) -> Result<(String, NodeClient), ClusterError> {
         let placed = self
             .ledger
             .get(id)

@@ -44,11 +44,13 @@ pub const HEADER_NONCE: &str = "x-gumtree-nonce";
 /// Metadata key with the hex HMAC.
 pub const HEADER_SIGNATURE: &str = "x-gumtree-signature";
 /// The client-streaming methods: their bodies are not signed (TLS carries them).
-pub const STREAMING_METHODS: [&str; 4] = [
+pub const STREAMING_METHODS: [&str; 6] = [
     "/gumtree.v1.CloudService/ReportCluster",
     "/gumtree.v1.CloudService/ReportService",
     "/gumtree.v1.ClusterService/ReportNode",
     "/gumtree.v1.WalrusInternal/PutObject",
+    "/gumtree.v1.ClusterService/OpenConsole",
+    "/gumtree.v1.NodeService/OpenConsole",
 ];
 /// The body hash signed for a streaming method.
 pub const STREAMING: &str = "STREAMING";

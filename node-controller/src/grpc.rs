@@ -354,6 +354,44 @@ impl NodeService for Node {
             .map_err(status)
     }
 
+    type OpenConsoleStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<proto::ConsoleBytes, Status>> + Send>,
+    >;
+
+    async fn open_console(
+        &self,
+        request: Request<tonic::Streaming<proto::ConsoleInput>>,
+    ) -> Result<Response<Self::OpenConsoleStream>, Status> {
+        use tokio_stream::StreamExt;
+        let mut typed = request.into_inner();
+        let first = typed
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("name the instance first"))?;
+        let io = self
+            .instances
+            .open_console(&first.instance_id)
+            .await
+            .map_err(status)?;
+        tracing::info!(instance_id = %first.instance_id, "serial console opened");
+        let input = io.input;
+        if !first.data.is_empty() {
+            let _ = input.send(first.data).await;
+        }
+        // Typing goes on until the other end closes; then the console
+        // closes too.
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = typed.message().await {
+                if !m.data.is_empty() && input.send(m.data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let output = tokio_stream::wrappers::ReceiverStream::new(io.output)
+            .map(|data| Ok(proto::ConsoleBytes { data }));
+        Ok(Response::new(Box::pin(output)))
+    }
+
     async fn get_console_output(
         &self,
         request: Request<InstanceRef>,

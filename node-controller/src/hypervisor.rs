@@ -152,8 +152,7 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
 <features><acpi/></features>{cpu}\
 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
 <devices>{emulator}{disk}{volumes}\
-<serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>\
-<console type='file'><source path='{console}' append='on'/><target type='serial' port='0'/></console>{nic}\
+<serial type='pty'><log file='{console}' append='on'/><target port='0'/></serial>{nic}\
 <memballoon model='none'/>\
 </devices>\
 <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>\
@@ -213,6 +212,18 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// Every running domain whose name starts with `prefix`, with its
     /// counters so far (CPU time, disk and network I/O, memory).
     fn guest_stats(&self, prefix: &str) -> Result<Vec<GuestCounters>, HypervisorError>;
+    /// Opens running domain `name`'s first serial port, taking it from
+    /// whoever had it open.
+    fn open_console(&self, name: &str) -> Result<ConsoleIo, HypervisorError>;
+}
+
+/// An open serial console: bytes the guest writes arrive on `output`
+/// (which ends when the console closes); bytes sent on `input` are typed
+/// into it. Dropping `input` closes it.
+#[derive(Debug)]
+pub struct ConsoleIo {
+    pub output: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub input: tokio::sync::mpsc::Sender<Vec<u8>>,
 }
 
 /// Bytes and requests read and written, since the domain started.
@@ -362,6 +373,57 @@ fn affect(d: &virt::domain::Domain) -> Result<u32, virt::error::Error> {
 }
 
 impl Hypervisor for Libvirt {
+    fn open_console(&self, name: &str) -> Result<ConsoleIo, HypervisorError> {
+        let stream = self.with(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            let stream = virt::stream::Stream::new(c, 0)?;
+            d.open_console(None, &stream, virt::sys::VIR_DOMAIN_CONSOLE_FORCE)?;
+            Ok(stream)
+        })?;
+        let (out_tx, output) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let (input, mut in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        // Blocking reads and writes, each on its own thread; closing the
+        // input aborts the stream, which ends the read.
+        let reader = stream.clone();
+        let who = name.to_string();
+        std::thread::Builder::new()
+            .name("console-read".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match reader.recv(&mut buf) {
+                        Ok(n) if n > 0 => {
+                            if out_tx.blocking_send(buf[..n as usize].to_vec()).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::debug!(domain = %who, error = %e, "console stream ended");
+                            break;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| HypervisorError::Libvirt(format!("cannot start a console thread: {e}")))?;
+        std::thread::Builder::new()
+            .name("console-write".into())
+            .spawn(move || {
+                'typing: while let Some(data) = in_rx.blocking_recv() {
+                    let mut at = 0;
+                    while at < data.len() {
+                        match stream.send(&data[at..]) {
+                            Ok(n) if n > 0 => at += n as usize,
+                            _ => break 'typing,
+                        }
+                    }
+                }
+                let _ = stream.abort();
+            })
+            .map_err(|e| HypervisorError::Libvirt(format!("cannot start a console thread: {e}")))?;
+        Ok(ConsoleIo { output, input })
+    }
+
     fn attach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError> {
         self.with(|c| {
             let d = c.lookup_domain_by_name(name)?;
@@ -582,6 +644,28 @@ impl Fake {
 }
 
 impl Hypervisor for Fake {
+    /// The fake's console echoes what is typed, as a terminal would.
+    fn open_console(&self, name: &str) -> Result<ConsoleIo, HypervisorError> {
+        if !self
+            .domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+        {
+            return Err(HypervisorError::NoDomain(name.to_string()));
+        }
+        let (out_tx, output) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let (input, mut in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        std::thread::spawn(move || {
+            while let Some(data) = in_rx.blocking_recv() {
+                if out_tx.blocking_send(data).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ConsoleIo { output, input })
+    }
+
     fn attach_device(&self, name: &str, xml: &str) -> Result<(), HypervisorError> {
         let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
         let d = domains
@@ -740,7 +824,7 @@ mod tests {
         ));
         assert!(xml.contains("<kernel>/cache/k</kernel><initrd>/cache/r</initrd><cmdline>console=ttyS0 a&lt;b</cmdline>"));
         assert!(xml.contains("<source file='/inst/i-1/disk.qcow2'/>"));
-        assert!(xml.contains("<serial type='file'><source path='/inst/i-1/console.log'"));
+        assert!(xml.contains("<serial type='pty'><log file='/inst/i-1/console.log' append='on'/>"));
         let mut disk_boot = spec("i-2");
         disk_boot.kernel = None;
         disk_boot.virt = Virt::Kvm;

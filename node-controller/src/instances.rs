@@ -1563,6 +1563,19 @@ impl Instances {
         self.status(id).await
     }
 
+    /// The serial console of running instance `id`, both ways.
+    pub async fn open_console(
+        &self,
+        id: &str,
+    ) -> Result<crate::hypervisor::ConsoleIo, InstanceError> {
+        self.record(id)?;
+        if self.status(id).await?.state != InstanceState::Running {
+            return Err(InstanceError::Invalid(format!("{id} is not running")));
+        }
+        let name = id.to_string();
+        self.blocking(move |hv| hv.open_console(&name)).await
+    }
+
     /// The last `CONSOLE_BYTES` of the serial console.
     pub async fn console(&self, id: &str) -> Result<Vec<u8>, InstanceError> {
         self.record(id)?;

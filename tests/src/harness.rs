@@ -174,6 +174,9 @@ pub struct CloudOptions {
     /// Walrus also serves S3 over HTTPS, with a self-signed certificate
     /// for `127.0.0.1` and `localhost` ([`Cloud::ca_file`]).
     pub s3_tls: bool,
+    /// The CLC serves the web console over HTTPS ([`Cloud::console_url`]),
+    /// with the certificate Walrus's HTTPS uses too.
+    pub console: bool,
     /// Nodes run real guests on the machine's libvirtd (`qemu:///system`,
     /// TCG); otherwise they use libvirt's in-process test driver.
     pub real_libvirt: bool,
@@ -210,6 +213,7 @@ impl Default for CloudOptions {
             node_memory_mib: 4096,
             node_disk_gib: 100,
             s3_tls: false,
+            console: false,
             real_libvirt: false,
             placement: "",
             assign_public_ips: false,
@@ -366,11 +370,19 @@ impl Cloud {
         let pool = outside
             .as_ref()
             .map_or("203.0.113.10-203.0.113.12", |o| o.pool.as_str());
+        let tls = (options.s3_tls || options.console)
+            .then(|| self_signed_certificate(cloud.dir.path()));
+        let console = match (&tls, options.console) {
+            (Some((cert, key)), true) => format!(
+                "console_listen = \"127.0.0.1:0\"\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
+            ),
+            _ => String::new(),
+        };
         cloud.add(
             "clc",
             Tier::Cloud,
             &format!(
-                "{}ec2_listen = \"127.0.0.1:0\"\npublic_ips = [{pool:?}]\nassign_public_ips = {}\n{}",
+                "{console}{}ec2_listen = \"127.0.0.1:0\"\npublic_ips = [{pool:?}]\nassign_public_ips = {}\n{}",
                 if options.clc_config.contains("report_timeout_secs") {
                     ""
                 } else {
@@ -383,8 +395,7 @@ impl Cloud {
         let clc = cloud.addr("clc");
         let mut walrus =
             format!("name = \"walrus\"\nclc = \"{clc}\"\ns3_listen = \"127.0.0.1:0\"\n");
-        if options.s3_tls {
-            let (cert, key) = self_signed_certificate(cloud.dir.path());
+        if let (true, Some((cert, key))) = (options.s3_tls, &tls) {
             walrus.push_str(&format!(
                 "s3_tls_listen = \"127.0.0.1:0\"\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
             ));
@@ -579,6 +590,9 @@ impl Cloud {
         if p.tier == Tier::Cloud && config.contains("ec2_listen") {
             more_files.push(p.state_dir.join("ec2.addr"));
         }
+        if p.tier == Tier::Cloud && config.contains("console_listen") {
+            more_files.push(p.state_dir.join("console.addr"));
+        }
         for f in &more_files {
             let _ = fs::remove_file(f);
         }
@@ -633,6 +647,9 @@ impl Cloud {
             if let Some(ec2) = read_addr(&p.state_dir.join("ec2.addr")) {
                 text = pin_port(&text, "ec2_listen", ec2);
             }
+            if let Some(console) = read_addr(&p.state_dir.join("console.addr")) {
+                text = pin_port(&text, "console_listen", console);
+            }
             fs::write(&p.config, text).expect("config");
         }
         p.addr = Some(addr);
@@ -650,6 +667,14 @@ impl Cloud {
         let addr = read_addr(&self.proc("clc").state_dir.join("ec2.addr"))
             .expect("the CLC writes ec2.addr");
         format!("http://{addr}/")
+    }
+
+    /// The web console, `https://127.0.0.1:<port>/` (with
+    /// [`CloudOptions::console`]).
+    pub fn console_url(&self) -> String {
+        let addr = read_addr(&self.proc("clc").state_dir.join("console.addr"))
+            .expect("the CLC writes console.addr when it serves the console");
+        format!("https://{addr}/")
     }
 
     /// Walrus's HTTPS S3 endpoint, `https://127.0.0.1:<port>` (with
@@ -757,6 +782,34 @@ impl Cloud {
             .args(args)
             .output()
             .expect("run gumtree-admin")
+    }
+
+    /// Sets a user's console password with `gumtree-admin set-password`
+    /// (which reads it from standard input).
+    pub fn set_password(&self, account: &str, user: &str, password: &str) {
+        use std::io::Write;
+        let mut child = Command::new(binary("gumtree-admin"))
+            .env("GUMTREE_CLC", self.addr("clc").to_string())
+            .env("GUMTREE_SECRET_FILE", &self.secret_file)
+            .env("GUMTREE_PKI_DIR", &self.pki)
+            .args(["set-password", "--account", account, "--user", user])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run gumtree-admin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("write the password");
+        let out = child.wait_with_output().expect("gumtree-admin set-password");
+        assert!(
+            out.status.success(),
+            "set-password failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `gumtree-admin -o json ARGS`, which must succeed, and parses its output.

@@ -119,6 +119,15 @@ pub trait ClusterApi: Send + Sync + std::fmt::Debug {
     async fn power(&self, cluster: &str, id: &str, what: Power) -> Result<(), ClusterError>;
     /// The guest's serial console so far.
     async fn console_output(&self, cluster: &str, id: &str) -> Result<Vec<u8>, ClusterError>;
+    /// Opens the guest's serial console: what arrives on `typed` is typed
+    /// into it; what it writes comes out of the answer, which ends when
+    /// the console closes (dropping `typed` closes it).
+    async fn open_console(
+        &self,
+        cluster: &str,
+        id: &str,
+        typed: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, ClusterError>;
     /// Replaces the firewalls of the named instances and the memberships
     /// of the groups listed; returns how many firewalls nodes applied.
     async fn set_firewalls(
@@ -385,6 +394,40 @@ impl ClusterApi for GrpcClusters {
             destination: done.destination,
             seconds: done.seconds,
         })
+    }
+
+    async fn open_console(
+        &self,
+        cluster: &str,
+        id: &str,
+        typed: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, ClusterError> {
+        use tokio_stream::StreamExt;
+        let first = proto::ConsoleInput {
+            instance_id: id.to_string(),
+            data: Vec::new(),
+        };
+        let upstream = tokio_stream::once(first).chain(
+            tokio_stream::wrappers::ReceiverStream::new(typed).map(|data| proto::ConsoleInput {
+                instance_id: String::new(),
+                data,
+            }),
+        );
+        let mut down = self
+            .client(cluster)?
+            .open_console(upstream)
+            .await
+            .map_err(|s| ClusterError::from_status(cluster, &s))?
+            .into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(bytes)) = down.message().await {
+                if tx.send(bytes.data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     async fn console_output(&self, cluster: &str, id: &str) -> Result<Vec<u8>, ClusterError> {

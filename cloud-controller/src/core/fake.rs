@@ -171,6 +171,25 @@ impl ClusterApi for FakeCluster {
         self.check(cluster)
     }
 
+    /// Echoes what is typed, as a terminal would.
+    async fn open_console(
+        &self,
+        cluster: &str,
+        _id: &str,
+        mut typed: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, ClusterError> {
+        self.check(cluster)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(data) = typed.recv().await {
+                if tx.send(data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     async fn console_output(&self, cluster: &str, _id: &str) -> Result<Vec<u8>, ClusterError> {
         self.check(cluster)?;
         Ok(Vec::new())

@@ -307,6 +307,27 @@ impl Cloud {
         Ok(())
     }
 
+    /// Opens the serial console of the account's running instance `id`:
+    /// bytes sent on `typed` go to the guest, what it writes comes back.
+    pub async fn open_console(
+        &self,
+        account_id: &str,
+        id: &str,
+        typed: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, CoreError> {
+        let r = self.own_instances(account_id, &[id.to_string()])?.remove(0);
+        if r.state != InstanceState::Running || r.node.is_empty() {
+            return Err(CoreError::IncorrectState {
+                id: r.instance_id,
+                wanted: "reached on its serial console",
+            });
+        }
+        self.clusters
+            .open_console(&r.cluster, id, typed)
+            .await
+            .map_err(|e| CoreError::Unavailable(e.to_string()))
+    }
+
     /// The account's instance `id`'s serial console so far (nothing once
     /// it is gone, or before it has a node).
     pub async fn console_output(

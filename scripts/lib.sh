@@ -348,3 +348,29 @@ register_tiny_guest() {
   say "registered the tiny guest: $ami (kernel $aki, ramdisk $ari)"
   echo "$ami"
 }
+
+# ensure_python_clients: the test clients in a virtualenv (AWS CLI v1, boto3,
+# s3cmd, boto 2.49 and Playwright from PyPI), installed once; exports
+# GUMTREE_PYTHON, GUMTREE_AWS_V1, GUMTREE_AWS_V2 (Debian's), GUMTREE_S3CMD
+# and GUMTREE_CHROMIUM (Debian's chromium, which Playwright drives).
+ensure_python_clients() {
+  local PY VENV PY_CLIENTS
+  # boto 2.49 imports on Python 3.11 at the newest.
+  PY=${GUMTREE_TEST_PYTHON:-python3}
+  "$PY" -c 'import sys; sys.exit(sys.version_info[:2] > (3, 11))' \
+    || die "$PY is newer than 3.11; boto 2.49 needs 3.11 (set GUMTREE_TEST_PYTHON)"
+  VENV=${GUMTREE_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gumtree/venv}
+  PY_CLIENTS=("awscli>=1.29,<2" "boto3>=1.28" "awscrt" "s3cmd>=2.3" "boto==2.49.0" "playwright>=1.40,<2")
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV" 2>/dev/null || { ensure_packages python3-venv; "$PY" -m venv "$VENV"; }
+  fi
+  if ! "$VENV/bin/python" -c 'import boto, boto3, awscli, awscrt, S3, playwright' 2>/dev/null; then
+    say "installing Python clients into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_CLIENTS[@]}"
+  fi
+  export GUMTREE_PYTHON=$VENV/bin/python
+  export GUMTREE_AWS_V1=$VENV/bin/aws
+  export GUMTREE_AWS_V2=/usr/bin/aws
+  export GUMTREE_S3CMD=$VENV/bin/s3cmd
+  export GUMTREE_CHROMIUM=/usr/bin/chromium
+}

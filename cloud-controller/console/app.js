@@ -531,7 +531,8 @@ function metricChart(title, queries, range, unit) {
       width: Math.max(380, el.clientWidth - 28), height: 200,
       series: [{}].concat(results.map((x, k) => ({ label: x.Label || queries[k].label, stroke: colours[k % 4], width: 2, spanGaps: true, value: (u, v) => (v == null ? '–' : unit === 'bytes' ? bytes(v) : v.toFixed(1) + (unit || '')) }))),
       axes: [{}, { values: (u, vals) => vals.map(v => (unit === 'bytes' ? bytes(v) : v + (unit || ''))), size: 70 }],
-      scales: { x: { time: true } },
+      // The whole range asked for, so a few first points sit at its end.
+      scales: { x: { time: true, range: () => [end - span, end] } },
     }, data, el);
     onLeave(() => plot.destroy());
   }).catch(e => { el.querySelector('.empty').replaceWith(errorBox(e)); });

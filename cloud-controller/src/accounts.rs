@@ -347,7 +347,11 @@ impl Accounts {
     }
 
     /// The login profile of `user_name` of the account.
-    pub fn login_profile(&self, account: &str, user_name: &str) -> Result<LoginProfile, AccountError> {
+    pub fn login_profile(
+        &self,
+        account: &str,
+        user_name: &str,
+    ) -> Result<LoginProfile, AccountError> {
         let account = self.find(account)?;
         self.logins
             .get(&format!("{}/{user_name}", account.account_id))?
@@ -483,7 +487,11 @@ mod tests {
         let p = a
             .set_password("lab", "alice", "long enough", Some(true))
             .expect("create");
-        assert!(p.password_hash.starts_with("$argon2id$"), "{}", p.password_hash);
+        assert!(
+            p.password_hash.starts_with("$argon2id$"),
+            "{}",
+            p.password_hash
+        );
         assert!(!p.password_hash.contains("long enough"));
         assert!(matches!(
             a.set_password("lab", "alice", "another one", Some(true)),
@@ -493,19 +501,37 @@ mod tests {
             .check_password("lab", "alice", "long enough")
             .expect("check")
             .expect("signed in");
-        assert_eq!((who.account_name.as_str(), who.user_name.as_str()), ("lab", "alice"));
+        assert_eq!(
+            (who.account_name.as_str(), who.user_name.as_str()),
+            ("lab", "alice")
+        );
         let by_id = a.find("lab").expect("find").account_id;
-        assert!(a.check_password(&by_id, "alice", "long enough").expect("check").is_some());
+        assert!(a
+            .check_password(&by_id, "alice", "long enough")
+            .expect("check")
+            .is_some());
         for (acct, user, pw) in [
             ("lab", "alice", "long enougH"),
             ("lab", "bob", "long enough"),
             ("nobody", "alice", "long enough"),
         ] {
-            assert_eq!(a.check_password(acct, user, pw).expect("check"), None, "{acct} {user} {pw}");
+            assert_eq!(
+                a.check_password(acct, user, pw).expect("check"),
+                None,
+                "{acct} {user} {pw}"
+            );
         }
-        a.set_password("lab", "alice", "changed it", Some(false)).expect("update");
-        assert_eq!(a.check_password("lab", "alice", "long enough").expect("check"), None);
-        assert!(a.check_password("lab", "alice", "changed it").expect("check").is_some());
+        a.set_password("lab", "alice", "changed it", Some(false))
+            .expect("update");
+        assert_eq!(
+            a.check_password("lab", "alice", "long enough")
+                .expect("check"),
+            None
+        );
+        assert!(a
+            .check_password("lab", "alice", "changed it")
+            .expect("check")
+            .is_some());
         a.delete("lab").expect("delete");
         a.create("lab").expect("again");
         assert!(matches!(

@@ -122,7 +122,8 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
         let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
             anyhow::bail!("console_listen needs tls_cert_file and tls_key_file");
         };
-        let acceptor = common::tls::acceptor(cert, key).context("setting up the console's HTTPS")?;
+        let acceptor =
+            common::tls::acceptor(cert, key).context("setting up the console's HTTPS")?;
         let trusted = common::tls::certificates(cert).context("reading tls_cert_file")?;
         let console = Arc::new(
             cloud_controller::console::build(
@@ -134,7 +135,11 @@ async fn run(config: CloudConfig) -> anyhow::Result<()> {
             .context("setting up the console")?,
         );
         let (listener, addr) = rpc::bind(&config.console_listen).await?;
-        tokio::spawn(cloud_controller::console::serve(listener, acceptor, console.clone()));
+        tokio::spawn(cloud_controller::console::serve(
+            listener,
+            acceptor,
+            console.clone(),
+        ));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
             loop {

@@ -572,8 +572,14 @@ pub fn presign(p: &Presign<'_>) -> String {
     let scope = format!("{date}/{}/{}/aws4_request", p.region, p.service);
     let mut pairs = p.query.to_vec();
     pairs.extend([
-        ("X-Amz-Algorithm".to_string(), "AWS4-HMAC-SHA256".to_string()),
-        ("X-Amz-Credential".into(), format!("{}/{scope}", p.access_key)),
+        (
+            "X-Amz-Algorithm".to_string(),
+            "AWS4-HMAC-SHA256".to_string(),
+        ),
+        (
+            "X-Amz-Credential".into(),
+            format!("{}/{scope}", p.access_key),
+        ),
         ("X-Amz-Date".into(), amz_date.clone()),
         ("X-Amz-Expires".into(), p.expires_secs.to_string()),
         ("X-Amz-SignedHeaders".into(), "host".into()),

@@ -416,6 +416,28 @@ try:
     raise AssertionError("deleting a deleted key must fail")
 except ClientError as e:
     assert e.response["Error"]["Code"] == "NoSuchEntity", e.response
+# Console passwords, as IAM's login profiles (stored as Argon2id hashes).
+made = alice_iam.create_login_profile(UserName="alice", Password="a long password")["LoginProfile"]
+assert made["UserName"] == "alice" and made["PasswordResetRequired"] is False, made
+assert alice_iam.get_login_profile(UserName="alice")["LoginProfile"]["UserName"] == "alice"
+for call, kwargs, code in [
+    (alice_iam.create_login_profile, {"UserName": "alice", "Password": "another password"}, "EntityAlreadyExists"),
+    (alice_iam.create_login_profile, {"UserName": "carol", "Password": "short"}, "PasswordPolicyViolation"),
+    (alice_iam.update_login_profile, {"UserName": "carol", "Password": "long enough"}, "NoSuchEntity"),
+    (alice_iam.get_login_profile, {"UserName": "carol"}, "NoSuchEntity"),
+]:
+    try:
+        call(**kwargs)
+        raise AssertionError(f"{call.__name__} {kwargs} must fail")
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == code, (kwargs, e.response)
+alice_iam.update_login_profile(UserName="alice", Password="changed password")
+alice_iam.delete_login_profile(UserName="alice")
+try:
+    alice_iam.get_login_profile(UserName="alice")
+    raise AssertionError("a deleted login profile must be gone")
+except ClientError as e:
+    assert e.response["Error"]["Code"] == "NoSuchEntity", e.response
 status, body = euare(alice, "ListAccounts")
 assert status == 403 and tag(body, "Code") == ["AccessDenied"], body
 status, body = euare(alice, "CreateAccessKey", DelegateAccount="eucalyptus")
@@ -438,7 +460,7 @@ status, body = euare(admin_creds, "DeleteAccount", AccountName="euare-lab")
 assert status == 200, body
 assert code_of(alice_ec2.describe_instances) == ("AuthFailure", 401)
 check("Euare API: CreateAccount/ListAccounts/DeleteAccount by the admin, access keys for an account's users "
-      "(boto3's IAM client), AccessDenied for others, DeleteConflict while instances live")
+      "and login profiles (boto3's IAM client), AccessDenied for others, DeleteConflict while instances live")
 # ---- EC2 exactness found with botocore clients ----
 # An id of the wrong shape is Malformed, not NotFound.
 assert code_of(ec2.describe_instances, InstanceIds=["i-xyz"]) == ("InvalidInstanceID.Malformed", 400)

@@ -370,8 +370,8 @@ impl Cloud {
         let pool = outside
             .as_ref()
             .map_or("203.0.113.10-203.0.113.12", |o| o.pool.as_str());
-        let tls = (options.s3_tls || options.console)
-            .then(|| self_signed_certificate(cloud.dir.path()));
+        let tls =
+            (options.s3_tls || options.console).then(|| self_signed_certificate(cloud.dir.path()));
         let console = match (&tls, options.console) {
             (Some((cert, key)), true) => format!(
                 "console_listen = \"127.0.0.1:0\"\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"
@@ -804,7 +804,9 @@ impl Cloud {
             .expect("stdin")
             .write_all(format!("{password}\n").as_bytes())
             .expect("write the password");
-        let out = child.wait_with_output().expect("gumtree-admin set-password");
+        let out = child
+            .wait_with_output()
+            .expect("gumtree-admin set-password");
         assert!(
             out.status.success(),
             "set-password failed: {}",

@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod ec2client;
+pub mod fleet;
 pub mod harness;
 pub mod hosts;
 pub mod node;

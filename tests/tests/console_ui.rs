@@ -46,7 +46,8 @@ fn the_web_console_in_a_browser() {
     );
     let creds = Credentials::new(cloud.new_account("webuser"));
     cloud.new_account("stranger");
-    let (user_pw, admin_pw, other_pw) = ("web user's pass", "admin's passphrase", "stranger danger");
+    let (user_pw, admin_pw, other_pw) =
+        ("web user's pass", "admin's passphrase", "stranger danger");
     cloud.set_password("webuser", "admin", user_pw);
     cloud.set_password("eucalyptus", "admin", admin_pw);
     cloud.set_password("stranger", "admin", other_pw);
@@ -95,5 +96,9 @@ fn the_web_console_in_a_browser() {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "png"))
         })
         .count();
-    assert!(shots >= 20, "{shots} screenshots in {}", artefacts.display());
+    assert!(
+        shots >= 20,
+        "{shots} screenshots in {}",
+        artefacts.display()
+    );
 }

@@ -929,7 +929,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "{} {} {}",
                 r.account_name,
                 r.user_name,
-                if r.has_password { "password set" } else { "password removed" }
+                if r.has_password {
+                    "password set"
+                } else {
+                    "password removed"
+                }
             );
             Ok(())
         }

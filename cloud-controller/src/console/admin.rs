@@ -95,18 +95,20 @@ pub async fn route(
         (Method::GET, "/api/admin/overview") => {
             let services = AdminService::describe_services(
                 cloud,
-                tonic::Request::new(proto::DescribeServicesRequest {}))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .services;
+                tonic::Request::new(proto::DescribeServicesRequest {}),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .services;
             let nodes = AdminService::describe_nodes(
                 cloud,
-                tonic::Request::new(proto::DescribeNodesRequest {}))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .nodes;
+                tonic::Request::new(proto::DescribeNodesRequest {}),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .nodes;
             json!({
                 "services": services.iter().map(|s| json!({
                     "type": s.service_type, "name": s.name, "partition": s.partition,
@@ -114,7 +116,7 @@ pub async fn route(
                     "lastReport": s.last_report_unix_ms, "detail": s.detail,
                 })).collect::<Vec<_>>(),
                 "nodes": nodes.iter().filter_map(|c| c.node.as_ref().map(|n| {
-                    let res = n.resources.clone().unwrap_or_default();
+                    let res = n.resources.unwrap_or_default();
                     json!({
                         "cluster": c.cluster_name, "zone": c.zone, "name": n.name,
                         "state": state_name(n.state), "disabled": n.disabled,
@@ -131,11 +133,12 @@ pub async fn route(
         (Method::GET, "/api/admin/instances") => {
             let list = AdminService::describe_instances(
                 cloud,
-                tonic::Request::new(proto::AdminDescribeInstancesRequest {}))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .instances;
+                tonic::Request::new(proto::AdminDescribeInstancesRequest {}),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .instances;
             json!({"instances": list.iter().map(|i| json!({
                 "instanceId": i.instance_id, "account": i.account_name, "accountId": i.account_id,
                 "state": i.state, "detail": i.detail, "type": i.instance_type, "zone": i.zone,
@@ -147,11 +150,12 @@ pub async fn route(
             let minutes = query_number(&req, "minutes", 60);
             let nodes = AdminService::describe_node_metrics(
                 cloud,
-                tonic::Request::new(proto::DescribeNodeMetricsRequest { minutes }))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .nodes;
+                tonic::Request::new(proto::DescribeNodeMetricsRequest { minutes }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .nodes;
             json!({"nodes": nodes.iter().map(|n| json!({
                 "cluster": n.cluster, "node": n.node, "state": state_name(n.state),
                 "sampled": n.sampled_unix_ms, "cpu": n.cpu_percent, "memory": n.memory_percent,
@@ -165,11 +169,12 @@ pub async fn route(
             let limit = query_number(&req, "limit", 100);
             let events = AdminService::describe_events(
                 cloud,
-                tonic::Request::new(proto::DescribeEventsRequest { limit }))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .events;
+                tonic::Request::new(proto::DescribeEventsRequest { limit }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .events;
             json!({"events": events.iter().map(|e| json!({
                 "time": e.unix_ms, "kind": e.kind, "cluster": e.cluster, "node": e.node,
                 "instanceId": e.instance_id, "message": e.message,
@@ -178,22 +183,24 @@ pub async fn route(
         (Method::GET, "/api/admin/accounts") => {
             let accounts = AdminService::describe_accounts(
                 cloud,
-                tonic::Request::new(proto::DescribeAccountsRequest {}))
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .accounts;
+                tonic::Request::new(proto::DescribeAccountsRequest {}),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .accounts;
             let mut out = Vec::new();
             for a in accounts {
                 let keys = AdminService::describe_access_keys(
-                cloud,
-                tonic::Request::new(proto::DescribeAccessKeysRequest {
+                    cloud,
+                    tonic::Request::new(proto::DescribeAccessKeysRequest {
                         account: a.name.clone(),
-                    }))
-                    .await
-                    .map_err(status_error)?
-                    .into_inner()
-                    .keys;
+                    }),
+                )
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .keys;
                 out.push(json!({
                     "name": a.name, "accountId": a.account_id, "created": a.created_unix_ms,
                     "quota": quota_json(a.quota.as_ref()),
@@ -208,10 +215,11 @@ pub async fn route(
             let ask: UserAsk = json_body(&read_small(req.into_body()).await?)?;
             let a = AdminService::create_account(
                 cloud,
-                tonic::Request::new(proto::CreateAccountRequest { name: ask.account }))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                tonic::Request::new(proto::CreateAccountRequest { name: ask.account }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner();
             json!({"name": a.name, "accountId": a.account_id})
         }
         (Method::POST, "/api/admin/quota") => {
@@ -227,10 +235,11 @@ pub async fn route(
                         volumes: ask.volumes,
                         volume_gib: ask.volume_gib,
                     }),
-                }))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner();
             json!({"name": a.name, "quota": quota_json(a.quota.as_ref())})
         }
         (Method::POST, "/api/admin/keys") => {
@@ -240,10 +249,11 @@ pub async fn route(
                 tonic::Request::new(proto::CreateAccessKeyRequest {
                     account: ask.account,
                     user_name: ask.user,
-                }))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner();
             json!({"accessKeyId": k.access_key_id, "secretAccessKey": k.secret_access_key,
                    "user": k.user_name, "account": k.account_name})
         }
@@ -255,10 +265,11 @@ pub async fn route(
                     account: ask.account,
                     user_name: ask.user,
                     password: ask.password,
-                }))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner();
             json!({"account": p.account_name, "user": p.user_name, "hasPassword": p.has_password})
         }
         (Method::POST, "/api/admin/migrate") => {
@@ -274,10 +285,11 @@ pub async fn route(
                     instance_id: ask.instance_id,
                     source_host: String::new(),
                     destination_hosts,
-                }))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner();
             json!({"migrations": done.migrations.iter().map(migration_json).collect::<Vec<_>>()})
         }
         (Method::POST, "/api/admin/evacuate") => {
@@ -293,10 +305,11 @@ pub async fn route(
                 tonic::Request::new(proto::EvacuateNodeRequest {
                     node: ask.node,
                     destination_hosts,
-                }))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                }),
+            )
+            .await
+            .map_err(status_error)?
+            .into_inner();
             let mut moved = Vec::new();
             while let Some(m) = stream.next().await {
                 moved.push(migration_json(&m.map_err(status_error)?));
@@ -307,9 +320,10 @@ pub async fn route(
             let ask: MoveAsk = json_body(&read_small(req.into_body()).await?)?;
             AdminService::enable_node(
                 cloud,
-                tonic::Request::new(proto::EnableNodeRequest { node: ask.node }))
-                .await
-                .map_err(status_error)?;
+                tonic::Request::new(proto::EnableNodeRequest { node: ask.node }),
+            )
+            .await
+            .map_err(status_error)?;
             json!({"enabled": true})
         }
         (m, p) => {

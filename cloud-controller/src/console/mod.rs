@@ -33,7 +33,9 @@ use session::{ConsoleSession, Credentials, SessionError, Sessions, COOKIE};
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(data.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 /// The console's parts.
@@ -152,7 +154,10 @@ fn harden(r: &mut Response<Body>) {
              connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
     );
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert(
@@ -168,14 +173,13 @@ fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 /// False for a request another site's page made: its `Origin` (browsers
 /// send one with every POST and WebSocket) names another host.
-fn same_origin(req: &Request<Incoming>) -> bool {
-    let Some(origin) = header_str(req, "origin") else {
+fn same_origin(origin: Option<&str>, host: &str) -> bool {
+    let Some(origin) = origin else {
         return true;
     };
-    let host = header_str(req, "host").unwrap_or_default();
     origin
         .split_once("://")
-        .is_some_and(|(_, rest)| rest.trim_end_matches('/') == host)
+        .is_some_and(|(scheme, rest)| scheme == "https" && rest.trim_end_matches('/') == host)
 }
 
 impl Console {
@@ -210,7 +214,10 @@ impl Console {
             *r.status_mut() = StatusCode::NOT_MODIFIED;
         }
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(a.content_type),
+        );
         if gzip && !not_modified {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
@@ -247,7 +254,10 @@ impl Console {
                 format!("Nothing at {path}."),
             ));
         }
-        if !same_origin(&req) {
+        if !same_origin(
+            header_str(&req, "origin"),
+            header_str(&req, "host").unwrap_or_default(),
+        ) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "InvalidOrigin",
@@ -273,10 +283,9 @@ impl Console {
                     .map(|(_, v)| v)
             });
         let safe = method == Method::GET || method == Method::HEAD;
-        let upgrade = header_str(&req, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-        if (!safe || upgrade)
-            && !csrf.is_some_and(|c| sigv4::signatures_match(&c, &session.csrf))
-        {
+        let upgrade =
+            header_str(&req, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+        if (!safe || upgrade) && !csrf.is_some_and(|c| sigv4::signatures_match(&c, &session.csrf)) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "InvalidCsrfToken",
@@ -436,7 +445,11 @@ impl Console {
     /// the first of the user's.
     fn s3_key(&self, s: &ConsoleSession) -> Result<crate::accounts::AccessKey, ApiError> {
         let unavailable = |e: crate::accounts::AccountError| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", e.to_string())
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            )
         };
         if let Some(id) = &s.access_key_id {
             if let Some(k) = self.ec2.cloud.accounts.key(id).map_err(unavailable)? {
@@ -553,11 +566,9 @@ impl Console {
         let out = builder
             .body(body)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let answer = self
-            .walrus
-            .send(&endpoint, out)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "ServiceUnavailable", e.to_string()))?;
+        let answer = self.walrus.send(&endpoint, out).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "ServiceUnavailable", e.to_string())
+        })?;
         let (aparts, abody) = answer.into_parts();
         let mut r = Response::new(abody.map_err(|e| e.into()).boxed());
         *r.status_mut() = aparts.status;
@@ -644,4 +655,46 @@ pub fn build(
         assets: assets::Assets::load(),
         walrus: s3::WalrusClient::new(trusted)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_consoles_own_pages_may_call_it() {
+        assert!(
+            same_origin(None, "127.0.0.1:8443"),
+            "no Origin: not a browser's cross-site call"
+        );
+        assert!(same_origin(
+            Some("https://127.0.0.1:8443"),
+            "127.0.0.1:8443"
+        ));
+        for other in [
+            "https://evil.example",
+            "https://127.0.0.1:9999",
+            "http://127.0.0.1:8443",
+            "null",
+        ] {
+            assert!(!same_origin(Some(other), "127.0.0.1:8443"), "{other}");
+        }
+    }
+
+    #[test]
+    fn api_errors_are_json_with_their_status() {
+        let r = ApiError::new(StatusCode::FORBIDDEN, "InvalidCsrfToken", "no token").response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            r.headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        let e: ApiError = SessionError::Throttled(4).into();
+        assert_eq!(
+            (e.status, e.code.as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, "Throttling")
+        );
+    }
 }

@@ -151,7 +151,8 @@ impl WalrusClient {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let connect = |e: &dyn std::fmt::Display| ProxyError::Connect(endpoint.into(), e.to_string());
+        let connect =
+            |e: &dyn std::fmt::Display| ProxyError::Connect(endpoint.into(), e.to_string());
         let tcp = tokio::net::TcpStream::connect(hostport)
             .await
             .map_err(|e| connect(&e))?;

@@ -40,9 +40,7 @@ fn account_error(e: AccountError) -> Ec2Error {
         AccountError::Protected(_) | AccountError::InUse(_) => {
             Ec2Error::new("DeleteConflict", e.to_string()).status(StatusCode::CONFLICT)
         }
-        AccountError::PasswordPolicy => {
-            Ec2Error::new("PasswordPolicyViolation", e.to_string())
-        }
+        AccountError::PasswordPolicy => Ec2Error::new("PasswordPolicyViolation", e.to_string()),
         AccountError::LoginExists(_) => {
             Ec2Error::new("EntityAlreadyExists", e.to_string()).status(StatusCode::CONFLICT)
         }

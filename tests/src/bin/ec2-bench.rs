@@ -21,15 +21,13 @@
 //! guest made ready). The EC2 client here is a minimal keep-alive HTTP/1.1
 //! client signing with SigV4, so the figures are the server's.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use tests::{
-    clients::{self, AwsCli, Credentials},
+    clients,
     ec2client::{first, Ec2},
+    fleet::{fill, ready, register},
     harness::{wait_for, Cloud, CloudOptions},
 };
 
@@ -159,73 +157,6 @@ fn median_max(mut v: Vec<f64>) -> (f64, f64) {
         v[mid]
     };
     (median, *v.last().unwrap_or(&0.0))
-}
-
-fn ready(cloud: &Cloud, nodes: usize) {
-    wait_for("all nodes ENABLED", Duration::from_secs(120), || {
-        let up = cloud
-            .admin_json(&["describe-nodes"])
-            .as_array()?
-            .iter()
-            .filter(|n| n["state"] == "ENABLED")
-            .count();
-        (up == nodes
-            && cloud.service_state("walrus").as_deref() == Some("ENABLED")
-            && cloud.service_state("cluster-1").as_deref() == Some("ENABLED"))
-        .then_some(())
-    });
-}
-
-/// Uploads and registers an image (kernel and ramdisk when given).
-fn register(cloud: &Cloud, files: &[(PathBuf, &str)]) -> String {
-    let creds = Credentials::new(cloud.admin_key());
-    let home = cloud.dir().join("home-bench");
-    std::fs::create_dir_all(&home).expect("home");
-    let s3 = cloud.s3_endpoint();
-    let ec2 = cloud.ec2_endpoint();
-    let aws =
-        |endpoint: &str, args: &[&str]| clients::aws(AwsCli::V2, &creds, &home, endpoint, args);
-    aws(&s3, &["s3", "mb", "s3://bench"]).expect_ok();
-    let mut ids: Vec<(String, String)> = Vec::new();
-    for (path, kind) in files {
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        let mut cp = vec![
-            "s3".to_string(),
-            "cp".into(),
-            path.display().to_string(),
-            format!("s3://bench/{name}"),
-        ];
-        if !kind.is_empty() {
-            cp.extend(["--metadata".into(), format!("image-type={kind}")]);
-        }
-        let cp: Vec<&str> = cp.iter().map(String::as_str).collect();
-        aws(&s3, &cp).expect_ok();
-        let mut reg = vec![
-            "ec2".to_string(),
-            "register-image".into(),
-            "--image-location".into(),
-            format!("bench/{name}"),
-            "--name".into(),
-            format!("bench-{name}"),
-            "--query".into(),
-            "ImageId".into(),
-            "--output".into(),
-            "text".into(),
-        ];
-        if kind.is_empty() {
-            for (k, id) in &ids {
-                reg.extend([format!("--{k}-id"), id.clone()]);
-            }
-        }
-        let reg: Vec<&str> = reg.iter().map(String::as_str).collect();
-        let id = aws(&ec2, &reg).expect_ok().trim().to_string();
-        ids.push((kind.to_string(), id));
-    }
-    ids.pop().expect("an image").1
 }
 
 fn launch_latency(launches: usize) {
@@ -443,61 +374,6 @@ fn rand_token() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     format!("{nanos:09}-{}", std::process::id())
-}
-
-/// Launches `n` instances (batches of 100) and waits until `total` are
-/// running.
-fn fill(c: &mut Ec2, ami: &str, group: &str, n: usize, total: usize) {
-    let mut left = n;
-    let mut retried = 0;
-    while left > 0 {
-        let batch = left.min(100).to_string();
-        let (status, body) = c.call(
-            "RunInstances",
-            &[
-                ("ImageId", ami),
-                ("InstanceType", "m1.small"),
-                ("MinCount", &batch),
-                ("MaxCount", &batch),
-                ("SecurityGroupId.1", group),
-            ],
-        );
-        // A client retries what the cloud answers 503 (as the SDKs do).
-        if status == 503 && retried < 20 {
-            retried += 1;
-            eprintln!("RunInstances answered 503, retried: {body}");
-            std::thread::sleep(Duration::from_secs(1));
-            continue;
-        }
-        assert_eq!(status, 200, "RunInstances: {body}");
-        left -= left.min(100);
-    }
-    if retried > 0 {
-        println!("(filling took {retried} retries of a 503)");
-    }
-    // Until none is pending: running, or terminated by a failed start
-    // (counted and shown, not hidden).
-    let count = |c: &mut Ec2, state: &str| {
-        c.ok(
-            "DescribeInstances",
-            &[
-                ("Filter.1.Name", "instance-state-name"),
-                ("Filter.1.Value.1", state),
-            ],
-        )
-        .matches("<instanceId>")
-        .count()
-    };
-    wait_for("no instance pending", Duration::from_secs(600), || {
-        (count(c, "pending") == 0).then_some(())
-    });
-    let running = count(c, "running");
-    if running != total {
-        println!(
-            "({} of {total} instances did not start: terminated with a reason)",
-            total - running
-        );
-    }
 }
 
 /// Over a simulated fleet of `nodes` node controllers (libvirt's test

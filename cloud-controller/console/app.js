@@ -324,16 +324,23 @@ PAGES.dashboard = async () => {
   ]);
   const instances = list(inst.reservationSet).flatMap(r => list(r.instancesSet));
   const count = s => instances.filter(i => i.instanceState.name === s).length;
-  const quota = {};
-  for (const a of list(attrs.accountAttributeSet)) quota[a.attributeName] = list(a.attributeValueSet).map(v => v.attributeValue).join(', ');
+  const attr = {};
+  for (const a of list(attrs.accountAttributeSet)) attr[a.attributeName] = list(a.attributeValueSet).map(v => v.attributeValue).join(', ');
+  const live = instances.filter(i => i.instanceState.name !== 'terminated').length;
+  const eips = list(addrs.addressesSet).length;
+  const use = (label, used, limit) => {
+    const max = Number(limit);
+    return h('div', { class: 'field' }, h('label', {}, label),
+      Number.isFinite(max) && max > 0 ? capacity(used, max, '') : h('span', { class: 'muted' }, used + ' (no limit)'));
+  };
   shell('Dashboard', [
     h('div', { class: 'cards' },
       [['Running', count('running')], ['Pending', count('pending')], ['Stopped', count('stopped')],
-        ['Volumes', list(vols.volumeSet).length], ['Elastic IPs', list(addrs.addressesSet).length]]
+        ['Volumes', list(vols.volumeSet).length], ['Elastic IPs', eips]]
         .map(([l, n]) => h('div', { class: 'card' }, h('div', { class: 'muted' }, l), h('div', { class: 'big' }, n)))),
-    h('div', { class: 'panel', style: 'margin-top:16px' }, h('h3', {}, 'Limits of this account'),
-      Object.keys(quota).length ? h('dl', { class: 'facts', id: 'quota' }, Object.entries(quota).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))
-        : h('p', { class: 'muted' }, 'No limits are reported.')),
+    h('div', { class: 'panel', style: 'margin-top:16px', id: 'quota' }, h('h3', {}, 'Quota use'),
+      use('Instances (not terminated)', live, attr['max-instances']),
+      use('Elastic IPs', eips, attr['max-elastic-ips'])),
   ]);
 };
 

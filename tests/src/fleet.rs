@@ -5,9 +5,56 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::{
     clients::{self, AwsCli, Credentials},
-    ec2client::Ec2,
-    harness::{wait_for, Cloud},
+    ec2client::{first, Ec2},
+    harness::{wait_for, Cloud, CloudOptions},
 };
+
+/// `NAME N` from the command line, else `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A cloud of `nodes` node controllers on libvirt's test driver with room
+/// for `instances` m1.small instances among them (and their private
+/// addresses), as `options` says otherwise; once every node is ENABLED.
+pub fn start(nodes: usize, instances: usize, options: CloudOptions) -> Cloud {
+    let per_node = instances.div_ceil(nodes) + 40;
+    let cloud = Cloud::start_with(CloudOptions {
+        nodes,
+        node_cores: per_node as u32,
+        node_memory_mib: per_node as u64 * 256 + 1024,
+        node_disk_gib: per_node as u64 * 5 + 100,
+        // Room for every instance's private address.
+        cc_config: "private_subnet = \"172.16.0.0/16\"\n".into(),
+        ..options
+    });
+    ready(&cloud, nodes);
+    cloud
+}
+
+/// What to launch on a simulated fleet: the admin's EC2 client, a 1 MiB
+/// image and a security group of its own with no rules (the default group
+/// lets every member reach every other, so each instance's rules would name
+/// every address on record: see the note in the README).
+pub fn launchable(cloud: &Cloud) -> (Ec2, String, String) {
+    let dir = cloud.dir().join("bench-image");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("image");
+    let ami = register(cloud, &[(disk, "")]);
+    let mut c = Ec2::new(&cloud.ec2_endpoint(), cloud.admin_key());
+    let created = c.ok(
+        "CreateSecurityGroup",
+        &[("GroupName", "bench"), ("GroupDescription", "no rules")],
+    );
+    let group = first(&created, "groupId").expect("group id").to_string();
+    (c, ami, group)
+}
 
 /// Waits until every one of `nodes` nodes, Walrus and the cluster are ENABLED.
 pub fn ready(cloud: &Cloud, nodes: usize) {

@@ -6,45 +6,22 @@
 
 use tests::{
     clients::{self, Credentials},
-    ec2client::{first, Ec2},
-    fleet::{fill, ready, register},
-    harness::{Cloud, CloudOptions},
+    fleet::{arg, fill, launchable, start},
+    harness::CloudOptions,
 };
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let instances = arg("--instances", 1000);
     let nodes = arg("--nodes", 10);
-    let per_node = instances.div_ceil(nodes) + 10;
-    let cloud = Cloud::start_with(CloudOptions {
+    let cloud = start(
         nodes,
-        node_cores: per_node as u32,
-        node_memory_mib: per_node as u64 * 256 + 1024,
-        node_disk_gib: per_node as u64 * 5 + 100,
-        console: true,
-        cc_config: "private_subnet = \"172.16.0.0/16\"\n".into(),
-        ..Default::default()
-    });
-    ready(&cloud, nodes);
-    let dir = cloud.dir().join("bench-image");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let disk = dir.join("disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("image");
-    let ami = register(&cloud, &[(disk, "")]);
-    let mut c = Ec2::new(&cloud.ec2_endpoint(), cloud.admin_key());
-    let created = c.ok(
-        "CreateSecurityGroup",
-        &[("GroupName", "bench"), ("GroupDescription", "no rules")],
+        instances,
+        CloudOptions {
+            console: true,
+            ..Default::default()
+        },
     );
-    let group = first(&created, "groupId").expect("group id").to_string();
+    let (mut c, ami, group) = launchable(&cloud);
     fill(&mut c, &ami, &group, instances, instances);
     let password = "console bench password";
     cloud.set_password("eucalyptus", "admin", password);

@@ -27,7 +27,7 @@ use base64::Engine;
 use tests::{
     clients,
     ec2client::{first, Ec2},
-    fleet::{fill, ready, register},
+    fleet::{fill, launchable, ready, register, start},
     harness::{wait_for, Cloud, CloudOptions},
 };
 
@@ -381,35 +381,12 @@ fn rand_token() -> String {
 /// `instances`, then DescribeInstances requests/s at `instances`.
 fn scale(nodes: usize, instances: usize, seconds: u64, clients: usize) {
     let started = Instant::now();
-    let per_node = instances.div_ceil(nodes) + 40;
-    let cloud = Cloud::start_with(CloudOptions {
-        nodes,
-        node_cores: per_node as u32,
-        node_memory_mib: per_node as u64 * 256 + 1024,
-        node_disk_gib: per_node as u64 * 5 + 100,
-        // Room for every instance's private address.
-        cc_config: "private_subnet = \"172.16.0.0/16\"\n".into(),
-        ..Default::default()
-    });
-    ready(&cloud, nodes);
+    let cloud = start(nodes, instances, CloudOptions::default());
     println!(
         "fleet: {nodes} node controllers (libvirt test driver) up in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let dir = cloud.dir().join("bench-image");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let disk = dir.join("disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("image");
-    let ami = register(&cloud, &[(disk, "")]);
-    let mut c = Ec2::new(&cloud.ec2_endpoint(), cloud.admin_key());
-    // The instances go in a group of their own with no rules: the default
-    // group lets every member reach every other, so each instance's rules
-    // would name every address on record (see the note in the README).
-    let created = c.ok(
-        "CreateSecurityGroup",
-        &[("GroupName", "bench"), ("GroupDescription", "no rules")],
-    );
-    let group = first(&created, "groupId").expect("group id").to_string();
+    let (mut c, ami, group) = launchable(&cloud);
     let rounds = 20;
     fill(&mut c, &ami, &group, 10, 10);
     let (small_median, small_max) = launch_api_latency(&mut c, &ami, &group, rounds);

@@ -21,17 +21,9 @@ use std::{
 
 use tests::{
     ec2client::Ec2,
+    fleet::arg,
     harness::{wait_for, Cloud},
 };
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn dir_bytes(p: &Path) -> u64 {
     let mut total = 0;

@@ -3,7 +3,9 @@
 // CloudWatch and S3 operations the command-line clients reach.
 'use strict';
 
-const S = { session: null, timers: [], cleanups: [] };
+// `gen` counts page changes: an answer that arrives after the page changed
+// is dropped (Superseded), so a slow page never draws over a newer one.
+const S = { session: null, timers: [], cleanups: [], gen: 0 };
 const EC2_VERSION = '2016-11-15';
 
 // ---------- small helpers ----------
@@ -53,6 +55,9 @@ function unb64(b) {
   try { return new TextDecoder().decode(Uint8Array.from(atob(b || ''), c => c.charCodeAt(0))); } catch (e) { return ''; }
 }
 
+class Superseded extends Error {}
+function fresh(gen) { if (gen !== S.gen) throw new Superseded('the page changed'); }
+
 class ApiError extends Error {
   constructor(code, message, status) { super(message); this.code = code; this.status = status; }
   toString() { return (this.code ? this.code + ': ' : '') + this.message; }
@@ -65,8 +70,10 @@ async function api(path, opts) {
   if (opts.method && opts.method !== 'GET' && S.session) headers['X-CSRF-Token'] = S.session.csrf;
   let body = opts.body;
   if (opts.json !== undefined) { headers['Content-Type'] = 'application/json'; body = JSON.stringify(opts.json); }
+  const gen = S.gen;
   const r = await fetch(path, { method: opts.method || 'GET', headers, body, credentials: 'same-origin' });
   const text = await r.text();
+  if (!path.startsWith('/api/sign') && path !== '/api/session') fresh(gen);
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
   if (r.status === 401 && path !== '/api/signin' && path !== '/api/session') { signedOut(); }
@@ -103,12 +110,14 @@ function xmlError(text, status) {
 // One EC2 (or Euare) Query action, as the console's user.
 async function ec2(action, params) {
   const form = new URLSearchParams(Object.assign({ Action: action, Version: EC2_VERSION }, params || {}));
+  const gen = S.gen;
   const r = await fetch('/api/ec2', {
     method: 'POST', credentials: 'same-origin',
     headers: { 'X-CSRF-Token': S.session.csrf, 'Content-Type': 'application/x-www-form-urlencoded' },
     body: form,
   });
   const text = await r.text();
+  fresh(gen);
   if (r.status === 401) { signedOut(); }
   if (!r.ok) throw xmlError(text, r.status);
   return xmlToObj(new DOMParser().parseFromString(text, 'application/xml').documentElement);
@@ -131,12 +140,14 @@ function filters(fs, into) {
 
 // One CloudWatch operation in its JSON protocol.
 async function cw(op, input) {
+  const gen = S.gen;
   const r = await fetch('/api/cloudwatch', {
     method: 'POST', credentials: 'same-origin',
     headers: { 'X-CSRF-Token': S.session.csrf, 'Content-Type': 'application/x-amz-json-1.0', 'X-Amz-Target': 'GraniteServiceVersion20100801.' + op },
     body: JSON.stringify(input || {}),
   });
   const data = await r.json().catch(() => ({}));
+  fresh(gen);
   if (!r.ok) throw new ApiError((data.__type || '').split('#').pop() || 'HTTP' + r.status, data.message || data.Message || '', r.status);
   return data;
 }
@@ -150,11 +161,13 @@ function s3path(bucket, key) {
 }
 async function s3(method, bucket, key, query, body) {
   const q = query ? '?' + new URLSearchParams(query) : '';
+  const gen = S.gen;
   const r = await fetch(s3path(bucket, key) + q, {
     method, credentials: 'same-origin', body,
     headers: method === 'GET' ? {} : { 'X-CSRF-Token': S.session.csrf },
   });
   const text = await r.text();
+  fresh(gen);
   if (!r.ok) {
     try { const j = JSON.parse(text); throw new ApiError(j.error.code, j.error.message, r.status); } catch (e) { if (e instanceof ApiError) throw e; }
     throw xmlError(text, r.status);
@@ -217,7 +230,7 @@ function dialog(title, fields, submit, opts) {
       const keep = await submit(values, form);
       if (!keep) back.remove();
     } catch (e) {
-      err.replaceChildren(errorBox(e));
+      if (e instanceof Superseded) back.remove(); else err.replaceChildren(errorBox(e));
     } finally { button.disabled = false; }
   });
   back.append(form);
@@ -228,7 +241,7 @@ function dialog(title, fields, submit, opts) {
 }
 
 async function act(what, fn) {
-  try { await fn(); toast(what); route(); } catch (e) { toast(String(e), true); }
+  try { await fn(); toast(what); route(); } catch (e) { if (!(e instanceof Superseded)) toast(String(e), true); }
 }
 
 // ---------- pages ----------
@@ -257,13 +270,14 @@ function shell(title, content) {
 }
 
 async function route() {
+  S.gen += 1;
   S.timers.forEach(clearInterval); S.timers = [];
   S.cleanups.forEach(f => { try { f(); } catch (e) { /* gone */ } }); S.cleanups = [];
   if (!S.session) return;
   const parts = (location.hash.slice(2) || 'dashboard').split('/').map(decodeURIComponent);
   const page = PAGES[parts[0]] || PAGES.dashboard;
   try { await page(...parts.slice(1)); } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return;
+    if (e instanceof Superseded || (e instanceof ApiError && e.status === 401)) return;
     shell('Error', errorBox(e));
   }
 }

@@ -539,6 +539,11 @@ fn guests_on_two_hosts_reach_each_other_on_their_private_addresses() {
     wait_for("a gone from its node", Duration::from_secs(120), || {
         (!on(to).contains(&a)).then_some(())
     });
+    // Its room is free once the node has reported it gone (libvirt may
+    // show it gone a moment before).
+    wait_for("a's room free again", Duration::from_secs(60), || {
+        (s.admin_row("describe-nodes", "name", to)["cores_free"].as_u64()? >= 1).then_some(())
+    });
     let d = launch("guest d");
     wait_for("guest d placed", Duration::from_secs(60), || {
         Some(admin_node(&d)).filter(|n| !n.is_empty())

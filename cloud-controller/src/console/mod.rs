@@ -541,7 +541,11 @@ impl Console {
         let encoded_path = sigv4::uri_encode(&sigv4::percent_decode(rest, false), true);
         let mut query = sigv4::parse_query(parts.uri.query().unwrap_or(""));
         let download = query.iter().any(|(k, _)| k == "download");
-        query.retain(|(k, _)| k != "download" && k != "csrf");
+        // The signature is the console's to make: a page's own X-Amz-*
+        // parameters are dropped, not signed.
+        query.retain(|(k, _)| {
+            k != "download" && k != "csrf" && !k.to_ascii_lowercase().starts_with("x-amz-")
+        });
         let signed = Self::presigned_query(
             &key,
             parts.method.as_str(),

@@ -86,6 +86,10 @@ struct Failures {
 const FREE_FAILURES: u32 = 3;
 /// Longest delay, seconds.
 const MAX_DELAY_SECS: u64 = 60;
+/// Failed names and addresses remembered before old ones are dropped.
+const MAX_REMEMBERED: usize = 10_000;
+/// How long a failure is remembered once that many are.
+const FORGET_AFTER_MS: i64 = 15 * 60 * 1000;
 
 /// Seconds to wait after `count` failures in a row: none for the first
 /// few, then 1, 2, 4 … up to a minute.
@@ -203,6 +207,11 @@ impl Sessions {
         };
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let Some((who, access_key_id, password_stamp)) = found else {
+            // Names and addresses nobody tried for a while are forgotten,
+            // so made-up names cannot fill the memory.
+            if failures.len() > MAX_REMEMBERED {
+                failures.retain(|_, f| now - f.last_ms < FORGET_AFTER_MS);
+            }
             for k in keys {
                 let f = failures.entry(k).or_default();
                 f.count += 1;

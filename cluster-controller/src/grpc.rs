@@ -196,11 +196,7 @@ impl ClusterService for Cluster {
         request: Request<Streaming<proto::ConsoleInput>>,
     ) -> Result<Response<Self::OpenConsoleStream>, Status> {
         use tokio_stream::StreamExt;
-        let mut typed = request.into_inner();
-        let first = typed
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("name the instance first"))?;
+        let (first, typed) = proto::console_opening(request).await?;
         let (_, mut client) = self.instances.node_of(&first.instance_id)?;
         let upstream = tokio_stream::once(first).chain(typed.map_while(|m| m.ok()));
         let down = client.open_console(upstream).await?.into_inner();

@@ -363,11 +363,7 @@ impl NodeService for Node {
         request: Request<tonic::Streaming<proto::ConsoleInput>>,
     ) -> Result<Response<Self::OpenConsoleStream>, Status> {
         use tokio_stream::StreamExt;
-        let mut typed = request.into_inner();
-        let first = typed
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("name the instance first"))?;
+        let (first, mut typed) = proto::console_opening(request).await?;
         let io = self
             .instances
             .open_console(&first.instance_id)

@@ -11,3 +11,16 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// How a server takes a serial console stream (`OpenConsole`): its first
+/// message, which names the instance, and the rest (what is typed).
+pub async fn console_opening(
+    request: tonic::Request<tonic::Streaming<ConsoleInput>>,
+) -> Result<(ConsoleInput, tonic::Streaming<ConsoleInput>), tonic::Status> {
+    let mut typed = request.into_inner();
+    let first = typed
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::invalid_argument("name the instance first"))?;
+    Ok((first, typed))
+}

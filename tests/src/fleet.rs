@@ -1,5 +1,5 @@
-//! A simulated fleet for benchmarks: nodes on libvirt's test driver, an
-//! image to launch and many instances launched.
+//! A cloud made ready, and a simulated fleet for benchmarks: nodes on
+//! libvirt's test driver, an image to launch and many instances launched.
 
 use std::{path::PathBuf, time::Duration};
 

@@ -6,11 +6,12 @@
 //! the first's; forged requests are refused (console_ui.py). Screenshots
 //! of every page go to `target/test-artefacts/console/`.
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path};
 
 use tests::{
     clients::{self, AwsCli, Credentials},
-    harness::{guest_netns, wait_for, Cloud, CloudOptions},
+    fleet,
+    harness::{guest_netns, Cloud, CloudOptions},
 };
 
 #[test]
@@ -33,17 +34,7 @@ fn the_web_console_in_a_browser() {
         s3_tls: true,
         ..Default::default()
     });
-    wait_for(
-        "walrus, cluster and node ENABLED",
-        Duration::from_secs(30),
-        || {
-            let nodes = cloud.admin_json(&["describe-nodes"]);
-            (nodes.as_array()?.iter().any(|n| n["state"] == "ENABLED")
-                && cloud.service_state("walrus").as_deref() == Some("ENABLED")
-                && cloud.service_state("cluster-1").as_deref() == Some("ENABLED"))
-            .then_some(())
-        },
-    );
+    fleet::ready(&cloud, 1);
     let creds = Credentials::new(cloud.new_account("webuser"));
     cloud.new_account("stranger");
     let (user_pw, admin_pw, other_pw) =

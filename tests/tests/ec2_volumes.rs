@@ -1085,7 +1085,9 @@ fn an_ebs_backed_image_boots_from_its_root_volume_and_keeps_it_through_stop_and_
         "--image-id",
         &ami,
         "--user-data",
-        "#!/bin/sh\nwhile [ ! -b /dev/vdb ]; do sleep 1; done\ndd if=/dev/vda of=/dev/vdb bs=1M count=16 conv=fsync 2>/dev/null\necho GUMTREE-ROOT-COPIED\n",
+        // The copy is read back past the page cache and made again until
+        // it is whole; a retry shows on the console (GUMTREE-COPY-RETRY).
+        "#!/bin/sh\nwhile [ ! -b /dev/vdb ]; do sleep 1; done\nwant=$(dd if=/dev/vda bs=1M count=16 2>/dev/null | md5sum)\nfor i in 1 2 3 4 5 6 7 8 9 10; do\n  dd if=/dev/vda of=/dev/vdb bs=1M count=16 conv=fsync 2>/dev/null\n  if [ \"$(dd if=/dev/vdb bs=1M count=16 iflag=direct 2>/dev/null | md5sum)\" = \"$want\" ]; then echo GUMTREE-ROOT-COPIED; exit 0; fi\n  echo GUMTREE-COPY-RETRY $i; sleep 1\ndone\necho GUMTREE-COPY-FAILED\n",
     ])["Instances"][0]["InstanceId"]
         .as_str()
         .expect("InstanceId")

@@ -61,6 +61,17 @@ def goto(page, hash_):
     page.goto(URL + hash_)
 
 
+def launch_wizard(page):
+    """The launch wizard opened on the instances page, the tiny guest's
+    image and m1.small chosen."""
+    goto(page, "#/instances")
+    page.locator("#launch").click()
+    dialog = page.locator("form.dialog")
+    dialog.locator("select[name=image]").select_option(AMI)
+    dialog.locator("select[name=type]").select_option("m1.small")
+    return dialog
+
+
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
@@ -137,11 +148,7 @@ def run(pw):
     shot(page, "04-key-pairs")
 
     # --- launch the tiny guest from the wizard ---
-    goto(page, "#/instances")
-    page.locator("#launch").click()
-    dialog = page.locator("form.dialog")
-    dialog.locator("select[name=image]").select_option(AMI)
-    dialog.locator("select[name=type]").select_option("m1.small")
+    dialog = launch_wizard(page)
     dialog.locator("select[name=key]").select_option("web-key")
     dialog.locator("textarea[name=userData]").fill("console test user-data")
     dialog.locator("select[name=monitoring]").select_option("true")
@@ -303,11 +310,7 @@ def run(pw):
     shot(admin, "17-admin-accounts")
 
     # The user's next launch is refused, in the page.
-    goto(page, "#/instances")
-    page.locator("#launch").click()
-    dialog = page.locator("form.dialog")
-    dialog.locator("select[name=image]").select_option(AMI)
-    dialog.locator("select[name=type]").select_option("m1.small")
+    dialog = launch_wizard(page)
     dialog.locator("button[type=submit]").click()
     expect(dialog.locator(".error")).to_contain_text("InstanceLimitExceeded", timeout=30_000)
     check(True, "a launch above the quota is refused in the page: " + dialog.locator(".error").inner_text())

@@ -24,6 +24,15 @@ fn status_error(s: tonic::Status) -> ApiError {
     ApiError::new(status, code, s.message())
 }
 
+/// What an admin service method answers, or its error as the console's.
+async fn answer<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ApiError> {
+    call.await
+        .map(tonic::Response::into_inner)
+        .map_err(status_error)
+}
+
 fn state_name(state: i32) -> &'static str {
     match proto::ServiceState::try_from(state) {
         Ok(proto::ServiceState::Enabled) => "ENABLED",
@@ -93,21 +102,17 @@ pub async fn route(
     let cloud = &console.ec2.cloud;
     let value = match (method, path) {
         (Method::GET, "/api/admin/overview") => {
-            let services = AdminService::describe_services(
+            let services = answer(AdminService::describe_services(
                 cloud,
                 tonic::Request::new(proto::DescribeServicesRequest {}),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner()
+            ))
+            .await?
             .services;
-            let nodes = AdminService::describe_nodes(
+            let nodes = answer(AdminService::describe_nodes(
                 cloud,
                 tonic::Request::new(proto::DescribeNodesRequest {}),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner()
+            ))
+            .await?
             .nodes;
             json!({
                 "services": services.iter().map(|s| json!({
@@ -131,13 +136,11 @@ pub async fn route(
             })
         }
         (Method::GET, "/api/admin/instances") => {
-            let list = AdminService::describe_instances(
+            let list = answer(AdminService::describe_instances(
                 cloud,
                 tonic::Request::new(proto::AdminDescribeInstancesRequest {}),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner()
+            ))
+            .await?
             .instances;
             json!({"instances": list.iter().map(|i| json!({
                 "instanceId": i.instance_id, "account": i.account_name, "accountId": i.account_id,
@@ -148,13 +151,11 @@ pub async fn route(
         }
         (Method::GET, "/api/admin/node-metrics") => {
             let minutes = query_number(&req, "minutes", 60);
-            let nodes = AdminService::describe_node_metrics(
+            let nodes = answer(AdminService::describe_node_metrics(
                 cloud,
                 tonic::Request::new(proto::DescribeNodeMetricsRequest { minutes }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner()
+            ))
+            .await?
             .nodes;
             json!({"nodes": nodes.iter().map(|n| json!({
                 "cluster": n.cluster, "node": n.node, "state": state_name(n.state),
@@ -167,13 +168,11 @@ pub async fn route(
         }
         (Method::GET, "/api/admin/events") => {
             let limit = query_number(&req, "limit", 100);
-            let events = AdminService::describe_events(
+            let events = answer(AdminService::describe_events(
                 cloud,
                 tonic::Request::new(proto::DescribeEventsRequest { limit }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner()
+            ))
+            .await?
             .events;
             json!({"events": events.iter().map(|e| json!({
                 "time": e.unix_ms, "kind": e.kind, "cluster": e.cluster, "node": e.node,
@@ -181,25 +180,21 @@ pub async fn route(
             })).collect::<Vec<_>>()})
         }
         (Method::GET, "/api/admin/accounts") => {
-            let accounts = AdminService::describe_accounts(
+            let accounts = answer(AdminService::describe_accounts(
                 cloud,
                 tonic::Request::new(proto::DescribeAccountsRequest {}),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner()
+            ))
+            .await?
             .accounts;
             let mut out = Vec::new();
             for a in accounts {
-                let keys = AdminService::describe_access_keys(
+                let keys = answer(AdminService::describe_access_keys(
                     cloud,
                     tonic::Request::new(proto::DescribeAccessKeysRequest {
                         account: a.name.clone(),
                     }),
-                )
-                .await
-                .map_err(status_error)?
-                .into_inner()
+                ))
+                .await?
                 .keys;
                 out.push(json!({
                     "name": a.name, "accountId": a.account_id, "created": a.created_unix_ms,
@@ -213,18 +208,16 @@ pub async fn route(
         }
         (Method::POST, "/api/admin/accounts") => {
             let ask: UserAsk = json_body(&read_small(req.into_body()).await?)?;
-            let a = AdminService::create_account(
+            let a = answer(AdminService::create_account(
                 cloud,
                 tonic::Request::new(proto::CreateAccountRequest { name: ask.account }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner();
+            ))
+            .await?;
             json!({"name": a.name, "accountId": a.account_id})
         }
         (Method::POST, "/api/admin/quota") => {
             let ask: QuotaAsk = json_body(&read_small(req.into_body()).await?)?;
-            let a = AdminService::set_account_quota(
+            let a = answer(AdminService::set_account_quota(
                 cloud,
                 tonic::Request::new(proto::SetAccountQuotaRequest {
                     account: ask.account,
@@ -236,40 +229,34 @@ pub async fn route(
                         volume_gib: ask.volume_gib,
                     }),
                 }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner();
+            ))
+            .await?;
             json!({"name": a.name, "quota": quota_json(a.quota.as_ref())})
         }
         (Method::POST, "/api/admin/keys") => {
             let ask: UserAsk = json_body(&read_small(req.into_body()).await?)?;
-            let k = AdminService::create_access_key(
+            let k = answer(AdminService::create_access_key(
                 cloud,
                 tonic::Request::new(proto::CreateAccessKeyRequest {
                     account: ask.account,
                     user_name: ask.user,
                 }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner();
+            ))
+            .await?;
             json!({"accessKeyId": k.access_key_id, "secretAccessKey": k.secret_access_key,
                    "user": k.user_name, "account": k.account_name})
         }
         (Method::POST, "/api/admin/password") => {
             let ask: UserAsk = json_body(&read_small(req.into_body()).await?)?;
-            let p = AdminService::set_login_profile(
+            let p = answer(AdminService::set_login_profile(
                 cloud,
                 tonic::Request::new(proto::SetLoginProfileRequest {
                     account: ask.account,
                     user_name: ask.user,
                     password: ask.password,
                 }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner();
+            ))
+            .await?;
             json!({"account": p.account_name, "user": p.user_name, "hasPassword": p.has_password})
         }
         (Method::POST, "/api/admin/migrate") => {
@@ -279,17 +266,15 @@ pub async fn route(
             } else {
                 vec![ask.destination]
             };
-            let done = AdminService::migrate_instances(
+            let done = answer(AdminService::migrate_instances(
                 cloud,
                 tonic::Request::new(proto::MigrateInstancesRequest {
                     instance_id: ask.instance_id,
                     source_host: String::new(),
                     destination_hosts,
                 }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner();
+            ))
+            .await?;
             json!({"migrations": done.migrations.iter().map(migration_json).collect::<Vec<_>>()})
         }
         (Method::POST, "/api/admin/evacuate") => {
@@ -300,16 +285,14 @@ pub async fn route(
             } else {
                 vec![ask.destination]
             };
-            let mut stream = AdminService::evacuate_node(
+            let mut stream = answer(AdminService::evacuate_node(
                 cloud,
                 tonic::Request::new(proto::EvacuateNodeRequest {
                     node: ask.node,
                     destination_hosts,
                 }),
-            )
-            .await
-            .map_err(status_error)?
-            .into_inner();
+            ))
+            .await?;
             let mut moved = Vec::new();
             while let Some(m) = stream.next().await {
                 moved.push(migration_json(&m.map_err(status_error)?));

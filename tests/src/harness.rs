@@ -775,24 +775,27 @@ impl Cloud {
 
     /// Runs `gumtree-admin` against this cloud's CLC.
     pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new(binary("gumtree-admin"))
-            .env("GUMTREE_CLC", self.addr("clc").to_string())
-            .env("GUMTREE_SECRET_FILE", &self.secret_file)
-            .env("GUMTREE_PKI_DIR", &self.pki)
-            .args(args)
+        self.admin_command(args)
             .output()
             .expect("run gumtree-admin")
+    }
+
+    /// `gumtree-admin ARGS`, set up to reach this cloud's CLC.
+    fn admin_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("gumtree-admin"));
+        cmd.env("GUMTREE_CLC", self.addr("clc").to_string())
+            .env("GUMTREE_SECRET_FILE", &self.secret_file)
+            .env("GUMTREE_PKI_DIR", &self.pki)
+            .args(args);
+        cmd
     }
 
     /// Sets a user's console password with `gumtree-admin set-password`
     /// (which reads it from standard input).
     pub fn set_password(&self, account: &str, user: &str, password: &str) {
         use std::io::Write;
-        let mut child = Command::new(binary("gumtree-admin"))
-            .env("GUMTREE_CLC", self.addr("clc").to_string())
-            .env("GUMTREE_SECRET_FILE", &self.secret_file)
-            .env("GUMTREE_PKI_DIR", &self.pki)
-            .args(["set-password", "--account", account, "--user", user])
+        let mut child = self
+            .admin_command(&["set-password", "--account", account, "--user", user])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

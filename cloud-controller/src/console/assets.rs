@@ -83,7 +83,7 @@ impl Assets {
         self.by_path.get(path)
     }
 
-    /// Every served path (for tests and the speed bench).
+    /// Every served path but the page's.
     pub fn paths(&self) -> impl Iterator<Item = &String> {
         self.by_path.keys()
     }

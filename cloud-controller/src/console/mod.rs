@@ -456,17 +456,15 @@ impl Console {
                 return Ok(k);
             }
         }
-        let mut keys: Vec<_> = self
-            .ec2
+        self.ec2
             .cloud
             .accounts
-            .keys_of(&s.account_id)
+            .keys_of(&s.account_name)
             .map_err(unavailable)?
             .into_iter()
-            .filter(|k| k.user_name == s.user_name)
-            .collect();
-        keys.sort_by_key(|k| k.created_ms);
-        keys.into_iter().next().ok_or_else(|| {
+            .filter(|k| k.account_id == s.account_id && k.user_name == s.user_name)
+            .min_by_key(|k| k.created_ms)
+            .ok_or_else(|| {
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "NoAccessKey",
@@ -478,7 +476,9 @@ impl Console {
         })
     }
 
-    fn walrus_endpoint(&self) -> Result<String, ApiError> {
+    /// An ENABLED Walrus's S3 endpoint (`https://host:port`, no trailing
+    /// slash) and its `host:port`.
+    fn walrus_endpoint(&self) -> Result<(String, String), ApiError> {
         self.ec2
             .cloud
             .registry
@@ -489,7 +489,14 @@ impl Console {
                     && s.state == proto::ServiceState::Enabled as i32
                     && !s.public_endpoint.is_empty()
             })
-            .map(|s| s.public_endpoint)
+            .map(|s| {
+                let endpoint = s.public_endpoint.trim_end_matches('/').to_string();
+                let host = endpoint
+                    .split_once("://")
+                    .map_or(endpoint.as_str(), |(_, h)| h)
+                    .to_string();
+                (endpoint, host)
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -529,12 +536,7 @@ impl Console {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ApiError> {
         let key = self.s3_key(s)?;
-        let endpoint = self.walrus_endpoint()?;
-        let host = endpoint
-            .split_once("://")
-            .map_or(endpoint.as_str(), |(_, h)| h)
-            .trim_end_matches('/')
-            .to_string();
+        let (endpoint, host) = self.walrus_endpoint()?;
         let (parts, body) = req.into_parts();
         let rest = parts.uri.path().strip_prefix("/api/s3").unwrap_or("/");
         let rest = if rest.is_empty() { "/" } else { rest };
@@ -620,20 +622,16 @@ impl Console {
             )));
         }
         let key = self.s3_key(s)?;
-        let endpoint = self.walrus_endpoint()?;
-        let host = endpoint
-            .split_once("://")
-            .map_or(endpoint.as_str(), |(_, h)| h)
-            .trim_end_matches('/');
+        let (endpoint, host) = self.walrus_endpoint()?;
         let path = format!(
             "/{}/{}",
             sigv4::uri_encode(ask.bucket.as_bytes(), false),
             sigv4::uri_encode(ask.key.as_bytes(), true)
         );
-        let query = Self::presigned_query(&key, "GET", host, &path, &[], expires);
+        let query = Self::presigned_query(&key, "GET", &host, &path, &[], expires);
         Ok(json_response(
             StatusCode::OK,
-            &json!({"url": format!("{}{path}?{query}", endpoint.trim_end_matches('/')), "expires": expires}),
+            &json!({"url": format!("{endpoint}{path}?{query}"), "expires": expires}),
         ))
     }
 }

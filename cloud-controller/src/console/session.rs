@@ -181,7 +181,7 @@ impl Sessions {
                 .accounts
                 .check_password(account, user, password)?
                 .map(|who| {
-                    let stamp = self.stamp(&who);
+                    let stamp = self.stamp(&who.account_name, &who.user_name);
                     (who, None, stamp)
                 }),
             Credentials::AccessKey {
@@ -240,9 +240,11 @@ impl Sessions {
     }
 
     /// A digest of the user's password hash: it changes with the password.
-    fn stamp(&self, who: &Identity) -> Option<String> {
+    /// Looked up by account name, which the store finds without a scan (an
+    /// account made again under the name has other profiles, other hashes).
+    fn stamp(&self, account_name: &str, user_name: &str) -> Option<String> {
         self.accounts
-            .login_profile(&who.account_id, &who.user_name)
+            .login_profile(account_name, user_name)
             .ok()
             .map(|p| digest(&p.password_hash))
     }
@@ -255,12 +257,7 @@ impl Sessions {
         let still_valid = match (&s.access_key_id, &s.password_stamp) {
             (Some(key), _) => self.accounts.key(key)?.is_some(),
             (None, Some(stamp)) => {
-                let who = Identity {
-                    account_id: s.account_id.clone(),
-                    account_name: s.account_name.clone(),
-                    user_name: s.user_name.clone(),
-                };
-                self.stamp(&who).as_deref() == Some(stamp.as_str())
+                self.stamp(&s.account_name, &s.user_name).as_deref() == Some(stamp.as_str())
             }
             (None, None) => false,
         };
